@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` (the main job, offline) and `make test`.
+# Each creates its own virtual environment and installs what it needs from the package registries.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch lies on these machines' disk; an unpinned torch would pull CUDA builds (several GB).
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= tiny-model
+
+.PHONY: install demo test test-gpu clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/swiftops tiny-model $(DEMO_DIR) --arch qwen2 --seed 0
+	$(VENV)/bin/swiftops infer --model $(DEMO_DIR) --val_dataset examples/demo.jsonl \
+		--result_path results/demo.jsonl --max_new_tokens 24 --temperature 0 --max_batch_size 4
+	@echo "--- results/demo.jsonl (a random tiny model: the text is gibberish by design) ---"
+	@head -c 2000 results/demo.jsonl
+
+test: install
+	$(PY) -m pytest -q -m "not gpu and not slow"
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu
+
+clean:
+	rm -rf $(VENV) results $(DEMO_DIR)

@@ -1,0 +1,33 @@
+"""swiftops: LLM and multimodal-LLM inference and deployment.
+
+`import swiftops` is light: engines (and torch, vllm, lmdeploy) load on first use.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from swiftops.metrics.stats import InferStats
+from swiftops.protocol import (AdapterRequest, ChatCompletionResponse, ChatCompletionStreamResponse, InferRequest,
+                               RequestConfig)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PtEngine": "swiftops.engines.pt",
+    "InferClient": "swiftops.engines.client",
+    "VllmEngine": "swiftops.engines.vllm",
+    "LmdeployEngine": "swiftops.engines.lmdeploy",
+    "InferEngine": "swiftops.engines.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swiftops' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = ["AdapterRequest", "ChatCompletionResponse", "ChatCompletionStreamResponse", "InferRequest",
+           "InferStats", "RequestConfig", *_LAZY]

@@ -1,0 +1,1 @@
+"""The `swiftops` command line: thin click commands over the layers below."""

@@ -1,0 +1,162 @@
+"""`InferEngine`: the one interface the CLI, the server and users program against.
+
+Backends implement `infer_async` (plus, where they can, `embed_async`); the synchronous,
+batched `infer` is built here once, on a private event loop, so every backend batches the same way:
+all requests of a call are submitted at once and the backend's scheduler batches them.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from abc import ABC, abstractmethod
+from typing import Any, AsyncIterator, Iterator, Optional, Union
+
+from swiftops.metrics.stats import InferStats
+from swiftops.protocol import (AdapterRequest, ChatCompletionResponse, ChatCompletionStreamResponse, InferRequest,
+                               RequestConfig, UnsupportedError)
+
+InferResult = Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]
+_END = object()
+
+
+class _LoopThread:
+    """An asyncio loop on a daemon thread, so synchronous callers can drive async engines."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="swiftops-engine-loop", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro) -> "asyncio.Future[Any]":
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+
+class InferEngine(ABC):
+    """Base of `PtEngine`, `VllmEngine`, `LmdeployEngine` and `InferClient`."""
+
+    #: Name put in responses' `model` field when the caller does not name one.
+    model_name: str = "model"
+    _loop_thread: Optional[_LoopThread] = None
+
+    # ---- what backends implement -------------------------------------------------------------
+    @abstractmethod
+    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
+                          adapter_request: Optional[AdapterRequest] = None) -> InferResult:
+        """Answer one request: a response, or (with `stream=True`) an async iterator of chunks."""
+
+    async def embed_async(self, inputs: list[Any]) -> list[list[float]]:
+        """Embeddings of texts (embedding models only)."""
+        raise UnsupportedError("this model is not an embedding model; /v1/embeddings needs one "
+                               "(e.g. a sentence-transformers checkpoint)")
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the LoRA adapters a request may select."""
+        return []
+
+    @property
+    def models(self) -> list[str]:
+        return [self.model_name, *self.adapter_names]
+
+    def close(self) -> None:
+        """Release the engine's resources (threads, GPU memory)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- the synchronous, batched API ---------------------------------------------------------
+    def _loop(self) -> _LoopThread:
+        if self._loop_thread is None:
+            self._loop_thread = _LoopThread()
+        return self._loop_thread
+
+    async def _timed(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest],
+                     metrics: list[InferStats], key: str) -> ChatCompletionResponse:
+        for m in metrics:
+            m.start(key)
+        response = await self.infer_async(request, config, adapter_request=adapter_request)
+        for m in metrics:
+            m.finish(key, response.usage.prompt_tokens, response.usage.completion_tokens, len(response.choices))
+        return response
+
+    async def _pump_stream(self, request: InferRequest, config: RequestConfig,
+                           adapter_request: Optional[AdapterRequest], metrics: list[InferStats], key: str,
+                           sink: "queue.Queue[Any]") -> None:
+        for m in metrics:
+            m.start(key)
+        try:
+            stream = await self.infer_async(request, config, adapter_request=adapter_request)
+            prompt_tokens = completion_tokens = 0
+            async for chunk in stream:
+                if any(c.delta.content or c.delta.tool_calls for c in chunk.choices):
+                    for m in metrics:
+                        m.first_token(key)
+                if chunk.usage is not None:
+                    prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+                sink.put(chunk)
+            for m in metrics:
+                m.finish(key, prompt_tokens, completion_tokens, config.n)
+            sink.put(_END)
+        except BaseException as exc:  # handed to the consumer's thread, which re-raises it
+            sink.put(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def _sync_stream(self, sink: "queue.Queue[Any]", task: "asyncio.Future[Any]") -> Iterator[ChatCompletionStreamResponse]:
+        try:
+            while True:
+                item = sink.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            task.cancel()  # a consumer that stops early aborts the generation
+
+    def infer(self, requests: list[InferRequest], request_config: Optional[RequestConfig] = None,
+              metrics: Optional[list[InferStats]] = None, *, adapter_request: Optional[AdapterRequest] = None,
+              use_tqdm: Optional[bool] = None, return_exceptions: bool = False) -> list[Any]:
+        """Answer a batch of requests; one response (or, with `stream=True`, one chunk iterator) per request.
+
+        With `return_exceptions=True` a failed request yields its exception in place of a response,
+        so one bad row does not lose the rest of a batch.
+        """
+        config = request_config or RequestConfig()
+        metrics = list(metrics or [])
+        loop = self._loop()
+        if config.stream:
+            streams = []
+            for i, request in enumerate(requests):
+                sink: "queue.Queue[Any]" = queue.Queue()
+                task = loop.submit(self._pump_stream(request, config, adapter_request, metrics, f"{id(sink)}-{i}", sink))
+                streams.append(self._sync_stream(sink, task))
+            return streams
+        futures = [loop.submit(self._timed(r, config, adapter_request, metrics, f"{id(requests)}-{i}"))
+                   for i, r in enumerate(requests)]
+        show = use_tqdm if use_tqdm is not None else len(requests) > 1
+        bar = None
+        if show:
+            from tqdm import tqdm
+            bar = tqdm(total=len(futures), desc="infer", dynamic_ncols=True)
+        results: list[Any] = []
+        try:
+            for fut in futures:
+                try:
+                    results.append(fut.result())
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    results.append(exc)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            for fut in futures:
+                fut.cancel()
+        return results

@@ -1,0 +1,97 @@
+"""`InferStats`: throughput and latency of a run, as ms-swift's, plus TTFT and latency percentiles."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Optional
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an already sorted list (q in [0, 100])."""
+    if not sorted_values:
+        return 0.0
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+class InferStats:
+    """Collects what the engines report about finished requests; `compute()` summarises them.
+
+    Engines call `start(request_id)` when a request is submitted, `first_token(request_id)` when its
+    first text arrives and `finish(request_id, prompt_tokens, completion_tokens, n)` at the end.
+    `update(response)` is accepted too (ms-swift's name) and takes the usage of a finished response.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with getattr(self, "_lock", threading.Lock()):
+            self._t0: Optional[float] = None
+            self._t_last: Optional[float] = None
+            self._starts: dict[str, float] = {}
+            self._first: dict[str, float] = {}
+            self.num_prompt_tokens = 0
+            self.num_generated_tokens = 0
+            self.num_samples = 0
+            self.num_requests = 0
+            self.ttfts: list[float] = []
+            self.latencies: list[float] = []
+
+    def start(self, request_id: str) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            if self._t0 is None:
+                self._t0 = now
+            self._starts[request_id] = now
+
+    def first_token(self, request_id: str) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            if request_id in self._starts and request_id not in self._first:
+                self._first[request_id] = now
+                self.ttfts.append(now - self._starts[request_id])
+
+    def finish(self, request_id: str, prompt_tokens: int, completion_tokens: int, n: int = 1) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            start = self._starts.pop(request_id, None)
+            if start is not None:
+                self.latencies.append(now - start)
+                if request_id not in self._first:  # nothing streamed: the first token came with the answer
+                    self.ttfts.append(now - start)
+                self._first.pop(request_id, None)
+            if self._t0 is None:
+                self._t0 = now
+            self._t_last = now
+            self.num_prompt_tokens += prompt_tokens
+            self.num_generated_tokens += completion_tokens
+            self.num_samples += n
+            self.num_requests += 1
+
+    def update(self, response: Any) -> None:
+        """Record a finished response that was not timed through start/finish (ms-swift's API)."""
+        usage = getattr(response, "usage", None)
+        choices = getattr(response, "choices", None) or []
+        self.finish(getattr(response, "id", ""), getattr(usage, "prompt_tokens", 0),
+                    getattr(usage, "completion_tokens", 0), max(1, len(choices)))
+
+    def compute(self) -> dict[str, float]:
+        with self._lock:
+            runtime = (self._t_last - self._t0) if self._t0 is not None and self._t_last is not None else 0.0
+            ttfts, lats = sorted(self.ttfts), sorted(self.latencies)
+            out = {
+                "num_prompt_tokens": self.num_prompt_tokens,
+                "num_generated_tokens": self.num_generated_tokens,
+                "num_samples": self.num_samples,
+                "runtime": round(runtime, 6),
+                "samples/s": round(self.num_samples / runtime, 4) if runtime > 0 else 0.0,
+                "tokens/s": round(self.num_generated_tokens / runtime, 4) if runtime > 0 else 0.0,
+            }
+            for name, values in (("ttft", ttfts), ("latency", lats)):
+                for q in (50, 90, 99):
+                    out[f"{name}_p{q}"] = round(_percentile(values, q), 6)
+            return out

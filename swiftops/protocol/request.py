@@ -1,0 +1,87 @@
+"""What a caller asks an engine for: `InferRequest`, `RequestConfig`, `AdapterRequest`.
+
+Field names and defaults follow OpenAI's chat API (and ms-swift's Python names), so code
+written for ms-swift's `PtEngine` runs unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A media item: a local path, an http(s) URL, a base64 string or `data:` URI, or a PIL image.
+MediaItem = Any
+
+
+class RequestConfig(BaseModel):
+    """Sampling and output settings of one request (OpenAI's names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: Optional[int] = Field(
+        None, ge=1, description="Most tokens to generate; None: up to the engine's max_new_tokens or the context.")
+    temperature: Optional[float] = Field(
+        None, ge=0, description="0 is greedy; None takes the model's generation_config (greedy if it does not sample).")
+    top_k: Optional[int] = Field(None, description="Keep the k most likely tokens (-1 or None: all).")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass (None: 1.0).")
+    repetition_penalty: Optional[float] = Field(
+        None, gt=0, description="HF-style penalty on tokens already in the prompt or output (1.0: none).")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI presence penalty on generated tokens.")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI frequency penalty on generated tokens.")
+    stop: Optional[list[str]] = Field(None, description="Strings that end generation; they are not returned.")
+    stop_token_ids: Optional[list[int]] = Field(None, description="Token ids that end generation besides EOS.")
+    ignore_eos: bool = Field(False, description="Keep generating past EOS (benchmarks with fixed output lengths).")
+    seed: Optional[int] = Field(None, description="Makes sampling reproducible for this request.")
+    stream: bool = Field(False, description="Return an iterator of chunks instead of one response.")
+    logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="Also return this many most likely tokens per position.")
+    n: int = Field(1, ge=1, le=128, description="Number of choices to generate for the request.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _top_k_all(cls, value: Any) -> Any:
+        # OpenAI-style servers use -1 (vLLM) or 0 (HF) for "no top-k".
+        if value is not None and int(value) <= 0:
+            return None
+        return value
+
+
+class AdapterRequest(BaseModel):
+    """Selects a LoRA adapter for a request: by name, and by path when it is not loaded yet."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Adapter name (as given to `adapters=` or `--adapters name=path`).")
+    path: Optional[str] = Field(None, description="Local path or hub id; loaded on first use.")
+
+
+class InferRequest(BaseModel):
+    """One conversation (or a raw prompt) to answer."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    messages: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="OpenAI-style messages: role plus content as a string or a list of content parts.")
+    images: list[MediaItem] = Field(default_factory=list, description="Media for `<image>` tags, in order.")
+    videos: list[MediaItem] = Field(default_factory=list, description="Media for `<video>` tags, in order.")
+    audios: list[MediaItem] = Field(default_factory=list, description="Media for `<audio>` tags, in order.")
+    tools: Optional[list[dict[str, Any]]] = Field(None, description="OpenAI tool definitions passed to the chat template.")
+    tool_choice: Optional[Union[str, dict[str, Any]]] = Field(None, description="OpenAI tool_choice; 'none' drops tools.")
+    prompt: Optional[Union[str, list[int]]] = Field(
+        None, description="A raw prompt (text or token ids) used as is, with no chat template (OpenAI completions).")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "InferRequest":
+        if self.prompt is None and not self.messages:
+            raise ValueError("an InferRequest needs `messages` (a non-empty list) or a raw `prompt`")
+        if self.prompt is not None and self.messages:
+            raise ValueError("give either `messages` or `prompt`, not both")
+        return self

@@ -1,0 +1,108 @@
+"""The one source of truth for configuration.
+
+CLI flags (`swiftops infer | deploy | app`), `SWIFTOPS_*` environment variables, manifest fields
+and the JSON schema are all generated from these models. Precedence: manifest < environment < CLI flag.
+Every field has a description: it becomes the flag's help text and the schema's documentation.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BackendName = Literal["pt", "vllm", "lmdeploy"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_adapters(value: Any) -> dict[str, str]:
+    """`name=path` items (a bare path is named after its directory) or a mapping, into {name: path}."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, str):
+        value = [value]
+    adapters: dict[str, str] = {}
+    for item in value:
+        name, sep, path = str(item).partition("=")
+        if not sep:
+            path = name
+            name = path.rstrip("/").split("/")[-1] or path
+        if not name or not path:
+            raise ValueError(f"adapter {item!r}: expected name=path or a path")
+        if name in adapters:
+            raise ValueError(f"adapter name {name!r} is given twice; name them with name=path")
+        adapters[name] = path
+    return adapters
+
+
+class ModelSettings(_Section):
+    model: Optional[str] = Field(None, description="Hub id or local path of the model (any transformers causal LM).")
+    model_revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of the model.")
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters as name=path (a bare path is named after its directory); several allowed.")
+    torch_dtype: DType = Field("auto", description="Weights dtype: auto (the checkpoint's; float32 on CPU), "
+                                                   "float32, float16 or bfloat16.")
+    device_map: Optional[str] = Field(None, description="transformers device_map: auto, balanced, cpu, cuda:0 or a JSON map.")
+    max_model_len: Optional[int] = Field(None, ge=16, description="Context length in tokens (prompt + output); "
+                                                                 "default: the model's max_position_embeddings.")
+    trust_remote_code: bool = Field(False, description="Allow model code shipped with the checkpoint to run.")
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapters(cls, value: Any) -> dict[str, str]:
+        return parse_adapters(value)
+
+
+class EngineSettings(_Section):
+    infer_backend: BackendName = Field("pt", description="Inference backend: pt (swiftops' own), vllm or lmdeploy.")
+    max_batch_size: int = Field(32, ge=1, description="Most sequences decoded together (vLLM's max_num_seqs).")
+    max_num_batched_tokens: int = Field(2048, ge=16, description="Token budget of one prefill step (chunked prefill).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory for weights and KV cache.")
+    kv_cache_memory_gb: Optional[float] = Field(
+        None, gt=0, description="KV cache size in GiB (default: from gpu_memory_utilization on GPU, 1 GiB on CPU).")
+    block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs for decode.")
+
+
+class GenerationSettings(_Section):
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="Default cap on generated tokens per request.")
+    temperature: Optional[float] = Field(None, ge=0, description="Default temperature (0: greedy; unset: the model's).")
+    top_k: Optional[int] = Field(None, description="Default top-k.")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="Default top-p.")
+    repetition_penalty: Optional[float] = Field(None, gt=0, description="Default repetition penalty.")
+    seed: Optional[int] = Field(None, description="Default sampling seed.")
+    stop_words: list[str] = Field(default_factory=list, description="Strings that end generation (not returned).")
+    logprobs: bool = Field(False, description="Return log-probabilities of generated tokens.")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="Number of alternatives per token with --logprobs.")
+    system: Optional[str] = Field(None, description="Default system prompt (used when a conversation has none).")
+
+
+class InferSettings(_Section):
+    stream: Optional[bool] = Field(None, description="Stream tokens as they are generated (default: true "
+                                                     "interactively, false for datasets).")
+    val_dataset: list[str] = Field(default_factory=list,
+                                   description="Local JSONL/JSON/CSV files to run (dataset mode); several allowed.")
+    result_path: Optional[str] = Field(None, description="JSONL file the results are appended to "
+                                                         "(default: results/<model>-<time>.jsonl).")
+
+
+class ServerSettings(_Section):
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on (an error if it is taken).")
+    served_model_name: Optional[str] = Field(None, description="Model name clients use (default: the last part of --model).")
+    api_key: Optional[str] = Field(None, description="Required bearer key: the key itself or a path to a file holding it "
+                                                     "(a Kubernetes secret); SWIFTOPS_API_KEY also works.")
+    max_concurrency: int = Field(64, ge=1, description="Requests generating at once; more wait in the queue.")
+    max_queue: int = Field(256, ge=0, description="Requests waiting beyond max_concurrency; more get 429.")
+    max_logprobs: int = Field(20, ge=0, le=20, description="Highest top_logprobs a request may ask for.")
+    shutdown_timeout: float = Field(30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests.")
+    metrics_require_key: bool = Field(False, description="Ask for the API key on /metrics too.")
+    verbose: bool = Field(False, description="Log request and response bodies (media elided).")
+    ui: bool = Field(False, description="Serve the chat web UI at / as well.")
+    result_path: Optional[str] = Field(None, description="Append every finished request and response to this JSONL file.")
