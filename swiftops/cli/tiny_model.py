@@ -1,0 +1,19 @@
+"""`swiftops tiny-model OUT_DIR`: write a tiny random chat model (for tests, demos and trying the CLI offline)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("tiny-model")
+@click.argument("out_dir", type=click.Path(file_okay=False, writable=True))
+@click.option("--arch", type=click.Choice(["qwen2", "llama"]), default="qwen2", show_default=True,
+              help="transformers architecture of the model.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+def command(out_dir: str, arch: str, seed: int) -> None:
+    """Write a tiny randomly initialised chat model to OUT_DIR (a few seconds on CPU, no network)."""
+    from swiftops.models.tiny import build_tiny_model
+
+    path = build_tiny_model(out_dir, arch=arch, seed=seed)
+    click.echo(str(path))
+    click.echo("note: its output is gibberish by design; pass any hub id or local path as --model for real output.",
+               err=True)

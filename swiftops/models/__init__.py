@@ -1,0 +1,1 @@
+"""Models that swiftops generates itself (tiny random chat models for tests and demos)."""
