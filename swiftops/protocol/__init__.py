@@ -8,6 +8,6 @@ from swiftops.protocol.response import (ChatCompletionResponse, ChatCompletionRe
                                         ChatCompletionTokenLogprob, ChatMessage, ChoiceLogprobs, CompletionChoice,
                                         CompletionLogprobs, CompletionResponse, DeltaMessage, DeltaToolCall,
                                         EmbeddingData, EmbeddingResponse, FunctionCall, ModelCard, ModelList,
-                                        ToolCall, TopLogprob, UsageInfo)
+                                        ToolCall, TopLogprob, UsageInfo, new_id)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,74 @@
+"""`build_engine`: settings in, an `InferEngine` out, for whichever backend `--infer_backend` names.
+
+Backends are imported here only when chosen, so vllm and lmdeploy stay optional extras.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+from swiftops.engines.base import InferEngine
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+
+# backend -> (module, engine class, pip extra / library that must be importable)
+BACKENDS = {
+    "pt": ("swiftops.engines.pt", "PtEngine", None),
+    "vllm": ("swiftops.engines.vllm", "VllmEngine", "vllm"),
+    "lmdeploy": ("swiftops.engines.lmdeploy", "LmdeployEngine", "lmdeploy"),
+}
+
+# A hub id: `org/name` with no leading `.`, `/` or `~` (those spell local paths).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_hub_id(model: str) -> bool:
+    return bool(_HUB_ID.match(model)) and ".." not in model
+
+
+def check_model_location(model: ModelSettings) -> None:
+    """Fail before any import of torch when --model is missing or names a local path that is not there."""
+    if not model.model:
+        raise ConfigError("no model given; pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a "
+                          "local path (`swiftops tiny-model DIR` writes a small offline one)", param="model")
+    path = Path(model.model).expanduser()
+    if not path.exists() and not looks_like_hub_id(model.model):
+        raise ConfigError(f"model path {model.model} does not exist; pass --model an existing local directory "
+                          f"or a hub id like org/name", param="model")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"model path {model.model} is a file; pass --model the directory holding config.json",
+                          param="model")
+    for name, adapter in model.adapters.items():
+        if not Path(adapter).expanduser().exists() and not looks_like_hub_id(adapter):
+            raise ConfigError(f"adapter {name}: path {adapter} does not exist; pass --adapters name=path with an "
+                              f"existing directory or a hub id", param="adapters")
+
+
+def _engine_class(backend: str) -> type[InferEngine]:
+    module_name, class_name, library = BACKENDS[backend]
+    if library is not None:
+        try:
+            importlib.import_module(library)
+        except ImportError:
+            raise ConfigError(f"--infer_backend {backend} needs the {library} library, which is not installed; "
+                              f"run pip install 'swiftops[{backend}]' (or use --infer_backend pt)") from None
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise ConfigError(f"--infer_backend {backend} is not available in this version of swiftops; "
+                              f"use --infer_backend pt") from None
+        raise
+    return getattr(module, class_name)
+
+
+def build_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings) -> InferEngine:
+    """Validate the settings, then load the model with the chosen backend."""
+    check_model_location(model)
+    engine_class = _engine_class(engine.infer_backend)
+    from_settings = getattr(engine_class, "from_settings", None)
+    if from_settings is None:
+        raise ConfigError(f"--infer_backend {engine.infer_backend} cannot be built from settings yet; "
+                          f"use --infer_backend pt")
+    return from_settings(model, engine, generation)

@@ -1,0 +1,161 @@
+"""The engine loop: one background thread that schedules, runs the model and hands out tokens.
+
+Callers on any thread `submit` sequences and `abort` them; every step the loop takes new arrivals,
+drops aborted sequences, runs the scheduled batch, samples, detokenizes, checks stop conditions and
+calls each sequence's sink with what it produced. A failure inside a step fails the sequences of that
+step (their sinks get the error) and the loop carries on with the others.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Optional
+
+import torch
+
+from swiftops.engines.pt.detokenizer import IncrementalDetokenizer, token_bytes
+from swiftops.engines.pt.sampler import sample
+from swiftops.engines.pt.scheduler import Scheduler, StepPlan
+from swiftops.engines.pt.sequence import Sequence, SequenceOutput
+from swiftops.protocol import ChatCompletionTokenLogprob, EngineError, TopLogprob
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, runner: Any, scheduler: Scheduler, tokenizer: Any, eos_token_ids: set[int],
+                 max_model_len: int, device: torch.device) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.max_model_len = max_model_len
+        self.device = device
+        self._inbox: deque[Sequence] = deque()
+        self._aborts: deque[int] = deque()
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._by_id: dict[int, Sequence] = {}
+        self.steps = 0
+        self._thread = threading.Thread(target=self._loop, name="swiftops-pt-engine", daemon=True)
+        self._thread.start()
+
+    # ---- called from any thread --------------------------------------------------------------
+    def submit(self, seq: Sequence) -> None:
+        seq.arrival = time.monotonic()
+        if seq.params.seed is not None:
+            seq.generator = torch.Generator(device=self.device).manual_seed(seq.params.seed)
+        seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, seq.params.stop)
+        with self._wake:
+            self._inbox.append(seq)
+            self._wake.notify()
+
+    def abort(self, seq_id: int) -> None:
+        with self._wake:
+            self._aborts.append(seq_id)
+            self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting) + len(self._inbox)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _take_arrivals(self) -> None:
+        with self._wake:
+            while not (self._inbox or self._aborts or self.scheduler.has_work or self._stopped):
+                self._wake.wait()
+            arrivals, self._inbox = list(self._inbox), deque()
+            aborts, self._aborts = list(self._aborts), deque()
+        for seq in arrivals:
+            self._by_id[seq.seq_id] = seq
+            self.scheduler.add(seq)
+        for seq_id in aborts:
+            seq = self._by_id.pop(seq_id, None)
+            if seq is not None:
+                self._retire(seq)
+
+    def _retire(self, seq: Sequence) -> None:
+        self.scheduler.remove(seq)
+        self.runner.release(seq)
+        self._by_id.pop(seq.seq_id, None)
+
+    def _loop(self) -> None:
+        while True:
+            self._take_arrivals()
+            if self._stopped:
+                for seq in list(self._by_id.values()):
+                    self._fail(seq, EngineError("the engine was shut down"))
+                return
+            plan = self.scheduler.schedule()
+            if not plan:
+                if self.scheduler.waiting and not self.scheduler.running:
+                    # Nothing runs and the head of the queue can never fit: fail it rather than spin.
+                    self._fail(self.scheduler.waiting[0], EngineError(
+                        "the KV cache is too small for this prompt; raise --kv_cache_memory_gb or --gpu_memory_utilization"))
+                continue
+            self._step(plan)
+
+    def _step(self, plan: StepPlan) -> None:
+        try:
+            with torch.inference_mode():
+                results = self.runner.run(plan)
+                for seqs, logits in results:
+                    self._emit(seqs, sample(logits, seqs))
+            self.steps += 1
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not kill the engine
+            logger.exception("engine step failed")
+            error = exc if isinstance(exc, EngineError) else EngineError(f"generation failed: {type(exc).__name__}: {exc}")
+            for seq in [*plan.decode, *(s for s, _ in plan.prefill)]:
+                self._fail(seq, error)
+
+    def _fail(self, seq: Sequence, error: BaseException) -> None:
+        self._retire(seq)
+        seq.sink(SequenceOutput(index=seq.index, finish_reason="error", error=error,
+                                prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids)))
+
+    def _logprob_entry(self, seq: Sequence, token: int, info: Any) -> ChatCompletionTokenLogprob:
+        chosen, top = info
+        text = seq.detokenizer.token_text(token)
+        tops = []
+        for tid, lp in top:
+            t = seq.detokenizer.token_text(tid)
+            tops.append(TopLogprob(token=t, logprob=lp, bytes=token_bytes(t)))
+        return ChatCompletionTokenLogprob(token=text, logprob=chosen, bytes=token_bytes(text), top_logprobs=tops)
+
+    def _emit(self, seqs: list[Sequence], result: Any) -> None:
+        for seq, token, info in zip(seqs, result.token_ids, result.logprobs):
+            if seq.aborted or seq.seq_id not in self._by_id:
+                continue
+            seq.output_ids.append(token)
+            finish: Optional[str] = None
+            is_eos = token in self.eos_token_ids and not seq.params.ignore_eos
+            if is_eos or token in seq.params.stop_token_ids:
+                finish = "stop"
+            else:
+                seq.detokenizer.add(token)
+                if seq.detokenizer.stopped:
+                    finish = "stop"
+                elif len(seq.output_ids) >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
+                    finish = "length"
+            if finish is not None:
+                seq.detokenizer.flush()
+            out = SequenceOutput(index=seq.index, text=seq.detokenizer.take(final=finish is not None),
+                                 token_ids=[token], finish_reason=finish, prompt_tokens=len(seq.prompt_ids),
+                                 completion_tokens=len(seq.output_ids))
+            if info is not None:
+                out.logprobs.append(self._logprob_entry(seq, token, info))
+            if finish is not None:
+                self._retire(seq)
+            seq.sink(out)

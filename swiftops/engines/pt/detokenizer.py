@@ -1,0 +1,80 @@
+"""Incremental detokenization with stop strings that are never returned, not even in part while streaming."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+# Prompt tokens decoded with the output, so tokenizers that drop a leading space in isolation
+# (sentencepiece) decode the first output token as they would in context.
+_CONTEXT_TOKENS = 5
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = list(prompt_ids[-_CONTEXT_TOKENS:])
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+        self.text = ""  # decoded output so far (stop strings cut off)
+        self.emitted = 0  # characters of `text` already handed out
+        self.stop = stop
+        self.stopped = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def add(self, token_id: int) -> None:
+        """Append a token; sets `stopped` when a stop string appears (the text is cut before it)."""
+        self.ids.append(token_id)
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset:])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self._append(full[len(prefix):])
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+
+    def flush(self) -> None:
+        """At the end, decode whatever is still held back (an incomplete UTF-8 sequence)."""
+        if self.stopped:
+            return
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset:])
+        if len(full) > len(prefix):
+            self._append(full[len(prefix):])
+        self.prefix_offset = self.read_offset = len(self.ids)
+
+    def _append(self, delta: str) -> None:
+        if self.stopped:
+            return
+        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
+        self.text += delta
+        if not self.stop:
+            return
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+            self.stopped = True
+
+    def _held_back(self) -> int:
+        """Characters at the end of the text that could be the start of a stop string."""
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text)), longest, -1):
+                if self.text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
+
+    def take(self, final: bool) -> str:
+        """Text not handed out yet; while not final, a possible stop-string prefix stays held back."""
+        end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
+        if end <= self.emitted:
+            return ""
+        out = self.text[self.emitted:end]
+        self.emitted = end
+        return out
+
+    def token_text(self, token_id: int) -> str:
+        return self._decode([token_id])
+
+
+def token_bytes(text: str) -> Optional[list[int]]:
+    return list(text.encode("utf-8"))

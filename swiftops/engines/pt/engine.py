@@ -1,0 +1,210 @@
+"""`PtEngine`: swiftops' own backend on transformers models, with continuous batching and a paged KV cache."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, AsyncIterator, Optional
+
+import torch
+
+from swiftops.engines.base import InferEngine
+from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register
+from swiftops.engines.pt.core import EngineCore
+from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
+from swiftops.engines.pt.loader import LoadedModel, load_model
+from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
+from swiftops.engines.pt.scheduler import Scheduler
+from swiftops.engines.pt.sequence import SamplingParams, Sequence, SequenceOutput
+from swiftops.engines.response_builder import collect_response, stream_response
+from swiftops.protocol import (AdapterRequest, BadRequestError, InferRequest, ModelNotFoundError, PromptTooLongError,
+                               RequestConfig, UnsupportedError)
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.template.chat_template import encode_prompt
+
+logger = logging.getLogger(__name__)
+
+_CPU_CACHE_BYTES = 1 << 30  # default KV cache on CPU: enough for tests and demos without hogging RAM
+
+
+def _cache_shape(model: Any, dtype: torch.dtype) -> CacheShape:
+    text = model.config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return CacheShape(text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim, dtype)
+
+
+class PtEngine(InferEngine):
+    """Runs any transformers causal LM: `PtEngine("Qwen/Qwen2.5-0.5B-Instruct", max_batch_size=32)`."""
+
+    def __init__(self, model: str, adapters: Optional[dict[str, str]] = None, *, max_batch_size: int = 32,
+                 torch_dtype: Optional[str] = None, device_map: Optional[str] = None,
+                 max_model_len: Optional[int] = None, model_revision: Optional[str] = None,
+                 trust_remote_code: bool = False, max_num_batched_tokens: int = 2048,
+                 gpu_memory_utilization: float = 0.9, kv_cache_memory_gb: Optional[float] = None,
+                 block_size: int = 16, enforce_eager: bool = False,
+                 generation: Optional[GenerationSettings] = None, served_model_name: Optional[str] = None,
+                 runner: Optional[str] = None) -> None:
+        if adapters:
+            raise UnsupportedError("LoRA adapters on the pt engine are not available in this version")
+        register()
+        self.generation = generation or GenerationSettings()
+        loaded = load_model(model, revision=model_revision, torch_dtype=torch_dtype, device_map=device_map,
+                            max_model_len=max_model_len, trust_remote_code=trust_remote_code,
+                            attn_implementation=ATTN_IMPLEMENTATION)
+        self._loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.model = loaded.model
+        self.max_model_len = loaded.max_model_len
+        self.model_name = served_model_name or os.path.basename(os.path.normpath(model))
+        self.max_batch_size = max_batch_size
+        self._eos = self._eos_ids(loaded)
+        shape = _cache_shape(loaded.model, loaded.dtype)
+        cache = PagedKVCache(shape, self._num_blocks(loaded, shape, block_size, gpu_memory_utilization,
+                                                     kv_cache_memory_gb, max_batch_size), block_size, loaded.device)
+        choice = runner or os.environ.get("SWIFTOPS_PT_RUNNER")
+        if choice == "fallback" or (choice != "paged" and not paged_path_agrees(
+                loaded.model, cache, loaded.device, loaded.tokenizer.vocab_size)):
+            logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", model)
+            loaded.model.set_attn_implementation("sdpa")
+            run = FallbackRunner(loaded.model, loaded.device)
+            scheduler = Scheduler(None, max_batch_size, max_num_batched_tokens)
+            del cache
+        else:
+            run = PagedRunner(loaded.model, cache, loaded.device)
+            scheduler = Scheduler(cache, max_batch_size, max_num_batched_tokens)
+            self.kv_cache = cache
+        self.runner_name = run.name
+        logger.info("pt engine ready: %s on %s (%s), runner=%s, max_model_len=%d", self.model_name, loaded.device,
+                    loaded.dtype, run.name, self.max_model_len)
+        self._core = EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings, engine: EngineSettings,
+                      generation: Optional[GenerationSettings] = None, **kwargs: Any) -> "PtEngine":
+        return cls(model.model, model.adapters or None, max_batch_size=engine.max_batch_size,
+                   torch_dtype=model.torch_dtype, device_map=model.device_map, max_model_len=model.max_model_len,
+                   model_revision=model.model_revision, trust_remote_code=model.trust_remote_code,
+                   max_num_batched_tokens=engine.max_num_batched_tokens,
+                   gpu_memory_utilization=engine.gpu_memory_utilization,
+                   kv_cache_memory_gb=engine.kv_cache_memory_gb, block_size=engine.block_size,
+                   enforce_eager=engine.enforce_eager, generation=generation, **kwargs)
+
+    # ---- set-up helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _eos_ids(loaded: LoadedModel) -> set[int]:
+        ids: set[int] = set()
+        for source in (loaded.generation_config.eos_token_id, loaded.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(i) for i in source)
+        return ids
+
+    @staticmethod
+    def _num_blocks(loaded: LoadedModel, shape: CacheShape, block_size: int, utilization: float,
+                    cache_gb: Optional[float], max_batch_size: int) -> int:
+        if cache_gb:
+            budget = int(cache_gb * (1 << 30))
+        elif loaded.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(loaded.device)
+            used = total - free
+            # Leave room for activations of one prefill step on top of the weights already loaded.
+            budget = int(total * utilization) - used - (1 << 30)
+            if budget <= 0:
+                raise UnsupportedError(f"no GPU memory left for the KV cache at gpu_memory_utilization={utilization}; "
+                                       "raise it or use a smaller model")
+        else:
+            wanted = max_batch_size * loaded.max_model_len * shape.bytes_per_token
+            budget = min(_CPU_CACHE_BYTES, wanted)
+        return PagedKVCache.num_blocks_for(budget, shape, block_size) + 1  # +1: the scratch block
+
+    # ---- the engine interface -------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return self._core.num_running
+
+    @property
+    def num_waiting(self) -> int:
+        return self._core.num_waiting
+
+    def _sampling_params(self, config: RequestConfig, prompt_len: int) -> SamplingParams:
+        g, gc = self.generation, self._loaded.generation_config
+        room = self.max_model_len - prompt_len
+        max_tokens = min(config.max_tokens or g.max_new_tokens or room, room)
+        temperature = config.temperature if config.temperature is not None else g.temperature
+        if temperature is None:
+            temperature = float(gc.temperature or 1.0) if gc.do_sample else 0.0
+        top_k = config.top_k if config.top_k is not None else g.top_k
+        top_p = config.top_p if config.top_p is not None else g.top_p
+        if config.temperature is None and g.temperature is None and gc.do_sample:
+            top_k = top_k if top_k is not None else gc.top_k
+            top_p = top_p if top_p is not None else gc.top_p
+        penalty = config.repetition_penalty if config.repetition_penalty is not None else g.repetition_penalty
+        stop = tuple(s for s in (config.stop or g.stop_words or []) if s)
+        top_logprobs = config.top_logprobs if config.top_logprobs is not None else (g.top_logprobs or 0)
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p or 1.0),
+            repetition_penalty=float(penalty or 1.0), presence_penalty=config.presence_penalty,
+            frequency_penalty=config.frequency_penalty,
+            seed=config.seed if config.seed is not None else self.generation.seed, stop=stop,
+            stop_token_ids=frozenset(config.stop_token_ids or ()), ignore_eos=config.ignore_eos,
+            logprobs=config.logprobs or bool(config.top_logprobs), top_logprobs=top_logprobs)
+
+    def encode(self, request: InferRequest) -> list[int]:
+        return encode_prompt(self.tokenizer, request, self.generation.system)
+
+    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
+                          adapter_request: Optional[AdapterRequest] = None):
+        config = request_config or RequestConfig()
+        if adapter_request is not None:
+            raise ModelNotFoundError(f"adapter {adapter_request.name!r} is not loaded; this engine serves "
+                                     f"{self.model_name!r} only")
+        if request.images or request.videos or request.audios:
+            raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model")
+        prompt_ids = self.encode(request)
+        if not prompt_ids:
+            raise BadRequestError("the prompt is empty", param="prompt")
+        if len(prompt_ids) >= self.max_model_len:
+            raise PromptTooLongError(len(prompt_ids), self.max_model_len)
+        params = self._sampling_params(config, len(prompt_ids))
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
+
+        def sink(out: SequenceOutput) -> None:  # called on the engine thread
+            loop.call_soon_threadsafe(queue.put_nowait, out)
+
+        seqs = []
+        for i in range(config.n):
+            p = params
+            if params.seed is not None and i:
+                p = SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+            seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i))
+        for seq in seqs:
+            self._core.submit(seq)
+        outputs = self._drain(queue, seqs)
+        tools = bool(request.tools) and request.tool_choice != "none"
+        want_logprobs = params.logprobs
+        if config.stream:
+            return stream_response(outputs, config.n, self.model_name, tools, want_logprobs)
+        return await collect_response(outputs, config.n, self.model_name, tools, want_logprobs)
+
+    async def _drain(self, queue: "asyncio.Queue[SequenceOutput]", seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
+        """Outputs of a request's sequences until all finish; leaving early (cancel, close) aborts them."""
+        remaining = len(seqs)
+        try:
+            while remaining:
+                out = await queue.get()
+                if out.finish_reason is not None:
+                    remaining -= 1
+                yield out
+        finally:
+            if remaining:
+                for seq in seqs:
+                    seq.aborted = True
+                    self._core.abort(seq.seq_id)
+
+    def close(self) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None:
+            core.stop()

@@ -1,0 +1,102 @@
+"""Loading a transformers causal LM and its tokenizer from a local path or a hub id."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from swiftops.protocol import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    generation_config: Any
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: int
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
+
+
+def check_model_source(model: Optional[str]) -> str:
+    if not model:
+        raise ConfigError("no model given: pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local path "
+                          "(`swiftops tiny-model ./tiny-model` makes an offline test model)")
+    if os.path.exists(model):
+        if not os.path.exists(os.path.join(model, "config.json")):
+            raise ConfigError(f"{model} has no config.json: point --model at a transformers checkpoint directory")
+        return model
+    if _looks_like_hub_id(model):
+        return model
+    raise ConfigError(f"model path {model} does not exist; pass an existing directory or a hub id like org/name")
+
+
+def resolve_dtype(torch_dtype: Optional[str], device: torch.device, config: Any) -> torch.dtype:
+    if torch_dtype and torch_dtype != "auto":
+        return _DTYPES[torch_dtype]
+    if device.type == "cpu":
+        return torch.float32  # half precision on CPU is slow and lossy
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = _DTYPES.get(stored)
+    return stored if stored in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def _context_length(config: Any) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 4096
+
+
+def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optional[str] = None,
+               device_map: Optional[str] = None, max_model_len: Optional[int] = None,
+               trust_remote_code: bool = False, attn_implementation: Optional[str] = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    source = check_model_source(model)
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except OSError as exc:
+        raise ConfigError(f"cannot load {model}: {exc}") from exc
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_dtype(torch_dtype, device, config)
+    kwargs: dict[str, Any] = {"dtype": dtype, **common}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map:
+        kwargs["device_map"] = json.loads(device_map) if device_map.strip().startswith("{") else device_map
+    try:
+        net = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load {model} as a causal LM: {exc}") from exc
+    if not device_map:
+        net.to(device)
+    else:
+        device = next(net.parameters()).device
+    net.eval()
+    try:
+        generation_config = GenerationConfig.from_pretrained(source, **common)
+    except OSError:
+        generation_config = GenerationConfig.from_model_config(config)
+    context = _context_length(config)
+    if max_model_len and max_model_len > context:
+        logger.warning("max_model_len %d exceeds the model's %d positions", max_model_len, context)
+    return LoadedModel(net, tokenizer, generation_config, device, dtype, max_model_len or context)
