@@ -1,0 +1,205 @@
+"""Reading `--val_dataset` files: local JSONL, JSON or CSV rows in the common shapes, into conversations.
+
+Shapes (ms-swift's): `messages` (OpenAI list; a final assistant turn is the label), `conversations`
+(ShareGPT's from/value), `query`/`response` (+ `history` [[q, r], ...]), `instruction`/`input`/`output`,
+each with an optional `system`, `images`/`videos`/`audios` and `tools`. A bad file or row raises
+ConfigError naming the file and line, before any weights load.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.request import InferRequest
+
+SUFFIXES = (".jsonl", ".json", ".csv")
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
+
+
+@dataclass
+class DatasetRow:
+    """One conversation to answer, and where it came from (its key makes resuming possible)."""
+
+    source: str = field(metadata={"description": "The dataset file as given on the command line."})
+    index: int = field(metadata={"description": "0-based index of the row within its file."})
+    line: int = field(metadata={"description": "1-based line of the row (JSONL, CSV) or its array position (JSON)."})
+    messages: list[dict[str, Any]] = field(metadata={"description": "The conversation sent to the model."})
+    label: Optional[str] = field(default=None, metadata={"description": "The removed final assistant turn."})
+    images: list[Any] = field(default_factory=list, metadata={"description": "Media for <image> tags."})
+    videos: list[Any] = field(default_factory=list, metadata={"description": "Media for <video> tags."})
+    audios: list[Any] = field(default_factory=list, metadata={"description": "Media for <audio> tags."})
+    tools: Optional[list[dict[str, Any]]] = field(default=None, metadata={"description": "OpenAI tool definitions."})
+
+    @property
+    def key(self) -> str:
+        """Stable id of the row in the result file: file + row index."""
+        return f"{self.source}#{self.index}"
+
+    def with_system(self, system: Optional[str]) -> list[dict[str, Any]]:
+        """The messages, with `system` prepended when the row has no system turn of its own."""
+        if system and not any(m.get("role") == "system" for m in self.messages):
+            return [{"role": "system", "content": system}, *self.messages]
+        return list(self.messages)
+
+    def to_request(self, system: Optional[str] = None) -> InferRequest:
+        return InferRequest(messages=self.with_system(system), images=self.images, videos=self.videos,
+                            audios=self.audios, tools=self.tools)
+
+
+# ---- row shapes -----------------------------------------------------------------------------------
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _maybe_json(value: Any) -> Any:
+    """CSV cells hold nested values (history, messages) as JSON text."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("`messages` must be a non-empty list of {role, content} objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ValueError(f"message {i} needs a role of {sorted(ROLES)} (got {message!r:.80})")
+        if message.get("content") is None and not message.get("tool_calls"):
+            raise ValueError(f"message {i} ({message['role']}) has no content")
+    return [dict(m) for m in messages]
+
+
+def _from_sharegpt(turns: Any) -> list[dict[str, Any]]:
+    if not isinstance(turns, list):
+        raise ValueError("`conversations` must be a list of {from, value} objects")
+    messages = []
+    for i, turn in enumerate(turns):
+        role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower()) if isinstance(turn, dict) else None
+        if role is None:
+            raise ValueError(f"conversation turn {i} needs `from` of {sorted(SHAREGPT_ROLES)}")
+        messages.append({"role": role, "content": turn.get("value")})
+    return messages
+
+
+def _from_query(row: dict[str, Any]) -> tuple[list[dict[str, Any]], Optional[str]]:
+    messages = []
+    for pair in _as_list(_maybe_json(row.get("history"))):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError("`history` must be a list of [query, response] pairs")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages.append({"role": "user", "content": str(row["query"])})
+    return messages, _text_or_none(row.get("response"))
+
+
+def _from_instruction(row: dict[str, Any]) -> tuple[list[dict[str, Any]], Optional[str]]:
+    extra = _text_or_none(row.get("input"))
+    content = f"{row['instruction']}\n{extra}" if extra else str(row["instruction"])
+    return [{"role": "user", "content": content}], _text_or_none(row.get("output"))
+
+
+def _text_or_none(value: Any) -> Optional[str]:
+    return None if value is None or value == "" else str(value)
+
+
+def to_conversation(row: Any) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """A dataset row -> (messages ending in a user turn, label or None). ValueError says what is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a row must be a JSON object, not {type(row).__name__}")
+    label: Optional[str] = None
+    if row.get("messages") not in (None, ""):
+        messages = _check_messages(_maybe_json(row["messages"]))
+    elif row.get("conversations") not in (None, ""):
+        messages = _check_messages(_from_sharegpt(_maybe_json(row["conversations"])))
+    elif row.get("query") not in (None, ""):
+        messages, label = _from_query(row)
+    elif row.get("instruction") not in (None, ""):
+        messages, label = _from_instruction(row)
+    else:
+        raise ValueError(f"a row needs `messages`, `conversations`, `query` or `instruction` "
+                         f"(found keys: {', '.join(map(str, row)) or 'none'})")
+    if messages[-1]["role"] == "assistant" and label is None:
+        label = _text_or_none(messages.pop()["content"])
+    if not messages or messages[-1]["role"] not in ("user", "tool"):
+        raise ValueError("the conversation must end with a user (or tool) turn to answer")
+    system = _text_or_none(row.get("system"))
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    return messages, label
+
+
+# ---- files ----------------------------------------------------------------------------------------
+
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line, record) of a file; line is what error messages name."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for line_no, text in enumerate(f, 1):
+                if text.strip():
+                    try:
+                        yield line_no, json.loads(text)
+                    except json.JSONDecodeError as exc:
+                        raise ConfigError(f"{path} line {line_no}: not valid JSON ({exc.msg}); "
+                                          f"each line of a .jsonl file must be one JSON object") from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(data, list):
+            raise ConfigError(f"{path}: a .json dataset must be a list of row objects "
+                              f"(use .jsonl for one object per line)")
+        yield from enumerate(data, 1)
+    else:
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            try:
+                for row in reader:
+                    yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+            except csv.Error as exc:
+                raise ConfigError(f"{path} line {reader.line_num}: bad CSV ({exc})") from None
+
+
+def load_dataset(source: str) -> list[DatasetRow]:
+    path = Path(source).expanduser()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"dataset file {source} {what}; --val_dataset takes local .jsonl, .json or .csv files")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"dataset file {source}: unknown format {path.suffix or '(no suffix)'}; "
+                          f"use .jsonl, .json or .csv")
+    rows: list[DatasetRow] = []
+    where = "row" if path.suffix.lower() == ".json" else "line"
+    for line, record in _records(path):
+        try:
+            messages, label = to_conversation(record)
+        except ValueError as exc:
+            raise ConfigError(f"{source} {where} {line}: {exc}") from None
+        rows.append(DatasetRow(
+            source=os.path.normpath(source), index=len(rows), line=line, messages=messages, label=label,
+            images=_as_list(_maybe_json(record.get("images"))), videos=_as_list(_maybe_json(record.get("videos"))),
+            audios=_as_list(_maybe_json(record.get("audios"))), tools=_maybe_json(record.get("tools")) or None))
+    if not rows:
+        raise ConfigError(f"dataset file {source} has no rows")
+    return rows
+
+
+def load_datasets(sources: list[str]) -> list[DatasetRow]:
+    """All rows of all files, in order; the same file given twice is read once."""
+    rows: list[DatasetRow] = []
+    for source in dict.fromkeys(sources):
+        rows += load_dataset(source)
+    return rows

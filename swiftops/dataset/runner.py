@@ -1,0 +1,92 @@
+"""Running dataset rows through an engine: a bounded number in flight, each row written as it finishes."""
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any, Iterator, Optional
+
+from swiftops.dataset.loader import DatasetRow
+from swiftops.dataset.results import ResultWriter
+from swiftops.engines.base import InferEngine
+from swiftops.metrics.stats import InferStats
+from swiftops.protocol.errors import SwiftopsError
+from swiftops.protocol.request import RequestConfig
+from swiftops.protocol.response import ChatCompletionResponse
+
+
+def result_row(key: str, messages: list[dict[str, Any]], response: ChatCompletionResponse, *,
+               label: Optional[str] = None, with_logprobs: bool = False, **extra: Any) -> dict[str, Any]:
+    """One line of the result file (dataset and interactive mode write the same shape)."""
+    choice = response.choices[0]
+    row: dict[str, Any] = {"id": key, **extra, "messages": messages, "response": choice.message.content,
+                           "label": label, "finish_reason": choice.finish_reason,
+                           "usage": response.usage.model_dump()}
+    if choice.message.tool_calls:
+        row["tool_calls"] = [call.model_dump() for call in choice.message.tool_calls]
+    if with_logprobs:
+        row["logprobs"] = choice.logprobs.model_dump()["content"] if choice.logprobs else None
+    return row
+
+
+def describe_failure(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, SwiftopsError) else f"{type(exc).__name__}: {exc}"
+
+
+class DatasetRun:
+    """Answers `rows` with `engine` and appends each finished one to `writer`; failed rows are reported, not written.
+
+    At most `max_in_flight` requests are submitted at once (enough to keep the engine's batch full
+    while bounding memory for large datasets).
+    """
+
+    def __init__(self, engine: InferEngine, config: RequestConfig, writer: ResultWriter, *,
+                 system: Optional[str] = None, max_in_flight: int = 64, stats: Optional[InferStats] = None,
+                 progress: Any = None) -> None:
+        self.engine = engine
+        self.config = config
+        self.writer = writer
+        self.system = system
+        self.max_in_flight = max(1, max_in_flight)
+        self.stats = stats or InferStats()
+        self.progress = progress  # a tqdm bar, or None
+        self.failures: list[tuple[DatasetRow, BaseException]] = []
+
+    def run(self, rows: list[DatasetRow]) -> list[tuple[DatasetRow, BaseException]]:
+        asyncio.run(self.run_async(rows))
+        return self.failures
+
+    async def run_async(self, rows: list[DatasetRow]) -> None:
+        pending = iter(rows)
+        workers = [asyncio.create_task(self._worker(pending)) for _ in range(min(self.max_in_flight, len(rows)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+
+    async def _worker(self, pending: Iterator[DatasetRow]) -> None:
+        for row in pending:  # one shared iterator: each row goes to exactly one worker
+            await self._answer(row)
+
+    async def _answer(self, row: DatasetRow) -> None:
+        messages = row.with_system(self.system)
+        self.stats.start(row.key)
+        try:
+            response = await self.engine.infer_async(row.to_request(self.system), self.config)
+        except Exception as exc:  # one bad row must not lose the rest of the run
+            self.failures.append((row, exc))
+            self._note(f"warning: {row.source} line {row.line} failed and was skipped "
+                       f"(re-run the same command to retry it): {describe_failure(exc)}")
+            return
+        self.stats.finish(row.key, response.usage.prompt_tokens, response.usage.completion_tokens,
+                          len(response.choices))
+        self.writer.write(result_row(row.key, messages, response, label=row.label,
+                                     with_logprobs=self.config.logprobs, source=row.source, index=row.index))
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def _note(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.write(text, file=sys.stderr)  # above the bar, not through it
+        else:
+            print(text, file=sys.stderr)
