@@ -8,6 +8,7 @@ differently.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 from typing import Literal
@@ -180,8 +181,8 @@ def train_tokenizer():
     return tokenizer
 
 
-
 def build_model_config(arch: Arch, tokenizer):
+    """Small but real: GQA (4 query heads share 2 KV heads) so a KV-cache indexing bug shows."""
     from transformers import LlamaConfig, Qwen2Config
 
     config_class = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
@@ -193,6 +194,7 @@ def build_model_config(arch: Arch, tokenizer):
 
 
 def init_model(config, tokenizer, seed: int):
+    """Random weights from `seed` (CPU RNG: byte-identical for a given torch version), special rows scaled down."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -228,19 +230,35 @@ def build_tiny_model(out_dir: str | pathlib.Path, arch: Arch = "qwen2", seed: in
     if out.is_dir() and any(out.iterdir()) and not is_tiny_model_dir(out):
         raise ConfigError(f"{out} is not empty and does not hold a tiny model; pass a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
+    # The marker goes first so that a build interrupted half-way can be rerun over the same directory.
+    (out / MARKER_FILE).write_text(json.dumps({"arch": arch, "seed": seed}, indent=2) + "\n")
 
     tokenizer = train_tokenizer()
     config = build_model_config(arch, tokenizer)
     model = init_model(config, tokenizer, seed)
     model.generation_config = build_generation_config(config)
-    model.save_pretrained(out, safe_serialization=True)
+    with progress_bars_off():
+        model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / MARKER_FILE).write_text(json.dumps({"arch": arch, "seed": seed}, indent=2) + "\n")
     return out
+
+
+@contextlib.contextmanager
+def progress_bars_off():
+    """transformers shows a "Writing model shards" bar even for one 1 MB file; it is noise in the CLI."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def build_generation_config(config):
     from transformers import GenerationConfig
 
     return GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                            pad_token_id=config.pad_token_id, do_sample=False, max_new_tokens=64)
+                            pad_token_id=config.pad_token_id, do_sample=False)

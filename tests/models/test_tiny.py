@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -56,6 +59,27 @@ def test_loads_offline_and_generates(request, fixture, model_class):
     new_tokens = out[0, ids.shape[1]:].tolist()
     # Peaky but not degenerate: a full-length answer that is not one token repeated.
     assert len(new_tokens) == 30 and len(set(new_tokens)) > 10
+
+
+def test_greedy_decoding_is_peaky_varied_and_long(tiny_model_dir):
+    """Engine tests compare batched and single greedy outputs: the top-1 logit must stand clear of the
+    runner-up so float rounding cannot flip it, while outputs still differ per prompt and run long."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = ["Hello, who are you?", "What is 2+2?", "你好，请介绍一下你自己。", "def main():", "hi", "Why is the sky blue?"]
+    gaps, outputs = [], []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        out = model.generate(ids, max_new_tokens=30, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        outputs.append(tuple(out.sequences[0, ids.shape[1]:].tolist()))
+        for scores in out.scores:  # [1, vocab] per step
+            top2 = scores[0].topk(2).values
+            gaps.append((top2[0] - top2[1]).item())
+    gaps = torch.tensor(gaps)
+    assert gaps.median() > 0.5 and (gaps > 0.1).float().mean() > 0.85
+    assert len(set(outputs)) == len(prompts)
+    assert all(len(tokens) == 30 and tokenizer.eos_token_id not in tokens for tokens in outputs)
 
 
 def test_tokenizer_round_trips_any_text(tiny_model_dir, tiny_llama_dir):
@@ -142,3 +166,12 @@ def test_cli_writes_a_model_and_errors_on_a_bad_dir(tmp_path):
     (tmp_path / "data" / "x.csv").write_text("1,2\n")
     result = runner.invoke(cli, ["tiny-model", str(tmp_path / "data")])
     assert isinstance(result.exception, ConfigError)
+
+
+def test_cli_exits_2_with_one_line_on_a_bad_dir(tmp_path):
+    (tmp_path / "x.csv").write_text("1,2\n")
+    result = subprocess.run([sys.executable, "-m", "swiftops.cli.main", "tiny-model", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parents[2])
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "not empty" in result.stderr
+    assert "Traceback" not in result.stderr
