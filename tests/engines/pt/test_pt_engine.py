@@ -1,0 +1,185 @@
+"""PtEngine behaviour on tiny random models: batching invariance, streaming, stops, n, seeds, logprobs, limits."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from swiftops import InferRequest, InferStats, PtEngine, RequestConfig
+from swiftops.protocol import PromptTooLongError
+
+PROMPTS = ["who are you?", "浙江的省会在哪？这里有什么好玩的地方", "Write a long story about a cat " * 6,
+           "hi", "def add(a, b):\n    return a + b\nExplain this code."]
+GREEDY = RequestConfig(max_tokens=24, temperature=0)
+
+
+def _req(text: str) -> InferRequest:
+    return InferRequest(messages=[{"role": "user", "content": text}])
+
+
+def _text(resp) -> str:
+    return resp.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    eng = PtEngine(str(tiny_model_dir), max_batch_size=8)
+    yield eng
+    eng.close()
+
+
+def test_fast_path_is_used_for_standard_architectures(engine):
+    assert engine.runner_name == "paged"
+
+
+def test_batch_equals_single(engine):
+    batched = engine.infer([_req(p) for p in PROMPTS], GREEDY)
+    for prompt, resp in zip(PROMPTS, batched):
+        alone = engine.infer([_req(prompt)], GREEDY)[0]
+        assert _text(resp) == _text(alone)
+        assert resp.usage.completion_tokens == alone.usage.completion_tokens
+    assert len({_text(r) for r in batched}) == len(PROMPTS)  # different prompts, different answers
+
+
+def test_stream_concatenates_to_the_non_stream_text(engine):
+    whole = engine.infer([_req(PROMPTS[1])], GREEDY)[0]
+    chunks = list(engine.infer([_req(PROMPTS[1])], GREEDY.model_copy(update={"stream": True}))[0])
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == _text(whole)
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_stop_string_ends_generation_and_is_not_returned(engine):
+    full = _text(engine.infer([_req(PROMPTS[0])], GREEDY)[0])
+    stop = full[5:8]
+    assert stop and stop in full
+    cut = engine.infer([_req(PROMPTS[0])], GREEDY.model_copy(update={"stop": [stop]}))[0]
+    assert _text(cut) == full[:full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = engine.infer([_req(PROMPTS[0])], GREEDY.model_copy(update={"stop": [stop], "stream": True}))[0]
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == _text(cut)
+
+
+def test_max_tokens_gives_length(engine):
+    resp = engine.infer([_req("hello")], RequestConfig(max_tokens=3, temperature=0))[0]
+    assert resp.usage.completion_tokens == 3 and resp.choices[0].finish_reason == "length"
+
+
+def test_n_choices(engine):
+    resp = engine.infer([_req("tell me a story")], RequestConfig(max_tokens=12, temperature=1.0, n=3, seed=7))[0]
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert len({c.message.content for c in resp.choices}) > 1
+    assert 3 <= resp.usage.completion_tokens <= 36
+
+
+def test_seed_makes_sampling_reproducible(engine):
+    cfg = RequestConfig(max_tokens=16, temperature=1.0, top_p=0.9, top_k=50, seed=1234)
+    first = _text(engine.infer([_req("sample me")], cfg)[0])
+    # same seed inside a batch of other sampled requests: same text
+    batch = engine.infer([_req("other"), _req("sample me"), _req("third one")], cfg)
+    assert _text(batch[1]) == first
+    other = _text(engine.infer([_req("sample me")], cfg.model_copy(update={"seed": 99}))[0])
+    assert other != first
+
+
+def test_logprobs_match_a_direct_forward(engine):
+    cfg = RequestConfig(max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    req = _req("logprobs please")
+    resp = engine.infer([req], cfg)[0]
+    entries = resp.choices[0].logprobs.content
+    assert len(entries) == 6
+    prompt_ids = engine.encode(req)
+    assert all(len(e.top_logprobs) == 3 for e in entries)
+    # Recompute with a plain transformers forward over the prompt plus the greedy tokens.
+    with torch.inference_mode():
+        seq = list(prompt_ids)
+        for entry in entries:
+            logits = engine.model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+            lp = torch.log_softmax(logits, -1)
+            token = int(torch.argmax(lp))
+            assert entry.logprob == pytest.approx(float(lp[token]), abs=1e-4)
+            assert entry.top_logprobs[0].logprob == pytest.approx(float(lp.max()), abs=1e-4)
+            assert entry.token == engine.tokenizer.decode([token])
+            seq.append(token)
+
+
+def test_prompt_longer_than_context_is_a_clear_error(engine):
+    long = "word " * 2000
+    with pytest.raises(PromptTooLongError, match="context is 512 tokens"):
+        engine.infer([_req(long)], GREEDY)
+    # max_tokens beyond the context is capped, not an error
+    resp = engine.infer([_req("hi")], RequestConfig(max_tokens=100000, temperature=0, ignore_eos=True))[0]
+    assert resp.usage.prompt_tokens + resp.usage.completion_tokens == engine.max_model_len
+
+
+def test_infer_async_and_metrics(engine):
+    async def main():
+        return await asyncio.gather(*(engine.infer_async(_req(p), GREEDY) for p in PROMPTS[:3]))
+    results = asyncio.run(main())
+    assert [_text(r) for r in results] == [_text(r) for r in engine.infer([_req(p) for p in PROMPTS[:3]], GREEDY)]
+    stats = InferStats()
+    engine.infer([_req(p) for p in PROMPTS], GREEDY, metrics=[stats])
+    summary = stats.compute()
+    assert summary["num_samples"] == len(PROMPTS)
+    assert summary["num_generated_tokens"] > 0 and summary["tokens/s"] > 0
+    assert 0 < summary["ttft_p50"] <= summary["latency_p99"]
+
+
+def test_abandoned_stream_frees_its_slot(engine):
+    stream = engine.infer([_req("a long answer please")], RequestConfig(max_tokens=400, temperature=0,
+                                                                       ignore_eos=True, stream=True))[0]
+    next(stream)
+    stream.close()
+    for _ in range(100):
+        if engine.num_running == 0 and engine.num_waiting == 0:
+            break
+        import time
+        time.sleep(0.02)
+    assert engine.num_running == 0 and engine.num_waiting == 0
+
+
+def test_prompt_matches_the_tokenizers_own_chat_template(engine):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"}, {"role": "user", "content": "again"}]
+    ours = engine.encode(InferRequest(messages=messages))
+    theirs = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"]
+    assert ours == list(theirs)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    ours = engine.encode(InferRequest(messages=messages[1:2], tools=tools))
+    theirs = engine.tokenizer.apply_chat_template(messages[1:2], tools=tools, add_generation_prompt=True,
+                                                  tokenize=True, return_dict=True)["input_ids"]
+    assert ours == list(theirs)
+
+
+@pytest.mark.parametrize("arch", ["llama"])
+def test_llama_arch_batch_equals_single(tiny_llama_dir, arch):
+    eng = PtEngine(str(tiny_llama_dir), max_batch_size=4)
+    try:
+        assert eng.runner_name == "paged"
+        batched = eng.infer([_req(p) for p in PROMPTS[:3]], GREEDY)
+        assert [_text(r) for r in batched] == [_text(eng.infer([_req(p)], GREEDY)[0]) for p in PROMPTS[:3]]
+    finally:
+        eng.close()
+
+
+def test_chunked_prefill_preemption_and_fallback_agree(tiny_model_dir, engine):
+    """Tiny prefill budget (chunks), a KV cache so small it must preempt, and the fallback runner: same text."""
+    reqs = [_req(p) for p in PROMPTS]
+    want = [_text(r) for r in engine.infer(reqs, GREEDY)]
+    chunked = PtEngine(str(tiny_model_dir), max_batch_size=8, max_num_batched_tokens=16,
+                       kv_cache_memory_gb=220 * 512 / (1 << 30))  # ~220 tokens of cache for 5 prompts
+    try:
+        assert [_text(r) for r in chunked.infer(reqs, GREEDY)] == want
+        assert chunked._core.scheduler.num_preemptions > 0
+    finally:
+        chunked.close()
+    fallback = PtEngine(str(tiny_model_dir), max_batch_size=8, runner="fallback")
+    try:
+        assert fallback.runner_name == "fallback"
+        assert [_text(r) for r in fallback.infer(reqs, GREEDY)] == want
+    finally:
+        fallback.close()
