@@ -139,23 +139,28 @@ class EngineCore:
             if seq.aborted or seq.seq_id not in self._by_id:
                 continue
             seq.output_ids.append(token)
-            finish: Optional[str] = None
-            is_eos = token in self.eos_token_ids and not seq.params.ignore_eos
-            if is_eos or token in seq.params.stop_token_ids:
-                finish = "stop"
-            else:
-                seq.detokenizer.add(token)
-                if seq.detokenizer.stopped:
-                    finish = "stop"
-                elif len(seq.output_ids) >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
-                    finish = "length"
-            if finish is not None:
-                seq.detokenizer.flush()
-            out = SequenceOutput(index=seq.index, text=seq.detokenizer.take(final=finish is not None),
-                                 token_ids=[token], finish_reason=finish, prompt_tokens=len(seq.prompt_ids),
-                                 completion_tokens=len(seq.output_ids))
             if info is not None:
-                out.logprobs.append(self._logprob_entry(seq, token, info))
+                seq.pending_logprobs.append(self._logprob_entry(seq, token, info))
+            finish: Optional[str] = None
+            detok = seq.detokenizer
+            if (token in self.eos_token_ids and not seq.params.ignore_eos) or token in seq.params.stop_token_ids:
+                finish = "stop"
+            elif seq.params.incremental:
+                detok.add(token)
+                if detok.stopped:
+                    finish = "stop"
+            if finish is None and (len(seq.output_ids) >= seq.params.max_tokens
+                                   or seq.num_tokens >= self.max_model_len):
+                finish = "length"
+            if finish is None and not seq.params.incremental:
+                continue  # nothing to hand over until the end
             if finish is not None:
+                if not seq.params.incremental:
+                    detok.add_all(seq.output_ids[:-1] if finish == "stop" else seq.output_ids)
+                detok.flush()
                 self._retire(seq)
+            out = SequenceOutput(index=seq.index, text=detok.take(final=finish is not None), token_ids=[token],
+                                 logprobs=seq.pending_logprobs, finish_reason=finish,
+                                 prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids))
+            seq.pending_logprobs = []
             seq.sink(out)

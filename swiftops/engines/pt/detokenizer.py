@@ -31,6 +31,11 @@ class IncrementalDetokenizer:
             self._append(full[len(prefix):])
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
 
+    def add_all(self, token_ids: list[int]) -> None:
+        """Decode many tokens at once (the non-streaming path): same text as adding them one by one."""
+        self.ids.extend(token_ids)
+        self.flush()
+
     def flush(self) -> None:
         """At the end, decode whatever is still held back (an incomplete UTF-8 sequence)."""
         if self.stopped:

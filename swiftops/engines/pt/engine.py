@@ -11,6 +11,7 @@ import torch
 from swiftops.engines.base import InferEngine
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register
 from swiftops.engines.pt.core import EngineCore
+from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
 from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
 from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
@@ -71,7 +72,11 @@ class PtEngine(InferEngine):
             scheduler = Scheduler(None, max_batch_size, max_num_batched_tokens)
             del cache
         else:
-            run = PagedRunner(loaded.model, cache, loaded.device)
+            graphs = None
+            if can_use_graphs(loaded.device, enforce_eager):
+                graphs = CudaGraphDecoder(loaded.model, cache, loaded.device, max_batch_size, self.max_model_len)
+                graphs.capture()
+            run = PagedRunner(loaded.model, cache, loaded.device, graphs)
             scheduler = Scheduler(cache, max_batch_size, max_num_batched_tokens)
             self.kv_cache = cache
         self.runner_name = run.name
@@ -149,7 +154,8 @@ class PtEngine(InferEngine):
             frequency_penalty=config.frequency_penalty,
             seed=config.seed if config.seed is not None else self.generation.seed, stop=stop,
             stop_token_ids=frozenset(config.stop_token_ids or ()), ignore_eos=config.ignore_eos,
-            logprobs=config.logprobs or bool(config.top_logprobs), top_logprobs=top_logprobs)
+            logprobs=config.logprobs or bool(config.top_logprobs), top_logprobs=top_logprobs,
+            incremental=config.stream or bool(stop))
 
     def encode(self, request: InferRequest) -> list[int]:
         return encode_prompt(self.tokenizer, request, self.generation.system)

@@ -23,10 +23,11 @@ logger = logging.getLogger(__name__)
 class PagedRunner:
     name = "paged"
 
-    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device) -> None:
+    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, graphs: Any = None) -> None:
         self.model = model
         self.cache = cache
         self.device = device
+        self.graphs = graphs  # a captured CudaGraphDecoder, or None (CPU, --enforce_eager)
 
     def _slot(self, seq: Sequence, position: int) -> int:
         bs = self.cache.block_size
@@ -42,6 +43,13 @@ class PagedRunner:
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         bs = self.cache.block_size
         positions = [s.num_tokens - 1 for s in seqs]
+        if self.graphs is not None and len(seqs) <= self.graphs.buckets[-1]:
+            logits = self.graphs.run([s.all_ids[-1] for s in seqs], positions,
+                                     [self._slot(s, p) for s, p in zip(seqs, positions)],
+                                     [s.block_table for s in seqs])
+            for s in seqs:
+                s.num_computed += 1
+            return logits
         max_blocks = max(len(s.block_table) for s in seqs)
         tables = torch.tensor([s.block_table + [0] * (max_blocks - len(s.block_table)) for s in seqs],
                               device=self.device)

@@ -26,6 +26,10 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    # Stream text as it is generated. Off (non-streaming, no stop strings), text is decoded once at the
+    # end and only the final output is handed over: per-token decoding and hand-offs cost more CPU
+    # than a decode step of a large batch on a GPU.
+    incremental: bool = True
 
     @property
     def greedy(self) -> bool:
@@ -72,6 +76,7 @@ class Sequence:
     detokenizer: Any = None
     aborted: bool = False
     arrival: float = 0.0
+    pending_logprobs: list[Any] = field(default_factory=list)  # entries not yet handed to the sink
 
     @property
     def all_ids(self) -> list[int]:
