@@ -1,0 +1,156 @@
+"""`swiftops validate | render | apply | schema`: the manifest controller. Thin: parse, call swiftops.manifest.
+
+Imports no torch and no engine: `apply` execs `swiftops deploy|infer` (a fresh process) to run a manifest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import yaml
+
+from swiftops.manifest.chart import chart_dir, helm_template, helm_upgrade_install, upgrade_install_command
+from swiftops.manifest.errors import ManifestError
+from swiftops.manifest.loader import LoadedManifest
+from swiftops.manifest.models import manifest_json_schema
+from swiftops.manifest.render import (entrypoint_document, render_docker, render_entrypoint, render_helm_values)
+from swiftops.manifest.validation import load_and_validate
+from swiftops.protocol.errors import ConfigError
+
+TARGETS = ("entrypoint", "docker", "kubernetes", "helm-values")
+FILE_OPTION = click.option("-f", "--file", "file", required=True, type=click.Path(dir_okay=False),
+                           help="Manifest YAML file.")
+CHART_OPTION = click.option("--chart", default=None, help="Path of the swiftops Helm chart (default: helm/swiftops "
+                                                         "of this checkout, or $SWIFTOPS_CHART).")
+
+
+def _version() -> str:
+    from swiftops import __version__
+    return __version__
+
+
+@click.command("validate")
+@click.option("-f", "--file", "files", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Manifest YAML file; repeat for several.")
+def validate_command(files: tuple[str, ...]) -> None:
+    """Check manifests before anything starts; every problem is reported with its field path and YAML line."""
+    issues = []
+    for file in files:
+        try:
+            loaded = load_and_validate(file)
+        except ManifestError as exc:
+            issues += exc.issues
+            continue
+        click.echo(f"{file}: valid {loaded.manifest.kind} {loaded.manifest.metadata.name!r}")
+    if issues:
+        raise ManifestError(issues)
+
+
+@click.command("render")
+@FILE_OPTION
+@click.option("--target", type=click.Choice(TARGETS), default="entrypoint", show_default=True,
+              help="entrypoint: the container's command and env; docker: a `docker run` line; kubernetes: the "
+                   "objects the Helm chart renders; helm-values: values for helm/swiftops.")
+@CHART_OPTION
+def render_command(file: str, target: str, chart: Optional[str]) -> None:
+    """Print what a manifest runs. Secrets appear only as references, never as values."""
+    manifest = load_and_validate(file).manifest
+    if target == "entrypoint":
+        entry = render_entrypoint(manifest)
+        click.echo(f"# {entry.shell}")
+        click.echo(yaml.safe_dump(entrypoint_document(entry), sort_keys=False), nl=False)
+    elif target == "docker":
+        argv = render_docker(manifest, file, _version())
+        secrets = render_entrypoint(manifest).secret_env
+        for name, ref in secrets.items():
+            click.echo(f"# export {name} first (the value of key {ref.key!r} of Secret {ref.name!r})")
+        click.echo(shlex.join(argv))
+    elif target == "helm-values":
+        click.echo(yaml.safe_dump(render_helm_values(manifest), sort_keys=False), nl=False)
+    else:
+        click.echo(helm_template(manifest, render_helm_values(manifest), chart), nl=False)
+
+
+@click.command("apply")
+@FILE_OPTION
+@click.option("--target", type=click.Choice(("local", "kubernetes")), default="local", show_default=True,
+              help="local: run it here in the foreground (a server, or a job to completion); kubernetes: "
+                   "helm upgrade --install the release.")
+@click.option("--dry-run", is_flag=True, help="Print what would run (the command, or the helm command and "
+                                              "values) and exit.")
+@CHART_OPTION
+def apply_command(file: str, target: str, dry_run: bool, chart: Optional[str]) -> None:
+    """Run a manifest: here (the same code path as inside the container) or on Kubernetes with Helm."""
+    loaded = load_and_validate(file)
+    if target == "kubernetes":
+        apply_kubernetes(loaded, dry_run, chart)
+    else:
+        apply_local(loaded, dry_run)
+
+
+def apply_kubernetes(loaded: LoadedManifest, dry_run: bool, chart: Optional[str]) -> None:
+    manifest = loaded.manifest
+    values = render_helm_values(manifest)
+    if dry_run:
+        command = upgrade_install_command(manifest, chart_dir(chart), "VALUES.yaml")
+        click.echo(f"# would run: {shlex.join(command)}")
+        click.echo("# with VALUES.yaml:")
+        click.echo(yaml.safe_dump(values, sort_keys=False), nl=False)
+        return
+    click.echo(helm_upgrade_install(manifest, values, chart), nl=False)
+
+
+def _shard_index() -> Optional[int]:
+    raw = os.environ.get("JOB_COMPLETION_INDEX")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise ConfigError(f"JOB_COMPLETION_INDEX={raw!r} is not a shard number")
+    return int(raw)
+
+
+def _executable(argv: list[str]) -> list[str]:
+    """`swiftops ...` with this interpreter's swiftops: the console script beside it, else `python -m`."""
+    script = Path(sys.executable).parent / argv[0]
+    if script.is_file():
+        return [str(script), *argv[1:]]
+    return [sys.executable, "-m", "swiftops.cli.main", *argv[1:]]
+
+
+def apply_local(loaded: LoadedManifest, dry_run: bool) -> None:
+    entry = render_entrypoint(loaded.manifest, shard_index=_shard_index())
+    missing = [name for name in entry.secret_env if name not in os.environ]
+    if dry_run:
+        for name, value in entry.env.items():
+            click.echo(f"{name}={shlex.quote(value)}")
+        for name, ref in entry.secret_env.items():
+            state = "set" if name in os.environ else "NOT SET"
+            click.echo(f"# {name}: from Secret {ref.name!r} key {ref.key!r} ({state} here)")
+        click.echo(entry.shell)
+        return
+    if missing:
+        raise ConfigError(f"{loaded.file}: the manifest takes {', '.join(missing)} from Kubernetes Secrets; to run "
+                          f"it here, export {' and '.join(missing)} first")
+    env = {**os.environ, **entry.env}
+    argv = _executable(entry.argv)
+    click.echo(f"swiftops apply: {entry.shell}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
+
+
+@click.command("schema")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Write the schema to this file instead of printing it.")
+def schema_command(output: Optional[str]) -> None:
+    """Print the JSON Schema of a manifest (for editors and CI checks)."""
+    text = json.dumps(manifest_json_schema(), indent=2, sort_keys=False) + "\n"
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)

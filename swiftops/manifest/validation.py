@@ -1,0 +1,256 @@
+"""Checks on a type-correct manifest that catch, before anything starts, what would otherwise fail
+deep inside NCCL, the scheduler or the engine. Every rule returns issues (path, line, message
+saying what to do); `validate` reports all of them at once."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from swiftops.manifest.errors import ManifestError, ManifestIssue
+from swiftops.manifest.loader import LoadedManifest, load_manifest
+from swiftops.protocol.capabilities import unsupported_reason
+
+Rule = Callable[[LoadedManifest], Iterator[ManifestIssue]]
+
+# Env var names that hold credentials: a plain `value` for them is refused.
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|CREDENTIAL|PRIVATE_KEY)", re.I)
+# Values that look like credentials whatever the variable is called (HF, OpenAI, AWS, GitHub tokens).
+SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,})$")
+
+
+def check_kind(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    m = loaded.manifest
+    spec = m.spec
+    if m.kind == "Deployment":
+        if spec.job is not None:
+            yield loaded.issue("spec.job", "spec.job applies to kind InferenceJob; remove it or change the kind")
+    else:
+        if spec.server is not None:
+            yield loaded.issue("spec.server", "spec.server applies to kind Deployment; remove it or change the kind")
+        if spec.replicas != 1:
+            yield loaded.issue("spec.replicas", "an InferenceJob has no replicas; split the dataset with "
+                                                "spec.job.shards instead")
+        if spec.job is None:
+            yield loaded.issue("spec", "an InferenceJob needs spec.job with val_dataset (the dataset to run)")
+        elif not spec.job.val_dataset:
+            yield loaded.issue("spec.job.val_dataset", "an InferenceJob needs at least one dataset file in "
+                                                       "spec.job.val_dataset")
+
+
+def check_gpu_count(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    spec = loaded.manifest.spec
+    p = spec.parallelism
+    needed = p.tensor * p.pipeline * p.data
+    declared = spec.resources.gpu.count
+    if declared is None or declared == 0:
+        return  # derived from the parallelism, or CPU (checked against the capability table)
+    if spec.backend.name == "pt" and p.device_map is not None:
+        if declared % p.data:
+            yield loaded.issue("spec.resources.gpu.count",
+                               f"{declared} GPUs cannot be split evenly over data parallel size {p.data}; "
+                               f"use a multiple of {p.data}")
+        return  # device_map spreads one model over the GPUs it is given
+    if declared != needed:
+        yield loaded.issue("spec.resources.gpu.count",
+                           f"{declared} GPUs per pod, but parallelism needs tensor {p.tensor} x pipeline "
+                           f"{p.pipeline} x data {p.data} = {needed}; set resources.gpu.count: {needed} "
+                           f"or leave it out (it defaults to that product)")
+
+
+def _hub_cache_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        dirs.append(Path(os.environ["HF_HOME"]) / "hub")
+    dirs.append(Path.home() / ".cache" / "huggingface" / "hub")
+    return dirs
+
+
+def find_local_file(model_id: str, name: str, revision: Optional[str] = None) -> Optional[Path]:
+    """`name` of a model in a local directory or the Hugging Face cache, without any download."""
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return local / name if (local / name).is_file() else None
+    if model_id.count("/") != 1:
+        return None
+    for cache in _hub_cache_dirs():
+        repo = cache / f"models--{model_id.replace('/', '--')}"
+        ref = repo / "refs" / (revision or "main")
+        snapshots = [repo / "snapshots" / ref.read_text().strip()] if ref.is_file() else \
+            sorted((repo / "snapshots").glob("*"))
+        for snapshot in snapshots:
+            if (snapshot / name).is_file():
+                return snapshot / name
+    return None
+
+
+def read_json(path: Optional[Path]) -> Optional[dict[str, Any]]:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def attention_heads(config: dict[str, Any]) -> tuple[Optional[int], Optional[int]]:
+    """(attention heads, key/value heads) of a config.json, looking inside a VLM's text config too."""
+    for section in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
+        heads = section.get("num_attention_heads")
+        if isinstance(heads, int):
+            kv = section.get("num_key_value_heads")
+            return heads, kv if isinstance(kv, int) else heads
+    return None, None
+
+
+def check_tensor_divides_heads(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    spec = loaded.manifest.spec
+    tp = spec.parallelism.tensor
+    if tp == 1:
+        return
+    config_path = find_local_file(spec.model.id, "config.json", spec.model.revision)
+    heads, kv_heads = attention_heads(read_json(config_path) or {})
+    if heads is None:
+        return  # not readable here: the engine checks again when it loads
+    divisors = [d for d in range(1, heads + 1) if heads % d == 0]
+    if heads % tp:
+        yield loaded.issue("spec.parallelism.tensor",
+                           f"tensor parallel size {tp} does not divide the model's {heads} attention heads "
+                           f"({config_path}); use one of {', '.join(map(str, divisors))}")
+    elif kv_heads and (kv_heads % tp if kv_heads >= tp else tp % kv_heads):
+        yield loaded.issue("spec.parallelism.tensor",
+                           f"tensor parallel size {tp} does not fit the model's {kv_heads} key/value heads "
+                           f"({config_path}): it must divide them or be a multiple of them")
+
+
+def _capability_needs(loaded: LoadedManifest) -> Iterator[tuple[str, str]]:
+    """(feature, field path that asks for it) for every feature the manifest uses."""
+    spec = loaded.manifest.spec
+    if spec.adapters:
+        yield "lora", "spec.adapters"
+        if len(spec.adapters) > 1:
+            yield "multi_lora", "spec.adapters"
+    quant = spec.model.quantization
+    if quant is not None:
+        yield f"quant:{quant.method}", "spec.model.quantization.method"
+        if quant.method == "bnb" and spec.adapters:
+            yield "qlora", "spec.model.quantization.method"
+    p = spec.parallelism
+    if p.tensor > 1:
+        yield "tensor_parallel", "spec.parallelism.tensor"
+    if p.pipeline > 1:
+        yield "pipeline_parallel", "spec.parallelism.pipeline"
+    if p.data > 1:
+        yield ("data_parallel_job" if loaded.manifest.kind == "InferenceJob" else "data_parallel_server",
+               "spec.parallelism.data")
+    if p.device_map is not None:
+        yield "device_map", "spec.parallelism.device_map"
+    if loaded.manifest.gpu_count == 0:
+        yield "cpu", "spec.resources.gpu.count"
+    mm = spec.multimodal
+    if mm.limit_per_prompt or mm.max_pixels or mm.video_max_pixels:
+        yield "multimodal", "spec.multimodal"
+    if spec.generation.logprobs:
+        yield "logprobs", "spec.generation.logprobs"
+
+
+def check_capabilities(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    spec = loaded.manifest.spec
+    backend = spec.backend.name
+    lmdeploy_backend = spec.backend.options.lmdeploy_backend
+    if lmdeploy_backend is not None and backend != "lmdeploy":
+        yield loaded.issue("spec.backend.options.lmdeploy_backend",
+                           f"lmdeploy_backend applies to backend lmdeploy, not {backend}; remove it")
+    for feature, path in _capability_needs(loaded):
+        reason = unsupported_reason(backend, feature, lmdeploy_backend)
+        if reason is not None:
+            yield loaded.issue(path, f"backend {backend} cannot do {feature}: {reason}")
+
+
+def check_shared_cache(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    spec = loaded.manifest.spec
+    cache = spec.cache
+    if cache is None:
+        return
+    if cache.existing_claim and (cache.size or cache.storage_class):
+        yield loaded.issue("spec.cache.size" if cache.size else "spec.cache.storage_class",
+                           "size and storage_class describe a new claim; remove them when using existing_claim")
+    if cache.access_mode != "ReadWriteOnce":
+        return
+    if loaded.manifest.kind == "Deployment" and spec.replicas > 1:
+        yield loaded.issue("spec.replicas",
+                           f"{spec.replicas} replicas cannot share the ReadWriteOnce model cache (pods on other "
+                           f"nodes cannot mount it); set spec.cache.access_mode: ReadWriteMany (a storage class "
+                           f"that supports it) or ReadOnlyMany (a pre-filled cache), or use replicas: 1")
+    job = spec.job
+    if loaded.manifest.kind == "InferenceJob" and job is not None and job.shards > 1 \
+            and (job.parallel_pods or job.shards) > 1:
+        yield loaded.issue("spec.job.shards",
+                           f"{job.shards} shard pods running at once cannot share the ReadWriteOnce model cache; "
+                           f"set spec.cache.access_mode: ReadWriteMany or ReadOnlyMany, or "
+                           f"spec.job.parallel_pods: 1")
+
+
+def _same_model(base: str, model_id: str) -> bool:
+    if base == model_id:
+        return True
+    base_path, model_path = Path(base).expanduser(), Path(model_id).expanduser()
+    if base_path.exists() and model_path.exists() and base_path.resolve() == model_path.resolve():
+        return True
+    # A hub id and a local copy of it (Qwen/Qwen2.5-7B-Instruct vs /models/Qwen2.5-7B-Instruct) share the last part.
+    return base.rstrip("/").split("/")[-1].lower() == model_id.rstrip("/").split("/")[-1].lower()
+
+
+def check_adapter_bases(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    spec = loaded.manifest.spec
+    served = (spec.server.served_model_name if spec.server else None) or spec.model.id.rstrip("/").split("/")[-1]
+    for name, location in spec.adapters.items():
+        path = f"spec.adapters.{name}"
+        if name == served:
+            yield loaded.issue(path, f"adapter name {name!r} is also the served model name; rename the adapter "
+                                     f"so requests can tell them apart")
+        config = read_json(find_local_file(location, "adapter_config.json"))
+        base = (config or {}).get("base_model_name_or_path")
+        if isinstance(base, str) and base and not _same_model(base, spec.model.id):
+            yield loaded.issue(path, f"adapter {name!r} was trained on {base!r} but spec.model.id is "
+                                     f"{spec.model.id!r}; use the adapter's base model or an adapter trained for "
+                                     f"this one")
+
+
+def check_secrets(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    for index, var in enumerate(loaded.manifest.spec.env):
+        path = f"spec.env.{index}"
+        if (var.value is None) == (var.secret is None):
+            yield loaded.issue(path, f"env {var.name}: give exactly one of value or secret")
+        if var.value is not None and (SECRET_NAME.search(var.name) or SECRET_VALUE.match(var.value.strip())):
+            yield loaded.issue(f"{path}.value",
+                               f"env {var.name} looks like a credential given in plain text; store it in a "
+                               f"Kubernetes Secret and write `secret: {{name: SECRET, key: KEY}}` instead of value")
+        if var.name == "SWIFTOPS_API_KEY":
+            yield loaded.issue(f"{path}.name", "set the API key with spec.server.api_key_secret, not env")
+
+
+RULES: tuple[Rule, ...] = (check_kind, check_gpu_count, check_tensor_divides_heads, check_capabilities,
+                           check_shared_cache, check_adapter_bases, check_secrets)
+
+
+def find_issues(loaded: LoadedManifest) -> list[ManifestIssue]:
+    issues = [issue for rule in RULES for issue in rule(loaded)]
+    return sorted(issues, key=lambda issue: (issue.line or 0, issue.path))
+
+
+def validate(loaded: LoadedManifest) -> LoadedManifest:
+    issues = find_issues(loaded)
+    if issues:
+        raise ManifestError(issues)
+    return loaded
+
+
+def load_and_validate(path: str | Path) -> LoadedManifest:
+    """Parse, type-check and check a manifest file; raises ManifestError with every problem found."""
+    return validate(load_manifest(path))

@@ -1,0 +1,133 @@
+"""What each backend can do, in one table used by manifest validation, the CLI and the server.
+
+A feature a backend lacks is refused before any weights load, with the reason and what to do
+instead. Imports nothing heavy (no torch, no backend library): `swiftops validate` runs on a laptop.
+
+    reason = unsupported_reason("lmdeploy", "lora", lmdeploy_backend="turbomind")
+    require("vllm", "device_map")  # raises UnsupportedError with the reason
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from swiftops.protocol.errors import UnsupportedError
+
+Backend = Literal["pt", "vllm", "lmdeploy"]
+LmdeployBackend = Literal["turbomind", "pytorch"]
+# LMDeploy picks TurboMind when the model supports it; features that only its PyTorch engine has
+# are checked against this unless the manifest/flags name the engine.
+DEFAULT_LMDEPLOY_BACKEND: LmdeployBackend = "turbomind"
+
+
+@dataclass(frozen=True)
+class Support:
+    """One cell of the table: whether a backend does a feature, and if not, why and what to use instead."""
+
+    supported: bool
+    reason: str = ""
+
+
+YES = Support(True)
+
+
+def no(reason: str) -> Support:
+    return Support(False, reason)
+
+
+# feature -> backend -> Support; "lmdeploy:turbomind" / "lmdeploy:pytorch" refine "lmdeploy".
+CAPABILITIES: dict[str, dict[str, Support]] = {
+    "lora": {
+        "pt": YES, "vllm": YES, "lmdeploy:pytorch": YES,
+        "lmdeploy:turbomind": no("LMDeploy's TurboMind engine cannot serve LoRA adapters; "
+                                 "set backend.options.lmdeploy_backend: pytorch, merge the adapter, or use pt/vllm"),
+    },
+    "multi_lora": {
+        "pt": YES, "vllm": YES, "lmdeploy:pytorch": YES,
+        "lmdeploy:turbomind": no("LMDeploy's TurboMind engine cannot serve LoRA adapters; use pt or vllm"),
+    },
+    "qlora": {
+        "pt": YES,
+        "vllm": no("QLoRA (LoRA on a bitsandbytes 4-bit base) runs only on the pt backend"),
+        "lmdeploy": no("QLoRA (LoRA on a bitsandbytes 4-bit base) runs only on the pt backend"),
+    },
+    "quant:bnb": {
+        "pt": YES, "vllm": YES,
+        "lmdeploy": no("LMDeploy cannot load bitsandbytes checkpoints; use an AWQ/GPTQ checkpoint or pt/vllm"),
+    },
+    "quant:gptq": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    "quant:awq": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    "quant:fp8": {
+        "pt": YES, "vllm": YES,
+        "lmdeploy": no("LMDeploy cannot load fp8 checkpoints here; use AWQ/GPTQ or vllm"),
+    },
+    "tensor_parallel": {
+        "pt": no("the pt backend runs one process per model; split a large model over GPUs with "
+                 "parallelism.device_map, or use vllm/lmdeploy for tensor parallelism"),
+        "vllm": YES, "lmdeploy": YES,
+    },
+    "pipeline_parallel": {
+        "pt": no("the pt backend has no pipeline parallelism; use parallelism.device_map or vllm"),
+        "vllm": YES,
+        "lmdeploy": no("LMDeploy has no pipeline parallelism; use tensor parallelism or vllm"),
+    },
+    "data_parallel_server": {
+        "pt": no("the pt server runs one engine per process; scale a Deployment with replicas instead"),
+        "vllm": YES, "lmdeploy": YES,
+    },
+    "data_parallel_job": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    "device_map": {
+        "pt": YES,
+        "vllm": no("vLLM places the model itself; use parallelism.tensor/pipeline instead of device_map"),
+        "lmdeploy": no("LMDeploy places the model itself; use parallelism.tensor instead of device_map"),
+    },
+    "cpu": {
+        "pt": YES,
+        "vllm": no("the vllm backend needs a GPU; set resources.gpu.count >= 1 or use pt on CPU"),
+        "lmdeploy": no("the lmdeploy backend needs a GPU; set resources.gpu.count >= 1 or use pt on CPU"),
+    },
+    "multimodal": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    "logprobs": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+}
+
+FEATURES = tuple(CAPABILITIES)
+
+
+def support(backend: str, feature: str, lmdeploy_backend: Optional[str] = None) -> Support:
+    """The table cell for `feature` on `backend` (the LMDeploy engine refines lmdeploy's cell)."""
+    if feature not in CAPABILITIES:
+        raise KeyError(f"unknown feature {feature!r}; known: {', '.join(FEATURES)}")
+    row = CAPABILITIES[feature]
+    if backend == "lmdeploy":
+        refined = row.get(f"lmdeploy:{lmdeploy_backend or DEFAULT_LMDEPLOY_BACKEND}")
+        if refined is not None:
+            return refined
+    cell = row.get(backend)
+    if cell is None:
+        raise KeyError(f"unknown backend {backend!r}; known: pt, vllm, lmdeploy")
+    return cell
+
+
+def unsupported_reason(backend: str, feature: str, lmdeploy_backend: Optional[str] = None) -> Optional[str]:
+    """None when the backend does the feature, else the reason (which says what to do instead)."""
+    cell = support(backend, feature, lmdeploy_backend)
+    return None if cell.supported else cell.reason
+
+
+def require(backend: str, feature: str, lmdeploy_backend: Optional[str] = None) -> None:
+    """Raise UnsupportedError (HTTP 400, CLI exit 2) when the backend cannot do the feature."""
+    reason = unsupported_reason(backend, feature, lmdeploy_backend)
+    if reason is not None:
+        raise UnsupportedError(f"{backend} cannot do {feature}: {reason}", code="unsupported_feature")
+
+
+def table_rows() -> list[tuple[str, dict[str, str]]]:
+    """feature -> {pt, vllm, lmdeploy: 'yes' | 'no: reason'} for docs (README backend table)."""
+    rows = []
+    for feature in FEATURES:
+        cells = {}
+        for backend in ("pt", "vllm", "lmdeploy"):
+            cell = support(backend, feature)
+            cells[backend] = "yes" if cell.supported else f"no: {cell.reason}"
+        rows.append((feature, cells))
+    return rows
