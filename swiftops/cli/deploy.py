@@ -1,0 +1,71 @@
+"""`swiftops deploy`: serve a model over an OpenAI-compatible HTTP API.
+
+    swiftops deploy --model Qwen/Qwen2.5-7B-Instruct --served_model_name qwen --api_key /run/secrets/key
+
+The port is bound before the weights load: a taken port fails at once with exit status 2
+(ms-swift silently moves to another port, which a load balancer never finds).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+
+import click
+
+from swiftops.cli.options import SettingsCommand, build_settings, settings_options
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings, ServerSettings
+
+SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, ServerSettings)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("swiftops.server.body").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _bind(server: ServerSettings):
+    from swiftops.server.lifecycle import bind_socket
+
+    try:
+        return bind_socket(server.host, server.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {server.port} on {server.host} is already in use by another process; "
+                              f"stop it or choose another port with --port", param="port") from None
+        raise ConfigError(f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}; "
+                          f"check --host and --port", param="host") from None
+
+
+@click.command(cls=SettingsCommand, name="deploy")
+@settings_options(*SETTINGS)
+def command(**values) -> None:
+    """Serve a model over an OpenAI-compatible API (chat, completions, embeddings, models, metrics)."""
+    model, engine_settings, generation, server = build_settings(values, *SETTINGS)
+    from swiftops.server.auth import resolve_api_key
+
+    resolve_api_key(server.api_key)  # a bad key file fails now, not after the weights load
+    _configure_logging(server.verbose)
+    sock = _bind(server)
+    try:
+        import uvicorn
+
+        from swiftops.engines.factory import build_engine
+        from swiftops.server.app import create_app
+        from swiftops.server.lifecycle import DrainingServer
+
+        engine = build_engine(model, engine_settings, generation)
+        try:
+            app = create_app(engine, server)
+            config = uvicorn.Config(app, log_level="info", access_log=False,  # ours logs tokens and latency
+                                    timeout_graceful_shutdown=server.shutdown_timeout, lifespan="on")
+            logging.getLogger("swiftops.server").info(
+                "serving %s on http://%s:%d/v1 (models: %s)", app.state.ctx.models.served_name, server.host,
+                server.port, ", ".join(app.state.ctx.models.names))
+            DrainingServer(config, app.state.ctx.lifecycle).run(sockets=[sock])
+        finally:
+            engine.close()
+    finally:
+        sock.close()

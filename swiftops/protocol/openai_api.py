@@ -1,0 +1,263 @@
+"""OpenAI wire requests (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`) and their
+conversion to the engines' `InferRequest` / `RequestConfig`.
+
+The field names, types and ranges follow OpenAI's API reference; a few vLLM extensions are accepted
+(top_k, repetition_penalty, ignore_eos, stop_token_ids), and ms-swift's top-level `images`,
+`videos` and `audios` lists. Unknown fields are rejected (422) so that a typo is not silently ignored.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from swiftops.protocol.request import InferRequest, RequestConfig
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class _WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Part(BaseModel):
+    # Parts keep fields we do not model (e.g. a provider's `cache_control`), as OpenAI does.
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Part):
+    type: Literal["text"] = Field(description="A text part.")
+    text: str = Field(description="The text.")
+
+
+class ImageUrl(_Part):
+    url: str = Field(description="http(s) URL, `data:image/...;base64,` URI, or (when allowed) a local path.")
+    detail: Optional[str] = Field(None, description="OpenAI's detail hint; accepted and ignored.")
+
+
+class ImageUrlPart(_Part):
+    type: Literal["image_url"] = Field(description="An image given by URL or data URI.")
+    image_url: Union[ImageUrl, str] = Field(description="The image's URL (an object with `url`, or the URL itself).")
+
+
+class VideoUrl(_Part):
+    url: str = Field(description="http(s) URL, `data:video/...;base64,` URI, or (when allowed) a local path.")
+
+
+class VideoUrlPart(_Part):
+    type: Literal["video_url"] = Field(description="A video given by URL or data URI (vLLM's extension).")
+    video_url: Union[VideoUrl, str] = Field(description="The video's URL.")
+
+
+class InputAudio(_Part):
+    data: str = Field(description="Base64-encoded audio.")
+    format: str = Field(description="Audio format, e.g. wav or mp3.")
+
+
+class InputAudioPart(_Part):
+    type: Literal["input_audio"] = Field(description="Base64 audio, as OpenAI sends it.")
+    input_audio: InputAudio = Field(description="The audio data and its format.")
+
+
+class AudioUrlPart(_Part):
+    type: Literal["audio_url"] = Field(description="An audio clip given by URL or data URI (vLLM's extension).")
+    audio_url: Union[VideoUrl, str] = Field(description="The audio's URL.")
+
+
+class MediaPart(_Part):
+    """ms-swift's spelling: `{"type": "image", "image": "<url, path or base64>"}` (and video, audio)."""
+
+    type: Literal["image", "video", "audio"] = Field(description="Media kind.")
+    image: Optional[str] = Field(None, description="The image (URL, data URI, base64 or local path).")
+    video: Optional[str] = Field(None, description="The video (URL, data URI, base64 or local path).")
+    audio: Optional[str] = Field(None, description="The audio (URL, data URI, base64 or local path).")
+
+    @model_validator(mode="after")
+    def _has_its_media(self) -> "MediaPart":
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a content part of type {self.type!r} needs a {self.type!r} field")
+        return self
+
+
+def _part_kind(value: Any) -> Optional[str]:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "media" if kind in ("image", "video", "audio") else kind
+
+
+# Discriminated on `type`, so a bad part gets one clear error instead of one per union member.
+ContentPart = Annotated[Union[Annotated[TextPart, Tag("text")], Annotated[ImageUrlPart, Tag("image_url")],
+                              Annotated[VideoUrlPart, Tag("video_url")], Annotated[InputAudioPart, Tag("input_audio")],
+                              Annotated[AudioUrlPart, Tag("audio_url")], Annotated[MediaPart, Tag("media")]],
+                        Discriminator(_part_kind)]
+
+
+class ChatMessageParam(_WireModel):
+    role: Role = Field(description="Who wrote the message; `developer` is treated as `system`.")
+    content: Optional[Union[str, list[ContentPart]]] = Field(
+        None, description="The text, or a list of content parts (text, image_url, input_audio, ...).")
+    name: Optional[str] = Field(None, description="Participant name (passed to the chat template).")
+    tool_calls: Optional[list[dict[str, Any]]] = Field(None, description="Tool calls an assistant message made.")
+    tool_call_id: Optional[str] = Field(None, description="For a `tool` message: the call it answers.")
+    reasoning_content: Optional[str] = Field(None, description="An assistant's reasoning (passed to the template).")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(exclude_none=True)
+        if data["role"] == "developer":  # OpenAI's newer name for the system role
+            data["role"] = "system"
+        return data
+
+
+class StreamOptions(_WireModel):
+    include_usage: bool = Field(False, description="Send a last chunk with empty `choices` and the `usage`.")
+    continuous_usage_stats: bool = Field(False, description="vLLM's option; accepted and ignored.")
+
+
+class _SamplingParams(_WireModel):
+    """Fields shared by chat and text completions."""
+
+    model: Optional[str] = Field(None, description="Served model name or adapter name (see GET /v1/models); "
+                                                   "omitted: the base model.")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate.")
+    temperature: Optional[float] = Field(None, ge=0, le=2, allow_inf_nan=False,
+                                         description="Sampling temperature; 0 is greedy.")
+    top_p: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass.")
+    top_k: Optional[int] = Field(None, ge=-1, description="vLLM extension: keep the k most likely tokens (-1: all).")
+    repetition_penalty: Optional[float] = Field(None, gt=0, le=10, allow_inf_nan=False,
+                                                description="vLLM extension: HF-style repetition penalty (1: none).")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False, description="OpenAI presence penalty.")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False, description="OpenAI frequency penalty.")
+    stop: Optional[Union[str, list[str]]] = Field(None, description="Up to 16 strings that end generation.")
+    stop_token_ids: Optional[list[int]] = Field(None, description="vLLM extension: token ids that end generation.")
+    ignore_eos: bool = Field(False, description="vLLM extension: keep generating past EOS.")
+    seed: Optional[int] = Field(None, description="Makes sampling reproducible.")
+    n: int = Field(1, ge=1, le=128, description="Number of choices to generate.")
+    stream: bool = Field(False, description="Stream chunks as server-sent events.")
+    stream_options: Optional[StreamOptions] = Field(None, description="Streaming options (`include_usage`).")
+    user: Optional[str] = Field(None, description="End-user id; recorded in the access log, otherwise ignored.")
+    logit_bias: Optional[dict[str, float]] = Field(None, description="Not supported: must be empty.")
+
+    @model_validator(mode="after")
+    def _check_common(self) -> "_SamplingParams":
+        if isinstance(self.stop, list) and len(self.stop) > 16:
+            raise ValueError("`stop` takes at most 16 strings")
+        if self.logit_bias:
+            raise ValueError("`logit_bias` is not supported by this server; remove it")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("`stream_options` is only allowed with `stream: true`")
+        return self
+
+    def _config(self, max_tokens: Optional[int], logprobs: bool, top_logprobs: Optional[int]) -> RequestConfig:
+        return RequestConfig(
+            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, stop=self.stop, stop_token_ids=self.stop_token_ids,
+            ignore_eos=self.ignore_eos, seed=self.seed, n=self.n, stream=self.stream, logprobs=logprobs,
+            top_logprobs=top_logprobs)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_SamplingParams):
+    """Body of POST /v1/chat/completions."""
+
+    messages: list[ChatMessageParam] = Field(min_length=1, description="The conversation so far.")
+    max_completion_tokens: Optional[int] = Field(None, ge=1, description="OpenAI's newer name for max_tokens; "
+                                                                         "wins when both are given.")
+    logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="Alternatives per token (needs logprobs).")
+    tools: Optional[list[dict[str, Any]]] = Field(None, description="Tool (function) definitions for the template.")
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], dict[str, Any]]] = Field(
+        None, description="`none` drops the tools; `auto`/`required` or a named function keep them.")
+    parallel_tool_calls: Optional[bool] = Field(None, description="Accepted for compatibility; ignored.")
+    response_format: Optional[dict[str, Any]] = Field(None, description="Only {\"type\": \"text\"} is supported.")
+    images: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<image>` tags.")
+    videos: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<video>` tags.")
+    audios: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<audio>` tags.")
+    metadata: Optional[dict[str, str]] = Field(None, description="Accepted for compatibility; ignored.")
+    store: Optional[bool] = Field(None, description="Accepted for compatibility; ignored (nothing is stored).")
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("`top_logprobs` needs `logprobs: true`")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError(f"response_format {self.response_format.get('type')!r} is not supported; "
+                             "only {\"type\": \"text\"}")
+        return self
+
+    def to_infer_request(self) -> InferRequest:
+        return InferRequest(messages=[m.to_dict() for m in self.messages], tools=self.tools,
+                            tool_choice=self.tool_choice, images=list(self.images), videos=list(self.videos),
+                            audios=list(self.audios))
+
+    def to_request_config(self) -> RequestConfig:
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return self._config(max_tokens, self.logprobs, self.top_logprobs if self.logprobs else None)
+
+
+class CompletionRequest(_SamplingParams):
+    """Body of POST /v1/completions: a raw prompt, no chat template."""
+
+    prompt: Union[str, list[str], list[int], list[list[int]]] = Field(
+        description="The prompt: text, several texts, token ids, or several lists of token ids.")
+    max_tokens: Optional[int] = Field(16, ge=1, description="Most tokens to generate (OpenAI's default: 16).")
+    echo: bool = Field(False, description="Return the prompt before the completion.")
+    logprobs: Optional[int] = Field(None, ge=0, le=20,
+                                    description="Log-probabilities of this many most likely tokens per position.")
+    suffix: Optional[str] = Field(None, description="Not supported: must be empty.")
+    best_of: Optional[int] = Field(None, ge=1, description="Only best_of == n is supported.")
+
+    @model_validator(mode="after")
+    def _check_completion(self) -> "CompletionRequest":
+        if isinstance(self.prompt, list) and len(self.prompt) == 0:
+            raise ValueError("`prompt` must not be empty")
+        if isinstance(self.prompt, list) and any(isinstance(p, list) and not p for p in self.prompt):
+            raise ValueError("`prompt` must not hold an empty list of token ids")
+        if self.suffix:
+            raise ValueError("`suffix` is not supported by this server; remove it")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("`best_of` other than `n` is not supported; remove it")
+        return self
+
+    @property
+    def prompts(self) -> list[Union[str, list[int]]]:
+        """The prompt as a list of prompts (one text or one list of token ids each)."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(p, int) for p in self.prompt):
+            return [list(self.prompt)]  # one prompt of token ids
+        return list(self.prompt)
+
+    def to_infer_requests(self) -> list[InferRequest]:
+        return [InferRequest(prompt=p) for p in self.prompts]
+
+    def to_request_config(self) -> RequestConfig:
+        wants_logprobs = self.logprobs is not None
+        return self._config(self.max_tokens, wants_logprobs, self.logprobs if wants_logprobs else None)
+
+
+class EmbeddingRequest(_WireModel):
+    """Body of POST /v1/embeddings."""
+
+    model: Optional[str] = Field(None, description="Served model name; omitted: the base model.")
+    input: Union[str, list[str], list[int], list[list[int]]] = Field(
+        description="Text, several texts, token ids, or several lists of token ids to embed.")
+    encoding_format: Literal["float", "base64"] = Field("float", description="float lists or base64 float32.")
+    dimensions: Optional[int] = Field(None, ge=1, description="Truncate embeddings to this many dimensions.")
+    user: Optional[str] = Field(None, description="End-user id; ignored.")
+
+    @model_validator(mode="after")
+    def _check_input(self) -> "EmbeddingRequest":
+        if isinstance(self.input, list) and len(self.input) == 0:
+            raise ValueError("`input` must not be empty")
+        return self
+
+    @property
+    def inputs(self) -> list[Union[str, list[int]]]:
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(p, int) for p in self.input):
+            return [list(self.input)]
+        return list(self.input)

@@ -1,0 +1,57 @@
+"""POST /v1/embeddings: `engine.embed_async` for embedding models; 400 with a clear message otherwise."""
+from __future__ import annotations
+
+import base64
+import struct
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from swiftops.protocol import BadRequestError, EmbeddingData, EmbeddingResponse, UsageInfo
+from swiftops.protocol.openai_api import EmbeddingRequest
+from swiftops.server.context import ServerContext
+from swiftops.server.errors import ClientDisconnected
+from swiftops.server.served_request import CLIENT_CLOSED_REQUEST, ServedRequest
+
+ROUTE = "/v1/embeddings"
+
+
+def _encode(vector: list[float], encoding_format: str) -> object:
+    if encoding_format == "base64":  # little-endian float32, as OpenAI's clients decode it
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return [float(v) for v in vector]
+
+
+def _prompt_tokens(ctx: ServerContext, inputs: list) -> int:
+    tokenizer = getattr(ctx.engine, "tokenizer", None)
+    if tokenizer is None:
+        return 0
+    return sum(len(i) if isinstance(i, list) else len(tokenizer.encode(i)) for i in inputs)
+
+
+async def create_embedding(ctx: ServerContext, body: EmbeddingRequest, request: Request) -> Response:
+    served = ServedRequest(ctx, request, ROUTE, body)
+    model_name, _ = ctx.models.resolve(body.model)
+    try:
+        await served.admit()
+        try:
+            vectors = await served.until_disconnected(ctx.engine.embed_async(body.inputs))
+        finally:
+            served.release()
+    except ClientDisconnected:
+        served.mark_disconnected()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    data = []
+    for i, vector in enumerate(vectors):
+        vector = list(vector)
+        if body.dimensions is not None:
+            if body.dimensions > len(vector):
+                raise BadRequestError(f"dimensions={body.dimensions} is more than the model's {len(vector)}",
+                                      param="dimensions")
+            vector = vector[:body.dimensions]
+        data.append(EmbeddingData(index=i, embedding=_encode(vector, body.encoding_format)))
+    prompt_tokens = _prompt_tokens(ctx, body.inputs)
+    usage = UsageInfo(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
+    payload = EmbeddingResponse(model=model_name, data=data, usage=usage).model_dump(mode="json")
+    served.finish(usage, payload)
+    return JSONResponse(payload)

@@ -1,0 +1,111 @@
+"""Request ids, the access log, per-request outcome metrics, verbose body logs and the --result_path file.
+
+One access-log line per request: id, method, path, status, prompt and completion tokens, latency.
+Handlers report tokens and special outcomes (499 client gone, 500 after the stream started)
+through `scope["state"]`, which Starlette exposes as `request.state`.
+Never logged: the Authorization header (the API key) and media bytes (elided).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from swiftops.metrics.prometheus import ServerMetrics
+
+access_logger = logging.getLogger("swiftops.access")
+body_logger = logging.getLogger("swiftops.server.body")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client-chosen id is echoed back and logged: keep it short and printable (no log injection).
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_BASE64_RUN = re.compile(r"^[A-Za-z0-9+/=\s]{256,}$")
+_ELIDE_ABOVE = 256
+
+
+def new_request_id(offered: Optional[str]) -> str:
+    if offered and _SAFE_REQUEST_ID.match(offered):
+        return offered
+    return uuid.uuid4().hex
+
+
+def elide_media(value: Any) -> Any:
+    """A copy of a JSON-like value with data URIs and long base64 strings replaced by a size note."""
+    if isinstance(value, dict):
+        return {k: elide_media(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [elide_media(v) for v in value]
+    if isinstance(value, str) and len(value) > _ELIDE_ABOVE:
+        if value.startswith("data:") or _BASE64_RUN.match(value[:4096]):
+            head = value.split(",", 1)[0] if value.startswith("data:") else "base64"
+            return f"<{head}: {len(value)} chars elided>"
+    return value
+
+
+def log_body(request_id: str, kind: str, body: Any) -> None:
+    body_logger.info("%s %s %s", request_id, kind, json.dumps(elide_media(body), ensure_ascii=False))
+
+
+class RequestLogMiddleware:
+    """Outermost middleware: every response, errors included, gets X-Request-Id and one log line."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = new_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            final_status = state.get("outcome_status", status)
+            self._record(scope, state, request_id, final_status, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, state: dict[str, Any], request_id: str, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None)
+        if route is not None and route.startswith("/v1/"):
+            self.metrics.record_outcome(route, status)
+        usage = state.get("usage") or {}
+        access_logger.info(
+            '%s %s %s %d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f client=%s user=%s',
+            request_id, scope.get("method"), scope.get("path"), status, usage.get("prompt_tokens", 0),
+            usage.get("completion_tokens", 0), seconds * 1000,
+            (scope.get("client") or ("-",))[0], state.get("user") or "-")
+
+
+class ResultWriter:
+    """Appends one JSON line per finished request to --result_path (media elided)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def write(self, request_id: str, route: str, request: Any, response: Any) -> None:
+        line = json.dumps({"request_id": request_id, "time": time.time(), "route": route,
+                           "request": elide_media(request), "response": response}, ensure_ascii=False)
+        with self._lock, self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")  # one write per line: concurrent requests never interleave within a row

@@ -1,0 +1,118 @@
+"""`ServedRequest`: the bookkeeping of one generation request, shared by chat, completions and embeddings:
+its admission slot, latency metrics, token counts for the access log, verbose body logs and --result_path.
+"""
+from __future__ import annotations
+
+import time
+import json
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from swiftops.protocol import SwiftopsError, UsageInfo
+from swiftops.server.context import ServerContext
+from swiftops.server.errors import error_body, logger
+from swiftops.server.request_log import log_body
+from swiftops.server.sse import DONE, EventStreamResponse, sse_event, until_disconnected
+
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
+
+
+class ServedRequest:
+    def __init__(self, ctx: ServerContext, request: Request, route: str, body: BaseModel) -> None:
+        ctx.lifecycle.check_accepting()
+        self.ctx = ctx
+        self.request = request
+        self.route = route
+        self.body = body
+        self.state = request.state
+        self.request_id: str = getattr(request.state, "request_id", "-")
+        self.arrival = time.perf_counter()
+        self._last_token_at: Optional[float] = None
+        self._holds_slot = False
+        self.state.user = getattr(body, "user", None)
+        if ctx.settings.verbose:
+            log_body(self.request_id, "request", body.model_dump(exclude_none=True))
+
+    async def until_disconnected(self, work: Awaitable[T]) -> T:
+        """Await `work`; a client that disconnects first cancels it (ClientDisconnected)."""
+        return await until_disconnected(self.request.receive, work)
+
+    async def admit(self) -> None:
+        """Take an admission slot (429 when the queue is full), giving up if the client leaves while queued."""
+        queue_time = await self.until_disconnected(self.ctx.admission.acquire())
+        self._holds_slot = True
+        self.ctx.metrics.request_queue_time.observe(queue_time)
+
+    def release(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            self.ctx.admission.release()
+
+    def token_arrived(self) -> None:
+        now = time.perf_counter()
+        if self._last_token_at is None:
+            self.ctx.metrics.time_to_first_token.observe(now - self.arrival)
+        else:
+            self.ctx.metrics.inter_token_latency.observe(now - self._last_token_at)
+        self._last_token_at = now
+
+    def mark_disconnected(self) -> None:
+        self.state.outcome_status = CLIENT_CLOSED_REQUEST
+
+    def mark_failed(self, status: int) -> None:
+        """For a stream that failed after its 200 header went out: log and count the real outcome."""
+        self.state.outcome_status = status
+
+    def finish(self, usage: Optional[UsageInfo], response: Optional[dict[str, Any]]) -> None:
+        """Record a request that got its full answer."""
+        self.ctx.metrics.e2e_request_latency.observe(time.perf_counter() - self.arrival)
+        if usage is not None:
+            self.state.usage = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+            self.ctx.metrics.record_tokens(usage.prompt_tokens, usage.completion_tokens)
+        if self.ctx.settings.verbose and response is not None:
+            log_body(self.request_id, "response", response)
+        if self.ctx.results is not None and response is not None:
+            self.ctx.results.write(self.request_id, self.route, self.body.model_dump(exclude_none=True), response)
+
+    def event_stream(self, events: AsyncIterator[bytes], finished: Callable[[], None],
+                     engine_streams: list[AsyncIterator[Any]]) -> EventStreamResponse:
+        """The SSE response for `events` (framed chunks): errors in-band, `[DONE]` last. However the stream
+        ends, the engine's streams are closed (an engine may hold batch slots for a stream nobody started
+        reading) and the admission slot is released; `finished()` runs only for a stream that completed."""
+        completed = False
+
+        async def framed() -> AsyncIterator[bytes]:
+            nonlocal completed
+            try:
+                async for event in events:
+                    yield event
+                completed = True
+            except SwiftopsError as exc:  # the 200 is out already: report in-band, as vLLM does
+                self.mark_failed(exc.status)
+                yield sse_event(exc.to_response().model_dump_json())
+            except Exception as exc:
+                logger.exception("stream %s failed", self.request_id)
+                self.mark_failed(500)
+                yield sse_event(json.dumps(error_body(500, f"internal error while streaming: {type(exc).__name__}")))
+            finally:
+                if not completed:
+                    await events.aclose()  # type: ignore[attr-defined]  # aborts the generation now
+            yield DONE
+
+        async def on_close(disconnected: bool) -> None:
+            try:
+                for stream in engine_streams:
+                    aclose = getattr(stream, "aclose", None)
+                    if aclose is not None:
+                        await aclose()  # a client gone early aborts the generation now, not at GC
+            finally:
+                self.release()
+            if disconnected:
+                self.mark_disconnected()
+            elif completed:
+                finished()
+
+        return EventStreamResponse(framed(), on_close)

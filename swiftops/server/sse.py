@@ -1,0 +1,93 @@
+"""Server-sent events as OpenAI sends them (`data: {json}\\n\\n` ... `data: [DONE]\\n\\n`), and the watch
+for clients that go away.
+
+`EventStreamResponse` listens for `http.disconnect` while it streams and cancels the producer at once,
+so a vanished client's generation is aborted even while no token is being sent (queued, or in prefill).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from swiftops.server.errors import ClientDisconnected
+
+T = TypeVar("T")
+DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(json_text: str) -> bytes:
+    return b"data: " + json_text.encode("utf-8") + b"\n\n"
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (and raising ClientDisconnected) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()  # the engine aborts the generation and frees its slot
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientDisconnected()
+
+
+class EventStreamResponse(Response):
+    """A response streaming `events` (already framed bytes).
+
+    `on_close(disconnected)` runs exactly once when the stream ends, fails or the client leaves.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[bool], Awaitable[None]],
+                 headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(status_code=200)
+        self.events = events
+        self.on_close = on_close
+        self.extra_headers = headers or {}
+
+    async def _produce(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers()})
+        async for event in self.events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _raw_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
+                   "x-accel-buffering": "no", **{k.lower(): v for k, v in self.extra_headers.items()}}
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        disconnected = False
+        try:
+            await until_disconnected(receive, self._produce(send))
+        except ClientDisconnected:
+            disconnected = True
+        except OSError:  # the socket broke while sending
+            disconnected = True
+        finally:
+            with contextlib.suppress(Exception):
+                await self.events.aclose()  # type: ignore[attr-defined]
+            await self.on_close(disconnected)
+
+
+def as_json_event(model: Any) -> bytes:
+    return sse_event(model.model_dump_json(exclude_none=True))
