@@ -34,8 +34,7 @@ def request_config(generation: GenerationSettings, *, stream: bool) -> RequestCo
 
 @click.command(cls=SettingsCommand, name="infer")
 @settings_options(*SETTINGS)
-@click.pass_context
-def command(ctx: click.Context, **values: object) -> None:
+def command(**values: object) -> None:
     """Chat with a model (interactive), or answer --val_dataset files and append the results as JSONL."""
     model, engine_settings, generation, infer = build_settings(values, *SETTINGS)
     check_model_location(model)
@@ -44,9 +43,9 @@ def command(ctx: click.Context, **values: object) -> None:
         rows = load_datasets(infer.val_dataset)  # a bad row fails here, before weights load
         failed = run_dataset_mode(rows, model, engine_settings, generation, infer.stream, result_path)
         if failed:
-            click.echo(f"error: {failed} rows failed (see the warnings above); re-run the same command "
-                       f"to retry only them", err=True)
-            ctx.exit(1)
+            click.echo(f"error: {failed} of {len(rows)} rows failed (see the warnings above); re-run the same "
+                       f"command to retry only them", err=True)
+            sys.exit(1)  # ctx.exit would be swallowed: main() runs click with standalone_mode=False
     else:
         run_interactive_mode(model, engine_settings, generation, infer.stream, result_path)
 
