@@ -35,7 +35,10 @@ def request_config(generation: GenerationSettings, *, stream: bool) -> RequestCo
 @click.command(cls=SettingsCommand, name="infer")
 @settings_options(*SETTINGS)
 def command(**values: object) -> None:
-    """Chat with a model (interactive), or answer --val_dataset files and append the results as JSONL."""
+    """Chat with a model (interactive), or answer --val_dataset files and append the results as JSONL.
+
+    Every flag also takes its dash spelling (--max-new-tokens) and a SWIFTOPS_<FLAG> environment variable.
+    """
     model, engine_settings, generation, infer = build_settings(values, *SETTINGS)
     check_model_location(model)
     result_path = infer.result_path or default_result_path(model.model or "model")

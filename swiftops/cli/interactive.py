@@ -2,11 +2,14 @@
 
 `<<< ` reads a question; `multi-line` switches to input ending with a line that ends in `#`,
 `single-line` back; `reset-system` makes the next input the system prompt and clears history;
-`clear` clears history; `quit`/`exit` or EOF (Ctrl-D) ends the session. Every answered turn is
+`clear` clears history; `quit`/`exit` or EOF (Ctrl-D) ends the session. A query with `<image>`,
+`<video>` or `<audio>` tags asks for one path or URL per tag, as ms-swift does. Every answered turn is
 appended to the result file in the same row format as dataset mode.
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 from datetime import datetime
 from typing import Any, Callable, Optional, TextIO
@@ -14,7 +17,7 @@ from typing import Any, Callable, Optional, TextIO
 from swiftops.dataset.results import ResultWriter
 from swiftops.dataset.runner import describe_failure, result_row
 from swiftops.engines.base import InferEngine
-from swiftops.protocol.errors import SwiftopsError
+from swiftops.protocol.errors import PromptTooLongError, SwiftopsError
 from swiftops.protocol.request import InferRequest, RequestConfig
 from swiftops.protocol.response import (ChatCompletionResponse, ChatCompletionResponseChoice, ChatMessage,
                                         ChoiceLogprobs, UsageInfo)
@@ -27,6 +30,7 @@ BANNER = ("Input `exit` or `quit` to exit the conversation.\n"
           "Input `multi-line` to switch to multi-line input mode (end the input with a line ending in `#`).\n"
           "Input `reset-system` to set a new system prompt and clear the history.\n"
           "Input `clear` to clear the history.")
+MEDIA_TAG = re.compile(r"<(image|video|audio)>")
 COMMANDS = {"multi-line", "single-line", "reset-system", "clear", "quit", "exit"}
 
 
@@ -45,6 +49,8 @@ class ChatSession:
         self.read_line = read_line
         self.multi_line = False
         self.history: list[dict[str, Any]] = []
+        # media of the whole conversation, in tag order: every turn re-sends the history's tags
+        self.media: dict[str, list[str]] = {"images": [], "videos": [], "audios": []}
         self.session_id = f"chat-{datetime.now():%Y%m%d-%H%M%S}"
         self.turns = 0
         self._writer: Optional[ResultWriter] = None
@@ -95,15 +101,28 @@ class ChatSession:
             self.multi_line = False
             print("Switched to single-line mode.", file=self.out, flush=True)
         elif command == "clear":
-            self.history.clear()
+            self.clear_history()
             print("History cleared.", file=self.out, flush=True)
         elif command == "reset-system":
             self.system = self.read_line(SYSTEM_PROMPT).strip() or None
-            self.history.clear()
+            self.clear_history()
             print("System prompt set; history cleared.", file=self.out, flush=True)
         elif command:
             self.answer(query.strip())
         return True
+
+    def clear_history(self) -> None:
+        self.history.clear()
+        for items in self.media.values():
+            items.clear()
+
+    def read_media(self, query: str) -> dict[str, list[str]]:
+        """One path or URL per media tag of the query, added after the conversation's earlier media."""
+        media = {kind: list(items) for kind, items in self.media.items()}
+        for kind in MEDIA_TAG.findall(query):
+            article = "an" if kind in ("image", "audio") else "a"
+            media[f"{kind}s"].append(self.read_line(f"Input {article} {kind} path or URL <<< ").strip())
+        return media
 
     # ---- answering ------------------------------------------------------------------------------
     def messages_for(self, query: str) -> list[dict[str, Any]]:
@@ -112,21 +131,26 @@ class ChatSession:
 
     def answer(self, query: str) -> None:
         messages = self.messages_for(query)
+        media = self.read_media(query)
         try:
-            response = self._generate(InferRequest(messages=messages))
+            response = self._generate(InferRequest(messages=messages, **media))
         except KeyboardInterrupt:
             print("\n[interrupted]", file=self.out, flush=True)
             return
-        except SwiftopsError as exc:  # e.g. the conversation outgrew the context: say so and go on
-            print(f"\nerror: {describe_failure(exc)} (`clear` starts a fresh conversation)", file=self.out,
-                  flush=True)
+        except Exception as exc:  # e.g. the conversation outgrew the context: say so and go on
+            if not isinstance(exc, SwiftopsError) and os.environ.get("SWIFTOPS_DEBUG") == "1":
+                raise
+            hint = " (`clear` starts a fresh conversation)" if isinstance(exc, PromptTooLongError) else ""
+            print(f"\nerror: {describe_failure(exc)}{hint}", file=self.out, flush=True)
             return
         print(f"\n{SEPARATOR}", file=self.out, flush=True)
         text = response.choices[0].message.content or ""
         self.history += [{"role": "user", "content": query}, {"role": "assistant", "content": text}]
+        self.media = media
         self.turns += 1
         self.writer().write(result_row(f"{self.session_id}-{self.turns}", messages, response,
-                                       with_logprobs=self.config.logprobs))
+                                       with_logprobs=self.config.logprobs,
+                                       **{kind: items for kind, items in media.items() if items}))
 
     def _generate(self, request: InferRequest) -> ChatCompletionResponse:
         if not self.config.stream:

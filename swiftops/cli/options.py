@@ -5,7 +5,7 @@
     def command(**values):
         model, engine = build_settings(values, ModelSettings, EngineSettings)
 
-Every field becomes `--field_name` (ms-swift's spelling) and `--field-name`; help comes from the
+Every field becomes `--field_name` (ms-swift's spelling, the one --help shows) and `--field-name`; help comes from the
 field's description. Bools take `--stream`, `--stream true` or `--stream false`; list fields take
 several values after one flag or a repeated flag; dict fields take `name=value` items or JSON.
 `--config FILE.yaml` reads a flat YAML of field names. Precedence: config file < SWIFTOPS_<FIELD>
@@ -71,6 +71,18 @@ def _fields(models: tuple[type[BaseModel], ...]) -> dict[str, FieldInfo]:
     return fields
 
 
+class SettingsOption(click.Option):
+    """An option whose --help line shows only ms-swift's underscore spelling (the dash one works too)."""
+
+    def get_help_record(self, ctx: click.Context) -> Optional[tuple[str, str]]:
+        all_opts = self.opts
+        self.opts = all_opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = all_opts
+
+
 def flag_name(name: str) -> str:
     return f"--{name}"
 
@@ -83,13 +95,13 @@ def _option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     kind = field_kind(field)
     if kind == "bool":
         # `--stream` alone means true; `--stream true|false` as ms-swift writes it.
-        return click.option(*spellings, name, type=click.BOOL, is_flag=False, flag_value="true", default=None,
+        return click.option(*spellings, name, cls=SettingsOption, type=click.BOOL, is_flag=False, flag_value="true", default=None,
                             metavar="[true|false]", help=help_text)
     if kind in ("list", "dict"):
         metavar = "NAME=VALUE..." if kind == "dict" else "VALUE..."
-        return click.option(*spellings, name, multiple=True, default=None, metavar=metavar,
+        return click.option(*spellings, name, cls=SettingsOption, multiple=True, default=None, metavar=metavar,
                             help=help_text + (" JSON accepted." if kind == "dict" else ""))
-    return click.option(*spellings, name, type=_click_type(field), default=None, help=help_text)
+    return click.option(*spellings, name, cls=SettingsOption, type=_click_type(field), default=None, help=help_text)
 
 
 def settings_options(*models: type[BaseModel]) -> Callable[[Any], Any]:

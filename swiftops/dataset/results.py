@@ -10,7 +10,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 from swiftops.protocol.errors import ConfigError
 
@@ -29,11 +29,14 @@ class ResultWriter:
         self.fsync_every = fsync_every
         self.done_ids: set[str] = set()
         self._unsynced = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the folder of --result_path {path}: {exc.strerror}") from None
         if self.path.is_dir():
             raise ConfigError(f"--result_path {path} is a directory; give a .jsonl file path")
         self._repair_and_index()
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file: Optional[TextIO] = None  # opened on the first row: a run that fails early leaves no empty file
 
     def _repair_and_index(self) -> None:
         """Drop a truncated last line left by a killed run, and collect the ids already written."""
@@ -58,6 +61,8 @@ class ResultWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, ensure_ascii=False) + "\n"
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
         self._file.write(line)
         self._file.flush()
         self._unsynced += 1
@@ -67,11 +72,12 @@ class ResultWriter:
             self.done_ids.add(str(row["id"]))
 
     def sync(self) -> None:
-        os.fsync(self._file.fileno())
+        if self._file is not None:
+            os.fsync(self._file.fileno())
         self._unsynced = 0
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self.sync()
             self._file.close()
 

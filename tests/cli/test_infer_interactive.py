@@ -90,9 +90,13 @@ def test_eof_exits_cleanly(swiftops_process, tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("stream", ["true", "false"])
 def test_piped_stdin_streams_or_not_and_logs_logprobs(tiny_model_dir, tmp_path, run_swiftops, stream):
     result = tmp_path / "chat.jsonl"
+    # the <image> turn asks for a path; the text-only model refuses it with an error, and the chat goes on
     done = run_swiftops("infer", "--model", tiny_model_dir, "--max-new-tokens", "6", "--temperature", "0",
-                        "--stream", stream, "--logprobs", "--result-path", result, input="what is 2+2?\nexit\n")
+                        "--stream", stream, "--logprobs", "--result-path", result,
+                        input="<image>what is this?\ncat.png\nwhat is 2+2?\nexit\n")
     assert done.returncode == 0, done.stderr
+    assert "Input an image path or URL <<< " in done.stdout
+    assert "\nerror: " in done.stdout and "Traceback" not in done.stdout + done.stderr
     assert done.stdout.count(SEPARATOR) == 1
     (row,) = read_rows(result)
     assert row["response"] and row["response"] in done.stdout
