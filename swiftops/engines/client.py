@@ -1,0 +1,334 @@
+"""`InferClient`: the engine interface over HTTP, against `swiftops deploy` (or any OpenAI-compatible server).
+
+    engine = InferClient(host="127.0.0.1", port=8000)          # same calls as PtEngine
+    engine.infer([InferRequest(messages=[...])], RequestConfig(max_tokens=64), metrics=[InferStats()])
+
+Responses are the local engines' types (a streamed usage arrives on the last chunk, as with PtEngine),
+local image/video/audio paths are sent as base64 data URIs, one connection pool is reused per event
+loop, and a server error raises `InferClientError` carrying the server's message and HTTP status.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import mimetypes
+import os
+import weakref
+from typing import Any, AsyncIterator, Optional, Union
+from urllib.parse import urlparse
+
+import httpx
+
+from swiftops.engines.base import InferEngine
+from swiftops.protocol import (AdapterRequest, ChatCompletionResponse, ChatCompletionResponseChoice,
+                               ChatCompletionResponseStreamChoice, ChatCompletionStreamResponse,
+                               ChatCompletionTokenLogprob, ChatMessage, ChoiceLogprobs, CompletionLogprobs,
+                               CompletionResponse, DeltaMessage, InferRequest, RequestConfig, SwiftopsError,
+                               TopLogprob, UsageInfo)
+
+# Keys of content parts (and top-level request fields) that hold media.
+_MEDIA_KEYS = ("image", "video", "audio", "image_url", "video_url", "audio_url")
+_REMOTE_PREFIXES = ("http://", "https://", "data:")
+
+
+class InferClientError(SwiftopsError):
+    """The server answered with an error (or could not be reached: status 503)."""
+
+    def __init__(self, message: str, *, status: int, type: Optional[str] = None, param: Optional[str] = None,
+                 code: Optional[str] = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+        if type:
+            self.type = type
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+
+def media_to_uri(value: Any) -> Any:
+    """A local file path or PIL image -> a base64 `data:` URI; URLs, data URIs and base64 pass through."""
+    if hasattr(value, "save") and hasattr(value, "mode"):  # a PIL image
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if not isinstance(value, str) or value.startswith(_REMOTE_PREFIXES) or len(value) > 4096:
+        return value
+    path = os.path.expanduser(value[7:] if value.startswith("file://") else value)
+    if not os.path.isfile(path):
+        return value
+    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    with open(path, "rb") as f:
+        return f"data:{mime};base64," + base64.b64encode(f.read()).decode("ascii")
+
+
+def _encode_part(part: Any) -> Any:
+    if not isinstance(part, dict):
+        return part
+    out = dict(part)
+    for key in _MEDIA_KEYS:
+        value = out.get(key)
+        if isinstance(value, dict) and "url" in value:
+            out[key] = {**value, "url": media_to_uri(value["url"])}
+        elif value is not None:
+            out[key] = media_to_uri(value)
+    return out
+
+
+def _encode_message(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, list):
+        return {**message, "content": [_encode_part(p) for p in content]}
+    return message
+
+
+def _sampling_fields(config: RequestConfig) -> dict[str, Any]:
+    fields = config.model_dump(exclude={"stream", "logprobs", "top_logprobs", "max_tokens"}, exclude_defaults=True)
+    if config.max_tokens is not None:
+        fields["max_tokens"] = config.max_tokens
+    if config.stream:
+        fields["stream"] = True
+        fields["stream_options"] = {"include_usage": True}  # so the last chunk carries usage, as locally
+    return fields
+
+
+def chat_logprobs(legacy: Optional[CompletionLogprobs]) -> Optional[ChoiceLogprobs]:
+    """The completions API's parallel lists -> chat-style logprobs (what the local engines return)."""
+    if legacy is None:
+        return None
+    content = []
+    for i, token in enumerate(legacy.tokens):
+        top = (legacy.top_logprobs[i] if i < len(legacy.top_logprobs) else None) or {}
+        content.append(ChatCompletionTokenLogprob(
+            token=token, logprob=legacy.token_logprobs[i] or 0.0,
+            top_logprobs=[TopLogprob(token=t, logprob=lp) for t, lp in top.items()]))
+    return ChoiceLogprobs(content=content)
+
+
+class InferClient(InferEngine):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+                 base_url: Optional[str] = None, timeout: float = 86400.0, *, max_connections: int = 64,
+                 max_retries: int = 3) -> None:
+        """`base_url` (e.g. http://host:8000/v1) wins over host/port; `max_retries` retries 429 answers."""
+        url = (base_url or f"http://{host}:{port}/v1").rstrip("/")
+        if urlparse(url).path in ("", "/"):
+            url += "/v1"
+        self.base_url = url
+        self.api_key = api_key
+        self.timeout = httpx.Timeout(timeout, connect=min(timeout, 30.0))
+        self.limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.max_retries = max_retries
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # httpx's async pools belong to one event loop: one pool per loop that uses this client.
+        self._async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = (
+            weakref.WeakKeyDictionary())
+        self._sync_client: Optional[httpx.Client] = None
+        self._models: Optional[list[str]] = None
+
+    # ---- models ------------------------------------------------------------------------------
+    @property
+    def models(self) -> list[str]:
+        """The server's model names: the base model first, then its LoRA adapters."""
+        if self._models is None:
+            if self._sync_client is None:
+                self._sync_client = httpx.Client(headers=self._headers, timeout=self.timeout)
+            response = self._request_sync("GET", "/models")
+            self._models = [m["id"] for m in response.json()["data"]]
+        return list(self._models)
+
+    @property
+    def model_name(self) -> str:  # type: ignore[override]
+        return self.models[0]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return self.models[1:]
+
+    def _request_sync(self, method: str, path: str) -> httpx.Response:
+        assert self._sync_client is not None
+        try:
+            response = self._sync_client.request(method, self.base_url + path)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise self._error(response.status_code, response.content)
+        return response
+
+    # ---- HTTP plumbing -----------------------------------------------------------------------
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(headers=self._headers, timeout=self.timeout, limits=self.limits)
+            self._async_clients[loop] = client
+        return client
+
+    def _unreachable(self, exc: Exception) -> InferClientError:
+        return InferClientError(f"cannot reach the server at {self.base_url} ({type(exc).__name__}: {exc}); "
+                                f"is `swiftops deploy` running there?", status=503, code="unreachable")
+
+    @staticmethod
+    def _error(status: int, content: bytes) -> InferClientError:
+        try:
+            error = json.loads(content)["error"]
+            return InferClientError(str(error.get("message")), status=status, type=error.get("type"),
+                                    param=error.get("param"), code=error.get("code"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            text = content.decode("utf-8", "replace")[:500]
+            return InferClientError(f"the server answered {status}: {text}", status=status)
+
+    async def _open(self, path: str, body: dict[str, Any], stream: bool) -> httpx.Response:
+        """POST, retrying 429s after their Retry-After; the caller closes a streamed response."""
+        client = self._client()
+        for attempt in range(self.max_retries + 1):
+            try:
+                request = client.build_request("POST", self.base_url + path, json=body)
+                response = await client.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from None
+            if response.status_code == 429 and attempt < self.max_retries:
+                await response.aclose()
+                await asyncio.sleep(float(response.headers.get("retry-after", "1") or 1))
+                continue
+            if response.status_code >= 400:
+                content = await response.aread()
+                await response.aclose()
+                raise self._error(response.status_code, content)
+            return response
+        raise AssertionError("unreachable")
+
+    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        response = await self._open(path, body, stream=True)
+        try:  # closing (or cancelling) this generator drops the connection: the server aborts the generation
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                event = json.loads(data)
+                if "error" in event:
+                    error = event["error"]
+                    raise InferClientError(str(error.get("message")), status=500, type=error.get("type"),
+                                           code=error.get("code"))
+                yield event
+        finally:
+            await response.aclose()
+
+    # ---- the engine interface ----------------------------------------------------------------
+    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
+                          adapter_request: Optional[AdapterRequest] = None, model: Optional[str] = None
+                          ) -> Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]:
+        """`model` (or `adapter_request.name`) picks the served model or adapter; default: the base model."""
+        config = request_config or RequestConfig()
+        if model is None:
+            model = adapter_request.name if adapter_request is not None else await self._base_model()
+        if request.prompt is not None:
+            return await self._complete(request, config, model)
+        body: dict[str, Any] = {"model": model, "messages": [_encode_message(m) for m in request.messages],
+                                **_sampling_fields(config)}
+        for key in ("images", "videos", "audios"):
+            items = getattr(request, key)
+            if items:
+                body[key] = [media_to_uri(item) for item in items]
+        if request.tools:
+            body["tools"] = request.tools
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
+        if config.logprobs or config.top_logprobs:
+            body["logprobs"] = True
+            if config.top_logprobs is not None:
+                body["top_logprobs"] = config.top_logprobs
+        if config.stream:
+            return self._chat_stream(body)
+        response = await self._open("/chat/completions", body, stream=False)
+        return ChatCompletionResponse.model_validate_json(response.content)
+
+    async def _base_model(self) -> str:
+        if self._models is None:
+            return await asyncio.to_thread(lambda: self.model_name)
+        return self._models[0]
+
+    def _chat_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionStreamResponse]:
+        return self._hold_for_usage(self._events("/chat/completions", body))
+
+    async def _complete(self, request: InferRequest, config: RequestConfig, model: str
+                        ) -> Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]:
+        """A raw prompt goes to /v1/completions (no chat template); answers come back in chat shape."""
+        body: dict[str, Any] = {"model": model, "prompt": request.prompt, **_sampling_fields(config)}
+        if config.logprobs or config.top_logprobs:
+            body["logprobs"] = config.top_logprobs or 0
+        if config.stream:
+            return self._completion_stream(body)
+        response = await self._open("/completions", body, stream=False)
+        completion = CompletionResponse.model_validate_json(response.content)
+        choices = [ChatCompletionResponseChoice(index=c.index, message=ChatMessage(content=c.text),
+                                                finish_reason=c.finish_reason, logprobs=chat_logprobs(c.logprobs))
+                   for c in completion.choices]
+        return ChatCompletionResponse(id=completion.id, model=completion.model, choices=choices,
+                                      usage=completion.usage or UsageInfo())
+
+    async def _completion_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionStreamResponse]:
+        started: set[int] = set()
+
+        async def as_chat() -> AsyncIterator[dict[str, Any]]:
+            async for event in self._events("/completions", body):
+                chunk = CompletionResponse.model_validate(event)
+                choices = []
+                for c in chunk.choices:
+                    delta = DeltaMessage(content=c.text)
+                    if c.index not in started:
+                        started.add(c.index)
+                        delta.role = "assistant"
+                    choices.append(ChatCompletionResponseStreamChoice(
+                        index=c.index, delta=delta, finish_reason=c.finish_reason, logprobs=chat_logprobs(c.logprobs)))
+                yield ChatCompletionStreamResponse(id=chunk.id, model=chunk.model, choices=choices,
+                                                   usage=chunk.usage).model_dump()
+
+        async for chunk in self._hold_for_usage(as_chat()):
+            yield chunk
+
+    @staticmethod
+    async def _hold_for_usage(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ChatCompletionStreamResponse]:
+        """The server sends usage in an extra chunk with no choices; the local engines put it on the last
+        chunk. Finishing chunks are held back until that usage (or the end) arrives."""
+        held: Optional[ChatCompletionStreamResponse] = None
+        async for event in events:
+            chunk = ChatCompletionStreamResponse.model_validate(event)
+            if not chunk.choices:
+                if held is not None:
+                    held.usage = chunk.usage
+                continue
+            if held is not None:
+                yield held
+                held = None
+            if any(c.finish_reason is not None for c in chunk.choices):
+                held = chunk
+            else:
+                yield chunk
+        if held is not None:
+            yield held
+
+    async def embed_async(self, inputs: list[Any]) -> list[list[float]]:
+        response = await self._open("/embeddings", {"model": await self._base_model(), "input": inputs},
+                                    stream=False)
+        return [item["embedding"] for item in sorted(response.json()["data"], key=lambda d: d["index"])]
+
+    def close(self) -> None:
+        if self._sync_client is not None:
+            self._sync_client.close()
+        for loop, client in list(self._async_clients.items()):
+            if loop.is_closed() or client.is_closed:
+                continue
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if loop is running:
+                loop.create_task(client.aclose())
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=10)
+            else:
+                loop.run_until_complete(client.aclose())
+        self._async_clients.clear()
