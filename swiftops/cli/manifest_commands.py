@@ -14,6 +14,7 @@ from typing import Optional
 import click
 import yaml
 
+from swiftops.manifest.chart_values import values_json_schema
 from swiftops.manifest.chart import chart_dir, helm_template, helm_upgrade_install, upgrade_install_command
 from swiftops.manifest.errors import ManifestError
 from swiftops.manifest.loader import LoadedManifest
@@ -147,9 +148,12 @@ def apply_local(loaded: LoadedManifest, dry_run: bool) -> None:
 @click.command("schema")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Write the schema to this file instead of printing it.")
-def schema_command(output: Optional[str]) -> None:
-    """Print the JSON Schema of a manifest (for editors and CI checks)."""
-    text = json.dumps(manifest_json_schema(), indent=2, sort_keys=False) + "\n"
+@click.option("--chart-values", is_flag=True, help="The schema of the Helm chart's values (the manifest schema "
+                                                   "under `manifest`) instead: helm/swiftops/values.schema.json.")
+def schema_command(output: Optional[str], chart_values: bool) -> None:
+    """Print the JSON Schema of a manifest (manifests/schema.json) for editors and CI checks."""
+    schema = values_json_schema() if chart_values else manifest_json_schema()
+    text = json.dumps(schema, indent=2, sort_keys=False) + "\n"
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:

@@ -1,0 +1,236 @@
+{{/* Object names: the release name (swiftops apply uses the manifest's metadata.name). */}}
+{{- define "swiftops.fullname" -}}
+{{- .Release.Name | trunc 53 | trimSuffix "-" -}}
+{{- end }}
+
+{{- define "swiftops.selectorLabels" -}}
+app.kubernetes.io/name: swiftops
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "swiftops.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{ include "swiftops.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: {{ ternary "server" "inference-job" (include "swiftops.isServer" . | eq "true") }}
+{{- range $key, $value := (dig "metadata" "labels" dict .Values.manifest) }}
+{{ $key }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "swiftops.isServer" -}}
+{{- eq .Values.manifest.kind "Deployment" -}}
+{{- end }}
+
+{{/* tensor x pipeline x data */}}
+{{- define "swiftops.parallelSize" -}}
+{{- $p := dig "parallelism" dict .Values.manifest.spec -}}
+{{- mul (dig "tensor" 1 $p | int) (dig "pipeline" 1 $p | int) (dig "data" 1 $p | int) -}}
+{{- end }}
+
+{{/* GPUs per pod: spec.resources.gpu.count, else derived from the parallelism (one source of truth). */}}
+{{- define "swiftops.gpuCount" -}}
+{{- $count := dig "resources" "gpu" "count" nil .Values.manifest.spec -}}
+{{- if kindIs "invalid" $count -}}
+{{- include "swiftops.parallelSize" . -}}
+{{- else -}}
+{{- $count | int -}}
+{{- end -}}
+{{- end }}
+
+{{/* Size of /dev/shm: spec.resources.shm, or 8Gi when GPUs talk over NCCL (parallel size > 1). */}}
+{{- define "swiftops.shmSize" -}}
+{{- $shm := dig "resources" "shm" "" .Values.manifest.spec -}}
+{{- if $shm -}}
+{{- $shm -}}
+{{- else if gt (include "swiftops.parallelSize" . | int) 1 -}}
+8Gi
+{{- end -}}
+{{- end }}
+
+{{- define "swiftops.image" -}}
+{{- $spec := .Values.manifest.spec -}}
+{{- if $spec.image -}}
+{{- $spec.image -}}
+{{- else -}}
+{{- printf "%s:%s-%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) (dig "backend" "name" "pt" $spec) -}}
+{{- end -}}
+{{- end }}
+
+{{- define "swiftops.port" -}}
+{{- dig "server" "port" 8000 .Values.manifest.spec | int -}}
+{{- end }}
+
+{{- define "swiftops.cachePath" -}}
+{{- dig "cache" "mount_path" "/cache" .Values.manifest.spec -}}
+{{- end }}
+
+{{- define "swiftops.cacheClaim" -}}
+{{- dig "cache" "existing_claim" (printf "%s-cache" (include "swiftops.fullname" .)) .Values.manifest.spec -}}
+{{- end }}
+
+{{/* true when more than one pod may mount a ReadWriteOnce cache claim */}}
+{{- define "swiftops.cacheIsRWO" -}}
+{{- and (hasKey .Values.manifest.spec "cache") (eq (dig "cache" "access_mode" "ReadWriteOnce" .Values.manifest.spec) "ReadWriteOnce") -}}
+{{- end }}
+
+{{/* The pod spec shared by the Deployment and the Job: it runs `swiftops apply` on the mounted manifest. */}}
+{{- define "swiftops.podSpec" -}}
+{{- $spec := .Values.manifest.spec -}}
+{{- $isServer := include "swiftops.isServer" . | eq "true" -}}
+{{- $gpus := include "swiftops.gpuCount" . | int -}}
+{{- $shm := include "swiftops.shmSize" . -}}
+{{- $cachePath := include "swiftops.cachePath" . -}}
+{{- $placement := dig "placement" dict $spec -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- if $isServer }}
+terminationGracePeriodSeconds: {{ add (dig "server" "shutdown_timeout" 30 $spec | int) .Values.preStopSleepSeconds .Values.terminationGraceExtraSeconds }}
+{{- else }}
+restartPolicy: Never
+{{- end }}
+{{- with $placement.node_selector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $placement.tolerations }}
+tolerations:
+  {{- range . }}
+  - operator: {{ .operator | default "Equal" }}
+    {{- with .key }}
+    key: {{ . | quote }}
+    {{- end }}
+    {{- with .value }}
+    value: {{ . | quote }}
+    {{- end }}
+    {{- with .effect }}
+    effect: {{ . }}
+    {{- end }}
+    {{- if hasKey . "toleration_seconds" }}
+    tolerationSeconds: {{ .toleration_seconds | int }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- with $placement.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $placement.runtime_class_name }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with $placement.priority_class_name }}
+priorityClassName: {{ . }}
+{{- end }}
+containers:
+  - name: swiftops
+    image: {{ include "swiftops.image" . | quote }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    # The same code path as on a laptop: validate the manifest, then exec `swiftops deploy|infer`.
+    command: ["swiftops", "apply", "-f", "/etc/swiftops/manifest.yaml"]
+    workingDir: /workspace
+    securityContext:
+      {{- toYaml .Values.securityContext | nindent 6 }}
+    {{- if $isServer }}
+    ports:
+      - name: http
+        containerPort: {{ include "swiftops.port" . }}
+        protocol: TCP
+    {{- end }}
+    env:
+      - name: HF_HOME
+        value: {{ printf "%s/huggingface" $cachePath | quote }}
+      - name: MODELSCOPE_CACHE
+        value: {{ printf "%s/modelscope" $cachePath | quote }}
+      {{- with dig "server" "api_key_secret" nil $spec }}
+      - name: SWIFTOPS_API_KEY
+        valueFrom:
+          secretKeyRef:
+            name: {{ .name }}
+            key: {{ .key }}
+      {{- end }}
+      {{- range $spec.env }}
+      - name: {{ .name }}
+        {{- if .secret }}
+        valueFrom:
+          secretKeyRef:
+            name: {{ .secret.name }}
+            key: {{ .secret.key }}
+        {{- else }}
+        value: {{ .value | quote }}
+        {{- end }}
+      {{- end }}
+    {{- $limits := dict }}
+    {{- $requests := dict }}
+    {{- if gt $gpus 0 }}
+    {{- $_ := set $limits (dig "resources" "gpu" "resource" "nvidia.com/gpu" $spec) $gpus }}
+    {{- end }}
+    {{- range $name := list "cpu" "memory" }}
+    {{- with dig "resources" $name "" $spec }}
+    {{- $_ := set $limits $name . }}
+    {{- $_ := set $requests $name . }}
+    {{- end }}
+    {{- end }}
+    resources:
+      limits:
+        {{- toYaml $limits | nindent 8 }}
+      requests:
+        {{- toYaml $requests | nindent 8 }}
+    {{- if $isServer }}
+    startupProbe:
+      httpGet:
+        path: /health
+        port: http
+      periodSeconds: {{ .Values.probes.startup.periodSeconds }}
+      failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+    readinessProbe:
+      httpGet:
+        path: /ready
+        port: http
+      periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
+      failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
+    livenessProbe:
+      httpGet:
+        path: /health
+        port: http
+      periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
+      failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
+      timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
+    lifecycle:
+      preStop:
+        exec:
+          # Let endpoints stop routing here before SIGTERM starts the server's drain.
+          command: ["sleep", "{{ .Values.preStopSleepSeconds }}"]
+    {{- end }}
+    volumeMounts:
+      - name: manifest
+        mountPath: /etc/swiftops
+        readOnly: true
+      - name: cache
+        mountPath: {{ $cachePath }}
+      {{- if $shm }}
+      - name: dshm
+        mountPath: /dev/shm
+      {{- end }}
+volumes:
+  - name: manifest
+    configMap:
+      name: {{ include "swiftops.fullname" . }}-manifest
+  - name: cache
+    {{- if hasKey $spec "cache" }}
+    persistentVolumeClaim:
+      claimName: {{ include "swiftops.cacheClaim" . }}
+    {{- else }}
+    emptyDir: {}
+    {{- end }}
+  {{- if $shm }}
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ $shm }}
+  {{- end }}
+{{- end }}
