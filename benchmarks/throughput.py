@@ -98,11 +98,14 @@ def run_gpu(args: argparse.Namespace) -> dict:
             print(f"hf generate batch {batch}: {figures[f'hf_generate_b{batch}']:.0f} tok/s", flush=True)
         figures["hf_generate_b1"] = hf_static(hf, prompts[:1], o_len, 1)
         print(f"hf generate batch 1: {figures['hf_generate_b1']:.0f} tok/s", flush=True)
-    try:
-        hf.set_attn_implementation("sdpa_paged")
-        figures["hf_generate_batch"] = hf_continuous(hf, prompts, o_len)
-    except Exception as exc:  # noqa: BLE001 - recorded, not fatal: the baseline is informational
-        figures["hf_generate_batch_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    for impl in ("paged|sdpa", "paged|eager"):  # transformers' names differ across 5.x releases
+        try:
+            hf.set_attn_implementation(impl)
+            figures["hf_generate_batch"] = hf_continuous(hf, prompts, o_len)
+            figures["hf_generate_batch_attn"] = impl
+            break
+        except Exception as exc:  # noqa: BLE001 - recorded, not fatal: the baseline is informational
+            figures["hf_generate_batch_error"] = f"{impl}: {type(exc).__name__}: {exc}"[:300]
     print(f"hf generate_batch: {figures.get('hf_generate_batch', figures.get('hf_generate_batch_error'))}", flush=True)
     del hf
     torch.cuda.empty_cache()

@@ -17,8 +17,10 @@ def _texts(engine, prompts):
 
 def test_cuda_graph_decode_matches_eager_and_solo(tiny_model_dir):
     # float32 on the GPU too: the tiny model's top-2 logit gaps are small enough that bf16 could flip a pick.
-    graphs = PtEngine(str(tiny_model_dir), max_batch_size=8, torch_dtype="float32")
-    eager = PtEngine(str(tiny_model_dir), max_batch_size=8, torch_dtype="float32", enforce_eager=True)
+    # Two engines in one process: give each a small cache instead of 90% of the card.
+    graphs = PtEngine(str(tiny_model_dir), max_batch_size=8, torch_dtype="float32", kv_cache_memory_gb=0.5)
+    eager = PtEngine(str(tiny_model_dir), max_batch_size=8, torch_dtype="float32", kv_cache_memory_gb=0.5,
+                     enforce_eager=True)
     try:
         assert graphs.runner_name == "paged" and graphs._core.runner.graphs is not None
         assert eager._core.runner.graphs is None
