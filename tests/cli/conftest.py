@@ -4,10 +4,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-SWIFTOPS = [sys.executable, "-m", "swiftops.cli.main"]
+# The installed console script when there is one (`make test` installs the package), else the module.
+_SCRIPT = Path(sys.executable).with_name("swiftops")
+SWIFTOPS = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "swiftops.cli.main"]
 
 
 def swiftops_env() -> dict[str, str]:
