@@ -198,8 +198,8 @@ def load_dataset(source: str) -> list[DatasetRow]:
 
 
 def load_datasets(sources: list[str]) -> list[DatasetRow]:
-    """All rows of all files, in order; the same file given twice is read once."""
+    """All rows of all files, in order; the same file given twice (however spelled) is read once."""
     rows: list[DatasetRow] = []
-    for source in dict.fromkeys(sources):
+    for source in dict.fromkeys(os.path.normpath(s) for s in sources):
         rows += load_dataset(source)
     return rows

@@ -44,7 +44,7 @@ def test_bad_rows(row, message):
 def test_keys_are_file_and_row_index_and_csv_cells_hold_json(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"query": "x"}\n\n{"query": "y", "images": "cat.png"}\n', encoding="utf-8")
     (tmp_path / "b.csv").write_text('query,history\nq,"[[""h"", ""r""]]"\n', encoding="utf-8")
-    rows = load_datasets([str(tmp_path / "a.jsonl"), str(tmp_path / "b.csv"), str(tmp_path / "a.jsonl")])
+    rows = load_datasets([str(tmp_path / "a.jsonl"), str(tmp_path / "b.csv"), f"{tmp_path}/./a.jsonl"])
     assert [r.key for r in rows] == [f"{tmp_path}/a.jsonl#0", f"{tmp_path}/a.jsonl#1", f"{tmp_path}/b.csv#0"]
     assert [r.line for r in rows] == [1, 3, 2]
     assert rows[1].images == ["cat.png"]
