@@ -52,6 +52,11 @@ class ModelSettings(_Section):
     max_model_len: Optional[int] = Field(None, ge=16, description="Context length in tokens (prompt + output); "
                                                                  "default: the model's max_position_embeddings.")
     trust_remote_code: bool = Field(False, description="Allow model code shipped with the checkpoint to run.")
+    merge_lora: bool = Field(False, description="Merge the single given adapter into the base weights at load time.")
+    quant_method: Optional[Literal["bnb"]] = Field(
+        None, description="Quantize the base model on load (bnb: bitsandbytes; QLoRA with adapters on top). "
+                          "Pre-quantized checkpoints (GPTQ, AWQ, bnb, fp8) are detected from their config.")
+    quant_bits: Optional[Literal[4, 8]] = Field(None, description="Bits for --quant_method bnb (4 or 8).")
 
     @field_validator("adapters", mode="before")
     @classmethod
@@ -68,6 +73,8 @@ class EngineSettings(_Section):
         None, gt=0, description="KV cache size in GiB (default: from gpu_memory_utilization on GPU, 1 GiB on CPU).")
     block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs for decode.")
+    max_loras: int = Field(8, ge=1, description="LoRA adapters resident at once; the least recently used is unloaded.")
+    max_lora_rank: int = Field(64, ge=1, description="Highest LoRA rank an adapter may have.")
 
 
 class GenerationSettings(_Section):
