@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from swiftops.manifest.settings_map import EXCLUDED_FROM_SECTIONS
 from swiftops.protocol.settings import (BackendName, DType, EngineSettings, GenerationSettings, InferSettings,
                                         ServerSettings)
 
@@ -41,10 +42,11 @@ class Spec(BaseModel):
 def section_from_settings(name: str, settings: type[BaseModel], doc: str, *, exclude: tuple[str, ...] = (),
                           **extra: Any) -> type[Spec]:
     """A manifest section with the same fields (type, default, constraints, description) as a settings
-    model, minus `exclude`, plus `extra` fields given as (annotation, Field(...))."""
+    model, minus `exclude` and the fields the manifest sets elsewhere (settings_map.EXCLUDED_FROM_SECTIONS,
+    e.g. tensor_parallel_size lives in spec.parallelism), plus `extra` fields given as (annotation, Field(...))."""
     fields: dict[str, Any] = {}
     for field_name, info in settings.model_fields.items():
-        if field_name not in exclude:
+        if field_name not in exclude and field_name not in EXCLUDED_FROM_SECTIONS:
             fields[field_name] = (info.annotation, copy.deepcopy(info))
     fields.update(extra)
     return create_model(name, __base__=Spec, __doc__=doc, **fields)
@@ -89,7 +91,6 @@ class ModelSpec(Spec):
 
 BackendOptions = section_from_settings(
     "BackendOptions", EngineSettings, "Engine options; the same names as `swiftops deploy|infer` flags.",
-    exclude=("infer_backend",),
     lmdeploy_backend=(Optional[Literal["turbomind", "pytorch"]],
                       Field(None, description="LMDeploy engine: turbomind (default when the model supports it) "
                                               "or pytorch (needed for LoRA adapters).")),
@@ -142,7 +143,6 @@ class Multimodal(Spec):
 ServerSpec = section_from_settings(
     "ServerSpec", ServerSettings,
     "The OpenAI-compatible server of a Deployment; the same names as `swiftops deploy` flags.",
-    exclude=("api_key",),
     api_key_secret=(Optional[SecretRef], Field(None, description="Secret holding the bearer key clients must send "
                                                                  "(given to the server as SWIFTOPS_API_KEY). "
                                                                  "A key in plain text is refused.")),

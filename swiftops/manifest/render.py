@@ -100,7 +100,7 @@ def render_entrypoint(manifest: Manifest, *, shard_index: Optional[int] = None) 
     env = {name: str(value) for path, name in ENV_MAPPINGS.items()
            if (value := value_at(manifest, path)) is not None}
     secret_env: dict[str, SecretRef] = {}
-    for (_, _), (path, env_name) in SECRET_SETTINGS.items():
+    for path, env_name in SECRET_SETTINGS.values():
         ref = value_at(manifest, path)
         if ref is not None:
             secret_env[env_name] = ref

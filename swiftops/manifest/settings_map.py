@@ -2,8 +2,11 @@
 
 The settings models (swiftops/protocol/settings.py) are the one source of truth for flags: every
 one of their fields is reachable from a manifest path here (tests/manifest/test_settings_map.py
-checks both directions). `PENDING_FLAGS` are flags ms-swift/vLLM users expect that have no
-settings field yet; they render as `--name` all the same.
+checks both directions and parses rendered argv with the real CLI options). Most sections carry
+the settings' own field names; `RENAMED` lists the fields whose manifest name or place differs.
+A flag with no settings field yet (ms-swift/vLLM names such as --tensor_parallel_size) renders all
+the same and is listed by `pending_flags()`; once a settings model gains the field, its mapping
+picks the owner up by itself.
 """
 from __future__ import annotations
 
@@ -16,6 +19,16 @@ from swiftops.protocol.settings import (EngineSettings, GenerationSettings, Infe
                                         ServerSettings)
 
 Command = Literal["deploy", "infer"]
+BOTH: tuple[Command, ...] = ("deploy", "infer")
+DEPLOY: tuple[Command, ...] = ("deploy",)
+INFER: tuple[Command, ...] = ("infer",)
+
+ALL_SETTINGS: tuple[type[BaseModel], ...] = (ModelSettings, EngineSettings, GenerationSettings, InferSettings,
+                                             ServerSettings)
+COMMAND_SETTINGS: dict[Command, tuple[type[BaseModel], ...]] = {
+    "deploy": (ModelSettings, EngineSettings, GenerationSettings, ServerSettings),
+    "infer": (ModelSettings, EngineSettings, GenerationSettings, InferSettings),
+}
 
 
 @dataclass(frozen=True)
@@ -25,51 +38,76 @@ class FlagMapping:
     path: str
     flag: str
     settings: Optional[type[BaseModel]]  # None: a pending flag with no settings field yet
-    commands: tuple[Command, ...] = ("deploy", "infer")
+    commands: tuple[Command, ...] = BOTH
 
 
-def _same_names(section: str, settings: type[BaseModel], commands: tuple[Command, ...],
-                exclude: tuple[str, ...] = ()) -> list[FlagMapping]:
-    return [FlagMapping(f"{section}.{name}", name, settings, commands)
-            for name in settings.model_fields if name not in exclude]
+def owner_of(flag: str, commands: tuple[Command, ...] = BOTH) -> Optional[type[BaseModel]]:
+    for settings in ALL_SETTINGS:
+        if flag in settings.model_fields and any(settings in COMMAND_SETTINGS[c] for c in commands):
+            return settings
+    return None
 
 
-DEPLOY: tuple[Command, ...] = ("deploy",)
-INFER: tuple[Command, ...] = ("infer",)
+# (manifest path, flag, commands) where the manifest's name or place differs from the flag's.
+RENAMED: list[tuple[str, str, tuple[Command, ...]]] = [
+    ("spec.model.id", "model", BOTH),
+    ("spec.model.revision", "model_revision", BOTH),
+    ("spec.model.dtype", "torch_dtype", BOTH),
+    ("spec.model.max_model_len", "max_model_len", BOTH),
+    ("spec.model.trust_remote_code", "trust_remote_code", BOTH),
+    ("spec.model.quantization.method", "quant_method", BOTH),
+    ("spec.model.quantization.bits", "quant_bits", BOTH),
+    ("spec.adapters", "adapters", BOTH),
+    ("spec.backend.name", "infer_backend", BOTH),
+    ("spec.parallelism.device_map", "device_map", BOTH),
+    ("spec.parallelism.max_memory", "max_memory", BOTH),
+    ("spec.parallelism.tensor", "tensor_parallel_size", BOTH),
+    ("spec.parallelism.pipeline", "pipeline_parallel_size", BOTH),
+    ("spec.parallelism.data", "data_parallel_size", BOTH),
+    ("spec.multimodal.limit_per_prompt", "limit_mm_per_prompt", BOTH),
+    ("spec.job.shards", "num_shards", INFER),
+]
+RENAMED_FLAGS = frozenset(flag for _, flag, _ in RENAMED)
 
-FLAG_MAPPINGS: list[FlagMapping] = [
-    FlagMapping("spec.model.id", "model", ModelSettings),
-    FlagMapping("spec.model.revision", "model_revision", ModelSettings),
-    FlagMapping("spec.adapters", "adapters", ModelSettings),
-    FlagMapping("spec.model.dtype", "torch_dtype", ModelSettings),
-    FlagMapping("spec.parallelism.device_map", "device_map", ModelSettings),
-    FlagMapping("spec.model.max_model_len", "max_model_len", ModelSettings),
-    FlagMapping("spec.model.trust_remote_code", "trust_remote_code", ModelSettings),
-    FlagMapping("spec.backend.name", "infer_backend", EngineSettings),
-    *_same_names("spec.backend.options", EngineSettings, ("deploy", "infer"), exclude=("infer_backend",)),
-    *_same_names("spec.generation", GenerationSettings, ("deploy", "infer")),
-    *_same_names("spec.job", InferSettings, INFER),
-    *_same_names("spec.server", ServerSettings, DEPLOY, exclude=("api_key",)),
-    # Pending: flags without a settings field yet (the lead adds them to the settings models).
-    FlagMapping("spec.model.quantization.method", "quant_method", None),
-    FlagMapping("spec.model.quantization.bits", "quant_bits", None),
-    FlagMapping("spec.parallelism.tensor", "tensor_parallel_size", None),
-    FlagMapping("spec.parallelism.pipeline", "pipeline_parallel_size", None),
-    FlagMapping("spec.parallelism.data", "data_parallel_size", None),
-    FlagMapping("spec.parallelism.max_memory", "max_memory", None),
-    FlagMapping("spec.multimodal.limit_per_prompt", "limit_mm_per_prompt", None),
-    FlagMapping("spec.backend.options.lmdeploy_backend", "lmdeploy_backend", None),
-    FlagMapping("spec.backend.options.enable_prefix_caching", "enable_prefix_caching", None),
-    FlagMapping("spec.backend.options.max_loras", "max_loras", None),
-    FlagMapping("spec.backend.options.max_lora_rank", "max_lora_rank", None),
-    FlagMapping("spec.backend.options.engine_kwargs", "engine_kwargs", None),
-    FlagMapping("spec.job.shards", "num_shards", None, INFER),
+# Settings fields that come from a Secret, never from a manifest value: field -> (manifest path, env var).
+SECRET_SETTINGS: dict[str, tuple[str, str]] = {
+    "api_key": ("spec.server.api_key_secret", "SWIFTOPS_API_KEY"),
+}
+# Settings fields a manifest does not set, and why.
+NOT_IN_MANIFEST: dict[str, str] = {
+    "shard_index": "each pod of a sharded job takes its shard from JOB_COMPLETION_INDEX",
+}
+EXCLUDED_FROM_SECTIONS = RENAMED_FLAGS | frozenset(SECRET_SETTINGS) | frozenset(NOT_IN_MANIFEST)
+
+# Sections carrying the settings' own field names: (manifest path, settings model, commands).
+SAME_NAME_SECTIONS: list[tuple[str, type[BaseModel], tuple[Command, ...]]] = [
+    ("spec.backend.options", EngineSettings, BOTH),
+    ("spec.generation", GenerationSettings, BOTH),
+    ("spec.job", InferSettings, INFER),
+    ("spec.server", ServerSettings, DEPLOY),
+]
+# Manifest-only fields with flag names of their own in those sections (engine options of vLLM / LMDeploy).
+SAME_NAME_EXTRAS: list[tuple[str, str, tuple[Command, ...]]] = [
+    ("spec.backend.options", "lmdeploy_backend", BOTH),
+    ("spec.backend.options", "enable_prefix_caching", BOTH),
+    ("spec.backend.options", "max_loras", BOTH),
+    ("spec.backend.options", "max_lora_rank", BOTH),
+    ("spec.backend.options", "engine_kwargs", BOTH),
 ]
 
-# Settings fields that come from a Secret, never from a manifest value: field -> (path, env var).
-SECRET_SETTINGS: dict[tuple[type[BaseModel], str], tuple[str, str]] = {
-    (ServerSettings, "api_key"): ("spec.server.api_key_secret", "SWIFTOPS_API_KEY"),
-}
+
+def _build() -> list[FlagMapping]:
+    mappings = [FlagMapping(path, flag, owner_of(flag, commands), commands) for path, flag, commands in RENAMED]
+    for section, settings, commands in SAME_NAME_SECTIONS:
+        mappings += [FlagMapping(f"{section}.{name}", name, settings, commands)
+                     for name in settings.model_fields if name not in EXCLUDED_FROM_SECTIONS]
+    seen = {m.path for m in mappings}
+    mappings += [FlagMapping(f"{section}.{flag}", flag, owner_of(flag, commands), commands)
+                 for section, flag, commands in SAME_NAME_EXTRAS if f"{section}.{flag}" not in seen]
+    return mappings
+
+
+FLAG_MAPPINGS: list[FlagMapping] = _build()
 
 # Manifest fields that become environment variables of the process (ms-swift's names for media limits).
 ENV_MAPPINGS: dict[str, str] = {
@@ -88,13 +126,11 @@ CLUSTER_ONLY_PREFIXES: tuple[str, ...] = (
     "spec.env",
 )
 
-PENDING_FLAGS: tuple[str, ...] = tuple(m.flag for m in FLAG_MAPPINGS if m.settings is None)
-
-COMMAND_SETTINGS: dict[Command, tuple[type[BaseModel], ...]] = {
-    "deploy": (ModelSettings, EngineSettings, GenerationSettings, ServerSettings),
-    "infer": (ModelSettings, EngineSettings, GenerationSettings, InferSettings),
-}
-
 
 def mappings_for(command: Command) -> list[FlagMapping]:
     return [m for m in FLAG_MAPPINGS if command in m.commands]
+
+
+def pending_flags() -> list[str]:
+    """Flags the manifest renders that no settings model has yet (the CLI must gain them)."""
+    return sorted({m.flag for m in FLAG_MAPPINGS if m.settings is None})

@@ -1,0 +1,175 @@
+"""Manifest fields and `swiftops deploy|infer` flags map 1:1, checked both ways: every settings field is
+reachable from a manifest path, every manifest field renders to a real flag (or env var, or is for the
+cluster only), and a rendered argv parsed by the real CLI options gives back the manifest's values."""
+from __future__ import annotations
+
+import typing
+
+import click
+import pytest
+from pydantic import BaseModel
+
+from swiftops.cli.options import SettingsCommand, build_settings, settings_options
+from swiftops.manifest.loader import _unwrap, load_text, model_at, split_path
+from swiftops.manifest.models import Manifest
+from swiftops.manifest.render import render_entrypoint, value_at
+from swiftops.manifest.settings_map import (ALL_SETTINGS, CLUSTER_ONLY_PREFIXES, COMMAND_SETTINGS, ENV_MAPPINGS,
+                                            FLAG_MAPPINGS, NOT_IN_MANIFEST, SECRET_SETTINGS, mappings_for,
+                                            pending_flags)
+
+FULL_DEPLOYMENT = """
+apiVersion: swiftops/v1
+kind: Deployment
+metadata: {name: full}
+spec:
+  model: {id: org/model, revision: v1, dtype: bfloat16, max_model_len: 4096, trust_remote_code: true,
+          quantization: {method: bnb, bits: 4}}
+  adapters: {a: /x/a, b: org/b}
+  backend:
+    name: vllm
+    options: {max_batch_size: 7, max_num_batched_tokens: 1024, gpu_memory_utilization: 0.5, kv_cache_memory_gb: 2.5,
+              block_size: 32, enforce_eager: true, enable_prefix_caching: true, max_loras: 2, max_lora_rank: 64,
+              engine_kwargs: {swap_space: 4}, lmdeploy_backend: pytorch}
+  parallelism: {tensor: 2, pipeline: 2, data: 2, device_map: auto, max_memory: {"0": 20GiB}}
+  multimodal: {max_pixels: 100, min_pixels: 10, video_max_pixels: 50, video_min_pixels: 5, fps: 1.5,
+               fps_max_frames: 8, limit_per_prompt: {image: 2, video: 1}}
+  generation: {max_new_tokens: 9, temperature: 0.5, top_k: 5, top_p: 0.9, repetition_penalty: 1.1, seed: 3,
+               stop_words: [END, STOP], logprobs: true, top_logprobs: 2, system: be brief}
+  server: {host: 127.0.0.1, port: 9001, served_model_name: s, max_concurrency: 3, max_queue: 4, max_logprobs: 5,
+           shutdown_timeout: 12.5, metrics_require_key: true, verbose: true, ui: true, result_path: r.jsonl,
+           api_key_secret: {name: key, key: value}}
+"""
+FULL_JOB = FULL_DEPLOYMENT.replace("kind: Deployment", "kind: InferenceJob").split("  server:")[0] + \
+    "  job: {val_dataset: [a.jsonl, b.jsonl], result_path: out.jsonl, stream: true, shards: 3}\n"
+
+
+def leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every leaf field path of the manifest (nested models are walked; lists and dicts are leaves)."""
+    paths = []
+    for name, info in model.model_fields.items():
+        annotation = _unwrap(info.annotation)
+        path = f"{prefix}{name}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += leaf_paths(annotation, path + ".")
+        else:
+            paths.append(path)
+    return paths
+
+
+def test_every_settings_field_is_reachable_from_a_manifest_path():
+    mapped = {(m.settings, m.flag) for m in FLAG_MAPPINGS if m.settings is not None}
+    unreachable = [f"{settings.__name__}.{name}" for settings in ALL_SETTINGS for name in settings.model_fields
+                   if (settings, name) not in mapped and name not in SECRET_SETTINGS and name not in NOT_IN_MANIFEST]
+    assert unreachable == []
+
+
+def test_every_mapping_points_at_a_real_manifest_field():
+    for mapping in [*FLAG_MAPPINGS, *({"path": p} for p in ENV_MAPPINGS)]:
+        path = mapping.path if hasattr(mapping, "path") else mapping["path"]
+        parts = split_path(path)
+        holder = model_at(parts[:-1])
+        assert holder is not None and parts[-1] in holder.model_fields, path
+
+
+def test_every_manifest_field_is_a_flag_an_env_var_or_for_the_cluster():
+    flagged = {m.path for m in FLAG_MAPPINGS} | set(ENV_MAPPINGS) | {p for p, _ in SECRET_SETTINGS.values()}
+    orphans = [path for path in leaf_paths(Manifest)
+               if path not in flagged and not path.startswith(CLUSTER_ONLY_PREFIXES)]
+    assert orphans == []
+
+
+def test_each_flag_is_fed_by_one_manifest_path_per_command():
+    for command in ("deploy", "infer"):
+        flags = [m.flag for m in mappings_for(command)]
+        assert len(flags) == len(set(flags)), command
+
+
+def test_pending_flags_are_exactly_the_mappings_without_a_settings_field():
+    settings_fields = {name for settings in ALL_SETTINGS for name in settings.model_fields}
+    assert pending_flags() == sorted({m.flag for m in FLAG_MAPPINGS if m.flag not in settings_fields})
+
+
+def split_flags(argv: list[str]) -> dict[str, list[str]]:
+    flags: dict[str, list[str]] = {}
+    current = None
+    for token in argv:
+        if token.startswith("--"):
+            current = token[2:]
+            assert current not in flags, f"{token} rendered twice"
+            flags[current] = []
+        else:
+            flags[current].append(token)
+    return flags
+
+
+def parse_with_cli_options(command: str, argv: list[str]) -> tuple:
+    """Parse argv with the options `swiftops deploy|infer` are built from (swiftops/cli/options.py)."""
+    models = COMMAND_SETTINGS[command]
+    parsed: dict = {}
+
+    @click.command(cls=SettingsCommand)
+    @settings_options(*models)
+    def fake(**values):
+        parsed.update(values)
+
+    fake.main(args=argv, standalone_mode=False)
+    return build_settings(parsed, *models)
+
+
+@pytest.mark.parametrize("text, command", [(FULL_DEPLOYMENT, "deploy"), (FULL_JOB, "infer")])
+def test_rendered_argv_parses_back_to_the_manifest_values(text, command, monkeypatch):
+    for name in ("SWIFTOPS_API_KEY", "SWIFTOPS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    manifest = load_text(text).manifest
+    entry = render_entrypoint(manifest)
+    assert entry.argv[:2] == ["swiftops", command]
+    flags = split_flags(entry.argv[2:])
+    pending = set(pending_flags())
+    known = {name for settings in COMMAND_SETTINGS[command] for name in settings.model_fields}
+    assert set(flags) <= known | pending, set(flags) - known - pending
+    # every non-default manifest field of this command became a flag
+    assert {m.flag for m in mappings_for(command)} - set(flags) == set()
+    real_argv = [token for flag, values in flags.items() if flag not in pending for token in [f"--{flag}", *values]]
+    instances = {type(i): i for i in parse_with_cli_options(command, real_argv)}
+    for mapping in mappings_for(command):
+        if mapping.settings is None:
+            continue
+        got = getattr(instances[mapping.settings], mapping.flag)
+        assert got == value_at(manifest, mapping.path), mapping.path
+    # the API key comes from the Secret as an env var, never as a flag
+    if command == "deploy":
+        assert "api_key" not in flags and entry.secret_env["SWIFTOPS_API_KEY"].name == "key"
+
+
+def test_media_limits_become_ms_swift_environment_variables():
+    entry = render_entrypoint(load_text(FULL_DEPLOYMENT).manifest)
+    assert entry.env == {"MAX_PIXELS": "100", "MIN_PIXELS": "10", "VIDEO_MAX_PIXELS": "50", "VIDEO_MIN_PIXELS": "5",
+                         "FPS": "1.5", "FPS_MAX_FRAMES": "8"}
+    flags = split_flags(entry.argv[2:])
+    assert flags["limit_mm_per_prompt"] == ['{"image":2,"video":1}']
+    assert flags["tensor_parallel_size"] == ["2"] and flags["pipeline_parallel_size"] == ["2"]
+
+
+def test_defaults_render_no_flag():
+    entry = render_entrypoint(load_text("apiVersion: swiftops/v1\nkind: Deployment\nmetadata: {name: x}\n"
+                                        "spec: {model: {id: m}}\n").manifest)
+    assert entry.argv == ["swiftops", "deploy", "--model", "m"]
+    assert entry.env == {} and entry.secret_env == {}
+
+
+def test_sharded_job_takes_its_shard_from_the_completion_index():
+    manifest = load_text(FULL_JOB).manifest
+    assert "--shard_index" not in render_entrypoint(manifest).argv
+    argv = render_entrypoint(manifest, shard_index=2).argv
+    assert argv[argv.index("--num_shards") + 1] == "3" and argv[argv.index("--shard_index") + 1] == "2"
+
+
+def test_list_typing_of_mapped_fields_matches_the_settings():
+    # A list/dict settings field must stay a list/dict in the manifest, or the flag could not take it.
+    for mapping in FLAG_MAPPINGS:
+        if mapping.settings is None:
+            continue
+        parts = split_path(mapping.path)
+        manifest_type = _unwrap(model_at(parts[:-1]).model_fields[parts[-1]].annotation)
+        settings_type = _unwrap(mapping.settings.model_fields[mapping.flag].annotation)
+        assert typing.get_origin(manifest_type) == typing.get_origin(settings_type), mapping.path
