@@ -95,9 +95,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        code = None
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see /openapi.json for the routes"
-        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code,
+        elif exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's wording
+            message, code = "the request body could not be parsed; send UTF-8 JSON", "invalid_json"
+        return JSONResponse(error_body(exc.status_code, message, code=code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
