@@ -26,8 +26,9 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 class CudaGraphDecoder:
     def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, max_batch: int,
-                 max_model_len: int) -> None:
+                 max_model_len: int, lora: Any = None) -> None:
         self.model = model
+        self.lora = lora
         self.cache = cache
         self.device = device
         self.max_blocks = cache.blocks_needed(max_model_len)
@@ -37,11 +38,15 @@ class CudaGraphDecoder:
         self.positions = torch.zeros(1, n, dtype=torch.long, device=device)
         self.slots = torch.zeros(n, dtype=torch.long, device=device)
         self.block_tables = torch.zeros(n, self.max_blocks, dtype=torch.long, device=device)
+        self.lora_slots = torch.zeros(n, dtype=torch.long, device=device)
         self.key_range = torch.arange(self.max_blocks * cache.block_size, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
 
     def _forward(self, batch: int) -> torch.Tensor:
+        if self.lora is not None:  # the graph always applies LoRA by gathering each row's slot (0: zeros)
+            self.lora.gather = True
+            self.lora.set_step(self.lora_slots[:batch], [])
         pos = self.positions[0, :batch]
         ctx = StepContext(self.cache.keys, self.cache.values, self.cache.block_size,
                           slot_mapping=self.slots[:batch], decode=True, block_tables=self.block_tables[:batch],
@@ -67,9 +72,13 @@ class CudaGraphDecoder:
                     self.pool = graph.pool()
                 self.graphs[batch] = (graph, logits)
         torch.cuda.synchronize(self.device)
+        if self.lora is not None:
+            self.lora.gather = False
+            self.lora.set_step(None, [])
         logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
 
-    def run(self, ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]]) -> torch.Tensor:
+    def run(self, ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
+            lora_slots: list[int]) -> torch.Tensor:
         batch = len(ids)
         bucket = next(b for b in self.buckets if b >= batch)
         pad = bucket - batch
@@ -78,6 +87,8 @@ class CudaGraphDecoder:
         self.slots[:bucket].copy_(torch.tensor(slots + [0] * pad), non_blocking=True)
         rows = [t + [0] * (self.max_blocks - len(t)) for t in tables] + [[0] * self.max_blocks] * pad
         self.block_tables[:bucket].copy_(torch.tensor(rows), non_blocking=True)
+        if self.lora is not None:
+            self.lora_slots[:bucket].copy_(torch.tensor(lora_slots + [0] * pad), non_blocking=True)
         graph, logits = self.graphs[bucket]
         graph.replay()
         return logits[:batch]

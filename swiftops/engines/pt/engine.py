@@ -14,12 +14,13 @@ from swiftops.engines.pt.core import EngineCore
 from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
 from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
 from swiftops.engines.pt.loader import LoadedModel, load_model
+from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.pt.sequence import SamplingParams, Sequence, SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
-from swiftops.protocol import (AdapterRequest, BadRequestError, InferRequest, ModelNotFoundError, PromptTooLongError,
-                               RequestConfig, UnsupportedError)
+from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, InferRequest, ModelNotFoundError,
+                               PromptTooLongError, RequestConfig, UnsupportedError)
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.template.chat_template import encode_prompt
 
@@ -45,14 +46,25 @@ class PtEngine(InferEngine):
                  gpu_memory_utilization: float = 0.9, kv_cache_memory_gb: Optional[float] = None,
                  block_size: int = 16, enforce_eager: bool = False,
                  generation: Optional[GenerationSettings] = None, served_model_name: Optional[str] = None,
-                 runner: Optional[str] = None) -> None:
-        if adapters:
-            raise UnsupportedError("LoRA adapters on the pt engine are not available in this version")
+                 runner: Optional[str] = None, max_loras: int = 8, max_lora_rank: int = 64,
+                 merge_lora: bool = False, quant_method: Optional[str] = None, quant_bits: Optional[int] = None,
+                 enable_lora: bool = False) -> None:
         register()
         self.generation = generation or GenerationSettings()
+        adapters = dict(adapters or {})
         loaded = load_model(model, revision=model_revision, torch_dtype=torch_dtype, device_map=device_map,
                             max_model_len=max_model_len, trust_remote_code=trust_remote_code,
-                            attn_implementation=ATTN_IMPLEMENTATION)
+                            attn_implementation=ATTN_IMPLEMENTATION, quant_method=quant_method,
+                            quant_bits=quant_bits)
+        if merge_lora and adapters:
+            if len(adapters) != 1:
+                raise ConfigError("--merge_lora true merges exactly one adapter; pass one, or drop --merge_lora "
+                                  "to serve several side by side")
+            loaded.model = merge_adapter(loaded.model, next(iter(adapters.values())))
+            loaded.model.set_attn_implementation(ATTN_IMPLEMENTATION)
+            adapters = {}
+        self.lora = (LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model)
+                     if adapters or enable_lora else None)
         self._loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
@@ -68,16 +80,17 @@ class PtEngine(InferEngine):
                 loaded.model, cache, loaded.device, loaded.tokenizer.vocab_size)):
             logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", model)
             loaded.model.set_attn_implementation("sdpa")
-            run = FallbackRunner(loaded.model, loaded.device)
-            scheduler = Scheduler(None, max_batch_size, max_num_batched_tokens)
+            run = FallbackRunner(loaded.model, loaded.device, self.lora)
+            scheduler = Scheduler(None, max_batch_size, max_num_batched_tokens, self._admit_lora)
             del cache
         else:
             graphs = None
             if can_use_graphs(loaded.device, enforce_eager):
-                graphs = CudaGraphDecoder(loaded.model, cache, loaded.device, max_batch_size, self.max_model_len)
+                graphs = CudaGraphDecoder(loaded.model, cache, loaded.device, max_batch_size, self.max_model_len,
+                                          self.lora)
                 graphs.capture()
-            run = PagedRunner(loaded.model, cache, loaded.device, graphs)
-            scheduler = Scheduler(cache, max_batch_size, max_num_batched_tokens)
+            run = PagedRunner(loaded.model, cache, loaded.device, graphs, self.lora)
+            scheduler = Scheduler(cache, max_batch_size, max_num_batched_tokens, self._admit_lora)
             self.kv_cache = cache
         self.runner_name = run.name
         logger.info("pt engine ready: %s on %s (%s), runner=%s, max_model_len=%d", self.model_name, loaded.device,
@@ -93,7 +106,23 @@ class PtEngine(InferEngine):
                    max_num_batched_tokens=engine.max_num_batched_tokens,
                    gpu_memory_utilization=engine.gpu_memory_utilization,
                    kv_cache_memory_gb=engine.kv_cache_memory_gb, block_size=engine.block_size,
-                   enforce_eager=engine.enforce_eager, generation=generation, **kwargs)
+                   enforce_eager=engine.enforce_eager, generation=generation, max_loras=engine.max_loras,
+                   max_lora_rank=engine.max_lora_rank, merge_lora=model.merge_lora, quant_method=model.quant_method,
+                   quant_bits=model.quant_bits, **kwargs)
+
+    def _admit_lora(self, seq: Sequence, running: list[Sequence]) -> bool:
+        """Scheduler hook (engine thread): a sequence runs once its adapter holds a slot."""
+        if seq.adapter is None or self.lora is None:
+            return True
+        slot = self.lora.acquire(seq.adapter, {s.adapter for s in running if s.adapter})
+        if slot is None:
+            return False  # every slot serves a running sequence: wait for one to finish
+        seq.lora_slot = slot
+        return True
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return self.lora.names if self.lora is not None else []
 
     # ---- set-up helpers ------------------------------------------------------------------------
     @staticmethod
@@ -163,9 +192,7 @@ class PtEngine(InferEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
-        if adapter_request is not None:
-            raise ModelNotFoundError(f"adapter {adapter_request.name!r} is not loaded; this engine serves "
-                                     f"{self.model_name!r} only")
+        adapter = self._adapter_for(adapter_request)
         if request.images or request.videos or request.audios:
             raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model")
         prompt_ids = self.encode(request)
@@ -185,15 +212,28 @@ class PtEngine(InferEngine):
             p = params
             if params.seed is not None and i:
                 p = SamplingParams(**{**params.__dict__, "seed": params.seed + i})
-            seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i))
+            seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter))
         for seq in seqs:
             self._core.submit(seq)
         outputs = self._drain(queue, seqs)
         tools = bool(request.tools) and request.tool_choice != "none"
         want_logprobs = params.logprobs
+        name = adapter or self.model_name
         if config.stream:
-            return stream_response(outputs, config.n, self.model_name, tools, want_logprobs)
-        return await collect_response(outputs, config.n, self.model_name, tools, want_logprobs)
+            return stream_response(outputs, config.n, name, tools, want_logprobs)
+        return await collect_response(outputs, config.n, name, tools, want_logprobs)
+
+    def _adapter_for(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
+        if adapter_request is None or adapter_request.name == self.model_name:
+            return None
+        if self.lora is None:
+            if adapter_request.path:
+                raise BadRequestError("this engine was started without LoRA support; pass adapters=... "
+                                      "(or --adapters) or enable_lora=True to load adapters by path")
+            raise ModelNotFoundError(f"model {adapter_request.name!r} is not served here; available: "
+                                     f"{self.models}", param="model", code="model_not_found")
+        self.lora.register(adapter_request.name, adapter_request.path)
+        return adapter_request.name
 
     async def _drain(self, queue: "asyncio.Queue[SequenceOutput]", seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
         """Outputs of a request's sequences until all finish; leaving early (cancel, close) aborts them."""

@@ -26,6 +26,11 @@ class LoadedModel:
     max_model_len: int
 
 
+def _first_line(exc: BaseException) -> str:
+    """transformers' errors span paragraphs; a CLI error is one line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _looks_like_hub_id(model: str) -> bool:
     parts = model.split("/")
     return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
@@ -66,7 +71,8 @@ def _context_length(config: Any) -> int:
 
 def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optional[str] = None,
                device_map: Optional[str] = None, max_model_len: Optional[int] = None,
-               trust_remote_code: bool = False, attn_implementation: Optional[str] = None) -> LoadedModel:
+               trust_remote_code: bool = False, attn_implementation: Optional[str] = None,
+               quant_method: Optional[str] = None, quant_bits: Optional[int] = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     source = check_model_source(model)
@@ -75,7 +81,7 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
         config = AutoConfig.from_pretrained(source, **common)
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except OSError as exc:
-        raise ConfigError(f"cannot load {model}: {exc}") from exc
+        raise ConfigError(f"cannot load {model}: {_first_line(exc)}") from exc
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(torch_dtype, device, config)
     kwargs: dict[str, Any] = {"dtype": dtype, **common}
@@ -83,11 +89,21 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
         kwargs["attn_implementation"] = attn_implementation
     if device_map:
         kwargs["device_map"] = json.loads(device_map) if device_map.strip().startswith("{") else device_map
+    if quant_method == "bnb":
+        from transformers import BitsAndBytesConfig
+        bits = quant_bits or 4
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+        kwargs.setdefault("device_map", {"": 0} if device.type == "cuda" else None)
     try:
         net = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ImportError as exc:  # a quantization kernel package (bitsandbytes, gptqmodel, autoawq...) is missing
+        raise ConfigError(f"cannot load {model}: {_first_line(exc)} (install the package named above, e.g. "
+                          f"`pip install bitsandbytes` for bnb checkpoints)") from exc
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load {model} as a causal LM: {exc}") from exc
-    if not device_map:
+        raise ConfigError(f"cannot load {model} as a causal LM: {_first_line(exc)}") from exc
+    if "device_map" not in kwargs or kwargs["device_map"] is None:
         net.to(device)
     else:
         device = next(net.parameters()).device

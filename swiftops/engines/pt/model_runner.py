@@ -23,11 +23,19 @@ logger = logging.getLogger(__name__)
 class PagedRunner:
     name = "paged"
 
-    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, graphs: Any = None) -> None:
+    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, graphs: Any = None,
+                 lora: Any = None) -> None:
         self.model = model
         self.cache = cache
         self.device = device
         self.graphs = graphs  # a captured CudaGraphDecoder, or None (CPU, --enforce_eager)
+        self.lora = lora  # a LoraManager, or None
+
+    def _set_lora(self, per_token: list[int]) -> None:
+        if self.lora is None:
+            return
+        active = sorted(set(per_token) - {0})
+        self.lora.set_step(torch.tensor(per_token, device=self.device) if active else None, active)
 
     def _slot(self, seq: Sequence, position: int) -> int:
         bs = self.cache.block_size
@@ -46,7 +54,7 @@ class PagedRunner:
         if self.graphs is not None and len(seqs) <= self.graphs.buckets[-1]:
             logits = self.graphs.run([s.all_ids[-1] for s in seqs], positions,
                                      [self._slot(s, p) for s, p in zip(seqs, positions)],
-                                     [s.block_table for s in seqs])
+                                     [s.block_table for s in seqs], [s.lora_slot for s in seqs])
             for s in seqs:
                 s.num_computed += 1
             return logits
@@ -59,6 +67,7 @@ class PagedRunner:
                           slot_mapping=torch.tensor([self._slot(s, p) for s, p in zip(seqs, positions)],
                                                     device=self.device),
                           decode=True, block_tables=tables, key_mask=key_mask)
+        self._set_lora([s.lora_slot for s in seqs])
         logits = self._forward([s.all_ids[-1] for s in seqs], positions, ctx, list(range(len(seqs))))
         for s in seqs:
             s.num_computed += 1
@@ -68,6 +77,7 @@ class PagedRunner:
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
+        lora_slots: list[int] = []
         spans = []
         keep: list[int] = []
         finishing: list[Sequence] = []
@@ -80,11 +90,13 @@ class PagedRunner:
             ids.extend(seq.all_ids[start:end])
             positions.extend(range(start, end))
             slots.extend(self._slot(seq, p) for p in range(start, end))
+            lora_slots.extend([seq.lora_slot] * chunk)
             if end == seq.num_tokens:
                 keep.append(len(ids) - 1)
                 finishing.append(seq)
         ctx = StepContext(self.cache.keys, self.cache.values, self.cache.block_size,
                           slot_mapping=torch.tensor(slots, device=self.device), decode=False, spans=spans)
+        self._set_lora(lora_slots)
         logits = self._forward(ids, positions, ctx, keep or [len(ids) - 1])
         for seq, chunk in items:
             seq.num_computed += chunk
@@ -107,11 +119,12 @@ class FallbackRunner:
 
     name = "fallback"
 
-    def __init__(self, model: Any, device: torch.device) -> None:
+    def __init__(self, model: Any, device: torch.device, lora: Any = None) -> None:
         from transformers import DynamicCache
         self._cache_cls = DynamicCache
         self.model = model
         self.device = device
+        self.lora = lora
         self._caches: dict[int, Any] = {}
 
     def _step(self, seq: Sequence) -> torch.Tensor:
@@ -119,6 +132,10 @@ class FallbackRunner:
         if cache is None or seq.num_computed == 0:
             cache = self._caches[seq.seq_id] = self._cache_cls(config=self.model.config)
         new = seq.all_ids[seq.num_computed:]
+        if self.lora is not None:
+            slot = seq.lora_slot
+            self.lora.set_step(torch.full((len(new),), slot, device=self.device) if slot else None,
+                               [slot] if slot else [])
         out = self.model(input_ids=torch.tensor([new], device=self.device), past_key_values=cache, use_cache=True,
                          logits_to_keep=1)
         seq.num_computed = seq.num_tokens

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from swiftops.engines.pt.kv_cache import PagedKVCache
 from swiftops.engines.pt.sequence import Sequence, SeqStatus
@@ -25,8 +25,10 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, cache: Optional[PagedKVCache], max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, cache: Optional[PagedKVCache], max_num_seqs: int, max_num_batched_tokens: int,
+                 admit: Optional[Callable[[Sequence, list[Sequence]], bool]] = None) -> None:
         self.cache = cache
+        self.admit = admit  # extra admission check (a LoRA slot for the sequence's adapter)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -89,6 +91,8 @@ class Scheduler:
                 # Admit only when the whole prompt (plus one generated token) fits, so a prefill never stalls.
                 if self.cache.blocks_needed(seq.num_tokens + 1) - len(seq.block_table) > self.cache.allocator.num_free:
                     break
+            if self.admit is not None and not self.admit(seq, self.running):
+                break
             chunk = min(seq.num_pending, budget)
             self._fits(seq, seq.num_computed + chunk)
             self.waiting.popleft()

@@ -66,7 +66,8 @@ class Sequence:
     params: SamplingParams
     sink: Callable[[SequenceOutput], None]
     index: int = 0  # choice index within its request (n > 1)
-    adapter: Optional[str] = None
+    adapter: Optional[str] = None  # LoRA adapter name (None: the base model)
+    lora_slot: int = 0  # where the adapter is resident while the sequence runs (0: none)
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose keys and values are in the cache
