@@ -6,6 +6,7 @@ Every field has a description: it becomes the flag's help text and the schema's 
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -57,11 +58,33 @@ class ModelSettings(_Section):
         None, description="Quantize the base model on load (bnb: bitsandbytes; QLoRA with adapters on top). "
                           "Pre-quantized checkpoints (GPTQ, AWQ, bnb, fp8) are detected from their config.")
     quant_bits: Optional[Literal[4, 8]] = Field(None, description="Bits for --quant_method bnb (4 or 8).")
+    max_memory: Optional[str] = Field(
+        None, description='Most memory per device for --device_map auto/balanced, as JSON: '
+                          '{"0": "20GiB", "1": "20GiB", "cpu": "64GiB"} (GPU index or "cpu" -> size).')
+    task_type: Optional[Literal["causal_lm", "embedding", "seq_cls", "reward", "prm"]] = Field(
+        None, description="What the model does: causal_lm (chat/generate; VLMs too), embedding (/v1/embeddings), "
+                          "seq_cls (class scores), reward (a score per conversation) or prm (a score per step); "
+                          "unset: detected from the model's config.")
 
     @field_validator("adapters", mode="before")
     @classmethod
     def _adapters(cls, value: Any) -> dict[str, str]:
         return parse_adapters(value)
+
+    @field_validator("device_map", "max_memory", mode="before")
+    @classmethod
+    def _json_object_text(cls, value: Any) -> Any:
+        """A mapping (from YAML or a manifest) becomes JSON text; text that looks like JSON must parse to an object."""
+        if isinstance(value, dict):
+            return json.dumps(value)
+        if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg}); give a JSON object like {{\"model.layers.0\": 0}}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("must be a JSON object (name -> device)")
+        return value
 
 
 class EngineSettings(_Section):
@@ -75,6 +98,27 @@ class EngineSettings(_Section):
     enforce_eager: bool = Field(False, description="Disable CUDA graphs for decode.")
     max_loras: int = Field(8, ge=1, description="LoRA adapters resident at once; the least recently used is unloaded.")
     max_lora_rank: int = Field(64, ge=1, description="Highest LoRA rank an adapter may have.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs each layer is split over (vllm, lmdeploy's tp).")
+    pipeline_parallel_size: int = Field(1, ge=1, description="Stages the layers are split into, one GPU group each "
+                                                             "(vllm).")
+    data_parallel_size: int = Field(1, ge=1, description="Engine replicas, each on its own GPUs, that requests are "
+                                                         "spread over (vllm, lmdeploy).")
+    enable_prefix_caching: Optional[bool] = Field(
+        None, description="Reuse the KV cache of a shared prompt prefix across requests (vllm, lmdeploy; "
+                          "unset: the backend's default).")
+    limit_mm_per_prompt: dict[str, int] = Field(
+        default_factory=dict, description='Most media items per prompt by kind, e.g. {"image": 5, "video": 2} (vllm).')
+    lmdeploy_backend: Optional[Literal["turbomind", "pytorch"]] = Field(
+        None, description="LMDeploy engine: turbomind (default when the model supports it) or pytorch (needed for "
+                          "LoRA adapters).")
+    cache_max_entry_count: Optional[float] = Field(
+        None, gt=0, le=1, description="LMDeploy: share of the GPU memory left after the weights that the KV cache "
+                                      "takes (unset: LMDeploy's 0.8).")
+    quant_policy: Literal[0, 4, 8] = Field(0, description="LMDeploy: KV cache quantization bits (0: off, 4 or 8).")
+    vision_batch_size: int = Field(1, ge=1, description="LMDeploy: images encoded together by the vision model.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments passed unchanged to the backend library's engine "
+                                          "config (vLLM's AsyncEngineArgs, LMDeploy's *EngineConfig).")
 
 
 class GenerationSettings(_Section):
@@ -97,6 +141,16 @@ class InferSettings(_Section):
                                    description="Local JSONL/JSON/CSV files to run (dataset mode); several allowed.")
     result_path: Optional[str] = Field(None, description="JSONL file the results are appended to "
                                                          "(default: results/<model>-<time>.jsonl).")
+    shard_index: Optional[int] = Field(
+        None, ge=0, description="This process's shard of the dataset (rows i with i % num_shards == shard_index), "
+                                "written to <result_path>.part-<index>-of-<num_shards>; default: $JOB_COMPLETION_INDEX "
+                                "(a Kubernetes Indexed Job), else 0.")
+    num_shards: Optional[int] = Field(
+        None, ge=1, description="Number of dataset shards (one per Indexed Job pod); `swiftops merge-results` joins "
+                                "their part files. Default 1.")
+    nproc_per_node: Optional[int] = Field(
+        None, ge=1, description="Processes (GPUs) answering the dataset in parallel on this machine: relaunches "
+                                "itself under torchrun, one shard per rank, and rank 0 merges the parts. Default 1.")
 
 
 class ServerSettings(_Section):
@@ -113,3 +167,29 @@ class ServerSettings(_Section):
     verbose: bool = Field(False, description="Log request and response bodies (media elided).")
     ui: bool = Field(False, description="Serve the chat web UI at / as well.")
     result_path: Optional[str] = Field(None, description="Append every finished request and response to this JSONL file.")
+
+
+class MediaSettings(_Section):
+    """Limits on images, videos and audio. Unset fields fall back to ms-swift's environment variables
+    (MAX_PIXELS, MIN_PIXELS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, FPS, FPS_MAX_FRAMES, FPS_MIN_FRAMES),
+    then to the model processor's defaults."""
+
+    max_pixels: Optional[int] = Field(None, ge=1, description="Largest image size in pixels; bigger images are "
+                                                              "resized (env MAX_PIXELS).")
+    min_pixels: Optional[int] = Field(None, ge=1, description="Smallest image size in pixels (env MIN_PIXELS).")
+    video_max_pixels: Optional[int] = Field(None, ge=1, description="Largest video frame size in pixels "
+                                                                    "(env VIDEO_MAX_PIXELS).")
+    video_min_pixels: Optional[int] = Field(None, ge=1, description="Smallest video frame size in pixels "
+                                                                    "(env VIDEO_MIN_PIXELS).")
+    fps: Optional[float] = Field(None, gt=0, description="Frames sampled per second of video (env FPS; default 2).")
+    fps_max_frames: Optional[int] = Field(None, ge=1, description="Most frames taken from one video "
+                                                                  "(env FPS_MAX_FRAMES; default 768).")
+    fps_min_frames: Optional[int] = Field(None, ge=1, description="Fewest frames taken from one video "
+                                                                  "(env FPS_MIN_FRAMES; default 4).")
+    allow_local_media: bool = Field(False, description="Server: let clients name local file paths as media "
+                                                       "(refused by default; the CLI and Python API always allow them).")
+    allowed_media_domains: list[str] = Field(
+        default_factory=list, description="Server: hosts (a name matches its subdomains too) whose media URLs may "
+                                          "resolve to private, loopback or link-local addresses; others are refused.")
+    media_timeout: float = Field(30.0, gt=0, description="Seconds to fetch one media URL (connect + read).")
+    media_max_bytes: int = Field(64 << 20, ge=1, description="Largest media item in bytes (URL, base64 or file).")
