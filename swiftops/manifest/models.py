@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from swiftops.manifest.settings_map import EXCLUDED_FROM_SECTIONS
 from swiftops.protocol.settings import (BackendName, DType, EngineSettings, GenerationSettings, InferSettings,
-                                        ServerSettings)
+                                        ModelSettings, ServerSettings)
 
 API_VERSION = "swiftops/v1"
 ENV_PREFIX = "SWIFTOPS_"
@@ -40,7 +40,7 @@ class Spec(BaseModel):
 
 
 def section_from_settings(name: str, settings: type[BaseModel], doc: str, *, exclude: tuple[str, ...] = (),
-                          **extra: Any) -> type[Spec]:
+                          extras_first: bool = False, **extra: Any) -> type[Spec]:
     """A manifest section with the same fields (type, default, constraints, description) as a settings
     model, minus `exclude` and the fields the manifest sets elsewhere (settings_map.EXCLUDED_FROM_SECTIONS,
     e.g. tensor_parallel_size lives in spec.parallelism), plus `extra` fields given as (annotation, Field(...))."""
@@ -48,7 +48,9 @@ def section_from_settings(name: str, settings: type[BaseModel], doc: str, *, exc
     for field_name, info in settings.model_fields.items():
         if field_name not in exclude and field_name not in EXCLUDED_FROM_SECTIONS:
             fields[field_name] = (info.annotation, copy.deepcopy(info))
-    fields.update(extra)
+    # A manifest-only field that a settings model has gained since keeps the settings' definition.
+    added = {key: value for key, value in extra.items() if key not in fields}
+    fields = {**added, **fields} if extras_first else {**fields, **added}
     return create_model(name, __base__=Spec, __doc__=doc, **fields)
 
 
@@ -72,21 +74,23 @@ class Metadata(Spec):
 class Quantization(Spec):
     method: Literal["bnb", "gptq", "awq", "fp8"] = Field(
         ..., description="Quantization method: bnb (bitsandbytes, quantized on load; with adapters this is QLoRA), "
-                         "or gptq/awq/fp8 for a checkpoint already quantized that way.")
+                         "or gptq/awq/fp8 to declare a checkpoint already quantized that way (the engine reads "
+                         "it from the checkpoint; declaring it lets validation check the backend supports it).")
     bits: Optional[Literal[4, 8]] = Field(None, description="Bits per weight for bnb (4 or 8).")
 
 
-class ModelSpec(Spec):
-    id: str = Field(..., min_length=1, description="Hub id (org/name) or local path of the model "
-                                                   "(relative paths are relative to the working directory).")
-    revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of the model.")
-    dtype: DType = Field("auto", description="Weights dtype: auto (the checkpoint's; float32 on CPU), "
-                                             "float32, float16 or bfloat16.")
-    max_model_len: Optional[int] = Field(None, ge=16, description="Context length in tokens (prompt + output); "
-                                                                 "default: the model's max_position_embeddings.")
-    trust_remote_code: bool = Field(False, description="Allow model code shipped with the checkpoint to run.")
-    quantization: Optional[Quantization] = Field(None, description="Quantize on load (bnb) or declare the "
-                                                                   "checkpoint's quantization method.")
+ModelSpec = section_from_settings(
+    "ModelSpec", ModelSettings,
+    "The model to load; besides id/revision/dtype/quantization, the same names as the model flags.",
+    extras_first=True,
+    id=(str, Field(..., min_length=1, description="Hub id (org/name) or local path of the model (relative paths are "
+                                                  "relative to the working directory).")),
+    revision=(Optional[str], Field(None, description="Hub revision (branch, tag or commit) of the model.")),
+    dtype=(DType, Field("auto", description="Weights dtype: auto (the checkpoint's; float32 on CPU), float32, "
+                                            "float16 or bfloat16.")),
+    quantization=(Optional[Quantization], Field(None, description="Quantize on load (bnb) or declare the "
+                                                                  "checkpoint's quantization method.")),
+)
 
 
 BackendOptions = section_from_settings(
@@ -264,13 +268,17 @@ class Manifest(BaseSettings):
         return self.spec.server or ServerSpec()
 
     @property
+    def needed_gpus(self) -> int:
+        """GPUs one pod's parallelism uses: tensor x pipeline x data (x torchrun processes of a job)."""
+        p = self.spec.parallelism
+        processes = (getattr(self.spec.job, "nproc_per_node", None) or 1) if self.kind == "InferenceJob" else 1
+        return p.tensor * p.pipeline * p.data * processes
+
+    @property
     def gpu_count(self) -> int:
         """GPUs per pod: declared, or derived from the parallelism (one source of truth)."""
         declared = self.spec.resources.gpu.count
-        if declared is not None:
-            return declared
-        p = self.spec.parallelism
-        return p.tensor * p.pipeline * p.data
+        return declared if declared is not None else self.needed_gpus
 
 
 def manifest_json_schema() -> dict[str, Any]:

@@ -78,11 +78,25 @@ def format_flag(flag: str, value: Any) -> list[str]:
     return [option, str(value)]
 
 
+# Quantization methods of an already-quantized checkpoint: transformers, vLLM and LMDeploy read them from
+# the checkpoint's quantization_config, so they are declared (for validation) but never passed as flags.
+CHECKPOINT_QUANT_METHODS = ("gptq", "awq", "fp8")
+
+
+def _renders(manifest: Manifest, mapping: FlagMapping, value: Any) -> bool:
+    if value is None or value == default_of(mapping) or (isinstance(value, (list, dict)) and not value):
+        return False
+    quant = manifest.spec.model.quantization
+    if mapping.path.startswith("spec.model.quantization.") and quant and quant.method in CHECKPOINT_QUANT_METHODS:
+        return False
+    return True
+
+
 def render_flags(manifest: Manifest, command: Command) -> list[str]:
     argv: list[str] = []
     for mapping in mappings_for(command):
         value = value_at(manifest, mapping.path)
-        if value is None or value == default_of(mapping) or (isinstance(value, (list, dict)) and not value):
+        if not _renders(manifest, mapping, value):
             continue
         argv += format_flag(mapping.flag, value)
     return argv

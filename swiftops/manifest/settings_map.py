@@ -53,8 +53,6 @@ RENAMED: list[tuple[str, str, tuple[Command, ...]]] = [
     ("spec.model.id", "model", BOTH),
     ("spec.model.revision", "model_revision", BOTH),
     ("spec.model.dtype", "torch_dtype", BOTH),
-    ("spec.model.max_model_len", "max_model_len", BOTH),
-    ("spec.model.trust_remote_code", "trust_remote_code", BOTH),
     ("spec.model.quantization.method", "quant_method", BOTH),
     ("spec.model.quantization.bits", "quant_bits", BOTH),
     ("spec.adapters", "adapters", BOTH),
@@ -81,6 +79,7 @@ EXCLUDED_FROM_SECTIONS = RENAMED_FLAGS | frozenset(SECRET_SETTINGS) | frozenset(
 
 # Sections carrying the settings' own field names: (manifest path, settings model, commands).
 SAME_NAME_SECTIONS: list[tuple[str, type[BaseModel], tuple[Command, ...]]] = [
+    ("spec.model", ModelSettings, BOTH),
     ("spec.backend.options", EngineSettings, BOTH),
     ("spec.generation", GenerationSettings, BOTH),
     ("spec.job", InferSettings, INFER),

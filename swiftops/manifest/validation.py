@@ -43,7 +43,7 @@ def check_kind(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
 def check_gpu_count(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
     spec = loaded.manifest.spec
     p = spec.parallelism
-    needed = p.tensor * p.pipeline * p.data
+    needed = loaded.manifest.needed_gpus
     declared = spec.resources.gpu.count
     if declared is None or declared == 0:
         return  # derived from the parallelism, or CPU (checked against the capability table)
@@ -54,10 +54,12 @@ def check_gpu_count(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
                                f"use a multiple of {p.data}")
         return  # device_map spreads one model over the GPUs it is given
     if declared != needed:
+        processes = needed // (p.tensor * p.pipeline * p.data)
+        product = f"tensor {p.tensor} x pipeline {p.pipeline} x data {p.data}" + \
+            (f" x job.nproc_per_node {processes}" if processes > 1 else "")
         yield loaded.issue("spec.resources.gpu.count",
-                           f"{declared} GPUs per pod, but parallelism needs tensor {p.tensor} x pipeline "
-                           f"{p.pipeline} x data {p.data} = {needed}; set resources.gpu.count: {needed} "
-                           f"or leave it out (it defaults to that product)")
+                           f"{declared} GPUs per pod, but parallelism needs {product} = {needed}; set "
+                           f"resources.gpu.count: {needed} or leave it out (it defaults to that product)")
 
 
 def _hub_cache_dirs() -> list[Path]:

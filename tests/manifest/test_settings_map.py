@@ -3,11 +3,14 @@ reachable from a manifest path, every manifest field renders to a real flag (or 
 cluster only), and a rendered argv parsed by the real CLI options gives back the manifest's values."""
 from __future__ import annotations
 
+import json
 import typing
 
 import click
 import pytest
+import yaml
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from swiftops.cli.options import SettingsCommand, build_settings, settings_options
 from swiftops.manifest.loader import _unwrap, load_text, model_at, split_path
@@ -17,30 +20,51 @@ from swiftops.manifest.settings_map import (ALL_SETTINGS, CLUSTER_ONLY_PREFIXES,
                                             FLAG_MAPPINGS, NOT_IN_MANIFEST, SECRET_SETTINGS, mappings_for,
                                             pending_flags)
 
-FULL_DEPLOYMENT = """
-apiVersion: swiftops/v1
-kind: Deployment
-metadata: {name: full}
-spec:
-  model: {id: org/model, revision: v1, dtype: bfloat16, max_model_len: 4096, trust_remote_code: true,
-          quantization: {method: bnb, bits: 4}}
-  adapters: {a: /x/a, b: org/b}
-  backend:
-    name: vllm
-    options: {max_batch_size: 7, max_num_batched_tokens: 1024, gpu_memory_utilization: 0.5, kv_cache_memory_gb: 2.5,
-              block_size: 32, enforce_eager: true, enable_prefix_caching: true, max_loras: 2, max_lora_rank: 64,
-              engine_kwargs: {swap_space: 4}, lmdeploy_backend: pytorch}
-  parallelism: {tensor: 2, pipeline: 2, data: 2, device_map: auto, max_memory: {"0": 20GiB}}
-  multimodal: {max_pixels: 100, min_pixels: 10, video_max_pixels: 50, video_min_pixels: 5, fps: 1.5,
-               fps_max_frames: 8, limit_per_prompt: {image: 2, video: 1}}
-  generation: {max_new_tokens: 9, temperature: 0.5, top_k: 5, top_p: 0.9, repetition_penalty: 1.1, seed: 3,
-               stop_words: [END, STOP], logprobs: true, top_logprobs: 2, system: be brief}
-  server: {host: 127.0.0.1, port: 9001, served_model_name: s, max_concurrency: 3, max_queue: 4, max_logprobs: 5,
-           shutdown_timeout: 12.5, metrics_require_key: true, verbose: true, ui: true, result_path: r.jsonl,
-           api_key_secret: {name: key, key: value}}
-"""
-FULL_JOB = FULL_DEPLOYMENT.replace("kind: Deployment", "kind: InferenceJob").split("  server:")[0] + \
-    "  job: {val_dataset: [a.jsonl, b.jsonl], result_path: out.jsonl, stream: true, shards: 3}\n"
+def sample_value(info: FieldInfo):
+    """A valid value of a field that differs from its default (so that it must render as a flag)."""
+    annotation = _unwrap(info.annotation)
+    default = info.get_default(call_default_factory=True) if not info.is_required() else None
+    bounds = {type(m).__name__: m for m in info.metadata}
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return next(a for a in args if a != default)
+    if annotation is bool:
+        return not default
+    if annotation in (int, float):
+        low = getattr(bounds.get("Ge"), "ge", getattr(bounds.get("Gt"), "gt", 0))
+        high = getattr(bounds.get("Le"), "le", 1000)
+        value = min(high, low + (2 if annotation is int else 0.5))
+        return value if value != default else (low + 1 if annotation is int else (low + high) / 2)
+    if annotation is str:
+        return "sample"
+    if origin is list:
+        return ["first", "second"]
+    if origin is dict:
+        key = typing.get_args(args[0])[0] if typing.get_origin(args[0]) is typing.Literal else "key"
+        return {key: {int: 2, str: "value"}.get(args[1], 1)}
+    raise AssertionError(f"no sample for {annotation}")
+
+
+def full_manifest(kind: str) -> dict:
+    """A manifest whose every flag- and env-mapped field of `kind` holds a non-default value."""
+    command = "deploy" if kind == "Deployment" else "infer"
+    data: dict = {"apiVersion": "swiftops/v1", "kind": kind, "metadata": {"name": "full"},
+                  "spec": {"model": {"quantization": {"method": "bnb"}}}}
+    paths = [m.path for m in mappings_for(command)] + list(ENV_MAPPINGS)
+    for path in paths:
+        parts = split_path(path)
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = sample_value(model_at(parts[:-1]).model_fields[parts[-1]])
+    data["spec"]["model"]["quantization"]["method"] = "bnb"  # a method that renders (checkpoint ones don't)
+    if kind == "Deployment":
+        data["spec"]["server"]["api_key_secret"] = {"name": "key", "key": "value"}
+    return data
+
+
+FULL_DEPLOYMENT = yaml.safe_dump(full_manifest("Deployment"))
+FULL_JOB = yaml.safe_dump(full_manifest("InferenceJob"))
 
 
 def leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -129,25 +153,73 @@ def test_rendered_argv_parses_back_to_the_manifest_values(text, command, monkeyp
     assert set(flags) <= known | pending, set(flags) - known - pending
     # every non-default manifest field of this command became a flag
     assert {m.flag for m in mappings_for(command)} - set(flags) == set()
-    real_argv = [token for flag, values in flags.items() if flag not in pending for token in [f"--{flag}", *values]]
+    literal_ints = int_literal_flags(command)
+    real_argv = [token for flag, values in flags.items() if flag not in pending | literal_ints
+                 for token in [f"--{flag}", *values]]
     instances = {type(i): i for i in parse_with_cli_options(command, real_argv)}
     for mapping in mappings_for(command):
-        if mapping.settings is None:
+        if mapping.settings is None or mapping.flag in literal_ints:
             continue
         got = getattr(instances[mapping.settings], mapping.flag)
-        assert got == value_at(manifest, mapping.path), mapping.path
+        # the settings' own validators normalise (a max_memory mapping becomes JSON text)
+        expected = getattr(mapping.settings(**{mapping.flag: value_at(manifest, mapping.path)}), mapping.flag)
+        if isinstance(got, str) and got.startswith("{"):
+            got, expected = json.loads(got), json.loads(expected)
+        assert got == expected, mapping.path
     # the API key comes from the Secret as an env var, never as a flag
     if command == "deploy":
         assert "api_key" not in flags and entry.secret_env["SWIFTOPS_API_KEY"].name == "key"
 
 
+def int_literal_flags(command: str) -> set[str]:
+    """Flags whose settings type is a Literal of ints (quant_bits, quant_policy): see the xfail below."""
+    return {name for settings in COMMAND_SETTINGS[command] for name, info in settings.model_fields.items()
+            if typing.get_origin(_unwrap(info.annotation)) is typing.Literal
+            and all(isinstance(a, int) for a in typing.get_args(_unwrap(info.annotation)))}
+
+
+@pytest.mark.xfail(strict=True, reason="swiftops/cli/options.py passes a Literal[int] choice to the settings as a "
+                                       "str, so `--quant_bits 4` is refused ('Input should be 4 or 8'); when "
+                                       "_click_type converts it, this passes: remove the mark")
+@pytest.mark.parametrize("command", ["deploy", "infer"])
+def test_int_literal_flags_parse_back(command):
+    manifest = load_text(FULL_DEPLOYMENT if command == "deploy" else FULL_JOB).manifest
+    flags = split_flags(render_entrypoint(manifest).argv[2:])
+    literal_ints = int_literal_flags(command)
+    assert literal_ints and literal_ints <= set(flags)
+    argv = [token for flag in literal_ints for token in [f"--{flag}", *flags[flag]]]
+    instances = {type(i): i for i in parse_with_cli_options(command, argv)}
+    for mapping in mappings_for(command):
+        if mapping.flag in literal_ints:
+            expected = getattr(mapping.settings(**{mapping.flag: value_at(manifest, mapping.path)}), mapping.flag)
+            assert getattr(instances[mapping.settings], mapping.flag) == expected
+
+
 def test_media_limits_become_ms_swift_environment_variables():
-    entry = render_entrypoint(load_text(FULL_DEPLOYMENT).manifest)
+    text = """
+apiVersion: swiftops/v1
+kind: Deployment
+metadata: {name: mm}
+spec:
+  model: {id: m}
+  backend: {name: vllm}
+  parallelism: {tensor: 2, pipeline: 2}
+  multimodal: {max_pixels: 100, min_pixels: 10, video_max_pixels: 50, video_min_pixels: 5, fps: 1.5,
+               fps_max_frames: 8, limit_per_prompt: {image: 2, video: 1}}
+"""
+    entry = render_entrypoint(load_text(text).manifest)
     assert entry.env == {"MAX_PIXELS": "100", "MIN_PIXELS": "10", "VIDEO_MAX_PIXELS": "50", "VIDEO_MIN_PIXELS": "5",
                          "FPS": "1.5", "FPS_MAX_FRAMES": "8"}
     flags = split_flags(entry.argv[2:])
     assert flags["limit_mm_per_prompt"] == ['{"image":2,"video":1}']
     assert flags["tensor_parallel_size"] == ["2"] and flags["pipeline_parallel_size"] == ["2"]
+
+
+def test_checkpoint_quantization_is_declared_but_not_passed_as_a_flag():
+    text = "apiVersion: swiftops/v1\nkind: Deployment\nmetadata: {name: q}\nspec:\n  model: {id: m, quantization: {method: awq, bits: 4}}\n"
+    assert render_entrypoint(load_text(text).manifest).argv == ["swiftops", "deploy", "--model", "m"]
+    bnb = text.replace("awq", "bnb")
+    assert render_entrypoint(load_text(bnb).manifest).argv[-4:] == ["--quant_method", "bnb", "--quant_bits", "4"]
 
 
 def test_defaults_render_no_flag():
@@ -172,4 +244,5 @@ def test_list_typing_of_mapped_fields_matches_the_settings():
         parts = split_path(mapping.path)
         manifest_type = _unwrap(model_at(parts[:-1]).model_fields[parts[-1]].annotation)
         settings_type = _unwrap(mapping.settings.model_fields[mapping.flag].annotation)
-        assert typing.get_origin(manifest_type) == typing.get_origin(settings_type), mapping.path
+        if typing.get_origin(settings_type) in (list, dict):
+            assert typing.get_origin(manifest_type) == typing.get_origin(settings_type), mapping.path
