@@ -129,7 +129,7 @@ class _SamplingParams(_WireModel):
     stop: Optional[Union[str, list[str]]] = Field(None, description="Up to 16 strings that end generation.")
     stop_token_ids: Optional[list[int]] = Field(None, description="vLLM extension: token ids that end generation.")
     ignore_eos: bool = Field(False, description="vLLM extension: keep generating past EOS.")
-    seed: Optional[int] = Field(None, description="Makes sampling reproducible.")
+    seed: Optional[int] = Field(None, ge=-(2 ** 63), lt=2 ** 63, description="Makes sampling reproducible (an int64).")
     n: int = Field(1, ge=1, le=128, description="Number of choices to generate.")
     stream: bool = Field(False, description="Stream chunks as server-sent events.")
     stream_options: Optional[StreamOptions] = Field(None, description="Streaming options (`include_usage`).")

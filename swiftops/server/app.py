@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Iterable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -43,7 +43,9 @@ def _engine_count(engine: InferEngine, name: str) -> float:
 
 
 def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, open_paths: Iterable[str] = ()) -> FastAPI:
+    """The app serving `engine`. `open_paths` are extra paths reachable without the API key (e.g. a web
+    page that asks for the key itself); every other route, present or added later, requires it."""
     settings = settings or ServerSettings()
     admission = AdmissionController(settings.max_concurrency, settings.max_queue)
     metrics = ServerMetrics(running=lambda: admission.running, waiting=lambda: admission.waiting,
@@ -108,6 +110,6 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     # add_middleware prepends: the last added runs first (outermost).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=resolve_api_key(settings.api_key),
-                       open_paths=public_paths(settings.metrics_require_key))
+                       open_paths=public_paths(settings.metrics_require_key) | frozenset(open_paths))
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
     return app

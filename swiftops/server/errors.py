@@ -102,10 +102,4 @@ def install_error_handlers(app: FastAPI) -> None:
             message, code = "the request body could not be parsed; send UTF-8 JSON", "invalid_json"
         return JSONResponse(error_body(exc.status_code, message, code=code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # One request failed inside the engine or a handler; the server keeps serving the others.
-        logger.exception("request %s failed", getattr(request.state, "request_id", "?"))
-        return JSONResponse(error_body(500, f"internal error while serving this request: {type(exc).__name__}"),
-                            status_code=500)
+    # Other exceptions: RequestLogMiddleware answers 500 (with the request id) and logs the traceback.

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swiftops.metrics.prometheus import ServerMetrics
+from swiftops.server.errors import error_body
 
 access_logger = logging.getLogger("swiftops.access")
 body_logger = logging.getLogger("swiftops.server.body")
@@ -70,16 +72,24 @@ class RequestLogMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # A bug or an engine failure in one request: answer it with a 500 and keep serving the others.
+            access_logger.error("request %s failed", request_id, exc_info=True)
+            if not started:
+                body = error_body(500, f"internal error while serving this request ({type(exc).__name__}); "
+                                       f"the server log has details under request id {request_id}")
+                await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
         finally:
             final_status = state.get("outcome_status", status)
             self._record(scope, state, request_id, final_status, time.perf_counter() - start)
