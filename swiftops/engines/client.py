@@ -256,7 +256,10 @@ class InferClient(InferEngine):
     async def _complete(self, request: InferRequest, config: RequestConfig, model: str
                         ) -> Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]:
         """A raw prompt goes to /v1/completions (no chat template); answers come back in chat shape."""
-        body: dict[str, Any] = {"model": model, "prompt": request.prompt, **_sampling_fields(config)}
+        # An explicit null: /v1/completions defaults to 16 tokens (OpenAI's rule), the local engines to
+        # the context; null asks the server for the engine's default, as locally.
+        body: dict[str, Any] = {"model": model, "prompt": request.prompt, "max_tokens": None,
+                                **_sampling_fields(config)}
         if config.logprobs or config.top_logprobs:
             body["logprobs"] = config.top_logprobs or 0
         if config.stream:

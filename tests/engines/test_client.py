@@ -137,3 +137,13 @@ def test_media_in_content_parts_are_sent_as_base64(client, tmp_path):
     with pytest.raises(InferClientError) as refused:
         client.infer([InferRequest(messages=[message])], GREEDY)
     assert refused.value.status == 400
+
+
+def test_raw_prompt_without_max_tokens_runs_to_the_engine_default(client, local):
+    # /v1/completions alone would stop at OpenAI's default of 16 tokens; PtEngine does not.
+    request = InferRequest(prompt="Once upon a time")
+    config = RequestConfig(temperature=0)
+    remote, = client.infer([request], config)
+    expected, = local.infer([request], config)
+    assert remote.usage.completion_tokens == expected.usage.completion_tokens > 16
+    assert remote.choices[0].message.content == expected.choices[0].message.content

@@ -92,3 +92,27 @@ def test_errors_become_typed_openai_exceptions(client, server, served_name):
     with openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0) as wrong:
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
+
+
+def test_tools_reach_the_chat_template(client, served_name):
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    plain = client.chat.completions.create(model=served_name, messages=MESSAGES, max_tokens=1)
+    with_tools = client.chat.completions.create(model=served_name, messages=MESSAGES, max_tokens=1, tools=tools,
+                                                tool_choice="auto")
+    dropped = client.chat.completions.create(model=served_name, messages=MESSAGES, max_tokens=1, tools=tools,
+                                             tool_choice="none")
+    assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the tool schema is in the prompt
+    assert dropped.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_completions_take_token_ids(client, served_name, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(tiny_model_dir).encode("The sea is")
+    by_ids = client.completions.create(model=served_name, prompt=ids, max_tokens=6, temperature=0, echo=True)
+    by_text = client.completions.create(model=served_name, prompt="The sea is", max_tokens=6, temperature=0,
+                                        echo=True)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    assert by_ids.usage.prompt_tokens == len(ids)
