@@ -1,0 +1,54 @@
+"""Images from any media item (see `swiftops.media.source`), as RGB PIL images."""
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Optional
+
+from swiftops.media.policy import MediaPolicy
+from swiftops.media.source import read_media
+from swiftops.protocol.errors import BadRequestError
+
+# PIL's decompression-bomb guard raises past twice its limit; our own cap on decoded size is this many pixels.
+MAX_DECODED_PIXELS = 16384 * 16384
+
+
+def _open(item: Any, policy: MediaPolicy):
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return item
+    source = read_media(item, policy, "image")
+    try:
+        image = Image.open(source.path if source.path else io.BytesIO(source.data))
+        if image.width * image.height > MAX_DECODED_PIXELS:
+            raise BadRequestError(f"the image is {image.width}x{image.height} pixels, too large to decode",
+                                  param="images")
+        image.load()
+    except BadRequestError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadRequestError(f"cannot decode the image: {exc}", param="images") from None
+    return image
+
+
+def load_image(item: Any, policy: Optional[MediaPolicy] = None, max_pixels: Optional[int] = None):
+    """An RGB PIL image; with `max_pixels`, scaled down (aspect kept) to at most that many pixels.
+
+    Qwen-style processors resize by min/max pixels themselves (see swiftops.template.multimodal); the
+    `max_pixels` here is for processors that do not, so that a huge image never reaches them whole.
+    """
+    from PIL import Image
+
+    image = _open(item, policy or MediaPolicy())
+    if image.mode != "RGB":
+        if image.mode in ("RGBA", "LA", "P"):  # transparent areas become white, as browsers show them
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        image = image.convert("RGB")
+    if max_pixels and image.width * image.height > max_pixels:
+        scale = math.sqrt(max_pixels / (image.width * image.height))
+        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+    return image
