@@ -6,6 +6,7 @@ Everything a user can get wrong (model path, dataset rows, flag values) is check
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Optional
 
@@ -13,9 +14,13 @@ import click
 
 from swiftops.cli.options import SettingsCommand, build_settings, settings_options
 from swiftops.dataset.loader import DatasetRow, load_datasets
+from swiftops.dataset.merge import merge_parts
 from swiftops.dataset.results import ResultWriter, default_result_path
+from swiftops.dataset.sharding import job_shard, write_shard_file
+from swiftops.dataset.torchrun import TorchrunRank, relaunch_under_torchrun
 from swiftops.engines.factory import build_engine, check_model_location
 from swiftops.metrics.stats import InferStats
+from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import RequestConfig
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, InferSettings, ModelSettings
 
@@ -43,8 +48,8 @@ def command(**values: object) -> None:
     check_model_location(model)
     result_path = infer.result_path or default_result_path(model.model or "model")
     if infer.val_dataset:
-        rows = load_datasets(infer.val_dataset)  # a bad row fails here, before weights load
-        failed = run_dataset_mode(rows, model, engine_settings, generation, infer.stream, result_path)
+        rows = load_datasets(infer.val_dataset)  # a bad row fails here, before weights load (or a relaunch)
+        failed = run_dataset_shards(rows, model, engine_settings, generation, infer, result_path)
         if failed:
             click.echo(f"error: {failed} of {len(rows)} rows failed (see the warnings above); re-run the same "
                        f"command to retry only them", err=True)
@@ -53,34 +58,114 @@ def command(**values: object) -> None:
         run_interactive_mode(model, engine_settings, generation, infer.stream, result_path)
 
 
+def nproc_per_node(infer: InferSettings) -> int:
+    """--nproc_per_node, else ms-swift's NPROC_PER_NODE variable, else 1."""
+    if infer.nproc_per_node is not None:
+        return infer.nproc_per_node
+    value = os.environ.get("NPROC_PER_NODE", "")
+    if value and (not value.isdigit() or int(value) < 1):
+        raise ConfigError(f"NPROC_PER_NODE={value!r} must be a whole number >= 1")
+    return int(value) if value else 1
+
+
+def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_settings: EngineSettings,
+                       generation: GenerationSettings, infer: InferSettings, result_path: str) -> int:
+    """Answer this process's share of `rows`; returns how many rows failed (over all ranks on rank 0).
+
+    Job shard (--shard_index/--num_shards, one per Kubernetes pod) first: it writes its part of
+    --result_path. Then torchrun ranks split the job shard again; rank 0 merges their parts into it.
+    """
+    launch = TorchrunRank.from_environment()
+    job = job_shard(infer.shard_index, infer.num_shards)  # checked before torchrun starts N copies
+    nproc = nproc_per_node(infer)
+    if nproc > 1 and launch is None:
+        relaunch_under_torchrun(nproc, sys.argv[1:])
+    if launch is not None and infer.nproc_per_node not in (None, launch.world_size):
+        click.echo(f"note: --nproc_per_node {infer.nproc_per_node} is ignored: torchrun started "
+                   f"{launch.world_size} processes", err=True)
+    target = result_path
+    if job.count > 1:
+        target = job.part_path(result_path)
+        job_rows = job.select(rows)
+        if launch is None or launch.rank == 0:
+            write_shard_file(target, job, [row.key for row in job_rows], len(rows))
+        rows = job_rows
+    if launch is None or launch.world_size == 1:
+        failed = run_dataset_mode(rows, model, engine_settings, generation, infer.stream, target)
+    else:
+        failed = run_dataset_ranks(launch, rows, model, engine_settings, generation, infer.stream, target)
+    if job.count > 1 and not failed and (launch is None or launch.rank == 0):
+        click.echo(f"shard {job.index} of {job.count} done; once every shard is done, join them with: "
+                   f"swiftops merge-results --result_path {result_path} --num_shards {job.count}")
+    return failed
+
+
+def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: ModelSettings,
+                      engine_settings: EngineSettings, generation: GenerationSettings, stream: Optional[bool],
+                      target: str) -> int:
+    """One torchrun rank: answer rows i % world_size == rank into its part, then rank 0 merges all parts."""
+    shard = launch.shard
+    part = shard.part_path(target)
+    mine = shard.select(rows)
+    write_shard_file(part, shard, [row.key for row in mine], len(rows))
+    device = launch.pick_device()
+    if device.startswith("cuda") and model.device_map:
+        click.echo(f"warning: rank {launch.rank}: --device_map {model.device_map} overrides {device}; "
+                   f"each rank may then load onto the same GPUs", err=True)
+    launch.start()
+    try:
+        failed = run_dataset_mode(mine, model, engine_settings, generation, stream, part,
+                                  label=f"rank {launch.rank}/{launch.world_size} ({device})",
+                                  show_progress=launch.rank == 0)
+        mine_failed = failed
+        failed = launch.total_over_ranks(failed)  # every rank is done past this line
+        if launch.rank != 0:
+            return mine_failed  # rank 0 reports the total and merges
+        if failed:
+            click.echo(f"not merging: {failed} rows failed over {launch.world_size} ranks; the parts "
+                       f"{target}.part-* are kept for the re-run", err=True)
+            return failed
+        merged = merge_parts(target, launch.world_size)
+        click.echo(f"merged {merged} rows from {launch.world_size} ranks in input order")
+        click.echo(f"result_path: {target}")
+        return 0
+    finally:
+        launch.stop()
+
+
 def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settings: EngineSettings,
-                     generation: GenerationSettings, stream: Optional[bool], result_path: str) -> int:
-    """Answer the rows not yet in the result file; returns how many failed."""
+                     generation: GenerationSettings, stream: Optional[bool], result_path: str, *,
+                     label: str = "", show_progress: bool = True) -> int:
+    """Answer the rows not yet in the result file; returns how many failed.
+
+    `label` prefixes this process's lines (a torchrun rank); `show_progress` False hides its bar."""
     from tqdm import tqdm
 
     from swiftops.dataset.runner import DatasetRun
 
-    if stream:
+    prefix = f"{label}: " if label else ""
+    if stream and show_progress:
         click.echo("note: --stream is ignored with --val_dataset (rows are batched and written as they finish)",
                    err=True)
     with ResultWriter(result_path) as writer:
         pending = [row for row in rows if row.key not in writer.done_ids]
-        click.echo(f"result_path: {result_path}")
-        click.echo(f"{len(rows)} rows: {len(rows) - len(pending)} already in the result file, {len(pending)} to run")
+        click.echo(f"{prefix}result_path: {result_path}")
+        click.echo(f"{prefix}{len(rows)} rows: {len(rows) - len(pending)} already in the result file, "
+                   f"{len(pending)} to run")
         if not pending:
             return 0
         stats = InferStats()
         engine = build_engine(model, engine_settings, generation)
         try:
             with tqdm(total=len(rows), initial=len(rows) - len(pending), desc="infer", file=sys.stderr,
-                      dynamic_ncols=True) as bar:
+                      dynamic_ncols=True, disable=not show_progress) as bar:
                 failures = DatasetRun(engine, request_config(generation, stream=False), writer,
                                       system=generation.system, max_in_flight=2 * engine_settings.max_batch_size,
                                       stats=stats, progress=bar).run(pending)
         finally:
             engine.close()
-    click.echo(json.dumps(stats.compute(), indent=2))
-    click.echo(f"result_path: {result_path}")
+    click.echo(f"{prefix}{json.dumps(stats.compute(), indent=2)}")
+    click.echo(f"{prefix}result_path: {result_path}")
     return len(failures)
 
 

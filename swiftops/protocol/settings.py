@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 BackendName = Literal["pt", "vllm", "lmdeploy"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -76,7 +76,7 @@ class ModelSettings(_Section):
     def _json_object_text(cls, value: Any) -> Any:
         """A mapping (from YAML or a manifest) becomes JSON text; text that looks like JSON must parse to an object."""
         if isinstance(value, dict):
-            return json.dumps(value)
+            return json.dumps(value) if value else None  # a manifest's empty max_memory means "not set"
         if isinstance(value, str) and value.strip()[:1] in ("{", "["):
             try:
                 parsed = json.loads(value)
@@ -84,6 +84,13 @@ class ModelSettings(_Section):
                 raise ValueError(f"not valid JSON ({exc.msg}); give a JSON object like {{\"model.layers.0\": 0}}") from None
             if not isinstance(parsed, dict):
                 raise ValueError("must be a JSON object (name -> device)")
+        return value
+
+    @field_validator("max_memory")
+    @classmethod
+    def _max_memory_needs_device_map(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if value and not info.data.get("device_map"):  # device_map is declared (so validated) first
+            raise ValueError("needs --device_map auto (or balanced): accelerate splits the model within these budgets")
         return value
 
 

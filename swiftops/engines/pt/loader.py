@@ -69,10 +69,23 @@ def _context_length(config: Any) -> int:
     return 4096
 
 
+def parse_max_memory(max_memory: str) -> dict[Any, str]:
+    """--max_memory JSON -> accelerate's form: GPU indexes as ints ({"0": "20GiB"} -> {0: "20GiB"}), "cpu" kept."""
+    try:
+        budget = json.loads(max_memory)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--max_memory is not valid JSON ({exc.msg}); give e.g. "
+                          f"'{{\"0\": \"20GiB\", \"cpu\": \"64GiB\"}}'") from None
+    if not isinstance(budget, dict):
+        raise ConfigError('--max_memory must be a JSON object of device -> size, e.g. {"0": "20GiB"}')
+    return {int(k) if str(k).isdigit() else str(k): v for k, v in budget.items()}
+
+
 def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optional[str] = None,
                device_map: Optional[str] = None, max_model_len: Optional[int] = None,
                trust_remote_code: bool = False, attn_implementation: Optional[str] = None,
-               quant_method: Optional[str] = None, quant_bits: Optional[int] = None) -> LoadedModel:
+               quant_method: Optional[str] = None, quant_bits: Optional[int] = None,
+               max_memory: Optional[str] = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     source = check_model_source(model)
@@ -89,6 +102,10 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
         kwargs["attn_implementation"] = attn_implementation
     if device_map:
         kwargs["device_map"] = json.loads(device_map) if device_map.strip().startswith("{") else device_map
+    if max_memory:  # accelerate plans the split of device_map auto/balanced within these budgets
+        if not device_map:
+            raise ConfigError("--max_memory needs --device_map auto (or balanced) to split the model by it")
+        kwargs["max_memory"] = parse_max_memory(max_memory)
     if quant_method == "bnb":
         from transformers import BitsAndBytesConfig
         bits = quant_bits or 4
