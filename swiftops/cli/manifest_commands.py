@@ -137,6 +137,12 @@ def apply_local(loaded: LoadedManifest, dry_run: bool) -> None:
     if missing:
         raise ConfigError(f"{loaded.file}: the manifest takes {', '.join(missing)} from Kubernetes Secrets; to run "
                           f"it here, export {' and '.join(missing)} first")
+    job = loaded.manifest.spec.job
+    if job is not None and job.shards > 1 and "JOB_COMPLETION_INDEX" not in os.environ:
+        click.echo(f"swiftops apply: a sharded job runs one shard per process; this runs shard 0 of {job.shards}. "
+                   f"Run the others with JOB_COMPLETION_INDEX=1..{job.shards - 1}, then `swiftops merge-results "
+                   f"--result_path {job.result_path or 'RESULT_PATH'} --num_shards {job.shards}`.",
+                   err=True)
     env = {**os.environ, **entry.env}
     argv = _executable(entry.argv)
     click.echo(f"swiftops apply: {entry.shell}", err=True)

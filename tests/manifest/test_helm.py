@@ -177,3 +177,12 @@ def test_apply_kubernetes_dry_run_prints_the_helm_command_and_values(helm_bin, r
     assert first.endswith("helm/swiftops --values VALUES.yaml")
     values = yaml.safe_load(result.out.split("# with VALUES.yaml:\n", 1)[1])
     assert values["manifest"]["spec"]["job"]["shards"] == 4
+
+
+def test_notes_say_how_to_reach_the_server(helm_bin, run_cli, tmp_path):
+    example = REPO_ROOT / "manifests" / "examples" / "qwen2.5-7b-vllm-tp2.yaml"
+    values = render_values(run_cli, example, tmp_path)
+    result = helm(helm_bin, "install", "--dry-run=client", "qwen-chat", str(CHART), "--values", str(values))
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl --namespace default port-forward service/qwen-chat 8000:8000" in notes
+    assert "get secret qwen-api-key" in notes and "/v1/models" in notes
