@@ -3,8 +3,8 @@ its admission slot, latency metrics, token counts for the access log, verbose bo
 """
 from __future__ import annotations
 
-import time
 import json
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 
 from fastapi import Request

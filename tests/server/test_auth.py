@@ -74,3 +74,19 @@ def test_api_key_from_a_file_or_the_environment(tmp_path, monkeypatch):
         resolve_api_key(str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="not a file"):
         resolve_api_key(str(tmp_path / "missing"))
+
+
+def test_metrics_can_require_the_key(server, api_key):
+    from starlette.testclient import TestClient
+
+    engine = InferClient(base_url=server.url + "/v1", api_key=api_key)
+    try:
+        app = create_app(engine, ServerSettings(api_key="front-key", metrics_require_key=True),
+                         open_paths={"/ui-page"})
+        client = TestClient(app)  # no lifespan needed: these routes do not generate
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer front-key"}).status_code == 200
+        assert client.get("/health").status_code == 200
+        assert client.get("/ui-page").status_code == 404  # open, though no route serves it here
+    finally:
+        engine.close()
