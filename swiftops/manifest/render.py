@@ -71,7 +71,8 @@ def format_flag(flag: str, value: Any) -> list[str]:
         return [option, *(str(item) for item in value)]
     if isinstance(value, dict):
         if all(isinstance(v, str) for v in value.values()) and flag == "adapters":
-            return [option, *(f"{k}={v}" for k, v in value.items())]
+            # sorted: the pod's copy of the manifest comes through Helm, whose toYaml sorts keys
+            return [option, *(f"{k}={v}" for k, v in sorted(value.items()))]
         return [option, json.dumps(value, separators=(",", ":"), sort_keys=True)]
     if isinstance(value, BaseModel):
         return [option, json.dumps(value.model_dump(mode="json"), separators=(",", ":"))]
