@@ -161,6 +161,8 @@ JobSpec = section_from_settings(
                                                                 "(default: all shards).")),
     backoff_limit=(int, Field(2, ge=0, description="Retries of a failed pod before the job fails "
                                                    "(per shard for a sharded job).")),
+    total_gpus=(Optional[int], Field(None, ge=0, description="GPUs the whole job uses, if you want it checked: "
+                                                             "must equal GPUs per shard x shards.")),
 )
 
 

@@ -121,7 +121,7 @@ ENV_MAPPINGS: dict[str, str] = {
 # Manifest fields for the container and the cluster only (no flag, no process env): path prefixes.
 CLUSTER_ONLY_PREFIXES: tuple[str, ...] = (
     "apiVersion", "kind", "metadata", "spec.server.api_key_secret", "spec.job.parallel_pods",
-    "spec.job.backoff_limit", "spec.replicas", "spec.image", "spec.resources", "spec.placement", "spec.cache",
+    "spec.job.backoff_limit", "spec.job.total_gpus", "spec.replicas", "spec.image", "spec.resources", "spec.placement", "spec.cache",
     "spec.env",
 )
 

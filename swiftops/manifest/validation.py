@@ -62,6 +62,17 @@ def check_gpu_count(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
                            f"resources.gpu.count: {needed} or leave it out (it defaults to that product)")
 
 
+def check_job_gpus(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    job = loaded.manifest.spec.job
+    if loaded.manifest.kind != "InferenceJob" or job is None or job.total_gpus is None:
+        return
+    per_shard = loaded.manifest.gpu_count
+    if per_shard * job.shards != job.total_gpus:
+        yield loaded.issue("spec.job.total_gpus",
+                           f"total_gpus is {job.total_gpus} but {job.shards} shards x {per_shard} GPUs per shard = "
+                           f"{per_shard * job.shards}; fix shards, resources.gpu.count or total_gpus")
+
+
 def _hub_cache_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("HF_HUB_CACHE"):
@@ -237,7 +248,7 @@ def check_secrets(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
             yield loaded.issue(f"{path}.name", "set the API key with spec.server.api_key_secret, not env")
 
 
-RULES: tuple[Rule, ...] = (check_kind, check_gpu_count, check_tensor_divides_heads, check_capabilities,
+RULES: tuple[Rule, ...] = (check_kind, check_gpu_count, check_job_gpus, check_tensor_divides_heads, check_capabilities,
                            check_shared_cache, check_adapter_bases, check_secrets)
 
 

@@ -75,7 +75,11 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
         "pt": no("the pt server runs one engine per process; scale a Deployment with replicas instead"),
         "vllm": YES, "lmdeploy": YES,
     },
-    "data_parallel_job": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    "data_parallel_job": {
+        "pt": no("the pt backend runs a data-parallel job as torchrun processes, one shard each: set "
+                 "--nproc_per_node (spec.job.nproc_per_node) instead of a data parallel size"),
+        "vllm": YES, "lmdeploy": YES,
+    },
     "device_map": {
         "pt": YES,
         "vllm": no("vLLM places the model itself; use parallelism.tensor/pipeline instead of device_map"),

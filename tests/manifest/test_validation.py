@@ -46,6 +46,25 @@ def test_gpu_count_must_equal_tensor_x_pipeline_x_data(write_manifest):
                      "x data 1 = 4; set resources.gpu.count: 4 or leave it out (it defaults to that product)"]
 
 
+def test_job_total_gpus_must_equal_shards_x_gpus_per_shard(write_manifest):
+    found = problems(write_manifest, manifest(
+        "  model: {id: m}\n  backend: {name: vllm}\n  parallelism: {tensor: 2}\n"
+        "  job: {val_dataset: [d.jsonl], shards: 4, total_gpus: 4, parallel_pods: 1}\n", kind="InferenceJob"))
+    assert found == [":8: spec.job.total_gpus: total_gpus is 4 but 4 shards x 2 GPUs per shard = 8; fix shards, "
+                     "resources.gpu.count or total_gpus"]
+
+
+def test_pt_job_is_data_parallel_through_torchrun_processes(write_manifest):
+    found = problems(write_manifest, manifest(
+        "  model: {id: m}\n  parallelism: {data: 2}\n  job: {val_dataset: [d.jsonl]}\n", kind="InferenceJob"))
+    assert found == [":6: spec.parallelism.data: backend pt cannot do data_parallel_job: the pt backend runs a "
+                     "data-parallel job as torchrun processes, one shard each: set --nproc_per_node "
+                     "(spec.job.nproc_per_node) instead of a data parallel size"]
+    path = write_manifest(manifest("  model: {id: m}\n  job: {val_dataset: [d.jsonl], nproc_per_node: 2}\n",
+                                   kind="InferenceJob"))
+    assert load_and_validate(path).manifest.gpu_count == 2  # GPUs derived from the torchrun processes
+
+
 def _model_dir(tmp_path: Path, heads: int, kv_heads: int, vlm: bool = False) -> Path:
     model = tmp_path / "model"
     model.mkdir()

@@ -23,10 +23,11 @@ app.kubernetes.io/component: {{ ternary "server" "inference-job" (include "swift
 {{- eq .Values.manifest.kind "Deployment" -}}
 {{- end }}
 
-{{/* tensor x pipeline x data */}}
+{{/* tensor x pipeline x data (x torchrun processes of a job): the GPUs one pod's processes use */}}
 {{- define "swiftops.parallelSize" -}}
 {{- $p := dig "parallelism" dict .Values.manifest.spec -}}
-{{- mul (dig "tensor" 1 $p | int) (dig "pipeline" 1 $p | int) (dig "data" 1 $p | int) -}}
+{{- $processes := dig "job" "nproc_per_node" 1 .Values.manifest.spec | default 1 | int -}}
+{{- mul (dig "tensor" 1 $p | int) (dig "pipeline" 1 $p | int) (dig "data" 1 $p | int) $processes -}}
 {{- end }}
 
 {{/* GPUs per pod: spec.resources.gpu.count, else derived from the parallelism (one source of truth). */}}
