@@ -13,10 +13,44 @@ def client(server, api_key):
         yield c
 
 
-def test_models_lists_the_served_name(client, served_name):
+def test_models_lists_the_served_name_and_adapters(client, served_name, adapter_names):
     models = client.models.list()
-    assert [m.id for m in models.data] == [served_name]
+    assert [m.id for m in models.data] == [served_name, *adapter_names]
     assert client.models.retrieve(served_name).id == served_name
+    assert client.models.retrieve("sql").model_extra["parent"] == served_name
+
+
+def test_the_model_field_selects_base_or_adapter(client, served_name, adapter_names):
+    def answer(model: str) -> tuple[str, str]:
+        r = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=10, temperature=0)
+        return r.model, r.choices[0].message.content
+
+    names = [served_name, *adapter_names]
+    solo = {name: answer(name) for name in names}
+    assert {name: echoed for name, (echoed, _) in solo.items()} == {n: n for n in names}
+    assert len({text for _, text in solo.values()}) == 3  # each adapter really changes the output
+    streamed = client.chat.completions.create(model="poem", messages=MESSAGES, max_tokens=10, temperature=0,
+                                              stream=True)
+    chunks = list(streamed)
+    assert {c.model for c in chunks} == {"poem"}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == solo["poem"][1]
+    completion = client.completions.create(model="sql", prompt="SELECT", max_tokens=4, temperature=0)
+    assert completion.model == "sql"
+
+
+def test_mixed_models_in_one_batch_equal_solo_answers(server, api_key, served_name, adapter_names):
+    import asyncio
+
+    names = [served_name, *adapter_names] * 4
+
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0) as c:
+            results = await asyncio.gather(*[c.chat.completions.create(
+                model=name, messages=MESSAGES, max_tokens=10, temperature=0) for name in names])
+        return [r.choices[0].message.content for r in results]
+
+    texts = asyncio.run(run())
+    assert texts[:3] * 4 == texts and len(set(texts[:3])) == 3
 
 
 def test_chat_greedy_is_deterministic_and_echoes_the_model(client, served_name):
