@@ -17,7 +17,7 @@ from typing import Optional
 import uvicorn
 
 from swiftops.engines.base import InferEngine
-from swiftops.protocol import InferRequest, NotReadyError, RequestConfig, UnsupportedError
+from swiftops.protocol import InferRequest, NotReadyError, RequestConfig, SwiftopsError
 
 logger = logging.getLogger("swiftops.server")
 
@@ -44,21 +44,32 @@ class Lifecycle:
         return "the model is warming up; retry in a few seconds (poll GET /ready)"
 
     async def warm_up(self, engine: InferEngine) -> None:
-        """One tiny generation (or embedding, for embedding models), then ready."""
-        try:
+        """One tiny generation, then ready. A chat turn first; a base model without a chat template gets a
+        raw prompt, an embedding model an embedding; ready on the first that works."""
+        one_token = RequestConfig(max_tokens=1, temperature=0)
+        attempts = (lambda: engine.infer_async(InferRequest(messages=[{"role": "user", "content": "hi"}]), one_token),
+                    lambda: engine.infer_async(InferRequest(prompt="hi"), one_token),
+                    lambda: engine.embed_async(["hi"]))
+        errors = []
+        for attempt in attempts:
             try:
-                request = InferRequest(messages=[{"role": "user", "content": "hi"}])
-                await engine.infer_async(request, RequestConfig(max_tokens=1, temperature=0))
-            except UnsupportedError:
-                await engine.embed_async(["hi"])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # stay unready: the probe keeps the pod out of the load balancer
-            self.warmup_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("warm-up generation failed; /ready stays 503")
-            return
-        self.ready = True
-        logger.info("warm-up done; ready")
+                await attempt()
+            except asyncio.CancelledError:
+                raise
+            except SwiftopsError as exc:  # this model cannot do that kind of request: try the next kind
+                errors.append(exc)
+                continue
+            except Exception as exc:  # stay unready: the probe keeps the pod out of the load balancer
+                errors.append(exc)
+                logger.exception("warm-up generation failed; /ready stays 503")
+                break
+            else:
+                self.ready = True
+                logger.info("warm-up done; ready")
+                return
+        first = errors[0]
+        self.warmup_error = f"{type(first).__name__}: {first}"
+        logger.error("warm-up failed (%s); /ready stays 503", self.warmup_error)
 
 
 class DrainingServer(uvicorn.Server):
