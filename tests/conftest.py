@@ -44,3 +44,80 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory):
     from swiftops.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Qwen2_5_VLForConditionalGeneration (seed 0) with a real processor: Qwen2-VL's image processor, the
+    tiny tokenizer plus vision tokens, and Qwen2-VL's chat template (see swiftops.models.tiny_vlm)."""
+    from swiftops.models.tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-qwen2-5-vl"), arch="qwen2_5_vl", seed=0)
+
+
+def _encode_mp4(frames, fps: int) -> bytes:
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sample_video_bytes() -> bytes:
+    """A 3-second 10 fps mp4 (30 frames, 96x64) whose frame i is filled with grey level 8*i."""
+    import numpy as np
+
+    frames = [np.full((64, 96, 3), 8 * i, dtype=np.uint8) for i in range(30)]
+    return _encode_mp4(frames, fps=10)
+
+
+@pytest.fixture()
+def media_server():
+    """A local HTTP server on 127.0.0.1: `server.routes[path] = (status, headers, body)`; `server.url(path)`.
+    A body that is a float makes the handler sleep that many seconds first (timeouts)."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    routes: dict = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            status, headers, body = routes.get(self.path, (404, {}, b"not found"))
+            if isinstance(body, float):
+                time.sleep(body)
+                body = b""
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            if "Content-Length" not in headers and "X-No-Length" not in headers:  # X-No-Length: body ends at close
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.routes = routes
+    server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"
+    yield server
+    server.shutdown()
+    server.server_close()

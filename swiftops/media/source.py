@@ -105,5 +105,5 @@ def read_media(item: Any, policy: MediaPolicy, kind: str = "media") -> MediaSour
         if len(text) * 3 // 4 > policy.max_bytes + 3:
             raise BadRequestError(f"the base64 {kind} is over the {policy.max_bytes} byte limit", param="media",
                                   code="media_too_large")
-        return MediaSource(data=_decode_base64(text, f"the base64 {kind}"))
+        return MediaSource(data=_checked_size(_decode_base64(text, f"the base64 {kind}"), policy, f"the base64 {kind}"))
     return _local(text, policy)  # a path that does not exist, or local paths refused: the error says which
