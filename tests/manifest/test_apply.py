@@ -96,7 +96,7 @@ def test_apply_quickstart_serves_the_tiny_model_offline(tiny_model_dir, tmp_path
             process.kill()
             process.wait()
     log = process.stdout.read()
-    assert f"swiftops apply: swiftops deploy --model ./tiny-model" in log and f"--port {port}" in log
+    assert "swiftops apply: swiftops deploy --model ./tiny-model" in log and f"--port {port}" in log
 
 
 @pytest.mark.timeout(180)
