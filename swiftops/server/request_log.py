@@ -31,6 +31,7 @@ REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _BASE64_RUN = re.compile(r"^[A-Za-z0-9+/=\s]{256,}$")
 _ELIDE_ABOVE = 256
+_MAX_LOGGED_BODY = 16384
 
 
 def new_request_id(offered: Optional[str]) -> str:
@@ -53,7 +54,17 @@ def elide_media(value: Any) -> Any:
 
 
 def log_body(request_id: str, kind: str, body: Any) -> None:
-    body_logger.info("%s %s %s", request_id, kind, json.dumps(elide_media(body), ensure_ascii=False))
+    text = json.dumps(elide_media(body), ensure_ascii=False)
+    if len(text) > _MAX_LOGGED_BODY:
+        text = text[:_MAX_LOGGED_BODY] + f"... <{len(text) - _MAX_LOGGED_BODY} more chars>"
+    body_logger.info("%s %s %s", request_id, kind, text)
+
+
+def _printable(value: Optional[str]) -> str:
+    """A client-given string made safe for one log line (no newlines or control characters to forge lines)."""
+    if not value:
+        return "-"
+    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in value[:64])
 
 
 class RequestLogMiddleware:
@@ -103,7 +114,7 @@ class RequestLogMiddleware:
             '%s %s %s %d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f client=%s user=%s',
             request_id, scope.get("method"), scope.get("path"), status, usage.get("prompt_tokens", 0),
             usage.get("completion_tokens", 0), seconds * 1000,
-            (scope.get("client") or ("-",))[0], state.get("user") or "-")
+            (scope.get("client") or ("-",))[0], _printable(state.get("user")))
 
 
 class ResultWriter:
