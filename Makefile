@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= tiny-model
 
-.PHONY: install demo test test-gpu clean
+.PHONY: install demo test test-gpu schemas clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,11 @@ test: install
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu
+
+# The JSON schemas are generated from the settings and manifest models; tests fail when they are stale.
+schemas: install
+	$(VENV)/bin/swiftops schema -o manifests/schema.json
+	$(VENV)/bin/swiftops schema --chart-values -o helm/swiftops/values.schema.json
 
 clean:
 	rm -rf $(VENV) results $(DEMO_DIR)

@@ -55,10 +55,21 @@ def field_kind(field: FieldInfo) -> FieldKind:
     return "scalar"
 
 
+class LiteralChoice(click.Choice):
+    """A choice among a Literal's values that hands back the value itself (4, not "4")."""
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.values = {str(v): v for v in values}
+        super().__init__(list(self.values))
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        return self.values[super().convert(str(value), param, ctx)]
+
+
 def _click_type(field: FieldInfo) -> click.ParamType:
     annotation = _unwrap_optional(field.annotation)
     if typing.get_origin(annotation) is Literal:
-        return click.Choice([str(a) for a in typing.get_args(annotation)])
+        return LiteralChoice(typing.get_args(annotation))
     return {int: click.INT, float: click.FLOAT}.get(annotation, click.STRING)
 
 

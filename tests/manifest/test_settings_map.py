@@ -186,15 +186,12 @@ def test_rendered_argv_parses_back_to_the_manifest_values(text, command, monkeyp
 
 
 def int_literal_flags(command: str) -> set[str]:
-    """Flags whose settings type is a Literal of ints (quant_bits, quant_policy): see the xfail below."""
+    """Flags whose settings type is a Literal of ints (quant_bits, quant_policy)."""
     return {name for settings in COMMAND_SETTINGS[command] for name, info in settings.model_fields.items()
             if typing.get_origin(_unwrap(info.annotation)) is typing.Literal
             and all(isinstance(a, int) for a in typing.get_args(_unwrap(info.annotation)))}
 
 
-@pytest.mark.xfail(strict=True, reason="swiftops/cli/options.py passes a Literal[int] choice to the settings as a "
-                                       "str, so `--quant_bits 4` is refused ('Input should be 4 or 8'); when "
-                                       "_click_type converts it, this passes: remove the mark")
 @pytest.mark.parametrize("command", ["deploy", "infer"])
 def test_int_literal_flags_parse_back(command):
     manifest = load_text(FULL_DEPLOYMENT if command == "deploy" else FULL_JOB).manifest
