@@ -103,6 +103,12 @@ def relaunch_under_torchrun(nproc_per_node: int, args: list[str]) -> NoReturn:
     --standalone picks a free rendezvous port on this machine; the ranks see WORLD_SIZE and so do not relaunch.
     exec (not a child process) lets signals such as Ctrl-C and SIGTERM reach torchrun directly.
     """
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and nproc_per_node > gpus:  # fail here, not in N ranks' tracebacks
+        raise ConfigError(f"--nproc_per_node {nproc_per_node} but this machine has {gpus} GPUs; "
+                          f"use at most {gpus} (one process per GPU)")
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
             "-m", "swiftops.cli.main", *args]
     sys.stdout.flush()
