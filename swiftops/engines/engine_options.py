@@ -1,0 +1,26 @@
+"""Python-API keyword arguments of the library-backed engines (`VllmEngine(model, tensor_parallel_size=2)`)
+split into the settings models, so the Python API, the CLI and manifests share one validation."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+
+
+def split_options(options: dict[str, Any], library: str) -> tuple[ModelSettings, EngineSettings, GenerationSettings]:
+    """Keyword arguments named like settings fields -> (ModelSettings, EngineSettings, GenerationSettings)."""
+    sections: dict[type, dict[str, Any]] = {ModelSettings: {}, EngineSettings: {}, GenerationSettings: {}}
+    for key, value in options.items():
+        owner = next((s for s in sections if key in s.model_fields), None)
+        if owner is None:
+            raise ConfigError(f"unknown engine option {key!r}; options of {library} itself go in "
+                              f"engine_kwargs={{...}}", param=key)
+        sections[owner][key] = value
+    try:
+        return (ModelSettings(**sections[ModelSettings]), EngineSettings(**sections[EngineSettings]),
+                GenerationSettings(**sections[GenerationSettings]))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid engine option: {exc}") from None

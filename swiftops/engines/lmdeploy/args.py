@@ -1,0 +1,154 @@
+"""Pure mappings from swiftops settings and requests to LMDeploy's keyword arguments.
+
+Nothing here imports lmdeploy: the engine builds `TurbomindEngineConfig(**...)` or
+`PytorchEngineConfig(**...)`, `VisionConfig(**...)` and `GenerationConfig(**...)` from these dicts, and
+contract tests (tests/contract/, run in a venv with LMDeploy) build the real classes from them.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig, UnsupportedError
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+
+LmdeployBackend = Literal["turbomind", "pytorch"]
+# LMDeploy spells dtypes like this; it has no float32 inference.
+_DTYPES = {"auto": "auto", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def choose_backend(model: ModelSettings, engine: EngineSettings) -> LmdeployBackend:
+    """The LMDeploy engine to ask for: the user's choice, else pytorch for adapters (TurboMind has no
+    LoRA), else turbomind (LMDeploy itself falls back to pytorch for models TurboMind cannot run)."""
+    if engine.lmdeploy_backend is not None:
+        if engine.lmdeploy_backend == "turbomind" and model.adapters:
+            raise ConfigError("LMDeploy's TurboMind engine cannot serve LoRA adapters; use --lmdeploy_backend "
+                              "pytorch, merge the adapter, or --infer_backend vllm/pt", param="lmdeploy_backend")
+        return engine.lmdeploy_backend
+    return "pytorch" if model.adapters else "turbomind"
+
+
+def backend_config_kwargs(model: ModelSettings, engine: EngineSettings,
+                          backend: LmdeployBackend) -> dict[str, Any]:
+    """Keyword arguments of `TurbomindEngineConfig` (backend="turbomind") or `PytorchEngineConfig`."""
+    if model.device_map:
+        raise ConfigError("--device_map does not apply to --infer_backend lmdeploy (it places the model itself); "
+                          "use --tensor_parallel_size", param="device_map")
+    if engine.pipeline_parallel_size > 1:
+        raise ConfigError("LMDeploy has no pipeline parallelism; use --tensor_parallel_size, or --infer_backend vllm",
+                          param="pipeline_parallel_size")
+    if model.quant_method == "bnb":
+        raise ConfigError("LMDeploy cannot quantize with bitsandbytes; use an AWQ/GPTQ checkpoint (detected from its "
+                          "config) or --infer_backend pt/vllm", param="quant_method")
+    if model.torch_dtype not in _DTYPES:
+        raise ConfigError(f"LMDeploy runs in float16 or bfloat16, not {model.torch_dtype}; use --torch_dtype auto, "
+                          f"float16 or bfloat16", param="torch_dtype")
+    if model.merge_lora:
+        raise ConfigError("--merge_lora is done by --infer_backend pt; merge the adapter first or serve it unmerged "
+                          "with --lmdeploy_backend pytorch", param="merge_lora")
+    kwargs: dict[str, Any] = {
+        "dtype": _DTYPES[model.torch_dtype],
+        "tp": engine.tensor_parallel_size,
+        "max_batch_size": engine.max_batch_size,
+        "quant_policy": engine.quant_policy,
+    }
+    if engine.data_parallel_size > 1:
+        kwargs["dp"] = engine.data_parallel_size
+    if model.max_model_len:
+        kwargs["session_len"] = model.max_model_len
+    if model.model_revision:
+        kwargs["revision"] = model.model_revision
+    if engine.cache_max_entry_count is not None:
+        kwargs["cache_max_entry_count"] = engine.cache_max_entry_count
+    if engine.enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = engine.enable_prefix_caching
+    explicit = engine.model_fields_set
+    if "max_num_batched_tokens" in explicit:
+        kwargs["max_prefill_token_num"] = engine.max_num_batched_tokens
+    if backend == "pytorch":
+        if "block_size" in explicit:
+            kwargs["block_size"] = engine.block_size
+        if engine.enforce_eager:
+            kwargs["eager_mode"] = True
+        if model.adapters:
+            kwargs["adapters"] = dict(model.adapters)
+    elif "block_size" in explicit:
+        kwargs["cache_block_seq_len"] = engine.block_size
+    kwargs.update(engine.engine_kwargs)
+    return kwargs
+
+
+def vision_config_kwargs(engine: EngineSettings) -> dict[str, Any]:
+    """Keyword arguments of LMDeploy's `VisionConfig` (vision models only)."""
+    return {"max_batch_size": engine.vision_batch_size}
+
+
+def generation_config_kwargs(config: RequestConfig, generation: GenerationSettings, prompt_len: int,
+                             max_model_len: int, model_defaults: Optional[dict[str, Any]] = None,
+                             response_format: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Keyword arguments of LMDeploy's `GenerationConfig` for ONE choice of a request.
+
+    n > 1 and stop strings are done by the engine (several sessions; text matching), because LMDeploy
+    matches stop words as single tokens only. Precedence as the pt engine: request, settings, checkpoint.
+    """
+    room = max_model_len - prompt_len
+    if room < 1:
+        raise PromptTooLongError(prompt_len, max_model_len)
+    if config.presence_penalty or config.frequency_penalty:
+        raise UnsupportedError("LMDeploy has no presence/frequency penalty; use repetition_penalty, or "
+                               "--infer_backend vllm/pt", param="presence_penalty")
+    model_defaults = model_defaults or {}
+    temperature = config.temperature if config.temperature is not None else generation.temperature
+    top_k = config.top_k if config.top_k is not None else generation.top_k
+    top_p = config.top_p if config.top_p is not None else generation.top_p
+    if temperature is None:
+        temperature = float(model_defaults.get("temperature", 1.0)) if model_defaults else 0.0
+        top_k = top_k if top_k is not None else model_defaults.get("top_k")
+        top_p = top_p if top_p is not None else model_defaults.get("top_p")
+    if temperature > 2:
+        raise BadRequestError("LMDeploy takes temperatures from 0 to 2", param="temperature")
+    penalty = config.repetition_penalty if config.repetition_penalty is not None else generation.repetition_penalty
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_new_tokens": min(config.max_tokens or generation.max_new_tokens or room, room),
+        "do_sample": temperature > 0,
+        "temperature": float(temperature),
+        "top_p": float(top_p or 1.0),
+        "top_k": int(top_k or 0),  # 0: no top-k (LMDeploy's own default is 50)
+        "repetition_penalty": float(penalty or 1.0),
+        "ignore_eos": config.ignore_eos,
+        "random_seed": config.seed if config.seed is not None else generation.seed,
+        "stop_token_ids": list(config.stop_token_ids or []) or None,
+        "skip_special_tokens": True,
+    }
+    if config.logprobs or config.top_logprobs or generation.logprobs:
+        top = config.top_logprobs if config.top_logprobs is not None else (generation.top_logprobs or 0)
+        # LMDeploy returns the sampled token's logprob among the top ones; ask for at least one.
+        kwargs["logprobs"] = max(1, int(top))
+    if response_format is not None:
+        kwargs["response_format"] = lmdeploy_response_format(response_format)
+        if kwargs["response_format"] is None:
+            del kwargs["response_format"]
+    return kwargs
+
+
+def lmdeploy_response_format(response_format: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """OpenAI's `response_format` in the shape LMDeploy compiles (json_schema / regex_schema); None for text."""
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_schema", "json_schema": {"name": "json_object", "schema": {"type": "object"}}}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        if not isinstance(spec.get("schema"), dict):
+            raise BadRequestError("response_format json_schema needs json_schema.schema (a JSON Schema object)",
+                                  param="response_format")
+        return {"type": "json_schema", "json_schema": {"name": spec.get("name", "schema"), "schema": spec["schema"]}}
+    raise BadRequestError(f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
+                          param="response_format")
+
+
+def choice_seed(seed: Optional[int], index: int) -> Optional[int]:
+    """Seed of choice `index` of an n > 1 request: distinct per choice, reproducible per request (as pt does)."""
+    return None if seed is None else seed + index

@@ -1,0 +1,254 @@
+"""`LmdeployEngine`: the `InferEngine` interface on LMDeploy's `AsyncEngine` (TurboMind or PyTorch engine).
+
+    engine = LmdeployEngine("Qwen/Qwen2.5-7B-Instruct", tensor_parallel_size=2, cache_max_entry_count=0.8)
+
+Built as LMDeploy's own OpenAI server builds it (`autoget_backend_config`, `get_task`, then the
+`AsyncEngine` / `VLAsyncEngine` class), with its loop bound to this engine's private event-loop thread:
+LMDeploy binds to one loop, while callers (the server, the synchronous `infer`) come from others.
+Text prompts are rendered with the model's own chat template here, as the pt and vllm engines do.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import itertools
+import logging
+import os
+from typing import Any, AsyncIterator, Optional
+
+from swiftops.engines.base import InferEngine
+from swiftops.engines.engine_options import split_options
+from swiftops.engines.lmdeploy import args as lm_args
+from swiftops.engines.lmdeploy.outputs import ChoiceTracker
+from swiftops.engines.pt.sequence import SequenceOutput
+from swiftops.engines.response_builder import collect_response, stream_response
+from swiftops.engines.vllm.args import model_sampling_defaults
+from swiftops.engines.vllm.prompt import has_media, load_image, split_media
+from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
+                               PromptTooLongError, RequestConfig, SwiftopsError, UnsupportedError)
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.template.chat_template import encode_prompt
+
+logger = logging.getLogger(__name__)
+INSTALL_HINT = "pip install 'swiftops[lmdeploy]'"
+_session_ids = itertools.count(1)
+
+
+def import_lmdeploy() -> Any:
+    """The lmdeploy module, or a ConfigError (CLI exit 2) that says how to install it."""
+    try:
+        import lmdeploy
+    except ImportError as exc:
+        raise ConfigError(f"the lmdeploy backend needs the lmdeploy library, which is not installed ({exc}); "
+                          f"run {INSTALL_HINT} on a machine with an NVIDIA GPU, or use --infer_backend pt") from None
+    return lmdeploy
+
+
+def library_error(exc: BaseException) -> SwiftopsError:
+    """LMDeploy's RequestError (code: an ErrorCode enum) -> the swiftops error with the right HTTP status."""
+    code = str(getattr(getattr(exc, "code", None), "value", getattr(exc, "code", "")))
+    message = getattr(exc, "message", None) or str(exc)
+    if code == "context_length_exceeded":
+        return BadRequestError(f"the prompt does not fit the model's context: {message}", param="messages",
+                               code="context_length_exceeded")
+    if code in ("invalid_request", "unsupported_feature"):
+        return BadRequestError(f"LMDeploy rejected the request: {message}")
+    if code == "model_not_found":
+        return ModelNotFoundError(message)
+    return EngineError(f"LMDeploy failed while generating: {type(exc).__name__}: {message}")
+
+
+def _data_uri(image: Any) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class LmdeployEngine(InferEngine):
+    """LMDeploy behind swiftops' interface; keyword arguments are the settings' field names."""
+
+    backend = "lmdeploy"
+
+    def __init__(self, model: str, adapters: Optional[dict[str, str]] = None, *,
+                 served_model_name: Optional[str] = None, **options: Any) -> None:
+        model_settings, engine_settings, generation = split_options(
+            {"model": model, "adapters": adapters or {}, "infer_backend": "lmdeploy", **options}, "LMDeploy")
+        self._setup(model_settings, engine_settings, generation, served_model_name)
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings, engine: EngineSettings,
+                      generation: Optional[GenerationSettings] = None,
+                      served_model_name: Optional[str] = None) -> "LmdeployEngine":
+        self = cls.__new__(cls)
+        self._setup(model, engine, generation or GenerationSettings(), served_model_name)
+        return self
+
+    def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
+               served_model_name: Optional[str]) -> None:
+        lmdeploy = import_lmdeploy()
+        from lmdeploy.archs import autoget_backend_config, get_task
+
+        self._lmdeploy = lmdeploy
+        self.generation = generation
+        self.model_name = served_model_name or os.path.basename(os.path.normpath(model.model or "model"))
+        wanted = lm_args.choose_backend(model, engine)
+        config_class = lmdeploy.TurbomindEngineConfig if wanted == "turbomind" else lmdeploy.PytorchEngineConfig
+        config = config_class(**lm_args.backend_config_kwargs(model, engine, wanted))
+        # LMDeploy moves to its PyTorch engine when TurboMind cannot run the architecture.
+        backend, config = autoget_backend_config(model.model, config, trust_remote_code=model.trust_remote_code)
+        if model.adapters and backend != "pytorch":
+            raise ConfigError("LoRA adapters need LMDeploy's PyTorch engine; pass --lmdeploy_backend pytorch")
+        self.lmdeploy_backend = backend
+        self._adapters = dict(model.adapters)
+        task, engine_class = get_task(backend, model.model, trust_remote_code=model.trust_remote_code,
+                                      backend_config=config)
+        extra = {}
+        if task == "vlm":
+            extra["vision_config"] = lmdeploy.VisionConfig(**lm_args.vision_config_kwargs(engine))
+        self.tokenizer, self._model_defaults = self._load_tokenizer(model)
+        logger.info("lmdeploy engine: %s backend with %s", backend, config)
+        self._engine = engine_class(model_path=model.model, model_name=self.model_name, backend=backend,
+                                    backend_config=config, trust_remote_code=model.trust_remote_code, **extra)
+        self.max_model_len = int(self._engine.session_len)
+        self._running = 0
+        loop = self._loop()
+
+        async def bind() -> None:  # LMDeploy's engine loop runs on our private loop thread from now on
+            self._engine.start_loop(asyncio.get_running_loop(), use_async_api=True)
+
+        loop.submit(bind()).result()
+
+    @staticmethod
+    def _load_tokenizer(model: ModelSettings) -> tuple[Any, dict[str, Any]]:
+        from transformers import AutoTokenizer, GenerationConfig
+
+        tokenizer = AutoTokenizer.from_pretrained(model.model, revision=model.model_revision,
+                                                  trust_remote_code=model.trust_remote_code)
+        try:
+            generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
+        except OSError:
+            generation_config = None
+        return tokenizer, model_sampling_defaults(generation_config)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self._adapters)
+
+    @property
+    def num_running(self) -> int:
+        return self._running
+
+    @property
+    def num_waiting(self) -> int:
+        return 0
+
+    def _adapter_name(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
+        if adapter_request is None:
+            return None
+        if adapter_request.name not in self._adapters:
+            raise ModelNotFoundError(f"adapter {adapter_request.name!r} is not loaded; LMDeploy loads adapters at "
+                                     f"start only (--adapters name=path); this engine serves {', '.join(self.models)}")
+        return adapter_request.name
+
+    def _prompt(self, request: InferRequest) -> tuple[dict[str, Any], int]:
+        """preprocess() arguments and the prompt length (for media: the text tokens only; LMDeploy checks the rest)."""
+        if not has_media(request):
+            ids = encode_prompt(self.tokenizer, request, self.generation.system)
+            return {"messages": None, "input_ids": ids, "do_preprocess": False}, len(ids)
+        messages, media = split_media(request)
+        if set(media) - {"image"}:
+            raise UnsupportedError("the lmdeploy backend takes images only in this version; videos and audios run "
+                                   "on --infer_backend pt")
+        images = iter(media.get("image", []))
+        for message in messages:
+            if isinstance(message.get("content"), list):
+                message["content"] = [{"type": "image_url", "image_url": {"url": _data_uri(load_image(next(images)))}}
+                                      if part.get("type") == "image" else part for part in message["content"]]
+        if self.generation.system and messages[0].get("role") != "system":
+            messages.insert(0, {"role": "system", "content": self.generation.system})
+        text_len = sum(len(self.tokenizer(p.get("text", ""))["input_ids"]) for m in messages
+                       for p in (m["content"] if isinstance(m.get("content"), list) else [{"text": m.get("content")}])
+                       if isinstance(p.get("text"), str))
+        return {"messages": messages, "do_preprocess": True}, text_len
+
+    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
+                          adapter_request: Optional[AdapterRequest] = None):
+        config = request_config or RequestConfig()
+        adapter_name = self._adapter_name(adapter_request)
+        prompt, prompt_len = self._prompt(request)
+        if not prompt_len and prompt.get("input_ids") is not None:
+            raise BadRequestError("the prompt is empty", param="prompt")
+        if prompt_len >= self.max_model_len:
+            raise PromptTooLongError(prompt_len, self.max_model_len)
+        gen = lm_args.generation_config_kwargs(config, self.generation, prompt_len, self.max_model_len,
+                                               self._model_defaults, getattr(config, "response_format", None))
+        stops = [s for s in (config.stop or self.generation.stop_words or []) if s]
+        top = (config.top_logprobs if config.top_logprobs is not None else (self.generation.top_logprobs or 0)) \
+            if "logprobs" in gen else None
+        outputs = self._generate(prompt, gen, config.n, stops, top, adapter_name)
+        tools = bool(request.tools) and request.tool_choice != "none"
+        if config.stream:
+            return stream_response(outputs, config.n, self.model_name, tools, top is not None)
+        return await collect_response(outputs, config.n, self.model_name, tools, top is not None)
+
+    async def _generate(self, prompt: dict[str, Any], gen: dict[str, Any], n: int, stops: list[str],
+                        top: Optional[int], adapter_name: Optional[str]) -> AsyncIterator[SequenceOutput]:
+        """All choices' outputs, relayed from the engine's loop thread; leaving early cancels the sessions."""
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
+
+        def sink(out: SequenceOutput) -> None:
+            caller.call_soon_threadsafe(queue.put_nowait, out)
+
+        futures = []
+        for i in range(n):
+            kwargs = {**gen, "random_seed": lm_args.choice_seed(gen.get("random_seed"), i)}
+            tracker = ChoiceTracker(i, stops, top, lambda t: self.tokenizer.decode([t]))
+            futures.append(self._loop().submit(self._run_choice(prompt, kwargs, adapter_name, tracker, sink)))
+        remaining = n
+        try:
+            while remaining:
+                out = await queue.get()
+                if out.finish_reason is not None:
+                    remaining -= 1
+                yield out
+        finally:
+            for future in futures:
+                future.cancel()  # on the engine loop: CancelledError in LMDeploy's generate -> async_cancel
+
+    async def _run_choice(self, prompt: dict[str, Any], gen_kwargs: dict[str, Any], adapter_name: Optional[str],
+                          tracker: ChoiceTracker, sink: Any) -> None:
+        self._running += 1
+        stream = None
+        try:
+            gen_config = self._lmdeploy.GenerationConfig(**gen_kwargs)
+            request = await self._engine.preprocess(session_id=next(_session_ids), gen_config=gen_config,
+                                                    adapter_name=adapter_name, **prompt)
+            stream = self._engine.generate(request, stream_response=True)
+            async for out in stream:
+                if tracker.finished:
+                    continue  # let LMDeploy end the session itself after its last output
+                converted = tracker.convert(out)
+                if converted.text or converted.finish_reason is not None or converted.logprobs:
+                    sink(converted)
+                if tracker.stops.hit:
+                    break  # LMDeploy would go on; closing the stream below cancels its session
+            if not tracker.finished:
+                raise EngineError("LMDeploy ended a generation without a finish reason")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, SwiftopsError) else library_error(exc)
+            sink(SequenceOutput(index=tracker.index, finish_reason="error", error=error))
+        finally:
+            self._running -= 1
+            if stream is not None:
+                await stream.aclose()  # no-op when exhausted; after a stop string, LMDeploy cancels the session
+
+    def close(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.close()
+            self._engine = None

@@ -1,0 +1,184 @@
+"""Pure mappings from swiftops settings and requests to vLLM's keyword arguments.
+
+Nothing here imports vllm: these functions return plain dicts that the engine hands to
+`AsyncEngineArgs(**...)`, `SamplingParams(**...)` and `LoRARequest(**...)`. Unit tests check the
+values; contract tests (tests/contract/, run in a venv with vLLM) build the real classes from them,
+so a renamed or removed vLLM argument fails there rather than on a GPU node.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+
+# Our dtype names -> vLLM's (vLLM accepts these spellings for `dtype`).
+_DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+# Our --quant_method -> vLLM's `quantization`. Pre-quantized checkpoints (GPTQ, AWQ, fp8) need nothing:
+# vLLM reads the method from the checkpoint's config.
+_QUANTIZATION = {"bnb": "bitsandbytes"}
+# Engine options that swiftops sets itself and engine_kwargs must not override silently.
+_OWNED_ENGINE_ARGS = ("model", "enable_lora")
+
+
+def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
+                       generation: Optional[GenerationSettings] = None) -> dict[str, Any]:
+    """Keyword arguments of vLLM's `AsyncEngineArgs` for these settings.
+
+    Fields the user did not set that have a swiftops default unlike vLLM's (block_size,
+    max_num_batched_tokens) are left to vLLM, which tunes them per GPU and attention backend.
+    """
+    if not model.model:
+        raise ConfigError("no model given; pass --model", param="model")
+    if model.device_map:
+        raise ConfigError("--device_map does not apply to --infer_backend vllm (vLLM places the model itself); "
+                          "use --tensor_parallel_size / --pipeline_parallel_size", param="device_map")
+    if model.quant_bits not in (None, 4) and model.quant_method == "bnb":
+        raise ConfigError("vLLM loads bitsandbytes models in 4 bits only; use --quant_bits 4 or --infer_backend pt",
+                          param="quant_bits")
+    kwargs: dict[str, Any] = {
+        "model": model.model,
+        "dtype": _DTYPES[model.torch_dtype],
+        "trust_remote_code": model.trust_remote_code,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "pipeline_parallel_size": engine.pipeline_parallel_size,
+        "data_parallel_size": engine.data_parallel_size,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "max_num_seqs": engine.max_batch_size,
+        "enforce_eager": engine.enforce_eager,
+    }
+    if model.model_revision:
+        kwargs["revision"] = model.model_revision
+    if model.max_model_len:
+        kwargs["max_model_len"] = model.max_model_len
+    if model.quant_method:
+        kwargs["quantization"] = _QUANTIZATION[model.quant_method]
+    explicit = engine.model_fields_set
+    if "max_num_batched_tokens" in explicit:
+        kwargs["max_num_batched_tokens"] = engine.max_num_batched_tokens
+    if "block_size" in explicit:
+        kwargs["block_size"] = engine.block_size
+    if engine.kv_cache_memory_gb:
+        kwargs["kv_cache_memory_bytes"] = int(engine.kv_cache_memory_gb * (1 << 30))
+    if engine.enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = engine.enable_prefix_caching
+    if engine.limit_mm_per_prompt:
+        kwargs["limit_mm_per_prompt"] = dict(engine.limit_mm_per_prompt)
+    if model.adapters:
+        kwargs.update(lora_kwargs(model, engine))
+    if generation is not None and generation.seed is not None:
+        kwargs["seed"] = generation.seed
+    for key in _OWNED_ENGINE_ARGS:
+        if key in engine.engine_kwargs:
+            raise ConfigError(f"engine_kwargs must not set {key!r}: swiftops sets it from "
+                              f"{'--model' if key == 'model' else '--adapters'}", param="engine_kwargs")
+    kwargs.update(engine.engine_kwargs)
+    return kwargs
+
+
+def lora_kwargs(model: ModelSettings, engine: EngineSettings) -> dict[str, Any]:
+    """LoRA part of the engine arguments: room for every named adapter (vLLM serves them all in one batch)."""
+    if model.quant_method == "bnb":
+        raise ConfigError("LoRA on a bitsandbytes-quantized base (QLoRA) runs only on --infer_backend pt",
+                          param="adapters")
+    if model.merge_lora:
+        raise ConfigError("--merge_lora is done by --infer_backend pt; merge the adapter first "
+                          "(swiftops infer --infer_backend pt --merge_lora) or serve it unmerged", param="merge_lora")
+    return {
+        "enable_lora": True,
+        "max_lora_rank": engine.max_lora_rank,
+        # All named adapters stay resident unless the user caps it lower (vLLM swaps the rest from CPU).
+        "max_loras": max(1, min(engine.max_loras, len(model.adapters))),
+        "max_cpu_loras": max(engine.max_loras, len(model.adapters)),
+    }
+
+
+def lora_request_kwargs(name: str, path: str, lora_int_id: int) -> dict[str, Any]:
+    """Arguments of vLLM's `LoRARequest` for one named adapter; ids are unique per engine and start at 1."""
+    if lora_int_id < 1:
+        raise ValueError("vLLM LoRA ids start at 1")
+    return {"lora_name": name, "lora_int_id": lora_int_id, "lora_path": path}
+
+
+def model_sampling_defaults(generation_config: Any) -> dict[str, Any]:
+    """The sampling defaults a checkpoint's generation_config.json asks for (used when a request sets none)."""
+    if generation_config is None or not getattr(generation_config, "do_sample", False):
+        return {}
+    defaults: dict[str, Any] = {"do_sample": True}
+    for key in ("temperature", "top_k", "top_p"):
+        value = getattr(generation_config, key, None)
+        if value is not None:
+            defaults[key] = value
+    return defaults
+
+
+def sampling_params_kwargs(config: RequestConfig, generation: GenerationSettings, prompt_len: int,
+                           max_model_len: int, model_defaults: Optional[dict[str, Any]] = None,
+                           response_format: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Keyword arguments of vLLM's `SamplingParams` for one request.
+
+    Precedence per field: the request, then the engine's generation defaults (--temperature ...),
+    then the checkpoint's generation_config (only when neither sets a temperature), as the pt engine does.
+    `output_kind` is set by the engine (it is an enum of vLLM's).
+    """
+    room = max_model_len - prompt_len
+    if room < 1:
+        raise PromptTooLongError(prompt_len, max_model_len)
+    model_defaults = model_defaults or {}
+    temperature = config.temperature if config.temperature is not None else generation.temperature
+    top_k = config.top_k if config.top_k is not None else generation.top_k
+    top_p = config.top_p if config.top_p is not None else generation.top_p
+    if temperature is None:
+        temperature = float(model_defaults.get("temperature", 1.0)) if model_defaults else 0.0
+        top_k = top_k if top_k is not None else model_defaults.get("top_k")
+        top_p = top_p if top_p is not None else model_defaults.get("top_p")
+    penalty = config.repetition_penalty if config.repetition_penalty is not None else generation.repetition_penalty
+    stop = [s for s in (config.stop or generation.stop_words or []) if s]
+    kwargs: dict[str, Any] = {
+        "n": config.n,
+        "max_tokens": min(config.max_tokens or generation.max_new_tokens or room, room),
+        "temperature": float(temperature),
+        "top_p": float(top_p or 1.0),
+        # vLLM: 0 (or -1 in older releases) disables top-k; 0 is accepted by every release we support.
+        "top_k": int(top_k or 0),
+        "repetition_penalty": float(penalty or 1.0),
+        "presence_penalty": config.presence_penalty,
+        "frequency_penalty": config.frequency_penalty,
+        "seed": config.seed if config.seed is not None else generation.seed,
+        "stop": stop,
+        "stop_token_ids": list(config.stop_token_ids or []),
+        "ignore_eos": config.ignore_eos,
+    }
+    want_logprobs = config.logprobs or bool(config.top_logprobs) or generation.logprobs
+    if want_logprobs:
+        top = config.top_logprobs if config.top_logprobs is not None else (generation.top_logprobs or 0)
+        # vLLM's `logprobs=k` returns the sampled token's logprob plus the k most likely ones.
+        kwargs["logprobs"] = int(top)
+    if response_format is not None:
+        structured = structured_outputs_kwargs(response_format)
+        if structured:
+            kwargs["structured_outputs"] = structured
+    return kwargs
+
+
+def structured_outputs_kwargs(response_format: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `response_format` -> arguments of vLLM's `StructuredOutputsParams` ({} for plain text)."""
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema")
+        if not isinstance(schema, dict):
+            raise BadRequestError("response_format json_schema needs json_schema.schema (a JSON Schema object)",
+                                  param="response_format")
+        return {"json": schema}
+    raise BadRequestError(f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
+                          param="response_format")
+
+
+def wants_logprobs(sampling_kwargs: dict[str, Any]) -> bool:
+    return "logprobs" in sampling_kwargs

@@ -1,0 +1,211 @@
+"""`VllmEngine`: the `InferEngine` interface on vLLM's async engine (`AsyncLLM`).
+
+    engine = VllmEngine("Qwen/Qwen2.5-7B-Instruct", adapters={"sql": "./loras/sql"}, tensor_parallel_size=2)
+
+vLLM is imported when an engine is built, never at `import swiftops`. Prompts are rendered with the
+model's own chat template here (the same code as the pt engine), so both backends see identical
+token ids; vLLM does scheduling, sampling, stop strings and LoRA. Data parallelism
+(`data_parallel_size`) is vLLM's own: one AsyncLLM front-end balancing requests over engine replicas.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from typing import Any, AsyncIterator, Optional
+
+from swiftops.engines.base import InferEngine
+from swiftops.engines.engine_options import split_options
+from swiftops.engines.pt.sequence import SequenceOutput
+from swiftops.engines.response_builder import collect_response, stream_response
+from swiftops.engines.vllm import args as vllm_args
+from swiftops.engines.vllm.outputs import OutputTracker
+from swiftops.engines.vllm.prompt import has_media, load_media, split_media
+from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
+                               PromptTooLongError, RequestConfig, SwiftopsError, UnsupportedError)
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.template.chat_template import encode_prompt, render_prompt
+
+logger = logging.getLogger(__name__)
+INSTALL_HINT = "pip install 'swiftops[vllm]'"
+_request_ids = itertools.count()
+
+
+def import_vllm() -> Any:
+    """The vllm module, or a ConfigError (CLI exit 2) that says how to install it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ConfigError(f"the vllm backend needs the vllm library, which is not installed ({exc}); "
+                          f"run {INSTALL_HINT} on a machine with an NVIDIA GPU, or use --infer_backend pt") from None
+    return vllm
+
+
+class VllmEngine(InferEngine):
+    """vLLM behind swiftops' interface; keyword arguments are the settings' field names (see `swiftops infer --help`)."""
+
+    backend = "vllm"
+
+    def __init__(self, model: str, adapters: Optional[dict[str, str]] = None, *,
+                 served_model_name: Optional[str] = None, **options: Any) -> None:
+        model_settings, engine_settings, generation = split_options(
+            {"model": model, "adapters": adapters or {}, "infer_backend": "vllm", **options}, "vLLM")
+        self._setup(model_settings, engine_settings, generation, served_model_name)
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings, engine: EngineSettings,
+                      generation: Optional[GenerationSettings] = None,
+                      served_model_name: Optional[str] = None) -> "VllmEngine":
+        self = cls.__new__(cls)
+        self._setup(model, engine, generation or GenerationSettings(), served_model_name)
+        return self
+
+    def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
+               served_model_name: Optional[str]) -> None:
+        vllm = import_vllm()
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import RequestOutputKind
+
+        self._LoRARequest, self._delta = LoRARequest, RequestOutputKind.DELTA
+        self._vllm = vllm
+        self.generation = generation
+        self.model_name = served_model_name or os.path.basename(os.path.normpath(model.model or "model"))
+        engine_kwargs = vllm_args.engine_args_kwargs(model, engine, generation)
+        self._lora_enabled = bool(engine_kwargs.get("enable_lora"))
+        self._adapters: dict[str, Any] = {}
+        for name, path in model.adapters.items():
+            self._register_adapter(name, path)
+        self.tokenizer, self._model_defaults = self._load_tokenizer(model)
+        logger.info("vllm engine: building AsyncLLM with %s", engine_kwargs)
+        self._llm = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**engine_kwargs))
+        model_config = getattr(self._llm, "model_config", None)
+        self.max_model_len = int(getattr(model_config, "max_model_len", 0) or model.max_model_len or
+                                 getattr(self.tokenizer, "model_max_length", 0) or 2048)
+        self._active: set[str] = set()
+
+    @staticmethod
+    def _load_tokenizer(model: ModelSettings) -> tuple[Any, dict[str, Any]]:
+        from transformers import AutoTokenizer, GenerationConfig
+
+        tokenizer = AutoTokenizer.from_pretrained(model.model, revision=model.model_revision,
+                                                  trust_remote_code=model.trust_remote_code)
+        try:
+            generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
+        except OSError:  # no generation_config.json: greedy unless the request samples
+            generation_config = None
+        return tokenizer, vllm_args.model_sampling_defaults(generation_config)
+
+    # ---- adapters --------------------------------------------------------------------------------
+    def _register_adapter(self, name: str, path: str) -> Any:
+        kwargs = vllm_args.lora_request_kwargs(name, path, len(self._adapters) + 1)
+        self._adapters[name] = self._LoRARequest(**kwargs)
+        return self._adapters[name]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self._adapters)
+
+    def _lora_request(self, adapter_request: Optional[AdapterRequest]) -> Any:
+        if adapter_request is None:
+            return None
+        known = self._adapters.get(adapter_request.name)
+        if known is not None and (adapter_request.path is None or adapter_request.path == known.lora_path):
+            return known
+        if adapter_request.path is None:
+            raise ModelNotFoundError(f"adapter {adapter_request.name!r} is not loaded; this engine serves "
+                                     f"{', '.join(self.models)}")
+        if not self._lora_enabled:
+            raise UnsupportedError("this vLLM engine was started without adapters, so LoRA is off; start it with "
+                                   "--adapters name=path to serve adapters")
+        if known is not None:
+            raise BadRequestError(f"adapter name {adapter_request.name!r} is taken by {known.lora_path}; "
+                                  f"pick another name", param="adapter")
+        return self._register_adapter(adapter_request.name, adapter_request.path)
+
+    # ---- requests ----------------------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self._active)
+
+    @property
+    def num_waiting(self) -> int:
+        return 0  # vLLM queues internally and does not expose the split per front-end
+
+    def _prompt(self, request: InferRequest) -> tuple[Any, int]:
+        """vLLM's prompt for a request and its length in tokens (multimodal: counted before expansion)."""
+        if not has_media(request):
+            ids = encode_prompt(self.tokenizer, request, self.generation.system)
+            return {"prompt_token_ids": ids}, len(ids)
+        messages, media = split_media(request)
+        if set(media) - {"image"}:
+            raise UnsupportedError("the vllm backend takes images only in this version; videos and audios run on "
+                                   "--infer_backend pt")
+        text = render_prompt(self.tokenizer, request.model_copy(update={"messages": messages, "images": [],
+                                                                        "videos": [], "audios": []}),
+                             self.generation.system)
+        return {"prompt": text, "multi_modal_data": load_media(media)}, len(self.tokenizer(text)["input_ids"])
+
+    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
+                          adapter_request: Optional[AdapterRequest] = None):
+        config = request_config or RequestConfig()
+        lora_request = self._lora_request(adapter_request)
+        prompt, prompt_len = self._prompt(request)
+        if not prompt_len:
+            raise BadRequestError("the prompt is empty", param="prompt")
+        if prompt_len >= self.max_model_len:
+            raise PromptTooLongError(prompt_len, self.max_model_len)
+        sampling = vllm_args.sampling_params_kwargs(config, self.generation, prompt_len, self.max_model_len,
+                                                    self._model_defaults,
+                                                    getattr(config, "response_format", None))
+        params = self._sampling_params(sampling)
+        top = sampling.get("logprobs")
+        tracker = OutputTracker(config.n, prompt_len, top, lambda t: self.tokenizer.decode([t]))
+        outputs = self._generate(prompt, params, lora_request, tracker)
+        tools = bool(request.tools) and request.tool_choice != "none"
+        if config.stream:
+            return stream_response(outputs, config.n, self.model_name, tools, top is not None)
+        return await collect_response(outputs, config.n, self.model_name, tools, top is not None)
+
+    def _sampling_params(self, kwargs: dict[str, Any]) -> Any:
+        structured = kwargs.pop("structured_outputs", None)
+        try:
+            if structured is not None:
+                from vllm.sampling_params import StructuredOutputsParams
+
+                kwargs["structured_outputs"] = StructuredOutputsParams(**structured)
+            return self._vllm.SamplingParams(**kwargs, output_kind=self._delta)
+        except (ValueError, TypeError) as exc:  # vLLM validates ranges (e.g. logprobs above max_logprobs)
+            raise BadRequestError(f"vLLM rejected the sampling settings: {exc}") from exc
+
+    async def _generate(self, prompt: Any, params: Any, lora_request: Any,
+                        tracker: OutputTracker) -> AsyncIterator[SequenceOutput]:
+        request_id = f"swiftops-{next(_request_ids)}"
+        self._active.add(request_id)
+        try:
+            async for request_output in self._llm.generate(prompt, params, request_id, lora_request=lora_request):
+                for out in tracker.convert(request_output):
+                    yield out
+                if tracker.done:
+                    return
+        except SwiftopsError:
+            raise
+        except ValueError as exc:  # vLLM's input validation (prompt too long for the cache, bad media)
+            raise BadRequestError(f"vLLM rejected the request: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__name__ in ("CancelledError", "GeneratorExit"):
+                raise
+            raise EngineError(f"vLLM failed while generating: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._active.discard(request_id)
+            if not tracker.done:  # cancelled or closed early: free vLLM's slot now, not when it notices
+                try:
+                    await self._llm.abort(request_id)
+                except Exception:  # a dead engine has nothing left to free; keep the original error
+                    logger.exception("vllm engine: abort of %s failed", request_id)
+
+    def close(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.shutdown()
+            self._llm = None
