@@ -88,3 +88,14 @@ def load_processor(path: str, *, trust_remote_code: bool = False, revision: Opti
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         image_processor = AutoImageProcessor.from_pretrained(path, **common)
         return build_processor(processor_class, image_processor, tokenizer, _chat_template(path, tokenizer))
+
+
+def is_multimodal_model(path: str, *, trust_remote_code: bool = False, revision: Optional[str] = None) -> bool:
+    """True for checkpoints transformers loads with AutoModelForImageTextToText (Qwen2-VL, Qwen2.5-VL, LLaVA...):
+    load those with that class and `load_processor`, and encode requests with `MultimodalEncoder`."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or any(
+        a.endswith("ForConditionalGeneration") and hasattr(config, "vision_config") for a in config.architectures or [])

@@ -243,3 +243,62 @@ def test_encode_async_runs_off_the_loop(processor):
     inputs = asyncio.run(encoder(processor).encode_async(
         InferRequest(messages=user("<image>"), images=[Image.new("RGB", (56, 56))])))
     assert visual_tokens(processor, inputs) == math.prod([2, 2])
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_chunked_prefill_with_prompt_embeddings_matches_a_full_forward(processor, vlm, kind):
+    """What the pt engine does with a VLM: vision once, then prefill chunks (one cutting an image in two) over a
+    cache with sliced embeddings and M-RoPE positions, then a decode step at index + rope_delta."""
+    from transformers import DynamicCache
+
+    from swiftops.template.multimodal import packed_positions, prompt_embeddings
+
+    picture = Image.new("RGB", (112, 84), (9, 99, 199))
+    media = {"images": [picture]} if kind == "image" else {"videos": [[picture, Image.new("RGB", (112, 84))] * 2]}
+    request = InferRequest(messages=user(f"<{kind}>What is this?"), **media)
+    inputs = encoder(processor, video_max_pixels=FACTOR * FACTOR * 12).encode(request)
+    with torch.inference_mode():
+        full = vlm(**inputs.tensors).logits[0]
+        embeds = prompt_embeddings(vlm, inputs)
+        positions, delta = rope_positions(vlm, inputs)
+        positions4 = packed_positions(positions)
+        cache, n = DynamicCache(config=vlm.config), len(inputs.input_ids)
+        token_id = processor.image_token_id if kind == "image" else processor.video_token_id
+        image_at = inputs.input_ids.index(token_id)
+        chunks, logits = [(0, image_at + 3), (image_at + 3, n)], []
+        for start, end in chunks:
+            out = vlm(inputs_embeds=embeds[None, start:end], position_ids=positions4[:, :, start:end],
+                      past_key_values=cache, use_cache=True)
+            logits.append(out.logits[0])
+        assert torch.allclose(torch.cat(logits), full, atol=1e-4)
+        # Decode: the next token sits at sequence index n, rope position n + delta on all three axes.
+        token = int(full[-1].argmax())
+        step = torch.tensor([n + int(delta)]).view(1, 1, 1).expand(3, 1, 1)
+        step4 = torch.cat([torch.tensor([[[n]]]), step])
+        decoded = vlm(input_ids=torch.tensor([[token]]), position_ids=step4, past_key_values=cache).logits[0, -1]
+        reference = vlm(input_ids=torch.tensor([inputs.input_ids + [token]]),
+                        **{k: v for k, v in inputs.tensors.items() if k not in ("input_ids", "attention_mask",
+                                                                                "mm_token_type_ids")},
+                        mm_token_type_ids=torch.cat([inputs.tensors["mm_token_type_ids"], torch.zeros(1, 1,
+                                                                                                    dtype=torch.long)], 1)
+                        ).logits[0, -1]
+        assert torch.allclose(decoded, reference, atol=1e-4)
+
+
+def test_multimodal_models_are_told_apart(tiny_vlm_dir, tiny_model_dir):
+    from swiftops.template.processor_loader import is_multimodal_model
+
+    assert is_multimodal_model(str(tiny_vlm_dir)) and not is_multimodal_model(str(tiny_model_dir))
+
+
+def test_tiny_vlm_loads_with_the_auto_classes_offline(tiny_vlm_dir, processor):
+    from transformers import AutoModelForImageTextToText
+
+    from swiftops.template.processor_loader import torchvision_available
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    # Without torchvision (this CPU machine) the processor has no video processor; videos go through frames.
+    assert (processor.video_processor is None) == (not torchvision_available())
+    assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id
