@@ -55,6 +55,9 @@ def command(**values: object) -> None:
                        f"command to retry only them", err=True)
             sys.exit(1)  # ctx.exit would be swallowed: main() runs click with standalone_mode=False
     else:
+        if (infer.nproc_per_node or 1) > 1 or (infer.num_shards or 1) > 1 or infer.shard_index is not None:
+            raise ConfigError("--nproc_per_node, --num_shards and --shard_index split the rows of --val_dataset; "
+                              "pass --val_dataset (the interactive chat runs in one process)")
         run_interactive_mode(model, engine_settings, generation, infer.stream, result_path)
 
 
@@ -79,7 +82,12 @@ def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_sett
     job = job_shard(infer.shard_index, infer.num_shards)  # checked before torchrun starts N copies
     nproc = nproc_per_node(infer)
     if nproc > 1 and launch is None:
+        if infer.result_path is None:  # the default name has a timestamp: settle it once for all ranks
+            os.environ["SWIFTOPS_RESULT_PATH"] = result_path
         relaunch_under_torchrun(nproc, sys.argv[1:])
+    if infer.result_path is None and (job.count > 1 or (launch is not None and launch.world_size > 1)):
+        raise ConfigError("a sharded run needs --result_path: every shard writes its part next to that file "
+                          "(the default name has a timestamp, which differs between processes)")
     if launch is not None and infer.nproc_per_node not in (None, launch.world_size):
         click.echo(f"note: --nproc_per_node {infer.nproc_per_node} is ignored: torchrun started "
                    f"{launch.world_size} processes", err=True)

@@ -154,5 +154,10 @@ def test_bad_shard_settings_fail_before_loading(tiny_model_dir, dataset, run_swi
     assert out_of_range.returncode == 2
     assert out_of_range.stderr.strip() == ("error: shard index 2 is out of range for 2 shards; "
                                            "--shard_index must be 0..1")
+    no_result_path = run_swiftops("infer", "--model", tiny_model_dir, "--val_dataset", dataset, "--num_shards", "2")
+    assert no_result_path.returncode == 2
+    assert no_result_path.stderr.startswith("error: a sharded run needs --result_path")
+    interactive = run_swiftops("infer", "--model", tiny_model_dir, "--nproc_per_node", "2")
+    assert interactive.returncode == 2 and "pass --val_dataset" in interactive.stderr
     no_count = run_swiftops("merge-results", "--result_path", "x.jsonl")
     assert no_count.returncode == 2 and "--num_shards" in no_count.stderr
