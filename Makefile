@@ -37,3 +37,15 @@ schemas: install
 
 clean:
 	rm -rf $(VENV) results $(DEMO_DIR)
+
+# Contract tests: our vLLM / LMDeploy argument mappings against the libraries' REAL classes, each library in
+# its own virtual environment (scripts/contract-venv.sh: built once, ~5 min and 6-8 GB each; no GPU needed).
+CONTRACT_LIBS ?= vllm lmdeploy
+.PHONY: contract
+contract:
+	@set -e; for lib in $(CONTRACT_LIBS); do \
+		scripts/contract-venv.sh $$lib; \
+		echo "--- contract tests: $$lib ($$(.venv-contract-$$lib/bin/python -c "import $$lib; print($$lib.__version__)" 2>/dev/null))"; \
+		.venv-contract-$$lib/bin/python -m pytest -q -p no:cacheprovider tests/contract/test_$${lib}_classes.py \
+			tests/engines/$$lib/test_$${lib}_args.py; \
+	done

@@ -95,7 +95,11 @@ class LmdeployEngine(InferEngine):
         self.model_name = served_model_name or os.path.basename(os.path.normpath(model.model or "model"))
         wanted = lm_args.choose_backend(model, engine)
         config_class = lmdeploy.TurbomindEngineConfig if wanted == "turbomind" else lmdeploy.PytorchEngineConfig
-        config = config_class(**lm_args.backend_config_kwargs(model, engine, wanted))
+        try:
+            config = config_class(**lm_args.backend_config_kwargs(model, engine, wanted))
+        except (TypeError, ValueError, AssertionError) as exc:  # engine_kwargs unknown to this release, bad values
+            raise ConfigError(f"LMDeploy {getattr(lmdeploy, '__version__', '')} rejected the {config_class.__name__} "
+                              f"arguments: {exc}", param="engine_kwargs") from None
         # LMDeploy moves to its PyTorch engine when TurboMind cannot run the architecture.
         backend, config = autoget_backend_config(model.model, config, trust_remote_code=model.trust_remote_code)
         if model.adapters and backend != "pytorch":

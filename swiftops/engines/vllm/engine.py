@@ -78,7 +78,13 @@ class VllmEngine(InferEngine):
             self._register_adapter(name, path)
         self.tokenizer, self._model_defaults = self._load_tokenizer(model)
         logger.info("vllm engine: building AsyncLLM with %s", engine_kwargs)
-        self._llm = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**engine_kwargs))
+        try:
+            engine_args = vllm.AsyncEngineArgs(**engine_kwargs)
+        except TypeError as exc:  # engine_kwargs naming an argument this vLLM release does not have
+            raise ConfigError(f"vLLM {getattr(vllm, '__version__', '')} rejected the engine arguments: {exc}; "
+                              f"check engine_kwargs against this release's AsyncEngineArgs",
+                              param="engine_kwargs") from None
+        self._llm = vllm.AsyncLLMEngine.from_engine_args(engine_args)
         model_config = getattr(self._llm, "model_config", None)
         self.max_model_len = int(getattr(model_config, "max_model_len", 0) or model.max_model_len or
                                  getattr(self.tokenizer, "model_max_length", 0) or 2048)

@@ -49,6 +49,7 @@ class RequestOutput:
     request_id: str
     prompt: Optional[str]
     prompt_token_ids: Optional[list[int]]
+    prompt_logprobs: Any
     outputs: list[CompletionOutput]
     finished: bool
 
@@ -99,7 +100,7 @@ class FakeAsyncLLM:
                         continue
                     if step >= len(SCRIPT) and not ignore_eos:
                         outputs.append(CompletionOutput(i, "", [], None, [] if p.logprobs is not None else None,
-                                                        "stop"))
+                                                        finish_reason="stop"))
                         done[i] = True
                         continue
                     word = scripts[i][step % len(SCRIPT)]
@@ -118,9 +119,9 @@ class FakeAsyncLLM:
                         for k in range(p.logprobs):
                             position.setdefault(200 + k, Logprob(-1.0 - k, k + 2, f"alt{k}"))
                         logprobs = [position]
-                    outputs.append(CompletionOutput(i, word, [token_id], None, logprobs, finish))
+                    outputs.append(CompletionOutput(i, word, [token_id], None, logprobs, finish_reason=finish))
                     done[i] = finish is not None
-                yield RequestOutput(request_id, None, prompt_ids, outputs, all(done))
+                yield RequestOutput(request_id, None, prompt_ids, None, outputs, all(done))
                 if all(done):
                     return
         finally:
