@@ -105,10 +105,9 @@ def _decode(source, limits: MediaLimits) -> VideoClip:
         kept = {i: all_frames[i] for i in wanted}
     if not kept:
         raise BadRequestError("the video has no frames", param="videos")
-    # A container that over-states its frame count: missing tail frames repeat the last one decoded.
-    decoded = sorted(kept)
-    frames = np.stack([kept[i] if i in kept else kept[max(j for j in decoded if j <= i) if i > decoded[0]
-                                                        else decoded[0]] for i in wanted])
+    # A container that over-states its frame count: a wanted frame past the end repeats the last one decoded.
+    last = max(kept)
+    frames = np.stack([kept.get(i, kept[last]) for i in wanted])
     sampled_fps = len(wanted) / max(total, 1e-6) * source_fps
     return VideoClip(frames, sampled_fps, source_fps, total, wanted)
 

@@ -47,7 +47,7 @@ class Box:
 def model_input_size(image_size: tuple[int, int], min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280,
                      factor: int = 28) -> tuple[int, int]:
     """(width, height) Qwen2-VL's processor resizes an image of `image_size` (width, height) to."""
-    from swiftops.template.multimodal import smart_resize
+    from swiftops.template.qwen_video import smart_resize
 
     width, height = image_size
     h, w = smart_resize(height, width, factor, min_pixels, max_pixels)

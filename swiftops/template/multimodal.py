@@ -1,26 +1,17 @@
 """Turning a multimodal `InferRequest` into the processor's model inputs.
 
-Two ways to attach media, as in ms-swift, both reduced to one internal form (text with `<image>`,
-`<video>`, `<audio>` tags plus per-kind media lists, in tag order):
-
-* tags in the text and top-level lists: `messages=[{"role": "user", "content": "<image><image>What differs?"}],
-  images=[a, b]` (media given without any tag of their kind go in front of the first user message);
-* OpenAI content parts: `image_url` (a URL string or `{url}`), `image`, `video`, `video_url`, `audio`,
-  `audio_url`, `input_audio` (`{data, format}`).
-
-Then: limits per prompt, media loaded (`swiftops.media`), messages rewritten into the processor's
-content-part form (`{"type": "image"}`...), the model's own chat template applied through
+The request is first reduced to its internal form (`swiftops.template.media_tags`: tags plus media
+lists, from tags or OpenAI content parts). Then: limits per prompt, media loaded (`swiftops.media`),
+messages rewritten into the processor's content-part form (`{"type": "image"}`...), the model's own chat template applied through
 `processor.apply_chat_template`, and `processor(text=..., images=..., videos=..., audio=...)` called.
 For Qwen2-VL-style processors without a video processor (transformers builds it on torchvision only),
 `pixel_values_videos` are built here from the decoded frames with the image processor's own resize and
-normalisation (`video_inputs`).
+normalisation (`swiftops.template.qwen_video`).
 """
 from __future__ import annotations
 
 import asyncio
-import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -32,192 +23,20 @@ from swiftops.media.policy import MediaPolicy
 from swiftops.media.video import VideoClip, load_video
 from swiftops.protocol import BadRequestError, InferRequest
 from swiftops.template.chat_template import normalize_messages
+from swiftops.template.media_tags import (KINDS, TAG, MediaConversation, check_media_limits, extract_media,
+                                          to_processor_messages)
+from swiftops.template.qwen_video import is_qwen_style, smart_resize, video_inputs
 
-KINDS = ("image", "video", "audio")
-TAG = {kind: f"<{kind}>" for kind in KINDS}
-_TAG_SPLIT = re.compile(r"(<image>|<video>|<audio>)")
+__all__ = ["KINDS", "TAG", "MediaConversation", "MultimodalEncoder", "MultimodalInputs", "check_media_limits",
+           "extract_media", "packed_positions", "prompt_embeddings", "rope_positions", "smart_resize",
+           "to_processor_messages", "video_inputs"]
+
 # The processor outputs that carry the prompt itself; everything else goes to the model's forward as is.
 TEXT_KEYS = ("input_ids", "attention_mask")
 # A Qwen2-VL vocabulary token no chat template emits; stands in for a video while the processor runs.
 VIDEO_SLOT = "<|vision_pad|>"
 
 
-@dataclass
-class MediaConversation:
-    """The internal form: messages whose text holds media tags, and the media of each kind in tag order."""
-
-    messages: list[dict[str, Any]]
-    media: dict[str, list[Any]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {kind: len(items) for kind, items in self.media.items()}
-
-
-# ---- content parts -> tags ------------------------------------------------------------------------
-def _part_media(part: dict[str, Any]) -> tuple[str, Any]:
-    """(kind, item) of a media content part; raises for a malformed one."""
-    kind = part.get("type")
-    if kind == "image_url" or kind == "video_url" or kind == "audio_url":
-        value = part.get(kind)
-        item = value.get("url") if isinstance(value, dict) else value
-        kind = kind[:-4]
-    elif kind == "input_audio":
-        value = part.get("input_audio") or {}
-        data = value.get("data") if isinstance(value, dict) else None
-        # OpenAI sends bare base64 plus a format; a data: URI keeps the format for the decoder.
-        fmt = value.get("format", "wav") if isinstance(value, dict) else "wav"
-        item = f"data:audio/{fmt};base64,{data}" if data and not str(data).startswith("data:") else data
-        kind = "audio"
-    elif kind in KINDS:
-        item = part.get(kind)
-        if item is None and kind == "image":
-            item = part.get("image_url") or part.get("url")
-    else:
-        raise BadRequestError(f"unknown content part type {kind!r}; use text, image_url, image, video, video_url, "
-                              f"audio, audio_url or input_audio", param="messages")
-    if isinstance(item, dict):
-        item = item.get("url", item)
-    if item is None or item == "":
-        raise BadRequestError(f"a {part.get('type')!r} content part has no media in it", param="messages")
-    return kind, item
-
-
-def extract_media(request: InferRequest) -> MediaConversation:
-    """Content parts become tags; each tag gets its media in order; counts of tags and media must match."""
-    pending = {"image": list(request.images), "video": list(request.videos), "audio": list(request.audios)}
-    tag_count = {kind: 0 for kind in KINDS}
-    conversation = MediaConversation(messages=[])
-    ordered: dict[str, list[tuple[int, Any]]] = {kind: [] for kind in KINDS}  # (order, item); None: from the list
-
-    def take_tags(text: str) -> None:
-        for kind in KINDS:
-            n = text.count(TAG[kind])
-            for _ in range(n):
-                ordered[kind].append((tag_count[kind], None))
-                tag_count[kind] += 1
-
-    for i, message in enumerate(request.messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            pieces = []
-            for part in content:
-                if not isinstance(part, dict):
-                    raise BadRequestError(f"messages[{i}].content holds a {type(part).__name__}; content parts are "
-                                          "objects with a 'type'", param=f"messages[{i}].content")
-                if part.get("type") == "text":
-                    text = str(part.get("text", ""))
-                    take_tags(text)
-                    pieces.append(text)
-                else:
-                    kind, item = _part_media(part)
-                    ordered[kind].append((tag_count[kind], item))
-                    tag_count[kind] += 1
-                    pieces.append(TAG[kind])
-            message = {**message, "content": "".join(pieces)}
-        elif isinstance(content, str):
-            take_tags(content)
-        conversation.messages.append(message)
-
-    for kind in KINDS:
-        from_list = [slot for slot in ordered[kind] if slot[1] is None]
-        given = pending[kind]
-        if not from_list and given and not ordered[kind]:
-            _prepend_tags(conversation.messages, TAG[kind] * len(given))
-            conversation.media[kind] = given
-            continue
-        if len(from_list) != len(given):
-            raise BadRequestError(
-                f"the messages have {len(from_list)} {TAG[kind]} tag(s) but {len(given)} {kind}(s) were given in "
-                f"`{kind}s`; give one {kind} per {TAG[kind]} tag", param=f"{kind}s", code="media_count_mismatch")
-        supply = iter(given)
-        conversation.media[kind] = [next(supply) if item is None else item for _, item in ordered[kind]]
-    return conversation
-
-
-def _prepend_tags(messages: list[dict[str, Any]], tags: str) -> None:
-    """ms-swift's default: media without tags go in front of the first user message."""
-    for message in messages:
-        if message.get("role") == "user":
-            message["content"] = tags + (message.get("content") or "")
-            return
-    raise BadRequestError("media were given but there is no user message to attach them to", param="messages")
-
-
-def check_media_limits(counts: Mapping[str, int], limit_mm_per_prompt: Optional[Mapping[str, int]]) -> None:
-    """`--limit_mm_per_prompt '{"image": 5, "video": 2}'`: a request over a limit is a 400."""
-    for kind, limit in (limit_mm_per_prompt or {}).items():
-        if counts.get(kind, 0) > limit:
-            raise BadRequestError(f"the request has {counts[kind]} {kind}s but this server takes at most {limit} per "
-                                  f"prompt (--limit_mm_per_prompt); send fewer", param=f"{kind}s",
-                                  code="too_many_media")
-
-
-# ---- tags -> the processor's content parts ----------------------------------------------------------
-def to_processor_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages with tags become content-part lists (`{"type": "image"}`, `{"type": "text", ...}`), the form
-    processors' chat templates expect; messages without tags stay strings (every template takes those)."""
-    out = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str) and _TAG_SPLIT.search(content):
-            parts = []
-            for piece in _TAG_SPLIT.split(content):
-                if piece in ("<image>", "<video>", "<audio>"):
-                    parts.append({"type": piece[1:-1]})
-                elif piece:
-                    parts.append({"type": "text", "text": piece})
-            message = {**message, "content": parts}
-        out.append(message)
-    return out
-
-
-# ---- videos for Qwen2-VL-style processors without a video processor ---------------------------------
-def _is_qwen_style(image_processor: Any) -> bool:
-    return all(hasattr(image_processor, a) for a in ("patch_size", "merge_size", "temporal_patch_size"))
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen2-VL's resize rule: sides multiples of `factor`, area within [min_pixels, max_pixels], aspect kept."""
-    if max(height, width) / max(1, min(height, width)) > 200:
-        raise BadRequestError(f"a {width}x{height} video frame is too elongated (aspect ratio over 200)",
-                              param="videos")
-    h_bar, w_bar = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-def video_inputs(clip: VideoClip, image_processor: Any, min_pixels: int, max_pixels: int) -> tuple[np.ndarray, list[int]]:
-    """(pixel_values_videos [grid_t*grid_h*grid_w, C*tp*p*p], [grid_t, grid_h, grid_w]) as Qwen2-VL's video
-    processor lays them out, computed with numpy + PIL (resize: bicubic, like the image processor)."""
-    from PIL import Image
-
-    patch, merge, temporal = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
-    frames = clip.frames  # [T, H, W, 3] uint8
-    height, width = smart_resize(frames.shape[1], frames.shape[2], patch * merge, min_pixels, max_pixels)
-    mean = np.asarray(image_processor.image_mean, dtype=np.float32)
-    std = np.asarray(image_processor.image_std, dtype=np.float32)
-    scale = float(getattr(image_processor, "rescale_factor", 1 / 255))
-    resized = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC))
-                        for f in frames]).astype(np.float32)
-    video = ((resized * scale - mean) / std).transpose(0, 3, 1, 2)  # [T, C, H, W]
-    if pad := -video.shape[0] % temporal:  # an odd frame count repeats the last frame
-        video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
-    t, c = video.shape[0] // temporal, video.shape[1]
-    gh, gw = height // patch, width // patch
-    patches = video.reshape(t, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
-    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # t, h-blocks, w-blocks, merge rows/cols, C, tp, p, p
-    return np.ascontiguousarray(patches.reshape(t * gh * gw, c * temporal * patch * patch)), [t, gh, gw]
-
-
-# ---- the encoder ----------------------------------------------------------------------------------------
 @dataclass
 class MultimodalInputs:
     """One prompt ready for the model. `tensors` is the processor's output with a batch of one:
@@ -277,7 +96,7 @@ class MultimodalEncoder:
     def load(self, conversation: MediaConversation) -> dict[str, list[Any]]:
         image_processor = getattr(self.processor, "image_processor", None)
         # Qwen-style processors resize by pixel bounds themselves; others get images already bounded here.
-        max_pixels = None if _is_qwen_style(image_processor) else self.limits.max_pixels
+        max_pixels = None if is_qwen_style(image_processor) else self.limits.max_pixels
         rate = getattr(getattr(self.processor, "feature_extractor", None), "sampling_rate", DEFAULT_SAMPLING_RATE)
         return {"image": [load_image(item, self.policy, max_pixels) for item in conversation.media["image"]],
                 "video": [load_video(item, self.policy, self.limits) for item in conversation.media["video"]],
@@ -334,7 +153,7 @@ class MultimodalEncoder:
             if image_kwargs := self._image_kwargs(processor.image_processor):
                 kwargs["images_kwargs"] = image_kwargs
         if media["video"]:
-            if getattr(processor, "video_processor", None) is None and _is_qwen_style(processor.image_processor):
+            if getattr(processor, "video_processor", None) is None and is_qwen_style(processor.image_processor):
                 # The processor refuses video tokens without videos: each video's placeholder becomes a slot
                 # token (unused by the template) that `_expand_video_slots` swaps for the video's tokens.
                 if prompt.count(processor.video_token) != len(media["video"]) or VIDEO_SLOT in prompt:

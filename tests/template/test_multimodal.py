@@ -302,3 +302,15 @@ def test_tiny_vlm_loads_with_the_auto_classes_offline(tiny_vlm_dir, processor):
     # Without torchvision (this CPU machine) the processor has no video processor; videos go through frames.
     assert (processor.video_processor is None) == (not torchvision_available())
     assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id
+
+
+def test_openai_video_url_part_with_base64_video(processor, sample_video_bytes):
+    """The seed's `openai` client example: a base64 mp4 in a video_url content part."""
+    encoded = base64.b64encode(sample_video_bytes).decode()
+    wire = ChatCompletionRequest(messages=[{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{encoded}"}},
+        {"type": "text", "text": "Describe this video."}]}])
+    inputs = MultimodalEncoder(processor, limits=MediaLimits(video_max_pixels=FACTOR * FACTOR * 4),
+                               policy=MediaPolicy.for_server()).encode(wire.to_infer_request())
+    assert inputs.counts["video"] == 1 and inputs.tensors["video_grid_thw"][0, 0] == 3
+    assert inputs.prompt.index("<|video_pad|>") < inputs.prompt.index("Describe this video.")
