@@ -20,6 +20,10 @@ from swiftops.media.source import read_media
 from swiftops.protocol.errors import BadRequestError
 
 FRAME_FACTOR = 2  # frames per temporal patch in Qwen2-VL's vision tower
+# Frames are shrunk while decoding to at most this many times the frame pixel bound (VIDEO_MAX_PIXELS, else
+# Qwen2-VL's 28*28*768), so that 768 sampled 4K frames do not take gigabytes before the processor's own resize.
+DECODE_PIXEL_MARGIN = 4
+DEFAULT_VIDEO_MAX_PIXELS = 28 * 28 * 768
 
 
 @dataclass
@@ -66,6 +70,15 @@ def _frames_of_images(items: list, policy: MediaPolicy, limits: MediaLimits) -> 
     return VideoClip(frames, limits.fps, limits.fps, len(images), list(range(len(images))))
 
 
+def _rgb(frame, max_pixels: int) -> np.ndarray:
+    """[H, W, 3] uint8, shrunk (aspect kept) when the frame has more than `max_pixels` pixels."""
+    if frame.width * frame.height > max_pixels:
+        scale = math.sqrt(max_pixels / (frame.width * frame.height))
+        return frame.to_ndarray(format="rgb24", width=max(2, int(frame.width * scale) // 2 * 2),
+                                height=max(2, int(frame.height * scale) // 2 * 2))
+    return frame.to_ndarray(format="rgb24")
+
+
 def _decode(source, limits: MediaLimits) -> VideoClip:
     import av
 
@@ -85,15 +98,16 @@ def _decode(source, limits: MediaLimits) -> VideoClip:
         if not total and container.duration:
             total = int(round(container.duration / av.time_base * source_fps))
         wanted = sample_indices(total, sample_count(total, source_fps, limits)) if total else None
+        cap = DECODE_PIXEL_MARGIN * (limits.video_max_pixels or DEFAULT_VIDEO_MAX_PIXELS)
         kept: dict[int, np.ndarray] = {}
         all_frames: list[np.ndarray] = []
         last_needed = max(wanted) if wanted else None
         try:
             for index, frame in enumerate(container.decode(stream)):
                 if wanted is None:
-                    all_frames.append(frame.to_ndarray(format="rgb24"))
+                    all_frames.append(_rgb(frame, cap))
                 elif index in wanted:
-                    kept[index] = frame.to_ndarray(format="rgb24")
+                    kept[index] = _rgb(frame, cap)
                 if last_needed is not None and index >= last_needed:
                     break
         except av.error.FFmpegError as exc:

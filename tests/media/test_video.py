@@ -64,3 +64,11 @@ def test_a_list_of_images_is_a_video():
 def test_broken_video_is_a_400():
     with pytest.raises(BadRequestError, match="video"):
         load_video(b"\x00\x00\x00 not an mp4 at all" * 10, MediaPolicy(), MediaLimits())
+
+
+def test_large_frames_are_shrunk_while_decoding(sample_video_bytes):
+    # 96x64 frames = 6144 pixels; a 2x28x28 frame bound with the 4x decode margin keeps at most 6272 -> unchanged,
+    # a 28x28 bound keeps at most 3136 -> shrunk, aspect kept.
+    assert load_video(sample_video_bytes, MediaPolicy(), MediaLimits(video_max_pixels=2 * 784)).frames.shape[1:3] == (64, 96)
+    small = load_video(sample_video_bytes, MediaPolicy(), MediaLimits(video_max_pixels=784)).frames
+    assert small.shape[1] * small.shape[2] <= 4 * 784 and small.shape[2] / small.shape[1] == pytest.approx(1.5, rel=0.1)
