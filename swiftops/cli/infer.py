@@ -120,6 +120,8 @@ def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: Model
     if device.startswith("cuda") and model.device_map:
         click.echo(f"warning: rank {launch.rank}: --device_map {model.device_map} overrides {device}; "
                    f"each rank may then load onto the same GPUs", err=True)
+    elif device.startswith("cuda"):
+        model = model.model_copy(update={"device_map": device})  # weights load straight onto this rank's GPU
     launch.start()
     try:
         failed = run_dataset_mode(mine, model, engine_settings, generation, stream, part,
@@ -172,7 +174,7 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
                                       stats=stats, progress=bar).run(pending)
         finally:
             engine.close()
-    click.echo(f"{prefix}{json.dumps(stats.compute(), indent=2)}")
+    click.echo(f"{prefix}{json.dumps(stats.compute(), indent=None if label else 2)}")  # a rank's: one line
     click.echo(f"{prefix}result_path: {result_path}")
     return len(failures)
 
