@@ -31,7 +31,8 @@ class RequestConfig(BaseModel):
     stop: Optional[list[str]] = Field(None, description="Strings that end generation; they are not returned.")
     stop_token_ids: Optional[list[int]] = Field(None, description="Token ids that end generation besides EOS.")
     ignore_eos: bool = Field(False, description="Keep generating past EOS (benchmarks with fixed output lengths).")
-    seed: Optional[int] = Field(None, description="Makes sampling reproducible for this request.")
+    seed: Optional[int] = Field(None, ge=-(2**63), le=2**64 - 1,
+                                description="Makes sampling reproducible for this request (a 64-bit integer).")
     stream: bool = Field(False, description="Return an iterator of chunks instead of one response.")
     logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
     top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="Also return this many most likely tokens per position.")
