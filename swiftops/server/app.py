@@ -28,6 +28,7 @@ from swiftops.server.errors import error_body, install_error_handlers
 from swiftops.server.lifecycle import Lifecycle
 from swiftops.server.models import ModelRegistry
 from swiftops.server.request_log import RequestLogMiddleware, ResultWriter
+from swiftops.server.ui import UI_PATHS, allow_cross_origin, mount_ui
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in (
@@ -107,9 +108,14 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     async def create_embedding(body: EmbeddingRequest, request: Request) -> Response:
         return await embeddings.create_embedding(ctx, body, request)
 
+    if settings.ui:
+        mount_ui(app)
+        open_paths = [*open_paths, *UI_PATHS]
+
     # add_middleware prepends: the last added runs first (outermost).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=resolve_api_key(settings.api_key),
                        open_paths=public_paths(settings.metrics_require_key) | frozenset(open_paths))
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
+    allow_cross_origin(app)
     return app
