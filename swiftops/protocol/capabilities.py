@@ -92,6 +92,41 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
     },
     "multimodal": {"pt": YES, "vllm": YES, "lmdeploy": YES},
     "logprobs": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    # Rows below were learnt building the vllm/lmdeploy engines against vLLM 0.31 and LMDeploy 0.18.
+    "dynamic_lora": {
+        "pt": YES, "vllm": YES,
+        "lmdeploy": no("LMDeploy loads adapters at start only; list every adapter in --adapters (spec.adapters)"),
+    },
+    "merge_lora": {
+        "pt": YES,
+        "vllm": no("merging an adapter into the weights is done by the pt backend; merge it there first, or serve "
+                   "the adapter unmerged"),
+        "lmdeploy": no("merging an adapter into the weights is done by the pt backend; merge it there first, or serve "
+                       "the adapter unmerged with lmdeploy_backend: pytorch"),
+    },
+    "structured_output": {
+        "pt": no("the pt backend has no constrained decoding (response_format json_object / json_schema); "
+                 "use vllm or lmdeploy"),
+        "vllm": YES, "lmdeploy": YES,
+    },
+    "presence_frequency_penalty": {
+        "pt": YES, "vllm": YES,
+        "lmdeploy": no("LMDeploy has no presence/frequency penalty; use repetition_penalty, or pt/vllm"),
+    },
+    "video_input": {
+        "pt": YES,
+        "vllm": no("the vllm backend takes images only in this version; run videos on the pt backend"),
+        "lmdeploy": no("the lmdeploy backend takes images only in this version; run videos on the pt backend"),
+    },
+    "audio_input": {
+        "pt": YES,
+        "vllm": no("the vllm backend takes images only in this version; run audio on the pt backend"),
+        "lmdeploy": no("the lmdeploy backend takes images only in this version; run audio on the pt backend"),
+    },
+    "float32": {
+        "pt": YES, "vllm": YES,
+        "lmdeploy": no("LMDeploy runs in float16 or bfloat16; use dtype auto, float16 or bfloat16, or pt/vllm"),
+    },
 }
 
 FEATURES = tuple(CAPABILITIES)

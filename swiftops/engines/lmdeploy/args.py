@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig, UnsupportedError
+from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
+from swiftops.protocol.capabilities import require, unsupported_reason
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 
@@ -22,8 +23,7 @@ def choose_backend(model: ModelSettings, engine: EngineSettings) -> LmdeployBack
     LoRA), else turbomind (LMDeploy itself falls back to pytorch for models TurboMind cannot run)."""
     if engine.lmdeploy_backend is not None:
         if engine.lmdeploy_backend == "turbomind" and model.adapters:
-            raise ConfigError("LMDeploy's TurboMind engine cannot serve LoRA adapters; use --lmdeploy_backend "
-                              "pytorch, merge the adapter, or --infer_backend vllm/pt", param="lmdeploy_backend")
+            raise ConfigError(unsupported_reason("lmdeploy", "lora", "turbomind"), param="lmdeploy_backend")
         return engine.lmdeploy_backend
     return "pytorch" if model.adapters else "turbomind"
 
@@ -32,20 +32,15 @@ def backend_config_kwargs(model: ModelSettings, engine: EngineSettings,
                           backend: LmdeployBackend) -> dict[str, Any]:
     """Keyword arguments of `TurbomindEngineConfig` (backend="turbomind") or `PytorchEngineConfig`."""
     if model.device_map:
-        raise ConfigError("--device_map does not apply to --infer_backend lmdeploy (it places the model itself); "
-                          "use --tensor_parallel_size", param="device_map")
+        raise ConfigError(unsupported_reason("lmdeploy", "device_map"), param="device_map")
     if engine.pipeline_parallel_size > 1:
-        raise ConfigError("LMDeploy has no pipeline parallelism; use --tensor_parallel_size, or --infer_backend vllm",
-                          param="pipeline_parallel_size")
+        raise ConfigError(unsupported_reason("lmdeploy", "pipeline_parallel"), param="pipeline_parallel_size")
     if model.quant_method == "bnb":
-        raise ConfigError("LMDeploy cannot quantize with bitsandbytes; use an AWQ/GPTQ checkpoint (detected from its "
-                          "config) or --infer_backend pt/vllm", param="quant_method")
+        raise ConfigError(unsupported_reason("lmdeploy", "quant:bnb"), param="quant_method")
     if model.torch_dtype not in _DTYPES:
-        raise ConfigError(f"LMDeploy runs in float16 or bfloat16, not {model.torch_dtype}; use --torch_dtype auto, "
-                          f"float16 or bfloat16", param="torch_dtype")
+        raise ConfigError(unsupported_reason("lmdeploy", "float32"), param="torch_dtype")
     if model.merge_lora:
-        raise ConfigError("--merge_lora is done by --infer_backend pt; merge the adapter first or serve it unmerged "
-                          "with --lmdeploy_backend pytorch", param="merge_lora")
+        raise ConfigError(unsupported_reason("lmdeploy", "merge_lora"), param="merge_lora")
     kwargs: dict[str, Any] = {
         "dtype": _DTYPES[model.torch_dtype],
         "tp": engine.tensor_parallel_size,
@@ -95,8 +90,7 @@ def generation_config_kwargs(config: RequestConfig, generation: GenerationSettin
     if room < 1:
         raise PromptTooLongError(prompt_len, max_model_len)
     if config.presence_penalty or config.frequency_penalty:
-        raise UnsupportedError("LMDeploy has no presence/frequency penalty; use repetition_penalty, or "
-                               "--infer_backend vllm/pt", param="presence_penalty")
+        require("lmdeploy", "presence_frequency_penalty")
     model_defaults = model_defaults or {}
     temperature = config.temperature if config.temperature is not None else generation.temperature
     top_k = config.top_k if config.top_k is not None else generation.top_k

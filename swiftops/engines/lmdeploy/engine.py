@@ -26,7 +26,8 @@ from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.vllm.args import model_sampling_defaults
 from swiftops.engines.vllm.prompt import has_media, load_image, split_media
 from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
-                               PromptTooLongError, RequestConfig, SwiftopsError, UnsupportedError)
+                               PromptTooLongError, RequestConfig, SwiftopsError)
+from swiftops.protocol.capabilities import require
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.template.chat_template import encode_prompt
@@ -162,9 +163,8 @@ class LmdeployEngine(InferEngine):
             ids = encode_prompt(self.tokenizer, request, self.generation.system)
             return {"messages": None, "input_ids": ids, "do_preprocess": False}, len(ids)
         messages, media = split_media(request)
-        if set(media) - {"image"}:
-            raise UnsupportedError("the lmdeploy backend takes images only in this version; videos and audios run "
-                                   "on --infer_backend pt")
+        for kind in set(media) - {"image"}:
+            require("lmdeploy", f"{kind}_input")
         images = iter(media.get("image", []))
         for message in messages:
             if isinstance(message.get("content"), list):

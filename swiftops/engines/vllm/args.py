@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
+from swiftops.protocol.capabilities import unsupported_reason
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 
@@ -32,8 +33,7 @@ def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
     if not model.model:
         raise ConfigError("no model given; pass --model", param="model")
     if model.device_map:
-        raise ConfigError("--device_map does not apply to --infer_backend vllm (vLLM places the model itself); "
-                          "use --tensor_parallel_size / --pipeline_parallel_size", param="device_map")
+        raise ConfigError(unsupported_reason("vllm", "device_map"), param="device_map")
     if model.quant_bits not in (None, 4) and model.quant_method == "bnb":
         raise ConfigError("vLLM loads bitsandbytes models in 4 bits only; use --quant_bits 4 or --infer_backend pt",
                           param="quant_bits")
@@ -80,11 +80,9 @@ def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
 def lora_kwargs(model: ModelSettings, engine: EngineSettings) -> dict[str, Any]:
     """LoRA part of the engine arguments: room for every named adapter (vLLM serves them all in one batch)."""
     if model.quant_method == "bnb":
-        raise ConfigError("LoRA on a bitsandbytes-quantized base (QLoRA) runs only on --infer_backend pt",
-                          param="adapters")
+        raise ConfigError(unsupported_reason("vllm", "qlora"), param="adapters")
     if model.merge_lora:
-        raise ConfigError("--merge_lora is done by --infer_backend pt; merge the adapter first "
-                          "(swiftops infer --infer_backend pt --merge_lora) or serve it unmerged", param="merge_lora")
+        raise ConfigError(unsupported_reason("vllm", "merge_lora"), param="merge_lora")
     return {
         "enable_lora": True,
         "max_lora_rank": engine.max_lora_rank,

@@ -23,6 +23,7 @@ from swiftops.engines.vllm.outputs import OutputTracker
 from swiftops.engines.vllm.prompt import has_media, load_media, split_media
 from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
                                PromptTooLongError, RequestConfig, SwiftopsError, UnsupportedError)
+from swiftops.protocol.capabilities import require
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.template.chat_template import encode_prompt, render_prompt
@@ -144,9 +145,8 @@ class VllmEngine(InferEngine):
             ids = encode_prompt(self.tokenizer, request, self.generation.system)
             return {"prompt_token_ids": ids}, len(ids)
         messages, media = split_media(request)
-        if set(media) - {"image"}:
-            raise UnsupportedError("the vllm backend takes images only in this version; videos and audios run on "
-                                   "--infer_backend pt")
+        for kind in set(media) - {"image"}:
+            require("vllm", f"{kind}_input")
         text = render_prompt(self.tokenizer, request.model_copy(update={"messages": messages, "images": [],
                                                                         "videos": [], "audios": []}),
                              self.generation.system)

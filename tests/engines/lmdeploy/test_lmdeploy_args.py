@@ -41,7 +41,7 @@ def test_backend_choice_follows_adapters_unless_told():
 
 
 @pytest.mark.parametrize("model, engine, message", [
-    ({"device_map": "auto"}, {}, "tensor_parallel_size"),
+    ({"device_map": "auto"}, {}, "places the model itself"),
     ({}, {"pipeline_parallel_size": 2}, "no pipeline parallelism"),
     ({"quant_method": "bnb"}, {}, "bitsandbytes"),
     ({"torch_dtype": "float32"}, {}, "float16 or bfloat16"),

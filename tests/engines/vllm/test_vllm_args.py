@@ -68,7 +68,7 @@ def test_engine_kwargs_pass_through_but_cannot_replace_the_model():
 
 
 def test_device_map_is_refused_with_what_to_use_instead():
-    with pytest.raises(ConfigError, match="tensor_parallel_size"):
+    with pytest.raises(ConfigError, match="places the model itself"):
         args.engine_args_kwargs(ModelSettings(model="m", device_map="auto"), EngineSettings())
 
 
