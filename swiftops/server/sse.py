@@ -19,8 +19,14 @@ T = TypeVar("T")
 DONE = b"data: [DONE]\n\n"
 
 
+# Line separators that JSON allows raw inside strings but that some SSE clients split lines on (Python's
+# str.splitlines, JavaScript line readers): escaped, an event's data stays on one line.
+_LINE_BREAKING = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
+
+
 def sse_event(json_text: str) -> bytes:
-    return b"data: " + json_text.encode("utf-8") + b"\n\n"
+    """One event for a JSON text; U+2028, U+2029 and U+0085 (only ever inside JSON strings) become escapes."""
+    return b"data: " + json_text.translate(_LINE_BREAKING).encode("utf-8") + b"\n\n"
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

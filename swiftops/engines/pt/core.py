@@ -2,8 +2,9 @@
 
 Callers on any thread `submit` sequences and `abort` them; every step the loop takes new arrivals,
 drops aborted sequences, runs the scheduled batch, samples, detokenizes, checks stop conditions and
-calls each sequence's sink with what it produced. A failure inside a step fails the sequences of that
-step (their sinks get the error) and the loop carries on with the others.
+calls each sequence's sink with what it produced. A failure inside a step (an exception, an out-of-memory)
+splits the batch: each sequence of the step is recomputed alone, so only the one that fails by itself gets
+the error in its sink, and the loop carries on with the others.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer, token_bytes
+from swiftops.engines.pt.fault_injection import FaultInjector
 from swiftops.engines.pt.sampler import sample
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
 from swiftops.engines.pt.sequence import Sequence, SequenceOutput
@@ -39,6 +41,7 @@ class EngineCore:
         self._stopped = False
         self._by_id: dict[int, Sequence] = {}
         self.steps = 0
+        self.faults = FaultInjector.from_env(tokenizer)  # None unless a reliability test asks for faults
         self._thread = threading.Thread(target=self._loop, name="swiftops-pt-engine", daemon=True)
         self._thread.start()
 
@@ -107,18 +110,57 @@ class EngineCore:
                 continue
             self._step(plan)
 
+    def _run_plan(self, plan: StepPlan, emitted: set[int]) -> None:
+        if self.faults is not None:
+            self.faults.check([*plan.decode, *(s for s, _ in plan.prefill)])
+        with torch.inference_mode():
+            results = self.runner.run(plan)
+            for seqs, logits in results:
+                self._emit(seqs, sample(logits, seqs))
+                emitted.update(s.seq_id for s in seqs)
+
     def _step(self, plan: StepPlan) -> None:
+        emitted: set[int] = set()
+        # Where each sequence stands after this step, should it have to be recomputed alone.
+        targets = {s.seq_id: s.num_computed + chunk for s, chunk in plan.prefill}
+        targets.update((s.seq_id, s.num_tokens) for s in plan.decode)
         try:
-            with torch.inference_mode():
-                results = self.runner.run(plan)
-                for seqs, logits in results:
-                    self._emit(seqs, sample(logits, seqs))
+            self._run_plan(plan, emitted)
             self.steps += 1
-        except Exception as exc:  # noqa: BLE001 - one bad batch must not kill the engine
-            logger.exception("engine step failed")
-            error = exc if isinstance(exc, EngineError) else EngineError(f"generation failed: {type(exc).__name__}: {exc}")
-            for seq in [*plan.decode, *(s for s, _ in plan.prefill)]:
-                self._fail(seq, error)
+        except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch or kill the engine
+            logger.exception("engine step failed; retrying its sequences one by one")
+            left = [s for s in [*plan.decode, *(s for s, _ in plan.prefill)]
+                    if s.seq_id not in emitted and s.seq_id in self._by_id]
+            if len(left) == 1:
+                self._fail(left[0], self._as_engine_error(exc))
+                return
+            self._free_memory(exc)
+            for seq in left:
+                self._step_alone(seq, targets[seq.seq_id])
+
+    def _step_alone(self, seq: Sequence, target: int) -> None:
+        """Recompute `seq` alone from its first token up to where the failed step would have left it (as after a
+        preemption; its KV blocks are still held): whatever the failed step half-did is overwritten, either runner."""
+        seq.num_computed = 0
+        try:
+            self._run_plan(StepPlan(prefill=[(seq, target)]), set())
+        except Exception as exc:  # noqa: BLE001 - this sequence fails by itself: it is the culprit
+            logger.exception("sequence %d fails alone", seq.seq_id)
+            self._free_memory(exc)
+            self._fail(seq, self._as_engine_error(exc))
+
+    @staticmethod
+    def _as_engine_error(exc: Exception) -> EngineError:
+        if isinstance(exc, EngineError):
+            return exc
+        if isinstance(exc, torch.OutOfMemoryError):
+            return EngineError(f"out of memory while generating this request alone ({exc}); send a shorter prompt "
+                               f"or a lower max_tokens, or give the server more memory")
+        return EngineError(f"generation failed: {type(exc).__name__}: {exc}")
+
+    def _free_memory(self, exc: Exception) -> None:
+        if isinstance(exc, torch.OutOfMemoryError) and self.device.type == "cuda":
+            torch.cuda.empty_cache()  # what the failed batch allocated, before the smaller retries
 
     def _fail(self, seq: Sequence, error: BaseException) -> None:
         self._retire(seq)

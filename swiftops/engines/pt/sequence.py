@@ -33,7 +33,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below 1e-5 (vLLM's sampling epsilon) logits / temperature overflows float32 to inf and sampling
+        # fails; a temperature that small is greedy anyway.
+        return self.temperature < 1e-5
 
     @property
     def penalized(self) -> bool:
