@@ -24,8 +24,9 @@ case "$library" in
     library_spec="${VLLM_SPEC:-vllm==0.31.0}"
     index_args=()
     ;;
-  # LMDeploy 0.18 wants torch<=2.12.1 (and peft<=0.14). PyTorch's CPU index serves a CPU build
-  # (~200 MB) where PyPI's x86_64 wheel is the CUDA one (several GB with its nvidia-* wheels).
+  # LMDeploy 0.18 wants torch<=2.12.1 (and peft<=0.14), so the CPU 2.13 wheel on disk does not do. Only PyPI
+  # is reachable here, whose x86_64 torch 2.9.1 is the CUDA build: ~8 GB with its nvidia-* wheels, which
+  # import fine without a GPU (LMDeploy then reports TurboMind as unavailable and picks its PyTorch engine).
   lmdeploy)
     torch_spec="${LMDEPLOY_TORCH_SPEC:-torch==2.9.1}"
     library_spec="${LMDEPLOY_SPEC:-lmdeploy==0.18.0}"
