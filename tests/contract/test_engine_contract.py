@@ -154,3 +154,30 @@ def test_cancelling_a_request_frees_its_slot(engine):
 def test_synchronous_batch_infer(engine):
     results = engine.infer([_req("one"), _req("two")], RequestConfig(max_tokens=3, temperature=0), use_tqdm=False)
     assert len(results) == 2 and all(isinstance(r, ChatCompletionResponse) for r in results)
+
+
+def test_the_server_answers_the_openai_client_the_same_way(engine):
+    """Switching backends changes one word: the official openai client sees the same shapes over HTTP."""
+    import openai
+    from starlette.testclient import TestClient
+
+    from swiftops.protocol.settings import ServerSettings
+    from swiftops.server.app import create_app
+
+    messages = [{"role": "user", "content": "Tell me about the sea."}]
+    with TestClient(create_app(engine, ServerSettings(served_model_name="chat"))) as http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["chat", *engine.adapter_names]
+        whole = client.chat.completions.create(model="chat", messages=messages, max_tokens=5, temperature=0)
+        assert whole.model == "chat" and whole.object == "chat.completion"
+        assert whole.choices[0].finish_reason in ("stop", "length") and whole.usage.completion_tokens <= 5
+        chunks = list(client.chat.completions.create(model="chat", messages=messages, max_tokens=5, temperature=0,
+                                                     stream=True, stream_options={"include_usage": True}))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == whole.choices[0].message.content
+        assert [c for c in chunks if c.usage is not None][-1].usage.total_tokens == whole.usage.total_tokens
+        completion = client.completions.create(model="chat", prompt="Once upon a time", max_tokens=3, temperature=0)
+        assert completion.object == "text_completion" and completion.usage.completion_tokens <= 3
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="no-such-model", messages=messages, max_tokens=2)
