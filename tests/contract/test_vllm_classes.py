@@ -115,7 +115,8 @@ def test_lora_request_accepts_the_mapping():
 def test_async_engine_surface_we_call_exists():
     assert vllm.AsyncLLMEngine.from_engine_args
     generate = inspect.signature(vllm.AsyncLLMEngine.generate).parameters
-    assert list(generate)[1:4] == ["prompt", "sampling_params", "request_id"] and "lora_request" in generate
+    assert list(generate)[1:4] == ["prompt", "sampling_params", "request_id"]
+    assert {"lora_request", "tokenization_kwargs"} <= set(generate)
     assert "request_id" in inspect.signature(vllm.AsyncLLMEngine.abort).parameters
     assert callable(vllm.AsyncLLMEngine.shutdown)
 

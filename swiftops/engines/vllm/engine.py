@@ -150,7 +150,9 @@ class VllmEngine(InferEngine):
         text = render_prompt(self.tokenizer, request.model_copy(update={"messages": messages, "images": [],
                                                                         "videos": [], "audios": []}),
                              self.generation.system)
-        return {"prompt": text, "multi_modal_data": load_media(media)}, len(self.tokenizer(text)["input_ids"])
+        # The rendered template already holds the BOS it wants: vLLM must not add another (see _generate).
+        length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return {"prompt": text, "multi_modal_data": load_media(media)}, length
 
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
@@ -189,7 +191,9 @@ class VllmEngine(InferEngine):
         request_id = f"swiftops-{next(_request_ids)}"
         self._active.add(request_id)
         try:
-            async for request_output in self._llm.generate(prompt, params, request_id, lora_request=lora_request):
+            extra = {"tokenization_kwargs": {"add_special_tokens": False}} if "prompt" in prompt else {}
+            async for request_output in self._llm.generate(prompt, params, request_id, lora_request=lora_request,
+                                                           **extra):
                 for out in tracker.convert(request_output):
                     yield out
                 if tracker.done:

@@ -156,6 +156,7 @@ def test_images_go_to_multi_modal_data(vl_engine):
     request = InferRequest(messages=[{"role": "user", "content": "<image>What is this?"}], images=[data_uri])
     asyncio.run(engine.infer_async(request, RequestConfig(max_tokens=1)))
     prompt = _llm(engine).calls[-1]["prompt"]
+    assert _llm(engine).calls[-1]["kwargs"] == {"tokenization_kwargs": {"add_special_tokens": False}}
     (image,) = prompt["multi_modal_data"]["image"]
     assert image.size == (4, 3)
     assert "<|vision_start|><|image_pad|><|vision_end|>What is this?" in prompt["prompt"]

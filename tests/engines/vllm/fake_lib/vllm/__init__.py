@@ -73,7 +73,7 @@ class FakeAsyncLLM:
                        lora_request: Any = None, **kwargs: Any):
         assert sampling_params.output_kind == RequestOutputKind.DELTA, "swiftops streams deltas"
         self.calls.append({"prompt": prompt, "params": sampling_params, "request_id": request_id,
-                           "lora_request": lora_request})
+                           "lora_request": lora_request, "kwargs": kwargs})
         if self.fail_with is not None:
             raise self.fail_with
         p = sampling_params
