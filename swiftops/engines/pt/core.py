@@ -20,7 +20,7 @@ from swiftops.engines.pt.detokenizer import IncrementalDetokenizer, token_bytes
 from swiftops.engines.pt.fault_injection import FaultInjector
 from swiftops.engines.pt.sampler import sample
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
-from swiftops.engines.pt.sequence import Sequence, SequenceOutput
+from swiftops.engines.pt.sequence import AsyncSink, Sequence, SequenceOutput, deliver_all
 from swiftops.protocol import ChatCompletionTokenLogprob, EngineError, TopLogprob
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class EngineCore:
         self._wake = threading.Condition()
         self._stopped = False
         self._by_id: dict[int, Sequence] = {}
+        self._outbox: list[tuple[Any, SequenceOutput]] = []  # (sink, output) of the current step
         self.steps = 0
         self.faults = FaultInjector.from_env(tokenizer)  # None unless a reliability test asks for faults
         self._thread = threading.Thread(target=self._loop, name="swiftops-pt-engine", daemon=True)
@@ -100,6 +101,7 @@ class EngineCore:
             if self._stopped:
                 for seq in list(self._by_id.values()):
                     self._fail(seq, EngineError("the engine was shut down"))
+                self._flush()
                 return
             plan = self.scheduler.schedule()
             if not plan:
@@ -107,8 +109,25 @@ class EngineCore:
                     # Nothing runs and the head of the queue can never fit: fail it rather than spin.
                     self._fail(self.scheduler.waiting[0], EngineError(
                         "the KV cache is too small for this prompt; raise --kv_cache_memory_gb or --gpu_memory_utilization"))
-                continue
-            self._step(plan)
+            else:
+                self._step(plan)
+            self._flush()
+
+    def _deliver(self, seq: Sequence, out: SequenceOutput) -> None:
+        self._outbox.append((seq.sink, out))
+
+    def _flush(self) -> None:
+        """Hand this step's outputs over: one wake-up per event loop, plain sinks called directly."""
+        by_loop: dict[Any, list[tuple[Any, SequenceOutput]]] = {}
+        for sink, out in self._outbox:
+            if isinstance(sink, AsyncSink):
+                by_loop.setdefault(sink.loop, []).append((sink.queue, out))
+            else:
+                sink(out)
+        self._outbox = []
+        for loop, items in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(deliver_all, items)
 
     def _run_plan(self, plan: StepPlan, emitted: set[int]) -> None:
         if self.faults is not None:
@@ -164,8 +183,8 @@ class EngineCore:
 
     def _fail(self, seq: Sequence, error: BaseException) -> None:
         self._retire(seq)
-        seq.sink(SequenceOutput(index=seq.index, finish_reason="error", error=error,
-                                prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids)))
+        self._deliver(seq, SequenceOutput(index=seq.index, finish_reason="error", error=error,
+                                          prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids)))
 
     def _logprob_entry(self, seq: Sequence, token: int, info: Any) -> ChatCompletionTokenLogprob:
         chosen, top = info
@@ -205,4 +224,4 @@ class EngineCore:
                                  logprobs=seq.pending_logprobs, finish_reason=finish,
                                  prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids))
             seq.pending_logprobs = []
-            seq.sink(out)
+            self._deliver(seq, out)

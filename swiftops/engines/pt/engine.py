@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import deque
 from typing import Any, AsyncIterator, Optional
 
 import torch
@@ -17,7 +18,7 @@ from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.scheduler import Scheduler
-from swiftops.engines.pt.sequence import SamplingParams, Sequence, SequenceOutput
+from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence, SequenceOutput, merge_outputs
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, InferRequest, ModelNotFoundError,
                                PromptTooLongError, RequestConfig, UnsupportedError)
@@ -201,11 +202,8 @@ class PtEngine(InferEngine):
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
         params = self._sampling_params(config, len(prompt_ids))
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
-
-        def sink(out: SequenceOutput) -> None:  # called on the engine thread
-            loop.call_soon_threadsafe(queue.put_nowait, out)
+        sink = AsyncSink(asyncio.get_running_loop(), queue)
 
         seqs = []
         for i in range(config.n):
@@ -238,9 +236,18 @@ class PtEngine(InferEngine):
     async def _drain(self, queue: "asyncio.Queue[SequenceOutput]", seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
         """Outputs of a request's sequences until all finish; leaving early (cancel, close) aborts them."""
         remaining = len(seqs)
+        held: deque[SequenceOutput] = deque()  # taken from the queue but belonging to another choice
         try:
             while remaining:
-                out = await queue.get()
+                out = held.popleft() if held else await queue.get()
+                # A reader that fell behind takes what piled up as one output: fewer, larger chunks
+                # instead of a backlog that grows with every step.
+                while out.finish_reason is None and not held and not queue.empty():
+                    later = queue.get_nowait()
+                    if later.index != out.index:
+                        held.append(later)
+                        break
+                    out = merge_outputs(out, later)
                 if out.finish_reason is not None:
                     remaining -= 1
                 yield out

@@ -62,6 +62,35 @@ class SequenceOutput:
     error: Optional[BaseException] = None
 
 
+class AsyncSink:
+    """Hands a sequence's outputs to an asyncio queue on the event loop that awaits them.
+
+    The engine thread batches deliveries: one `call_soon_threadsafe` per loop and step, not per
+    sequence and token (each wakes the loop through a pipe).
+    """
+
+    def __init__(self, loop: Any, queue: Any) -> None:
+        self.loop = loop
+        self.queue = queue
+
+    def __call__(self, out: SequenceOutput) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, out)
+
+
+def deliver_all(items: list[tuple[Any, SequenceOutput]]) -> None:
+    """Runs on an event loop: put each output in its queue."""
+    for queue, out in items:
+        queue.put_nowait(out)
+
+
+def merge_outputs(first: SequenceOutput, later: SequenceOutput) -> SequenceOutput:
+    """One output standing for two consecutive ones of the same choice (a reader that fell behind)."""
+    return SequenceOutput(index=first.index, text=first.text + later.text,
+                          token_ids=first.token_ids + later.token_ids, logprobs=first.logprobs + later.logprobs,
+                          finish_reason=later.finish_reason, prompt_tokens=later.prompt_tokens,
+                          completion_tokens=later.completion_tokens, error=later.error)
+
+
 @dataclass(eq=False)
 class Sequence:
     prompt_ids: list[int]
