@@ -15,7 +15,7 @@ import pytest
 vllm = pytest.importorskip("vllm", reason="vllm is not installed in this interpreter (make contract runs it)")
 
 from vllm import AsyncEngineArgs, EngineArgs, SamplingParams  # noqa: E402
-from vllm.config import CacheConfig, LoRAConfig, ModelConfig, ParallelConfig  # noqa: E402
+from vllm.config import CacheConfig, LoRAConfig, ModelConfig, MultiModalConfig, ParallelConfig  # noqa: E402
 from vllm.lora.request import LoRARequest  # noqa: E402
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams  # noqa: E402
 
@@ -64,6 +64,9 @@ def test_vllm_configs_validate_the_mapped_values(tiny_model_dir, case):
     CacheConfig(block_size=built.block_size, gpu_memory_utilization=built.gpu_memory_utilization,
                 enable_prefix_caching=bool(built.enable_prefix_caching),
                 kv_cache_memory_bytes=built.kv_cache_memory_bytes)
+    if built.limit_mm_per_prompt:
+        limits = MultiModalConfig(limit_per_prompt=built.limit_mm_per_prompt).limit_per_prompt
+        assert {kind: option.count for kind, option in limits.items()} == built.limit_mm_per_prompt
     if built.enable_lora:
         LoRAConfig(max_lora_rank=built.max_lora_rank, max_loras=built.max_loras, max_cpu_loras=built.max_cpu_loras)
     if built.quantization is None:  # bitsandbytes itself is not installed here
