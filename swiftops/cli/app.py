@@ -14,7 +14,7 @@ from typing import Optional
 import click
 
 from swiftops.cli import deploy
-from swiftops.cli.options import SettingsCommand, build_settings, settings_options
+from swiftops.cli.options import SettingsCommand, SettingsOption, build_settings, settings_options
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import ServerSettings
 
@@ -37,7 +37,7 @@ def serve_page(base_url: str, server: ServerSettings) -> None:
 
 
 @click.command(cls=SettingsCommand, name="app")
-@click.option("--base_url", "--base-url", "base_url", default=None, metavar="URL",
+@click.option("--base_url", "--base-url", "base_url", cls=SettingsOption, default=None, metavar="URL",
               help="Serve only the page, for the server already running at URL (e.g. http://127.0.0.1:8000); "
                    "the model flags are then not used.")
 @settings_options(*deploy.SETTINGS)

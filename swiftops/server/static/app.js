@@ -158,12 +158,16 @@
   }
 
   // ---------------------------------------------------------------- models
+  let modelsRequest = 0;  // only the latest listing counts (the key may change while one is in flight)
   async function loadModels() {
-    const previous = els.model.value;
+    const request = ++modelsRequest;
     try {
       const response = await fetch(`${API_BASE}/v1/models`, {headers: apiHeaders()});
       if (!response.ok) throw new ApiError(await errorMessage(response), response.status);
-      state.models = (await response.json()).data || [];
+      const models = (await response.json()).data || [];
+      if (request !== modelsRequest) return;
+      const previous = els.model.value;  // read now: the user may have picked one while this loaded
+      state.models = models;
       els.model.replaceChildren(...state.models.map((card) => {
         const option = document.createElement("option");
         option.value = card.id;
@@ -173,6 +177,7 @@
       if (state.models.some((card) => card.id === previous)) els.model.value = previous;
       clearNotice();
     } catch (err) {
+      if (request !== modelsRequest) return;
       const failure = describeFailure(err);
       els.model.replaceChildren(new Option("(models unavailable)", ""));
       showNotice(failure.status ? `Error ${failure.status}: ${failure.message}` : failure.message);

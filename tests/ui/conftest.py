@@ -1,0 +1,81 @@
+"""A real `swiftops app --model` server (tiny model, two LoRA adapters, an API key) and headless Chromium.
+
+Chromium is Debian's (`apt-get install chromium`; .ci/run installs it): Playwright's own browser download is
+blocked here, so Playwright drives /usr/bin/chromium through `executable_path`.
+"""
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+
+from swiftops.server.launcher import ServerProcess
+
+API_KEY = "sk-ui-3f9c1e"
+SERVED_NAME = "tiny-chat"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _make_adapter(base_dir, out_dir, seed: int) -> str:
+    """A LoRA adapter with random A and B (peft's default B = 0 would change nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(4.0)
+    peft_model.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return API_KEY
+
+
+@pytest.fixture(scope="session")
+def ui_server(tiny_model_dir, tmp_path_factory):
+    """`swiftops app --model ...`: the OpenAI server with the chat page at /."""
+    root = tmp_path_factory.mktemp("ui-loras")
+    adapters = [f"{name}={_make_adapter(tiny_model_dir, root / name, seed)}"
+                for seed, name in enumerate(["sql", "poem"], start=1)]
+    process = ServerProcess(["--model", str(tiny_model_dir), "--served_model_name", SERVED_NAME, "--api_key", API_KEY,
+                             "--adapters", *adapters])
+    process.args[process.args.index("deploy")] = "app"  # ServerProcess runs `deploy`; this is the `app` command
+    with process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def api(ui_server):
+    with httpx.Client(base_url=ui_server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def context(browser):
+    """A fresh browser context per test: its own session storage, so API keys don't leak between tests."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    yield context
+    context.close()
