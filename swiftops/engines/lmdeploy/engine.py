@@ -38,12 +38,18 @@ _session_ids = itertools.count(1)
 
 
 def import_lmdeploy() -> Any:
-    """The lmdeploy module, or a ConfigError (CLI exit 2) that says how to install it."""
+    """The lmdeploy module (with the parts we use loaded), or a ConfigError (CLI exit 2) that says what to do."""
     try:
         import lmdeploy
     except ImportError as exc:
         raise ConfigError(f"the lmdeploy backend needs the lmdeploy library, which is not installed ({exc}); "
                           f"run {INSTALL_HINT} on a machine with an NVIDIA GPU, or use --infer_backend pt") from None
+    try:  # a broken install (torch it does not support, missing CUDA libraries) fails here, not mid-build
+        import lmdeploy.archs
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise ConfigError(f"lmdeploy {getattr(lmdeploy, '__version__', '')} is installed but does not load: "
+                          f"{type(exc).__name__}: {exc}; reinstall it with {INSTALL_HINT} (it wants torch<=2.12.1)") \
+            from None
     return lmdeploy
 
 

@@ -34,12 +34,20 @@ _request_ids = itertools.count()
 
 
 def import_vllm() -> Any:
-    """The vllm module, or a ConfigError (CLI exit 2) that says how to install it."""
+    """The vllm module (with the parts we use loaded), or a ConfigError (CLI exit 2) that says what to do."""
     try:
         import vllm
     except ImportError as exc:
         raise ConfigError(f"the vllm backend needs the vllm library, which is not installed ({exc}); "
                           f"run {INSTALL_HINT} on a machine with an NVIDIA GPU, or use --infer_backend pt") from None
+    try:  # vllm's top level is lazy: a broken install (mismatched torch, CUDA-only extensions) fails here
+        vllm.AsyncEngineArgs, vllm.AsyncLLMEngine, vllm.SamplingParams
+        import vllm.lora.request
+        import vllm.sampling_params
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise ConfigError(f"vllm {getattr(vllm, '__version__', '')} is installed but does not load: "
+                          f"{type(exc).__name__}: {exc}; reinstall it with {INSTALL_HINT} (it pins its own torch)") \
+            from None
     return vllm
 
 
