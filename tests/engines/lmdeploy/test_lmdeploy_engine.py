@@ -157,3 +157,11 @@ def test_without_lmdeploy_building_says_how_to_install(tiny_model_dir):
 
     with pytest.raises(ConfigError, match=r"pip install 'swiftops\[lmdeploy\]'"):
         LmdeployEngine(str(tiny_model_dir))
+
+
+def test_an_installed_lmdeploy_that_does_not_load_is_a_config_error(fake_lmdeploy, tiny_model_dir, monkeypatch):
+    from swiftops.engines.lmdeploy import LmdeployEngine
+
+    monkeypatch.setitem(sys.modules, "lmdeploy.archs", None)
+    with pytest.raises(ConfigError, match="installed but does not load"):
+        LmdeployEngine(str(tiny_model_dir))

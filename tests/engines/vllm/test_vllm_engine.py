@@ -203,3 +203,11 @@ def test_cli_exits_2_with_the_install_hint(tiny_model_dir, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "pip install 'swiftops[vllm]'" in result.stderr
+
+
+def test_an_installed_vllm_that_does_not_load_is_a_config_error(fake_vllm, tiny_model_dir, monkeypatch):
+    from swiftops.engines.vllm import VllmEngine
+
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", None)  # as a CUDA-only extension failing to import
+    with pytest.raises(ConfigError, match="installed but does not load"):
+        VllmEngine(str(tiny_model_dir))
