@@ -6,15 +6,12 @@ import base64
 import io
 import json
 import math
-import shutil
 import struct
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui-screenshot.png"
 CHAT = "/v1/chat/completions"
 
 REPLY_DONE = "() => !window.swiftops.state.controller && window.swiftops.state.messages.length >= {n}"
@@ -85,8 +82,7 @@ def test_streamed_reply_grows_and_equals_the_api_answer(context, ui_server, api,
     assert "tokens/s" in meta
 
 
-def test_conversation_with_system_prompt_keeps_history_and_makes_the_screenshot(context, ui_server, api, api_key,
-                                                                                tmp_path):
+def test_conversation_with_system_prompt_keeps_history(context, ui_server, api, api_key, tmp_path):
     page = open_page(context, ui_server, api_key, max_tokens="24")
     wait_for_models(page)
     system = "You are a concise assistant."
@@ -105,9 +101,7 @@ def test_conversation_with_system_prompt_keeps_history_and_makes_the_screenshot(
     expected = api_answer(api, history, max_tokens=24)["choices"][0]["message"]["content"]
     assert page.evaluate(TRANSCRIPT)[3]["text"] == expected
 
-    page.screenshot(path=str(tmp_path / "conversation.png"))
-    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(tmp_path / "conversation.png", DOCS_SCREENSHOT)
+    page.screenshot(path=str(tmp_path / "conversation.png"))  # docs/ui-screenshot.png comes from test_vlm_page
 
     page.click("#clear")
     assert page.evaluate(TRANSCRIPT) == []
