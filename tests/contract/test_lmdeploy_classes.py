@@ -134,6 +134,9 @@ def test_real_genouts_convert_to_our_outputs():
     assert "".join(o.text for o in outs) == "Hello " and outs[-1].finish_reason == "stop" and tracker.finished
     assert outs[0].prompt_tokens == 5 and outs[-1].completion_tokens == 4
     assert [e.logprob for e in outs[0].logprobs] == [-0.1, -0.2]
+    # a GenOut whose token_ids repeat a held-back token: logprobs belong to the newest ids
+    held = ChoiceTracker(0, [], 1, decode=str).convert(GenOut("x", 5, 3, token_ids=[6, 7], logprobs=[{7: -0.3}]))
+    assert [(e.token, e.logprob) for e in held.logprobs] == [("7", -0.3)]
 
 
 def test_the_fake_library_has_lmdeploys_shapes():

@@ -73,7 +73,10 @@ class ChoiceTracker:
             self.finished = True
         logprobs = []
         if self.top_logprobs is not None and out.logprobs:
-            logprobs = logprob_entries(list(out.token_ids or []), out.logprobs, self.top_logprobs, self.decode)
+            # `token_ids` may start with tokens the detokenizer held back last time; the logprobs are of the
+            # newest tokens only, so align them from the end.
+            new_ids = list(out.token_ids or [])[-len(out.logprobs):]
+            logprobs = logprob_entries(new_ids, out.logprobs, self.top_logprobs, self.decode)
         return SequenceOutput(index=self.index, text=text, token_ids=list(out.token_ids or []), logprobs=logprobs,
                               finish_reason=finish, prompt_tokens=out.input_token_len,
                               completion_tokens=out.generate_token_len)
