@@ -4,6 +4,8 @@
 
 (() => {
   const API_BASE = (document.querySelector('meta[name="swiftops-api-base"]').content || "").replace(/\/+$/, "");
+  // Relative to the page when the API is this server, so a path prefix (an ingress at /qwen/) still works.
+  const API_ROOT = API_BASE ? `${API_BASE}/v1` : new URL("v1", window.location.href).href.replace(/\/+$/, "");
   const KEY_STORAGE = "swiftops.apiKey";
   // The server refuses bodies over 32 MiB; base64 makes a file 4/3 larger.
   const MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024;
@@ -128,9 +130,6 @@
     return headers;
   }
 
-  function apiLocation() {
-    return API_BASE || window.location.origin;
-  }
 
   // The OpenAI error shape's message, else whatever the body says.
   async function errorMessage(response) {
@@ -153,7 +152,7 @@
   function describeFailure(err) {
     if (err instanceof ApiError) return {status: err.status, message: err.message};
     // fetch rejects with a TypeError when the server cannot be reached (or a CORS check fails).
-    return {status: null, message: `Cannot reach the API at ${apiLocation()}: ${err.message || err}. ` +
+    return {status: null, message: `Cannot reach the API at ${API_ROOT}: ${err.message || err}. ` +
       "Check that the server is running."};
   }
 
@@ -162,7 +161,7 @@
   async function loadModels() {
     const request = ++modelsRequest;
     try {
-      const response = await fetch(`${API_BASE}/v1/models`, {headers: apiHeaders()});
+      const response = await fetch(`${API_ROOT}/models`, {headers: apiHeaders()});
       if (!response.ok) throw new ApiError(await errorMessage(response), response.status);
       const models = (await response.json()).data || [];
       if (request !== modelsRequest) return;
@@ -459,7 +458,7 @@
     let firstTokenAt = null;
     let usage = null;
     try {
-      const response = await fetch(`${API_BASE}/v1/chat/completions`, {
+      const response = await fetch(`${API_ROOT}/chat/completions`, {
         method: "POST", headers: apiHeaders(), body: JSON.stringify(body), signal: controller.signal});
       if (!response.ok) throw new ApiError(await errorMessage(response), response.status);
       await readEvents(response.body, (chunk) => {
@@ -524,7 +523,7 @@
     els.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
     els.apiKey.addEventListener("input", () => sessionStorage.setItem(KEY_STORAGE, els.apiKey.value.trim()));
     els.apiKey.addEventListener("change", loadModels);
-    els.server.textContent = `API: ${apiLocation()}/v1`;
+    els.server.textContent = `API: ${API_ROOT}`;
 
     els.composer.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -538,6 +537,9 @@
     });
     els.input.addEventListener("input", autosize);
     els.stop.addEventListener("click", stop);
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && state.controller) stop();
+    });
     els.clear.addEventListener("click", clearConversation);
     els.attach.addEventListener("click", () => els.file.click());
     els.file.addEventListener("change", async () => {
