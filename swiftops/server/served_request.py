@@ -9,8 +9,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
-from swiftops.protocol import SwiftopsError, UsageInfo
+from swiftops.protocol import BadRequestError, SwiftopsError, UsageInfo
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import error_body, logger
 from swiftops.server.request_log import log_body
@@ -20,9 +21,22 @@ T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
 
 
+def _check_encodable(body: BaseModel) -> None:
+    """JSON lets a client send a lone UTF-16 surrogate (`"\\ud800"`): valid JSON, but no text. Tokenizers raise a
+    TypeError on it (a 500); refuse it here with a 400 instead."""
+    try:
+        body.model_dump_json()
+    except PydanticSerializationError as exc:
+        if "surrogates not allowed" not in str(exc):
+            return  # not ours to judge here: the handler reports it as before
+        raise BadRequestError("the request holds a lone UTF-16 surrogate escape (such as \\ud800), which is not "
+                              "text; send valid Unicode (surrogates only in pairs)", code="invalid_unicode") from None
+
+
 class ServedRequest:
     def __init__(self, ctx: ServerContext, request: Request, route: str, body: BaseModel) -> None:
         ctx.lifecycle.check_accepting()
+        _check_encodable(body)
         self.ctx = ctx
         self.request = request
         self.route = route
