@@ -15,9 +15,9 @@ import click
 
 from swiftops.cli.options import SettingsCommand, build_settings, settings_options
 from swiftops.protocol.errors import ConfigError
-from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings, ServerSettings
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings, ServerSettings
 
-SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, ServerSettings)
+SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, ServerSettings)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -43,7 +43,7 @@ def _bind(server: ServerSettings):
 @settings_options(*SETTINGS)
 def command(**values) -> None:
     """Serve a model over an OpenAI-compatible API (chat, completions, embeddings, models, metrics)."""
-    model, engine_settings, generation, server = build_settings(values, *SETTINGS)
+    model, engine_settings, generation, media, server = build_settings(values, *SETTINGS)
     from swiftops.server.auth import resolve_api_key
 
     resolve_api_key(server.api_key)  # a bad key file fails now, not after the weights load
@@ -56,7 +56,7 @@ def command(**values) -> None:
         from swiftops.server.app import create_app
         from swiftops.server.lifecycle import DrainingServer
 
-        engine = build_engine(model, engine_settings, generation)
+        engine = build_engine(model, engine_settings, generation, media, serving=True)
         try:
             app = create_app(engine, server)
             config = uvicorn.Config(app, log_level="info", access_log=False,  # ours logs tokens and latency

@@ -22,9 +22,9 @@ from swiftops.engines.factory import build_engine, check_model_location
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import RequestConfig
-from swiftops.protocol.settings import EngineSettings, GenerationSettings, InferSettings, ModelSettings
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, InferSettings, MediaSettings, ModelSettings
 
-SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, InferSettings)
+SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, InferSettings)
 
 
 def request_config(generation: GenerationSettings, *, stream: bool) -> RequestConfig:
@@ -44,12 +44,12 @@ def command(**values: object) -> None:
 
     Every flag also takes its dash spelling (--max-new-tokens) and a SWIFTOPS_<FLAG> environment variable.
     """
-    model, engine_settings, generation, infer = build_settings(values, *SETTINGS)
+    model, engine_settings, generation, media, infer = build_settings(values, *SETTINGS)
     check_model_location(model)
     result_path = infer.result_path or default_result_path(model.model or "model")
     if infer.val_dataset:
         rows = load_datasets(infer.val_dataset)  # a bad row fails here, before weights load (or a relaunch)
-        failed = run_dataset_shards(rows, model, engine_settings, generation, infer, result_path)
+        failed = run_dataset_shards(rows, model, engine_settings, generation, media, infer, result_path)
         if failed:
             click.echo(f"error: {failed} of {len(rows)} rows failed (see the warnings above); re-run the same "
                        f"command to retry only them", err=True)
@@ -58,7 +58,7 @@ def command(**values: object) -> None:
         if (infer.nproc_per_node or 1) > 1 or (infer.num_shards or 1) > 1 or infer.shard_index is not None:
             raise ConfigError("--nproc_per_node, --num_shards and --shard_index split the rows of --val_dataset; "
                               "pass --val_dataset (the interactive chat runs in one process)")
-        run_interactive_mode(model, engine_settings, generation, infer.stream, result_path)
+        run_interactive_mode(model, engine_settings, generation, media, infer.stream, result_path)
 
 
 def nproc_per_node(infer: InferSettings) -> int:
@@ -72,7 +72,8 @@ def nproc_per_node(infer: InferSettings) -> int:
 
 
 def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_settings: EngineSettings,
-                       generation: GenerationSettings, infer: InferSettings, result_path: str) -> int:
+                       generation: GenerationSettings, media: MediaSettings, infer: InferSettings,
+                       result_path: str) -> int:
     """Answer this process's share of `rows`; returns how many rows failed (over all ranks on rank 0).
 
     Job shard (--shard_index/--num_shards, one per Kubernetes pod) first: it writes its part of
@@ -99,9 +100,9 @@ def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_sett
             write_shard_file(target, job, [row.key for row in job_rows], len(rows))
         rows = job_rows
     if launch is None or launch.world_size == 1:
-        failed = run_dataset_mode(rows, model, engine_settings, generation, infer.stream, target)
+        failed = run_dataset_mode(rows, model, engine_settings, generation, media, infer.stream, target)
     else:
-        failed = run_dataset_ranks(launch, rows, model, engine_settings, generation, infer.stream, target)
+        failed = run_dataset_ranks(launch, rows, model, engine_settings, generation, media, infer.stream, target)
     if job.count > 1 and not failed and (launch is None or launch.rank == 0):
         click.echo(f"shard {job.index} of {job.count} done; once every shard is done, join them with: "
                    f"swiftops merge-results --result_path {result_path} --num_shards {job.count}")
@@ -109,8 +110,8 @@ def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_sett
 
 
 def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: ModelSettings,
-                      engine_settings: EngineSettings, generation: GenerationSettings, stream: Optional[bool],
-                      target: str) -> int:
+                      engine_settings: EngineSettings, generation: GenerationSettings, media: MediaSettings,
+                      stream: Optional[bool], target: str) -> int:
     """One torchrun rank: answer rows i % world_size == rank into its part, then rank 0 merges all parts."""
     shard = launch.shard
     part = shard.part_path(target)
@@ -124,7 +125,7 @@ def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: Model
         model = model.model_copy(update={"device_map": device})  # weights load straight onto this rank's GPU
     launch.start()
     try:
-        failed = run_dataset_mode(mine, model, engine_settings, generation, stream, part,
+        failed = run_dataset_mode(mine, model, engine_settings, generation, media, stream, part,
                                   label=f"rank {launch.rank}/{launch.world_size} ({device})",
                                   show_progress=launch.rank == 0)
         mine_failed = failed
@@ -144,7 +145,7 @@ def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: Model
 
 
 def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settings: EngineSettings,
-                     generation: GenerationSettings, stream: Optional[bool], result_path: str, *,
+                     generation: GenerationSettings, media: MediaSettings, stream: Optional[bool], result_path: str, *,
                      label: str = "", show_progress: bool = True) -> int:
     """Answer the rows not yet in the result file; returns how many failed.
 
@@ -165,7 +166,7 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
         if not pending:
             return 0
         stats = InferStats()
-        engine = build_engine(model, engine_settings, generation)
+        engine = build_engine(model, engine_settings, generation, media)
         try:
             with tqdm(total=len(rows), initial=len(rows) - len(pending), desc="infer", file=sys.stderr,
                       dynamic_ncols=True, disable=not show_progress) as bar:
@@ -180,12 +181,12 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
 
 
 def run_interactive_mode(model: ModelSettings, engine_settings: EngineSettings, generation: GenerationSettings,
-                         stream: Optional[bool], result_path: str) -> None:
+                         media: MediaSettings, stream: Optional[bool], result_path: str) -> None:
     from swiftops.cli.interactive import ChatSession
 
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
-    engine = build_engine(model, engine_settings, generation)
+    engine = build_engine(model, engine_settings, generation, media)
     try:
         config = request_config(generation, stream=True if stream is None else stream)
         ChatSession(engine, config, result_path=result_path, system=generation.system).run()

@@ -7,10 +7,11 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
+from typing import Optional
 
 from swiftops.engines.base import InferEngine
 from swiftops.protocol.errors import ConfigError
-from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
 # backend -> (module, engine class, pip extra / library that must be importable)
 BACKENDS = {
@@ -63,12 +64,36 @@ def _engine_class(backend: str) -> type[InferEngine]:
     return getattr(module, class_name)
 
 
-def build_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings) -> InferEngine:
-    """Validate the settings, then load the model with the chosen backend."""
+def _pt_engine_class(model: ModelSettings) -> type[InferEngine]:
+    """The pt backend's engine for the model's task: generation, embeddings or scores."""
+    task = model.task_type
+    if task is None and model.model and Path(model.model).expanduser().is_dir():
+        from swiftops.engines.pt.embedding import detect_task_type
+        task = detect_task_type(str(Path(model.model).expanduser()))
+    if task == "embedding":
+        from swiftops.engines.pt.embedding import PtEmbeddingEngine
+        return PtEmbeddingEngine
+    if task in ("seq_cls", "reward", "prm"):
+        from swiftops.engines.pt.classifier import PtClassifierEngine
+        return PtClassifierEngine
+    return _engine_class("pt")
+
+
+def build_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
+                 media: Optional[MediaSettings] = None, *, serving: bool = False) -> InferEngine:
+    """Validate the settings, then load the model with the chosen backend.
+
+    `serving`: requests come from network clients, so media follow the server's policy (no local paths,
+    no private addresses unless allowed); the CLI and Python API read the user's own files."""
     check_model_location(model)
-    engine_class = _engine_class(engine.infer_backend)
+    engine_class = _pt_engine_class(model) if engine.infer_backend == "pt" else _engine_class(engine.infer_backend)
     from_settings = getattr(engine_class, "from_settings", None)
     if from_settings is None:
         raise ConfigError(f"--infer_backend {engine.infer_backend} cannot be built from settings yet; "
                           f"use --infer_backend pt")
-    return from_settings(model, engine, generation)
+    if engine_class.__name__ != "PtEngine":
+        return from_settings(model, engine, generation)
+    from swiftops.media.policy import MediaPolicy
+    media = media or MediaSettings()
+    policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
+    return from_settings(model, engine, generation, media=media, media_policy=policy)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from swiftops.manifest.settings_map import EXCLUDED_FROM_SECTIONS
-from swiftops.protocol.settings import (BackendName, DType, EngineSettings, GenerationSettings, InferSettings,
+from swiftops.protocol.settings import (BackendName, DType, EngineSettings, GenerationSettings, InferSettings, MediaSettings,
                                         ModelSettings, ServerSettings)
 
 API_VERSION = "swiftops/v1"
@@ -128,20 +128,14 @@ class Parallelism(Spec):
                                                                          "e.g. {'0': '20GiB', 'cpu': '64GiB'}.")
 
 
-class Multimodal(Spec):
-    max_pixels: Optional[int] = Field(None, ge=1, description="Largest image size in pixels; bigger images are "
-                                                              "resized (env MAX_PIXELS).")
-    min_pixels: Optional[int] = Field(None, ge=1, description="Smallest image size in pixels (env MIN_PIXELS).")
-    video_max_pixels: Optional[int] = Field(None, ge=1, description="Largest video frame size in pixels "
-                                                                    "(env VIDEO_MAX_PIXELS).")
-    video_min_pixels: Optional[int] = Field(None, ge=1, description="Smallest video frame size in pixels "
-                                                                    "(env VIDEO_MIN_PIXELS).")
-    fps: Optional[float] = Field(None, gt=0, description="Frames sampled per second of video (env FPS).")
-    fps_max_frames: Optional[int] = Field(None, ge=1, description="Most frames taken from one video "
-                                                                  "(env FPS_MAX_FRAMES).")
-    limit_per_prompt: dict[Literal["image", "video", "audio"], int] = Field(
+Multimodal = section_from_settings(
+    "Multimodal", MediaSettings,
+    "Limits on images, video and audio; the same names as the `swiftops deploy` / `infer` flags "
+    "(ms-swift's MAX_PIXELS, VIDEO_MAX_PIXELS, FPS_MAX_FRAMES... environment variables).",
+    limit_per_prompt=(dict[Literal["image", "video", "audio"], int], Field(
         default_factory=dict, description="Most media items of each kind in one request, e.g. {image: 5, video: 2} "
-                                          "(flag --limit_mm_per_prompt).")
+                                          "(flag --limit_mm_per_prompt).")),
+)
 
 
 ServerSpec = section_from_settings(

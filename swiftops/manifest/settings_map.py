@@ -15,7 +15,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel
 
-from swiftops.protocol.settings import (EngineSettings, GenerationSettings, InferSettings, ModelSettings,
+from swiftops.protocol.settings import (EngineSettings, GenerationSettings, InferSettings, MediaSettings, ModelSettings,
                                         ServerSettings)
 
 Command = Literal["deploy", "infer"]
@@ -23,11 +23,11 @@ BOTH: tuple[Command, ...] = ("deploy", "infer")
 DEPLOY: tuple[Command, ...] = ("deploy",)
 INFER: tuple[Command, ...] = ("infer",)
 
-ALL_SETTINGS: tuple[type[BaseModel], ...] = (ModelSettings, EngineSettings, GenerationSettings, InferSettings,
-                                             ServerSettings)
+ALL_SETTINGS: tuple[type[BaseModel], ...] = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings,
+                                             InferSettings, ServerSettings)
 COMMAND_SETTINGS: dict[Command, tuple[type[BaseModel], ...]] = {
-    "deploy": (ModelSettings, EngineSettings, GenerationSettings, ServerSettings),
-    "infer": (ModelSettings, EngineSettings, GenerationSettings, InferSettings),
+    "deploy": (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, ServerSettings),
+    "infer": (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, InferSettings),
 }
 
 
@@ -82,6 +82,7 @@ SAME_NAME_SECTIONS: list[tuple[str, type[BaseModel], tuple[Command, ...]]] = [
     ("spec.model", ModelSettings, BOTH),
     ("spec.backend.options", EngineSettings, BOTH),
     ("spec.generation", GenerationSettings, BOTH),
+    ("spec.multimodal", MediaSettings, BOTH),
     ("spec.job", InferSettings, INFER),
     ("spec.server", ServerSettings, DEPLOY),
 ]
@@ -109,6 +110,8 @@ def _build() -> list[FlagMapping]:
 FLAG_MAPPINGS: list[FlagMapping] = _build()
 
 # Manifest fields that become environment variables of the process (ms-swift's names for media limits).
+# Media limits are flags (MediaSettings) and also ms-swift's environment variables, which other backends'
+# processors (vLLM's, LMDeploy's Qwen-VL utilities) read.
 ENV_MAPPINGS: dict[str, str] = {
     "spec.multimodal.max_pixels": "MAX_PIXELS",
     "spec.multimodal.min_pixels": "MIN_PIXELS",

@@ -32,12 +32,12 @@ def one_process_rows(tiny_model_dir, dataset, tmp_path_factory) -> list[dict]:
     """What one process writes for the dataset (the same code path as `swiftops infer`), in input order."""
     from swiftops.cli.infer import run_dataset_mode
     from swiftops.dataset.loader import load_datasets
-    from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+    from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
     result = tmp_path_factory.mktemp("dp-reference") / "one.jsonl"
     failed = run_dataset_mode(load_datasets([str(dataset)]), ModelSettings(model=str(tiny_model_dir)),
                               EngineSettings(max_batch_size=4), GenerationSettings(max_new_tokens=32, temperature=0),
-                              None, str(result))
+                              MediaSettings(), None, str(result))
     assert failed == 0
     rows = read_rows(result)
     assert len(rows) == ROWS

@@ -7,12 +7,13 @@ as wide as `max_model_len` allows, padded rows write to the scratch block 0 and 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from swiftops.engines.pt.attention import CONTEXT_KWARG, StepContext
 from swiftops.engines.pt.kv_cache import PagedKVCache
+from swiftops.engines.pt.mm_prefill import uses_mrope
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class CudaGraphDecoder:
         self.slots = torch.zeros(n, dtype=torch.long, device=device)
         self.block_tables = torch.zeros(n, self.max_blocks, dtype=torch.long, device=device)
         self.lora_slots = torch.zeros(n, dtype=torch.long, device=device)
+        self.mrope = uses_mrope(model)
+        self.rope = torch.zeros(3, n, dtype=torch.long, device=device)  # (t, h, w) positions for M-RoPE models
         self.key_range = torch.arange(self.max_blocks * cache.block_size, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
@@ -51,7 +54,10 @@ class CudaGraphDecoder:
         ctx = StepContext(self.cache.keys, self.cache.values, self.cache.block_size,
                           slot_mapping=self.slots[:batch], decode=True, block_tables=self.block_tables[:batch],
                           key_mask=(self.key_range[None, :] <= pos[:, None])[:, None, None, :])
-        out = self.model(input_ids=self.input_ids[:, :batch], position_ids=self.positions[:, :batch],
+        position_ids = self.positions[:, :batch]
+        if self.mrope:
+            position_ids = torch.cat([position_ids, self.rope[:, :batch]]).unsqueeze(1)
+        out = self.model(input_ids=self.input_ids[:, :batch], position_ids=position_ids,
                          use_cache=False, logits_to_keep=0, **{CONTEXT_KWARG: ctx})
         return out.logits[0]
 
@@ -77,13 +83,15 @@ class CudaGraphDecoder:
             self.lora.set_step(None, [])
         logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
 
-    def run(self, ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
-            lora_slots: list[int]) -> torch.Tensor:
+    def run(self, ids: list[int], positions: list[int], rope: Optional[torch.Tensor], slots: list[int],
+            tables: list[list[int]], lora_slots: list[int]) -> torch.Tensor:
         batch = len(ids)
         bucket = next(b for b in self.buckets if b >= batch)
         pad = bucket - batch
         self.input_ids[0, :bucket].copy_(torch.tensor(ids + [0] * pad), non_blocking=True)
         self.positions[0, :bucket].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
+        if rope is not None:
+            self.rope[:, :batch].copy_(rope, non_blocking=True)
         self.slots[:bucket].copy_(torch.tensor(slots + [0] * pad), non_blocking=True)
         rows = [t + [0] * (self.max_blocks - len(t)) for t in tables] + [[0] * self.max_blocks] * pad
         self.block_tables[:bucket].copy_(torch.tensor(rows), non_blocking=True)

@@ -22,8 +22,11 @@ from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence, Se
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, InferRequest, ModelNotFoundError,
                                PromptTooLongError, RequestConfig, UnsupportedError)
-from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.media.limits import MediaLimits
+from swiftops.media.policy import MediaPolicy
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 from swiftops.template.chat_template import encode_prompt
+from swiftops.template.multimodal import MultimodalEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,15 @@ def _cache_shape(model: Any, dtype: torch.dtype) -> CacheShape:
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     return CacheShape(text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim, dtype)
+
+
+def _vision_on_sdpa(model: Any) -> None:
+    """Paged attention is for the language model; vision towers keep transformers' sdpa."""
+    config = model.config
+    routes: dict[str, Any] = {"": ATTN_IMPLEMENTATION}
+    for key in getattr(config, "sub_configs", {}):
+        routes[key] = ATTN_IMPLEMENTATION if key == "text_config" else "sdpa"
+    model.set_attn_implementation(routes)
 
 
 class PtEngine(InferEngine):
@@ -49,20 +61,31 @@ class PtEngine(InferEngine):
                  generation: Optional[GenerationSettings] = None, served_model_name: Optional[str] = None,
                  runner: Optional[str] = None, max_loras: int = 8, max_lora_rank: int = 64,
                  merge_lora: bool = False, quant_method: Optional[str] = None, quant_bits: Optional[int] = None,
-                 enable_lora: bool = False) -> None:
+                 enable_lora: bool = False, max_memory: Optional[str] = None, media: Optional[MediaSettings] = None,
+                 media_policy: Optional[MediaPolicy] = None,
+                 limit_mm_per_prompt: Optional[dict[str, int]] = None) -> None:
         register()
         self.generation = generation or GenerationSettings()
         adapters = dict(adapters or {})
         loaded = load_model(model, revision=model_revision, torch_dtype=torch_dtype, device_map=device_map,
                             max_model_len=max_model_len, trust_remote_code=trust_remote_code,
                             attn_implementation=ATTN_IMPLEMENTATION, quant_method=quant_method,
-                            quant_bits=quant_bits)
+                            quant_bits=quant_bits, max_memory=max_memory)
+        self.encoder: Optional[MultimodalEncoder] = None
+        if loaded.processor is not None:
+            _vision_on_sdpa(loaded.model)
+            self.encoder = MultimodalEncoder(loaded.processor, limits=MediaLimits.resolve(media),
+                                             policy=media_policy or MediaPolicy.permissive(media),
+                                             limit_mm_per_prompt=limit_mm_per_prompt,
+                                             default_system=self.generation.system)
         if merge_lora and adapters:
             if len(adapters) != 1:
                 raise ConfigError("--merge_lora true merges exactly one adapter; pass one, or drop --merge_lora "
                                   "to serve several side by side")
             loaded.model = merge_adapter(loaded.model, next(iter(adapters.values())))
             loaded.model.set_attn_implementation(ATTN_IMPLEMENTATION)
+            if loaded.processor is not None:
+                _vision_on_sdpa(loaded.model)
             adapters = {}
         self.lora = (LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model)
                      if adapters or enable_lora else None)
@@ -109,7 +132,8 @@ class PtEngine(InferEngine):
                    kv_cache_memory_gb=engine.kv_cache_memory_gb, block_size=engine.block_size,
                    enforce_eager=engine.enforce_eager, generation=generation, max_loras=engine.max_loras,
                    max_lora_rank=engine.max_lora_rank, merge_lora=model.merge_lora, quant_method=model.quant_method,
-                   quant_bits=model.quant_bits, **kwargs)
+                   quant_bits=model.quant_bits, max_memory=model.max_memory,
+                   limit_mm_per_prompt=engine.limit_mm_per_prompt or None, **kwargs)
 
     def _admit_lora(self, seq: Sequence, running: list[Sequence]) -> bool:
         """Scheduler hook (engine thread): a sequence runs once its adapter holds a slot."""
@@ -194,9 +218,17 @@ class PtEngine(InferEngine):
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
         adapter = self._adapter_for(adapter_request)
-        if request.images or request.videos or request.audios:
-            raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model")
-        prompt_ids = self.encode(request)
+        mm_inputs = None
+        if self.encoder is not None and request.prompt is None:
+            encoded = await self.encoder.encode_async(request)  # fetching and decoding media off the event loop
+            prompt_ids = encoded.input_ids
+            if MultimodalEncoder.has_media(request):
+                mm_inputs = encoded
+        elif request.prompt is None and MultimodalEncoder.has_media(request):
+            raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model "
+                                   "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
+        else:
+            prompt_ids = self.encode(request)
         if not prompt_ids:
             raise BadRequestError("the prompt is empty", param="prompt")
         if len(prompt_ids) >= self.max_model_len:
@@ -210,7 +242,8 @@ class PtEngine(InferEngine):
             p = params
             if params.seed is not None and i:
                 p = SamplingParams(**{**params.__dict__, "seed": params.seed + i})
-            seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter))
+            seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter,
+                                 mm_inputs=mm_inputs))
         for seq in seqs:
             self._core.submit(seq)
         outputs = self._drain(queue, seqs)

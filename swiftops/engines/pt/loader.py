@@ -24,6 +24,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     max_model_len: int
+    processor: Any = None  # set for multimodal checkpoints (AutoModelForImageTextToText)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -86,13 +87,23 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
                trust_remote_code: bool = False, attn_implementation: Optional[str] = None,
                quant_method: Optional[str] = None, quant_bits: Optional[int] = None,
                max_memory: Optional[str] = None) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+
+    from swiftops.template.processor_loader import is_multimodal_model, load_processor
 
     source = check_model_source(model)
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    multimodal = is_multimodal_model(source, **common)
+    processor = None
     try:
         config = AutoConfig.from_pretrained(source, **common)
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        if multimodal:  # the processor carries the tokenizer, the image/video processors and the chat template
+            processor = load_processor(source, **common)
+            tokenizer = processor.tokenizer
+            if getattr(tokenizer, "chat_template", None) is None:
+                tokenizer.chat_template = getattr(processor, "chat_template", None)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except OSError as exc:
         raise ConfigError(f"cannot load {model}: {_first_line(exc)}") from exc
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,7 +125,8 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
         kwargs.setdefault("device_map", {"": 0} if device.type == "cuda" else None)
     try:
-        net = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        auto_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+        net = auto_class.from_pretrained(source, **kwargs)
     except ImportError as exc:  # a quantization kernel package (bitsandbytes, gptqmodel, autoawq...) is missing
         raise ConfigError(f"cannot load {model}: {_first_line(exc)} (install the package named above, e.g. "
                           f"`pip install bitsandbytes` for bnb checkpoints)") from exc
@@ -132,4 +144,4 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
     context = _context_length(config)
     if max_model_len and max_model_len > context:
         logger.warning("max_model_len %d exceeds the model's %d positions", max_model_len, context)
-    return LoadedModel(net, tokenizer, generation_config, device, dtype, max_model_len or context)
+    return LoadedModel(net, tokenizer, generation_config, device, dtype, max_model_len or context, processor)

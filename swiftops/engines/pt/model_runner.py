@@ -8,12 +8,13 @@ when the fast path fails its start-up self-check.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from swiftops.engines.pt.attention import CONTEXT_KWARG, StepContext
 from swiftops.engines.pt.kv_cache import PagedKVCache
+from swiftops.engines.pt.mm_prefill import packed_embeddings, prepare, rope_columns, uses_mrope
 from swiftops.engines.pt.scheduler import StepPlan
 from swiftops.engines.pt.sequence import Sequence
 
@@ -30,6 +31,7 @@ class PagedRunner:
         self.device = device
         self.graphs = graphs  # a captured CudaGraphDecoder, or None (CPU, --enforce_eager)
         self.lora = lora  # a LoraManager, or None
+        self.mrope = uses_mrope(model)  # Qwen2-VL-style 3-D rotary positions
 
     def _set_lora(self, per_token: list[int]) -> None:
         if self.lora is None:
@@ -41,18 +43,26 @@ class PagedRunner:
         bs = self.cache.block_size
         return seq.block_table[position // bs] * bs + position % bs
 
-    def _forward(self, ids: list[int], positions: list[int], ctx: StepContext, keep: list[int]) -> torch.Tensor:
-        out = self.model(input_ids=torch.tensor([ids], device=self.device),
-                         position_ids=torch.tensor([positions], device=self.device),
-                         use_cache=False, logits_to_keep=torch.tensor(keep, device=self.device),
-                         **{CONTEXT_KWARG: ctx})
+    def _forward(self, ids: list[int], positions: list[int], ctx: StepContext, keep: list[int],
+                 rope: Optional[torch.Tensor] = None, embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        position_ids = torch.tensor([positions], device=self.device)
+        if self.mrope:  # [4, 1, T]: the plain index, then (t, h, w); text tokens use their index on all axes
+            rope = rope if rope is not None else position_ids.expand(3, -1)
+            position_ids = torch.cat([position_ids, rope]).unsqueeze(1)
+        inputs = {"inputs_embeds": embeds} if embeds is not None else {
+            "input_ids": torch.tensor([ids], device=self.device)}
+        out = self.model(**inputs, position_ids=position_ids, use_cache=False,
+                         logits_to_keep=torch.tensor(keep, device=self.device), **{CONTEXT_KWARG: ctx})
         return out.logits[0]
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         bs = self.cache.block_size
         positions = [s.num_tokens - 1 for s in seqs]
+        rope = None
+        if self.mrope:
+            rope = torch.tensor([[p + s.rope_delta for s, p in zip(seqs, positions)]] * 3, device=self.device)
         if self.graphs is not None and len(seqs) <= self.graphs.buckets[-1]:
-            logits = self.graphs.run([s.all_ids[-1] for s in seqs], positions,
+            logits = self.graphs.run([s.all_ids[-1] for s in seqs], positions, rope,
                                      [self._slot(s, p) for s, p in zip(seqs, positions)],
                                      [s.block_table for s in seqs], [s.lora_slot for s in seqs])
             for s in seqs:
@@ -68,7 +78,7 @@ class PagedRunner:
                                                     device=self.device),
                           decode=True, block_tables=tables, key_mask=key_mask)
         self._set_lora([s.lora_slot for s in seqs])
-        logits = self._forward([s.all_ids[-1] for s in seqs], positions, ctx, list(range(len(seqs))))
+        logits = self._forward([s.all_ids[-1] for s in seqs], positions, ctx, list(range(len(seqs))), rope)
         for s in seqs:
             s.num_computed += 1
         return logits
@@ -81,8 +91,15 @@ class PagedRunner:
         spans = []
         keep: list[int] = []
         finishing: list[Sequence] = []
+        ropes: list[torch.Tensor] = []
+        mm_spans: list[tuple[Sequence, int, int, int]] = []
         for seq, chunk in items:
             start, end = seq.num_computed, seq.num_computed + chunk
+            prepare(self.model, seq)
+            if seq.mm_embeds is not None:
+                mm_spans.append((seq, len(ids), start, end))
+            if self.mrope:
+                ropes.append(rope_columns(seq, start, end, self.device))
             context_slots = None
             if start > 0:
                 context_slots = torch.tensor([self._slot(seq, p) for p in range(end)], device=self.device)
@@ -97,7 +114,9 @@ class PagedRunner:
         ctx = StepContext(self.cache.keys, self.cache.values, self.cache.block_size,
                           slot_mapping=torch.tensor(slots, device=self.device), decode=False, spans=spans)
         self._set_lora(lora_slots)
-        logits = self._forward(ids, positions, ctx, keep or [len(ids) - 1])
+        embeds = packed_embeddings(self.model, ids, mm_spans, self.device) if mm_spans else None
+        logits = self._forward(ids, positions, ctx, keep or [len(ids) - 1], torch.cat(ropes, dim=1) if ropes else None,
+                               embeds)
         for seq, chunk in items:
             seq.num_computed += chunk
         return finishing, logits[: len(finishing)]
@@ -136,8 +155,17 @@ class FallbackRunner:
             slot = seq.lora_slot
             self.lora.set_step(torch.full((len(new),), slot, device=self.device) if slot else None,
                                [slot] if slot else [])
-        out = self.model(input_ids=torch.tensor([new], device=self.device), past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
+        start = seq.num_computed
+        kwargs: dict[str, Any] = {"input_ids": torch.tensor([new], device=self.device)}
+        if uses_mrope(self.model):  # explicit positions: the model's own rope-delta state is per call, not per sequence
+            prepare(self.model, seq)
+            index = torch.arange(start, seq.num_tokens, device=self.device).view(1, 1, -1)
+            rope = rope_columns(seq, start, seq.num_tokens, self.device).unsqueeze(1)
+            kwargs["position_ids"] = torch.cat([index, rope])
+            if seq.mm_embeds is not None:
+                kwargs = {"inputs_embeds": packed_embeddings(self.model, new, [(seq, 0, start, seq.num_tokens)],
+                                                             self.device), "position_ids": kwargs["position_ids"]}
+        out = self.model(**kwargs, past_key_values=cache, use_cache=True, logits_to_keep=1)
         seq.num_computed = seq.num_tokens
         return out.logits[0, -1]
 

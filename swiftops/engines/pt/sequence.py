@@ -109,6 +109,12 @@ class Sequence:
     aborted: bool = False
     arrival: float = 0.0
     pending_logprobs: list[Any] = field(default_factory=list)  # entries not yet handed to the sink
+    # Multimodal prompts: processor outputs until the first prefill, then the prompt's embeddings [S, hidden],
+    # its M-RoPE positions [3, S] and the offset of generated tokens' rope positions (swiftops.engines.pt.mm_prefill).
+    mm_inputs: Any = None
+    mm_embeds: Any = None
+    mrope: Any = None
+    rope_delta: int = 0
 
     @property
     def all_ids(self) -> list[int]:
