@@ -19,6 +19,13 @@ from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import ServerSettings
 
 
+def _browsable(host: str) -> str:
+    """An address a browser on this machine can open for a listening host."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def serve_page(base_url: str, server: ServerSettings) -> None:
     import uvicorn
 
@@ -29,7 +36,7 @@ def serve_page(base_url: str, server: ServerSettings) -> None:
     sock = deploy._bind(server)
     try:
         logging.getLogger("swiftops.server").info(
-            "chat page on http://%s:%d/ for the API at %s", server.host, server.port, api_base_url)
+            "chat page: http://%s:%d/ (for the API at %s)", _browsable(server.host), server.port, api_base_url)
         config = uvicorn.Config(create_ui_app(api_base_url), log_level="warning", lifespan="off")
         uvicorn.Server(config).run(sockets=[sock])
     finally:
@@ -44,6 +51,8 @@ def serve_page(base_url: str, server: ServerSettings) -> None:
 def command(base_url: Optional[str], **values) -> None:
     """Chat in the browser: serve a model with a web page at / (or only the page, with --base_url)."""
     if base_url is None:
+        (server,) = build_settings(values, ServerSettings)
+        click.echo(f"chat page: http://{_browsable(server.host)}:{server.port}/ (once the model has loaded)", err=True)
         deploy.command.callback(**{**values, "ui": True})
         return
     if values.get("model") or values.get("adapters"):
