@@ -20,6 +20,10 @@ TRANSCRIPT = "() => window.swiftops.state.messages.map(m => ({role: m.role, text
 
 def open_page(context, server, key: str, *, temperature: str = "0", max_tokens: str = "32"):
     page = context.new_page()
+    page.console_errors = []  # script errors and content-security-policy violations
+    page.on("console", lambda message: message.type == "error" and "status of 401" not in message.text
+            and page.console_errors.append(message.text))
+    page.on("pageerror", lambda error: page.console_errors.append(str(error)))
     page.goto(server.url)
     page.fill("#api-key", key)
     page.dispatch_event("#api-key", "change")  # the page reloads /v1/models with the key
@@ -78,8 +82,10 @@ def test_streamed_reply_grows_and_equals_the_api_answer(context, ui_server, api,
     assert shown[0] < max(shown)
     meta = page.inner_text(".msg.assistant .meta")
     usage = expected["usage"]
-    assert f"{usage['prompt_tokens']} prompt tokens" in meta and f"{usage['completion_tokens']} completion tokens" in meta
+    assert f"{usage['prompt_tokens']} prompt tokens" in meta
+    assert f"{usage['completion_tokens']} completion tokens" in meta
     assert "tokens/s" in meta
+    assert page.console_errors == []
 
 
 def test_conversation_with_system_prompt_keeps_history(context, ui_server, api, api_key, tmp_path):
@@ -127,6 +133,7 @@ def test_stop_aborts_the_generation_on_the_server(context, ui_server, api_key):
     stopped_text = page.evaluate(TRANSCRIPT)[1]["text"]
     assert stopped_text
     assert page.is_visible("#send") and not page.is_visible("#stop")
+    assert page.console_errors == []  # an aborted fetch is not an error
 
 
 def test_adapter_picked_in_the_list_answers(context, ui_server, api, api_key):
@@ -213,7 +220,8 @@ def test_wrong_api_key_shows_the_401_message_inline(context, ui_server):
     ("**bold**, *it* and `x<y`", "<p><strong>bold</strong>, <em>it</em> and <code>x&lt;y</code></p>"),
     ("```python\nprint('<b>')\n```", '<pre><span class="lang">python</span><code class="language-python">'
                                      "print(&#39;&lt;b&gt;&#39;)</code></pre>"),
-    ("- a\n- **b**\n\n3. c\n4. d", '<ul><li>a</li><li><strong>b</strong></li></ul><ol start="3"><li>c</li><li>d</li></ol>'),
+    ("- a\n- **b**\n\n3. c\n4. d",
+     '<ul><li>a</li><li><strong>b</strong></li></ul><ol start="3"><li>c</li><li>d</li></ol>'),
     ("[docs](https://x.org/?a=1&b=\"2\") [bad](javascript:alert(1))",
      '<p><a href="https://x.org/?a=1&amp;b=&quot;2&quot;" target="_blank" rel="noopener noreferrer">docs</a> '
      "[bad](javascript:alert(1))</p>"),
