@@ -7,7 +7,7 @@
 # Why a venv per library: vLLM and LMDeploy pin different torch (and peft) releases than swiftops'
 # own environment, and than each other. swiftops itself goes in with --no-deps: the contract tests
 # only need its pure mapping modules (swiftops.engines.<backend>.args) and pydantic, which both
-# libraries already depend on. The venv is rebuilt only when this script changes (stamp file).
+# libraries already depend on.
 set -euo pipefail
 
 library="${1:?usage: contract-venv.sh vllm|lmdeploy}"
@@ -38,8 +38,9 @@ case "$library" in
     ;;
 esac
 
+# Rebuilt when this script changes or other releases are asked for (VLLM_SPEC=vllm==0.29.0 make contract).
 stamp="$venv/.contract-installed"
-if [[ -f "$stamp" && "$stamp" -nt "$0" ]]; then
+if [[ -f "$stamp" && "$stamp" -nt "$0" && "$(cat "$stamp")" == "$torch_spec $library_spec" ]]; then
   exit 0
 fi
 
@@ -59,4 +60,4 @@ if [[ "$library" == vllm ]]; then
 fi
 "$venv/bin/python" -c "import $library, sys; print('$library', $library.__version__, 'in', sys.prefix)"
 echo "contract venv for $library built in $(( $(date +%s) - start ))s" >&2
-touch "$stamp"
+echo "$torch_spec $library_spec" > "$stamp"
