@@ -10,10 +10,19 @@ from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 
 
+# ms-swift's (and the libraries' own) keyword names for the same settings, so ms-swift code runs unchanged.
+ALIASES = {
+    "vLLM": {"max_num_seqs": "max_batch_size"},
+    "LMDeploy": {"tp": "tensor_parallel_size", "session_len": "max_model_len"},
+}
+
+
 def split_options(options: dict[str, Any], library: str) -> tuple[ModelSettings, EngineSettings, GenerationSettings]:
     """Keyword arguments named like settings fields -> (ModelSettings, EngineSettings, GenerationSettings)."""
     sections: dict[type, dict[str, Any]] = {ModelSettings: {}, EngineSettings: {}, GenerationSettings: {}}
+    aliases = ALIASES.get(library, {})
     for key, value in options.items():
+        key = aliases.get(key, key)
         owner = next((s for s in sections if key in s.model_fields), None)
         if owner is None:
             raise ConfigError(f"unknown engine option {key!r}; options of {library} itself go in "

@@ -15,7 +15,7 @@ import io
 import itertools
 import logging
 import os
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional, Union
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.engine_options import split_options
@@ -78,7 +78,7 @@ class LmdeployEngine(InferEngine):
 
     backend = "lmdeploy"
 
-    def __init__(self, model: str, adapters: Optional[dict[str, str]] = None, *,
+    def __init__(self, model: str, adapters: Union[dict[str, str], list[str], None] = None, *,
                  served_model_name: Optional[str] = None, **options: Any) -> None:
         model_settings, engine_settings, generation = split_options(
             {"model": model, "adapters": adapters or {}, "infer_backend": "lmdeploy", **options}, "LMDeploy")

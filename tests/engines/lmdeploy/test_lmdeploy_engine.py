@@ -165,3 +165,11 @@ def test_an_installed_lmdeploy_that_does_not_load_is_a_config_error(fake_lmdeplo
     monkeypatch.setitem(sys.modules, "lmdeploy.archs", None)
     with pytest.raises(ConfigError, match="installed but does not load"):
         LmdeployEngine(str(tiny_model_dir))
+
+
+def test_ms_swift_style_arguments(fake_lmdeploy, tiny_model_dir):
+    from swiftops.engines.lmdeploy import LmdeployEngine
+
+    engine = LmdeployEngine(str(tiny_model_dir), tp=2, session_len=200, quant_policy=8, vision_batch_size=2)
+    config = engine._engine.backend_config
+    assert (config.tp, config.session_len, config.quant_policy) == (2, 200, 8) and engine.max_model_len == 200

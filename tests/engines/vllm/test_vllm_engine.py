@@ -211,3 +211,14 @@ def test_an_installed_vllm_that_does_not_load_is_a_config_error(fake_vllm, tiny_
     monkeypatch.setitem(sys.modules, "vllm.lora.request", None)  # as a CUDA-only extension failing to import
     with pytest.raises(ConfigError, match="installed but does not load"):
         VllmEngine(str(tiny_model_dir))
+
+
+def test_ms_swift_style_arguments(fake_vllm, tiny_model_dir, tmp_path):
+    from swiftops.engines.vllm import VllmEngine
+
+    (tmp_path / "sql-lora").mkdir()
+    engine = VllmEngine(str(tiny_model_dir), adapters=[str(tmp_path / "sql-lora")], max_num_seqs=4,
+                        gpu_memory_utilization=0.5)
+    kwargs = engine._llm.engine_args.kwargs
+    assert (kwargs["max_num_seqs"], kwargs["gpu_memory_utilization"]) == (4, 0.5)
+    assert engine.adapter_names == ["sql-lora"]
