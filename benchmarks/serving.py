@@ -138,6 +138,10 @@ def main() -> None:
             point = asyncio.run(sweep_point(url, model, prompts, out_len, c))
             record["points"].append(point)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
+    except Exception:
+        if server is not None:
+            print("--- server log (tail) ---\n" + server.output()[-4000:], file=sys.stderr)
+        raise
     finally:
         if server is not None:
             server.stop()

@@ -49,6 +49,23 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
+def host_list(values: torch.Tensor) -> list:
+    """`values.tolist()` that waits for the GPU without holding the GIL.
+
+    A plain `.tolist()` of a CUDA tensor blocks inside the copy with the GIL held, so while the step runs on
+    the GPU no other Python thread (the server's event loop streaming tokens) can run. Copying into pinned
+    memory and waiting on an event (which releases the GIL) lets the server work during the step.
+    """
+    if values.device.type != "cuda":
+        return values.tolist()
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)  # from torch's caching host allocator
+    host.copy_(values, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    done.synchronize()
+    return host.tolist()
+
+
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
     """logits: [B, V] for the rows in `seqs` (same order)."""
     logits = logits.float()
@@ -65,7 +82,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         row_logits = _filter_top_k_top_p(logits[row] / p.temperature, p.top_k, p.top_p)
         probs = torch.softmax(row_logits, dim=-1)
         chosen[row] = torch.multinomial(probs, 1, generator=seq.generator)[0]
-    token_ids = chosen.tolist()  # the one host sync of the step
+    token_ids = host_list(chosen)  # the one host sync of the step
     infos: list[Optional[tuple[float, list[tuple[int, float]]]]] = []
     for row, seq in enumerate(seqs):
         if not seq.params.logprobs:
