@@ -134,8 +134,13 @@ def soak(server, clients: int, round_seconds: float, rounds: int) -> dict:
             "running_after": after["swiftops_num_requests_running"] + after["swiftops_engine_sequences_running"]}
 
 
-def _assert_healthy(report: dict, max_drift_kib: int) -> None:
-    assert report["failed"] == 0, report
+def _server_errors(server) -> list[str]:
+    return [line for line in server.output().splitlines()
+            if "Traceback" in line or "ERROR" in line or "Error" in line][:20]
+
+
+def _assert_healthy(report: dict, max_drift_kib: int, server) -> None:
+    assert report["failed"] == 0, (report, _server_errors(server))
     assert report["statuses"].get(200, 0) >= report["clients"], report
     delta = report["metrics_delta"]
     assert delta["success"] == report["statuses"][200], report
@@ -155,7 +160,7 @@ def load_server(tiny_model_dir):
 def test_50_streaming_clients_for_10_seconds(load_server):
     report = soak(load_server, clients=50, round_seconds=5, rounds=2)
     print(json.dumps(report))
-    _assert_healthy(report, max_drift_kib=48 * 1024)
+    _assert_healthy(report, max_drift_kib=48 * 1024, server=load_server)
 
 
 @pytest.mark.slow
@@ -167,4 +172,4 @@ def test_soak_200_streaming_clients_for_60_seconds(load_server):
             json.dump(report, f, indent=1)
     # 200 clients beyond --max_concurrency 64: the rest queue (max_queue 256), so no 429 is expected either.
     assert report["statuses"].get(429, 0) == 0, report
-    _assert_healthy(report, max_drift_kib=32 * 1024)
+    _assert_healthy(report, max_drift_kib=32 * 1024, server=load_server)

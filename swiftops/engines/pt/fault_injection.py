@@ -5,7 +5,10 @@ Nothing else reads that variable; production deployments never set it. Its value
 rules `KIND:MARKER`: an engine step that holds a sequence whose prompt contains MARKER raises
 
 - `error:MARKER`  a RuntimeError (a bug or a bad kernel for that one input),
-- `oom:MARKER`    torch.OutOfMemoryError (the batch did not fit in memory with that input in it).
+- `oom:MARKER`    torch.OutOfMemoryError (the batch did not fit in memory with that input in it),
+
+or, for `delay:MARKER`, sleeps 50 ms (a slow step: it makes "the client left mid-prefill" observable on a tiny
+model whose steps take a millisecond).
 
     SWIFTOPS_FAULT_INJECT="error:@@boom@@,oom:@@oom@@" swiftops deploy --model ...
 
@@ -14,12 +17,14 @@ The reliability suite (tests/reliability/test_engine_faults.py) uses it; see doc
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from typing import Any, Iterable, Optional
 
 import torch
 
 ENV_VAR = "SWIFTOPS_FAULT_INJECT"
+DELAY_S = 0.05
 _KINDS = {"error": lambda marker: RuntimeError(f"injected fault for a prompt containing {marker!r}"),
           "oom": lambda marker: torch.OutOfMemoryError(f"injected out-of-memory for a prompt containing {marker!r}")}
 
@@ -38,17 +43,23 @@ class FaultInjector:
         rules = []
         for rule in spec.split(","):
             kind, _, marker = rule.partition(":")
-            if kind not in _KINDS or not marker:
-                raise ValueError(f"{ENV_VAR}: bad rule {rule!r}; use error:MARKER or oom:MARKER")
+            if (kind not in _KINDS and kind != "delay") or not marker:
+                raise ValueError(f"{ENV_VAR}: bad rule {rule!r}; use error:MARKER, oom:MARKER or delay:MARKER")
             rules.append((kind, marker))
         return cls(rules, tokenizer)
 
     def check(self, seqs: Iterable[Any]) -> None:
-        """Raise the rule's exception if any of `seqs` (engine Sequences) has a marked prompt."""
+        """Raise the rule's exception (or sleep) if any of `seqs` (engine Sequences) has a marked prompt."""
+        delay = False
         for seq in seqs:
             prompt = self._prompts.get(seq)
             if prompt is None:
                 prompt = self._prompts[seq] = self.tokenizer.decode(seq.prompt_ids)
             for kind, marker in self.rules:
                 if marker in prompt:
-                    raise _KINDS[kind](marker)
+                    if kind == "delay":
+                        delay = True
+                    else:
+                        raise _KINDS[kind](marker)
+        if delay:
+            time.sleep(DELAY_S)
