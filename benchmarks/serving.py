@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--concurrency", default="1,8,32,128")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--server_log", default=None, help="write the started server's whole log here")
     args = parser.parse_args()
     from benchmarks.throughput import _prompts
 
@@ -145,6 +146,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+            if args.server_log:
+                Path(args.server_log).write_text(server.output())
     if model_dir is not None and 32 in levels:
         prompts = _prompts(64, p_len, vocab, seed=32)
         record["offline_b32_tok_s"] = offline(model_dir, prompts, out_len, 32)

@@ -170,6 +170,10 @@ class ServerSettings(_Section):
     max_queue: int = Field(256, ge=0, description="Requests waiting beyond max_concurrency; more get 429.")
     max_logprobs: int = Field(20, ge=0, le=20, description="Highest top_logprobs a request may ask for.")
     shutdown_timeout: float = Field(30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests.")
+    keep_alive_timeout: float = Field(
+        75.0, gt=0, description="Seconds an idle keep-alive connection stays open; longer than a load balancer's "
+                                "idle timeout (often 60 s), so the server never closes a connection a client is "
+                                "about to reuse.")
     metrics_require_key: bool = Field(False, description="Ask for the API key on /metrics too.")
     verbose: bool = Field(False, description="Log request and response bodies (media elided).")
     ui: bool = Field(False, description="Serve the chat web UI at / as well.")
