@@ -118,12 +118,12 @@ class _StreamState:
                                              function={"name": call.function.name, "arguments": call.function.arguments})
                                for k, call in enumerate(message.tool_calls)]
             self.finished += 1
-        delta = DeltaMessage(content=c.streamable(self.tools) or None, tool_calls=tool_deltas)
+        content = c.streamable(self.tools) or None
+        role = None
         if out.index not in self.started:
             self.started.add(out.index)
-            delta.role = "assistant"
-            delta.content = delta.content or ""
-        elif delta.content is None and tool_deltas is None and finish is None and not out.logprobs:
+            role, content = "assistant", content or ""
+        elif content is None and tool_deltas is None and finish is None and not out.logprobs:
             return None  # nothing visible yet (e.g. a held-back stop-string prefix)
         usage = None
         if finish is not None and self.finished == len(self.choices):
@@ -131,7 +131,10 @@ class _StreamState:
             usage = UsageInfo(prompt_tokens=out.prompt_tokens, completion_tokens=completion,
                               total_tokens=out.prompt_tokens + completion)
         logprobs = ChoiceLogprobs(content=out.logprobs) if self.want_logprobs and out.logprobs else None
-        return ChatCompletionStreamResponse(
-            id=self.response_id, model=self.model, usage=usage,
-            choices=[ChatCompletionResponseStreamChoice(index=out.index, delta=delta, finish_reason=finish,
-                                                        logprobs=logprobs)])
+        # One chunk per token and stream: built without re-validating values we produced ourselves
+        # (model_construct), which is most of a chunk's cost on a busy server.
+        delta = DeltaMessage.model_construct(role=role, content=content, tool_calls=tool_deltas)
+        choice = ChatCompletionResponseStreamChoice.model_construct(index=out.index, delta=delta,
+                                                                    finish_reason=finish, logprobs=logprobs)
+        return ChatCompletionStreamResponse.model_construct(id=self.response_id, model=self.model, usage=usage,
+                                                            choices=[choice])

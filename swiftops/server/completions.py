@@ -135,6 +135,13 @@ async def _merge(streams: list[AsyncIterator[ChatCompletionStreamResponse]]
         except BaseException as exc:
             await queue.put(exc)
 
+    if len(streams) == 1:  # the usual single prompt: no queue hop per chunk
+        try:
+            async for chunk in streams[0]:
+                yield 0, chunk
+        finally:
+            await streams[0].aclose()  # closing the merge aborts the generation at once
+        return
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
         remaining = len(tasks)
@@ -162,8 +169,9 @@ def _stream(served: ServedRequest, body: CompletionRequest, model_name: str,
 
     def chunk_of(index: int, text: str, finish_reason: Optional[str], logprobs: Any) -> bytes:
         texts[index] = texts.get(index, "") + text
-        choice = CompletionChoice(index=index, text=text, finish_reason=finish_reason, logprobs=logprobs)
-        return as_json_event(CompletionResponse(id=response_id, model=model_name, choices=[choice]))
+        choice = CompletionChoice.model_construct(index=index, text=text, finish_reason=finish_reason,
+                                                  logprobs=logprobs)  # our own values: no re-validation per token
+        return as_json_event(CompletionResponse.model_construct(id=response_id, model=model_name, choices=[choice]))
 
     async def events() -> AsyncIterator[bytes]:
         for i, echo in enumerate(echoes):
