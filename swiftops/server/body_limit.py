@@ -31,15 +31,30 @@ class BodySizeLimitMiddleware:
             await error_response(_too_large(self.max_bytes))(scope, receive, send)
             return
         received = 0
+        over = False
+        started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    # Raised inside the route's body read: the SwiftopsError handler answers 413.
-                    raise _too_large(self.max_bytes)
+                    over = True
+                    raise _too_large(self.max_bytes)  # stops the route's body read here
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # FastAPI answers a failed body read with its own 400; the 413 below replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not over or started:
+                raise
+        if over and not started:
+            await error_response(_too_large(self.max_bytes))(scope, receive, send)

@@ -19,11 +19,18 @@ API_KEY = "sk-reliability-5b1c0e"
 ERROR_MARKER = "@@boom@@"
 OOM_MARKER = "@@oom@@"
 FAULTS = f"error:{ERROR_MARKER},oom:{OOM_MARKER}"
+# A credential in the server's environment that must never reach its log.
+HF_TOKEN_CANARY = "hf_reliabilityCanaryToken0123456789"
 
 
 @pytest.fixture(scope="session")
 def rel_api_key() -> str:
     return API_KEY
+
+
+@pytest.fixture(scope="session")
+def hf_token_canary() -> str:
+    return HF_TOKEN_CANARY
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +42,7 @@ def markers() -> dict[str, str]:
 def rel_server(tiny_model_dir):
     process = ServerProcess(["--model", str(tiny_model_dir), "--served_model_name", "tiny", "--api_key", API_KEY,
                              "--max_concurrency", "64", "--max_queue", "512", "--max_batch_size", "32",
-                             "--verbose", "true"], env={"SWIFTOPS_FAULT_INJECT": FAULTS})
+                             "--verbose", "true"], env={"SWIFTOPS_FAULT_INJECT": FAULTS, "HF_TOKEN": HF_TOKEN_CANARY})
     with process:
         yield process
 

@@ -152,15 +152,17 @@ def _assert_healthy(report: dict, max_drift_kib: int, server) -> None:
 
 @pytest.fixture(scope="module")
 def load_server(tiny_model_dir):
+    """The soak's own server, as production runs it (no --verbose, no fault hook)."""
     with ServerProcess(["--model", str(tiny_model_dir), "--max_concurrency", "64", "--max_queue", "256",
                         "--max_batch_size", "64"]) as server:
         yield server
 
 
-def test_50_streaming_clients_for_10_seconds(load_server):
-    report = soak(load_server, clients=50, round_seconds=5, rounds=2)
+def test_50_streaming_clients_for_10_seconds(rel_server):
+    """On the suite's shared server (its other tests run before or after, never during)."""
+    report = soak(rel_server, clients=50, round_seconds=5, rounds=2)
     print(json.dumps(report))
-    _assert_healthy(report, max_drift_kib=48 * 1024, server=load_server)
+    _assert_healthy(report, max_drift_kib=48 * 1024, server=rel_server)
 
 
 @pytest.mark.slow
