@@ -4,6 +4,7 @@ Shared by the backends that generate token by token (pt, vllm), so every backend
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
@@ -102,6 +103,7 @@ class _StreamState:
     want_logprobs: bool
     started: set[int] = field(default_factory=set)
     finished: int = 0
+    created: int = field(default_factory=lambda: int(time.time()))
 
     def chunk_for(self, out: SequenceOutput) -> Optional[ChatCompletionStreamResponse]:
         _raise_error(out)
@@ -136,5 +138,7 @@ class _StreamState:
         delta = DeltaMessage.model_construct(role=role, content=content, tool_calls=tool_deltas)
         choice = ChatCompletionResponseStreamChoice.model_construct(index=out.index, delta=delta,
                                                                     finish_reason=finish, logprobs=logprobs)
-        return ChatCompletionStreamResponse.model_construct(id=self.response_id, model=self.model, usage=usage,
+        # Every field given: pydantic inspects a default_factory's signature on each use (slow per token).
+        return ChatCompletionStreamResponse.model_construct(id=self.response_id, object="chat.completion.chunk",
+                                                            created=self.created, model=self.model, usage=usage,
                                                             choices=[choice])

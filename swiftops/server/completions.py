@@ -6,6 +6,7 @@ concurrently; choice `i * n + j` is choice j of prompt i, as OpenAI numbers them
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator, Optional, Union
 
 from fastapi import Request
@@ -162,6 +163,7 @@ async def _merge(streams: list[AsyncIterator[ChatCompletionStreamResponse]]
 def _stream(served: ServedRequest, body: CompletionRequest, model_name: str,
             streams: list[AsyncIterator[ChatCompletionStreamResponse]], echoes: list[str]) -> Response:
     response_id = new_id("cmpl")
+    created = int(time.time())
     offsets: dict[int, int] = {}
     texts: dict[int, str] = {}
     finish: dict[int, Optional[str]] = {}
@@ -171,7 +173,8 @@ def _stream(served: ServedRequest, body: CompletionRequest, model_name: str,
         texts[index] = texts.get(index, "") + text
         choice = CompletionChoice.model_construct(index=index, text=text, finish_reason=finish_reason,
                                                   logprobs=logprobs)  # our own values: no re-validation per token
-        return as_json_event(CompletionResponse.model_construct(id=response_id, model=model_name, choices=[choice]))
+        return as_json_event(CompletionResponse.model_construct(  # every field given: no default factories per token
+            id=response_id, object="text_completion", created=created, model=model_name, choices=[choice], usage=None))
 
     async def events() -> AsyncIterator[bytes]:
         for i, echo in enumerate(echoes):
