@@ -49,3 +49,13 @@ contract:
 		.venv-contract-$$lib/bin/python -m pytest -q -p no:cacheprovider tests/contract/test_$${lib}_classes.py \
 			tests/engines/$$lib/test_$${lib}_args.py; \
 	done
+
+# The reliability and security suite (docs/reliability.md) in full: the slow soak (200 streaming clients x 60 s),
+# long fuzzing, 10 MB prompts and repeated SIGKILLs included (~6 min on 2 CPU cores). `make test` runs its fast part.
+# Also the security guarantees tested next to their code: images run as non-root, manifests hold no plain-text
+# key, no target prints a secret, the media URL policy. The soak's figures land in results/soak.json.
+.PHONY: reliability
+reliability: install
+	mkdir -p results
+	RELIABILITY_SOAK_REPORT=results/soak.json $(PY) -m pytest -q -m "not gpu" tests/reliability \
+		tests/manifest/test_docker.py tests/manifest/test_loader.py tests/manifest/test_apply.py tests/media/test_fetch.py

@@ -2,7 +2,7 @@
 documented refusal), no growth of the server's memory across rounds, and /metrics agrees with what the clients saw.
 
 Fast (CI): 50 clients, two 5-second rounds after a warm-up round. Slow (`make reliability`): 200 clients, four
-15-second rounds; its figures go to $SWIFTOPS_SOAK_REPORT (docs/reliability.md quotes the last run).
+15-second rounds; its figures go to $RELIABILITY_SOAK_REPORT (docs/reliability.md quotes the last run).
 """
 from __future__ import annotations
 
@@ -91,26 +91,27 @@ async def _client(client: httpx.AsyncClient, seed: int, deadline: float, result:
             await asyncio.sleep(1)  # as Retry-After asks
 
 
-def soak_round(server, clients: int, seconds: float) -> RoundResult:
+def soak_round(server, clients: int, seconds: float, headers: dict[str, str]) -> RoundResult:
     async def run() -> RoundResult:
         result = RoundResult()
         limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
-        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits, headers=headers) as client:
             deadline = time.monotonic() + seconds
             await asyncio.gather(*[_client(client, i, deadline, result) for i in range(clients)])
         return result
     return asyncio.run(run())
 
 
-def soak(server, clients: int, round_seconds: float, rounds: int) -> dict:
+def soak(server, clients: int, round_seconds: float, rounds: int, api_key: str = "") -> dict:
     """A warm-up round, then `rounds` measured rounds; RSS after each."""
     pid = server.process.pid
-    soak_round(server, clients, min(3.0, round_seconds))
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    soak_round(server, clients, min(3.0, round_seconds), headers)
     before = _metrics(server)
     rss = [_rss_kib(pid)]
     results = []
     for _ in range(rounds):
-        results.append(soak_round(server, clients, round_seconds))
+        results.append(soak_round(server, clients, round_seconds, headers))
         rss.append(_rss_kib(pid))
     after = _metrics(server)
     total = RoundResult()
@@ -158,9 +159,9 @@ def load_server(tiny_model_dir):
         yield server
 
 
-def test_50_streaming_clients_for_10_seconds(rel_server):
+def test_50_streaming_clients_for_10_seconds(rel_server, rel_api_key):
     """On the suite's shared server (its other tests run before or after, never during)."""
-    report = soak(rel_server, clients=50, round_seconds=5, rounds=2)
+    report = soak(rel_server, clients=50, round_seconds=5, rounds=2, api_key=rel_api_key)
     print(json.dumps(report))
     _assert_healthy(report, max_drift_kib=48 * 1024, server=rel_server)
 
@@ -169,8 +170,8 @@ def test_50_streaming_clients_for_10_seconds(rel_server):
 def test_soak_200_streaming_clients_for_60_seconds(load_server):
     report = soak(load_server, clients=200, round_seconds=15, rounds=4)
     print(json.dumps(report))
-    if os.environ.get("SWIFTOPS_SOAK_REPORT"):
-        with open(os.environ["SWIFTOPS_SOAK_REPORT"], "w") as f:
+    if os.environ.get("RELIABILITY_SOAK_REPORT"):
+        with open(os.environ["RELIABILITY_SOAK_REPORT"], "w") as f:
             json.dump(report, f, indent=1)
     # 200 clients beyond --max_concurrency 64: the rest queue (max_queue 256), so no 429 is expected either.
     assert report["statuses"].get(429, 0) == 0, report
