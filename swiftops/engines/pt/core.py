@@ -9,6 +9,7 @@ the error in its sink, and the loop carries on with the others.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -43,6 +44,10 @@ class EngineCore:
         self._outbox: list[tuple[Any, SequenceOutput]] = []  # (sink, output) of the current step
         self.steps = 0
         self.faults = FaultInjector.from_env(tokenizer)  # None unless a reliability test asks for faults
+        # The engine thread waits on the GPU with the GIL released, then must get it back at once to launch the
+        # next step. With Python's default 5 ms switch interval a busy thread beside it (the server's event loop
+        # streaming tokens) keeps the GIL for up to 5 ms per step; 0.5 ms bounds that wait.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._thread = threading.Thread(target=self._loop, name="swiftops-pt-engine", daemon=True)
         self._thread.start()
 
