@@ -185,3 +185,20 @@ def test_local_paths_are_refused_unless_allowed(tiny_vlm_dir, tmp_path, vlm_serv
     assert _ask_about(vlm_server, str(image)).json()["error"]["code"] == "local_media_forbidden"
     with ServerProcess(["--model", str(tiny_vlm_dir), "--allow_local_media", "true"]) as permissive:
         assert _ask_about(permissive, str(image)).status_code == 200
+
+
+def test_bad_media_on_a_multimodal_server_is_a_400(vlm_server):
+    """Media tags without media, invalid base64, bytes that are no image: 400, and the server goes on."""
+    bad = [
+        {"messages": [{"role": "user", "content": "<image>what colour?"}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url",
+                                                     "image_url": {"url": "data:image/png;base64,!!not-base64!!"}}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + base64.b64encode(b"no image at all").decode()}}]}]},
+    ]
+    for body in bad:
+        response = httpx.post(vlm_server.url + CHAT, json={**body, "max_tokens": 2}, timeout=60)
+        assert response.status_code == 400, (body, response.text)
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    good = "data:image/png;base64," + base64.b64encode(_png()).decode()
+    assert _ask_about(vlm_server, good).status_code == 200
