@@ -133,3 +133,33 @@ def test_a_prompt_larger_than_the_kv_cache_is_rejected_and_serving_goes_on(tiny_
         assert rejected.status_code == 500 and "KV cache is too small" in rejected.json()["error"]["message"]
         assert [r.status_code for r in served] == [200, 200, 200]
         assert httpx.post(server.url + CHAT, json=small, timeout=60).status_code == 200
+
+
+def test_multimodal_batchmates_survive_a_failing_sequence(tiny_vlm_dir):
+    """The split recomputes sequences from their first token: image embeddings and M-RoPE positions must survive."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    def ask(text: str, colour: tuple[int, int, int]) -> InferRequest:
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        return InferRequest(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                                   {"type": "text", "text": text}]}])
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SWIFTOPS_FAULT_INJECT", "error:@@boom@@")
+    engine = PtEngine(str(tiny_vlm_dir), max_batch_size=8)
+    mp.undo()
+    try:
+        good = [ask("colour?", (200, 0, 0)), ask("shape?", (0, 200, 0)), ask("size?", (0, 0, 200))]
+        config = RequestConfig(max_tokens=6, temperature=0)
+        solo = [r.choices[0].message.content for r in engine.infer(good, config, use_tqdm=False)]
+        mixed = engine.infer(good[:1] + [ask("fail @@boom@@", (9, 9, 9))] + good[1:], config, use_tqdm=False,
+                             return_exceptions=True)
+        assert isinstance(mixed.pop(1), EngineError)
+        assert [r.choices[0].message.content for r in mixed] == solo
+    finally:
+        engine.close()
