@@ -228,7 +228,9 @@ class PtEngine(InferEngine):
             raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model "
                                    "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
         else:
-            prompt_ids = self.encode(request)
+            # Off the event loop: the chat template and tokenizer take seconds on a megabyte prompt (the fast
+            # tokenizer releases the GIL), and the server's other clients must not wait for that.
+            prompt_ids = await asyncio.to_thread(self.encode, request)
         if not prompt_ids:
             raise BadRequestError("the prompt is empty", param="prompt")
         if len(prompt_ids) >= self.max_model_len:
