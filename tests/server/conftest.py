@@ -50,7 +50,7 @@ def _make_adapter(base_dir, out_dir, seed: int) -> str:
 
 @pytest.fixture(scope="session")
 def adapter_names() -> list[str]:
-    return ["sql", "poem"]
+    return ["sql", "poem", "chat"]  # three adapters (issue 6): a mixed burst over them and the base model
 
 
 @pytest.fixture(scope="session")
