@@ -163,3 +163,19 @@ def test_multimodal_batchmates_survive_a_failing_sequence(tiny_vlm_dir):
         assert [r.choices[0].message.content for r in mixed] == solo
     finally:
         engine.close()
+
+
+def test_the_fault_hook_is_test_only_and_off_by_default(monkeypatch):
+    from pathlib import Path
+
+    from swiftops.engines.pt import fault_injection
+
+    package = Path(fault_injection.__file__).resolve().parents[2]
+    readers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if fault_injection.ENV_VAR in p.read_text(encoding="utf-8"))
+    assert readers == ["engines/pt/fault_injection.py"], readers  # no other module reads the variable
+    monkeypatch.delenv(fault_injection.ENV_VAR, raising=False)
+    assert fault_injection.FaultInjector.from_env(tokenizer=None) is None
+    monkeypatch.setenv(fault_injection.ENV_VAR, "explode:x")
+    with pytest.raises(ValueError, match="bad rule"):
+        fault_injection.FaultInjector.from_env(tokenizer=None)
