@@ -58,7 +58,17 @@ def command(**values: object) -> None:
         if (infer.nproc_per_node or 1) > 1 or (infer.num_shards or 1) > 1 or infer.shard_index is not None:
             raise ConfigError("--nproc_per_node, --num_shards and --shard_index split the rows of --val_dataset; "
                               "pass --val_dataset (the interactive chat runs in one process)")
-        run_interactive_mode(model, engine_settings, generation, media, infer.stream, result_path)
+        run_interactive_mode(model, engine_settings, generation, media, infer.stream, result_path, infer.draw_boxes)
+
+
+def box_drawer(directory: Optional[str], media: MediaSettings) -> Optional["BoxDrawer"]:
+    """--draw_boxes DIR, with the pixel limits the processor resizes images by (Qwen2.5-VL's boxes use them)."""
+    if not directory:
+        return None
+    from swiftops.dataset.runner import BoxDrawer
+    from swiftops.media.limits import MediaLimits
+    limits = MediaLimits.resolve(media)
+    return BoxDrawer(directory, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
 
 
 def nproc_per_node(infer: InferSettings) -> int:
@@ -100,9 +110,11 @@ def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_sett
             write_shard_file(target, job, [row.key for row in job_rows], len(rows))
         rows = job_rows
     if launch is None or launch.world_size == 1:
-        failed = run_dataset_mode(rows, model, engine_settings, generation, media, infer.stream, target)
+        failed = run_dataset_mode(rows, model, engine_settings, generation, media, infer.stream, target,
+                                  draw_boxes=infer.draw_boxes)
     else:
-        failed = run_dataset_ranks(launch, rows, model, engine_settings, generation, media, infer.stream, target)
+        failed = run_dataset_ranks(launch, rows, model, engine_settings, generation, media, infer.stream, target,
+                                   draw_boxes=infer.draw_boxes)
     if job.count > 1 and not failed and (launch is None or launch.rank == 0):
         click.echo(f"shard {job.index} of {job.count} done; once every shard is done, join them with: "
                    f"swiftops merge-results --result_path {result_path} --num_shards {job.count}")
@@ -111,7 +123,7 @@ def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_sett
 
 def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: ModelSettings,
                       engine_settings: EngineSettings, generation: GenerationSettings, media: MediaSettings,
-                      stream: Optional[bool], target: str) -> int:
+                      stream: Optional[bool], target: str, draw_boxes: Optional[str] = None) -> int:
     """One torchrun rank: answer rows i % world_size == rank into its part, then rank 0 merges all parts."""
     shard = launch.shard
     part = shard.part_path(target)
@@ -125,7 +137,7 @@ def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: Model
         model = model.model_copy(update={"device_map": device})  # weights load straight onto this rank's GPU
     launch.start()
     try:
-        failed = run_dataset_mode(mine, model, engine_settings, generation, media, stream, part,
+        failed = run_dataset_mode(mine, model, engine_settings, generation, media, stream, part, draw_boxes=draw_boxes,
                                   label=f"rank {launch.rank}/{launch.world_size} ({device})",
                                   show_progress=launch.rank == 0)
         mine_failed = failed
@@ -146,7 +158,7 @@ def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: Model
 
 def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settings: EngineSettings,
                      generation: GenerationSettings, media: MediaSettings, stream: Optional[bool], result_path: str, *,
-                     label: str = "", show_progress: bool = True) -> int:
+                     label: str = "", show_progress: bool = True, draw_boxes: Optional[str] = None) -> int:
     """Answer the rows not yet in the result file; returns how many failed.
 
     `label` prefixes this process's lines (a torchrun rank); `show_progress` False hides its bar."""
@@ -171,6 +183,7 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
             with tqdm(total=len(rows), initial=len(rows) - len(pending), desc="infer", file=sys.stderr,
                       dynamic_ncols=True, disable=not show_progress) as bar:
                 failures = DatasetRun(engine, request_config(generation, stream=False), writer,
+                                      boxes=box_drawer(draw_boxes, media),
                                       system=generation.system, max_in_flight=2 * engine_settings.max_batch_size,
                                       stats=stats, progress=bar).run(pending)
         finally:
@@ -181,7 +194,8 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
 
 
 def run_interactive_mode(model: ModelSettings, engine_settings: EngineSettings, generation: GenerationSettings,
-                         media: MediaSettings, stream: Optional[bool], result_path: str) -> None:
+                         media: MediaSettings, stream: Optional[bool], result_path: str,
+                         draw_boxes: Optional[str] = None) -> None:
     from swiftops.cli.interactive import ChatSession
 
     if sys.stdin.isatty():
@@ -189,6 +203,7 @@ def run_interactive_mode(model: ModelSettings, engine_settings: EngineSettings, 
     engine = build_engine(model, engine_settings, generation, media)
     try:
         config = request_config(generation, stream=True if stream is None else stream)
-        ChatSession(engine, config, result_path=result_path, system=generation.system).run()
+        ChatSession(engine, config, result_path=result_path, system=generation.system,
+                    boxes=box_drawer(draw_boxes, media)).run()
     finally:
         engine.close()

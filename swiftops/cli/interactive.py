@@ -39,7 +39,8 @@ class ChatSession:
 
     def __init__(self, engine: InferEngine, config: RequestConfig, *, result_path: str,
                  system: Optional[str] = None, out: TextIO = sys.stdout,
-                 read_line: Callable[[str], str] = input) -> None:
+                 read_line: Callable[[str], str] = input, boxes: Any = None) -> None:
+        self.boxes = boxes  # a swiftops.dataset.runner.BoxDrawer with --draw_boxes
         self.engine = engine
         self.config = config
         self.result_path = result_path
@@ -151,6 +152,10 @@ class ChatSession:
         self.writer().write(result_row(f"{self.session_id}-{self.turns}", messages, response,
                                        with_logprobs=self.config.logprobs,
                                        **{kind: items for kind, items in media.items() if items}))
+        if self.boxes is not None:
+            saved = self.boxes.save(f"{self.session_id}-{self.turns}", media.get("images") or [], response)
+            if saved:
+                print(f"boxes drawn: {saved}", file=self.out, flush=True)
 
     def _generate(self, request: InferRequest) -> ChatCompletionResponse:
         if not self.config.stream:

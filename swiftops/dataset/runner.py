@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import sys
 from typing import Any, Iterator, Optional
 
@@ -28,6 +30,24 @@ def result_row(key: str, messages: list[dict[str, Any]], response: ChatCompletio
     return row
 
 
+class BoxDrawer:
+    """`--draw_boxes DIR`: each answer's grounding boxes drawn on its request's first image, saved as DIR/<id>.png."""
+
+    def __init__(self, directory: str, min_pixels: Optional[int] = None, max_pixels: Optional[int] = None) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+
+    def save(self, key: str, images: list[Any], response: ChatCompletionResponse) -> Optional[str]:
+        from swiftops.template.grounding import save_drawn_boxes
+        if not images:
+            return None
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_") or "answer"
+        return save_drawn_boxes(response.choices[0].message.content or "", images[0],
+                                os.path.join(self.directory, f"{name}.png"),
+                                min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+
+
 def describe_failure(exc: BaseException) -> str:
     return exc.message if isinstance(exc, SwiftopsError) else f"{type(exc).__name__}: {exc}"
 
@@ -41,7 +61,7 @@ class DatasetRun:
 
     def __init__(self, engine: InferEngine, config: RequestConfig, writer: ResultWriter, *,
                  system: Optional[str] = None, max_in_flight: int = 64, stats: Optional[InferStats] = None,
-                 progress: Any = None) -> None:
+                 progress: Any = None, boxes: Optional["BoxDrawer"] = None) -> None:
         self.engine = engine
         self.config = config
         self.writer = writer
@@ -50,6 +70,7 @@ class DatasetRun:
         self.stats = stats or InferStats()
         self.progress = progress  # a tqdm bar, or None
         self.failures: list[tuple[DatasetRow, BaseException]] = []
+        self.boxes = boxes  # --draw_boxes
 
     def run(self, rows: list[DatasetRow]) -> list[tuple[DatasetRow, BaseException]]:
         asyncio.run(self.run_async(rows))
@@ -82,6 +103,8 @@ class DatasetRun:
                           len(response.choices))
         self.writer.write(result_row(row.key, messages, response, label=row.label,
                                      with_logprobs=self.config.logprobs, source=row.source, index=row.index))
+        if self.boxes is not None:
+            self.boxes.save(row.key, row.to_request(self.system).images, response)
         if self.progress is not None:
             self.progress.update(1)
 

@@ -146,6 +146,8 @@ class InferSettings(_Section):
                                                      "interactively, false for datasets).")
     val_dataset: list[str] = Field(default_factory=list,
                                    description="Local JSONL/JSON/CSV files to run (dataset mode); several allowed.")
+    draw_boxes: Optional[str] = Field(None, description="Directory to save each answer's grounding boxes drawn on "
+                                                        "the request's first image (Qwen2-VL / Qwen2.5-VL boxes).")
     result_path: Optional[str] = Field(None, description="JSONL file the results are appended to "
                                                          "(default: results/<model>-<time>.jsonl).")
     shard_index: Optional[int] = Field(

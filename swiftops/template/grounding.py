@@ -146,3 +146,22 @@ def draw_boxes(image: Any, boxes: list[Box], line_width: Optional[int] = None):
             draw.rectangle(text_box, fill=color)
             draw.text((left, top), box.label, fill=(255, 255, 255))
     return out
+
+
+def save_drawn_boxes(text: str, image_source: Any, out_path: str, *, min_pixels: Optional[int] = None,
+                     max_pixels: Optional[int] = None) -> Optional[str]:
+    """`swiftops infer --draw_boxes DIR`: draw the boxes an answer names on the request's image and save it.
+
+    Qwen2.5-VL answers in pixels of the image as the processor resized it, so the model's input size is
+    computed with the same min/max pixels the processor used. Returns the path written, or None when the
+    answer has no boxes.
+    """
+    from swiftops.media.image import load_image
+
+    image = load_image(image_source)
+    kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+    boxes = parse_boxes(text, image.size, model_input_size=model_input_size(image.size, **kwargs))
+    if not boxes:
+        return None
+    draw_boxes(image, boxes).save(out_path)
+    return out_path
