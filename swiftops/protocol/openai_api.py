@@ -171,7 +171,9 @@ class ChatCompletionRequest(_SamplingParams):
     tool_choice: Optional[Union[Literal["none", "auto", "required"], dict[str, Any]]] = Field(
         None, description="`none` drops the tools; `auto`/`required` or a named function keep them.")
     parallel_tool_calls: Optional[bool] = Field(None, description="Accepted for compatibility; ignored.")
-    response_format: Optional[dict[str, Any]] = Field(None, description="Only {\"type\": \"text\"} is supported.")
+    response_format: Optional[dict[str, Any]] = Field(
+        None, description="{type: text | json_object | json_schema}; JSON modes need a backend with constrained "
+                          "decoding (vllm, lmdeploy), the pt backend answers 400.")
     images: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<image>` tags.")
     videos: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<video>` tags.")
     audios: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<audio>` tags.")
@@ -182,9 +184,10 @@ class ChatCompletionRequest(_SamplingParams):
     def _check_chat(self) -> "ChatCompletionRequest":
         if self.top_logprobs and not self.logprobs:
             raise ValueError("`top_logprobs` needs `logprobs: true`")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError(f"response_format {self.response_format.get('type')!r} is not supported; "
-                             "only {\"type\": \"text\"}")
+        if self.response_format and self.response_format.get("type", "text") not in ("text", "json_object",
+                                                                                      "json_schema"):
+            raise ValueError(f"response_format type {self.response_format.get('type')!r} is not one of text, "
+                             "json_object, json_schema")
         return self
 
     def to_infer_request(self) -> InferRequest:
@@ -194,7 +197,9 @@ class ChatCompletionRequest(_SamplingParams):
 
     def to_request_config(self) -> RequestConfig:
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return self._config(max_tokens, self.logprobs, self.top_logprobs if self.logprobs else None)
+        config = self._config(max_tokens, self.logprobs, self.top_logprobs if self.logprobs else None)
+        config.response_format = self.response_format
+        return config
 
 
 class CompletionRequest(_SamplingParams):

@@ -32,7 +32,7 @@ def test_chat_request_conversion():
     {"top_logprobs": 2},  # needs logprobs
     {"stream_options": {"include_usage": True}},  # needs stream
     {"logit_bias": {"1": 5}},
-    {"response_format": {"type": "json_schema"}},
+    {"response_format": {"type": "xml"}},
     {"stop": ["x"] * 17},
     {"temperature": float("nan")},
     {"unknown": 1},

@@ -24,6 +24,7 @@ from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, Inf
                                PromptTooLongError, RequestConfig, UnsupportedError)
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
+from swiftops.protocol.capabilities import require
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 from swiftops.template.chat_template import encode_prompt
 from swiftops.template.multimodal import MultimodalEncoder
@@ -217,6 +218,8 @@ class PtEngine(InferEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        if config.response_format and config.response_format.get("type", "text") != "text":
+            require("pt", "structured_output")  # a 400 saying which backends can
         adapter = self._adapter_for(adapter_request)
         mm_inputs = None
         if self.encoder is not None and request.prompt is None:
