@@ -179,10 +179,17 @@ def test_redirects_to_forbidden_addresses_are_refused(vlm_server, media_server):
     assert _ask_about(vlm_server, f"http://localhost:{port}/hop").status_code == 200  # an allowed hop is followed
 
 
-def test_local_paths_are_refused_unless_allowed(tiny_vlm_dir, tmp_path, vlm_server):
+def test_local_paths_are_refused(tmp_path, vlm_server):
     image = tmp_path / "red.png"
     image.write_bytes(_png())
-    assert _ask_about(vlm_server, str(image)).json()["error"]["code"] == "local_media_forbidden"
+    for path in (str(image), f"file://{image}"):
+        assert _ask_about(vlm_server, path).json()["error"]["code"] == "local_media_forbidden", path
+
+
+@pytest.mark.slow  # a second server; the policy itself is unit-tested in tests/media/test_fetch.py
+def test_local_paths_are_served_when_allowed(tiny_vlm_dir, tmp_path):
+    image = tmp_path / "red.png"
+    image.write_bytes(_png())
     with ServerProcess(["--model", str(tiny_vlm_dir), "--allow_local_media", "true"]) as permissive:
         assert _ask_about(permissive, str(image)).status_code == 200
 
