@@ -61,6 +61,9 @@ def backend_config_kwargs(model: ModelSettings, engine: EngineSettings,
     if "max_num_batched_tokens" in explicit:
         kwargs["max_prefill_token_num"] = engine.max_num_batched_tokens
     if backend == "pytorch":
+        # Without a mode, LMDeploy's PyTorch engine computes no logprobs at all (found on the GPU machine):
+        # ask for the raw distribution, which is what the pt engine and vLLM report.
+        kwargs["logprobs_mode"] = "raw_logprobs"
         if "block_size" in explicit:
             kwargs["block_size"] = engine.block_size
         if engine.enforce_eager:

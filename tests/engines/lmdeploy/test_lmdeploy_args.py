@@ -25,6 +25,8 @@ def test_pytorch_config_carries_adapters_eager_mode_and_block_size():
                                         EngineSettings(enforce_eager=True, block_size=32), "pytorch")
     assert kwargs["adapters"] == {"sql": "/l/sql", "chat": "/l/chat"}
     assert kwargs["eager_mode"] is True and kwargs["block_size"] == 32 and "cache_block_seq_len" not in kwargs
+    # the PyTorch engine computes logprobs only with a mode set (seen on a GPU: none came back without it)
+    assert kwargs["logprobs_mode"] == "raw_logprobs"
 
 
 def test_defaults_are_lmdeploys_own():
