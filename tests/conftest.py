@@ -121,3 +121,29 @@ def media_server():
     yield server
     server.shutdown()
     server.server_close()
+
+
+def build_lora_adapter(base_dir, out_dir, seed: int, targets=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj"),
+                       r: int = 4) -> str:
+    """A peft LoRA adapter for `base_dir` with random A and B (peft's default B = 0 would change nothing), B
+    scaled up so that greedy outputs really differ from the base model's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(4.0)
+    peft_model.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+@pytest.fixture(scope="session")
+def make_lora_adapter():
+    """`make_lora_adapter(base_dir, out_dir, seed, targets=..., r=4) -> path` (see build_lora_adapter)."""
+    return build_lora_adapter

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
@@ -23,6 +23,9 @@ from swiftops.metrics.stats import InferStats
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import RequestConfig
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, InferSettings, MediaSettings, ModelSettings
+
+if TYPE_CHECKING:
+    from swiftops.dataset.runner import BoxDrawer
 
 SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, InferSettings)
 

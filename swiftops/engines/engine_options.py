@@ -2,9 +2,12 @@
 split into the settings models, so the Python API, the CLI and manifests share one validation."""
 from __future__ import annotations
 
-from typing import Any
+from abc import abstractmethod
+from typing import Any, Optional, Union
 
 from pydantic import ValidationError
+
+from swiftops.engines.base import InferEngine
 
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
@@ -33,3 +36,31 @@ def split_options(options: dict[str, Any], library: str) -> tuple[ModelSettings,
                 GenerationSettings(**sections[GenerationSettings]))
     except ValidationError as exc:
         raise ConfigError(f"invalid engine option: {exc}") from None
+
+
+class SettingsEngine(InferEngine):
+    """A backend engine built from swiftops' settings: `Engine(model, adapters, **settings_fields)` in Python,
+    `Engine.from_settings(...)` from the CLI and the server. Subclasses name their `backend` and `library`
+    and implement `_setup`."""
+
+    backend: str = ""
+    library: str = ""  # as users know it, for error messages
+
+    def __init__(self, model: str, adapters: Union[dict[str, str], list[str], None] = None, *,
+                 served_model_name: Optional[str] = None, **options: Any) -> None:
+        model_settings, engine_settings, generation = split_options(
+            {"model": model, "adapters": adapters or {}, "infer_backend": self.backend, **options}, self.library)
+        self._setup(model_settings, engine_settings, generation, served_model_name)
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings, engine: EngineSettings,
+                      generation: Optional[GenerationSettings] = None,
+                      served_model_name: Optional[str] = None) -> "SettingsEngine":
+        self = cls.__new__(cls)
+        self._setup(model, engine, generation or GenerationSettings(), served_model_name)
+        return self
+
+    @abstractmethod
+    def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
+               served_model_name: Optional[str]) -> None:
+        """Build the library's engine from the settings."""

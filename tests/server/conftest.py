@@ -30,23 +30,6 @@ def server_results(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("server") / "results.jsonl"
 
 
-def _make_adapter(base_dir, out_dir, seed: int) -> str:
-    """A LoRA adapter with random A and B (peft's default B = 0 would change nothing)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
-                                                  init_lora_weights=False))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(4.0)
-    peft_model.save_pretrained(out_dir)
-    return str(out_dir)
-
 
 @pytest.fixture(scope="session")
 def adapter_names() -> list[str]:
@@ -54,9 +37,9 @@ def adapter_names() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_model_dir, server_results, adapter_names, tmp_path_factory):
+def server(tiny_model_dir, server_results, adapter_names, tmp_path_factory, make_lora_adapter):
     root = tmp_path_factory.mktemp("loras")
-    adapters = [f"{name}={_make_adapter(tiny_model_dir, root / name, seed)}"
+    adapters = [f"{name}={make_lora_adapter(tiny_model_dir, root / name, seed)}"
                 for seed, name in enumerate(adapter_names, start=1)]
     process = ServerProcess(["--model", str(tiny_model_dir), "--served_model_name", SERVED_NAME, "--api_key", API_KEY,
                              "--adapters", *adapters, "--max_concurrency", "64", "--max_queue", "64",

@@ -19,23 +19,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _make_adapter(base_dir, out_dir, seed: int) -> str:
-    """A LoRA adapter with random A and B (peft's default B = 0 would change nothing)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
-                                                  init_lora_weights=False))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(4.0)
-    peft_model.save_pretrained(out_dir)
-    return str(out_dir)
-
 
 @pytest.fixture(scope="session")
 def api_key() -> str:
@@ -43,10 +26,10 @@ def api_key() -> str:
 
 
 @pytest.fixture(scope="session")
-def ui_server(tiny_model_dir, tmp_path_factory):
+def ui_server(tiny_model_dir, tmp_path_factory, make_lora_adapter):
     """`swiftops app --model ...`: the OpenAI server with the chat page at /."""
     root = tmp_path_factory.mktemp("ui-loras")
-    adapters = [f"{name}={_make_adapter(tiny_model_dir, root / name, seed)}"
+    adapters = [f"{name}={make_lora_adapter(tiny_model_dir, root / name, seed)}"
                 for seed, name in enumerate(["sql", "poem"], start=1)]
     process = ServerProcess(["--model", str(tiny_model_dir), "--served_model_name", SERVED_NAME, "--api_key", API_KEY,
                              "--adapters", *adapters])

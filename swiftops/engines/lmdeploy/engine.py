@@ -15,10 +15,9 @@ import io
 import itertools
 import logging
 import os
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Optional
 
-from swiftops.engines.base import InferEngine
-from swiftops.engines.engine_options import split_options
+from swiftops.engines.engine_options import SettingsEngine
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker
 from swiftops.engines.pt.sequence import SequenceOutput
@@ -73,24 +72,11 @@ def _data_uri(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-class LmdeployEngine(InferEngine):
+class LmdeployEngine(SettingsEngine):
     """LMDeploy behind swiftops' interface; keyword arguments are the settings' field names."""
 
     backend = "lmdeploy"
-
-    def __init__(self, model: str, adapters: Union[dict[str, str], list[str], None] = None, *,
-                 served_model_name: Optional[str] = None, **options: Any) -> None:
-        model_settings, engine_settings, generation = split_options(
-            {"model": model, "adapters": adapters or {}, "infer_backend": "lmdeploy", **options}, "LMDeploy")
-        self._setup(model_settings, engine_settings, generation, served_model_name)
-
-    @classmethod
-    def from_settings(cls, model: ModelSettings, engine: EngineSettings,
-                      generation: Optional[GenerationSettings] = None,
-                      served_model_name: Optional[str] = None) -> "LmdeployEngine":
-        self = cls.__new__(cls)
-        self._setup(model, engine, generation or GenerationSettings(), served_model_name)
-        return self
+    library = "LMDeploy"
 
     def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
                served_model_name: Optional[str]) -> None:

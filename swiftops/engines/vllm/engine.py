@@ -12,10 +12,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Optional
 
-from swiftops.engines.base import InferEngine
-from swiftops.engines.engine_options import split_options
+from swiftops.engines.engine_options import SettingsEngine
 from swiftops.engines.pt.sequence import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.vllm import args as vllm_args
@@ -51,24 +50,11 @@ def import_vllm() -> Any:
     return vllm
 
 
-class VllmEngine(InferEngine):
+class VllmEngine(SettingsEngine):
     """vLLM behind swiftops' interface; keyword arguments are the settings' field names (see `swiftops infer --help`)."""
 
     backend = "vllm"
-
-    def __init__(self, model: str, adapters: Union[dict[str, str], list[str], None] = None, *,
-                 served_model_name: Optional[str] = None, **options: Any) -> None:
-        model_settings, engine_settings, generation = split_options(
-            {"model": model, "adapters": adapters or {}, "infer_backend": "vllm", **options}, "vLLM")
-        self._setup(model_settings, engine_settings, generation, served_model_name)
-
-    @classmethod
-    def from_settings(cls, model: ModelSettings, engine: EngineSettings,
-                      generation: Optional[GenerationSettings] = None,
-                      served_model_name: Optional[str] = None) -> "VllmEngine":
-        self = cls.__new__(cls)
-        self._setup(model, engine, generation or GenerationSettings(), served_model_name)
-        return self
+    library = "vLLM"
 
     def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
                served_model_name: Optional[str]) -> None:

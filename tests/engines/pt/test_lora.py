@@ -13,26 +13,11 @@ GREEDY = RequestConfig(max_tokens=20, temperature=0)
 PROMPTS = ["who are you?", "浙江的省会在哪？", "tell me about cats and dogs", "SELECT * FROM users"]
 
 
-def _make_adapter(base_dir, out_dir, seed: int, targets=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj"), r=4):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
-                                                  init_lora_weights=False))  # random A and B: outputs really change
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(4.0)
-    peft_model.save_pretrained(out_dir)
-    return str(out_dir)
-
 
 @pytest.fixture(scope="module")
-def adapters(tiny_model_dir, tmp_path_factory):
+def adapters(tiny_model_dir, tmp_path_factory, make_lora_adapter):
     root = tmp_path_factory.mktemp("loras")
-    return {name: _make_adapter(tiny_model_dir, root / name, seed)
+    return {name: make_lora_adapter(tiny_model_dir, root / name, seed)
             for name, seed in (("sql", 1), ("chat", 2), ("poem", 3))}
 
 
@@ -127,13 +112,13 @@ def test_adapter_loaded_by_path_at_request_time(tiny_model_dir, adapters, engine
         eng.close()
 
 
-def test_adapter_for_another_model_is_refused(tiny_model_dir, tmp_path):
+def test_adapter_for_another_model_is_refused(tiny_model_dir, tmp_path, make_lora_adapter):
     from transformers import AutoModelForCausalLM, Qwen2Config
     cfg = Qwen2Config.from_pretrained(tiny_model_dir)
     cfg.intermediate_size = 96  # other MLP shape: up_proj is 64->96 instead of 64->128
     other = tmp_path / "other-base"
     AutoModelForCausalLM.from_config(cfg).save_pretrained(other)
-    adapter = _make_adapter(other, tmp_path / "bad", 0, targets=("up_proj",))
+    adapter = make_lora_adapter(other, tmp_path / "bad", 0, targets=("up_proj",))
     cfg_json = json.loads((tmp_path / "bad" / "adapter_config.json").read_text())
     cfg_json["base_model_name_or_path"] = "other-base"
     (tmp_path / "bad" / "adapter_config.json").write_text(json.dumps(cfg_json))

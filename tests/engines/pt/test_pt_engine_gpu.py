@@ -35,23 +35,13 @@ def test_cuda_graph_decode_matches_eager_and_solo(tiny_model_dir):
         eager.close()
 
 
-def test_lora_mixed_batch_under_cuda_graphs(tiny_model_dir, tmp_path):
+def test_lora_mixed_batch_under_cuda_graphs(tiny_model_dir, tmp_path, make_lora_adapter):
     import asyncio
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from swiftops import AdapterRequest
 
-    paths = {}
-    for seed, name in ((1, "a"), (2, "b")):
-        torch.manual_seed(seed)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
-                                          init_lora_weights=False))
-        model.save_pretrained(tmp_path / name)
-        paths[name] = str(tmp_path / name)
+    paths = {name: make_lora_adapter(tiny_model_dir, tmp_path / name, seed, targets=("q_proj", "v_proj", "up_proj"))
+             for seed, name in ((1, "a"), (2, "b"))}
     graphs = PtEngine(str(tiny_model_dir), adapters=paths, torch_dtype="float32", kv_cache_memory_gb=0.5)
     eager = PtEngine(str(tiny_model_dir), adapters=paths, torch_dtype="float32", kv_cache_memory_gb=0.5,
                      enforce_eager=True)
