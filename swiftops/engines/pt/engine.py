@@ -113,7 +113,13 @@ class PtEngine(InferEngine):
             if can_use_graphs(loaded.device, enforce_eager):
                 graphs = CudaGraphDecoder(loaded.model, cache, loaded.device, max_batch_size, self.max_model_len,
                                           self.lora)
-                graphs.capture()
+                try:
+                    graphs.capture()
+                except Exception as exc:  # noqa: BLE001 - some kernels (quantized, custom) cannot be captured
+                    logger.warning("pt engine: CUDA graphs unavailable for this model (%s: %s); decoding eagerly",
+                                   type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                    graphs = None
+                    torch.cuda.synchronize(loaded.device)
             run = PagedRunner(loaded.model, cache, loaded.device, graphs, self.lora)
             scheduler = Scheduler(cache, max_batch_size, max_num_batched_tokens, self._admit_lora)
             self.kv_cache = cache

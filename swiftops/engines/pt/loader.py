@@ -123,7 +123,8 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
-        kwargs.setdefault("device_map", {"": 0} if device.type == "cuda" else None)
+        # under torchrun each rank has set its own device: quantize onto that one, not GPU 0
+        kwargs.setdefault("device_map", {"": torch.cuda.current_device()} if device.type == "cuda" else None)
     try:
         auto_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
         net = auto_class.from_pretrained(source, **kwargs)
