@@ -33,6 +33,10 @@ class StepContext:
     spans: Optional[list[tuple[int, int, int, Optional[torch.Tensor]]]] = None
 
 
+class PagedAttentionUnsupported(RuntimeError):
+    """This layer does something the paged path does not model; the engine's self-check then picks the fallback."""
+
+
 def _window_mask(q_pos: torch.Tensor, k_len: int, window: Optional[int]) -> torch.Tensor:
     """Causal (and sliding-window) mask [q, k_len]: query at absolute position p sees keys 0..p."""
     k_pos = torch.arange(k_len, device=q_pos.device)
@@ -88,7 +92,7 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, **kwargs)
     if kwargs.get("softcap") or query.shape[0] != 1:
-        raise NotImplementedError("paged attention: soft-capping and unpacked batches are not supported")
+        raise PagedAttentionUnsupported("paged attention: soft-capping and unpacked batches are not supported")
     layer = module.layer_idx
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     # Write this step's keys/values ([T, Hkv, D]) into their cache slots.
@@ -96,7 +100,7 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     ctx.values[layer].index_copy_(0, ctx.slot_mapping, value[0].transpose(0, 1).to(ctx.values[layer].dtype))
     if ctx.decode:
         if sliding_window:
-            raise NotImplementedError("paged decode with a sliding window")
+            raise PagedAttentionUnsupported("paged decode with a sliding window")
         return _decode(ctx, layer, query, scaling), None
     return _prefill(ctx, layer, query, key, value, scaling, sliding_window), None
 
