@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
-from swiftops.engines.pt.sequence import SequenceOutput
+from swiftops.engines.outputs import SequenceOutput
 from swiftops.protocol import (ChatCompletionResponse, ChatCompletionResponseChoice, ChatCompletionResponseStreamChoice,
                                ChatCompletionStreamResponse, ChatMessage, ChoiceLogprobs, DeltaMessage, DeltaToolCall,
                                UsageInfo, new_id)

@@ -2,7 +2,7 @@
 import asyncio
 import json
 
-from swiftops.engines.pt.sequence import SequenceOutput
+from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
 
 PIECES = ["Sure. ", "<tool_call>", '{"name": "get_weather", ', '"arguments": {"city": "Paris"}}', "</tool_call>"]

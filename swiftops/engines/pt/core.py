@@ -21,7 +21,8 @@ from swiftops.engines.pt.detokenizer import IncrementalDetokenizer, token_bytes
 from swiftops.engines.pt.fault_injection import FaultInjector
 from swiftops.engines.pt.sampler import sample
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
-from swiftops.engines.pt.sequence import AsyncSink, Sequence, SequenceOutput, deliver_all
+from swiftops.engines.outputs import SequenceOutput
+from swiftops.engines.pt.sequence import AsyncSink, Sequence, deliver_all
 from swiftops.protocol import ChatCompletionTokenLogprob, EngineError, TopLogprob
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.scheduler import Scheduler
-from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence, SequenceOutput, merge_outputs
+from swiftops.engines.outputs import SequenceOutput, merge_outputs
+from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, InferRequest, ModelNotFoundError,
                                PromptTooLongError, RequestConfig, UnsupportedError)

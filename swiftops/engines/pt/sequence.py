@@ -6,6 +6,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from swiftops.engines.outputs import SequenceOutput
+
 _ids = itertools.count()
 
 
@@ -48,20 +50,6 @@ class SeqStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
-class SequenceOutput:
-    """What one engine step produced for a sequence, handed to its sink on the engine thread."""
-
-    index: int
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[Any] = field(default_factory=list)  # ChatCompletionTokenLogprob entries
-    finish_reason: Optional[str] = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: Optional[BaseException] = None
-
-
 class AsyncSink:
     """Hands a sequence's outputs to an asyncio queue on the event loop that awaits them.
 
@@ -83,12 +71,6 @@ def deliver_all(items: list[tuple[Any, SequenceOutput]]) -> None:
         queue.put_nowait(out)
 
 
-def merge_outputs(first: SequenceOutput, later: SequenceOutput) -> SequenceOutput:
-    """One output standing for two consecutive ones of the same choice (a reader that fell behind)."""
-    return SequenceOutput(index=first.index, text=first.text + later.text,
-                          token_ids=first.token_ids + later.token_ids, logprobs=first.logprobs + later.logprobs,
-                          finish_reason=later.finish_reason, prompt_tokens=later.prompt_tokens,
-                          completion_tokens=later.completion_tokens, error=later.error)
 
 
 @dataclass(eq=False)

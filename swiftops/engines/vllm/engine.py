@@ -15,7 +15,7 @@ import os
 from typing import Any, AsyncIterator, Optional
 
 from swiftops.engines.engine_options import SettingsEngine
-from swiftops.engines.pt.sequence import SequenceOutput
+from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.vllm import args as vllm_args
 from swiftops.engines.vllm.outputs import OutputTracker

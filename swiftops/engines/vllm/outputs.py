@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from swiftops.engines.pt.sequence import SequenceOutput
+from swiftops.engines.outputs import SequenceOutput
 from swiftops.protocol import ChatCompletionTokenLogprob, TopLogprob
 
 _FINISH = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
