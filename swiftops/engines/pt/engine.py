@@ -98,13 +98,20 @@ class PtEngine(InferEngine):
         self.model_name = served_model_name or os.path.basename(os.path.normpath(model))
         self.max_batch_size = max_batch_size
         self._eos = self._eos_ids(loaded)
+        self._core = self._start_core(loaded, runner, block_size, gpu_memory_utilization, kv_cache_memory_gb,
+                                      max_batch_size, max_num_batched_tokens, enforce_eager)
+
+    def _start_core(self, loaded: LoadedModel, runner: Optional[str], block_size: int, utilization: float,
+                    cache_gb: Optional[float], max_batch_size: int, max_num_batched_tokens: int,
+                    enforce_eager: bool) -> EngineCore:
+        """The KV cache, the fast or fallback runner (by the self-check), CUDA graphs, and the engine thread."""
         shape = _cache_shape(loaded.model, loaded.dtype)
-        cache = PagedKVCache(shape, self._num_blocks(loaded, shape, block_size, gpu_memory_utilization,
-                                                     kv_cache_memory_gb, max_batch_size), block_size, loaded.device)
+        cache = PagedKVCache(shape, self._num_blocks(loaded, shape, block_size, utilization, cache_gb,
+                                                     max_batch_size), block_size, loaded.device)
         choice = runner or os.environ.get("SWIFTOPS_PT_RUNNER")
         if choice == "fallback" or (choice != "paged" and not paged_path_agrees(
                 loaded.model, cache, loaded.device, loaded.tokenizer.vocab_size)):
-            logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", model)
+            logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", self.model_name)
             loaded.model.set_attn_implementation("sdpa")
             run = FallbackRunner(loaded.model, loaded.device, self.lora)
             scheduler = Scheduler(None, max_batch_size, max_num_batched_tokens, self._admit_lora)
@@ -127,7 +134,7 @@ class PtEngine(InferEngine):
         self.runner_name = run.name
         logger.info("pt engine ready: %s on %s (%s), runner=%s, max_model_len=%d", self.model_name, loaded.device,
                     loaded.dtype, run.name, self.max_model_len)
-        self._core = EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
+        return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
 
     @classmethod
     def from_settings(cls, model: ModelSettings, engine: EngineSettings,
