@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
+from swiftops.engines.engine_options import resolve_sampling
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
 from swiftops.protocol.capabilities import require, unsupported_reason
 from swiftops.protocol.errors import ConfigError
@@ -94,14 +95,7 @@ def generation_config_kwargs(config: RequestConfig, generation: GenerationSettin
         raise PromptTooLongError(prompt_len, max_model_len)
     if config.presence_penalty or config.frequency_penalty:
         require("lmdeploy", "presence_frequency_penalty")
-    model_defaults = model_defaults or {}
-    temperature = config.temperature if config.temperature is not None else generation.temperature
-    top_k = config.top_k if config.top_k is not None else generation.top_k
-    top_p = config.top_p if config.top_p is not None else generation.top_p
-    if temperature is None:
-        temperature = float(model_defaults.get("temperature", 1.0)) if model_defaults else 0.0
-        top_k = top_k if top_k is not None else model_defaults.get("top_k")
-        top_p = top_p if top_p is not None else model_defaults.get("top_p")
+    temperature, top_k, top_p = resolve_sampling(config, generation, model_defaults)
     if temperature > 2:
         raise BadRequestError("LMDeploy takes temperatures from 0 to 2", param="temperature")
     penalty = config.repetition_penalty if config.repetition_penalty is not None else generation.repetition_penalty

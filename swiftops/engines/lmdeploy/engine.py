@@ -17,12 +17,11 @@ import logging
 import os
 from typing import Any, AsyncIterator, Optional
 
-from swiftops.engines.engine_options import SettingsEngine
+from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
-from swiftops.engines.vllm.args import model_sampling_defaults
 from swiftops.engines.vllm.prompt import has_media, load_image, split_media
 from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
                                PromptTooLongError, RequestConfig, SwiftopsError)

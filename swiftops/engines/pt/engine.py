@@ -18,6 +18,7 @@ from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.scheduler import Scheduler
+from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
 from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
 from swiftops.engines.response_builder import collect_response, stream_response
@@ -206,14 +207,7 @@ class PtEngine(InferEngine):
         g, gc = self.generation, self._loaded.generation_config
         room = self.max_model_len - prompt_len
         max_tokens = min(config.max_tokens or g.max_new_tokens or room, room)
-        temperature = config.temperature if config.temperature is not None else g.temperature
-        if temperature is None:
-            temperature = float(gc.temperature or 1.0) if gc.do_sample else 0.0
-        top_k = config.top_k if config.top_k is not None else g.top_k
-        top_p = config.top_p if config.top_p is not None else g.top_p
-        if config.temperature is None and g.temperature is None and gc.do_sample:
-            top_k = top_k if top_k is not None else gc.top_k
-            top_p = top_p if top_p is not None else gc.top_p
+        temperature, top_k, top_p = resolve_sampling(config, g, model_sampling_defaults(gc))
         penalty = config.repetition_penalty if config.repetition_penalty is not None else g.repetition_penalty
         stop = tuple(s for s in (config.stop or g.stop_words or []) if s)
         top_logprobs = config.top_logprobs if config.top_logprobs is not None else (g.top_logprobs or 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from swiftops.engines.engine_options import resolve_sampling
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
 from swiftops.protocol.capabilities import unsupported_reason
 from swiftops.protocol.errors import ConfigError
@@ -99,18 +100,6 @@ def lora_request_kwargs(name: str, path: str, lora_int_id: int) -> dict[str, Any
     return {"lora_name": name, "lora_int_id": lora_int_id, "lora_path": path}
 
 
-def model_sampling_defaults(generation_config: Any) -> dict[str, Any]:
-    """The sampling defaults a checkpoint's generation_config.json asks for (used when a request sets none)."""
-    if generation_config is None or not getattr(generation_config, "do_sample", False):
-        return {}
-    defaults: dict[str, Any] = {"do_sample": True}
-    for key in ("temperature", "top_k", "top_p"):
-        value = getattr(generation_config, key, None)
-        if value is not None:
-            defaults[key] = value
-    return defaults
-
-
 def sampling_params_kwargs(config: RequestConfig, generation: GenerationSettings, prompt_len: int,
                            max_model_len: int, model_defaults: Optional[dict[str, Any]] = None,
                            response_format: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -123,14 +112,7 @@ def sampling_params_kwargs(config: RequestConfig, generation: GenerationSettings
     room = max_model_len - prompt_len
     if room < 1:
         raise PromptTooLongError(prompt_len, max_model_len)
-    model_defaults = model_defaults or {}
-    temperature = config.temperature if config.temperature is not None else generation.temperature
-    top_k = config.top_k if config.top_k is not None else generation.top_k
-    top_p = config.top_p if config.top_p is not None else generation.top_p
-    if temperature is None:
-        temperature = float(model_defaults.get("temperature", 1.0)) if model_defaults else 0.0
-        top_k = top_k if top_k is not None else model_defaults.get("top_k")
-        top_p = top_p if top_p is not None else model_defaults.get("top_p")
+    temperature, top_k, top_p = resolve_sampling(config, generation, model_defaults)
     penalty = config.repetition_penalty if config.repetition_penalty is not None else generation.repetition_penalty
     stop = [s for s in (config.stop or generation.stop_words or []) if s]
     kwargs: dict[str, Any] = {

@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any, AsyncIterator, Optional
 
-from swiftops.engines.engine_options import SettingsEngine
+from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.vllm import args as vllm_args
@@ -95,7 +95,7 @@ class VllmEngine(SettingsEngine):
             generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
         except OSError:  # no generation_config.json: greedy unless the request samples
             generation_config = None
-        return tokenizer, vllm_args.model_sampling_defaults(generation_config)
+        return tokenizer, model_sampling_defaults(generation_config)
 
     # ---- adapters --------------------------------------------------------------------------------
     def _register_adapter(self, name: str, path: str) -> Any:

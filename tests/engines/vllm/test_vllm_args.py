@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from swiftops.engines.engine_options import model_sampling_defaults
 from swiftops.engines.vllm import args
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
 from swiftops.protocol.errors import ConfigError
@@ -87,10 +88,10 @@ def test_sampling_defaults_come_from_settings_then_the_checkpoint():
     kwargs = args.sampling_params_kwargs(RequestConfig(), g, prompt_len=10, max_model_len=100)
     assert (kwargs["max_tokens"], kwargs["temperature"], kwargs["seed"], kwargs["stop"]) == (20, 0.3, 5, ["END"])
     assert "logprobs" not in kwargs
-    sampling_model = args.model_sampling_defaults(SimpleNamespace(do_sample=True, temperature=0.6, top_k=20, top_p=0.8))
+    sampling_model = model_sampling_defaults(SimpleNamespace(do_sample=True, temperature=0.6, top_k=20, top_p=0.8))
     kwargs = args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 10, 100, sampling_model)
     assert (kwargs["temperature"], kwargs["top_k"], kwargs["top_p"]) == (0.6, 20, 0.8)
-    greedy_model = args.model_sampling_defaults(SimpleNamespace(do_sample=False, temperature=0.6))
+    greedy_model = model_sampling_defaults(SimpleNamespace(do_sample=False, temperature=0.6))
     assert args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 10, 100, greedy_model)["temperature"] == 0.0
 
 
