@@ -10,7 +10,7 @@ from swiftops.protocol import ChatCompletionResponse, ChatCompletionStreamRespon
 from swiftops.protocol.openai_api import ChatCompletionRequest
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected
-from swiftops.server.served_request import CLIENT_CLOSED_REQUEST, ServedRequest
+from swiftops.server.served_request import ServedRequest
 from swiftops.server.sse import as_json_event, sse_event
 
 ROUTE = "/v1/chat/completions"
@@ -48,15 +48,10 @@ async def create_chat_completion(ctx: ServerContext, body: ChatCompletionRequest
     if body.stream:
         return await _stream(ctx, served, body, model_name, infer_request, config, adapter)
     try:
-        await served.admit()
-        try:
-            response: ChatCompletionResponse = await served.until_disconnected(
-                ctx.engine.infer_async(infer_request, config, adapter_request=adapter))
-        finally:
-            served.release()
+        response: ChatCompletionResponse = await served.run(
+            lambda: ctx.engine.infer_async(infer_request, config, adapter_request=adapter))
     except ClientDisconnected:
-        served.mark_disconnected()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return served.client_closed()
     response.model = model_name  # echo the requested name, never the checkpoint path
     payload = response.model_dump(mode="json")
     served.finish(response.usage, payload)
@@ -65,23 +60,16 @@ async def create_chat_completion(ctx: ServerContext, body: ChatCompletionRequest
 
 async def _stream(ctx: ServerContext, served: ServedRequest, body: ChatCompletionRequest, model_name: str,
                   infer_request: Any, config: Any, adapter: Any) -> Response:
-    try:
-        await served.admit()
-    except ClientDisconnected:
-        served.mark_disconnected()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    try:
-        stream = await served.until_disconnected(ctx.engine.infer_async(infer_request, config, adapter_request=adapter))
+    async def start() -> tuple[Any, Any]:
+        stream = await ctx.engine.infer_async(infer_request, config, adapter_request=adapter)
         # The first chunk is awaited before the 200 goes out, so errors of the request itself
         # (a prompt too long, an unknown adapter) still get their own status code.
-        first = await served.until_disconnected(anext(stream, None))
+        return stream, await anext(stream, None)
+
+    try:
+        stream, first = await served.run(start, keep_slot=True)
     except ClientDisconnected:
-        served.release()
-        served.mark_disconnected()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except BaseException:
-        served.release()
-        raise
+        return served.client_closed()
 
     transcript = StreamTranscript()
     response_id = first.id if first is not None else ""

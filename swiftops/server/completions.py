@@ -17,7 +17,7 @@ from swiftops.protocol import (BadRequestError, ChatCompletionStreamResponse, Ch
 from swiftops.protocol.openai_api import CompletionRequest
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected
-from swiftops.server.served_request import CLIENT_CLOSED_REQUEST, ServedRequest
+from swiftops.server.served_request import ServedRequest
 from swiftops.server.sse import as_json_event, sse_event
 
 ROUTE = "/v1/completions"
@@ -84,23 +84,13 @@ async def create_completion(ctx: ServerContext, body: CompletionRequest, request
     echoes = _echo_texts(ctx, body)
     infer_requests, config = body.to_infer_requests(), body.to_request_config()
     try:
-        await served.admit()
+        started = await served.run(lambda: _gather_all(
+            [ctx.engine.infer_async(r, config, adapter_request=adapter) for r in infer_requests]),
+            keep_slot=body.stream)
     except ClientDisconnected:
-        served.mark_disconnected()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    try:
-        started = await served.until_disconnected(_gather_all(
-            [ctx.engine.infer_async(r, config, adapter_request=adapter) for r in infer_requests]))
-    except ClientDisconnected:
-        served.release()
-        served.mark_disconnected()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except BaseException:
-        served.release()
-        raise
+        return served.client_closed()
     if body.stream:
         return _stream(served, body, model_name, started, echoes)
-    served.release()
     return _respond(served, body, model_name, started, echoes)
 
 

@@ -11,7 +11,7 @@ from swiftops.protocol import BadRequestError, EmbeddingData, EmbeddingResponse,
 from swiftops.protocol.openai_api import EmbeddingRequest
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected
-from swiftops.server.served_request import CLIENT_CLOSED_REQUEST, ServedRequest
+from swiftops.server.served_request import ServedRequest
 
 ROUTE = "/v1/embeddings"
 
@@ -33,14 +33,9 @@ async def create_embedding(ctx: ServerContext, body: EmbeddingRequest, request: 
     served = ServedRequest(ctx, request, ROUTE, body)
     model_name, _ = ctx.models.resolve(body.model)
     try:
-        await served.admit()
-        try:
-            vectors = await served.until_disconnected(ctx.engine.embed_async(body.inputs))
-        finally:
-            served.release()
+        vectors = await served.run(lambda: ctx.engine.embed_async(body.inputs))
     except ClientDisconnected:
-        served.mark_disconnected()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return served.client_closed()
     data = []
     for i, vector in enumerate(vectors):
         vector = list(vector)

@@ -8,12 +8,13 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 
 from fastapi import Request
+from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from swiftops.protocol import BadRequestError, SwiftopsError, UsageInfo
 from swiftops.server.context import ServerContext
-from swiftops.server.errors import error_body, logger
+from swiftops.server.errors import ClientDisconnected, error_body, logger
 from swiftops.server.request_log import log_body
 from swiftops.server.sse import DONE, EventStreamResponse, sse_event, until_disconnected
 
@@ -59,6 +60,30 @@ class ServedRequest:
         queue_time = await self.until_disconnected(self.ctx.admission.acquire())
         self._holds_slot = True
         self.ctx.metrics.request_queue_time.observe(queue_time)
+
+    async def run(self, work: Callable[[], Awaitable[T]], *, keep_slot: bool = False) -> T:
+        """Take an admission slot, then await `work()` (which starts the generation) unless the client leaves.
+
+        The slot goes back when `work` fails or the client leaves, and when it returns unless `keep_slot`
+        (a stream holds it until its last chunk). A client that left raises ClientDisconnected, marked 499:
+        answer it with `client_closed()`.
+        """
+        try:
+            await self.admit()
+            try:
+                result = await self.until_disconnected(work())
+            except BaseException:
+                self.release()
+                raise
+        except ClientDisconnected:
+            self.mark_disconnected()
+            raise
+        if not keep_slot:
+            self.release()
+        return result
+
+    def client_closed(self) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     def release(self) -> None:
         if self._holds_slot:
