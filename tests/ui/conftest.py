@@ -44,7 +44,9 @@ def api(ui_server):
         yield client
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs an event loop in this thread while it lives; ending it with each
+# UI module keeps asyncio.run usable in the tests collected after them.
+@pytest.fixture(scope="module")
 def browser():
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
