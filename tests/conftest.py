@@ -12,6 +12,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
+def _interpret_triton_without_cuda() -> None:
+    """The Triton kernels' CPU tests run them in Triton's interpreter; it must be chosen before the kernels are
+    defined (at import). Where a GPU is present they compile for it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_interpret_triton_without_cuda()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     import torch
 

@@ -187,7 +187,7 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
                       dynamic_ncols=True, disable=not show_progress) as bar:
                 failures = DatasetRun(engine, request_config(generation, stream=False), writer,
                                       boxes=box_drawer(draw_boxes, media),
-                                      system=generation.system, max_in_flight=2 * engine_settings.max_batch_size,
+                                      system=generation.system, max_in_flight=2 * (getattr(engine, "max_batch_size", None) or 32),
                                       stats=stats, progress=bar).run(pending)
         finally:
             engine.close()

@@ -96,7 +96,9 @@ class ModelSettings(_Section):
 
 class EngineSettings(_Section):
     infer_backend: BackendName = Field("pt", description="Inference backend: pt (swiftops' own), vllm or lmdeploy.")
-    max_batch_size: int = Field(32, ge=1, description="Most sequences decoded together (vLLM's max_num_seqs).")
+    max_batch_size: Optional[int] = Field(
+        None, ge=1, description="Most sequences decoded together (vLLM's max_num_seqs; default: 256 on a GPU, 32 on "
+                                "CPU for the pt backend, the library's own default for vllm and lmdeploy).")
     max_num_batched_tokens: int = Field(2048, ge=16, description="Token budget of one prefill step (chunked prefill).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory for weights and KV cache.")
     kv_cache_memory_gb: Optional[float] = Field(
@@ -168,7 +170,9 @@ class ServerSettings(_Section):
     served_model_name: Optional[str] = Field(None, description="Model name clients use (default: the last part of --model).")
     api_key: Optional[str] = Field(None, description="Required bearer key: the key itself or a path to a file holding it "
                                                      "(a Kubernetes secret); SWIFTOPS_API_KEY also works.")
-    max_concurrency: int = Field(64, ge=1, description="Requests generating at once; more wait in the queue.")
+    max_concurrency: Optional[int] = Field(
+        None, ge=1, description="Requests generating at once; more wait in the queue (default: the engine's "
+                                "max_batch_size, 64 where the engine has none).")
     max_queue: int = Field(256, ge=0, description="Requests waiting beyond max_concurrency; more get 429.")
     max_logprobs: int = Field(20, ge=0, le=20, description="Highest top_logprobs a request may ask for.")
     shutdown_timeout: float = Field(30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests.")

@@ -48,7 +48,9 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     """The app serving `engine`. `open_paths` are extra paths reachable without the API key (e.g. a web
     page that asks for the key itself); every other route, present or added later, requires it."""
     settings = settings or ServerSettings()
-    admission = AdmissionController(settings.max_concurrency, settings.max_queue)
+    # As many requests generate at once as the engine batches (256 for the pt engine on a GPU).
+    concurrency = settings.max_concurrency or getattr(engine, "max_batch_size", None) or 64
+    admission = AdmissionController(concurrency, settings.max_queue)
     metrics = ServerMetrics(running=lambda: admission.running, waiting=lambda: admission.waiting,
                             engine_running=lambda: _engine_count(engine, "num_running"),
                             engine_waiting=lambda: _engine_count(engine, "num_waiting"))

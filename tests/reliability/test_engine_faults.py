@@ -37,7 +37,7 @@ def faulty_engine(tiny_model_dir):
 def test_the_batch_is_split_and_only_the_culprit_fails(faulty_engine, marker):
     good = [_ask(f"question {i}: name a colour") for i in range(5)]
     solo = [r.choices[0].message.content for r in faulty_engine.infer(good, GREEDY, use_tqdm=False)]
-    free_before = faulty_engine.kv_cache.allocator.num_free
+    free_before = faulty_engine.block_manager.num_free
     mixed = good[:2] + [_ask(f"please fail {marker} now")] + good[2:]
     results = faulty_engine.infer(mixed, GREEDY, use_tqdm=False, return_exceptions=True)
     culprit = results.pop(2)
@@ -45,7 +45,7 @@ def test_the_batch_is_split_and_only_the_culprit_fails(faulty_engine, marker):
     assert ("out of memory" in culprit.message) == (marker == "@@oom@@"), culprit.message
     assert [r.choices[0].message.content for r in results] == solo  # batchmates: the same answers as alone
     assert faulty_engine.num_running == 0 and faulty_engine.num_waiting == 0
-    assert faulty_engine.kv_cache.allocator.num_free == free_before  # every block came back
+    assert faulty_engine.block_manager.num_free == free_before  # every block came back
 
 
 def test_a_streamed_batchmate_fails_mid_stream_without_hurting_the_others(faulty_engine):

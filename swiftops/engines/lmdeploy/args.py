@@ -45,9 +45,10 @@ def backend_config_kwargs(model: ModelSettings, engine: EngineSettings,
     kwargs: dict[str, Any] = {
         "dtype": _DTYPES[model.torch_dtype],
         "tp": engine.tensor_parallel_size,
-        "max_batch_size": engine.max_batch_size,
         "quant_policy": engine.quant_policy,
     }
+    if engine.max_batch_size:
+        kwargs["max_batch_size"] = engine.max_batch_size
     if engine.data_parallel_size > 1:
         kwargs["dp"] = engine.data_parallel_size
     if model.max_model_len:

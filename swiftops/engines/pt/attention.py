@@ -3,10 +3,15 @@
 The model code stays transformers': we register an attention implementation ("swiftops_paged") and pass
 a `StepContext` through the model's forward kwargs (transformers forwards unknown kwargs down to the
 attention function). All tokens of a step are packed into one row, `[1, T]`: the function writes each
-layer's new keys/values into the paged cache, then attends per sequence over its cached context.
+layer's new keys/values into the paged cache, then attends each sequence's new tokens over its context,
+read through its row of the block table.
+
+On CUDA the Triton kernels (`triton_attention`) do that in one launch per layer, reading only each sequence's
+real context. Elsewhere (CPU) torch's SDPA does it, gathering each decode batch's keys up to its longest context.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,62 +29,88 @@ class StepContext:
     keys: list[torch.Tensor]  # per layer [slots, kv_heads, head_dim]
     values: list[torch.Tensor]
     block_size: int
-    slot_mapping: torch.Tensor  # [T] cache slot of each packed token
-    decode: bool  # every sequence has exactly one new token
-    # decode: block_tables [B, max_blocks], key_mask [B, 1, 1, L] (True = attend)
-    block_tables: Optional[torch.Tensor] = None
-    key_mask: Optional[torch.Tensor] = None
-    # prefill: per sequence (first packed index, new tokens, tokens already cached, cache slots of the whole context)
-    spans: Optional[list[tuple[int, int, int, Optional[torch.Tensor]]]] = None
+    tables: torch.Tensor  # [table rows, max blocks] int32 (BlockManager.tables)
+    rows: torch.Tensor  # [B] int32: each sequence's table row
+    ctx_lens: torch.Tensor  # [B] int32: context length of each sequence, this step's tokens included
+    q_starts: torch.Tensor  # [B + 1] int32: offset of each sequence's tokens in the packed row
+    slot_mapping: torch.Tensor  # [T] long: cache slot of each packed token
+    max_q_len: int  # most new tokens of one sequence (1: a decode step)
+    use_triton: bool
+    num_splits: int = 1  # decode key segments (split-KV), Triton only
+    # The SDPA path's host copies (no device sync on CPU): new tokens and context length of each sequence.
+    host_q_lens: Optional[list[int]] = None
+    host_ctx_lens: Optional[list[int]] = None
 
 
 class PagedAttentionUnsupported(RuntimeError):
     """This layer does something the paged path does not model; the engine's self-check then picks the fallback."""
 
 
-def _window_mask(q_pos: torch.Tensor, k_len: int, window: Optional[int]) -> torch.Tensor:
-    """Causal (and sliding-window) mask [q, k_len]: query at absolute position p sees keys 0..p."""
-    k_pos = torch.arange(k_len, device=q_pos.device)
+def _key_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Optional[int]) -> torch.Tensor:
+    """[q, k] True where the query at q_pos sees the key at k_pos (causal, and within the sliding window)."""
     mask = k_pos[None, :] <= q_pos[:, None]
     if window:
         mask &= k_pos[None, :] > q_pos[:, None] - window
     return mask
 
 
-def _decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: float) -> torch.Tensor:
-    # query: [1, H, B, D] -> [B, H, 1, D]; cached keys gathered per sequence: [B, Hkv, L, D]
+def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: float,
+                 window: Optional[int]) -> torch.Tensor:
+    # query: [1, H, B, D] -> [B, H, 1, D]; keys gathered up to the batch's longest context: [B, Hkv, L, D]
     q = query[0].transpose(0, 1).unsqueeze(2)
-    batch, max_blocks = ctx.block_tables.shape
     kv_heads, head_dim = ctx.keys[layer].shape[1:]
+    width = -(-max(ctx.host_ctx_lens) // ctx.block_size)
+    blocks = ctx.tables[ctx.rows.long(), :width].long()  # [B, width]
+    batch = blocks.shape[0]
     paged_k = ctx.keys[layer].view(-1, ctx.block_size, kv_heads, head_dim)
     paged_v = ctx.values[layer].view(-1, ctx.block_size, kv_heads, head_dim)
-    k = paged_k[ctx.block_tables].view(batch, max_blocks * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
-    v = paged_v[ctx.block_tables].view(batch, max_blocks * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.key_mask, scale=scaling,
+    k = paged_k[blocks].view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
+    v = paged_v[blocks].view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
+    k_pos = torch.arange(width * ctx.block_size, device=q.device)
+    q_pos = ctx.ctx_lens.long() - 1
+    mask = k_pos[None, :] <= q_pos[:, None]
+    if window:
+        mask &= k_pos[None, :] > q_pos[:, None] - window
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scaling,
                                          enable_gqa=q.shape[1] != kv_heads)
     return out.squeeze(2).unsqueeze(0)  # [1, B, H, D]
 
 
-def _prefill(ctx: StepContext, layer: int, query, key, value, scaling: float, window: Optional[int]) -> torch.Tensor:
+def _sdpa_prefill(ctx: StepContext, layer: int, query, key, value, scaling: float,
+                  window: Optional[int]) -> torch.Tensor:
     outs = []
-    kv_heads = key.shape[1]
-    gqa = query.shape[1] != kv_heads
-    for start, length, cached, context_slots in ctx.spans:
+    gqa = query.shape[1] != key.shape[1]
+    start = 0
+    rows = ctx.rows.tolist()
+    for row, length, context in zip(rows, ctx.host_q_lens, ctx.host_ctx_lens):
         q = query[:, :, start:start + length]
+        cached = context - length
         if cached == 0:
             k = key[:, :, start:start + length]
             v = value[:, :, start:start + length]
         else:  # a chunk after earlier chunks (or a recompute): attend over the whole cached context
-            k = ctx.keys[layer][context_slots].transpose(0, 1).unsqueeze(0)
-            v = ctx.values[layer][context_slots].transpose(0, 1).unsqueeze(0)
+            pos = torch.arange(context, device=query.device)
+            slots = ctx.tables[row, pos // ctx.block_size].long() * ctx.block_size + pos % ctx.block_size
+            k = ctx.keys[layer][slots].transpose(0, 1).unsqueeze(0)
+            v = ctx.values[layer][slots].transpose(0, 1).unsqueeze(0)
         if cached == 0 and not (window and length > window):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
         else:
-            q_pos = torch.arange(cached, cached + length, device=query.device)
-            mask = _window_mask(q_pos, k.shape[2], window)
+            q_pos = torch.arange(cached, context, device=query.device)
+            mask = _key_mask(q_pos, torch.arange(context, device=query.device), window)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa)
         outs.append(out)
+        start += length
     return torch.cat(outs, dim=2).transpose(1, 2)  # [1, T, H, D]
+
+
+def _triton(ctx: StepContext, layer: int, query: torch.Tensor, scaling: float, window: Optional[int],
+            softcap: Optional[float]) -> torch.Tensor:
+    from swiftops.engines.pt.triton_attention import paged_attention
+    out = paged_attention(query[0].transpose(0, 1), ctx.keys[layer], ctx.values[layer], ctx.tables, ctx.rows,
+                          ctx.ctx_lens, ctx.q_starts, ctx.max_q_len, ctx.block_size, scaling, window, softcap,
+                          ctx.num_splits)
+    return out.unsqueeze(0)  # [1, T, H, D]
 
 
 def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -91,18 +122,34 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, **kwargs)
-    if kwargs.get("softcap") or query.shape[0] != 1:
-        raise PagedAttentionUnsupported("paged attention: soft-capping and unpacked batches are not supported")
+    softcap = kwargs.get("softcap")
+    if query.shape[0] != 1 or (softcap and not ctx.use_triton):
+        raise PagedAttentionUnsupported("paged attention: unpacked batches (and soft-capping without Triton) are "
+                                        "not supported")
     layer = module.layer_idx
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     # Write this step's keys/values ([T, Hkv, D]) into their cache slots.
     ctx.keys[layer].index_copy_(0, ctx.slot_mapping, key[0].transpose(0, 1).to(ctx.keys[layer].dtype))
     ctx.values[layer].index_copy_(0, ctx.slot_mapping, value[0].transpose(0, 1).to(ctx.values[layer].dtype))
-    if ctx.decode:
-        if sliding_window:
-            raise PagedAttentionUnsupported("paged decode with a sliding window")
-        return _decode(ctx, layer, query, scaling), None
-    return _prefill(ctx, layer, query, key, value, scaling, sliding_window), None
+    if ctx.use_triton:
+        return _triton(ctx, layer, query, scaling, sliding_window, softcap), None
+    if ctx.max_q_len == 1:
+        return _sdpa_decode(ctx, layer, query, scaling, sliding_window), None
+    return _sdpa_prefill(ctx, layer, query, key, value, scaling, sliding_window), None
+
+
+def triton_available(device: torch.device) -> bool:
+    """The Triton kernels run on CUDA devices (torch's CUDA builds ship Triton). SWIFTOPS_PT_ATTENTION=sdpa turns
+    them off; =triton turns them on for CPU tensors too, where Triton's interpreter (TRITON_INTERPRET=1) runs them
+    (slowly: tests only)."""
+    choice = os.environ.get("SWIFTOPS_PT_ATTENTION")
+    if choice == "sdpa" or (device.type != "cuda" and choice != "triton"):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def register() -> None:

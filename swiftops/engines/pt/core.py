@@ -17,13 +17,14 @@ from typing import Any, Optional
 
 import torch
 
-from swiftops.engines.pt.detokenizer import IncrementalDetokenizer, token_bytes
+from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
 from swiftops.engines.pt.fault_injection import FaultInjector
+from swiftops.engines.pt.post_step import PostStep, advance
 from swiftops.engines.pt.sampler import sample
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.sequence import AsyncSink, Sequence, deliver_all
-from swiftops.protocol import ChatCompletionTokenLogprob, EngineError, TopLogprob
+from swiftops.protocol import EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ class EngineCore:
         self.runner = runner
         self.scheduler = scheduler
         self.tokenizer = tokenizer
-        self.eos_token_ids = eos_token_ids
-        self.max_model_len = max_model_len
+        self.post_step = PostStep(eos_token_ids, max_model_len)
         self.device = device
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[int] = deque()
@@ -140,9 +140,10 @@ class EngineCore:
             self.faults.check([*plan.decode, *(s for s, _ in plan.prefill)])
         with torch.inference_mode():
             results = self.runner.run(plan)
-            for seqs, logits in results:
-                self._emit(seqs, sample(logits, seqs))
-                emitted.update(s.seq_id for s in seqs)
+            advance(plan)
+            for result in results:
+                self._emit(result.seqs, sample(result.logits, result.seqs))
+                emitted.update(s.seq_id for s in result.seqs)
 
     def _step(self, plan: StepPlan) -> None:
         emitted: set[int] = set()
@@ -192,42 +193,13 @@ class EngineCore:
         self._deliver(seq, SequenceOutput(index=seq.index, finish_reason="error", error=error,
                                           prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids)))
 
-    def _logprob_entry(self, seq: Sequence, token: int, info: Any) -> ChatCompletionTokenLogprob:
-        chosen, top = info
-        text = seq.detokenizer.token_text(token)
-        tops = []
-        for tid, lp in top:
-            t = seq.detokenizer.token_text(tid)
-            tops.append(TopLogprob(token=t, logprob=lp, bytes=token_bytes(t)))
-        return ChatCompletionTokenLogprob(token=text, logprob=chosen, bytes=token_bytes(text), top_logprobs=tops)
-
     def _emit(self, seqs: list[Sequence], result: Any) -> None:
         for seq, token, info in zip(seqs, result.token_ids, result.logprobs):
             if seq.aborted or seq.seq_id not in self._by_id:
                 continue
-            seq.output_ids.append(token)
-            if info is not None:
-                seq.pending_logprobs.append(self._logprob_entry(seq, token, info))
-            finish: Optional[str] = None
-            detok = seq.detokenizer
-            if (token in self.eos_token_ids and not seq.params.ignore_eos) or token in seq.params.stop_token_ids:
-                finish = "stop"
-            elif seq.params.incremental:
-                detok.add(token)
-                if detok.stopped:
-                    finish = "stop"
-            if finish is None and (len(seq.output_ids) >= seq.params.max_tokens
-                                   or seq.num_tokens >= self.max_model_len):
-                finish = "length"
-            if finish is None and not seq.params.incremental:
-                continue  # nothing to hand over until the end
-            if finish is not None:
-                if not seq.params.incremental:
-                    detok.add_all(seq.output_ids[:-1] if finish == "stop" else seq.output_ids)
-                detok.flush()
+            out = self.post_step.append(seq, token, info)
+            if out is None:
+                continue
+            if out.finish_reason is not None:
                 self._retire(seq)
-            out = SequenceOutput(index=seq.index, text=detok.take(final=finish is not None), token_ids=[token],
-                                 logprobs=seq.pending_logprobs, finish_reason=finish,
-                                 prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids))
-            seq.pending_logprobs = []
             self._deliver(seq, out)

@@ -1,8 +1,11 @@
 """Decode steps replayed as CUDA graphs, one graph per batch-size bucket.
 
 A decode step of a small model is a few hundred tiny kernels; launching them from Python costs more
-than running them. Each bucket's graph is captured once over static input buffers: block tables are
-as wide as `max_model_len` allows, padded rows write to the scratch block 0 and their logits are dropped.
+than running them. Each bucket's graph is captured once over static input buffers (token ids, positions,
+block-table rows, LoRA slots). Inside the graph, cache slots are looked up in the block manager's device
+table and the Triton kernels read each sequence's context up to its length, so nothing captured depends on
+`max_model_len`: a graph's memory is the activations of its batch. Padded rows use the scratch row 0, which
+points at the scratch block 0, and their logits are dropped.
 """
 from __future__ import annotations
 
@@ -11,9 +14,11 @@ from typing import Any, Optional
 
 import torch
 
-from swiftops.engines.pt.attention import CONTEXT_KWARG, StepContext
+from swiftops.engines.pt.attention import CONTEXT_KWARG
+from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.kv_cache import PagedKVCache
 from swiftops.engines.pt.mm_prefill import uses_mrope
+from swiftops.engines.pt.model_runner import decode_context
 
 logger = logging.getLogger(__name__)
 
@@ -26,39 +31,35 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 
 class CudaGraphDecoder:
-    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, max_batch: int,
-                 max_model_len: int, lora: Any = None) -> None:
+    def __init__(self, model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device,
+                 max_batch: int, lora: Any = None) -> None:
         self.model = model
         self.lora = lora
         self.cache = cache
+        self.blocks = blocks
         self.device = device
-        self.max_blocks = cache.blocks_needed(max_model_len)
         self.buckets = batch_buckets(max_batch)
         n = self.buckets[-1]
-        self.input_ids = torch.zeros(1, n, dtype=torch.long, device=device)
-        self.positions = torch.zeros(1, n, dtype=torch.long, device=device)
-        self.slots = torch.zeros(n, dtype=torch.long, device=device)
-        self.block_tables = torch.zeros(n, self.max_blocks, dtype=torch.long, device=device)
-        self.lora_slots = torch.zeros(n, dtype=torch.long, device=device)
+        self.inputs = torch.zeros(4, n, dtype=torch.long, device=device)  # ids, positions, table rows, LoRA slots
         self.mrope = uses_mrope(model)
         self.rope = torch.zeros(3, n, dtype=torch.long, device=device)  # (t, h, w) positions for M-RoPE models
-        self.key_range = torch.arange(self.max_blocks * cache.block_size, device=device)
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
 
     def _forward(self, batch: int) -> torch.Tensor:
+        ids, positions, rows, lora_slots = self.inputs[:, :batch]
         if self.lora is not None:  # the graph always applies LoRA by gathering each row's slot (0: zeros)
             self.lora.gather = True
-            self.lora.set_step(self.lora_slots[:batch], [])
-        pos = self.positions[0, :batch]
-        ctx = StepContext(self.cache.keys, self.cache.values, self.cache.block_size,
-                          slot_mapping=self.slots[:batch], decode=True, block_tables=self.block_tables[:batch],
-                          key_mask=(self.key_range[None, :] <= pos[:, None])[:, None, None, :])
-        position_ids = self.positions[:, :batch]
+            self.lora.set_step(lora_slots, [])
+        from swiftops.engines.pt.triton_attention import decode_splits  # Triton: CUDA builds of torch only
+        splits = decode_splits(batch * self.cache.shape.num_kv_heads, self.num_sms)
+        ctx = decode_context(self.cache, self.blocks, positions, rows, use_triton=True, num_splits=splits)
+        position_ids = positions[None]
         if self.mrope:
             position_ids = torch.cat([position_ids, self.rope[:, :batch]]).unsqueeze(1)
-        out = self.model(input_ids=self.input_ids[:, :batch], position_ids=position_ids,
-                         use_cache=False, logits_to_keep=0, **{CONTEXT_KWARG: ctx})
+        out = self.model(input_ids=ids[None], position_ids=position_ids, use_cache=False, logits_to_keep=0,
+                         **{CONTEXT_KWARG: ctx})
         return out.logits[0]
 
     def capture(self) -> None:
@@ -68,7 +69,7 @@ class CudaGraphDecoder:
             for batch in reversed(self.buckets):  # largest first, so smaller graphs reuse its memory pool
                 stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(stream):
-                    for _ in range(2):
+                    for _ in range(2):  # warm-up: Triton compiles its kernels outside the capture
                         self._forward(batch)
                 torch.cuda.current_stream(self.device).wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
@@ -83,25 +84,21 @@ class CudaGraphDecoder:
             self.lora.set_step(None, [])
         logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
 
-    def run(self, ids: list[int], positions: list[int], rope: Optional[torch.Tensor], slots: list[int],
-            tables: list[list[int]], lora_slots: list[int]) -> torch.Tensor:
+    def run(self, ids: list[int], positions: list[int], rows: list[int], lora_slots: list[int],
+            rope: Optional[torch.Tensor]) -> torch.Tensor:
         batch = len(ids)
         bucket = next(b for b in self.buckets if b >= batch)
-        pad = bucket - batch
-        self.input_ids[0, :bucket].copy_(torch.tensor(ids + [0] * pad), non_blocking=True)
-        self.positions[0, :bucket].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
+        # One host-to-device copy of the step's inputs; padded rows read row 0 at position 0 (the scratch block).
+        self.inputs[:, :batch].copy_(torch.tensor([ids, positions, rows, lora_slots]), non_blocking=True)
+        if bucket > batch:
+            self.inputs[:, batch:bucket].zero_()
         if rope is not None:
             self.rope[:, :batch].copy_(rope, non_blocking=True)
-        self.slots[:bucket].copy_(torch.tensor(slots + [0] * pad), non_blocking=True)
-        rows = [t + [0] * (self.max_blocks - len(t)) for t in tables] + [[0] * self.max_blocks] * pad
-        self.block_tables[:bucket].copy_(torch.tensor(rows), non_blocking=True)
-        if self.lora is not None:
-            self.lora_slots[:bucket].copy_(torch.tensor(lora_slots + [0] * pad), non_blocking=True)
         graph, logits = self.graphs[bucket]
         graph.replay()
         return logits[:batch]
 
 
 def can_use_graphs(device: torch.device, enforce_eager: bool) -> bool:
-    return device.type == "cuda" and not enforce_eager
-
+    from swiftops.engines.pt.attention import triton_available
+    return device.type == "cuda" and not enforce_eager and triton_available(device)

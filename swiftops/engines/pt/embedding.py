@@ -158,7 +158,7 @@ class PtEmbeddingEngine(InferEngine):
     def from_settings(cls, model, engine, generation=None, **kwargs: Any) -> "PtEmbeddingEngine":
         return cls(model.model, torch_dtype=model.torch_dtype, device_map=model.device_map,
                    max_model_len=model.max_model_len, model_revision=model.model_revision,
-                   trust_remote_code=model.trust_remote_code, max_batch_size=engine.max_batch_size, **kwargs)
+                   trust_remote_code=model.trust_remote_code, max_batch_size=engine.max_batch_size or EMBEDDING_BATCH, **kwargs)
 
     # ---- embedding --------------------------------------------------------------------------------
     def _batch(self, inputs: list[Union[str, list[int]]]):

@@ -11,6 +11,7 @@ import torch
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register
+from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.core import EngineCore
 from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
 from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
@@ -55,7 +56,8 @@ def _vision_on_sdpa(model: Any) -> None:
 class PtEngine(InferEngine):
     """Runs any transformers causal LM: `PtEngine("Qwen/Qwen2.5-0.5B-Instruct", max_batch_size=32)`."""
 
-    def __init__(self, model: str, adapters: Optional[dict[str, str]] = None, *, max_batch_size: int = 32,
+    def __init__(self, model: str, adapters: Optional[dict[str, str]] = None, *,
+                 max_batch_size: Optional[int] = None,
                  torch_dtype: Optional[str] = None, device_map: Optional[str] = None,
                  max_model_len: Optional[int] = None, model_revision: Optional[str] = None,
                  trust_remote_code: bool = False, max_num_batched_tokens: int = 2048,
@@ -97,6 +99,9 @@ class PtEngine(InferEngine):
         self.model = loaded.model
         self.max_model_len = loaded.max_model_len
         self.model_name = served_model_name or os.path.basename(os.path.normpath(model))
+        # vLLM's and LMDeploy's range on a GPU, where a step of 256 sequences costs little more than one of 32;
+        # on CPU every sequence of the batch costs its own compute, so a small batch keeps latency sane.
+        max_batch_size = max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
         self._eos = self._eos_ids(loaded)
         self._core = self._start_core(loaded, runner, block_size, gpu_memory_utilization, kv_cache_memory_gb,
@@ -107,21 +112,21 @@ class PtEngine(InferEngine):
                     enforce_eager: bool) -> EngineCore:
         """The KV cache, the fast or fallback runner (by the self-check), CUDA graphs, and the engine thread."""
         shape = _cache_shape(loaded.model, loaded.dtype)
-        cache = PagedKVCache(shape, self._num_blocks(loaded, shape, block_size, utilization, cache_gb,
-                                                     max_batch_size), block_size, loaded.device)
+        num_blocks = self._num_blocks(loaded, shape, block_size, utilization, cache_gb, max_batch_size)
+        cache = PagedKVCache(shape, num_blocks, block_size, loaded.device)
+        blocks = BlockManager(num_blocks, block_size, max_batch_size, self.max_model_len, loaded.device)
         choice = runner or os.environ.get("SWIFTOPS_PT_RUNNER")
         if choice == "fallback" or (choice != "paged" and not paged_path_agrees(
-                loaded.model, cache, loaded.device, loaded.tokenizer.vocab_size)):
+                loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size)):
             logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", self.model_name)
             loaded.model.set_attn_implementation("sdpa")
             run = FallbackRunner(loaded.model, loaded.device, self.lora)
             scheduler = Scheduler(None, max_batch_size, max_num_batched_tokens, self._admit_lora)
-            del cache
+            del cache, blocks
         else:
             graphs = None
             if can_use_graphs(loaded.device, enforce_eager):
-                graphs = CudaGraphDecoder(loaded.model, cache, loaded.device, max_batch_size, self.max_model_len,
-                                          self.lora)
+                graphs = CudaGraphDecoder(loaded.model, cache, blocks, loaded.device, max_batch_size, self.lora)
                 try:
                     graphs.capture()
                 except Exception as exc:  # noqa: BLE001 - some kernels (quantized, custom) cannot be captured
@@ -129,12 +134,15 @@ class PtEngine(InferEngine):
                                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                     graphs = None
                     torch.cuda.synchronize(loaded.device)
-            run = PagedRunner(loaded.model, cache, loaded.device, graphs, self.lora)
-            scheduler = Scheduler(cache, max_batch_size, max_num_batched_tokens, self._admit_lora)
+            run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora)
+            scheduler = Scheduler(blocks, max_batch_size, max_num_batched_tokens, self._admit_lora)
             self.kv_cache = cache
+            self.block_manager = blocks
         self.runner_name = run.name
-        logger.info("pt engine ready: %s on %s (%s), runner=%s, max_model_len=%d", self.model_name, loaded.device,
-                    loaded.dtype, run.name, self.max_model_len)
+        self.cuda_graphs = run.name == "paged" and run.graphs is not None
+        logger.info("pt engine ready: %s on %s (%s), runner=%s, cuda_graphs=%s, max_model_len=%d, "
+                    "max_batch_size=%d, kv_cache_blocks=%d", self.model_name, loaded.device, loaded.dtype, run.name,
+                    self.cuda_graphs, self.max_model_len, max_batch_size, num_blocks)
         return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
 
     @classmethod
@@ -184,8 +192,14 @@ class PtEngine(InferEngine):
         elif loaded.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(loaded.device)
             used = total - free
-            # Leave room for activations of one prefill step on top of the weights already loaded.
-            budget = int(total * utilization) - used - (1 << 30)
+            # Leave room, on top of the weights already loaded, for what is allocated after the cache: the
+            # activations of one prefill step (1 GiB), the decode graphs' pool (logits and hidden states of the
+            # largest batch) and the sampler's working set (a few float32 copies of the batch's logits).
+            vocab = loaded.model.config.get_text_config().vocab_size
+            hidden = loaded.model.config.get_text_config().hidden_size
+            graphs = max_batch_size * (vocab * 2 + hidden * 64)
+            sampler = 4 * max_batch_size * vocab * 4
+            budget = int(total * utilization) - used - (1 << 30) - graphs - sampler
             if budget <= 0:
                 raise UnsupportedError(f"no GPU memory left for the KV cache at gpu_memory_utilization={utilization}; "
                                        "raise it or use a smaller model")

@@ -8,11 +8,13 @@ when the fast path fails its start-up self-check.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from swiftops.engines.pt.attention import CONTEXT_KWARG, StepContext
+from swiftops.engines.pt.attention import CONTEXT_KWARG, PagedAttentionUnsupported, StepContext, triton_available
+from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.kv_cache import PagedKVCache
 from swiftops.engines.pt.mm_prefill import packed_embeddings, prepare, rope_columns, uses_mrope
 from swiftops.engines.pt.scheduler import StepPlan
@@ -21,17 +23,28 @@ from swiftops.engines.pt.sequence import Sequence
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class RunnerOutput:
+    """One forward's result: the sequences that sample a token this step and their logits rows [len(seqs), V]."""
+
+    seqs: list[Sequence]
+    logits: torch.Tensor
+
+
 class PagedRunner:
     name = "paged"
 
-    def __init__(self, model: Any, cache: PagedKVCache, device: torch.device, graphs: Any = None,
-                 lora: Any = None) -> None:
+    def __init__(self, model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device,
+                 graphs: Any = None, lora: Any = None) -> None:
         self.model = model
         self.cache = cache
+        self.blocks = blocks
         self.device = device
         self.graphs = graphs  # a captured CudaGraphDecoder, or None (CPU, --enforce_eager)
         self.lora = lora  # a LoraManager, or None
         self.mrope = uses_mrope(model)  # Qwen2-VL-style 3-D rotary positions
+        self.use_triton = triton_available(device)
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
     def _set_lora(self, per_token: list[int]) -> None:
         if self.lora is None:
@@ -39,56 +52,46 @@ class PagedRunner:
         active = sorted(set(per_token) - {0})
         self.lora.set_step(torch.tensor(per_token, device=self.device) if active else None, active)
 
-    def _slot(self, seq: Sequence, position: int) -> int:
-        bs = self.cache.block_size
-        return seq.block_table[position // bs] * bs + position % bs
-
-    def _forward(self, ids: list[int], positions: list[int], ctx: StepContext, keep: list[int],
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, keep: torch.Tensor,
                  rope: Optional[torch.Tensor] = None, embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
-        position_ids = torch.tensor([positions], device=self.device)
+        position_ids = positions[None]
         if self.mrope:  # [4, 1, T]: the plain index, then (t, h, w); text tokens use their index on all axes
             rope = rope if rope is not None else position_ids.expand(3, -1)
             position_ids = torch.cat([position_ids, rope]).unsqueeze(1)
-        inputs = {"inputs_embeds": embeds} if embeds is not None else {
-            "input_ids": torch.tensor([ids], device=self.device)}
-        out = self.model(**inputs, position_ids=position_ids, use_cache=False,
-                         logits_to_keep=torch.tensor(keep, device=self.device), **{CONTEXT_KWARG: ctx})
+        inputs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": ids[None]}
+        out = self.model(**inputs, position_ids=position_ids, use_cache=False, logits_to_keep=keep,
+                         **{CONTEXT_KWARG: ctx})
         return out.logits[0]
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        bs = self.cache.block_size
         positions = [s.num_tokens - 1 for s in seqs]
         rope = None
         if self.mrope:
             rope = torch.tensor([[p + s.rope_delta for s, p in zip(seqs, positions)]] * 3, device=self.device)
+        ids = [s.last_token for s in seqs]
+        rows = [s.table_row for s in seqs]
         if self.graphs is not None and len(seqs) <= self.graphs.buckets[-1]:
-            logits = self.graphs.run([s.all_ids[-1] for s in seqs], positions, rope,
-                                     [self._slot(s, p) for s, p in zip(seqs, positions)],
-                                     [s.block_table for s in seqs], [s.lora_slot for s in seqs])
-            for s in seqs:
-                s.num_computed += 1
-            return logits
-        max_blocks = max(len(s.block_table) for s in seqs)
-        tables = torch.tensor([s.block_table + [0] * (max_blocks - len(s.block_table)) for s in seqs],
-                              device=self.device)
-        pos = torch.tensor(positions, device=self.device)
-        key_mask = (torch.arange(max_blocks * bs, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]
-        ctx = StepContext(self.cache.keys, self.cache.values, bs,
-                          slot_mapping=torch.tensor([self._slot(s, p) for s, p in zip(seqs, positions)],
-                                                    device=self.device),
-                          decode=True, block_tables=tables, key_mask=key_mask)
+            return self.graphs.run(ids, positions, rows, [s.lora_slot for s in seqs], rope)
+        staged = torch.tensor([ids, positions, rows], dtype=torch.long).to(self.device, non_blocking=True)
+        ids_t, pos_t, rows_t = staged
+        ctx = decode_context(self.cache, self.blocks, pos_t, rows_t, use_triton=self.use_triton,
+                             num_splits=self._splits(len(seqs)), host_ctx_lens=[p + 1 for p in positions])
         self._set_lora([s.lora_slot for s in seqs])
-        logits = self._forward([s.all_ids[-1] for s in seqs], positions, ctx, list(range(len(seqs))), rope)
-        for s in seqs:
-            s.num_computed += 1
-        return logits
+        return self._forward(ids_t, pos_t, ctx, torch.arange(len(seqs), device=self.device), rope)
 
-    def prefill(self, items: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor]:
+    def _splits(self, batch: int) -> int:
+        if not self.use_triton:
+            return 1
+        from swiftops.engines.pt.triton_attention import decode_splits
+        return decode_splits(batch * self.cache.shape.num_kv_heads, self.num_sms)
+
+    def prefill(self, items: list[tuple[Sequence, int]]) -> RunnerOutput:
         ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
         lora_slots: list[int] = []
-        spans = []
+        rows: list[int] = []
+        q_lens: list[int] = []
+        ctx_lens: list[int] = []
         keep: list[int] = []
         finishing: list[Sequence] = []
         ropes: list[torch.Tensor] = []
@@ -100,37 +103,56 @@ class PagedRunner:
                 mm_spans.append((seq, len(ids), start, end))
             if self.mrope:
                 ropes.append(rope_columns(seq, start, end, self.device))
-            context_slots = None
-            if start > 0:
-                context_slots = torch.tensor([self._slot(seq, p) for p in range(end)], device=self.device)
-            spans.append((len(ids), chunk, start, context_slots))
-            ids.extend(seq.all_ids[start:end])
+            ids.extend(seq.prompt_ids[start:end] if end <= len(seq.prompt_ids) else seq.all_ids[start:end])
             positions.extend(range(start, end))
-            slots.extend(self._slot(seq, p) for p in range(start, end))
             lora_slots.extend([seq.lora_slot] * chunk)
+            rows.append(seq.table_row)
+            q_lens.append(chunk)
+            ctx_lens.append(end)
             if end == seq.num_tokens:
                 keep.append(len(ids) - 1)
                 finishing.append(seq)
-        ctx = StepContext(self.cache.keys, self.cache.values, self.cache.block_size,
-                          slot_mapping=torch.tensor(slots, device=self.device), decode=False, spans=spans)
+        host = torch.tensor(ids + positions, dtype=torch.long)
+        meta = torch.tensor([rows, q_lens, ctx_lens], dtype=torch.int32)
+        host, meta = host.to(self.device, non_blocking=True), meta.to(self.device, non_blocking=True)
+        ids_t, pos_t = host[:len(ids)], host[len(ids):]
+        rows_t, q_lens_t, ctx_lens_t = meta
+        token_rows = torch.repeat_interleave(rows_t.long(), q_lens_t.long(), output_size=len(ids))
+        bs = self.blocks.block_size
+        slots = self.blocks.tables[token_rows, pos_t // bs].long() * bs + pos_t % bs
+        q_starts = torch.nn.functional.pad(torch.cumsum(q_lens_t, 0, dtype=torch.int32), (1, 0))
+        ctx = StepContext(self.cache.keys, self.cache.values, bs, self.blocks.tables, rows_t, ctx_lens_t, q_starts,
+                          slots, max(q_lens), self.use_triton, host_q_lens=q_lens, host_ctx_lens=ctx_lens)
         self._set_lora(lora_slots)
         embeds = packed_embeddings(self.model, ids, mm_spans, self.device) if mm_spans else None
-        logits = self._forward(ids, positions, ctx, keep or [len(ids) - 1], torch.cat(ropes, dim=1) if ropes else None,
-                               embeds)
-        for seq, chunk in items:
-            seq.num_computed += chunk
-        return finishing, logits[: len(finishing)]
+        keep_t = torch.tensor(keep or [len(ids) - 1], device=self.device)
+        logits = self._forward(ids_t, pos_t, ctx, keep_t, torch.cat(ropes, dim=1) if ropes else None, embeds)
+        return RunnerOutput(finishing, logits[: len(finishing)])
 
-    def run(self, plan: StepPlan) -> list[tuple[list[Sequence], torch.Tensor]]:
+    def run(self, plan: StepPlan) -> list[RunnerOutput]:
+        self.blocks.sync()  # blocks the scheduler appended this step, onto the device tables
         results = []
         if plan.prefill:
             results.append(self.prefill(plan.prefill))
         if plan.decode:
-            results.append((plan.decode, self.decode(plan.decode)))
+            results.append(RunnerOutput(plan.decode, self.decode(plan.decode)))
         return results
 
     def release(self, seq: Sequence) -> None:
         """Nothing to do: the scheduler frees the sequence's blocks."""
+
+
+def decode_context(cache: PagedKVCache, blocks: BlockManager, positions: torch.Tensor, rows: torch.Tensor,
+                   use_triton: bool, num_splits: int = 1,
+                   host_ctx_lens: Optional[list[int]] = None) -> StepContext:
+    """The StepContext of a decode step, from device tensors of positions and table rows ([B] long each): slots
+    are looked up in the block table on the device, so a CUDA graph replays it with new inputs."""
+    bs = blocks.block_size
+    slots = blocks.tables[rows, positions // bs].long() * bs + positions % bs
+    q_starts = torch.arange(rows.shape[0] + 1, dtype=torch.int32, device=rows.device)
+    return StepContext(cache.keys, cache.values, bs, blocks.tables, rows.to(torch.int32),
+                       (positions + 1).to(torch.int32), q_starts, slots, 1, use_triton, num_splits,
+                       host_q_lens=None, host_ctx_lens=host_ctx_lens)
 
 
 class FallbackRunner:
@@ -146,62 +168,71 @@ class FallbackRunner:
         self.lora = lora
         self._caches: dict[int, Any] = {}
 
-    def _step(self, seq: Sequence) -> torch.Tensor:
+    def _step(self, seq: Sequence, chunk: int) -> torch.Tensor:
         cache = self._caches.get(seq.seq_id)
         if cache is None or seq.num_computed == 0:
             cache = self._caches[seq.seq_id] = self._cache_cls(config=self.model.config)
-        new = seq.all_ids[seq.num_computed:]
+        start, end = seq.num_computed, seq.num_computed + chunk
+        new = seq.all_ids[start:end]
         if self.lora is not None:
             slot = seq.lora_slot
             self.lora.set_step(torch.full((len(new),), slot, device=self.device) if slot else None,
                                [slot] if slot else [])
-        start = seq.num_computed
         kwargs: dict[str, Any] = {"input_ids": torch.tensor([new], device=self.device)}
         if uses_mrope(self.model):  # explicit positions: the model's own rope-delta state is per call, not per sequence
             prepare(self.model, seq)
-            index = torch.arange(start, seq.num_tokens, device=self.device).view(1, 1, -1)
-            rope = rope_columns(seq, start, seq.num_tokens, self.device).unsqueeze(1)
+            index = torch.arange(start, end, device=self.device).view(1, 1, -1)
+            rope = rope_columns(seq, start, end, self.device).unsqueeze(1)
             kwargs["position_ids"] = torch.cat([index, rope])
             if seq.mm_embeds is not None:
-                kwargs = {"inputs_embeds": packed_embeddings(self.model, new, [(seq, 0, start, seq.num_tokens)],
+                kwargs = {"inputs_embeds": packed_embeddings(self.model, new, [(seq, 0, start, end)],
                                                              self.device), "position_ids": kwargs["position_ids"]}
         out = self.model(**kwargs, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        seq.num_computed = seq.num_tokens
         return out.logits[0, -1]
 
-    def run(self, plan: StepPlan) -> list[tuple[list[Sequence], torch.Tensor]]:
-        seqs = [s for s, _ in plan.prefill] + plan.decode
-        if not seqs:
-            return []
-        return [(seqs, torch.stack([self._step(s) for s in seqs]))]
+    def run(self, plan: StepPlan) -> list[RunnerOutput]:
+        sampled: list[Sequence] = []
+        rows: list[torch.Tensor] = []
+        for seq, chunk in [*plan.prefill, *((s, 1) for s in plan.decode)]:
+            logits = self._step(seq, chunk)
+            if seq.num_computed + chunk == seq.num_tokens:  # the chunk ends the pending tokens: sample
+                sampled.append(seq)
+                rows.append(logits)
+        return [RunnerOutput(sampled, torch.stack(rows))] if sampled else []
 
     def release(self, seq: Sequence) -> None:
         self._caches.pop(seq.seq_id, None)
 
 
-def paged_path_agrees(model: Any, cache: PagedKVCache, device: torch.device, vocab_size: int) -> bool:
+def paged_path_agrees(model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device,
+                      vocab_size: int) -> bool:
     """Self-check at start-up: chunked prefill and decode through the paged path must reproduce a plain forward.
 
     Any exception or mismatch means this architecture does something our attention path does not model
-    (soft-capping, sliding windows, non-standard caches...), and the engine falls back to `FallbackRunner`.
+    (non-standard caches, attention variants...), and the engine falls back to `FallbackRunner`.
     """
     from swiftops.engines.pt.sequence import SamplingParams
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, max(2, min(vocab_size, 1000)), (13,), generator=gen).tolist()
     seq = Sequence(prompt_ids=ids[:10], params=SamplingParams(max_tokens=4), sink=lambda out: None)
-    runner = PagedRunner(model, cache, device)
+    runner = PagedRunner(model, cache, blocks, device)
     try:
         with torch.inference_mode():
             ref = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
             got = []
             for chunk in (6, 4):
-                assert cache.ensure_capacity(seq.block_table, seq.num_computed + chunk)
-                finishing, logits = runner.prefill([(seq, chunk)])
-            got.append(logits[0])
+                if not blocks.ensure_capacity(seq, seq.num_computed + chunk):
+                    raise PagedAttentionUnsupported("the KV cache cannot hold the self-check's 13 tokens")
+                blocks.sync()
+                out = runner.prefill([(seq, chunk)])
+                seq.num_computed += chunk
+            got.append(out.logits[0])
             for token in ids[10:12]:
                 seq.output_ids.append(token)
-                assert cache.ensure_capacity(seq.block_table, seq.num_tokens)
+                blocks.ensure_capacity(seq, seq.num_tokens)
+                blocks.sync()
                 got.append(runner.decode([seq])[0])
+                seq.num_computed += 1
         got_t = torch.stack(got).float()
         want = ref[9:12]
         scale = want.abs().max().clamp_min(1e-6)
@@ -215,4 +246,4 @@ def paged_path_agrees(model: Any, cache: PagedKVCache, device: torch.device, voc
         logger.warning("paged attention cannot run this model (%s: %s)", type(exc).__name__, exc)
         return False
     finally:
-        cache.release(seq.block_table)
+        blocks.release(seq)

@@ -4,6 +4,9 @@ Each step decodes every running sequence (one token each) and spends a token bud
 prompts already being prefilled in chunks, then on newly admitted ones. Admission needs a free batch slot
 and KV blocks for the whole prompt; when a decode step runs out of blocks, the most recently admitted
 sequence is preempted (its blocks freed; it is recomputed later), never an out-of-memory error.
+
+The scheduler decides; it never touches a sequence's tokens or computed count (the post-step stage does).
+Every pass is linear in the number of running sequences.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from swiftops.engines.pt.kv_cache import PagedKVCache
+from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.sequence import Sequence, SeqStatus
 
 
@@ -25,9 +28,9 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, cache: Optional[PagedKVCache], max_num_seqs: int, max_num_batched_tokens: int,
+    def __init__(self, blocks: Optional[BlockManager], max_num_seqs: int, max_num_batched_tokens: int,
                  admit: Optional[Callable[[Sequence, list[Sequence]], bool]] = None) -> None:
-        self.cache = cache
+        self.blocks = blocks  # None: the fallback runner keeps its own caches
         self.admit = admit  # extra admission check (a LoRA slot for the sequence's adapter)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -45,41 +48,44 @@ class Scheduler:
 
     def remove(self, seq: Sequence) -> None:
         """Take a finished or aborted sequence out and free its blocks."""
-        if seq in self.running:
+        if seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
-        elif seq in self.waiting:
+        elif seq.status is SeqStatus.WAITING and seq in self.waiting:
             self.waiting.remove(seq)
-        if self.cache is not None:
-            self.cache.release(seq.block_table)
+        if self.blocks is not None:
+            self.blocks.release(seq)
         seq.status = SeqStatus.FINISHED
 
     def _fits(self, seq: Sequence, num_tokens: int) -> bool:
-        return self.cache is None or self.cache.ensure_capacity(seq.block_table, num_tokens)
+        return self.blocks is None or self.blocks.ensure_capacity(seq, num_tokens)
 
-    def _preempt(self, victim: Sequence) -> None:
-        self.running.remove(victim)
-        if self.cache is not None:
-            self.cache.release(victim.block_table)
+    def _preempt_last(self) -> Sequence:
+        victim = self.running.pop()
+        if self.blocks is not None:
+            self.blocks.release(victim)
         victim.num_computed = 0  # recomputed from its prompt and the tokens it already produced
         victim.status = SeqStatus.WAITING
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
+        return victim
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
+        prefilling: list[Sequence] = []
         for seq in list(self.running):
-            if seq not in self.running or not (seq.num_computed > 0 and seq.num_pending == 1):
+            if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this pass
+                continue
+            if not (seq.num_computed > 0 and seq.num_pending == 1):
+                prefilling.append(seq)
                 continue
             while not self._fits(seq, seq.num_tokens):
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
+                if self._preempt_last() is seq:
                     break
-            if seq in self.running:
+            if seq.status is SeqStatus.RUNNING:
                 plan.decode.append(seq)
         budget = self.max_num_batched_tokens
-        for seq in self.running:
-            if seq in plan.decode or budget <= 0:
+        for seq in prefilling:
+            if budget <= 0 or seq.status is not SeqStatus.RUNNING:
                 continue
             chunk = min(seq.num_pending, budget)
             if self._fits(seq, seq.num_computed + chunk):
@@ -87,10 +93,9 @@ class Scheduler:
                 budget -= chunk
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if self.cache is not None:
-                # Admit only when the whole prompt (plus one generated token) fits, so a prefill never stalls.
-                if self.cache.blocks_needed(seq.num_tokens + 1) - len(seq.block_table) > self.cache.allocator.num_free:
-                    break
+            # Admit only when the whole prompt (plus one generated token) fits, so a prefill never stalls.
+            if self.blocks is not None and not self.blocks.can_admit(seq, seq.num_tokens + 1):
+                break
             if self.admit is not None and not self.admit(seq, self.running):
                 break
             chunk = min(seq.num_pending, budget)

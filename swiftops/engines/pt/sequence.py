@@ -71,8 +71,6 @@ def deliver_all(items: list[tuple[Any, SequenceOutput]]) -> None:
         queue.put_nowait(out)
 
 
-
-
 @dataclass(eq=False)
 class Sequence:
     prompt_ids: list[int]
@@ -84,7 +82,8 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose keys and values are in the cache
-    block_table: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)  # KV blocks held (BlockManager)
+    table_row: int = 0  # this sequence's row of the device block table while it holds blocks (0: none)
     status: SeqStatus = SeqStatus.WAITING
     generator: Any = None  # torch.Generator for seeded sampling
     detokenizer: Any = None
@@ -101,6 +100,10 @@ class Sequence:
     @property
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    @property
+    def last_token(self) -> int:
+        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
 
     @property
     def num_tokens(self) -> int:

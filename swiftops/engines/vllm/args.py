@@ -46,9 +46,10 @@ def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
         "pipeline_parallel_size": engine.pipeline_parallel_size,
         "data_parallel_size": engine.data_parallel_size,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
-        "max_num_seqs": engine.max_batch_size,
         "enforce_eager": engine.enforce_eager,
     }
+    if engine.max_batch_size:
+        kwargs["max_num_seqs"] = engine.max_batch_size
     if model.model_revision:
         kwargs["revision"] = model.model_revision
     if model.max_model_len:

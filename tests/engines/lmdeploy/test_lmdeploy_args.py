@@ -31,7 +31,7 @@ def test_pytorch_config_carries_adapters_eager_mode_and_block_size():
 
 def test_defaults_are_lmdeploys_own():
     kwargs = args.backend_config_kwargs(ModelSettings(model="m"), EngineSettings(), "turbomind")
-    assert kwargs == {"dtype": "auto", "tp": 1, "max_batch_size": 32, "quant_policy": 0}
+    assert kwargs == {"dtype": "auto", "tp": 1, "quant_policy": 0}  # max_batch_size: LMDeploy picks per GPU
 
 
 def test_backend_choice_follows_adapters_unless_told():

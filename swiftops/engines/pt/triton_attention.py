@@ -1,0 +1,190 @@
+"""Paged attention in Triton: every sequence of a step in one launch, reading only its real context.
+
+One program computes a tile of one sequence's new tokens for one KV head. The query heads that share that KV head
+(GQA) are packed into the tile's rows (row m = token m // GROUP, head m % GROUP), so each key and value tile is loaded
+once for the whole group. The program walks the sequence's keys in tiles of BLOCK_N through its block table (any
+block size: each key's page is looked up on its own), with an online softmax, the causal mask and an optional sliding
+window and logit soft-capping applied in the kernel. Decode is the same kernel with one new token per sequence.
+
+When a decode batch has too few (sequence, KV head) programs to fill the GPU (a few long sequences), each sequence's
+keys are cut into NUM_SPLITS segments computed in parallel, and a second kernel merges their partial softmaxes
+(split-KV, "flash decoding"). The segment length is derived from each sequence's context inside the kernel, so a
+CUDA graph captured once serves every context length.
+
+Nothing here is sized by max_model_len: block tables are read only up to each sequence's context.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+@triton.jit
+def _paged_attention_kernel(
+        out_ptr, q_ptr, k_ptr, v_ptr, tables_ptr, rows_ptr, ctx_lens_ptr, q_starts_ptr,
+        part_out_ptr, part_max_ptr, part_sum_ptr,
+        scale, softcap,
+        stride_qt, stride_qh, stride_ot, stride_oh, stride_ks, stride_kh, stride_vs, stride_vh, stride_table,
+        stride_ps, stride_pt, stride_ph,
+        GROUP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr, WINDOW: tl.constexpr,
+        SOFTCAP: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr):
+    q_block = tl.program_id(0)
+    seq = tl.program_id(1)
+    kv_head = tl.program_id(2) // NUM_SPLITS
+    split = tl.program_id(2) % NUM_SPLITS
+    q_start = tl.load(q_starts_ptr + seq)
+    q_len = tl.load(q_starts_ptr + seq + 1) - q_start
+    if q_block * BLOCK_Q >= q_len:
+        return
+    ctx_len = tl.load(ctx_lens_ptr + seq)
+    row = tl.load(rows_ptr + seq).to(tl.int64)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    token = q_block * BLOCK_Q + offs_m // GROUP  # index among this step's new tokens of the sequence
+    head = kv_head * GROUP + offs_m % GROUP
+    m_valid = (offs_m < BLOCK_Q * GROUP) & (token < q_len)
+    q_pos = ctx_len - q_len + token  # absolute position of each row's token
+    offs_d = tl.arange(0, BLOCK_D)
+    d_valid = offs_d < HEAD_DIM
+    q_rows = (q_start + token).to(tl.int64)
+    q = tl.load(q_ptr + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+
+    # Keys this tile can see: causal up to its last token; from the window's start when there is one.
+    last_token = tl.minimum(q_block * BLOCK_Q + BLOCK_Q, q_len) - 1
+    kv_end = ctx_len - q_len + last_token + 1
+    kv_begin = 0
+    if WINDOW > 0:
+        first_pos = ctx_len - q_len + q_block * BLOCK_Q
+        kv_begin = tl.maximum(first_pos - WINDOW + 1, 0)
+        kv_begin = (kv_begin // BLOCK_N) * BLOCK_N
+    num_tiles = tl.cdiv(kv_end - kv_begin, BLOCK_N)
+    tiles_per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+    tile_lo = split * tiles_per_split
+    tile_hi = tl.minimum(tile_lo + tiles_per_split, num_tiles)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    table = tables_ptr + row * stride_table
+    offs_n = tl.arange(0, BLOCK_N)
+    for tile in range(tile_lo, tile_hi):
+        k_pos = kv_begin + tile * BLOCK_N + offs_n
+        n_valid = k_pos < kv_end
+        page = tl.load(table + k_pos // PAGE, mask=n_valid, other=0).to(tl.int64)
+        slot = page * PAGE + k_pos % PAGE
+        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
+                    mask=n_valid[None, :] & d_valid[:, None], other=0.0)
+        s = tl.dot(q, k, input_precision=PRECISION) * scale
+        if SOFTCAP:  # softcap * tanh(s / softcap), with tanh(x) = 2 sigmoid(2x) - 1
+            s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
+        s = s * 1.4426950408889634  # log2(e): the softmax runs on exp2
+        visible = n_valid[None, :] & (k_pos[None, :] <= q_pos[:, None])
+        if WINDOW > 0:
+            visible = visible & (k_pos[None, :] > q_pos[:, None] - WINDOW)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet: exp2(-inf) = 0
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :],
+                    mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    store_mask = m_valid[:, None] & d_valid[None, :]
+    if NUM_SPLITS == 1:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=store_mask)
+    else:
+        part = split * stride_ps + q_rows * stride_pt + head * stride_ph
+        tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=store_mask)
+        tl.store(part_max_ptr + part, m_i, mask=m_valid)
+        tl.store(part_sum_ptr + part, l_i, mask=m_valid)
+
+
+@triton.jit
+def _merge_splits_kernel(out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, stride_ot, stride_oh,
+                         stride_ps, stride_pt, stride_ph, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         NUM_SPLITS: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    splits = tl.arange(0, NUM_SPLITS)
+    offs_d = tl.arange(0, BLOCK_D)
+    part = splits * stride_ps + token * stride_pt + head * stride_ph
+    m = tl.load(part_max_ptr + part)
+    l = tl.load(part_sum_ptr + part)
+    m_max = tl.max(m, 0)
+    weight = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))  # empty segments weigh nothing
+    acc = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_d[None, :] < HEAD_DIM,
+                  other=0.0)
+    out = tl.sum(acc * weight[:, None], 0) / tl.sum(l * weight, 0)
+    tl.store(out_ptr + token * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def decode_splits(num_programs: int, num_sms: int) -> int:
+    """Key segments per decode sequence: enough programs for about two per SM, at most 16."""
+    if num_programs >= num_sms:
+        return 1
+    return min(16, _next_pow2(math.ceil(2 * num_sms / num_programs)))
+
+
+def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, tables: torch.Tensor,
+                    rows: torch.Tensor, ctx_lens: torch.Tensor, q_starts: torch.Tensor, max_q_len: int,
+                    block_size: int, scale: float, window: Optional[int] = None, softcap: Optional[float] = None,
+                    num_splits: int = 1) -> torch.Tensor:
+    """Attention of every sequence's new tokens over its paged context (the new tokens' keys already written).
+
+    query: [T, H, D] packed new tokens (last dim contiguous); key_cache / value_cache: [slots, Hkv, D];
+    tables: [rows, max_blocks] int32 block ids; rows / ctx_lens: [B] int32 (each sequence's table row and context
+    length including its new tokens); q_starts: [B + 1] int32 offsets of each sequence's tokens in `query`;
+    max_q_len: the most new tokens of any sequence (a host int: it sizes the grid). Returns [T, H, D].
+    """
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    tokens, heads, head_dim = query.shape
+    kv_heads = key_cache.shape[1]
+    group = heads // kv_heads
+    batch = rows.shape[0]
+    out = torch.empty(tokens, heads, head_dim, dtype=query.dtype, device=query.device)
+    if max_q_len == 1:  # decode: one token per sequence, the group's heads fill the rows
+        block_m, block_n, warps = max(16, _next_pow2(group)), 64, 4
+    else:
+        block_m = max(64 if head_dim > 128 else 128, _next_pow2(group))
+        block_n, warps = 64, (8 if head_dim >= 128 else 4)
+        num_splits = 1
+    block_q = max(1, block_m // group)
+    block_d = max(16, _next_pow2(head_dim))
+    precision = "ieee" if query.dtype == torch.float32 else "tf32"
+    if num_splits > 1:
+        part_out = torch.empty(num_splits, tokens, heads, head_dim, dtype=torch.float32, device=query.device)
+        part_max = torch.empty(num_splits, tokens, heads, dtype=torch.float32, device=query.device)
+        part_sum = torch.empty_like(part_max)
+    else:
+        part_out = part_max = part_sum = out  # unused
+    grid = (triton.cdiv(max_q_len, block_q), batch, kv_heads * num_splits)
+    _paged_attention_kernel[grid](
+        out, query, key_cache, value_cache, tables, rows, ctx_lens, q_starts, part_out, part_max, part_sum,
+        float(scale), float(softcap or 0.0),
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1), key_cache.stride(0), key_cache.stride(1),
+        value_cache.stride(0), value_cache.stride(1), tables.stride(0),
+        tokens * heads, heads, 1,
+        GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        PAGE=block_size, WINDOW=int(window or 0), SOFTCAP=bool(softcap), NUM_SPLITS=num_splits,
+        PRECISION=precision, num_warps=warps)
+    if num_splits > 1:
+        _merge_splits_kernel[(tokens, heads)](
+            out, part_out, part_max, part_sum, out.stride(0), out.stride(1), tokens * heads, heads, 1,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4)
+    return out

@@ -1,0 +1,110 @@
+"""The Triton paged-attention kernels against a plain reference, on CPU through Triton's interpreter
+(`TRITON_INTERPRET=1`, set by tests/conftest.py without a GPU) and compiled on the GPU machine."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is in the test extra")
+
+from swiftops.engines.pt.triton_attention import decode_splits, paged_attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _reference(q, k_cache, v_cache, tables, rows, ctx_lens, q_lens, block_size, scale, window, softcap):
+    """Per sequence, in float64: gather its context through the table and attend causally."""
+    outs = []
+    start = 0
+    group = q.shape[1] // k_cache.shape[1]
+    for row, ctx, n in zip(rows.tolist(), ctx_lens.tolist(), q_lens):
+        pos = torch.arange(ctx)
+        slots = tables[row, pos // block_size].long().cpu() * block_size + pos % block_size
+        k = k_cache.cpu()[slots].double().repeat_interleave(group, dim=1)  # [ctx, H, D]
+        v = v_cache.cpu()[slots].double().repeat_interleave(group, dim=1)
+        qs = q[start:start + n].cpu().double()  # [n, H, D]
+        s = torch.einsum("thd,khd->htk", qs, k) * scale
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
+        q_pos = torch.arange(ctx - n, ctx)
+        mask = pos[None, :] <= q_pos[:, None]
+        if window:
+            mask &= pos[None, :] > q_pos[:, None] - window
+        s = s.masked_fill(~mask, float("-inf"))
+        outs.append(torch.einsum("htk,khd->thd", torch.softmax(s, dim=-1), v))
+        start += n
+    return torch.cat(outs)
+
+
+def _case(q_lens, ctx_lens, heads=4, kv_heads=2, head_dim=16, block_size=4, dtype=torch.float32, seed=0):
+    """Random caches and shuffled block tables (pages scattered over the cache, rows in any order)."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks_per_seq = [math.ceil(c / block_size) for c in ctx_lens]
+    num_blocks = sum(blocks_per_seq) + 3
+    k_cache = torch.randn(num_blocks * block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks * block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    pages = list(range(1, num_blocks))
+    random.Random(seed).shuffle(pages)
+    width = max(blocks_per_seq) + 2
+    tables = torch.zeros(len(ctx_lens) + 2, width, dtype=torch.int32)
+    rows = list(range(1, len(ctx_lens) + 1))
+    random.Random(seed + 1).shuffle(rows)
+    for row, n in zip(rows, blocks_per_seq):
+        tables[row, :n] = torch.tensor([pages.pop() for _ in range(n)], dtype=torch.int32)
+    q = torch.randn(sum(q_lens), heads, head_dim, generator=gen).to(dtype)
+    q_starts = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    return (q.to(DEVICE), k_cache.to(DEVICE), v_cache.to(DEVICE), tables.to(DEVICE),
+            torch.tensor(rows, dtype=torch.int32, device=DEVICE), torch.tensor(ctx_lens, dtype=torch.int32,
+                                                                               device=DEVICE),
+            q_starts.to(DEVICE))
+
+
+def _check(q_lens, ctx_lens, window=None, softcap=None, num_splits=1, tol=2e-5, **shape):
+    q, kc, vc, tables, rows, ctx, starts = _case(q_lens, ctx_lens, **shape)
+    block_size = shape.get("block_size", 4)
+    scale = q.shape[-1] ** -0.5
+    got = paged_attention(q, kc, vc, tables, rows, ctx, starts, max(q_lens), block_size, scale, window, softcap,
+                          num_splits)
+    want = _reference(q, kc, vc, tables, rows, ctx, q_lens, block_size, scale, window, softcap)
+    assert got.shape == q.shape
+    err = (got.cpu().double() - want).abs().max().item()
+    assert err < tol, err
+
+
+def test_decode_mixed_context_lengths_gqa():
+    _check(q_lens=[1, 1, 1], ctx_lens=[1, 70, 9])
+
+
+def test_decode_split_kv_equals_reference():
+    for splits in (2, 4, 16):  # more segments than key tiles leaves some empty: they must weigh nothing
+        _check(q_lens=[1, 1], ctx_lens=[130, 5], num_splits=splits)
+
+
+def test_prefill_fresh_and_over_a_cached_prefix():
+    # a whole prompt (ctx == q_len), a chunk after 37 cached tokens, and one token (a decode row in the same step)
+    _check(q_lens=[23, 11, 1], ctx_lens=[23, 48, 17])
+
+
+def test_prefill_group_of_seven_and_odd_head_dim():
+    # Qwen2.5's GQA group (7 query heads per KV head) and a head size that is not a power of two
+    _check(q_lens=[20, 3], ctx_lens=[20, 40], heads=7, kv_heads=1, head_dim=24)
+
+
+def test_sliding_window_and_softcap():
+    _check(q_lens=[30, 1], ctx_lens=[45, 60], window=8)
+    _check(q_lens=[12, 1], ctx_lens=[12, 33], softcap=5.0)
+
+
+def test_block_size_larger_than_key_tile_and_half_precision():
+    # Triton's interpreter has no bfloat16 arithmetic (numpy has none): float16 stands in for it on CPU
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float16
+    _check(q_lens=[5, 1], ctx_lens=[200, 150], block_size=128, dtype=dtype, tol=2e-2)
+
+
+def test_decode_splits_policy():
+    assert decode_splits(1024, 132) == 1
+    assert decode_splits(64, 132) == 8
+    assert decode_splits(2, 132) == 16
