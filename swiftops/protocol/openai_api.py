@@ -122,6 +122,8 @@ class _SamplingParams(_WireModel):
                                          description="Sampling temperature; 0 is greedy.")
     top_p: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass.")
     top_k: Optional[int] = Field(None, ge=-1, description="vLLM extension: keep the k most likely tokens (-1: all).")
+    min_p: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
+                         description="vLLM extension: drop tokens less likely than min_p x the most likely one.")
     repetition_penalty: Optional[float] = Field(None, gt=0, le=10, allow_inf_nan=False,
                                                 description="vLLM extension: HF-style repetition penalty (1: none).")
     presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False, description="OpenAI presence penalty.")
@@ -149,6 +151,7 @@ class _SamplingParams(_WireModel):
     def _config(self, max_tokens: Optional[int], logprobs: bool, top_logprobs: Optional[int]) -> RequestConfig:
         return RequestConfig(
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            min_p=self.min_p,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, stop=self.stop, stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos, seed=self.seed, n=self.n, stream=self.stream, logprobs=logprobs,

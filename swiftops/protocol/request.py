@@ -24,6 +24,8 @@ class RequestConfig(BaseModel):
         None, ge=0, description="0 is greedy; None takes the model's generation_config (greedy if it does not sample).")
     top_k: Optional[int] = Field(None, description="Keep the k most likely tokens (-1 or None: all).")
     top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass (None: 1.0).")
+    min_p: float = Field(0.0, ge=0, le=1, description="Drop tokens less likely than min_p x the most likely one "
+                                                      "(0: off).")
     repetition_penalty: Optional[float] = Field(
         None, gt=0, description="HF-style penalty on tokens already in the prompt or output (1.0: none).")
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI presence penalty on generated tokens.")

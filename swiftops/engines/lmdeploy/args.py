@@ -107,6 +107,7 @@ def generation_config_kwargs(config: RequestConfig, generation: GenerationSettin
         "temperature": float(temperature),
         "top_p": float(top_p or 1.0),
         "top_k": int(top_k or 0),  # 0: no top-k (LMDeploy's own default is 50)
+        "min_p": config.min_p,
         "repetition_penalty": float(penalty or 1.0),
         "ignore_eos": config.ignore_eos,
         "random_seed": config.seed if config.seed is not None else generation.seed,

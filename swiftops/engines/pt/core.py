@@ -147,9 +147,6 @@ class EngineCore:
 
     def _step(self, plan: StepPlan) -> None:
         emitted: set[int] = set()
-        # Where each sequence stands after this step, should it have to be recomputed alone.
-        targets = {s.seq_id: s.num_computed + chunk for s, chunk in plan.prefill}
-        targets.update((s.seq_id, s.num_tokens) for s in plan.decode)
         try:
             self._run_plan(plan, emitted)
             self.steps += 1
@@ -161,8 +158,10 @@ class EngineCore:
                 self._fail(left[0], self._as_engine_error(exc))
                 return
             self._free_memory(exc)
+            # Where each sequence would stand after this step (its tokens are in the cache once `advance` ran).
+            chunks = {s.seq_id: chunk for s, chunk in [*plan.prefill, *((s, 1) for s in plan.decode)]}
             for seq in left:
-                self._step_alone(seq, targets[seq.seq_id])
+                self._step_alone(seq, seq.num_computed + (0 if plan.computed else chunks[seq.seq_id]))
 
     def _step_alone(self, seq: Sequence, target: int) -> None:
         """Recompute `seq` alone from its first token up to where the failed step would have left it (as after a

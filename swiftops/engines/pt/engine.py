@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections import deque
@@ -23,8 +24,8 @@ from swiftops.engines.engine_options import model_sampling_defaults, resolve_sam
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
 from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
 from swiftops.engines.response_builder import collect_response, stream_response
-from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, InferRequest, ModelNotFoundError,
-                               PromptTooLongError, RequestConfig, UnsupportedError)
+from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, EngineError, InferRequest,
+                               ModelNotFoundError, PromptTooLongError, RequestConfig, UnsupportedError)
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
 from swiftops.protocol.capabilities import require
@@ -211,11 +212,11 @@ class PtEngine(InferEngine):
     # ---- the engine interface -------------------------------------------------------------------
     @property
     def num_running(self) -> int:
-        return self._core.num_running
+        return self._core.num_running if self._core is not None else 0
 
     @property
     def num_waiting(self) -> int:
-        return self._core.num_waiting
+        return self._core.num_waiting if self._core is not None else 0
 
     def _sampling_params(self, config: RequestConfig, prompt_len: int) -> SamplingParams:
         g, gc = self.generation, self._loaded.generation_config
@@ -227,6 +228,7 @@ class PtEngine(InferEngine):
         top_logprobs = config.top_logprobs if config.top_logprobs is not None else (g.top_logprobs or 0)
         return SamplingParams(
             max_tokens=max_tokens, temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p or 1.0),
+            min_p=config.min_p,
             repetition_penalty=float(penalty or 1.0), presence_penalty=config.presence_penalty,
             frequency_penalty=config.frequency_penalty,
             seed=config.seed if config.seed is not None else self.generation.seed, stop=stop,
@@ -240,6 +242,8 @@ class PtEngine(InferEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        if self._core is None:
+            raise EngineError("this engine was closed; build a new one")
         if config.response_format and config.response_format.get("type", "text") != "text":
             require("pt", "structured_output")  # a 400 saying which backends can
         adapter = self._adapter_for(adapter_request)
@@ -318,6 +322,15 @@ class PtEngine(InferEngine):
                     self._core.abort(seq.seq_id)
 
     def close(self) -> None:
+        """Stop the engine thread and give its memory back (weights, KV cache, graphs), so that another engine can
+        start in the same process."""
         core = getattr(self, "_core", None)
-        if core is not None:
-            core.stop()
+        if core is None:
+            return
+        core.stop()
+        self._core = None
+        for name in ("kv_cache", "block_manager", "model", "_loaded", "lora"):
+            self.__dict__.pop(name, None)
+        gc.collect()  # the engine's objects reference each other (scheduler hooks, graphs): free them now
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

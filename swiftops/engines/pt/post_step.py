@@ -21,6 +21,7 @@ def advance(plan: StepPlan) -> None:
         seq.num_computed += chunk
     for seq in plan.decode:
         seq.num_computed += 1
+    plan.computed = True
 
 
 class PostStep:

@@ -1,7 +1,12 @@
-"""Token sampling for one step of a batch: penalties, greedy / temperature / top-k / top-p, seeds, logprobs.
+"""Token sampling for one step of a batch, vectorised over its rows.
 
-Logprobs are the model's own distribution (log-softmax of the raw logits, before penalties and
-temperature), as vLLM and OpenAI report them.
+Penalties, temperature, top-k, top-p and min-p are tensors over the batch: one set of kernels per step whatever
+the mix of settings, never a loop over rows. Sampling draws with the exponential race (argmax of p / q with
+q ~ Exp(1), the same distribution as multinomial): a seeded request draws its q from its own generator over the
+whole vocabulary, so its tokens do not depend on its batch neighbours.
+
+Logprobs are the model's own distribution (log-softmax of the raw logits, before penalties and temperature), as
+vLLM and OpenAI report them.
 """
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ import torch
 
 from swiftops.engines.pt.sequence import Sequence
 
+# Top-k up to this many takes torch.topk over each row; beyond it (or top-p / min-p without top-k) a full sort.
+_TOPK_FAST = 1024
+
 
 @dataclass
 class SampleResult:
@@ -20,33 +28,73 @@ class SampleResult:
     logprobs: list[Optional[tuple[float, list[tuple[int, float]]]]]
 
 
+def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
+    """Token-id lists as one [R, L] tensor, padded with `pad` (an extra column the callers drop)."""
+    width = max(1, max(len(r) for r in rows))
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long).to(device, non_blocking=True)
+
+
 def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
-    for row, seq in enumerate(seqs):
-        p = seq.params
-        if not p.penalized:
-            continue
-        if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(seq.all_ids)), device=logits.device, dtype=torch.long)
-            picked = logits[row, seen]
-            logits[row, seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
-        if (p.presence_penalty or p.frequency_penalty) and seq.output_ids:
-            ids = torch.tensor(seq.output_ids, device=logits.device, dtype=torch.long)
-            counts = torch.bincount(ids, minlength=logits.shape[1]).to(logits.dtype)
-            logits[row] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+    """Repetition penalty over prompt and output (transformers' and vLLM's rule), presence and frequency penalties
+    over the output (OpenAI's), for the penalized rows of the batch at once."""
+    rows = [i for i, s in enumerate(seqs) if s.params.penalized]
+    index = torch.tensor(rows, device=logits.device)
+    sub = logits[index]
+    vocab = logits.shape[1]
+    params = [seqs[i].params for i in rows]
+    if any(p.repetition_penalty != 1.0 for p in params):
+        ids = _padded([seqs[i].all_ids for i in rows], vocab, logits.device)
+        seen = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=logits.device)
+        seen.scatter_(1, ids, True)
+        seen = seen[:, :vocab]
+        penalty = torch.tensor([p.repetition_penalty for p in params], device=logits.device)[:, None]
+        sub = torch.where(seen, torch.where(sub > 0, sub / penalty, sub * penalty), sub)
+    if any(p.presence_penalty or p.frequency_penalty for p in params):
+        ids = _padded([seqs[i].output_ids for i in rows], vocab, logits.device)
+        counts = torch.zeros(len(rows), vocab + 1, dtype=sub.dtype, device=logits.device)
+        counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=sub.dtype))
+        counts = counts[:, :vocab]
+        frequency = torch.tensor([p.frequency_penalty for p in params], device=logits.device)[:, None]
+        presence = torch.tensor([p.presence_penalty for p in params], device=logits.device)[:, None]
+        sub = sub - frequency * counts - presence * (counts > 0).to(sub.dtype)
+    logits[index] = sub
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
+def _filter(logits: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]) -> torch.Tensor:
+    """logits [R, V] with the tokens outside each row's top-k / top-p / min-p set to -inf."""
+    vocab = logits.shape[1]
+    device = logits.device
+    k = [t if 0 < t < vocab else vocab for t in top_k]
+    limited = [t for t in k if t < vocab]
+    if limited:
+        # Threshold of each row's k-th largest logit (rows without top-k keep every token).
+        width = max(limited)
+        top = torch.topk(logits, width, dim=-1).values if width <= _TOPK_FAST else \
+            torch.sort(logits, dim=-1, descending=True).values[:, :width]
+        kth = top.gather(1, torch.tensor([[min(t, width) - 1] for t in k], device=device))
+        kth = torch.where(torch.tensor([[t >= vocab] for t in k], device=device), float("-inf"), kth)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
+    if min(top_p) < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop tokens once the mass before them already reaches top_p (the first token always stays)
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= top_p
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= torch.tensor(top_p, device=device)[:, None]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(0, order, sorted_logits)
+        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    if max(min_p) > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        floor = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_p, device=device)[:, None]
+        logits = logits.masked_fill(probs < floor, float("-inf"))
     return logits
+
+
+def _exponential_noise(seqs: list[Sequence], vocab: int, device: torch.device) -> torch.Tensor:
+    """q ~ Exp(1) [R, V]; a seeded row draws its own from its generator, the others in one call."""
+    noise = torch.empty(len(seqs), vocab, device=device).exponential_()
+    for i, seq in enumerate(seqs):
+        if seq.generator is not None:
+            noise[i].exponential_(generator=seq.generator)
+    return noise
 
 
 def host_list(values: torch.Tensor) -> list:
@@ -69,29 +117,36 @@ def host_list(values: torch.Tensor) -> list:
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
     """logits: [B, V] for the rows in `seqs` (same order)."""
     logits = logits.float()
-    want_logprobs = any(s.params.logprobs for s in seqs)
+    params = [s.params for s in seqs]
+    want_logprobs = any(p.logprobs for p in params)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-    if any(s.params.penalized for s in seqs):
+    if any(p.penalized for p in params):
         logits = logits.clone()
         _apply_penalties(logits, seqs)
     chosen = torch.argmax(logits, dim=-1)
-    for row, seq in enumerate(seqs):
-        p = seq.params
-        if p.greedy:
-            continue
-        row_logits = _filter_top_k_top_p(logits[row] / p.temperature, p.top_k, p.top_p)
-        probs = torch.softmax(row_logits, dim=-1)
-        chosen[row] = torch.multinomial(probs, 1, generator=seq.generator)[0]
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if sampled:
+        rows = torch.tensor(sampled, device=logits.device)
+        picked = [params[i] for i in sampled]
+        temperature = torch.tensor([p.temperature for p in picked], device=logits.device)[:, None]
+        sub = _filter(logits[rows] / temperature, [p.top_k for p in picked], [p.top_p for p in picked],
+                      [p.min_p for p in picked])
+        probs = torch.softmax(sub, dim=-1)
+        noise = _exponential_noise([seqs[i] for i in sampled], logits.shape[1], logits.device)
+        chosen[rows] = torch.argmax(probs / noise, dim=-1)
     token_ids = host_list(chosen)  # the one host sync of the step
-    infos: list[Optional[tuple[float, list[tuple[int, float]]]]] = []
-    for row, seq in enumerate(seqs):
-        if not seq.params.logprobs:
-            infos.append(None)
-            continue
-        lp = raw_logprobs[row]
-        top: list[tuple[int, float]] = []
-        if seq.params.top_logprobs:
-            values, ids = torch.topk(lp, seq.params.top_logprobs)
-            top = list(zip(ids.tolist(), values.tolist()))
-        infos.append((float(lp[token_ids[row]]), top))
+    infos: list[Optional[tuple[float, list[tuple[int, float]]]]] = [None] * len(seqs)
+    if want_logprobs:
+        rows_lp = [i for i, p in enumerate(params) if p.logprobs]
+        width = max(params[i].top_logprobs for i in rows_lp)
+        index = torch.tensor(rows_lp, device=logits.device)
+        chosen_lp = raw_logprobs[index, chosen[index]].tolist()
+        top_values = top_ids = None
+        if width:
+            top_values, top_ids = torch.topk(raw_logprobs[index], width, dim=-1)
+            top_values, top_ids = top_values.tolist(), top_ids.tolist()
+        for j, i in enumerate(rows_lp):
+            n = params[i].top_logprobs
+            top = list(zip(top_ids[j][:n], top_values[j][:n])) if n else []
+            infos[i] = (chosen_lp[j], top)
     return SampleResult(token_ids, infos)

@@ -22,6 +22,7 @@ from swiftops.engines.pt.sequence import Sequence, SeqStatus
 class StepPlan:
     decode: list[Sequence] = field(default_factory=list)
     prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
+    computed: bool = False  # set by the post-step stage once the plan's tokens are in the KV cache
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)

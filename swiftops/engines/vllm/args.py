@@ -123,6 +123,7 @@ def sampling_params_kwargs(config: RequestConfig, generation: GenerationSettings
         "top_p": float(top_p or 1.0),
         # vLLM: 0 (or -1 in older releases) disables top-k; 0 is accepted by every release we support.
         "top_k": int(top_k or 0),
+        "min_p": config.min_p,
         "repetition_penalty": float(penalty or 1.0),
         "presence_penalty": config.presence_penalty,
         "frequency_penalty": config.frequency_penalty,

@@ -64,12 +64,12 @@ def test_vision_batch_size_goes_to_vision_config():
 
 
 def test_generation_config_for_one_choice():
-    config = RequestConfig(n=3, max_tokens=50, temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1,
-                           seed=11, stop=["END"], stop_token_ids=[5], ignore_eos=True, logprobs=True, top_logprobs=3)
+    config = RequestConfig(n=3, max_tokens=50, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
+                           repetition_penalty=1.1, seed=11, stop=["END"], stop_token_ids=[5], ignore_eos=True, logprobs=True, top_logprobs=3)
     kwargs = args.generation_config_kwargs(config, GenerationSettings(), prompt_len=10, max_model_len=1000)
     # n and stop strings are the engine's job (one session per choice; text matching)
     assert kwargs == {"n": 1, "max_new_tokens": 50, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
-                      "repetition_penalty": 1.1, "ignore_eos": True, "random_seed": 11, "stop_token_ids": [5],
+                      "min_p": 0.05, "repetition_penalty": 1.1, "ignore_eos": True, "random_seed": 11, "stop_token_ids": [5],
                       "skip_special_tokens": True, "logprobs": 3}
 
 

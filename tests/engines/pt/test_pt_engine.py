@@ -97,7 +97,7 @@ def test_logprobs_match_a_direct_forward(engine):
     with torch.inference_mode():
         seq = list(prompt_ids)
         for entry in entries:
-            logits = engine.model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+            logits = engine.model(input_ids=torch.tensor([seq], device=engine.model.device)).logits[0, -1].float()
             lp = torch.log_softmax(logits, -1)
             token = int(torch.argmax(lp))
             assert entry.logprob == pytest.approx(float(lp[token]), abs=1e-4)

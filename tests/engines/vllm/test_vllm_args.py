@@ -74,11 +74,11 @@ def test_device_map_is_refused_with_what_to_use_instead():
 
 
 def test_sampling_params_from_a_request():
-    config = RequestConfig(n=3, max_tokens=50, temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1,
-                           presence_penalty=0.5, frequency_penalty=-0.5, seed=11, stop=["\n\n"],
+    config = RequestConfig(n=3, max_tokens=50, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
+                           repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=-0.5, seed=11, stop=["\n\n"],
                            stop_token_ids=[5], ignore_eos=True, logprobs=True, top_logprobs=3)
     kwargs = args.sampling_params_kwargs(config, GenerationSettings(), prompt_len=10, max_model_len=1000)
-    assert kwargs == {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
+    assert kwargs == {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05,
                       "repetition_penalty": 1.1, "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 11,
                       "stop": ["\n\n"], "stop_token_ids": [5], "ignore_eos": True, "logprobs": 3}
 
