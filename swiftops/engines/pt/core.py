@@ -53,13 +53,16 @@ class EngineCore:
         self._thread.start()
 
     # ---- called from any thread --------------------------------------------------------------
-    def submit(self, seq: Sequence) -> None:
-        seq.arrival = time.monotonic()
-        if seq.params.seed is not None:
-            seq.generator = torch.Generator(device=self.device).manual_seed(seq.params.seed)
-        seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, seq.params.stop)
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Hand over a request's sequences (its `n` choices) at once: the scheduler sees them in the same step."""
+        now = time.monotonic()
+        for seq in seqs:
+            seq.arrival = now
+            if seq.params.seed is not None:
+                seq.generator = torch.Generator(device=self.device).manual_seed(seq.params.seed)
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, seq.params.stop)
         with self._wake:
-            self._inbox.append(seq)
+            self._inbox.extend(seqs)
             self._wake.notify()
 
     def abort(self, seq_id: int) -> None:

@@ -8,6 +8,19 @@ from typing import Any, Optional
 _CONTEXT_TOKENS = 5
 
 
+def _decode_stream(tokenizer: Any, context: list[int]) -> Optional[Any]:
+    """A Rust-side incremental decoder (one step per token) for fast tokenizers, or None."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    try:
+        from tokenizers import Tokenizer
+        from tokenizers.decoders import DecodeStream
+        if not isinstance(backend, Tokenizer):
+            return None
+        return DecodeStream(ids=context, skip_special_tokens=True)
+    except (ImportError, TypeError):  # tokenizers before 0.22 take no context ids
+        return None
+
+
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...] = ()) -> None:
         self.tokenizer = tokenizer
@@ -18,6 +31,8 @@ class IncrementalDetokenizer:
         self.emitted = 0  # characters of `text` already handed out
         self.stop = stop
         self.stopped = False
+        self._stream = _decode_stream(tokenizer, self.ids)
+        self._backend = getattr(tokenizer, "_tokenizer", None)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -25,6 +40,12 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> None:
         """Append a token; sets `stopped` when a stop string appears (the text is cut before it)."""
         self.ids.append(token_id)
+        if self._stream is not None:  # one decode step per token, UTF-8 pieces held back inside the stream
+            piece = self._stream.step(self._backend, token_id)
+            if piece:
+                self._append(piece)
+                self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):

@@ -275,8 +275,7 @@ class PtEngine(InferEngine):
                 p = SamplingParams(**{**params.__dict__, "seed": params.seed + i})
             seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter,
                                  mm_inputs=mm_inputs))
-        for seq in seqs:
-            self._core.submit(seq)
+        self._core.submit(seqs)
         outputs = self._drain(queue, seqs)
         tools = bool(request.tools) and request.tool_choice != "none"
         want_logprobs = params.logprobs

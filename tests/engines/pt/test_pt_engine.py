@@ -174,6 +174,10 @@ def test_chunked_prefill_preemption_and_fallback_agree(tiny_model_dir, engine):
                        kv_cache_memory_gb=220 * 512 / (1 << 30))  # ~220 tokens of cache for 5 prompts
     try:
         assert [_text(r) for r in chunked.infer(reqs, GREEDY)] == want
+        # Five choices of one request arrive together; four fit at admission (3 blocks each of 13) and outgrow the
+        # cache as they decode: preemption is certain, whatever the timing of the requests above.
+        choices = chunked.infer([reqs[3]], GREEDY.model_copy(update={"n": 5}))[0].choices
+        assert [c.message.content for c in choices] == [want[3]] * 5
         assert chunked._core.scheduler.num_preemptions > 0
     finally:
         chunked.close()
