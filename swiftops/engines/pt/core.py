@@ -20,7 +20,7 @@ import torch
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
 from swiftops.engines.pt.fault_injection import FaultInjector
 from swiftops.engines.pt.post_step import PostStep, advance
-from swiftops.engines.pt.sampler import sample
+from swiftops.engines.pt.sampler import PendingSample, sample, sample_on_device
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.sequence import AsyncSink, Sequence, deliver_all
@@ -44,6 +44,7 @@ class EngineCore:
         self._by_id: dict[int, Sequence] = {}
         self._outbox: list[tuple[Any, SequenceOutput]] = []  # (sink, output) of the current step
         self.steps = 0
+        self.pipelined_steps = 0  # decode steps launched before the previous step's tokens reached the host
         self.faults = FaultInjector.from_env(tokenizer)  # None unless a reliability test asks for faults
         # The engine thread waits on the GPU with the GIL released, then must get it back at once to launch the
         # next step. With Python's default 5 ms switch interval a busy thread beside it (the server's event loop
@@ -149,6 +150,9 @@ class EngineCore:
                 emitted.update(s.seq_id for s in result.seqs)
 
     def _step(self, plan: StepPlan) -> None:
+        if self._can_pipeline(plan):
+            self._pipelined_decode(plan.decode)
+            return
         emitted: set[int] = set()
         try:
             self._run_plan(plan, emitted)
@@ -165,6 +169,73 @@ class EngineCore:
             chunks = {s.seq_id: chunk for s, chunk in [*plan.prefill, *((s, 1) for s in plan.decode)]}
             for seq in left:
                 self._step_alone(seq, seq.num_computed + (0 if plan.computed else chunks[seq.seq_id]))
+
+    # ---- pipelined decode -----------------------------------------------------------------------
+    # In a steady decode batch the host work of a step (tokens to the host, stop checks, outputs, the next
+    # step's inputs) would leave the GPU idle. Instead, step N+1 is launched from step N's tokens while they are
+    # still on the device, and the host then handles step N while the GPU runs N+1. A sequence that turns out
+    # to have stopped at N has its N+1 token dropped; its blocks may be handed to another sequence at once, since
+    # every later write to them is queued on the same stream behind N+1.
+
+    def _quiet(self) -> bool:
+        """Nothing for the scheduler to do: no arrivals, aborts, waiting sequences or shutdown."""
+        return not (self._inbox or self._aborts or self._stopped or self.scheduler.waiting)
+
+    def _can_pipeline(self, plan: StepPlan) -> bool:
+        return (not plan.prefill and self.faults is None and getattr(self.runner, "can_pipeline", False)
+                and self._quiet())
+
+    def _continuing(self, seqs: list[Sequence]) -> Optional[list[Sequence]]:
+        """The sequences that go on after the step in flight (those ending there by length are known now), if the
+        next step can be launched before its tokens are seen: no penalty needs them, the cache has room."""
+        if not self._quiet():
+            return None
+        limit = self.post_step.max_model_len
+        nxt = [s for s in seqs if not s.aborted and len(s.output_ids) + 1 < s.params.max_tokens
+               and s.num_tokens + 1 < limit]
+        if not nxt or any(s.params.penalized for s in nxt):
+            return None
+        blocks = self.scheduler.blocks
+        if not all(blocks.ensure_capacity(s, s.num_tokens + 1) for s in nxt):
+            return None
+        blocks.sync()
+        return nxt
+
+    def _pipelined_decode(self, batch: list[Sequence]) -> None:
+        try:
+            with torch.inference_mode():
+                self._pipeline(batch)
+        except Exception:  # noqa: BLE001 - one bad request must not fail its batch or kill the engine
+            logger.exception("engine step failed; retrying its sequences one by one")
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # whatever was launched is done before the recomputes
+            for seq in [s for s in self.scheduler.running if s.seq_id in self._by_id]:
+                self._step_alone(seq, seq.num_tokens)
+
+    def _pipeline(self, batch: list[Sequence]) -> None:
+        pending: Any = sample_on_device(self.runner.decode(batch), batch)
+        while True:
+            advance(StepPlan(decode=batch))
+            nxt = self._continuing(batch)
+            following: Optional[PendingSample] = None
+            if nxt is not None:
+                going_on = set(map(id, nxt))
+                rows = [i for i, s in enumerate(batch) if id(s) in going_on] if len(nxt) < len(batch) else None
+                tokens = pending.chosen if rows is None else \
+                    pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
+                following = sample_on_device(self.runner.decode(nxt, tokens), nxt)
+                self.pipelined_steps += 1
+            self._emit(batch, pending.collect())
+            self.steps += 1
+            self._flush()
+            if following is None:
+                return
+            for seq in nxt:  # the step launched above computes each one's last sampled token
+                seq.num_computed = seq.num_tokens - 1
+            batch, pending = [s for s in nxt if s.seq_id in self._by_id], following
+            if len(batch) < len(nxt):  # some stopped at the step just handled: read back only their rows
+                alive = {s.seq_id for s in batch}
+                pending = _RowView(following, [i for i, s in enumerate(nxt) if s.seq_id in alive])
 
     def _step_alone(self, seq: Sequence, target: int) -> None:
         """Recompute `seq` alone from its first token up to where the failed step would have left it (as after a
@@ -205,3 +276,19 @@ class EngineCore:
             if out.finish_reason is not None:
                 self._retire(seq)
             self._deliver(seq, out)
+
+
+class _RowView:
+    """A pending sample of a batch, read back for a subset of its rows (sequences that stopped are dropped)."""
+
+    def __init__(self, pending: Any, rows: list[int]) -> None:
+        self.pending = pending
+        self.rows = rows
+        self.chosen = pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
+
+    def collect(self) -> Any:
+        result = self.pending.collect()
+        result.token_ids = [result.token_ids[i] for i in self.rows]
+        result.logprobs = [result.logprobs[i] for i in self.rows]
+        return result
+

@@ -10,7 +10,7 @@ points at the scratch block 0, and their logits are dropped.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -84,12 +84,18 @@ class CudaGraphDecoder:
             self.lora.set_step(None, [])
         logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
 
-    def run(self, ids: list[int], positions: list[int], rows: list[int], lora_slots: list[int],
+    def run(self, ids: Union[list[int], torch.Tensor], positions: list[int], rows: list[int], lora_slots: list[int],
             rope: Optional[torch.Tensor]) -> torch.Tensor:
+        """Replay the smallest graph that holds the batch. `ids` may be a device tensor: the tokens the previous
+        step sampled, not yet seen by the host (pipelined decode)."""
         batch = len(ids)
         bucket = next(b for b in self.buckets if b >= batch)
         # One host-to-device copy of the step's inputs; padded rows read row 0 at position 0 (the scratch block).
-        self.inputs[:, :batch].copy_(torch.tensor([ids, positions, rows, lora_slots]), non_blocking=True)
+        if isinstance(ids, torch.Tensor):
+            self.inputs[0, :batch].copy_(ids, non_blocking=True)
+            self.inputs[1:, :batch].copy_(torch.tensor([positions, rows, lora_slots]), non_blocking=True)
+        else:
+            self.inputs[:, :batch].copy_(torch.tensor([ids, positions, rows, lora_slots]), non_blocking=True)
         if bucket > batch:
             self.inputs[:, batch:bucket].zero_()
         if rope is not None:

@@ -63,21 +63,33 @@ class PagedRunner:
                          **{CONTEXT_KWARG: ctx})
         return out.logits[0]
 
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        positions = [s.num_tokens - 1 for s in seqs]
+    def decode(self, seqs: list[Sequence], tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One token of each sequence: its last one, or `tokens` [len(seqs)] still on the device (the step in
+        flight sampled them and the host has not appended them yet: pipelined decode)."""
+        offset = 1 if tokens is None else 0
+        positions = [s.num_tokens - offset for s in seqs]
         rope = None
         if self.mrope:
             rope = torch.tensor([[p + s.rope_delta for s, p in zip(seqs, positions)]] * 3, device=self.device)
-        ids = [s.last_token for s in seqs]
+        ids = [s.last_token for s in seqs] if tokens is None else tokens
         rows = [s.table_row for s in seqs]
         if self.graphs is not None and len(seqs) <= self.graphs.buckets[-1]:
             return self.graphs.run(ids, positions, rows, [s.lora_slot for s in seqs], rope)
-        staged = torch.tensor([ids, positions, rows], dtype=torch.long).to(self.device, non_blocking=True)
-        ids_t, pos_t, rows_t = staged
+        if tokens is None:
+            staged = torch.tensor([ids, positions, rows], dtype=torch.long).to(self.device, non_blocking=True)
+            ids_t, pos_t, rows_t = staged
+        else:
+            ids_t = tokens
+            pos_t, rows_t = torch.tensor([positions, rows], dtype=torch.long).to(self.device, non_blocking=True)
         ctx = decode_context(self.cache, self.blocks, pos_t, rows_t, use_triton=self.use_triton,
                              num_splits=self._splits(len(seqs)), host_ctx_lens=[p + 1 for p in positions])
         self._set_lora([s.lora_slot for s in seqs])
         return self._forward(ids_t, pos_t, ctx, torch.arange(len(seqs), device=self.device), rope)
+
+    @property
+    def can_pipeline(self) -> bool:
+        """Decode steps can be launched from device-side tokens (text models; M-RoPE positions need the host)."""
+        return not self.mrope
 
     def _splits(self, batch: int) -> int:
         if not self.use_triton:

@@ -97,28 +97,58 @@ def _exponential_noise(seqs: list[Sequence], vocab: int, device: torch.device) -
     return noise
 
 
-def host_list(values: torch.Tensor) -> list:
-    """`values.tolist()` that waits for the GPU without holding the GIL.
+class HostCopy:
+    """Device tensors on their way to the host: the copies are queued now, behind the work that produces them, and
+    `result()` waits for them alone (not for later work queued behind), without holding the GIL.
 
-    A plain `.tolist()` of a CUDA tensor blocks inside the copy with the GIL held, so while the step runs on
-    the GPU no other Python thread (the server's event loop streaming tokens) can run. Copying into pinned
-    memory and waiting on an event (which releases the GIL) lets the server work during the step.
+    A plain `.tolist()` of a CUDA tensor blocks inside the copy with the GIL held, so while the step runs on the
+    GPU no other Python thread (the server's event loop streaming tokens) can run; waiting on an event releases it.
     """
-    if values.device.type != "cuda":
-        return values.tolist()
-    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)  # from torch's caching host allocator
-    host.copy_(values, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
-    done.synchronize()
-    return host.tolist()
+
+    def __init__(self, *values: torch.Tensor) -> None:
+        self._values = values
+        self._done = None
+        if values and values[0].device.type == "cuda":
+            # from torch's caching host allocator
+            self._values = tuple(torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
+                                 for v in values)
+            self._done = torch.cuda.Event()
+            self._done.record()
+
+    def result(self) -> list[list]:
+        if self._done is not None:
+            self._done.synchronize()
+        return [v.tolist() for v in self._values]
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
-    """logits: [B, V] for the rows in `seqs` (same order)."""
-    logits = logits.float()
+@dataclass
+class PendingSample:
+    """A step's sampled tokens (and asked-for logprobs) still on the device; `collect()` brings them over."""
+
+    chosen: torch.Tensor  # [B] token ids, on the device
+    copy: HostCopy
+    logprob_rows: list[int]
+    top_counts: list[int]
+
+    def collect(self) -> SampleResult:
+        values = self.copy.result()
+        token_ids = values[0]
+        infos: list[Optional[tuple[float, list[tuple[int, float]]]]] = [None] * len(token_ids)
+        if self.logprob_rows:
+            chosen_lp = values[1]
+            top_values, top_ids = (values[2], values[3]) if len(values) > 2 else (None, None)
+            for j, (i, n) in enumerate(zip(self.logprob_rows, self.top_counts)):
+                top = list(zip(top_ids[j][:n], top_values[j][:n])) if n else []
+                infos[i] = (chosen_lp[j], top)
+        return SampleResult(token_ids, infos)
+
+
+def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSample:
+    """Sample a step's tokens and queue their copy to the host; nothing here waits for the GPU."""
     params = [s.params for s in seqs]
     want_logprobs = any(p.logprobs for p in params)
+    if want_logprobs or any(not p.greedy or p.penalized for p in params):
+        logits = logits.float()  # greedy alone needs no float32 copy of the batch's logits
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
     if any(p.penalized for p in params):
         logits = logits.clone()
@@ -134,19 +164,17 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         probs = torch.softmax(sub, dim=-1)
         noise = _exponential_noise([seqs[i] for i in sampled], logits.shape[1], logits.device)
         chosen[rows] = torch.argmax(probs / noise, dim=-1)
-    token_ids = host_list(chosen)  # the one host sync of the step
-    infos: list[Optional[tuple[float, list[tuple[int, float]]]]] = [None] * len(seqs)
-    if want_logprobs:
-        rows_lp = [i for i, p in enumerate(params) if p.logprobs]
-        width = max(params[i].top_logprobs for i in rows_lp)
-        index = torch.tensor(rows_lp, device=logits.device)
-        chosen_lp = raw_logprobs[index, chosen[index]].tolist()
-        top_values = top_ids = None
-        if width:
-            top_values, top_ids = torch.topk(raw_logprobs[index], width, dim=-1)
-            top_values, top_ids = top_values.tolist(), top_ids.tolist()
-        for j, i in enumerate(rows_lp):
-            n = params[i].top_logprobs
-            top = list(zip(top_ids[j][:n], top_values[j][:n])) if n else []
-            infos[i] = (chosen_lp[j], top)
-    return SampleResult(token_ids, infos)
+    if not want_logprobs:
+        return PendingSample(chosen, HostCopy(chosen), [], [])
+    rows_lp = [i for i, p in enumerate(params) if p.logprobs]
+    counts = [params[i].top_logprobs for i in rows_lp]
+    index = torch.tensor(rows_lp, device=logits.device)
+    extra = [raw_logprobs[index, chosen[index]]]
+    if max(counts):
+        extra.extend(torch.topk(raw_logprobs[index], max(counts), dim=-1))
+    return PendingSample(chosen, HostCopy(chosen, *extra), rows_lp, counts)
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+    """logits: [B, V] for the rows in `seqs` (same order); waits for the tokens (the one host sync of a step)."""
+    return sample_on_device(logits, seqs).collect()

@@ -42,6 +42,24 @@ def test_batch_equals_single(engine):
     assert len({_text(r) for r in batched}) == len(PROMPTS)  # different prompts, different answers
 
 
+def test_greedy_tokens_equal_transformers_generate(engine):
+    """float32 on CPU: the batch (decoded in pipelined steps: each launched from the previous step's tokens before
+    the host sees them) gives exactly transformers' greedy tokens."""
+    requests = [_req(p) for p in PROMPTS]
+    before = engine._core.pipelined_steps
+    config = GREEDY.model_copy(update={"ignore_eos": True})
+    responses = engine.infer(requests, config)
+    assert engine._core.pipelined_steps > before
+    for request, response in zip(requests, responses):
+        ids = torch.tensor([engine.encode(request)])
+        with torch.inference_mode():
+            out = engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+                                        min_new_tokens=24, do_sample=False, pad_token_id=0)
+        want = out[0, ids.shape[1]:].tolist()
+        assert engine.tokenizer.decode(want, skip_special_tokens=True) == _text(response)
+        assert response.usage.completion_tokens == len(want) == 24
+
+
 def test_stream_concatenates_to_the_non_stream_text(engine):
     whole = engine.infer([_req(PROMPTS[1])], GREEDY)[0]
     chunks = list(engine.infer([_req(PROMPTS[1])], GREEDY.model_copy(update={"stream": True}))[0])

@@ -58,3 +58,70 @@ def test_lora_mixed_batch_under_cuda_graphs(tiny_model_dir, tmp_path, make_lora_
     finally:
         graphs.close()
         eager.close()
+
+
+def _long_context_copy(tiny_model_dir, tmp_path, positions: int):
+    """The tiny model with a longer native context (its rotary embedding takes any length)."""
+    import json
+    import shutil
+
+    path = tmp_path / f"tiny-{positions}"
+    shutil.copytree(tiny_model_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["max_position_embeddings"] = positions
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_bf16_greedy_matches_generate_up_to_the_first_near_tie(tiny_model_dir):
+    """Engine defaults (bf16 here) against transformers' generate. A random model's top two logits are sometimes
+    (nearly) tied, and two correct bf16 implementations may then pick differently: compare the tokens up to the
+    first step whose reference top-2 gap is within one bf16 step of the logits (1/64 for logits in [2, 4))."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    engine = PtEngine(str(tiny_model_dir), torch_dtype="bfloat16", kv_cache_memory_gb=1)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16,
+                                              attn_implementation="sdpa").cuda().eval()
+    try:
+        assert engine.cuda_graphs and engine.max_batch_size == 256
+        requests = [InferRequest(messages=[{"role": "user", "content": p}]) for p in PROMPTS * 4]
+        config = GREEDY.model_copy(update={"ignore_eos": True})
+        ours = [r.choices[0].message.content for r in engine.infer(requests, config)]
+        compared = 0
+        for request, text in zip(requests, ours):
+            ids = torch.tensor([engine.encode(request)], device="cuda")
+            with torch.inference_mode():
+                out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
+                                  min_new_tokens=32, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                                  pad_token_id=0)
+            tokens = out.sequences[0, ids.shape[1]:].tolist()
+            top2 = torch.stack(out.logits)[:, 0].float().topk(2, dim=-1).values
+            ties = ((top2[:, 0] - top2[:, 1]) <= 1 / 64).nonzero()
+            agree = int(ties[0]) if len(ties) else len(tokens)
+            prefix = engine.tokenizer.decode(tokens[:agree], skip_special_tokens=True)
+            assert text.startswith(prefix), (agree, prefix, text)
+            compared += agree
+        assert compared >= 0.5 * 32 * len(requests)  # most of the tokens were compared, not skipped as ties
+    finally:
+        engine.close()
+
+
+def test_defaults_take_the_checkpoint_context_with_graphs(tiny_model_dir, tmp_path):
+    """The default max_model_len is the checkpoint's (here 32,768): a prompt 16 tokens shorter runs, CUDA graphs in
+    use; and the engine starts at 131,072 without falling back to eager decode."""
+    path = _long_context_copy(tiny_model_dir, tmp_path, 32768)
+    engine = PtEngine(str(path), kv_cache_memory_gb=1)
+    try:
+        assert engine.max_model_len == 32768 and engine.cuda_graphs
+        prompt = [7] * (32768 - 16)
+        response = engine.infer([InferRequest(prompt=prompt)], RequestConfig(max_tokens=8, temperature=0,
+                                                                             ignore_eos=True))[0]
+        assert response.usage.prompt_tokens == 32768 - 16 and response.usage.completion_tokens == 8
+    finally:
+        engine.close()
+    longest = PtEngine(str(_long_context_copy(tiny_model_dir, tmp_path, 131072)), kv_cache_memory_gb=1)
+    try:
+        assert longest.max_model_len == 131072 and longest.cuda_graphs
+    finally:
+        longest.close()
