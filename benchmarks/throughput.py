@@ -38,6 +38,8 @@ import time
 from typing import Any, Optional
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/throughput.py` works as well as `python -m benchmarks.throughput`
+    sys.path.insert(0, str(REPO))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Workload:
     warmup_output_len: int = 16
     lmdeploy_session_len: Optional[int] = None
     engine_timeout_s: int = 300
+    device: str = "cuda"  # where the model's weights are initialised (cuda falls back to cpu without a GPU)
 
 
 def _gpu_engines(tuned_len: int) -> tuple[EngineSpec, ...]:
@@ -87,7 +90,7 @@ WORKLOADS = {
                      EngineSpec("pt_tuned", "pt", {"max_batch_size": 16, "max_model_len": -1},
                                 note="max_batch_size 16, max_model_len = longest prompt + output"),
                      EngineSpec("msswift", "msswift", note="ms-swift's PtEngine(max_batch_size=16), own venv")),
-                    chat=True, engine_timeout_s=300),
+                    chat=True, engine_timeout_s=300, device="cpu"),
 }
 
 
@@ -235,9 +238,8 @@ class Benchmark:
 
     def build_model(self, work: Workload, entry: dict[str, Any]) -> pathlib.Path:
         path = pathlib.Path(self.args.model_dir).resolve() / f"qwen2-{work.shape}-{work.dtype}"
-        device = "cpu" if work.name == "cpu" else None
         cmd = [sys.executable, "-m", "benchmarks.bench_model", "--shape", work.shape, "--out", str(path),
-               "--dtype", work.dtype] + (["--device", device] if device else [])
+               "--dtype", work.dtype] + (["--device", "cpu"] if work.device == "cpu" else [])
         result = run_child(cmd, min(600.0, self.remaining()), f"{work.name}/model")
         marker = path / "bench_model.json"
         if result["returncode"] != 0 or not marker.exists():
@@ -248,9 +250,9 @@ class Benchmark:
     def run_engine(self, work: Workload, spec: EngineSpec, model: pathlib.Path, prompts_file: pathlib.Path,
                    prompts: dict[str, Any]) -> dict[str, Any]:
         out = self.work_dir / f"{work.name}-{spec.label}.json"
-        timeout = min(float(self.args.engine_timeout_s or work.engine_timeout_s), self.remaining() - 5)
-        if timeout < 20:
+        if self.remaining() < 30:
             return {"ok": False, "skipped": f"not started: {self.remaining():.0f} s left of --deadline_s"}
+        timeout = min(float(self.args.engine_timeout_s or work.engine_timeout_s), self.remaining() - 5)
         cmd = self.engine_command(work, spec, model, prompts_file, out, prompts)
         if cmd is None:
             return {"ok": False, "skipped": "no --msswift_python given (ms-swift needs its own venv)"}

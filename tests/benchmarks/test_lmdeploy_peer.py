@@ -1,9 +1,10 @@
 """benchmarks/lmdeploy_peer.py against LMDeploy's real AsyncEngine (preprocess, generate, session manager,
 request-handle pool, detokenization), with only its PyTorch `Engine` replaced: that class needs CUDA.
 
-Runs where lmdeploy imports: `make contract` (.venv-contract-lmdeploy) or the GPU kit's site dir on a CPU
-python (`PYTHONPATH=.gpukit/boot python -m pytest tests/benchmarks/test_lmdeploy_peer.py`); skipped in
-`make test`, whose venv has no lmdeploy, which is the only condition it skips on.
+Runs where lmdeploy imports: with the GPU kit on any python that has torch and transformers
+(`PYTHONPATH=$PWD/.gpukit/boot python -m pytest tests/benchmarks/test_lmdeploy_peer.py`, after unpacking the
+kit; it passed on CPU with torch 2.13, transformers 5.17 and the kit built for Python 3.11) or in
+.venv-contract-lmdeploy. Skipped in `make test`, whose venv has no lmdeploy, the only condition it skips on.
 """
 from __future__ import annotations
 
