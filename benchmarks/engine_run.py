@@ -34,10 +34,11 @@ def _pt_probe(engine: Any) -> dict[str, Any]:
     for name in ("num_blocks", "block_size"):
         if cache is not None and getattr(cache, name, None) is not None:
             found[f"kv_cache_{name}"] = int(getattr(cache, name))
-    if "uses_cuda_graphs" not in found:  # today's engine keeps the graphs on its runner
-        run = getattr(getattr(engine, "_core", None), "run", None)
-        if run is not None and hasattr(run, "graphs"):
-            found["uses_cuda_graphs"] = run.graphs is not None
+    if "uses_cuda_graphs" not in found:  # today's engine keeps the graphs on its runner (engine._core.runner)
+        core = getattr(engine, "_core", None)
+        runner = getattr(core, "runner", None) or getattr(core, "run", None)
+        if runner is not None and hasattr(runner, "graphs"):
+            found["uses_cuda_graphs"] = runner.graphs is not None
     return found
 
 

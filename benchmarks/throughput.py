@@ -146,6 +146,9 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")  # local models only: no hub lookups (the GPU machine has no network)
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars would fill the run tool's output tail
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
 
@@ -393,12 +396,21 @@ def main() -> None:
     parser.add_argument("--msswift_python", default=None,
                         help="python of a venv with ms-swift installed, for the cpu workload's ms-swift peer")
     args = parser.parse_args()
+    # An outer `timeout` (SIGTERM) unwinds like Ctrl-C: the running engine's process group is killed, so no
+    # orphan keeps the GPU, and the JSON is saved with what finished.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Benchmark(args)
-    for name in args.workload:
-        bench.run_workload(WORKLOADS[name])
+    try:
+        for name in args.workload:
+            bench.run_workload(WORKLOADS[name])
+            bench.save()
+    except (KeyboardInterrupt, SystemExit) as exc:
+        bench.doc["interrupted"] = f"{type(exc).__name__} {getattr(exc, 'code', '')}".strip()
+        print(f"interrupted ({bench.doc['interrupted']}): saving what finished", flush=True)
+        raise
+    finally:
+        bench.doc["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         bench.save()
-    bench.doc["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    bench.save()
     print_table(bench.doc)
     if args.out:
         print(f"\nwrote {args.out}")
