@@ -1,175 +1,419 @@
-"""Offline throughput: swiftops' pt engine against transformers' `generate` (static batches) and
-`generate_batch` (continuous batching), same model, prompts and fixed output lengths (EOS ignored), one run.
+"""Offline throughput: swiftops' pt engine at its defaults against LMDeploy's PyTorch engine (GPU) and
+transformers' static `generate` (CPU), same random-weight model and prompt token ids, EOS ignored, greedy.
 
-    python benchmarks/throughput.py --workload gpu   # (a) 256 x 128 -> 256 and (b) batch 1, Qwen2.5-0.5B shape, bf16
-    python benchmarks/throughput.py --workload cpu   # (c) tiny model, 64 x 32 -> 64
+    python -m benchmarks.throughput --workload small --out results.json        # 0.5B shape, 256 x 128 -> 256 + batch 1
+    python -m benchmarks.throughput --workload large --workload long --out r.json  # 7B shape; 16 x 16,384 -> 256
+    python -m benchmarks.throughput --workload cpu --out cpu.json                # ~30M model, 64 chat requests, CPU
 
-Prints a table and writes JSON (--out) with device, versions, tokens/s, ratios and peak memory.
+Workloads (engines in the order they run; each in its own process, one after another):
+  small  Qwen2.5-0.5B shape, bf16: 256 x 128 -> 256 and batch 1 (128 -> 256). pt at defaults, LMDeploy
+         (max_batch_size=256), pt at max_model_len = prompt + output.
+  large  Qwen2.5-7B shape, bf16: 256 x 512 -> 256 and batch 1 (512 -> 256). Same three.
+  long   Qwen2.5-7B shape, bf16: 16 x 16,384 -> 256. pt at defaults, LMDeploy with session_len = the
+         model's max_position_embeddings (the default pt uses too).
+  cpu    ~30M Qwen2 shape, float32, CPU: 64 chat requests (~20 prompt tokens) x 64. pt at max_batch_size 16,
+         transformers' static generate in batches of 16, pt at max_model_len = prompt + output; ms-swift's
+         PtEngine too when --msswift_python names a python that has it.
+
+"Defaults" means `PtEngine(path, torch_dtype=...)` with nothing else. Every engine is warmed up on other
+prompts of the same shape, then each prompt set is timed: tok/s = completion tokens produced / wall
+seconds, and the count is checked. An engine that fails, hangs past its time or is killed is recorded
+(error, return code, whatever it finished) and the next engine runs. --out is rewritten after every
+engine, so a run cut short keeps what finished. Models are built once under --model_dir and reused.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import pathlib
 import platform
+import shlex
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Optional
 
-import torch
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/throughput.py` works as well as `python -m benchmarks.throughput`
+    sys.path.insert(0, str(REPO))
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - t0
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    label: str
+    kind: str  # pt | hf | lmdeploy | msswift
+    pt_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    note: str = ""
 
 
-def _prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    shape: str
+    dtype: str
+    requests: int
+    prompt_len: int  # for chat prompts: the longest prompt
+    output_len: int
+    batch1: bool
+    engines: tuple[EngineSpec, ...]
+    chat: bool = False
+    warmup_requests: int = 4
+    warmup_output_len: int = 16
+    lmdeploy_session_len: Optional[int] = None
+    engine_timeout_s: int = 300
+    device: str = "cuda"  # where the model's weights are initialised (cuda falls back to cpu without a GPU)
+
+
+def _gpu_engines(tuned_len: int) -> tuple[EngineSpec, ...]:
+    return (EngineSpec("pt", "pt", note="PtEngine(path, torch_dtype='bfloat16'): defaults"),
+            EngineSpec("lmdeploy", "lmdeploy", note="AsyncEngine, PytorchEngineConfig(max_batch_size=256, dtype)"),
+            EngineSpec("pt_tuned", "pt", {"max_model_len": tuned_len}, note="max_model_len = prompt + output"))
+
+
+WORKLOADS = {
+    "small": Workload("small", "0.5b", "bfloat16", 256, 128, 256, True, _gpu_engines(128 + 256),
+                      engine_timeout_s=240),
+    "large": Workload("large", "7b", "bfloat16", 256, 512, 256, True, _gpu_engines(512 + 256),
+                      engine_timeout_s=300),
+    "long": Workload("long", "7b", "bfloat16", 16, 16384, 256, False,
+                     (EngineSpec("pt", "pt", note="PtEngine(path, torch_dtype='bfloat16'): defaults"),
+                      EngineSpec("lmdeploy", "lmdeploy", note="max_batch_size=256, session_len = the model's "
+                                 "max_position_embeddings (32768), the default pt uses; LMDeploy needs >= 16,640")),
+                     warmup_requests=2, warmup_output_len=4, lmdeploy_session_len=32768, engine_timeout_s=300),
+    "cpu": Workload("cpu", "30m", "float32", 64, 0, 64, False,
+                    (EngineSpec("pt", "pt", {"max_batch_size": 16}, note="PtEngine(path, max_batch_size=16)"),
+                     EngineSpec("hf", "hf", note="transformers generate, static batches of 16, left-padded"),
+                     EngineSpec("pt_tuned", "pt", {"max_batch_size": 16, "max_model_len": -1},
+                                note="max_batch_size 16, max_model_len = longest prompt + output"),
+                     EngineSpec("msswift", "msswift", note="ms-swift's PtEngine(max_batch_size=16), own venv")),
+                    chat=True, engine_timeout_s=300, device="cpu"),
+}
+
+
+def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    """Seeded token ids in [10, vocab - 10): the same for every engine of a workload."""
+    import torch
     g = torch.Generator().manual_seed(seed)
     return torch.randint(10, vocab - 10, (n, length), generator=g).tolist()
 
 
-def hf_static(model: Any, prompts: list[list[int]], out_len: int, batch: int) -> float:
-    device = next(model.parameters()).device
+def chat_prompts(model_path: pathlib.Path, n: int, vocab: int, seed: int) -> list[list[int]]:
+    """Short user messages (12-18 random words) through the model's chat template: about 20 tokens each."""
+    import random
 
-    def run() -> None:
-        for i in range(0, len(prompts), batch):
-            ids = torch.tensor(prompts[i:i + batch], device=device)
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=out_len,
-                                 min_new_tokens=out_len, do_sample=False, eos_token_id=None, pad_token_id=0)
-            assert out.shape[1] == ids.shape[1] + out_len
-    run_small = lambda: model.generate(input_ids=torch.tensor(prompts[:1], device=device),  # noqa: E731
-                                       max_new_tokens=4, do_sample=False, pad_token_id=0)
-    run_small()  # warm-up
-    return len(prompts) * out_len / _timed(run)
+    from transformers import AutoTokenizer
 
-
-def hf_continuous(model: Any, prompts: list[list[int]], out_len: int) -> float:
-    from transformers import GenerationConfig
-    cfg = GenerationConfig(max_new_tokens=out_len, min_new_tokens=out_len, do_sample=False, eos_token_id=-1,
-                           pad_token_id=0)
-    model.generate_batch(inputs=prompts[:2], generation_config=cfg)  # warm-up
-    results: dict = {}
-    seconds = _timed(lambda: results.update(model.generate_batch(inputs=prompts, generation_config=cfg)))
-    produced = sum(len(r.generated_tokens) for r in results.values())
-    return produced / seconds
+    from benchmarks.bench_model import encode_text
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(n):
+        words = " ".join(f"w{rng.randrange(10, vocab - 10)}" for _ in range(rng.randint(12, 18)))
+        text = tokenizer.apply_chat_template([{"role": "user", "content": words}], add_generation_prompt=True,
+                                             tokenize=False)
+        prompts.append(encode_text(model_path, text))
+    return prompts
 
 
-def ours(engine: Any, prompts: list[list[int]], out_len: int) -> float:
-    from swiftops import InferRequest, RequestConfig
-    cfg = RequestConfig(max_tokens=out_len, temperature=0, ignore_eos=True)
-    engine.infer([InferRequest(prompt=prompts[0])], cfg.model_copy(update={"max_tokens": 4}), use_tqdm=False)
-    responses: list = []
-    seconds = _timed(lambda: responses.extend(
-        engine.infer([InferRequest(prompt=p) for p in prompts], cfg, use_tqdm=False)))
-    produced = sum(r.usage.completion_tokens for r in responses)
-    assert produced == len(prompts) * out_len, produced
-    return produced / seconds
+def build_prompt_file(work: Workload, model_path: pathlib.Path, out: pathlib.Path) -> dict[str, Any]:
+    config = json.loads((model_path / "config.json").read_text())
+    vocab = int(config["vocab_size"])
+    if work.chat:
+        main = chat_prompts(model_path, work.requests, vocab, seed=0)
+        warmup = chat_prompts(model_path, work.warmup_requests, vocab, seed=2)
+        sets = {"main": main}
+    else:
+        main = random_prompts(work.requests, work.prompt_len, vocab, seed=0)
+        warmup = random_prompts(work.warmup_requests, work.prompt_len, vocab, seed=2)
+        sets = {"main": main}
+        if work.batch1:
+            sets["b1"] = random_prompts(1, work.prompt_len, vocab, seed=1)
+    data = {"sets": sets, "output_len": work.output_len, "warmup": warmup,
+            "warmup_output_len": work.warmup_output_len}
+    out.write_text(json.dumps(data))
+    lengths = [len(p) for p in main]
+    return {"requests": len(main), "prompt_tokens_min": min(lengths), "prompt_tokens_max": max(lengths),
+            "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1), "output_len": work.output_len,
+            "sets": {k: len(v) for k, v in sets.items()}, "warmup_requests": len(warmup),
+            "vocab_size": vocab, "max_position_embeddings": config.get("max_position_embeddings")}
 
 
-def _peak_gb() -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")  # local models only: no hub lookups (the GPU machine has no network)
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars would fill the run tool's output tail
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
 
 
-def run_gpu(args: argparse.Namespace) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    from benchmarks.bench_model import build_qwen25_05b_shaped
-    from swiftops import PtEngine
-
-    path = build_qwen25_05b_shaped(tempfile.mkdtemp(prefix="bench-"), dtype="bfloat16")
-    n, p_len, o_len = args.requests, 128, 256
-    prompts = _prompts(n, p_len, 151936)
-    figures: dict[str, Any] = {}
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
-    with torch.inference_mode():
-        for batch in (64, 256):
-            figures[f"hf_generate_b{batch}"] = hf_static(hf, prompts, o_len, batch)
-            print(f"hf generate batch {batch}: {figures[f'hf_generate_b{batch}']:.0f} tok/s", flush=True)
-        figures["hf_generate_b1"] = hf_static(hf, prompts[:1], o_len, 1)
-        print(f"hf generate batch 1: {figures['hf_generate_b1']:.0f} tok/s", flush=True)
-    for impl in ("paged|sdpa", "paged|eager"):  # transformers' names differ across 5.x releases
-        try:
-            hf.set_attn_implementation(impl)
-            figures["hf_generate_batch"] = hf_continuous(hf, prompts, o_len)
-            figures["hf_generate_batch_attn"] = impl
-            break
-        except Exception as exc:  # noqa: BLE001 - recorded, not fatal: the baseline is informational
-            figures["hf_generate_batch_error"] = f"{impl}: {type(exc).__name__}: {exc}"[:300]
-    print(f"hf generate_batch: {figures.get('hf_generate_batch', figures.get('hf_generate_batch_error'))}", flush=True)
-    del hf
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+def run_child(cmd: list[str], timeout: float, label: str) -> dict[str, Any]:
+    """Runs one child in its own process group; on timeout the whole group (engine workers too) is killed."""
+    print(f"[{label}] $ {shlex.join(cmd)}  (timeout {timeout:.0f} s)", flush=True)
     t0 = time.perf_counter()
-    engine = PtEngine(str(path), max_batch_size=args.max_batch_size, max_model_len=p_len + o_len,
-                      enforce_eager=args.enforce_eager)
-    figures["ours_startup_s"] = time.perf_counter() - t0
-    figures["ours_runner"] = engine.runner_name
-    figures["ours"] = ours(engine, prompts, o_len)
-    figures["ours_b1"] = ours(engine, prompts[:1], o_len)
-    figures["ours_peak_gb"] = _peak_gb()
-    figures["gpu_total_gb"] = torch.cuda.get_device_properties(0).total_memory / 2**30
-    engine.close()
-    best_static = max(figures["hf_generate_b64"], figures["hf_generate_b256"])
-    figures["ratio_vs_best_static"] = figures["ours"] / best_static
-    figures["ratio_b1"] = figures["ours_b1"] / figures["hf_generate_b1"]
-    if "hf_generate_batch" in figures:
-        figures["ratio_vs_generate_batch"] = figures["ours"] / figures["hf_generate_batch"]
-    return figures
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_child_env(), start_new_session=True)
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        print(f"[{label}] timed out after {timeout:.0f} s: killing its process group", flush=True)
+    finally:
+        _kill_group(proc)
+    return {"returncode": proc.returncode, "timed_out": timed_out, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def run_cpu(args: argparse.Namespace) -> dict:
-    from transformers import AutoModelForCausalLM
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Ends the child's whole process group (LMDeploy and compile workers), so the next engine gets the GPU."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        # the leader is gone; give its group a moment, then stop trying once it is empty
+        time.sleep(0.5)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
 
-    from swiftops import PtEngine
-    from swiftops.models.tiny import build_tiny_model
 
-    path = build_tiny_model(tempfile.mkdtemp(prefix="bench-tiny-"), arch="qwen2", seed=0)
-    n, p_len, o_len = 64, 32, 64
-    vocab = AutoModelForCausalLM.from_pretrained(path).config.vocab_size
-    prompts = _prompts(n, p_len, vocab)
-    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
-    figures: dict[str, Any] = {}
-    with torch.inference_mode():
-        figures["hf_generate_b64"] = hf_static(hf, prompts, o_len, 64)
-    engine = PtEngine(str(path), max_batch_size=64)
-    figures["ours_runner"] = engine.runner_name
-    figures["ours"] = ours(engine, prompts, o_len)
-    engine.close()
-    figures["ratio_vs_static_b64"] = figures["ours"] / figures["hf_generate_b64"]
-    return figures
+class Benchmark:
+    """Runs workloads and keeps one JSON document up to date on disk."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.t0 = time.monotonic()
+        self.work_dir = pathlib.Path(tempfile.mkdtemp(prefix="swiftops-bench-"))
+        self.doc: dict[str, Any] = {
+            "command": shlex.join([sys.executable] + sys.argv), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                             time.gmtime()),
+            "host": host_info(), "workloads": {}}
+        self.save()
+
+    def remaining(self) -> float:
+        if self.args.deadline_s is None:
+            return float("inf")
+        return self.args.deadline_s - (time.monotonic() - self.t0)
+
+    def save(self) -> None:
+        if not self.args.out:
+            return
+        out = pathlib.Path(self.args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=2, default=str))
+        tmp.replace(out)
+
+    def run_workload(self, work: Workload) -> None:
+        entry: dict[str, Any] = {"spec": _spec_json(work), "engines": {}, "ratios": {}}
+        self.doc["workloads"][work.name] = entry
+        print(f"\n=== workload {work.name}: {work.requests} x {work.prompt_len or '~20 (chat)'} -> "
+              f"{work.output_len}, {work.shape} shape, {work.dtype} ===", flush=True)
+        try:
+            model = self.build_model(work, entry)
+            prompts_file = self.work_dir / f"{work.name}-prompts.json"
+            entry["prompts"] = build_prompt_file(work, model, prompts_file)
+        except Exception as exc:  # noqa: BLE001 - recorded; the next workload still runs
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            print(f"[{work.name}] setup failed: {entry['error']}", flush=True)
+            self.save()
+            return
+        self.save()
+        wanted = set(self.args.engines.split(",")) if self.args.engines else None
+        for spec in work.engines:
+            if wanted is not None and spec.label not in wanted and spec.kind not in wanted:
+                continue
+            entry["engines"][spec.label] = self.run_engine(work, spec, model, prompts_file, entry["prompts"])
+            entry["ratios"] = ratios(entry["engines"])
+            self.save()
+        entry["summary"] = summary(entry["engines"])
+
+    def build_model(self, work: Workload, entry: dict[str, Any]) -> pathlib.Path:
+        path = pathlib.Path(self.args.model_dir).resolve() / f"qwen2-{work.shape}-{work.dtype}"
+        cmd = [sys.executable, "-m", "benchmarks.bench_model", "--shape", work.shape, "--out", str(path),
+               "--dtype", work.dtype] + (["--device", "cpu"] if work.device == "cpu" else [])
+        result = run_child(cmd, min(600.0, self.remaining()), f"{work.name}/model")
+        marker = path / "bench_model.json"
+        if result["returncode"] != 0 or not marker.exists():
+            raise RuntimeError(f"building the {work.shape} model failed: {result}")
+        entry["model"] = {"path": str(path), **json.loads(marker.read_text()), "wall_s": result["wall_s"]}
+        return path
+
+    def run_engine(self, work: Workload, spec: EngineSpec, model: pathlib.Path, prompts_file: pathlib.Path,
+                   prompts: dict[str, Any]) -> dict[str, Any]:
+        out = self.work_dir / f"{work.name}-{spec.label}.json"
+        if self.remaining() < 30:
+            return {"ok": False, "skipped": f"not started: {self.remaining():.0f} s left of --deadline_s"}
+        timeout = min(float(self.args.engine_timeout_s or work.engine_timeout_s), self.remaining() - 5)
+        cmd = self.engine_command(work, spec, model, prompts_file, out, prompts)
+        if cmd is None:
+            return {"ok": False, "skipped": "no --msswift_python given (ms-swift needs its own venv)"}
+        result = run_child(cmd, timeout, f"{work.name}/{spec.label}")
+        try:
+            record = json.loads(out.read_text())
+        except (OSError, ValueError) as exc:
+            record = {"ok": False, "error": f"the engine process left no readable JSON ({exc})"}
+        record.update(result, command=shlex.join(cmd), note=spec.note)
+        if result["timed_out"]:
+            record["ok"] = False
+            record.setdefault("errors", []).append({"where": "parent", "error": f"timed out after {timeout:.0f} s"})
+        elif result["returncode"] != 0 and record.get("ok"):
+            record["ok"] = False
+        return record
+
+    def engine_command(self, work: Workload, spec: EngineSpec, model: pathlib.Path, prompts_file: pathlib.Path,
+                       out: pathlib.Path, prompts: dict[str, Any]) -> Optional[list[str]]:
+        common = ["--model", str(model), "--prompts", str(prompts_file), "--out", str(out)]
+        if spec.kind in ("pt", "hf"):
+            cmd = [sys.executable, "-m", "benchmarks.engine_run", "--engine", spec.kind, "--label", spec.label,
+                   "--dtype", work.dtype] + common
+            if spec.kind == "pt":
+                kwargs = dict(spec.pt_kwargs)
+                if kwargs.get("max_model_len") == -1:  # chat prompts: the longest one decides
+                    kwargs["max_model_len"] = prompts["prompt_tokens_max"] + work.output_len
+                kwargs.update(json.loads(self.args.pt_kwargs or "{}"))
+                cmd += ["--engine_kwargs", json.dumps(kwargs)]
+            else:
+                cmd += ["--batch", "16"]
+            return cmd
+        if spec.kind == "lmdeploy":
+            cmd = [sys.executable, "-m", "benchmarks.lmdeploy_peer", "--label", spec.label, "--dtype", work.dtype,
+                   "--max_batch_size", "256"] + common
+            if work.lmdeploy_session_len:
+                cmd += ["--session_len", str(work.lmdeploy_session_len)]
+            if self.args.lmdeploy_instance:
+                cmd.append("--also_instance")
+            return cmd
+        if spec.kind == "msswift":
+            if not self.args.msswift_python:
+                return None
+            return [self.args.msswift_python, str(REPO / "benchmarks" / "msswift_peer.py"), "--max_batch_size", "16",
+                    "--label", spec.label] + common
+        raise ValueError(spec.kind)
+
+
+def _spec_json(work: Workload) -> dict[str, Any]:
+    data = dataclasses.asdict(work)
+    data["engines"] = [dataclasses.asdict(e) for e in work.engines]
+    return data
+
+
+def _tok_s(record: dict[str, Any], run: str) -> Optional[float]:
+    figures = (record.get("runs") or {}).get(run) or {}
+    return figures.get("tok_s") if figures.get("ok") else None
+
+
+def ratios(engines: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """pt / peer for each set both finished, and pt at defaults / pt tuned (criterion e)."""
+    pairs = [("pt", "lmdeploy"), ("pt", "hf"), ("pt", "msswift"), ("pt", "pt_tuned"), ("pt_tuned", "lmdeploy")]
+    found = {}
+    for a, b in pairs:
+        if a not in engines or b not in engines:
+            continue
+        for run in ("main", "b1"):
+            x, y = _tok_s(engines[a], run), _tok_s(engines[b], run)
+            if x and y:
+                found[f"{a}/{b}" + ("" if run == "main" else f" ({run})")] = round(x / y, 3)
+    return found
+
+
+def summary(engines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rows = {}
+    for label, rec in engines.items():
+        eff = rec.get("effective") or {}
+        rows[label] = {
+            "ok": rec.get("ok"), "tok_s": {k: v.get("tok_s") for k, v in (rec.get("runs") or {}).items()},
+            "max_batch_size": eff.get("max_batch_size", eff.get("batch")), "max_model_len": eff.get("max_model_len"),
+            "runner": eff.get("runner_name"), "cuda_graphs": eff.get("uses_cuda_graphs"),
+            "startup_s": rec.get("startup_s"), "peak_gb": (rec.get("memory") or {}).get("peak_allocated_gb"),
+            "error": rec.get("skipped") or (rec.get("errors") or [{}])[-1].get("error")}
+    return rows
+
+
+def host_info() -> dict[str, Any]:
+    """Versions as the parent sees them (it never touches CUDA, so the GPU stays whole for the engines)."""
+    from importlib import metadata
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpu_count": os.cpu_count()}
+    for dist in ("torch", "transformers", "triton", "lmdeploy", "swiftops"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
+    try:
+        info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                      "--format=csv,noheader"], capture_output=True, text=True,
+                                     timeout=20).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["gpu"] = None
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                            timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    for name, entry in doc["workloads"].items():
+        print(f"\n{name}: {entry.get('error') or ''}")
+        for label, row in (entry.get("summary") or summary(entry.get("engines", {}))).items():
+            figures = "  ".join(f"{k}={v}" for k, v in row["tok_s"].items())
+            print(f"  {label:10s} ok={row['ok']!s:5s} {figures}  batch={row['max_batch_size']} "
+                  f"max_model_len={row['max_model_len']} runner={row['runner']} graphs={row['cuda_graphs']} "
+                  f"startup={row['startup_s']}s peak={row['peak_gb']}GB" + (f"  ERROR {row['error']}" if row['error']
+                                                                             else ""))
+        for key, value in (entry.get("ratios") or {}).items():
+            print(f"  ratio {key}: {value}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=["gpu", "cpu"], required=True)
-    parser.add_argument("--requests", type=int, default=256)
-    parser.add_argument("--max_batch_size", type=int, default=256)
-    parser.add_argument("--enforce_eager", action="store_true")
-    parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS), required=True,
+                        help="repeat to run several in one process tree, in the order given")
+    parser.add_argument("--out", default=None, help="JSON file, rewritten after every engine")
+    parser.add_argument("--model_dir", default=str(REPO / ".bench-models"),
+                        help="where the random-weight models are built and reused (the 7B takes ~15 GB)")
+    parser.add_argument("--engines", default=None,
+                        help="only these engine labels or kinds, comma-separated (pt,lmdeploy,pt_tuned,hf,msswift)")
+    parser.add_argument("--deadline_s", type=float, default=None,
+                        help="stop starting engines this many seconds after start; running ones are cut to fit")
+    parser.add_argument("--engine_timeout_s", type=float, default=None, help="override each workload's per-engine limit")
+    parser.add_argument("--pt_kwargs", default=None, help="JSON merged into every PtEngine's keyword arguments")
+    parser.add_argument("--lmdeploy_instance", action="store_true",
+                        help="LMDeploy also times its engine instance without detokenization (reference figure)")
+    parser.add_argument("--msswift_python", default=None,
+                        help="python of a venv with ms-swift installed, for the cpu workload's ms-swift peer")
     args = parser.parse_args()
-    import transformers
-    figures = run_gpu(args) if args.workload == "gpu" else run_cpu(args)
-    record = {
-        "workload": args.workload, "command": " ".join(sys.argv),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "figures": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()},
-    }
-    print(json.dumps(record, indent=2))
+    # An outer `timeout` (SIGTERM) unwinds like Ctrl-C: the running engine's process group is killed, so no
+    # orphan keeps the GPU, and the JSON is saved with what finished.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bench = Benchmark(args)
+    try:
+        for name in args.workload:
+            bench.run_workload(WORKLOADS[name])
+            bench.save()
+    except (KeyboardInterrupt, SystemExit) as exc:
+        bench.doc["interrupted"] = f"{type(exc).__name__} {getattr(exc, 'code', '')}".strip()
+        print(f"interrupted ({bench.doc['interrupted']}): saving what finished", flush=True)
+        raise
+    finally:
+        bench.doc["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        bench.save()
+    print_table(bench.doc)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=2)
+        print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

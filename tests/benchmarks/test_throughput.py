@@ -1,0 +1,85 @@
+"""benchmarks/throughput.py on CPU at a tiny scale: every engine in its own process, the JSON kept up to date,
+and a failed or hung engine recorded without stopping the others (the GPU runs depend on it)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from benchmarks import throughput
+from benchmarks.throughput import Benchmark, EngineSpec, Workload, ratios
+
+
+def _args(tmp_path, **overrides) -> argparse.Namespace:
+    values = dict(out=str(tmp_path / "out.json"), model_dir=str(tmp_path / "models"), engines=None,
+                  deadline_s=None, engine_timeout_s=None, pt_kwargs=None, lmdeploy_instance=False,
+                  msswift_python=None)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def _tiny(engines: tuple[EngineSpec, ...], timeout: int = 180) -> Workload:
+    return Workload("tiny", "30m", "float32", requests=3, prompt_len=0, output_len=3, batch1=False,
+                    engines=engines, chat=True, warmup_requests=1, warmup_output_len=2, engine_timeout_s=timeout,
+                    device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _torch_on_one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the engine processes share a small machine with the suite
+
+
+def test_engines_run_in_turn_and_a_failing_one_is_recorded(tmp_path) -> None:
+    bench = Benchmark(_args(tmp_path))
+    engines = (EngineSpec("pt", "pt", {"max_batch_size": 2}),
+               EngineSpec("lmdeploy", "lmdeploy"),  # not installed in this venv: fails, recorded
+               EngineSpec("hf", "hf"))
+    bench.run_workload(_tiny(engines))
+    doc = json.loads((tmp_path / "out.json").read_text())
+    entry = doc["workloads"]["tiny"]
+    prompts = entry["prompts"]
+    assert prompts["requests"] == 3 and 17 <= prompts["prompt_tokens_min"] <= prompts["prompt_tokens_max"] <= 23
+    pt, hf, lmd = (entry["engines"][k] for k in ("pt", "hf", "lmdeploy"))
+    for record in (pt, hf):
+        assert record["ok"] is True, record.get("errors")
+        assert record["runs"]["main"]["completion_tokens"] == 9 == record["runs"]["main"]["expected_tokens"]
+        assert record["runs"]["main"]["tok_s"] > 0
+    assert pt["effective"]["max_batch_size"] == 2
+    assert pt["effective"]["max_model_len"] == 32768  # the checkpoint's max_position_embeddings: the default
+    assert pt["engine_kwargs"] == {"max_batch_size": 2, "torch_dtype": "float32"}
+    assert lmd["ok"] is False and lmd["returncode"] == 1
+    assert "lmdeploy" in lmd["errors"][-1]["error"]
+    assert set(entry["ratios"]) == {"pt/hf"}
+    assert entry["ratios"]["pt/hf"] == pytest.approx(pt["runs"]["main"]["tok_s"] / hf["runs"]["main"]["tok_s"],
+                                                     rel=1e-2)
+    assert doc["host"]["torch"] and doc["command"]
+
+
+def test_a_hung_engine_is_killed_and_the_json_says_so(tmp_path) -> None:
+    bench = Benchmark(_args(tmp_path, engine_timeout_s=2))  # the engine process cannot even import torch in 2 s
+    bench.run_workload(_tiny((EngineSpec("pt", "pt", {"max_model_len": -1}),)))
+    record = json.loads((tmp_path / "out.json").read_text())["workloads"]["tiny"]["engines"]["pt"]
+    assert record["timed_out"] is True and record["ok"] is False
+    assert record["wall_s"] < 30
+    assert "timed out after 2 s" in record["errors"][-1]["error"]
+    assert "--engine_kwargs" in record["command"] and '"max_model_len": ' in record["command"]
+
+
+def test_ratios_only_compare_sets_both_engines_finished() -> None:
+    ok = {"runs": {"main": {"ok": True, "tok_s": 300.0}, "b1": {"ok": True, "tok_s": 10.0}}}
+    peer = {"runs": {"main": {"ok": True, "tok_s": 200.0}, "b1": {"ok": False, "tok_s": 99.0}}}
+    assert ratios({"pt": ok, "lmdeploy": peer}) == {"pt/lmdeploy": 1.5}
+
+
+def test_every_workload_is_defined_as_the_issue_asks() -> None:
+    small, large, long, cpu = (throughput.WORKLOADS[k] for k in ("small", "large", "long", "cpu"))
+    assert (small.shape, small.requests, small.prompt_len, small.output_len, small.batch1) == ("0.5b", 256, 128, 256, True)
+    assert (large.shape, large.requests, large.prompt_len, large.output_len, large.batch1) == ("7b", 256, 512, 256, True)
+    assert (long.shape, long.requests, long.prompt_len, long.output_len) == ("7b", 16, 16384, 256)
+    assert long.lmdeploy_session_len == 32768 >= 16384 + 256
+    assert [e.label for e in small.engines] == ["pt", "lmdeploy", "pt_tuned"]
+    assert small.engines[0].pt_kwargs == {} and small.engines[2].pt_kwargs == {"max_model_len": 384}
+    assert large.engines[2].pt_kwargs == {"max_model_len": 768}
+    assert [e.label for e in long.engines] == ["pt", "lmdeploy"] and long.engines[0].pt_kwargs == {}
+    assert (cpu.shape, cpu.dtype, cpu.requests, cpu.output_len, cpu.chat) == ("30m", "float32", 64, 64, True)
