@@ -191,12 +191,19 @@ class EngineCore:
         if not self._quiet():
             return None
         limit = self.post_step.max_model_len
-        nxt = [s for s in seqs if not s.aborted and len(s.output_ids) + 1 < s.params.max_tokens
-               and s.num_tokens + 1 < limit]
-        if not nxt or any(s.params.penalized for s in nxt):
-            return None
         blocks = self.scheduler.blocks
-        if not all(blocks.ensure_capacity(s, s.num_tokens + 1) for s in nxt):
+        page = blocks.block_size
+        nxt = []
+        for seq in seqs:  # one pass: this runs for every sequence at every step
+            params, count = seq.params, len(seq.prompt_ids) + len(seq.output_ids)
+            if seq.aborted or len(seq.output_ids) + 1 >= params.max_tokens or count + 1 >= limit:
+                continue
+            if params.penalized:  # its penalty needs the token in flight on the host
+                return None
+            if len(seq.block_table) * page <= count and not blocks.ensure_capacity(seq, count + 1):
+                return None
+            nxt.append(seq)
+        if not nxt:
             return None
         blocks.sync()
         return nxt

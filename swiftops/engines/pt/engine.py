@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -272,7 +273,7 @@ class PtEngine(InferEngine):
         for i in range(config.n):
             p = params
             if params.seed is not None and i:
-                p = SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+                p = dataclasses.replace(params, seed=params.seed + i)
             seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter,
                                  mm_inputs=mm_inputs))
         self._core.submit(seqs)

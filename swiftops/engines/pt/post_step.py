@@ -37,7 +37,8 @@ class PostStep:
             seq.detokenizer.add(token)
             if seq.detokenizer.stopped:
                 return "stop"
-        if len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+        produced = len(seq.output_ids)
+        if produced >= params.max_tokens or len(seq.prompt_ids) + produced >= self.max_model_len:
             return "length"
         return None
 

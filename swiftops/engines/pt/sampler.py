@@ -146,15 +146,17 @@ class PendingSample:
 def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSample:
     """Sample a step's tokens and queue their copy to the host; nothing here waits for the GPU."""
     params = [s.params for s in seqs]
-    want_logprobs = any(p.logprobs for p in params)
-    if want_logprobs or any(not p.greedy or p.penalized for p in params):
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    want_logprobs = penalized = False
+    if sampled or not all(p.greedy and not p.logprobs and not p.penalized for p in params):
+        want_logprobs = any(p.logprobs for p in params)
+        penalized = any(p.penalized for p in params)
         logits = logits.float()  # greedy alone needs no float32 copy of the batch's logits
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-    if any(p.penalized for p in params):
+    if penalized:
         logits = logits.clone()
         _apply_penalties(logits, seqs)
     chosen = torch.argmax(logits, dim=-1)
-    sampled = [i for i, p in enumerate(params) if not p.greedy]
     if sampled:
         rows = torch.tensor(sampled, device=logits.device)
         picked = [params[i] for i in sampled]

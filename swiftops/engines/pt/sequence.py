@@ -33,16 +33,15 @@ class SamplingParams:
     # end and only the final output is handed over: per-token decoding and hand-offs cost more CPU
     # than a decode step of a large batch on a GPU.
     incremental: bool = True
+    # Derived once (read for every sequence at every step). Below 1e-5 (vLLM's sampling epsilon) logits /
+    # temperature overflows float32 to inf and sampling fails; a temperature that small is greedy anyway.
+    greedy: bool = field(init=False, compare=False)
+    penalized: bool = field(init=False, compare=False)
 
-    @property
-    def greedy(self) -> bool:
-        # Below 1e-5 (vLLM's sampling epsilon) logits / temperature overflows float32 to inf and sampling
-        # fails; a temperature that small is greedy anyway.
-        return self.temperature < 1e-5
-
-    @property
-    def penalized(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "greedy", self.temperature < 1e-5)
+        object.__setattr__(self, "penalized", self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
+                           or self.frequency_penalty != 0.0)
 
 
 class SeqStatus(enum.Enum):

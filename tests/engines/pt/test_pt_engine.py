@@ -52,9 +52,9 @@ def test_greedy_tokens_equal_transformers_generate(engine):
     assert engine._core.pipelined_steps > before
     for request, response in zip(requests, responses):
         ids = torch.tensor([engine.encode(request)])
-        with torch.inference_mode():
+        with torch.inference_mode():  # generate would hold EOS back for min_new_tokens; ignore_eos lets it be chosen
             out = engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
-                                        min_new_tokens=24, do_sample=False, pad_token_id=0)
+                                        do_sample=False, eos_token_id=-1, pad_token_id=0)
         want = out[0, ids.shape[1]:].tolist()
         assert engine.tokenizer.decode(want, skip_special_tokens=True) == _text(response)
         assert response.usage.completion_tokens == len(want) == 24

@@ -73,6 +73,24 @@ def _long_context_copy(tiny_model_dir, tmp_path, positions: int):
     return path
 
 
+def _greedy_reference(model, prompt: list[int], steps: int):
+    """transformers' own greedy decoding (its forward with a DynamicCache, as `generate` runs it), EOS included as
+    an ordinary token like `ignore_eos`: (tokens, raw logits [steps, V] in float32)."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    ids = torch.tensor([prompt], device=model.device)
+    tokens, logits = [], []
+    with torch.inference_mode():
+        for _ in range(steps):
+            row = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1].float()
+            logits.append(row)
+            tokens.append(int(row.argmax()))
+            ids = torch.tensor([[tokens[-1]]], device=model.device)
+    return tokens, torch.stack(logits)
+
+
 def test_bf16_greedy_matches_generate_up_to_the_first_near_tie(tiny_model_dir):
     """Engine defaults (bf16 here) against transformers' generate. A random model's top two logits are sometimes
     (nearly) tied, and two correct bf16 implementations may then pick differently: compare the tokens up to the
@@ -90,13 +108,8 @@ def test_bf16_greedy_matches_generate_up_to_the_first_near_tie(tiny_model_dir):
         ours = [r.choices[0].message.content for r in engine.infer(requests, config)]
         compared = 0
         for request, text in zip(requests, ours):
-            ids = torch.tensor([engine.encode(request)], device="cuda")
-            with torch.inference_mode():
-                out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
-                                  min_new_tokens=32, do_sample=False, output_logits=True, return_dict_in_generate=True,
-                                  pad_token_id=0)
-            tokens = out.sequences[0, ids.shape[1]:].tolist()
-            top2 = torch.stack(out.logits)[:, 0].float().topk(2, dim=-1).values
+            tokens, logits = _greedy_reference(hf, engine.encode(request), 32)
+            top2 = logits.topk(2, dim=-1).values
             ties = ((top2[:, 0] - top2[:, 1]) <= 1 / 64).nonzero()
             agree = int(ties[0]) if len(ties) else len(tokens)
             prefix = engine.tokenizer.decode(tokens[:agree], skip_special_tokens=True)
