@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Optional
 import torch
 
 from swiftops.engines.base import InferEngine
-from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register
+from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.core import EngineCore
 from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
@@ -118,6 +118,9 @@ class PtEngine(InferEngine):
         cache = PagedKVCache(shape, num_blocks, block_size, loaded.device)
         blocks = BlockManager(num_blocks, block_size, max_batch_size, self.max_model_len, loaded.device)
         choice = runner or os.environ.get("SWIFTOPS_PT_RUNNER")
+        if choice != "fallback" and loaded.device.type == "cuda" and triton_available(loaded.device):
+            from swiftops.engines.pt.fused_norm import fuse_rms_norms
+            logger.info("pt engine: %d RMSNorm modules run as one Triton kernel each", fuse_rms_norms(loaded.model))
         if choice == "fallback" or (choice != "paged" and not paged_path_agrees(
                 loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size)):
             logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", self.model_name)
