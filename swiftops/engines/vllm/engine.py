@@ -89,12 +89,14 @@ class VllmEngine(SettingsEngine):
     def _load_tokenizer(model: ModelSettings) -> tuple[Any, dict[str, Any]]:
         from transformers import AutoTokenizer, GenerationConfig
 
-        tokenizer = AutoTokenizer.from_pretrained(model.model, revision=model.model_revision,
-                                                  trust_remote_code=model.trust_remote_code)
-        try:
-            generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
-        except OSError:  # no generation_config.json: greedy unless the request samples
-            generation_config = None
+        source, kwargs = vllm_args.tokenizer_source(model)  # --tokenizer, a GGUF file's metadata or the model's
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        generation_config = None
+        if vllm_args.gguf_model_path(model) is None:  # a GGUF file has no generation_config.json
+            try:
+                generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
+            except OSError:  # no generation_config.json: greedy unless the request samples
+                pass
         return tokenizer, model_sampling_defaults(generation_config)
 
     # ---- adapters --------------------------------------------------------------------------------
