@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -87,6 +88,9 @@ def parse_max_memory(max_memory: str) -> dict[Any, str]:
     return {int(k) if str(k).isdigit() else str(k): v for k, v in budget.items()}
 
 
+_GGUF_LOAD = threading.Lock()
+
+
 @contextlib.contextmanager
 def _gguf_parsed_once() -> Iterator[None]:
     """For the length of one GGUF load, memoize two pure functions of the `gguf` package that transformers
@@ -97,16 +101,17 @@ def _gguf_parsed_once() -> Iterator[None]:
     import these names differently, the load is only slower."""
     import gguf
 
-    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
-    # GGUFReader maps the file read-only (mode "r"); transformers only reads fields and tensors from it.
-    cached = {name: functools.lru_cache(maxsize=8)(fn) for name, fn in originals.items()}
-    try:
-        for name, fn in cached.items():
-            setattr(gguf, name, fn)
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(gguf, name, fn)
+    with _GGUF_LOAD:  # one patched load at a time, so each restores the true originals
+        originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
+        # GGUFReader maps the file read-only (mode "r"); transformers only reads fields and tensors from it.
+        cached = {name: functools.lru_cache(maxsize=8)(fn) for name, fn in originals.items()}
+        try:
+            for name, fn in cached.items():
+                setattr(gguf, name, fn)
+            yield
+        finally:
+            for name, fn in originals.items():
+                setattr(gguf, name, fn)
 
 
 def _gguf_architectures() -> str:
