@@ -18,13 +18,6 @@ import pytest
 SERVED_NAME = "smollm2"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.realweights)
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     from swiftops.models.packaged import PackagedModelMissing, packaged_gguf

@@ -2,9 +2,12 @@
 template, stop strings, streaming, and `swiftops deploy` answering the openai client."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from swiftops import InferRequest, RequestConfig
+
+pytestmark = pytest.mark.realweights
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPTS = [
