@@ -31,8 +31,9 @@ install: $(VENV)/.installed
 
 # Batch inference with the real SmolLM2-135M-Instruct over examples/demo.jsonl (greedy), then the answers.
 demo: install-demo
-	$(VENV)/bin/swiftops tiny-model $(DEMO_DIR) --arch qwen2 --seed 0 >/dev/null
-	@rm -f results/demo.jsonl  # dataset mode resumes a result file: start afresh
+	@mkdir -p results && rm -f results/demo.jsonl  # dataset mode resumes a result file: start afresh
+	@$(VENV)/bin/swiftops tiny-model $(DEMO_DIR) --arch qwen2 --seed 0 >results/tiny-model.log 2>&1 \
+		|| { cat results/tiny-model.log; exit 1; }
 	$(VENV)/bin/swiftops infer --model "$$($(PY) -m swiftops.models.packaged)" --val_dataset examples/demo.jsonl \
 		--result_path results/demo.jsonl --max_new_tokens 64 --temperature 0 --max_batch_size 8
 	@$(PY) scripts/show_results.py results/demo.jsonl
