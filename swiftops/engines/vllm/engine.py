@@ -65,8 +65,8 @@ class VllmEngine(SettingsEngine):
         self._LoRARequest, self._delta = LoRARequest, RequestOutputKind.DELTA
         self._vllm = vllm
         self.generation = generation
-        self.model_name = served_model_name or os.path.basename(os.path.normpath(model.model or "model"))
         engine_kwargs = vllm_args.engine_args_kwargs(model, engine, generation)
+        self.model_name = served_model_name or os.path.basename(os.path.normpath(engine_kwargs["model"]))
         self._lora_enabled = bool(engine_kwargs.get("enable_lora"))
         self._adapters: dict[str, Any] = {}
         for name, path in model.adapters.items():

@@ -233,5 +233,6 @@ def test_a_gguf_file_reaches_vllm_with_the_base_models_tokenizer(fake_vllm, tiny
         kwargs = _llm(built).engine_args.kwargs
         assert kwargs["model"] == str(tmp_path / "tiny.Q4_K_M.gguf") and kwargs["tokenizer"] == str(tiny_model_dir)
         assert built.tokenizer.name_or_path == str(tiny_model_dir)  # our chat template comes from --tokenizer
+        assert built.model_name == "tiny.Q4_K_M.gguf"  # as the pt engine names it
     finally:
         built.close()
