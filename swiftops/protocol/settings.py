@@ -44,6 +44,12 @@ def parse_adapters(value: Any) -> dict[str, str]:
 class ModelSettings(_Section):
     model: Optional[str] = Field(None, description="Hub id or local path of the model (any transformers causal LM).")
     model_revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of the model.")
+    gguf_file: Optional[str] = Field(
+        None, description="GGUF file inside --model's directory or hub repo (transformers' spelling); "
+                          "--model may also be the .gguf file itself. Dequantized to the compute dtype on load.")
+    tokenizer: Optional[str] = Field(
+        None, description="Tokenizer hub id or path when not the model's (vLLM backend): the base model's "
+                          "for a GGUF checkpoint, which vLLM otherwise converts slowly.")
     adapters: dict[str, str] = Field(
         default_factory=dict,
         description="LoRA adapters as name=path (a bare path is named after its directory); several allowed.")

@@ -1,6 +1,6 @@
 """A real `swiftops app --model` server (tiny model, two LoRA adapters, an API key) and headless Chromium.
 
-Chromium is Debian's (`apt-get install chromium`; .ci/run installs it): Playwright's own browser download is
+Chromium is Debian's (`apt-get install chromium`; `make test` installs it: scripts/ensure-chromium.sh): Playwright's own browser download is
 blocked here, so Playwright drives /usr/bin/chromium through `executable_path`.
 """
 from __future__ import annotations

@@ -1,14 +1,18 @@
 """Loading a transformers causal LM and its tokenizer from a local path or a hub id."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
+from swiftops.engines.gguf_source import GGUF_EXTRA, GgufSource, gguf_source
 from swiftops.protocol import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ def check_model_source(model: Optional[str]) -> str:
     if not model:
         raise ConfigError("no model given: pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local path "
                           "(`swiftops tiny-model ./tiny-model` makes an offline test model)")
+    if gguf_source(model) is not None:
+        raise ConfigError(f"{model} is a GGUF checkpoint, which loads as a chat/causal LM only; drop --task_type")
     if os.path.exists(model):
         if not os.path.exists(os.path.join(model, "config.json")):
             raise ConfigError(f"{model} has no config.json: point --model at a transformers checkpoint directory")
@@ -82,18 +88,82 @@ def parse_max_memory(max_memory: str) -> dict[Any, str]:
     return {int(k) if str(k).isdigit() else str(k): v for k, v in budget.items()}
 
 
+_GGUF_LOAD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """For the length of one GGUF load, memoize two pure functions of the `gguf` package that transformers
+    calls over and over: it re-reads the file's metadata for the config, the tokenizer and the weights
+    (GGUFReader, 5 times; seconds each for a 49k-token vocabulary) and rebuilds the tensor-name map for each of
+    the model's ~400 modules (get_tensor_name_map). Loading SmolLM2-135M-Instruct (Q4_1) took 27 s of CPU
+    without this and 11 s with it; the objects are the same ones transformers would build. Should
+    transformers import these names differently, the load is only slower."""
+    import gguf
+
+    with _GGUF_LOAD:  # one patched load at a time, so each restores the true originals
+        originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
+        # GGUFReader maps the file read-only (mode "r"); transformers only reads fields and tensors from it.
+        cached = {name: functools.lru_cache(maxsize=8)(fn) for name, fn in originals.items()}
+        try:
+            for name, fn in cached.items():
+                setattr(gguf, name, fn)
+            yield
+        finally:
+            for name, fn in originals.items():
+                setattr(gguf, name, fn)
+
+
+def _gguf_architectures() -> str:
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:  # moved in another transformers release: the message still names the problem
+        return "the architectures in its GGUF documentation"
+    return ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+
+
+def _gguf_common(source: GgufSource, revision: Optional[str], trust_remote_code: bool) -> dict[str, Any]:
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF through it)
+    except ImportError:
+        raise ConfigError(f"{source.path} is a GGUF checkpoint: reading it needs the gguf package; "
+                          f"run {GGUF_EXTRA}") from None
+    if source.is_local and not os.path.isfile(os.path.expanduser(source.path)):
+        raise ConfigError(f"GGUF file {source.path} does not exist; pass --model path/to/model.gguf")
+    return {"revision": revision, "trust_remote_code": trust_remote_code, "gguf_file": source.file_name}
+
+
 def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optional[str] = None,
                device_map: Optional[str] = None, max_model_len: Optional[int] = None,
                trust_remote_code: bool = False, attn_implementation: Optional[str] = None,
                quant_method: Optional[str] = None, quant_bits: Optional[int] = None,
                max_memory: Optional[str] = None) -> LoadedModel:
+    from swiftops.template.processor_loader import is_multimodal_model
+
+    gguf = gguf_source(model)
+    if gguf is not None:  # tokenizer, chat template and config all come from the file's metadata
+        if quant_method:
+            raise ConfigError("a GGUF checkpoint is dequantized on load; drop --quant_method")
+        common, multimodal = _gguf_common(gguf, revision, trust_remote_code), False
+        source = os.path.expanduser(gguf.location) if gguf.is_local else gguf.location
+    else:
+        source = check_model_source(model)
+        common = {"revision": revision, "trust_remote_code": trust_remote_code}
+        multimodal = is_multimodal_model(source, **common)
+    with _gguf_parsed_once() if gguf is not None else contextlib.nullcontext():
+        return _load(model, source, common, multimodal, gguf is not None, torch_dtype=torch_dtype,
+                     device_map=device_map, max_model_len=max_model_len, attn_implementation=attn_implementation,
+                     quant_method=quant_method, quant_bits=quant_bits, max_memory=max_memory)
+
+
+def _load(model: str, source: str, common: dict[str, Any], multimodal: bool, is_gguf: bool, *,
+          torch_dtype: Optional[str], device_map: Optional[str], max_model_len: Optional[int],
+          attn_implementation: Optional[str], quant_method: Optional[str], quant_bits: Optional[int],
+          max_memory: Optional[str]) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
 
-    from swiftops.template.processor_loader import is_multimodal_model, load_processor
+    from swiftops.template.processor_loader import load_processor
 
-    source = check_model_source(model)
-    common = {"revision": revision, "trust_remote_code": trust_remote_code}
-    multimodal = is_multimodal_model(source, **common)
     processor = None
     try:
         config = AutoConfig.from_pretrained(source, **common)
@@ -106,9 +176,17 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except OSError as exc:
         raise ConfigError(f"cannot load {model}: {_first_line(exc)}") from exc
+    except ValueError as exc:
+        if not is_gguf:
+            raise
+        # e.g. "GGUF model with architecture rwkv6 is not supported yet."
+        raise ConfigError(f"cannot load {model}: {_first_line(exc)} Transformers reads GGUF files of "
+                          f"{_gguf_architectures()}; use the model's transformers checkpoint instead") from exc
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(torch_dtype, device, config)
     kwargs: dict[str, Any] = {"dtype": dtype, **common}
+    if is_gguf:  # spares transformers another parse of the file's metadata
+        kwargs["config"] = config
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map:
@@ -138,9 +216,13 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
     else:
         device = next(net.parameters()).device
     net.eval()
-    try:
-        generation_config = GenerationConfig.from_pretrained(source, **common)
-    except OSError:
+    generation_config = None
+    if not is_gguf:  # a GGUF file carries its special tokens in its metadata, which the config holds
+        try:
+            generation_config = GenerationConfig.from_pretrained(source, **common)
+        except OSError:
+            pass
+    if generation_config is None:
         generation_config = GenerationConfig.from_model_config(config)
     context = _context_length(config)
     if max_model_len and max_model_len > context:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from swiftops.engines.engine_options import resolve_sampling
+from swiftops.engines.gguf_source import gguf_source
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
 from swiftops.protocol.capabilities import unsupported_reason
 from swiftops.protocol.errors import ConfigError
@@ -39,7 +40,7 @@ def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
         raise ConfigError("vLLM loads bitsandbytes models in 4 bits only; use --quant_bits 4 or --infer_backend pt",
                           param="quant_bits")
     kwargs: dict[str, Any] = {
-        "model": model.model,
+        "model": gguf_model_path(model) or model.model,
         "dtype": _DTYPES[model.torch_dtype],
         "trust_remote_code": model.trust_remote_code,
         "tensor_parallel_size": engine.tensor_parallel_size,
@@ -52,6 +53,8 @@ def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
         kwargs["max_num_seqs"] = engine.max_batch_size
     if model.model_revision:
         kwargs["revision"] = model.model_revision
+    if model.tokenizer:  # for a GGUF file: the base model's tokenizer, which vLLM need not convert
+        kwargs["tokenizer"] = model.tokenizer
     if model.max_model_len:
         kwargs["max_model_len"] = model.max_model_len
     if model.quant_method:
@@ -77,6 +80,30 @@ def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
                               f"{'--model' if key == 'model' else '--adapters'}", param="engine_kwargs")
     kwargs.update(engine.engine_kwargs)
     return kwargs
+
+
+def gguf_model_path(model: ModelSettings) -> Optional[str]:
+    """vLLM's `model` for a GGUF checkpoint: the path of the one local file (vLLM reads single-file GGUF;
+    recent releases need the vllm-gguf-plugin package). None when the model is not GGUF."""
+    gguf = gguf_source(model.model, model.gguf_file)
+    if gguf is None:
+        return None
+    if not gguf.is_local:
+        raise ConfigError(f"vLLM reads a local GGUF file: download {gguf.file_name} from {gguf.location} and pass "
+                          f"--model path/to/{gguf.file_name} (with --tokenizer set to the base model's hub id)",
+                          param="model")
+    return gguf.path
+
+
+def tokenizer_source(model: ModelSettings) -> tuple[str, dict[str, Any]]:
+    """Where the engine's own tokenizer (chat template, detokenizing) comes from, with from_pretrained's kwargs:
+    --tokenizer when given, else the GGUF file's metadata, else the model's directory or hub id."""
+    if model.tokenizer:
+        return model.tokenizer, {"trust_remote_code": model.trust_remote_code}
+    gguf = gguf_source(model.model, model.gguf_file)
+    if gguf is not None:
+        return gguf.location, {"gguf_file": gguf.file_name}
+    return model.model or "", {"revision": model.model_revision, "trust_remote_code": model.trust_remote_code}
 
 
 def lora_kwargs(model: ModelSettings, engine: EngineSettings) -> dict[str, Any]:

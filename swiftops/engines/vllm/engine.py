@@ -65,8 +65,8 @@ class VllmEngine(SettingsEngine):
         self._LoRARequest, self._delta = LoRARequest, RequestOutputKind.DELTA
         self._vllm = vllm
         self.generation = generation
-        self.model_name = served_model_name or os.path.basename(os.path.normpath(model.model or "model"))
         engine_kwargs = vllm_args.engine_args_kwargs(model, engine, generation)
+        self.model_name = served_model_name or os.path.basename(os.path.normpath(engine_kwargs["model"]))
         self._lora_enabled = bool(engine_kwargs.get("enable_lora"))
         self._adapters: dict[str, Any] = {}
         for name, path in model.adapters.items():
@@ -89,12 +89,14 @@ class VllmEngine(SettingsEngine):
     def _load_tokenizer(model: ModelSettings) -> tuple[Any, dict[str, Any]]:
         from transformers import AutoTokenizer, GenerationConfig
 
-        tokenizer = AutoTokenizer.from_pretrained(model.model, revision=model.model_revision,
-                                                  trust_remote_code=model.trust_remote_code)
-        try:
-            generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
-        except OSError:  # no generation_config.json: greedy unless the request samples
-            generation_config = None
+        source, kwargs = vllm_args.tokenizer_source(model)  # --tokenizer, a GGUF file's metadata or the model's
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        generation_config = None
+        if vllm_args.gguf_model_path(model) is None:  # a GGUF file has no generation_config.json
+            try:
+                generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
+            except OSError:  # no generation_config.json: greedy unless the request samples
+                pass
         return tokenizer, model_sampling_defaults(generation_config)
 
     # ---- adapters --------------------------------------------------------------------------------

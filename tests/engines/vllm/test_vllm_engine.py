@@ -222,3 +222,17 @@ def test_ms_swift_style_arguments(fake_vllm, tiny_model_dir, tmp_path):
     kwargs = engine._llm.engine_args.kwargs
     assert (kwargs["max_num_seqs"], kwargs["gpu_memory_utilization"]) == (4, 0.5)
     assert engine.adapter_names == ["sql-lora"]
+
+
+def test_a_gguf_file_reaches_vllm_with_the_base_models_tokenizer(fake_vllm, tiny_model_dir, tmp_path):
+    from swiftops.engines.vllm import VllmEngine
+
+    (tmp_path / "tiny.Q4_K_M.gguf").write_bytes(b"GGUF")  # vLLM (faked) would read it; we only pass its path
+    built = VllmEngine(str(tmp_path), gguf_file="tiny.Q4_K_M.gguf", tokenizer=str(tiny_model_dir))
+    try:
+        kwargs = _llm(built).engine_args.kwargs
+        assert kwargs["model"] == str(tmp_path / "tiny.Q4_K_M.gguf") and kwargs["tokenizer"] == str(tiny_model_dir)
+        assert built.tokenizer.name_or_path == str(tiny_model_dir)  # our chat template comes from --tokenizer
+        assert built.model_name == "tiny.Q4_K_M.gguf"  # as the pt engine names it
+    finally:
+        built.close()
