@@ -66,6 +66,7 @@ class PagedRunner:
     def decode(self, seqs: list[Sequence], tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One token of each sequence: its last one, or `tokens` [len(seqs)] still on the device (the step in
         flight sampled them and the host has not appended them yet: pipelined decode)."""
+        self.blocks.sync()  # blocks appended since the last step, onto the device tables
         offset = 1 if tokens is None else 0
         positions = [s.num_tokens - offset for s in seqs]
         rope = None
@@ -98,6 +99,7 @@ class PagedRunner:
         return decode_splits(batch * self.cache.shape.num_kv_heads, self.num_sms)
 
     def prefill(self, items: list[tuple[Sequence, int]]) -> RunnerOutput:
+        self.blocks.sync()
         ids: list[int] = []
         positions: list[int] = []
         lora_slots: list[int] = []
@@ -142,7 +144,6 @@ class PagedRunner:
         return RunnerOutput(finishing, logits[: len(finishing)])
 
     def run(self, plan: StepPlan) -> list[RunnerOutput]:
-        self.blocks.sync()  # blocks the scheduler appended this step, onto the device tables
         results = []
         if plan.prefill:
             results.append(self.prefill(plan.prefill))

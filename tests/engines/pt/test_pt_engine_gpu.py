@@ -112,7 +112,8 @@ def test_bf16_greedy_matches_generate_up_to_the_first_near_tie(tiny_model_dir):
             top2 = logits.topk(2, dim=-1).values
             ties = ((top2[:, 0] - top2[:, 1]) <= 1 / 64).nonzero()
             agree = int(ties[0]) if len(ties) else len(tokens)
-            prefix = engine.tokenizer.decode(tokens[:agree], skip_special_tokens=True)
+            # a cut inside a multi-byte character decodes to U+FFFD where the longer text has the character
+            prefix = engine.tokenizer.decode(tokens[:agree], skip_special_tokens=True).rstrip("\ufffd")
             assert text.startswith(prefix), (agree, prefix, text)
             compared += agree
         assert compared >= 0.5 * 32 * len(requests)  # most of the tokens were compared, not skipped as ties
