@@ -221,3 +221,18 @@ def test_triton_kernels_in_the_engine_agree_with_sdpa(tiny_model_dir, engine, mo
         assert [_text(r) for r in kernels.infer(reqs, config)] == want
     finally:
         kernels.close()
+
+
+def test_decode_right_after_a_block_boundary_reads_the_new_block(engine):
+    """Prompts that fill whole 16-token blocks: the first decode step needs a new block, allocated by the scheduler
+    just before a pipelined decode starts; its table entry must reach the device first."""
+    prompts = [[(7 * i + j) % 1000 + 3 for j in range(length)] for i, length in enumerate((16, 32, 47))]
+    config = RequestConfig(max_tokens=20, temperature=0, ignore_eos=True)
+    responses = engine.infer([InferRequest(prompt=p) for p in prompts], config)
+    for prompt, response in zip(prompts, responses):
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
+                                        do_sample=False, eos_token_id=-1, pad_token_id=0)
+        want = engine.tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+        assert _text(response) == want
