@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from swiftops.engines.base import InferEngine
+from swiftops.media import worker_pools
 from swiftops.metrics.prometheus import ServerMetrics
 from swiftops.protocol import (ChatCompletionResponse, CompletionResponse, EmbeddingResponse, ErrorResponse,
                                ModelCard, ModelList)
@@ -49,6 +50,7 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     page that asks for the key itself); every other route, present or added later, requires it."""
     settings = settings or ServerSettings()
     admission = AdmissionController(settings.max_concurrency, settings.max_queue)
+    worker_pools.configure(settings.media_workers, settings.media_queue)
     metrics = ServerMetrics(running=lambda: admission.running, waiting=lambda: admission.waiting,
                             engine_running=lambda: _engine_count(engine, "num_running"),
                             engine_waiting=lambda: _engine_count(engine, "num_waiting"))
