@@ -171,7 +171,8 @@ class Guarded:
         REPORT[self.row] = {"attack_s": round(self.elapsed, 2), "rss_start_mb": self.watchdog.start_rss >> 20,
                             "rss_peak_mb": self.watchdog.peak >> 20, "plain_worst_s": round(self.prober.worst, 3),
                             "plain_requests": len(self.prober.samples),
-                            "plain_statuses": sorted({s for _, s in self.prober.samples})}
+                            "plain_statuses": sorted({s for _, s in self.prober.samples}),
+                            "killed_over_2gb": self.watchdog.killed}
         print(f"\n{self.row}: {REPORT[self.row]}")
 
     def check(self) -> None:
