@@ -170,6 +170,8 @@ class Guarded:
         self.watchdog.__exit__()
         REPORT[self.row] = {"attack_s": round(self.elapsed, 2), "rss_start_mb": self.watchdog.start_rss >> 20,
                             "rss_peak_mb": self.watchdog.peak >> 20, "plain_worst_s": round(self.prober.worst, 3),
+                            "plain_median_s": round(sorted(s for s, _ in self.prober.samples)[
+                                len(self.prober.samples) // 2], 3) if self.prober.samples else None,
                             "plain_requests": len(self.prober.samples),
                             "plain_statuses": sorted({s for _, s in self.prober.samples}),
                             "killed_over_2gb": self.watchdog.killed}
@@ -388,12 +390,12 @@ def _wait_until_free(client: httpx.Client, seconds: float) -> bool:
 
 
 def test_row6_stalled_readers_release_their_slots(attacked, client):
-    """3 streams (n 4) that never read, within capacity (12 of 16 sequences): other clients are served
+    """3 streams (n 2) that never read, within capacity (6 of 16 sequences): other clients are served
     meanwhile, and the stalled streams' slots come back after --send_timeout although their sockets stay
-    open. Each stream has ~10 MB to send, more than the kernel buffers of a loopback socket hold (4 MiB)."""
-    body = {"messages": [{"role": "user", "content": "tell me everything"}], "n": 4, "max_tokens": 1500,
+    open. Each stream has ~6 MB to send, more than the kernel buffers of a loopback socket hold (4 MiB)."""
+    body = {"messages": [{"role": "user", "content": "tell me everything"}], "n": 2, "max_tokens": 1500,
             "logprobs": True, "top_logprobs": 20, "stream": True, "ignore_eos": True}
-    with Guarded(attacked, f"row 6a: 3 streams (n 4, top_logprobs 20) never read, --send_timeout {SEND_TIMEOUT}") \
+    with Guarded(attacked, f"row 6a: 3 streams (n 2, top_logprobs 20) never read, --send_timeout {SEND_TIMEOUT}") \
             as g:
         sockets = [_stalled_stream(attacked.url, body) for _ in range(3)]
         time.sleep(2)
@@ -479,12 +481,15 @@ def test_row10_slow_header_connections_are_closed(attacked, client):
         time.sleep(1)
     closed_after = time.monotonic() - started
     silent.settimeout(5)
-    silent_closed = silent.recv(1) == b""
+    try:
+        silent_closed = silent.recv(1) == b""
+    except (socket.timeout, ConnectionResetError) as exc:
+        silent_closed = isinstance(exc, ConnectionResetError)
     for sock in conns:
         sock.close()
     silent.close()
     REPORT["row 10: 3,000 connections sending a header byte a second + 1 silent"] = {
-        "still_open": len(open_conns), "all_closed_after_s": round(closed_after, 1)}
+        "still_open": len(open_conns), "all_closed_after_s": round(closed_after, 1), "silent_closed": silent_closed}
     assert not open_conns, f"{len(open_conns)} slow-header connections still open after {closed_after:.0f}s"
     assert silent_closed
     assert closed_after < HEADER_TIMEOUT + 15
