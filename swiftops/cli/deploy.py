@@ -54,6 +54,7 @@ def command(**values) -> None:
 
         from swiftops.engines.factory import build_engine
         from swiftops.server.app import create_app
+        from swiftops.server.http_guard import guarded_protocol
         from swiftops.server.lifecycle import DrainingServer
 
         engine = build_engine(model, engine_settings, generation, media, serving=True)
@@ -64,7 +65,8 @@ def command(**values) -> None:
             # (seen in the reliability soak: 1-2 per 4000 requests).
             config = uvicorn.Config(app, log_level="info", access_log=False,  # ours logs tokens and latency
                                     timeout_graceful_shutdown=server.shutdown_timeout, lifespan="on",
-                                    timeout_keep_alive=server.keep_alive_timeout)
+                                    timeout_keep_alive=server.keep_alive_timeout,
+                                    http=guarded_protocol(server.header_timeout, server.send_timeout))
             logging.getLogger("swiftops.server").info(
                 "serving %s on http://%s:%d/v1 (models: %s)", app.state.ctx.models.served_name, server.host,
                 server.port, ", ".join(app.state.ctx.models.names))

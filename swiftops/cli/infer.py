@@ -15,7 +15,7 @@ import click
 from swiftops.cli.options import SettingsCommand, build_settings, settings_options
 from swiftops.dataset.loader import DatasetRow, load_datasets
 from swiftops.dataset.merge import merge_parts
-from swiftops.dataset.results import ResultWriter, default_result_path
+from swiftops.dataset.results import ResultWriter, default_result_path, refuse_input_as_result
 from swiftops.dataset.sharding import job_shard, write_shard_file
 from swiftops.dataset.torchrun import TorchrunRank, relaunch_under_torchrun
 from swiftops.engines.factory import build_engine, check_model_location
@@ -51,6 +51,7 @@ def command(**values: object) -> None:
     check_model_location(model)
     result_path = infer.result_path or default_result_path(model.model or "model")
     if infer.val_dataset:
+        refuse_input_as_result(result_path, infer.val_dataset)  # appending results would damage the dataset
         rows = load_datasets(infer.val_dataset)  # a bad row fails here, before weights load (or a relaunch)
         failed = run_dataset_shards(rows, model, engine_settings, generation, media, infer, result_path)
         if failed:

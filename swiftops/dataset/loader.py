@@ -154,11 +154,16 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
                     except json.JSONDecodeError as exc:
                         raise ConfigError(f"{path} line {line_no}: not valid JSON ({exc.msg}); "
                                           f"each line of a .jsonl file must be one JSON object") from None
+                    except RecursionError:
+                        raise ConfigError(f"{path} line {line_no}: JSON nested too deeply; a row is an object "
+                                          f"of messages, not thousands of nested lists") from None
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: JSON nested too deeply; a dataset is a list of row objects") from None
         if not isinstance(data, list):
             raise ConfigError(f"{path}: a .json dataset must be a list of row objects "
                               f"(use .jsonl for one object per line)")
@@ -183,11 +188,21 @@ def load_dataset(source: str) -> list[DatasetRow]:
                           f"use .jsonl, .json or .csv")
     rows: list[DatasetRow] = []
     where = "row" if path.suffix.lower() == ".json" else "line"
-    for line, record in _records(path):
+    records = _records(path)
+    while True:
+        try:
+            line, record = next(records)
+        except StopIteration:
+            break
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"dataset file {source} is not UTF-8 text (byte {exc.start} of a line is not); "
+                              f"--val_dataset takes .jsonl, .json or .csv text files") from None
         try:
             messages, label = to_conversation(record)
         except ValueError as exc:
             raise ConfigError(f"{source} {where} {line}: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{source} {where} {line}: nested too deeply") from None
         rows.append(DatasetRow(
             source=os.path.normpath(source), index=len(rows), line=line, messages=messages, label=label,
             images=_as_list(_maybe_json(record.get("images"))), videos=_as_list(_maybe_json(record.get("videos"))),

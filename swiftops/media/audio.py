@@ -1,11 +1,11 @@
 """Audio from any media item, decoded with PyAV and resampled to the processor's rate, mono float32."""
 from __future__ import annotations
 
-import io
 from typing import Any, Optional
 
 import numpy as np
 
+from swiftops.media.container import open_container
 from swiftops.media.policy import MediaPolicy
 from swiftops.media.source import read_media
 from swiftops.protocol.errors import BadRequestError
@@ -26,7 +26,7 @@ def load_audio(item: Any, policy: Optional[MediaPolicy] = None,
     chunks: list[np.ndarray] = []
     total = 0
     try:
-        with av.open(source.path if source.path else io.BytesIO(source.data)) as container:
+        with open_container(source, "audio") as container:
             if not container.streams.audio:
                 raise BadRequestError("the audio has no audio stream", param="audios")
             for frame in container.decode(container.streams.audio[0]):

@@ -5,6 +5,7 @@ import io
 import math
 from typing import Any, Optional
 
+from swiftops.media.budget import current_budget
 from swiftops.media.policy import MediaPolicy
 from swiftops.media.source import read_media
 from swiftops.protocol.errors import BadRequestError
@@ -12,6 +13,16 @@ from swiftops.protocol.errors import BadRequestError
 # PIL's decompression-bomb guard raises past twice its limit; ours refuses before decoding (an 8192x8192 RGB
 # image is 200 MB in memory).
 MAX_DECODED_PIXELS = 8192 * 8192
+# Bytes per pixel of a decoded image by PIL mode (16-bit modes keep 2 bytes per band).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+               "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
+               "I;16N": 2}
+
+
+def decoded_bytes(width: int, height: int, mode: str) -> int:
+    """Memory an image takes decoded and converted to RGB: its own mode's pixels, plus the RGB copy."""
+    own = width * height * _MODE_BYTES.get(mode, 8)  # an unknown mode: assume the widest
+    return own if mode == "RGB" else own + width * height * 3
 
 
 def _open(item: Any, policy: MediaPolicy):
@@ -25,6 +36,10 @@ def _open(item: Any, policy: MediaPolicy):
         if image.width * image.height > MAX_DECODED_PIXELS:
             raise BadRequestError(f"the image is {image.width}x{image.height} pixels, too large to decode",
                                   param="images")
+        budget = current_budget()
+        if budget is not None:  # charged from the header: nothing is decoded yet
+            budget.charge_image(image.width, image.height,
+                                decoded_bytes(image.width, image.height, image.mode) / (image.width * image.height))
         image.load()
     except BadRequestError:
         raise

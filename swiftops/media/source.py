@@ -17,6 +17,7 @@ from swiftops.media.policy import MediaPolicy
 from swiftops.protocol.errors import BadRequestError
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),", re.IGNORECASE)
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
 
 
@@ -98,6 +99,9 @@ def read_media(item: Any, policy: MediaPolicy, kind: str = "media") -> MediaSour
         return MediaSource(data=fetch_url(text, policy))
     if lowered.startswith("file://"):
         return _local(text[len("file://"):], policy)
+    if (scheme := _URL_SCHEME.match(text)) is not None:
+        raise BadRequestError(f"media URL scheme {scheme.group(1)!r} is not allowed; send an http(s) URL, a data: "
+                              "URI or base64 data", param="media", code="media_scheme_forbidden")
     if policy.allow_local_media and os.path.isfile(os.path.expanduser(text)):
         return _local(text, policy)
     if _looks_like_base64(text):

@@ -7,13 +7,14 @@ evenly over the video. A video may also be given as a list of images (its frames
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
+from swiftops.media.budget import current_budget
+from swiftops.media.container import open_container
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
 from swiftops.media.source import read_media
@@ -24,6 +25,8 @@ FRAME_FACTOR = 2  # frames per temporal patch in Qwen2-VL's vision tower
 # Qwen2-VL's 28*28*768), so that 768 sampled 4K frames do not take gigabytes before the processor's own resize.
 DECODE_PIXEL_MARGIN = 4
 DEFAULT_VIDEO_MAX_PIXELS = 28 * 28 * 768
+# A container without a frame count or duration is decoded whole before sampling: at most this many frames.
+MAX_FRAMES_OF_UNKNOWN_LENGTH = 4 * 768
 
 
 @dataclass
@@ -79,13 +82,15 @@ def _rgb(frame, max_pixels: int) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
+def _kept_pixels(width: int, height: int, cap: int) -> int:
+    return min(width * height, cap) if width and height else cap
+
+
 def _decode(source, limits: MediaLimits) -> VideoClip:
     import av
 
-    try:
-        container = av.open(source.path if source.path else io.BytesIO(source.data))
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise BadRequestError(f"cannot open the video: {exc}", param="videos") from None
+    container = open_container(source, "video")
+    budget = current_budget()
     with container:
         if not container.streams.video:
             raise BadRequestError("the video has no video stream", param="videos")
@@ -102,9 +107,18 @@ def _decode(source, limits: MediaLimits) -> VideoClip:
         kept: dict[int, np.ndarray] = {}
         all_frames: list[np.ndarray] = []
         last_needed = max(wanted) if wanted else None
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if budget is not None and wanted:  # from the container's metadata, before decoding a frame
+            budget.charge_video(len(wanted), width, height, _kept_pixels(width, height, cap))
         try:
             for index, frame in enumerate(container.decode(stream)):
-                if wanted is None:
+                if wanted is None:  # length unknown: every frame is kept, so each is charged as it comes
+                    if budget is not None:
+                        budget.charge_video(1, frame.width, frame.height, _kept_pixels(frame.width, frame.height, cap))
+                    if len(all_frames) >= MAX_FRAMES_OF_UNKNOWN_LENGTH:
+                        raise BadRequestError(f"the video does not say how long it is and has more than "
+                                              f"{MAX_FRAMES_OF_UNKNOWN_LENGTH} frames; remux it (ffmpeg -i in -c copy "
+                                              f"out.mp4)", param="videos")
                     all_frames.append(_rgb(frame, cap))
                 elif index in wanted:
                     kept[index] = _rgb(frame, cap)

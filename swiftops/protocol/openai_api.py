@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from swiftops.protocol.errors import BadRequestError
 from swiftops.protocol.request import InferRequest, RequestConfig
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -180,7 +181,9 @@ class ChatCompletionRequest(_SamplingParams):
     images: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<image>` tags.")
     videos: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<video>` tags.")
     audios: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<audio>` tags.")
-    metadata: Optional[dict[str, str]] = Field(None, description="Accepted for compatibility; ignored.")
+    metadata: Optional[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]]] = Field(
+        None, max_length=16, description="Accepted for compatibility and ignored; OpenAI's limits apply (16 keys, "
+                                         "keys up to 64 characters, values up to 512).")
     store: Optional[bool] = Field(None, description="Accepted for compatibility; ignored (nothing is stored).")
 
     @model_validator(mode="after")
@@ -192,6 +195,14 @@ class ChatCompletionRequest(_SamplingParams):
             raise ValueError(f"response_format type {self.response_format.get('type')!r} is not one of text, "
                              "json_object, json_schema")
         return self
+
+    def check_messages(self) -> None:
+        """A user message needs content (OpenAI answers 400 for a missing, null or empty one); other roles may
+        leave it out (an assistant turn with tool calls)."""
+        for i, message in enumerate(self.messages):
+            if message.role == "user" and (message.content is None or message.content == []):
+                raise BadRequestError(f"messages[{i}] is a user message without content; give its text or "
+                                      f"content parts", param=f"messages[{i}].content")
 
     def to_infer_request(self) -> InferRequest:
         return InferRequest(messages=[m.to_dict() for m in self.messages], tools=self.tools,

@@ -190,6 +190,27 @@ class ServerSettings(_Section):
     verbose: bool = Field(False, description="Log request and response bodies (media elided).")
     ui: bool = Field(False, description="Serve the chat web UI at / as well.")
     result_path: Optional[str] = Field(None, description="Append every finished request and response to this JSONL file.")
+    max_sequences_per_request: Optional[int] = Field(
+        None, ge=1, description="Most sequences (prompts x n) one request may ask for; more is a 400. Each request "
+                                "counts its prompts x n against --max_concurrency / --max_queue. Default: the "
+                                "smaller of --max_concurrency and --max_queue.")
+    send_timeout: float = Field(
+        60.0, gt=0, description="Seconds a response may wait for a client that stops reading (nginx's send_timeout); "
+                                "then the connection is closed and its slot freed.")
+    header_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client has to send a request's headers once it connects (or starts its "
+                                "next request); slow or silent connections are closed.")
+    split_special_tokens: bool = Field(
+        True, description="Tokenize user, system and tool message text with special tokens split, so only the chat "
+                          "template emits them (false: text like <|im_start|> in a message becomes the token).")
+    max_media_bytes_decoded: int = Field(
+        256 << 20, ge=1, description="Most bytes of decoded pixels (images and sampled video frames) one "
+                                     "request may take, judged from image headers and video metadata before decoding.")
+    max_images_per_prompt: int = Field(16, ge=0, description="Most images in one request.")
+    max_videos_per_prompt: int = Field(2, ge=0, description="Most videos in one request.")
+    media_workers: int = Field(2, ge=1, description="Threads fetching and decoding media (a pool of their "
+                                                    "own, so slow media never delays text requests).")
+    media_queue: int = Field(64, ge=0, description="Media requests waiting for a media worker; more get 429.")
 
 
 class MediaSettings(_Section):

@@ -1,4 +1,9 @@
-"""Admission control: at most `max_concurrency` requests run, at most `max_queue` wait; more get 429.
+"""Admission control by work, not by requests: a request weighs its sequences (prompts x n). At most
+`max_concurrency` sequences run, at most `max_queue` wait; more get 429.
+
+Counting requests let one /v1/completions body of 100,000 prompts x n=128 (12.8 M sequences) in under a
+single slot while everyone else waited; now that body weighs what it asks for (and the server caps a
+request's weight before anything is tokenized: see swiftops.server.request_limits).
 
 The queue is bounded on purpose: an unbounded one turns overload into ever-growing latency and
 memory, where a 429 with Retry-After lets a load balancer or client back off.
@@ -15,57 +20,80 @@ from swiftops.protocol.errors import OverloadedError
 
 
 class AdmissionController:
-    """FIFO slots; must be used from one event loop (the server's)."""
+    """FIFO slots weighted by sequences; must be used from one event loop (the server's)."""
 
     def __init__(self, max_concurrency: int, max_queue: int) -> None:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
-        self.running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.running = 0  # sequences admitted
+        self._waiting = 0  # sequences queued
+        self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return self._waiting
 
     def _reject(self) -> OverloadedError:
         return OverloadedError(
-            f"the server is at capacity ({self.max_concurrency} requests running, {self.max_queue} waiting); "
-            f"retry after the time in the Retry-After header", code="server_overloaded")
+            f"the server is at capacity ({self.running} sequences running of {self.max_concurrency}, "
+            f"{self._waiting} waiting of {self.max_queue}); retry after the time in the Retry-After header",
+            code="server_overloaded")
 
-    async def acquire(self) -> float:
-        """Wait for a slot; returns the seconds spent waiting. Raises OverloadedError when the queue is full."""
-        if self.running < self.max_concurrency and not self._waiters:
-            self.running += 1
+    def _fits(self, weight: int) -> bool:
+        # A request heavier than the whole capacity runs alone rather than never.
+        return self.running + weight <= self.max_concurrency or self.running == 0
+
+    async def acquire(self, weight: int = 1) -> float:
+        """Wait until `weight` sequences may run; returns the seconds spent waiting. Raises OverloadedError
+        when they do not fit in the queue."""
+        weight = max(1, weight)
+        if not self._waiters and self._fits(weight):
+            self.running += weight
             return 0.0
-        if len(self._waiters) >= self.max_queue:
+        if self._waiting + weight > self.max_queue:
             raise self._reject()
         start = time.perf_counter()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, weight)
+        self._waiters.append(entry)
+        self._waiting += weight
         try:
-            await waiter  # release() hands its slot over: `running` stays counted for us
+            await waiter  # _wake() counted us in `running` when it handed the slots over
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot was handed to us just as we were cancelled: pass it on
+                self.release(weight)  # the slots were handed to us just as we were cancelled: pass them on
             else:
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(entry)
+                    self._waiting -= weight
+                self._wake()  # a heavy request leaving the head may let lighter ones in
             raise
         return time.perf_counter() - start
 
-    def release(self) -> None:
+    def release(self, weight: int = 1) -> None:
+        self.running -= max(1, weight)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Hand freed slots to the queue's head, in order: no barging past it."""
         while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # hand the slot over directly: no barging past the queue
+            waiter, weight = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                self._waiting -= weight
+                continue
+            if not self._fits(weight):
                 return
-        self.running -= 1
+            self._waiters.popleft()
+            self._waiting -= weight
+            self.running += weight
+            waiter.set_result(None)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
+    async def slot(self, weight: int = 1) -> AsyncIterator[float]:
         """`async with admission.slot() as queue_time:` runs the body in a slot."""
-        queue_time = await self.acquire()
+        queue_time = await self.acquire(weight)
         try:
             yield queue_time
         finally:
-            self.release()
+            self.release(weight)

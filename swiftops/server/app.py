@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from swiftops.engines.base import InferEngine
+from swiftops.media import worker_pools
 from swiftops.metrics.prometheus import ServerMetrics
 from swiftops.protocol import (ChatCompletionResponse, CompletionResponse, EmbeddingResponse, ErrorResponse,
                                ModelCard, ModelList)
@@ -51,6 +52,7 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     # As many requests generate at once as the engine batches (256 for the pt engine on a GPU).
     concurrency = settings.max_concurrency or getattr(engine, "max_batch_size", None) or 64
     admission = AdmissionController(concurrency, settings.max_queue)
+    worker_pools.configure(settings.media_workers, settings.media_queue)
     metrics = ServerMetrics(running=lambda: admission.running, waiting=lambda: admission.waiting,
                             engine_running=lambda: _engine_count(engine, "num_running"),
                             engine_waiting=lambda: _engine_count(engine, "num_waiting"))

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 
 from swiftops.protocol import ChatCompletionResponse, ChatCompletionStreamResponse, UsageInfo
 from swiftops.protocol.openai_api import ChatCompletionRequest
+from swiftops.server import request_limits
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected
 from swiftops.server.served_request import ServedRequest
@@ -41,7 +42,7 @@ class StreamTranscript:
 
 
 async def create_chat_completion(ctx: ServerContext, body: ChatCompletionRequest, request: Request) -> Response:
-    served = ServedRequest(ctx, request, ROUTE, body)
+    served = ServedRequest(ctx, request, ROUTE, body, weight=request_limits.check_chat(ctx, body))
     model_name, adapter = ctx.models.resolve(body.model)
     ctx.check_top_logprobs(body.top_logprobs, "top_logprobs")
     infer_request, config = body.to_infer_request(), body.to_request_config()

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from swiftops.protocol import (BadRequestError, ChatCompletionStreamResponse, ChoiceLogprobs, CompletionChoice,
                                CompletionLogprobs, CompletionResponse, UnsupportedError, UsageInfo, new_id)
 from swiftops.protocol.openai_api import CompletionRequest
+from swiftops.server import request_limits
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected
 from swiftops.server.served_request import ServedRequest
@@ -77,7 +78,7 @@ async def _gather_all(awaitables: list[Any]) -> list[Any]:
 
 
 async def create_completion(ctx: ServerContext, body: CompletionRequest, request: Request) -> Response:
-    served = ServedRequest(ctx, request, ROUTE, body)
+    served = ServedRequest(ctx, request, ROUTE, body, weight=request_limits.check_completion(ctx, body))
     model_name, adapter = ctx.models.resolve(body.model)
     ctx.check_top_logprobs(body.logprobs, "logprobs")
     _check_token_ids(ctx, body)

@@ -13,7 +13,10 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from swiftops.protocol import BadRequestError, SwiftopsError, UsageInfo
+from swiftops.media.budget import request_media_budget
+from swiftops.server import request_limits
 from swiftops.server.context import ServerContext
+from swiftops.template.chat_template import split_special_tokens
 from swiftops.server.errors import ClientDisconnected, error_body, logger
 from swiftops.server.request_log import log_body
 from swiftops.server.sse import DONE, EventStreamResponse, sse_event, until_disconnected
@@ -35,9 +38,10 @@ def _check_encodable(body: BaseModel) -> None:
 
 
 class ServedRequest:
-    def __init__(self, ctx: ServerContext, request: Request, route: str, body: BaseModel) -> None:
+    def __init__(self, ctx: ServerContext, request: Request, route: str, body: BaseModel, weight: int = 1) -> None:
         ctx.lifecycle.check_accepting()
         _check_encodable(body)
+        self.weight = weight  # sequences (prompts x n): what admission counts
         self.ctx = ctx
         self.request = request
         self.route = route
@@ -56,8 +60,9 @@ class ServedRequest:
         return await until_disconnected(self.request.receive, work)
 
     async def admit(self) -> None:
-        """Take an admission slot (429 when the queue is full), giving up if the client leaves while queued."""
-        queue_time = await self.until_disconnected(self.ctx.admission.acquire())
+        """Take the request's admission slots, one per sequence (429 when the queue is full), giving up if the
+        client leaves while queued."""
+        queue_time = await self.until_disconnected(self.ctx.admission.acquire(self.weight))
         self._holds_slot = True
         self.ctx.metrics.request_queue_time.observe(queue_time)
 
@@ -66,8 +71,11 @@ class ServedRequest:
 
         The slot goes back when `work` fails or the client leaves, and when it returns unless `keep_slot`
         (a stream holds it until its last chunk). A client that left raises ClientDisconnected, marked 499:
-        answer it with `client_closed()`.
+        answer it with `client_closed()`. `work()` runs with this request's media budget and special-token
+        policy (context variables the engine's worker threads see).
         """
+        request_media_budget.set(request_limits.media_budget(self.ctx))
+        split_special_tokens.set(self.ctx.settings.split_special_tokens)
         try:
             await self.admit()
             try:
@@ -88,7 +96,7 @@ class ServedRequest:
     def release(self) -> None:
         if self._holds_slot:
             self._holds_slot = False
-            self.ctx.admission.release()
+            self.ctx.admission.release(self.weight)
 
     def token_arrived(self) -> None:
         now = time.perf_counter()
@@ -139,6 +147,8 @@ class ServedRequest:
             finally:
                 if not completed:
                     await events.aclose()  # type: ignore[attr-defined]  # aborts the generation now
+            # Generation is over: its slots go back now, even if a slow reader keeps the socket open a while.
+            self.release()
             yield DONE
 
         async def on_close(disconnected: bool) -> None:

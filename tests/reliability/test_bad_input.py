@@ -97,10 +97,13 @@ def test_bad_input_gets_a_4xx_in_openai_shape_and_serving_goes_on(rel_http, erro
     assert_still_serving()
 
 
-def test_huge_max_tokens_is_bounded_by_the_context(rel_http):
-    """ms-swift's behaviour, kept: max_tokens beyond the context is capped at the room the prompt leaves."""
-    response = rel_http.post(CHAT, json={"messages": HI, "max_tokens": 10 ** 30, "ignore_eos": True,
-                                         "temperature": 0}, timeout=120)
+def test_huge_max_tokens_is_refused_and_a_default_is_bounded_by_the_context(rel_http, error_shape):
+    """A max_tokens the client gave beyond the context is a 400 (vLLM's answer; issue 21 row 13: silently
+    clamping it hid the client's mistake); without one, generation is capped at the room the prompt leaves."""
+    response = rel_http.post(CHAT, json={"messages": HI, "max_tokens": 10 ** 30, "temperature": 0})
+    assert response.status_code == 400
+    assert "context length of 512" in error_shape(response)["message"]
+    response = rel_http.post(CHAT, json={"messages": HI, "ignore_eos": True, "temperature": 0}, timeout=120)
     assert response.status_code == 200, response.text
     usage = response.json()["usage"]
     assert usage["prompt_tokens"] + usage["completion_tokens"] <= 512  # the tiny model's context

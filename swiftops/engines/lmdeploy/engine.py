@@ -109,6 +109,7 @@ class LmdeployEngine(SettingsEngine):
                                     backend_config=config, trust_remote_code=model.trust_remote_code, **extra)
         self.max_model_len = int(self._engine.session_len)
         self._running = 0
+        self._choice_tasks: set["asyncio.Task[Any]"] = set()
         loop = self._loop()
 
         async def bind() -> None:  # LMDeploy's engine loop runs on our private loop thread from now on
@@ -216,6 +217,8 @@ class LmdeployEngine(SettingsEngine):
     async def _run_choice(self, prompt: dict[str, Any], gen_kwargs: dict[str, Any], adapter_name: Optional[str],
                           tracker: ChoiceTracker, sink: Any) -> None:
         self._running += 1
+        task = asyncio.current_task()
+        self._choice_tasks.add(task)
         stream = None
         try:
             gen_config = self._lmdeploy.GenerationConfig(**gen_kwargs)
@@ -239,11 +242,45 @@ class LmdeployEngine(SettingsEngine):
             sink(SequenceOutput(index=tracker.index, finish_reason="error", error=error))
         finally:
             self._running -= 1
+            self._choice_tasks.discard(task)
             if stream is not None:
                 await stream.aclose()  # no-op when exhausted; after a stop string, LMDeploy cancels the session
 
     def close(self) -> None:
+        """Cancel the generations still running and let their cleanup finish on the engine's loop, close LMDeploy,
+        then stop the loop. Left to the interpreter's exit, a pending choice was finalized without a running
+        loop: its `await stream.aclose()` printed "RuntimeError: coroutine ignored GeneratorExit"."""
         engine = getattr(self, "_engine", None)
-        if engine is not None:
-            engine.close()
-            self._engine = None
+        if engine is None:
+            return
+        loop_thread = self._loop_thread
+        if loop_thread is not None and loop_thread.thread.is_alive():
+            self._on_loop(loop_thread, self._cancel_tasks(list(self._choice_tasks)))
+        engine.close()
+        self._engine = None
+        if loop_thread is not None and loop_thread.thread.is_alive():
+            self._on_loop(loop_thread, self._cancel_tasks(None))  # whatever LMDeploy left behind
+            self._on_loop(loop_thread, loop_thread.loop.shutdown_asyncgens())
+            loop_thread.loop.call_soon_threadsafe(loop_thread.loop.stop)
+            loop_thread.thread.join(timeout=10)
+            if not loop_thread.thread.is_alive():
+                loop_thread.loop.close()
+            self._loop_thread = None
+
+    @staticmethod
+    def _on_loop(loop_thread: Any, coro: Any) -> None:
+        try:
+            loop_thread.submit(coro).result(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise from close()
+            logger.warning("lmdeploy engine: cleanup at close did not finish: %s: %s", type(exc).__name__, exc)
+
+    @staticmethod
+    async def _cancel_tasks(tasks: Optional[list["asyncio.Task[Any]"]]) -> None:
+        """Cancel `tasks` (None: every task on this loop but the caller) and wait for them to end."""
+        current = asyncio.current_task()
+        if tasks is None:
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)

@@ -29,6 +29,7 @@ from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, Eng
                                ModelNotFoundError, PromptTooLongError, RequestConfig, UnsupportedError)
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
+from swiftops.media.worker_pools import media_pool, text_pool
 from swiftops.protocol.capabilities import require
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 from swiftops.template.chat_template import encode_prompt
@@ -253,7 +254,9 @@ class PtEngine(InferEngine):
         adapter = self._adapter_for(adapter_request)
         mm_inputs = None
         if self.encoder is not None and request.prompt is None:
-            encoded = await self.encoder.encode_async(request)  # fetching and decoding media off the event loop
+            # Off the loop; media in a pool of its own, so slow media never delays a text-only chat.
+            pool = media_pool() if MultimodalEncoder.has_media(request) else text_pool()
+            encoded = await pool.run(self.encoder.encode, request)
             prompt_ids = encoded.input_ids
             if MultimodalEncoder.has_media(request):
                 mm_inputs = encoded
@@ -263,7 +266,7 @@ class PtEngine(InferEngine):
         else:
             # Off the event loop: the chat template and tokenizer take seconds on a megabyte prompt (the fast
             # tokenizer releases the GIL), and the server's other clients must not wait for that.
-            prompt_ids = await asyncio.to_thread(self.encode, request)
+            prompt_ids = await text_pool().run(self.encode, request)
         if not prompt_ids:
             raise BadRequestError("the prompt is empty", param="prompt")
         if len(prompt_ids) >= self.max_model_len:
