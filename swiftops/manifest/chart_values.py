@@ -80,10 +80,12 @@ def values_json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Values of the swiftops Helm chart",
         "type": "object",
-        "required": ["manifest"],
         "properties": {
-            "manifest": {"$ref": "#/$defs/Manifest",
-                         "description": "The swiftops manifest to run (swiftops render --target helm-values)."},
+            "manifest": {"anyOf": [{"$ref": "#/$defs/Manifest"}, {"type": "object", "maxProperties": 0}],
+                         "description": "The swiftops manifest to run (swiftops render --target helm-values); "
+                                        "empty: defaultManifest."},
+            "defaultManifest": {"$ref": "#/$defs/Manifest",
+                                "description": "What runs when manifest is empty (a plain helm install)."},
             **CHART_PROPERTIES,
         },
         "additionalProperties": False,

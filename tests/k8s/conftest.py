@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_ENVTEST = REPO_ROOT.parent / "shared" / "envtest"
 CRDS = SHARED_ENVTEST / "crds"
 GPU_PRODUCT = "NVIDIA-A100-SXM4-80GB"
+EXISTING_CLAIMS = ("shared-cache", "model-cache")  # spec.cache.existing_claim of the examples
 
 _spec = importlib.util.spec_from_file_location("swiftops_tests_k8s_controlplane", Path(__file__).with_name(
     "controlplane.py"))
@@ -125,6 +126,13 @@ def install_crd(api, path: Path) -> None:
         time.sleep(0.2)
 
 
+@pytest.fixture(scope="session")
+def prometheus_operator_crds(cluster) -> None:
+    """The Prometheus Operator's CRDs (ServiceMonitor, PodMonitor), left out of `cluster` until a test asks."""
+    for path in sorted(CRDS.glob("monitoring.coreos.com_*.yaml")):
+        install_crd(cluster.api, path)
+
+
 class Namespace:
     """A fresh namespace with the Secrets and the claims the examples name."""
 
@@ -156,18 +164,19 @@ def _prerequisites(api, namespace: str) -> None:
         api.create(f"/api/v1/namespaces/{namespace}/secrets",
                    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret},
                     "stringData": {key: "not-a-real-secret"}})
-    # The sharded example's existing claim, bound to a volume of its own (no provisioner runs here).
-    volume = f"pv-{namespace}"
-    api.create("/api/v1/persistentvolumes", {
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
-        "spec": {"capacity": {"storage": "500Gi"}, "accessModes": ["ReadWriteMany"],
-                 "storageClassName": "shared-nfs", "persistentVolumeReclaimPolicy": "Retain",
-                 "claimRef": {"namespace": namespace, "name": "shared-cache"},
-                 "nfs": {"server": "nfs.example", "path": f"/{namespace}"}}})
-    api.create(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared-cache"},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "shared-nfs", "volumeName": volume,
-                 "resources": {"requests": {"storage": "500Gi"}}}})
+    # The examples' existing claims, each bound to a volume of its own (no provisioner runs here).
+    for claim in EXISTING_CLAIMS:
+        volume = f"pv-{namespace}-{claim}"
+        api.create("/api/v1/persistentvolumes", {
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+            "spec": {"capacity": {"storage": "500Gi"}, "accessModes": ["ReadWriteMany"],
+                     "storageClassName": "shared-nfs", "persistentVolumeReclaimPolicy": "Retain",
+                     "claimRef": {"namespace": namespace, "name": claim},
+                     "nfs": {"server": "nfs.example", "path": f"/{namespace}/{claim}"}}})
+        api.create(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "shared-nfs", "volumeName": volume,
+                     "resources": {"requests": {"storage": "500Gi"}}}})
 
 
 @pytest.fixture
@@ -198,6 +207,8 @@ def make_namespace(cluster) -> Callable[..., Namespace]:
 class Swiftops:
     """`swiftops ...` as a user runs it (a subprocess with the session's KUBECONFIG, helm and kubectl)."""
 
+    repo_root = REPO_ROOT
+
     def __init__(self, cwd: Path):
         self.cwd = cwd
 
@@ -214,3 +225,15 @@ class Swiftops:
 @pytest.fixture
 def swiftops(cluster, tmp_path: Path) -> Swiftops:
     return Swiftops(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def emulated_cluster(envtest_assets: Path, kube_tools: dict[str, str],
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator["controlplane.ControlPlane"]:
+    """A second API server emulating Kubernetes 1.33, the oldest the v1.36 binary accepts (no controllers)."""
+    plane = _start(envtest_assets, tmp_path_factory.mktemp("control-plane-1.33"), emulated_version="1.33",
+                   full=False)
+    try:
+        yield plane
+    finally:
+        plane.stop()

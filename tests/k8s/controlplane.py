@@ -310,7 +310,7 @@ class FakeKubelet:
 
     Pods of a namespace labelled `envtest/kubelet: off` are left alone (tests of pods that never get ready)."""
 
-    def __init__(self, api: Api, interval: float = 0.5):
+    def __init__(self, api: Api, interval: float = 0.25):
         self.api, self.interval = api, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fake-kubelet", daemon=True)
@@ -333,9 +333,15 @@ class FakeKubelet:
     def tick(self) -> None:
         off = {ns["metadata"]["name"] for ns in self.api.get("/api/v1/namespaces",
                                                               labelSelector="envtest/kubelet=off")["items"]}
-        for pod in self.api.get("/api/v1/pods", fieldSelector="status.phase=Pending")["items"]:
+        for pod in self.api.get("/api/v1/pods")["items"]:
             meta = pod["metadata"]
-            if not pod["spec"].get("nodeName") or meta["namespace"] in off or meta.get("deletionTimestamp"):
+            if meta.get("deletionTimestamp") and pod["spec"].get("nodeName"):
+                # A kubelet confirms the deletion once the containers stopped; without it pods stay Terminating
+                # and keep their node's GPUs.
+                self.api.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                                 body={"gracePeriodSeconds": 0}, ok=(404, 409))
+                continue
+            if pod["status"].get("phase") != "Pending" or not pod["spec"].get("nodeName") or meta["namespace"] in off:
                 continue
             now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             conditions = [{"type": kind, "status": "True", "lastTransitionTime": now}
