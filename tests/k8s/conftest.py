@@ -83,7 +83,7 @@ def _start(assets: Path, workdir: Path, **kwargs) -> "controlplane.ControlPlane"
 @pytest.fixture(scope="session")
 def cluster(envtest_assets: Path, kube_tools: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator["controlplane.ControlPlane"]:
-    """A running control plane with two GPU nodes (8 GPUs each, tainted nvidia.com/gpu:NoSchedule like the GPU
+    """A running control plane with four GPU nodes (8 GPUs each, tainted nvidia.com/gpu:NoSchedule like the GPU
     operator does, two zones), one CPU node, RuntimeClass nvidia, StorageClass shared-nfs, the CRDs of KEDA and
     the Gateway API (inference extension), and a fake kubelet. KUBECONFIG points at it for this session."""
     plane = _start(envtest_assets, tmp_path_factory.mktemp("control-plane"))
@@ -91,7 +91,7 @@ def cluster(envtest_assets: Path, kube_tools: dict[str, str],
     try:
         api = plane.api
         gpu_taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
-        for index, zone in enumerate(("zone-a", "zone-b")):
+        for index, zone in enumerate(("zone-a", "zone-b", "zone-a", "zone-b")):
             plane.add_node(controlplane.node_object(f"gpu-node-{index}", gpus=8, zone=zone, gpu_product=GPU_PRODUCT,
                                                     taints=gpu_taint), gpus=8)
         plane.add_node(controlplane.node_object("cpu-node-0", gpus=0, zone="zone-a"), cpu="16", memory="64Gi")

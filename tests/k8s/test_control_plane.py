@@ -9,7 +9,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_gpu_nodes_are_schedulable_and_tainted(cluster):
     nodes = {n["metadata"]["name"]: n for n in cluster.api.get("/api/v1/nodes")["items"]}
-    assert set(nodes) == {"gpu-node-0", "gpu-node-1", "cpu-node-0"}
+    assert set(nodes) == {"gpu-node-0", "gpu-node-1", "gpu-node-2", "gpu-node-3", "cpu-node-0"}
     gpu = nodes["gpu-node-0"]
     assert gpu["status"]["allocatable"]["nvidia.com/gpu"] == "8"
     assert gpu["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]

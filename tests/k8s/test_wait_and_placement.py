@@ -2,7 +2,9 @@
 the cluster's reason; GPU pods tolerate the GPU operator's taint by default; without --wait apply says so."""
 from __future__ import annotations
 
-import pytest
+import os
+import subprocess
+import sys
 
 GPU_SERVER = """
 apiVersion: swiftops/v1
@@ -32,24 +34,36 @@ def test_gpu_pods_land_on_tainted_gpu_nodes_without_a_toleration_in_the_manifest
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
 
 
-@pytest.mark.parametrize("change, reason", [
-    ("  parallelism: {tensor: 16}\n", "Insufficient nvidia.com/gpu"),  # no node has 16 GPUs
-    ("  placement: {gpu_toleration: false}\n", "untolerated taint"),  # the default toleration turned off
-    ("  placement: {runtime_class_name: gvisor}\n", 'RuntimeClass "gvisor" not found'),  # admission refuses pods
-    ("  cache: {existing_claim: no-such-claim}\n", 'persistentvolumeclaim "no-such-claim" not found'),
-    ("  cache: {size: 10Gi, storage_class: no-such-class}\n", "not bound"),  # nothing provisions the claim
-    ("  image: registry.invalid/swiftops:never\n  replicas: 0\n", None),  # 0 replicas: available at once
-], ids=["gpus", "taint", "runtime-class", "claim", "storage-class", "zero-replicas"])
-def test_wait_names_why_the_release_does_not_run(change, reason, make_namespace, swiftops):
-    namespace = make_namespace("baseline")
-    result = apply(swiftops, GPU_SERVER + change, namespace, "--wait", "--timeout", "5s")
-    if reason is None:
-        assert result.returncode == 0, result.stderr
-        return
-    assert result.returncode != 0
-    assert "release 'gpu-chat': not ready after 5s. The cluster says:" in result.stderr
-    assert reason in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
+# (what the manifest changes, the cluster's reason --wait must name); each runs in its own namespace, all at once.
+FAILURES = {
+    "gpus": ("  parallelism: {tensor: 16}\n", "Insufficient nvidia.com/gpu"),  # no node has 16 GPUs
+    "taint": ("  placement: {gpu_toleration: false}\n", "untolerated taint"),  # the default toleration turned off
+    "runtime-class": ("  placement: {runtime_class_name: gvisor}\n", 'RuntimeClass "gvisor" not found'),  # admission
+    "claim": ("  cache: {existing_claim: no-such-claim}\n", 'persistentvolumeclaim "no-such-claim" not found'),
+    "storage-class": ("  cache: {size: 10Gi, storage_class: no-such-class}\n", "not bound"),  # nothing provisions it
+    "zero-replicas": ("  image: registry.invalid/swiftops:never\n  replicas: 0\n", None),  # available at once
+}
+
+
+def test_wait_names_why_a_release_does_not_run(make_namespace, swiftops):
+    running = {}
+    for case, (change, _) in FAILURES.items():
+        namespace = make_namespace("baseline")
+        manifest = swiftops.write(GPU_SERVER + change, f"{case}.yaml")
+        running[case] = subprocess.Popen(
+            [sys.executable, "-m", "swiftops.cli.main", "apply", "-f", str(manifest), "--target", "kubernetes",
+             "--wait", "--timeout", "5s"], cwd=swiftops.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "SWIFTOPS_METADATA__NAMESPACE": namespace.name})
+    for case, process in running.items():
+        _, stderr = process.communicate(timeout=120)
+        reason = FAILURES[case][1]
+        if reason is None:
+            assert process.returncode == 0, (case, stderr)
+            continue
+        assert process.returncode != 0, case
+        assert "release 'gpu-chat': not ready after 5s. The cluster says:" in stderr, (case, stderr)
+        assert reason in stderr, (case, stderr)
+        assert "Traceback" not in stderr, (case, stderr)
 
 
 def test_apply_without_wait_says_nothing_was_waited_for(make_namespace, swiftops):
