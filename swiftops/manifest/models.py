@@ -220,12 +220,29 @@ class Autoscaling(Spec):
     """Horizontal autoscaling of a Deployment's server pods (a HorizontalPodAutoscaler). Once on, the autoscaler
     owns the replica count: re-applying the manifest keeps the number running."""
 
-    min_replicas: int = Field(1, ge=1, description="Fewest server pods.")
+    min_replicas: int = Field(1, ge=0, description="Fewest server pods; 0 (scale to zero when idle) needs KEDA "
+                                                   "(metric queue with prometheus_url).")
     max_replicas: int = Field(4, ge=1, description="Most server pods.")
     metric: Literal["queue", "cpu"] = Field(
         "cpu", description="queue: requests waiting per pod (swiftops_num_requests_waiting, a Pods metric: needs a "
                            "metrics adapter such as prometheus-adapter); cpu: CPU utilisation.")
     target: int = Field(80, ge=1, description="Target per pod: waiting requests (queue) or CPU percent (cpu).")
+    prometheus_url: Optional[str] = Field(
+        None, pattern=r"^https?://", description="metric queue: the Prometheus server that scrapes the pods. With it, "
+                                                  "where the cluster serves KEDA's keda.sh/v1alpha1 ScaledObject, "
+                                                  "KEDA scales on the queue read from Prometheus (no metrics adapter "
+                                                  "needed) instead of a plain HPA.")
+
+
+class InferenceRouting(Spec):
+    """Routing through the Gateway API inference extension: an InferencePool of the server pods, picked by an
+    endpoint picker (EPP) that reads their queue and KV-cache metrics, and an HTTPRoute from a Gateway to it."""
+
+    gateway: str = Field(..., description="Name of the Gateway the HTTPRoute attaches to.")
+    gateway_namespace: Optional[str] = Field(None, description="Namespace of the Gateway (default: the release's).")
+    endpoint_picker: str = Field(..., description="Service name of the endpoint picker (EPP) serving this pool.")
+    endpoint_picker_port: int = Field(9002, ge=1, le=65535, description="Port of the endpoint picker's Service.")
+    path: str = Field("/", pattern=r"^/", description="Path prefix the HTTPRoute sends to the pool.")
 
 
 class Monitoring(Spec):
@@ -277,6 +294,9 @@ class ManifestSpec(Spec):
     monitoring: Optional[Monitoring] = Field(None, description="Prometheus scraping (kind Deployment).")
     disruption_budget: Optional[DisruptionBudget] = Field(None, description="A PodDisruptionBudget for the server "
                                                                             "(kind Deployment).")
+    routing: Optional[InferenceRouting] = Field(None, description="An InferencePool and HTTPRoute for clusters "
+                                                                  "running the Gateway API inference extension "
+                                                                  "(kind Deployment).")
 
 
 class Manifest(BaseSettings):

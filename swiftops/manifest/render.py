@@ -231,6 +231,8 @@ def ops_values(manifest: Manifest) -> dict[str, Any]:
             metric = {"type": "Resource", "resource": {"name": "cpu", "target": {
                 "type": "Utilization", "averageUtilization": scaling.target}}}
         autoscaling.update(minReplicas=scaling.min_replicas, maxReplicas=scaling.max_replicas, metrics=[metric])
+        if scaling.metric == "queue" and scaling.prometheus_url:
+            autoscaling["keda"] = {"serverAddress": scaling.prometheus_url, "threshold": str(scaling.target)}
     monitor: dict[str, Any] = {"enabled": spec.monitoring is not None and spec.monitoring.service_monitor}
     if spec.monitoring is not None:
         monitor.update(interval=spec.monitoring.interval, labels=spec.monitoring.labels)

@@ -313,12 +313,18 @@ def check_kubernetes_names(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
             yield loaded.issue(f"{path}.key", reason)
     if spec.monitoring is not None:
         yield from _labels(loaded, "spec.monitoring.labels", spec.monitoring.labels, "label")
+    routing = spec.routing
+    if routing is not None:
+        for field in ("gateway", "gateway_namespace", "endpoint_picker"):
+            value = getattr(routing, field)
+            if value is not None and (reason := k8s.dns1123_label(value)):
+                yield loaded.issue(f"spec.routing.{field}", f"{field} {reason}")
 
 
 def check_ops(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
     m = loaded.manifest
     spec = m.spec
-    for field in ("autoscaling", "monitoring", "disruption_budget"):
+    for field in ("autoscaling", "monitoring", "disruption_budget", "routing"):
         if m.kind != "Deployment" and getattr(spec, field) is not None:
             yield loaded.issue(f"spec.{field}", f"spec.{field} applies to kind Deployment (a server); remove it")
     scaling = spec.autoscaling
@@ -327,6 +333,10 @@ def check_ops(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
     if scaling.min_replicas > scaling.max_replicas:
         yield loaded.issue("spec.autoscaling.min_replicas", f"min_replicas {scaling.min_replicas} is above "
                                                             f"max_replicas {scaling.max_replicas}")
+    if scaling.min_replicas == 0 and not (scaling.metric == "queue" and scaling.prometheus_url):
+        yield loaded.issue("spec.autoscaling.min_replicas",
+                           "scaling to zero needs KEDA: set metric: queue and prometheus_url (the Prometheus that "
+                           "scrapes the pods), or min_replicas: 1")
     if scaling.metric == "cpu" and scaling.target > 100:
         yield loaded.issue("spec.autoscaling.target", "a CPU target is a percentage: 1 to 100")
     if scaling.max_replicas > 1 and spec.cache is not None and spec.cache.access_mode == "ReadWriteOnce":

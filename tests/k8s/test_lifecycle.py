@@ -120,3 +120,31 @@ def test_uninstall_keeps_the_cache_claim(make_namespace, swiftops, cluster, kube
     assert not cluster.api.exists(namespace.path("deployments", "chat", "apps/v1"))
     claim = cluster.api.get(namespace.path("persistentvolumeclaims", "chat-cache"))
     assert claim["status"]["phase"] == "Bound"  # the downloaded weights survive the release
+
+
+def test_queue_autoscaling_with_keda_and_an_inference_pool_route(make_namespace, swiftops, cluster):
+    """Where KEDA and the Gateway API inference extension are installed (their CRDs, as in ../shared/envtest/crds):
+    a ScaledObject scaling to zero on the queue replaces the HPA, and an InferencePool + HTTPRoute route to the
+    server pods; the API server validates both against the real CRD schemas."""
+    namespace = make_namespace("restricted")
+    manifest = swiftops.write(CPU_SERVER.replace("replicas: 2", "replicas: 1") + """\
+  autoscaling: {min_replicas: 0, max_replicas: 3, metric: queue, target: 4,
+                prometheus_url: "http://prometheus.monitoring.svc:9090"}
+  routing: {gateway: inference-gateway, endpoint_picker: chat-epp}
+""")
+    ok(apply(swiftops, manifest, namespace))
+    scaled = cluster.api.get(namespace.path("scaledobjects", "chat", "keda.sh/v1alpha1"))
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 3)
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus" and "swiftops_num_requests_waiting" in trigger["metadata"]["query"]
+    assert f'namespace="{namespace.name}"' in trigger["metadata"]["query"]
+    assert not cluster.api.exists(namespace.path("horizontalpodautoscalers", "chat", "autoscaling/v2"))
+    pool = cluster.api.get(namespace.path("inferencepools", "chat", "inference.networking.k8s.io/v1"))
+    assert pool["spec"]["targetPorts"] == [{"number": 8000}]
+    assert pool["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == "chat"
+    route = cluster.api.get(namespace.path("httproutes", "chat", "gateway.networking.k8s.io/v1"))
+    assert route["spec"]["rules"][0]["backendRefs"][0]["kind"] == "InferencePool"
+    # Scale to zero without KEDA's API is refused by the chart before anything is installed.
+    bare = swiftops("render", "-f", str(manifest), "--target", "kubernetes", "--api-versions",
+                    "inference.networking.k8s.io/v1/InferencePool")
+    assert bare.returncode == 2 and "scale to zero) needs KEDA" in bare.stderr

@@ -277,3 +277,8 @@ def test_ops_settings_belong_to_a_deployment(write_manifest):
     found = problems(write_manifest, manifest("  model: {id: m}\n  job: {val_dataset: [d.jsonl]}\n"
                                               "  monitoring: {}\n", kind="InferenceJob"))
     assert any("spec.monitoring" in p and "applies to kind Deployment" in p for p in found), found
+
+
+def test_scale_to_zero_needs_keda(write_manifest):
+    found = problems(write_manifest, manifest("  model: {id: m}\n  autoscaling: {min_replicas: 0}\n"))
+    assert any("spec.autoscaling.min_replicas" in p and "needs KEDA" in p for p in found), found

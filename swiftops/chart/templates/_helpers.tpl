@@ -33,6 +33,11 @@ app.kubernetes.io/component: {{ ternary "server" "inference-job" (include "swift
 {{- end }}
 {{- end }}
 
+{{/* "true" when a KEDA ScaledObject scales the server on its queue (instead of the plain HPA). */}}
+{{- define "swiftops.useKeda" -}}
+{{- and .Values.autoscaling.enabled (dig "keda" "serverAddress" "" .Values.autoscaling) (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject") -}}
+{{- end }}
+
 {{- define "swiftops.isServer" -}}
 {{- eq .Values.manifest.kind "Deployment" -}}
 {{- end }}
