@@ -33,6 +33,20 @@ sys.modules[_spec.name] = controlplane
 _spec.loader.exec_module(controlplane)
 
 
+# Stoppers of what this tier started; run as soon as the last tests/k8s test is done, so the control plane does
+# not keep 2 CPU cores busy through the rest of `make test` (the session fixtures' finalizers run them too).
+_STOP_WHEN_LEAVING: list = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem):
+    yield  # the test's own fixtures (its namespaces) are torn down first
+    here = Path(__file__).parent
+    if nextitem is None or here not in Path(str(nextitem.path)).parents:
+        while _STOP_WHEN_LEAVING:
+            _STOP_WHEN_LEAVING.pop()()
+
+
 def unavailable(reason: str) -> None:
     """Skip, or fail under CI=true: CI sets KUBEBUILDER_ASSETS and must really run this tier."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -105,7 +119,17 @@ def cluster(envtest_assets: Path, kube_tools: dict[str, str],
             if not crd.name.startswith("monitoring.coreos.com"):  # installed by the test that needs them
                 install_crd(api, crd)
         kubelet = controlplane.FakeKubelet(api).start()
+        previous = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = str(plane.kubeconfig)
+
+        def restore_kubeconfig() -> None:
+            if previous is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = previous
+
+        # Popped last first: the kubelet, then the control plane, then KUBECONFIG.
+        _STOP_WHEN_LEAVING.extend([restore_kubeconfig, plane.stop, kubelet.stop])
         yield plane
     finally:
         if kubelet:
@@ -233,6 +257,7 @@ def emulated_cluster(envtest_assets: Path, kube_tools: dict[str, str],
     """A second API server emulating Kubernetes 1.33, the oldest the v1.36 binary accepts (no controllers)."""
     plane = _start(envtest_assets, tmp_path_factory.mktemp("control-plane-1.33"), emulated_version="1.33",
                    full=False)
+    _STOP_WHEN_LEAVING.append(plane.stop)
     try:
         yield plane
     finally:
