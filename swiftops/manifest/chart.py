@@ -76,9 +76,11 @@ def helm_template(manifest: Manifest, values: dict[str, Any], chart: Optional[st
 
 
 def upgrade_install_command(manifest: Manifest, chart: Path, values_file: str) -> list[str]:
-    # --force-conflicts: the chart owns what it renders (Helm v3's behaviour). Under server-side apply the
-    # autoscaler's writes to spec.replicas (the scale subresource) would otherwise fail every later upgrade.
-    command = ["helm", "upgrade", "--install", "--force-conflicts", *release_args(manifest, chart, values_file)]
+    # Server-side apply, forcing conflicts: the chart owns what it renders (Helm v3's behaviour); otherwise the
+    # autoscaler's writes to spec.replicas (the scale subresource) fail every later upgrade. --server-side=true
+    # also moves a release first installed with client-side apply (helm v3) over, which --force-conflicts needs.
+    command = ["helm", "upgrade", "--install", "--server-side=true", "--force-conflicts",
+               *release_args(manifest, chart, values_file)]
     if manifest.metadata.namespace:
         command.append("--create-namespace")
     return command

@@ -148,3 +148,16 @@ def test_queue_autoscaling_with_keda_and_an_inference_pool_route(make_namespace,
     bare = swiftops("render", "-f", str(manifest), "--target", "kubernetes", "--api-versions",
                     "inference.networking.k8s.io/v1/InferencePool")
     assert bare.returncode == 2 and "scale to zero) needs KEDA" in bare.stderr
+
+
+def test_apply_takes_over_a_release_installed_with_client_side_apply(make_namespace, swiftops, kube_tools):
+    """A release first installed by plain helm with client-side apply (as helm v3 does) upgrades through swiftops."""
+    namespace = make_namespace("baseline")
+    values = swiftops.cwd / "values.yaml"
+    rendered = swiftops("render", "-f", str(EXAMPLES / "quickstart.yaml"), "--target", "helm-values")
+    values.write_text(rendered.stdout)
+    subprocess.run([kube_tools["helm"], "install", "quickstart", str(swiftops.repo_root / "helm" / "swiftops"),
+                    "--namespace", namespace.name, "--values", str(values), "--server-side=false"],
+                   check=True, capture_output=True)
+    ok(apply(swiftops, EXAMPLES / "quickstart.yaml", namespace, env={"SWIFTOPS_SPEC__REPLICAS": "2"}))
+    assert namespace.deployment("quickstart")["spec"]["replicas"] == 2

@@ -176,7 +176,7 @@ def test_apply_kubernetes_dry_run_prints_the_helm_command_and_values(helm_bin, r
     result = run_cli("apply", "-f", str(example), "--target", "kubernetes", "--dry-run")
     assert result.code == 0, result.err
     first = result.out.splitlines()[0]
-    assert first.startswith("# would run: helm upgrade --install --force-conflicts eval-qwen ")
+    assert first.startswith("# would run: helm upgrade --install --server-side=true --force-conflicts eval-qwen ")
     assert first.endswith("swiftops/chart --values VALUES.yaml")  # the chart shipped in the package
     values = yaml.safe_load(result.out.split("# with VALUES.yaml:\n", 1)[1])
     assert values["manifest"]["spec"]["job"]["shards"] == 4
