@@ -1,6 +1,8 @@
 """The documented flows against a real control plane: upgrade with a changed manifest (a sharded Job included),
 autoscaling on and off without losing running replicas, the ops settings of a manifest, ServiceMonitor with and
-without the Prometheus Operator's CRDs, rollback, and uninstall keeping the cache claim."""
+without the Prometheus Operator's CRDs, rollback, and uninstall keeping the cache claim. Each runs in a namespace
+enforcing Pod Security `restricted`, which admits a subset of what `baseline` admits (tests/k8s/test_examples.py
+runs every example under both)."""
 from __future__ import annotations
 
 import subprocess
@@ -79,7 +81,7 @@ def test_autoscaling_never_shrinks_a_running_release(make_namespace, swiftops, c
 
 def test_service_monitor_is_left_out_without_its_crds_and_created_with_them(make_namespace, swiftops, cluster,
                                                                            request):
-    namespace = make_namespace("baseline")
+    namespace = make_namespace("restricted")
     crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com"
     assert not cluster.api.exists(crd), "this test needs a cluster without the Prometheus Operator CRDs first"
     manifest = swiftops.write(CPU_SERVER + "  monitoring: {interval: 15s, labels: {release: prometheus}}\n")
@@ -94,7 +96,7 @@ def test_service_monitor_is_left_out_without_its_crds_and_created_with_them(make
 
 
 def test_rollback_on_failure_restores_the_last_good_release(make_namespace, swiftops, cluster, kube_tools):
-    namespace = make_namespace("baseline")
+    namespace = make_namespace("restricted")
     good = swiftops.write(CPU_SERVER)
     ok(apply(swiftops, good, namespace))
     bad = swiftops.write(CPU_SERVER.replace("resources: {gpu: {count: 0}, ", "backend: {name: vllm}\n"
@@ -112,7 +114,7 @@ def test_rollback_on_failure_restores_the_last_good_release(make_namespace, swif
 
 
 def test_uninstall_keeps_the_cache_claim(make_namespace, swiftops, cluster, kube_tools):
-    namespace = make_namespace("baseline")
+    namespace = make_namespace("restricted")
     cluster.add_claim_volume(namespace.name, "chat-cache", "10Gi", "ReadWriteOnce")
     manifest = swiftops.write(CPU_SERVER.replace("replicas: 2", "replicas: 1") + "  cache: {size: 10Gi}\n")
     ok(apply(swiftops, manifest, namespace))
@@ -152,7 +154,7 @@ def test_queue_autoscaling_with_keda_and_an_inference_pool_route(make_namespace,
 
 def test_apply_takes_over_a_release_installed_with_client_side_apply(make_namespace, swiftops, kube_tools):
     """A release first installed by plain helm with client-side apply (as helm v3 does) upgrades through swiftops."""
-    namespace = make_namespace("baseline")
+    namespace = make_namespace("restricted")
     values = swiftops.cwd / "values.yaml"
     rendered = swiftops("render", "-f", str(EXAMPLES / "quickstart.yaml"), "--target", "helm-values")
     values.write_text(rendered.stdout)

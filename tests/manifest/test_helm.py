@@ -17,8 +17,9 @@ from swiftops.manifest.validation import load_and_validate
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "swiftops"
 EXAMPLES = sorted((REPO_ROOT / "manifests" / "examples").glob("*.yaml"))
-# The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest schemas shipped.
-KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+# From the oldest Kubernetes the chart declares (Chart.yaml kubeVersion) to 1.32 by schema; 1.33 and later also
+# against real API servers (tests/k8s: v1.36, and v1.36 emulating 1.33); and the newest schemas shipped.
+KUBERNETES_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", kubernetes_validate.latest_version())
 ALL_OPTIONAL = {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
                 "autoscaling": {"enabled": True, "maxReplicas": 3},
                 "podDisruptionBudget": {"enabled": True}}
