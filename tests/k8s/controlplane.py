@@ -305,8 +305,12 @@ class ControlPlane:
                      "nfs": {"server": "nfs.example", "path": f"/{namespace}/{claim}"}}})
 
 
+UNPULLABLE_REGISTRY = "registry.invalid/"
+
+
 class FakeKubelet:
-    """Marks every scheduled pod Running and Ready (what a kubelet would report once the container is up).
+    """Marks every scheduled pod Running and Ready (what a kubelet would report once the container is up), except
+    pods whose image is in `registry.invalid/`: those report ErrImagePull, as a kubelet does for a missing image.
 
     Pods of a namespace labelled `envtest/kubelet: off` are left alone (tests of pods that never get ready)."""
 
@@ -344,6 +348,9 @@ class FakeKubelet:
             if pod["status"].get("phase") != "Pending" or not pod["spec"].get("nodeName") or meta["namespace"] in off:
                 continue
             now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if any(c["image"].startswith(UNPULLABLE_REGISTRY) for c in pod["spec"]["containers"]):
+                self._image_pull_fails(pod)
+                continue
             conditions = [{"type": kind, "status": "True", "lastTransitionTime": now}
                           for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
             statuses = [{"name": c["name"], "image": c["image"], "imageID": "", "ready": True, "restartCount": 0,
@@ -353,3 +360,15 @@ class FakeKubelet:
                              body={"status": {"phase": "Running", "conditions": conditions, "startTime": now,
                                               "containerStatuses": statuses, "podIP": "10.0.0.1"}},
                              content_type="application/merge-patch+json", ok=(404, 409, 422))
+
+    def _image_pull_fails(self, pod: dict) -> None:
+        meta = pod["metadata"]
+        if pod["status"].get("containerStatuses"):
+            return  # reported already
+        statuses = [{"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
+                     "state": {"waiting": {"reason": "ErrImagePull",
+                                           "message": f'failed to pull image "{c["image"]}": not found'}}}
+                    for c in pod["spec"]["containers"]]
+        self.api.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                         body={"status": {"containerStatuses": statuses}},
+                         content_type="application/merge-patch+json", ok=(404, 409, 422))

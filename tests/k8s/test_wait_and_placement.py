@@ -41,6 +41,7 @@ FAILURES = {
     "runtime-class": ("  placement: {runtime_class_name: gvisor}\n", 'RuntimeClass "gvisor" not found'),  # admission
     "claim": ("  cache: {existing_claim: no-such-claim}\n", 'persistentvolumeclaim "no-such-claim" not found'),
     "storage-class": ("  cache: {size: 10Gi, storage_class: no-such-class}\n", "not bound"),  # nothing provisions it
+    "image": ("  image: registry.invalid/swiftops:never\n", "ErrImagePull"),  # the fake kubelet cannot pull it
     "zero-replicas": ("  image: registry.invalid/swiftops:never\n  replicas: 0\n", None),  # available at once
 }
 
