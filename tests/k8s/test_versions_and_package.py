@@ -65,6 +65,7 @@ def test_a_wheel_installed_swiftops_applies_the_chart_outside_the_checkout(wheel
     applied = run("apply", "-f", "chat.yaml", "--target", "kubernetes", "--wait", "--timeout", "60s")
     assert applied.returncode == 0, applied.stderr
     assert namespace.deployment("quickstart")["status"]["availableReplicas"] == 1
-    written = run("chart", "--output", str(tmp_path / "out"))
+    written = run("chart", "--output", str(tmp_path / "out"), "--package")
     assert written.returncode == 0, written.stderr
     assert (tmp_path / "out" / "swiftops" / "templates" / "NOTES.txt").is_file()
+    assert (tmp_path / "out" / "swiftops-0.1.0.tgz").is_file()  # for a chart repository or `helm install x.tgz`
