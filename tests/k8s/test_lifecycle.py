@@ -101,7 +101,7 @@ def test_rollback_on_failure_restores_the_last_good_release(make_namespace, swif
     ok(apply(swiftops, good, namespace))
     bad = swiftops.write(CPU_SERVER.replace("resources: {gpu: {count: 0}, ", "backend: {name: vllm}\n"
                                             "  parallelism: {tensor: 16}\n  resources: {"), "bad.yaml")
-    result = swiftops("apply", "-f", str(bad), "--target", "kubernetes", "--rollback-on-failure", "--timeout", "5s",
+    result = swiftops("apply", "-f", str(bad), "--target", "kubernetes", "--rollback-on-failure", "--timeout", "8s",
                       env={"SWIFTOPS_METADATA__NAMESPACE": namespace.name})
     assert result.returncode != 0
     assert "Insufficient nvidia.com/gpu" in result.stderr

@@ -53,7 +53,7 @@ def test_wait_names_why_a_release_does_not_run(make_namespace, swiftops):
         manifest = swiftops.write(GPU_SERVER + change, f"{case}.yaml")
         running[case] = subprocess.Popen(
             [sys.executable, "-m", "swiftops.cli.main", "apply", "-f", str(manifest), "--target", "kubernetes",
-             "--wait", "--timeout", "5s"], cwd=swiftops.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+             "--wait", "--timeout", "8s"], cwd=swiftops.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "SWIFTOPS_METADATA__NAMESPACE": namespace.name})
     for case, process in running.items():
         _, stderr = process.communicate(timeout=120)
@@ -62,7 +62,7 @@ def test_wait_names_why_a_release_does_not_run(make_namespace, swiftops):
             assert process.returncode == 0, (case, stderr)
             continue
         assert process.returncode != 0, case
-        assert "release 'gpu-chat': not ready after 5s. The cluster says:" in stderr, (case, stderr)
+        assert "release 'gpu-chat': not ready after 8s. The cluster says:" in stderr, (case, stderr)
         assert reason in stderr, (case, stderr)
         assert "Traceback" not in stderr, (case, stderr)
 
