@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,7 +17,7 @@ import yaml
 
 from swiftops.manifest.chart_values import values_json_schema
 from swiftops.manifest.chart import (chart_dir, deployed_revision, helm_template, helm_undo, helm_upgrade_install,
-                                     upgrade_install_command)
+                                     run_helm, upgrade_install_command)
 from swiftops.manifest.errors import ManifestError
 from swiftops.manifest.loader import LoadedManifest
 from swiftops.manifest.models import manifest_json_schema
@@ -122,7 +123,12 @@ def apply_kubernetes(loaded: LoadedManifest, dry_run: bool, chart: Optional[str]
         click.echo(yaml.safe_dump(values, sort_keys=False), nl=False)
         return
     good_revision = deployed_revision(manifest) if rollback_on_failure else None
-    click.echo(helm_upgrade_install(manifest, values, chart), nl=False)
+    try:
+        click.echo(helm_upgrade_install(manifest, values, chart), nl=False)
+    except ConfigError as exc:
+        if rollback_on_failure:  # e.g. the API server refused an object: helm left the release "failed"
+            raise ConfigError(f"{exc.message}\nswiftops apply: {helm_undo(manifest, good_revision)}") from exc
+        raise
     name = manifest.metadata.name
     if not wait:
         click.echo(f"swiftops apply: release {name!r} submitted; nothing was waited for: its pods may still fail to "
@@ -201,14 +207,10 @@ def schema_command(output: Optional[str], chart_values: bool) -> None:
 
 @click.command("chart")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Folder to write the chart into (it gets a `swiftops` subfolder), for `helm install NAME DIR/swiftops`.")
+              help="Folder to write the chart into (it gets a `swiftops` subfolder): `helm install NAME DIR/swiftops`.")
 @click.option("--package", "package", is_flag=True, help="Also `helm package` it into DIR/swiftops-VERSION.tgz.")
 def chart_command(output: str, package: bool) -> None:
     """Write the Helm chart shipped with swiftops, for plain `helm install` or a chart repository."""
-    import shutil
-
-    from swiftops.manifest.chart import run_helm
-
     target = Path(output) / "swiftops"
     if target.exists():
         raise ConfigError(f"{target} exists; remove it or choose another --output")

@@ -163,3 +163,20 @@ def test_apply_takes_over_a_release_installed_with_client_side_apply(make_namesp
                    check=True, capture_output=True)
     ok(apply(swiftops, EXAMPLES / "quickstart.yaml", namespace, env={"SWIFTOPS_SPEC__REPLICAS": "2"}))
     assert namespace.deployment("quickstart")["spec"]["replicas"] == 2
+
+
+def test_rollback_on_failure_when_the_api_server_refuses_the_upgrade(make_namespace, swiftops, cluster, kube_tools):
+    """A change only the cluster can judge (a claim's storage class is immutable): helm's upgrade fails, and the
+    release goes back to its last good revision instead of staying `failed`."""
+    namespace = make_namespace("restricted")
+    cluster.add_claim_volume(namespace.name, "chat-cache", "10Gi", "ReadWriteOnce", "shared-nfs")
+    good = CPU_SERVER.replace("replicas: 2", "replicas: 1") + "  cache: {size: 10Gi, storage_class: shared-nfs}\n"
+    ok(apply(swiftops, swiftops.write(good), namespace))
+    bad = swiftops.write(good.replace("storage_class: shared-nfs", "storage_class: fast-ssd"), "bad.yaml")
+    result = swiftops("apply", "-f", str(bad), "--target", "kubernetes", "--rollback-on-failure",
+                      env={"SWIFTOPS_METADATA__NAMESPACE": namespace.name})
+    assert result.returncode != 0
+    assert "immutable" in result.stderr and "rolled the release back to revision 1" in result.stderr, result.stderr
+    history = subprocess.run([kube_tools["helm"], "history", "chat", "-n", namespace.name, "-o", "yaml"],
+                             capture_output=True, text=True, check=True)
+    assert yaml.safe_load(history.stdout)[-1]["status"] == "deployed"
