@@ -157,7 +157,7 @@ class Release:
         return lines
 
 
-def wait_for(release: Release, timeout_s: float, *, interval_s: float = 0.5,
+def wait_for(release: Release, timeout_s: float, *, interval_s: float = 1.0,
              clock: Callable[[], float] = time.monotonic) -> None:
     """Return once the release runs; raise RolloutError naming the cluster's reasons when it does not in time."""
     deadline = clock() + timeout_s

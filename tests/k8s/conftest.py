@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -55,8 +56,8 @@ def unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def envtest_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    assets = os.environ.get("KUBEBUILDER_ASSETS")
+def envtest_assets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    assets, unpacked = os.environ.get("KUBEBUILDER_ASSETS"), None
     if not assets:
         unpacked = controlplane.unpack_shared_envtest(SHARED_ENVTEST, tmp_path_factory.mktemp("envtest-bin"))
         if unpacked is None:
@@ -66,7 +67,10 @@ def envtest_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = Path(assets)
     if not os.access(path / "kube-apiserver", os.X_OK):
         unavailable(f"KUBEBUILDER_ASSETS={assets} has no executable kube-apiserver")
-    return path
+    yield path
+    if unpacked is not None:  # ~250 MB that pytest's kept temp dirs would otherwise hold on to
+        os.environ.pop("KUBEBUILDER_ASSETS", None)
+        shutil.rmtree(unpacked, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -314,7 +314,7 @@ class FakeKubelet:
 
     Pods of a namespace labelled `envtest/kubelet: off` are left alone (tests of pods that never get ready)."""
 
-    def __init__(self, api: Api, interval: float = 0.25):
+    def __init__(self, api: Api, interval: float = 0.5):
         self.api, self.interval = api, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fake-kubelet", daemon=True)
