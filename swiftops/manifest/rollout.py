@@ -121,20 +121,25 @@ class Release:
 
     def reasons(self) -> list[str]:
         """Why the pods are not running: Warning events of the release's objects and stuck containers."""
-        owned = re.compile(rf"^{re.escape(self.name)}(-|$)")
         pods = self.pods()
-        pod_names = {pod["metadata"]["name"] for pod in pods}
         claims = {volume["persistentVolumeClaim"]["claimName"] for pod in pods
                   for volume in pod["spec"].get("volumes", []) if "persistentVolumeClaim" in volume}
+        if self.manifest.spec.cache is not None and not self.manifest.spec.cache.existing_claim:
+            claims.add(f"{self.name}-cache")  # the chart's claim, even before any pod mounts it
+        # The release's own objects only (its label), so another release's events never show up here.
+        owners = [item["metadata"]["name"] for kind in ("replicasets", "jobs")
+                  for item in self.kubectl("get", kind, "--selector", self.selector()).get("items", [])]
+        involved_names = {self.name, *owners, *claims, *(pod["metadata"]["name"] for pod in pods)}
         lines: list[str] = []
         events = sorted(self.kubectl("get", "events").get("items", []),
                         key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         for event in events:
             involved = event.get("involvedObject", {})
             name = involved.get("name", "")
-            if event.get("type") != "Warning" or not (owned.match(name) or name in pod_names or name in claims):
+            if event.get("type") != "Warning" or name not in involved_names:
                 continue
-            line = f"{event.get('reason')} ({involved.get('kind', '').lower()}/{name}): {event.get('message', '').strip()}"
+            kind = involved.get("kind", "").lower()
+            line = f"{event.get('reason')} ({kind}/{name}): {event.get('message', '').strip()}"
             if line not in lines:
                 lines.append(line)
         for pod in pods:
