@@ -21,6 +21,7 @@ COMMANDS = {
     "render": "swiftops.cli.manifest_commands",
     "apply": "swiftops.cli.manifest_commands",
     "schema": "swiftops.cli.manifest_commands",
+    "chart": "swiftops.cli.manifest_commands",
     "merge-results": "swiftops.cli.merge_results",
 }
 

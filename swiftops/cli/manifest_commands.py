@@ -1,4 +1,4 @@
-"""`swiftops validate | render | apply | schema`: the manifest controller. Thin: parse, call swiftops.manifest.
+"""`swiftops validate | render | apply | schema | chart`: the manifest controller. Thin: parse, call swiftops.manifest.
 
 Imports no torch and no engine: `apply` execs `swiftops deploy|infer` (a fresh process) to run a manifest.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,19 +16,21 @@ import click
 import yaml
 
 from swiftops.manifest.chart_values import values_json_schema
-from swiftops.manifest.chart import chart_dir, helm_template, helm_upgrade_install, upgrade_install_command
+from swiftops.manifest.chart import (chart_dir, deployed_revision, helm_template, helm_undo, helm_upgrade_install,
+                                     run_helm, upgrade_install_command)
 from swiftops.manifest.errors import ManifestError
 from swiftops.manifest.loader import LoadedManifest
 from swiftops.manifest.models import manifest_json_schema
 from swiftops.manifest.render import (entrypoint_document, render_docker, render_entrypoint, render_helm_values)
+from swiftops.manifest.rollout import Release, RolloutError, parse_duration, wait_for
 from swiftops.manifest.validation import load_and_validate
 from swiftops.protocol.errors import ConfigError
 
 TARGETS = ("entrypoint", "docker", "kubernetes", "helm-values")
 FILE_OPTION = click.option("-f", "--file", "file", required=True, type=click.Path(dir_okay=False),
                            help="Manifest YAML file.")
-CHART_OPTION = click.option("--chart", default=None, help="Path of the swiftops Helm chart (default: helm/swiftops "
-                                                         "of this checkout, or $SWIFTOPS_CHART).")
+CHART_OPTION = click.option("--chart", default=None, help="Path of the swiftops Helm chart (default: $SWIFTOPS_CHART, "
+                                                         "else the chart shipped with swiftops).")
 
 
 def _version() -> str:
@@ -58,7 +61,10 @@ def validate_command(files: tuple[str, ...]) -> None:
               help="entrypoint: the container's command and env; docker: a `docker run` line; kubernetes: the "
                    "objects the Helm chart renders; helm-values: values for helm/swiftops.")
 @CHART_OPTION
-def render_command(file: str, target: str, chart: Optional[str]) -> None:
+@click.option("--api-versions", "api_versions", multiple=True, metavar="GROUP/VERSION/KIND",
+              help="kubernetes target: render as for a cluster serving this optional API, e.g. "
+                   "monitoring.coreos.com/v1/ServiceMonitor (as `helm template --api-versions`); repeat for several.")
+def render_command(file: str, target: str, chart: Optional[str], api_versions: tuple[str, ...]) -> None:
     """Print what a manifest runs. Secrets appear only as references, never as values."""
     manifest = load_and_validate(file).manifest
     if target == "entrypoint":
@@ -74,7 +80,7 @@ def render_command(file: str, target: str, chart: Optional[str]) -> None:
     elif target == "helm-values":
         click.echo(yaml.safe_dump(render_helm_values(manifest), sort_keys=False), nl=False)
     else:
-        click.echo(helm_template(manifest, render_helm_values(manifest), chart), nl=False)
+        click.echo(helm_template(manifest, render_helm_values(manifest), chart, api_versions), nl=False)
 
 
 @click.command("apply")
@@ -85,16 +91,29 @@ def render_command(file: str, target: str, chart: Optional[str]) -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would run (the command, or the helm command and "
                                               "values) and exit.")
 @CHART_OPTION
-def apply_command(file: str, target: str, dry_run: bool, chart: Optional[str]) -> None:
+@click.option("--wait", is_flag=True, help="kubernetes: wait until the Deployment is available or the Job's pods run "
+                                           "(or are done); otherwise exit non-zero with the cluster's reasons "
+                                           "(scheduling, admission, claims, image pulls).")
+@click.option("--timeout", default="10m", show_default=True, help="kubernetes --wait: how long to wait, e.g. 90s, "
+                                                                   "10m, 1h30m.")
+@click.option("--rollback-on-failure", is_flag=True, help="kubernetes --wait: when the release does not become "
+                                                          "ready, roll it back to its last deployed revision (or "
+                                                          "uninstall a failed first install). Implies --wait.")
+def apply_command(file: str, target: str, dry_run: bool, chart: Optional[str], wait: bool, timeout: str,
+                  rollback_on_failure: bool) -> None:
     """Run a manifest: here (the same code path as inside the container) or on Kubernetes with Helm."""
     loaded = load_and_validate(file)
     if target == "kubernetes":
-        apply_kubernetes(loaded, dry_run, chart)
+        apply_kubernetes(loaded, dry_run, chart, wait=wait or rollback_on_failure, timeout_s=parse_duration(timeout),
+                         rollback_on_failure=rollback_on_failure)
     else:
+        if wait or rollback_on_failure:
+            raise click.UsageError("--wait and --rollback-on-failure apply to --target kubernetes")
         apply_local(loaded, dry_run)
 
 
-def apply_kubernetes(loaded: LoadedManifest, dry_run: bool, chart: Optional[str]) -> None:
+def apply_kubernetes(loaded: LoadedManifest, dry_run: bool, chart: Optional[str], *, wait: bool = False,
+                     timeout_s: float = 600, rollback_on_failure: bool = False) -> None:
     manifest = loaded.manifest
     values = render_helm_values(manifest)
     if dry_run:
@@ -103,7 +122,27 @@ def apply_kubernetes(loaded: LoadedManifest, dry_run: bool, chart: Optional[str]
         click.echo("# with VALUES.yaml:")
         click.echo(yaml.safe_dump(values, sort_keys=False), nl=False)
         return
-    click.echo(helm_upgrade_install(manifest, values, chart), nl=False)
+    good_revision = deployed_revision(manifest) if rollback_on_failure else None
+    try:
+        click.echo(helm_upgrade_install(manifest, values, chart), nl=False)
+    except ConfigError as exc:
+        if rollback_on_failure:  # e.g. the API server refused an object: helm left the release "failed"
+            raise ConfigError(f"{exc.message}\nswiftops apply: {helm_undo(manifest, good_revision)}") from exc
+        raise
+    name = manifest.metadata.name
+    if not wait:
+        click.echo(f"swiftops apply: release {name!r} submitted; nothing was waited for: its pods may still fail to "
+                   f"schedule or start (add --wait --timeout 10m to wait and hear why)", err=True)
+        return
+    click.echo(f"swiftops apply: waiting up to {timeout_s:g}s for release {name!r} to run", err=True)
+    try:
+        wait_for(Release(manifest), timeout_s)
+    except RolloutError as exc:
+        if rollback_on_failure:
+            raise RolloutError(f"{exc.message}\nswiftops apply: {helm_undo(manifest, good_revision)}") from exc
+        raise
+    what = "available" if manifest.kind == "Deployment" else "running"
+    click.echo(f"swiftops apply: release {name!r} is {what}", err=True)
 
 
 def _shard_index() -> Optional[int]:
@@ -164,3 +203,18 @@ def schema_command(output: Optional[str], chart_values: bool) -> None:
         Path(output).write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+
+
+@click.command("chart")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder to write the chart into (it gets a `swiftops` subfolder): `helm install NAME DIR/swiftops`.")
+@click.option("--package", "package", is_flag=True, help="Also `helm package` it into DIR/swiftops-VERSION.tgz.")
+def chart_command(output: str, package: bool) -> None:
+    """Write the Helm chart shipped with swiftops, for plain `helm install` or a chart repository."""
+    target = Path(output) / "swiftops"
+    if target.exists():
+        raise ConfigError(f"{target} exists; remove it or choose another --output")
+    shutil.copytree(chart_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))
+    click.echo(str(target))
+    if package:
+        click.echo(run_helm(["package", str(target), "--destination", output]).strip())

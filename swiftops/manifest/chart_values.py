@@ -59,9 +59,13 @@ CHART_PROPERTIES: dict[str, Any] = {
     }, "Prometheus scraping of /metrics."),
     "autoscaling": _object({
         "enabled": {"type": "boolean", "description": "Create a HorizontalPodAutoscaler."},
-        "minReplicas": _integer("Fewest server pods.", 1),
+        "minReplicas": _integer("Fewest server pods (0 only with KEDA).", 0),
         "maxReplicas": _integer("Most server pods.", 1),
         "metrics": {"type": "array", "items": FREE_OBJECT, "description": "autoscaling/v2 metrics."},
+        "keda": _object({
+            "serverAddress": {"type": "string", "description": "Prometheus server KEDA queries."},
+            "threshold": {"type": "string", "description": "Waiting requests per pod."},
+        }, "Scale on the queue with a KEDA ScaledObject (where keda.sh/v1alpha1 is served) instead of an HPA."),
     }, "Horizontal autoscaling of the server."),
     "podDisruptionBudget": _object({
         "enabled": {"type": "boolean", "description": "Create a PodDisruptionBudget."},
@@ -80,10 +84,12 @@ def values_json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Values of the swiftops Helm chart",
         "type": "object",
-        "required": ["manifest"],
         "properties": {
-            "manifest": {"$ref": "#/$defs/Manifest",
-                         "description": "The swiftops manifest to run (swiftops render --target helm-values)."},
+            "manifest": {"anyOf": [{"$ref": "#/$defs/Manifest"}, {"type": "object", "maxProperties": 0}],
+                         "description": "The swiftops manifest to run (swiftops render --target helm-values); "
+                                        "empty: defaultManifest."},
+            "defaultManifest": {"$ref": "#/$defs/Manifest",
+                                "description": "What runs when manifest is empty (a plain helm install)."},
             **CHART_PROPERTIES,
         },
         "additionalProperties": False,

@@ -195,6 +195,13 @@ class Placement(Spec):
                                                                        "(nodeAffinity, podAntiAffinity, ...).")
     runtime_class_name: Optional[str] = Field(None, description="RuntimeClass of the pods (e.g. nvidia).")
     priority_class_name: Optional[str] = Field(None, description="PriorityClass of the pods.")
+    gpu_toleration: bool = Field(True, description="Pods that request GPUs tolerate the GPU operator's taint "
+                                                   "(<gpu resource>:NoSchedule, e.g. nvidia.com/gpu) unless "
+                                                   "tolerations name that key already; false: no such toleration.")
+    spread: list[Literal["node", "zone"]] = Field(
+        default_factory=list, description="Spread the pods across nodes (kubernetes.io/hostname) and/or zones "
+                                          "(topology.kubernetes.io/zone), as evenly as the cluster allows "
+                                          "(topologySpreadConstraints, ScheduleAnyway).")
 
 
 class Cache(Spec):
@@ -207,6 +214,52 @@ class Cache(Spec):
                                      "(or ReadOnlyMany for a pre-filled cache).")
     mount_path: str = Field(DEFAULT_CACHE_PATH, description="Where the cache is mounted; HF_HOME and "
                                                             "MODELSCOPE_CACHE point inside it.")
+
+
+class Autoscaling(Spec):
+    """Horizontal autoscaling of a Deployment's server pods (a HorizontalPodAutoscaler). Once on, the autoscaler
+    owns the replica count: re-applying the manifest keeps the number running."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest server pods; 0 (scale to zero when idle) needs KEDA "
+                                                   "(metric queue with prometheus_url).")
+    max_replicas: int = Field(4, ge=1, description="Most server pods.")
+    metric: Literal["queue", "cpu"] = Field(
+        "cpu", description="queue: requests waiting per pod (swiftops_num_requests_waiting, a Pods metric: needs a "
+                           "metrics adapter such as prometheus-adapter); cpu: CPU utilisation.")
+    target: int = Field(80, ge=1, description="Target per pod: waiting requests (queue) or CPU percent (cpu).")
+    prometheus_url: Optional[str] = Field(
+        None, pattern=r"^https?://", description="metric queue: the Prometheus server that scrapes the pods. With it, "
+                                                  "where the cluster serves KEDA's keda.sh/v1alpha1 ScaledObject, "
+                                                  "KEDA scales on the queue read from Prometheus (no metrics adapter "
+                                                  "needed) instead of a plain HPA.")
+
+
+class InferenceRouting(Spec):
+    """Routing through the Gateway API inference extension: an InferencePool of the server pods, picked by an
+    endpoint picker (EPP) that reads their queue and KV-cache metrics, and an HTTPRoute from a Gateway to it."""
+
+    gateway: str = Field(..., description="Name of the Gateway the HTTPRoute attaches to.")
+    gateway_namespace: Optional[str] = Field(None, description="Namespace of the Gateway (default: the release's).")
+    endpoint_picker: str = Field(..., description="Service name of the endpoint picker (EPP) serving this pool.")
+    endpoint_picker_port: int = Field(9002, ge=1, le=65535, description="Port of the endpoint picker's Service.")
+    path: str = Field("/", pattern=r"^/", description="Path prefix the HTTPRoute sends to the pool.")
+
+
+class Monitoring(Spec):
+    """Prometheus scraping of the server's /metrics."""
+
+    service_monitor: bool = Field(True, description="Create a Prometheus Operator ServiceMonitor (only where its "
+                                                    "CRDs are installed; otherwise left out with a warning).")
+    interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels of the ServiceMonitor, e.g. "
+                                                                     "the `release` label your Prometheus selects.")
+
+
+class DisruptionBudget(Spec):
+    """A PodDisruptionBudget: how many server pods node drains and upgrades may take down at once."""
+
+    max_unavailable: int = Field(1, ge=0, description="Server pods that may be down at once during voluntary "
+                                                      "disruptions.")
 
 
 class EnvVar(Spec):
@@ -236,6 +289,14 @@ class ManifestSpec(Spec):
                                                      "downloaded into the pod at each start).")
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables, plain or from "
                                                                 "Secrets.")
+    autoscaling: Optional[Autoscaling] = Field(None, description="Autoscale the server pods (kind Deployment; "
+                                                                 "default: spec.replicas pods).")
+    monitoring: Optional[Monitoring] = Field(None, description="Prometheus scraping (kind Deployment).")
+    disruption_budget: Optional[DisruptionBudget] = Field(None, description="A PodDisruptionBudget for the server "
+                                                                            "(kind Deployment).")
+    routing: Optional[InferenceRouting] = Field(None, description="An InferencePool and HTTPRoute for clusters "
+                                                                  "running the Gateway API inference extension "
+                                                                  "(kind Deployment).")
 
 
 class Manifest(BaseSettings):

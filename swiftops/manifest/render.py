@@ -214,4 +214,29 @@ def render_helm_values(manifest: Manifest) -> dict[str, Any]:
     are never duplicated in values), with the GPU count resolved from the parallelism."""
     document = manifest_document(manifest)
     document["spec"]["resources"]["gpu"]["count"] = manifest.gpu_count
-    return {"manifest": document}
+    return {"manifest": document, **ops_values(manifest)}
+
+
+def ops_values(manifest: Manifest) -> dict[str, Any]:
+    """The chart's operations values from the manifest's spec.autoscaling, spec.monitoring and
+    spec.disruption_budget (always given, so removing a section from the manifest turns it off)."""
+    spec = manifest.spec
+    scaling = spec.autoscaling
+    autoscaling: dict[str, Any] = {"enabled": scaling is not None}
+    if scaling is not None:
+        if scaling.metric == "queue":
+            metric = {"type": "Pods", "pods": {"metric": {"name": "swiftops_num_requests_waiting"},
+                                               "target": {"type": "AverageValue", "averageValue": str(scaling.target)}}}
+        else:
+            metric = {"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": scaling.target}}}
+        autoscaling.update(minReplicas=scaling.min_replicas, maxReplicas=scaling.max_replicas, metrics=[metric])
+        if scaling.metric == "queue" and scaling.prometheus_url:
+            autoscaling["keda"] = {"serverAddress": scaling.prometheus_url, "threshold": str(scaling.target)}
+    monitor: dict[str, Any] = {"enabled": spec.monitoring is not None and spec.monitoring.service_monitor}
+    if spec.monitoring is not None:
+        monitor.update(interval=spec.monitoring.interval, labels=spec.monitoring.labels)
+    budget: dict[str, Any] = {"enabled": spec.disruption_budget is not None}
+    if spec.disruption_budget is not None:
+        budget["maxUnavailable"] = spec.disruption_budget.max_unavailable
+    return {"autoscaling": autoscaling, "serviceMonitor": monitor, "podDisruptionBudget": budget}

@@ -125,7 +125,8 @@ ENV_MAPPINGS: dict[str, str] = {
 CLUSTER_ONLY_PREFIXES: tuple[str, ...] = (
     "apiVersion", "kind", "metadata", "spec.server.api_key_secret", "spec.job.parallel_pods",
     "spec.job.backoff_limit", "spec.job.total_gpus", "spec.replicas", "spec.image", "spec.resources", "spec.placement", "spec.cache",
-    "spec.env",
+    "spec.env", "spec.autoscaling", "spec.monitoring", "spec.disruption_budget",
+    "spec.routing",
 )
 
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from swiftops.manifest import kubernetes_rules as k8s
 from swiftops.manifest.errors import ManifestError, ManifestIssue
 from swiftops.manifest.loader import LoadedManifest, load_manifest
 from swiftops.protocol.capabilities import unsupported_reason
@@ -248,8 +249,104 @@ def check_secrets(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
             yield loaded.issue(f"{path}.name", "set the API key with spec.server.api_key_secret, not env")
 
 
+# Label keys the chart sets itself: a manifest label with one of these names would clash with them.
+CHART_LABELS = ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                "app.kubernetes.io/managed-by", "app.kubernetes.io/component")
+
+
+def _labels(loaded: LoadedManifest, path: str, labels: dict[str, str], what: str) -> Iterator[ManifestIssue]:
+    for key, value in labels.items():
+        if (reason := k8s.qualified_name(key)):
+            yield loaded.issue(f"{path}.{key}", f"{what} key {reason}")
+        if (reason := k8s.label_value(value)):
+            yield loaded.issue(f"{path}.{key}", f"{what} {key!r}: {reason}; Kubernetes refuses it")
+
+
+def check_kubernetes_names(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    """What the API server would refuse in the objects the chart makes of this manifest."""
+    m = loaded.manifest
+    meta, spec = m.metadata, m.spec
+    if m.kind == "Deployment" and (reason := k8s.dns1035_label(meta.name)):
+        yield loaded.issue("metadata.name", f"{reason}; a Deployment's name is also its Service's name, which "
+                                            f"Kubernetes requires to be a DNS-1035 label (e.g. prefix it with a letter)")
+    if meta.namespace is not None and (reason := k8s.dns1123_label(meta.namespace)):
+        yield loaded.issue("metadata.namespace", f"namespace {reason}")
+    yield from _labels(loaded, "metadata.labels", meta.labels, "label")
+    for key in meta.labels:
+        if key in CHART_LABELS:
+            yield loaded.issue(f"metadata.labels.{key}", f"label {key!r} is set by the chart itself; use another key")
+    for key in meta.annotations:
+        if (reason := k8s.qualified_name(key)):
+            yield loaded.issue(f"metadata.annotations.{key}", f"annotation key {reason}")
+    placement = spec.placement
+    yield from _labels(loaded, "spec.placement.node_selector", placement.node_selector, "nodeSelector")
+    for index, toleration in enumerate(placement.tolerations):
+        path = f"spec.placement.tolerations.{index}"
+        if toleration.key and (reason := k8s.qualified_name(toleration.key)):
+            yield loaded.issue(f"{path}.key", f"toleration key {reason}")
+        if toleration.operator == "Exists" and toleration.value:
+            yield loaded.issue(f"{path}.value", "a toleration with operator Exists matches any value; remove value "
+                                                "or use operator Equal")
+        if toleration.operator == "Equal" and not toleration.key:
+            yield loaded.issue(f"{path}.operator", "a toleration without a key must use operator Exists (it then "
+                                                   "tolerates every taint)")
+        if toleration.value and (reason := k8s.label_value(toleration.value)):
+            yield loaded.issue(f"{path}.value", f"toleration value {reason}")
+        if toleration.toleration_seconds is not None and toleration.effect != "NoExecute":
+            yield loaded.issue(f"{path}.toleration_seconds", "toleration_seconds applies to effect NoExecute only; "
+                                                             "set effect: NoExecute or remove it")
+    for field, value in (("runtime_class_name", placement.runtime_class_name),
+                         ("priority_class_name", placement.priority_class_name)):
+        if value is not None and (reason := k8s.dns1123_subdomain(value)):
+            yield loaded.issue(f"spec.placement.{field}", f"{field} {reason}")
+    if (reason := k8s.extended_resource(spec.resources.gpu.resource)):
+        yield loaded.issue("spec.resources.gpu.resource", reason)
+    if spec.cache is not None:
+        for field, value in (("existing_claim", spec.cache.existing_claim), ("storage_class", spec.cache.storage_class)):
+            if value is not None and (reason := k8s.dns1123_subdomain(value)):
+                yield loaded.issue(f"spec.cache.{field}", f"{field} {reason}")
+    refs = [(f"spec.env.{i}.secret", var.secret) for i, var in enumerate(spec.env) if var.secret]
+    if spec.server is not None and spec.server.api_key_secret is not None:
+        refs.append(("spec.server.api_key_secret", spec.server.api_key_secret))
+    for path, ref in refs:
+        if (reason := k8s.secret_key(ref.key)):
+            yield loaded.issue(f"{path}.key", reason)
+    if spec.monitoring is not None:
+        yield from _labels(loaded, "spec.monitoring.labels", spec.monitoring.labels, "label")
+    routing = spec.routing
+    if routing is not None:
+        for field in ("gateway", "gateway_namespace", "endpoint_picker"):
+            value = getattr(routing, field)
+            if value is not None and (reason := k8s.dns1123_label(value)):
+                yield loaded.issue(f"spec.routing.{field}", f"{field} {reason}")
+
+
+def check_ops(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
+    m = loaded.manifest
+    spec = m.spec
+    for field in ("autoscaling", "monitoring", "disruption_budget", "routing"):
+        if m.kind != "Deployment" and getattr(spec, field) is not None:
+            yield loaded.issue(f"spec.{field}", f"spec.{field} applies to kind Deployment (a server); remove it")
+    scaling = spec.autoscaling
+    if m.kind != "Deployment" or scaling is None:
+        return
+    if scaling.min_replicas > scaling.max_replicas:
+        yield loaded.issue("spec.autoscaling.min_replicas", f"min_replicas {scaling.min_replicas} is above "
+                                                            f"max_replicas {scaling.max_replicas}")
+    if scaling.min_replicas == 0 and not (scaling.metric == "queue" and scaling.prometheus_url):
+        yield loaded.issue("spec.autoscaling.min_replicas",
+                           "scaling to zero needs KEDA: set metric: queue and prometheus_url (the Prometheus that "
+                           "scrapes the pods), or min_replicas: 1")
+    if scaling.metric == "cpu" and scaling.target > 100:
+        yield loaded.issue("spec.autoscaling.target", "a CPU target is a percentage: 1 to 100")
+    if scaling.max_replicas > 1 and spec.cache is not None and spec.cache.access_mode == "ReadWriteOnce":
+        yield loaded.issue("spec.autoscaling.max_replicas",
+                           "more than one pod cannot share the ReadWriteOnce model cache; set "
+                           "spec.cache.access_mode: ReadWriteMany or ReadOnlyMany, or max_replicas: 1")
+
+
 RULES: tuple[Rule, ...] = (check_kind, check_gpu_count, check_job_gpus, check_tensor_divides_heads, check_capabilities,
-                           check_shared_cache, check_adapter_bases, check_secrets)
+                           check_shared_cache, check_adapter_bases, check_secrets, check_kubernetes_names, check_ops)
 
 
 def find_issues(loaded: LoadedManifest) -> list[ManifestIssue]:

@@ -17,8 +17,9 @@ from swiftops.manifest.validation import load_and_validate
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "swiftops"
 EXAMPLES = sorted((REPO_ROOT / "manifests" / "examples").glob("*.yaml"))
-# The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest schemas shipped.
-KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+# From the oldest Kubernetes the chart declares (Chart.yaml kubeVersion) to 1.32 by schema; 1.33 and later also
+# against real API servers (tests/k8s: v1.36, and v1.36 emulating 1.33); and the newest schemas shipped.
+KUBERNETES_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", kubernetes_validate.latest_version())
 ALL_OPTIONAL = {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
                 "autoscaling": {"enabled": True, "maxReplicas": 3},
                 "podDisruptionBudget": {"enabled": True}}
@@ -50,10 +51,12 @@ def validate_objects(documents: list[dict]) -> None:
             kubernetes_validate.validate(document, version, strict=True)
 
 
-def template(helm_bin: str, name: str, *values: Path) -> list[dict]:
+def template(helm_bin: str, name: str, *values: Path, api_versions: tuple[str, ...] = ()) -> list[dict]:
     args = ["template", name, str(CHART)]
     for value in values:
         args += ["--values", str(value)]
+    for version in api_versions:
+        args += ["--api-versions", version]
     return [doc for doc in yaml.safe_load_all(helm(helm_bin, *args).stdout) if doc]
 
 
@@ -85,12 +88,13 @@ def test_all_optional_objects_render_valid(helm_bin, run_cli, tmp_path):
     extra.write_text(yaml.safe_dump(ALL_OPTIONAL))
     values = render_values(run_cli, example, tmp_path)
     helm(helm_bin, "lint", "--strict", str(CHART), "--values", str(values), "--values", str(extra))
-    documents = template(helm_bin, "qwen-chat", values, extra)
+    documents = template(helm_bin, "qwen-chat", values, extra,  # a ServiceMonitor renders where its API exists
+                         api_versions=("monitoring.coreos.com/v1/ServiceMonitor",))
     validate_objects(documents)
     assert {doc["kind"] for doc in documents} >= {"ServiceMonitor", "HorizontalPodAutoscaler", "PodDisruptionBudget",
                                                   "PersistentVolumeClaim", "Deployment", "Service"}
     deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
-    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    assert deployment["spec"]["replicas"] == 2  # nothing running yet: the manifest's, within the HPA's bounds
 
 
 def test_tensor_parallel_server_gets_gpus_shm_probes_and_a_long_grace_period(helm_bin, run_cli, tmp_path):
@@ -173,8 +177,8 @@ def test_apply_kubernetes_dry_run_prints_the_helm_command_and_values(helm_bin, r
     result = run_cli("apply", "-f", str(example), "--target", "kubernetes", "--dry-run")
     assert result.code == 0, result.err
     first = result.out.splitlines()[0]
-    assert first.startswith("# would run: helm upgrade --install eval-qwen ")
-    assert first.endswith("helm/swiftops --values VALUES.yaml")
+    assert first.startswith("# would run: helm upgrade --install --server-side=true --force-conflicts eval-qwen ")
+    assert first.endswith("swiftops/chart --values VALUES.yaml")  # the chart shipped in the package
     values = yaml.safe_load(result.out.split("# with VALUES.yaml:\n", 1)[1])
     assert values["manifest"]["spec"]["job"]["shards"] == 4
 

@@ -224,3 +224,61 @@ def test_several_rule_violations_are_reported_together(write_manifest, run_cli):
     assert f"{path}:8: spec.replicas: 2 replicas cannot share" in result.err
     assert f"{path}:9: spec.resources.gpu.count: 3 GPUs per pod" in result.err
     assert f"{path}:12: spec.env.0.value: env GITHUB_TOKEN looks like a credential" in result.err
+
+
+# Kubernetes' own rules (swiftops/manifest/kubernetes_rules.py): what the API server would refuse, caught here.
+# tests/k8s/test_validate_matches_the_api_server.py shows the real API server refusing the same manifests.
+KUBERNETES_CASES = {
+    "label value with a space": ("metadata:\n  name: demo\n  labels: {team: ml platform}\n", "metadata.labels.team",
+                                 "not a valid label value"),
+    "label key too long": (f"metadata:\n  name: demo\n  labels: {{{'k' * 64}: x}}\n", "metadata.labels",
+                           "not a valid key"),
+    "chart's own label": ("metadata:\n  name: demo\n  labels: {app.kubernetes.io/instance: x}\n", "metadata.labels",
+                          "set by the chart itself"),
+    "service name starting with a digit": ("metadata: {name: 7b-chat}\n", "metadata.name", "DNS-1035"),
+    "namespace with capitals": ("metadata: {name: demo, namespace: Team-A}\n", "metadata.namespace",
+                                "DNS-1123 label"),
+    "nodeSelector key with spaces": ("placement: {node_selector: {gpu type: a100}}\n",
+                                     "spec.placement.node_selector", "not a valid key"),
+    "nodeSelector value with spaces": ("placement: {node_selector: {gpu: a 100}}\n", "spec.placement.node_selector",
+                                       "not a valid label value"),
+    "toleration Exists with a value": ("placement: {tolerations: [{key: a, operator: Exists, value: b}]}\n",
+                                       "spec.placement.tolerations.0.value", "operator Exists"),
+    "toleration Equal without a key": ("placement: {tolerations: [{operator: Equal, value: b}]}\n",
+                                       "spec.placement.tolerations.0.operator", "must use operator Exists"),
+    "toleration seconds without NoExecute": ("placement: {tolerations: [{key: a, operator: Exists, "
+                                             "toleration_seconds: 30}]}\n",
+                                             "spec.placement.tolerations.0.toleration_seconds", "NoExecute"),
+    "runtime class with capitals": ("placement: {runtime_class_name: Nvidia}\n", "spec.placement.runtime_class_name",
+                                    "DNS-1123 subdomain"),
+    "gpu resource without a domain": ("resources: {gpu: {resource: gpu}}\n", "spec.resources.gpu.resource",
+                                      "domain prefix"),
+    "storage class with underscores": ("cache: {storage_class: fast_ssd}\n", "spec.cache.storage_class",
+                                       "DNS-1123 subdomain"),
+    "autoscaling min above max": ("autoscaling: {min_replicas: 5, max_replicas: 2}\n",
+                                  "spec.autoscaling.min_replicas", "above max_replicas"),
+    "autoscaling over a ReadWriteOnce cache": ("autoscaling: {max_replicas: 3}\n  cache: {size: 10Gi}\n",
+                                               "spec.autoscaling.max_replicas", "ReadWriteOnce"),
+}
+
+
+@pytest.mark.parametrize("case", KUBERNETES_CASES)
+def test_kubernetes_rules_are_enforced_before_any_cluster(case, write_manifest):
+    change, path, message = KUBERNETES_CASES[case]
+    if change.startswith("metadata"):
+        text = "apiVersion: swiftops/v1\nkind: Deployment\n" + change + "spec:\n  model: {id: m}\n"
+    else:
+        text = manifest("  model: {id: m}\n  " + change)
+    found = problems(write_manifest, text)
+    assert any(path in p and message in p for p in found), found
+
+
+def test_ops_settings_belong_to_a_deployment(write_manifest):
+    found = problems(write_manifest, manifest("  model: {id: m}\n  job: {val_dataset: [d.jsonl]}\n"
+                                              "  monitoring: {}\n", kind="InferenceJob"))
+    assert any("spec.monitoring" in p and "applies to kind Deployment" in p for p in found), found
+
+
+def test_scale_to_zero_needs_keda(write_manifest):
+    found = problems(write_manifest, manifest("  model: {id: m}\n  autoscaling: {min_replicas: 0}\n"))
+    assert any("spec.autoscaling.min_replicas" in p and "needs KEDA" in p for p in found), found

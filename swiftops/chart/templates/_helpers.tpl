@@ -1,6 +1,20 @@
+{{/* Every top-level template starts with this: with no `manifest` value (a plain `helm install` of the chart's
+defaults) the pod runs `defaultManifest`. Idempotent, so template order does not matter. */}}
+{{- define "swiftops.init" -}}
+{{- if not .Values.manifest -}}
+{{- $_ := set .Values "manifest" (deepCopy .Values.defaultManifest) -}}
+{{- end -}}
+{{- end }}
+
 {{/* Object names: the release name (swiftops apply uses the manifest's metadata.name). */}}
 {{- define "swiftops.fullname" -}}
 {{- .Release.Name | trunc 53 | trimSuffix "-" -}}
+{{- end }}
+
+{{/* A Job's pod template is immutable: each manifest gets its own Job, named after a hash of the manifest, so
+a changed manifest re-applies (Helm deletes the old Job; results live on the cache volume). */}}
+{{- define "swiftops.jobName" -}}
+{{- printf "%s-%s" (include "swiftops.fullname" . | trunc 44 | trimSuffix "-") (toYaml .Values.manifest | sha256sum | trunc 8) -}}
 {{- end }}
 
 {{- define "swiftops.selectorLabels" -}}
@@ -17,6 +31,11 @@ app.kubernetes.io/component: {{ ternary "server" "inference-job" (include "swift
 {{- range $key, $value := (dig "metadata" "labels" dict .Values.manifest) }}
 {{ $key }}: {{ $value | quote }}
 {{- end }}
+{{- end }}
+
+{{/* "true" when a KEDA ScaledObject scales the server on its queue (instead of the plain HPA). */}}
+{{- define "swiftops.useKeda" -}}
+{{- and .Values.autoscaling.enabled (dig "keda" "serverAddress" "" .Values.autoscaling) (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject") -}}
 {{- end }}
 
 {{- define "swiftops.isServer" -}}
@@ -99,9 +118,20 @@ restartPolicy: Never
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $placement.tolerations }}
+{{- $tolerations := $placement.tolerations | default list }}
+{{- $gpuResource := dig "resources" "gpu" "resource" "nvidia.com/gpu" $spec }}
+{{- $gpuTolerated := false }}
+{{- range $tolerations }}
+{{- if or (eq (.key | default "") $gpuResource) (and (not .key) (eq (.operator | default "Equal") "Exists")) }}
+{{- $gpuTolerated = true }}
+{{- end }}
+{{- end }}
+{{- /* GPU nodes carry the GPU operator's taint (nvidia.com/gpu:NoSchedule): pods that ask for GPUs tolerate it
+unless the manifest sets its own toleration for that key or placement.gpu_toleration: false. */}}
+{{- $addGpuToleration := and (gt $gpus 0) (not $gpuTolerated) (dig "gpu_toleration" true $placement) }}
+{{- if or $tolerations $addGpuToleration }}
 tolerations:
-  {{- range . }}
+  {{- range $tolerations }}
   - operator: {{ .operator | default "Equal" }}
     {{- with .key }}
     key: {{ . | quote }}
@@ -115,6 +145,22 @@ tolerations:
     {{- if hasKey . "toleration_seconds" }}
     tolerationSeconds: {{ .toleration_seconds | int }}
     {{- end }}
+  {{- end }}
+  {{- if $addGpuToleration }}
+  - key: {{ $gpuResource | quote }}
+    operator: Exists
+    effect: NoSchedule
+  {{- end }}
+{{- end }}
+{{- with $placement.spread }}
+topologySpreadConstraints:
+  {{- range . }}
+  - maxSkew: 1
+    topologyKey: {{ ternary "kubernetes.io/hostname" "topology.kubernetes.io/zone" (eq . "node") }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "swiftops.selectorLabels" $ | nindent 8 }}
   {{- end }}
 {{- end }}
 {{- with $placement.affinity }}
@@ -147,6 +193,12 @@ containers:
         value: {{ printf "%s/huggingface" $cachePath | quote }}
       - name: MODELSCOPE_CACHE
         value: {{ printf "%s/modelscope" $cachePath | quote }}
+      # The root filesystem is read-only: compiled kernels (triton, torch.compile, vLLM) persist on the cache
+      # volume, everything else that wants a home goes to the /tmp emptyDir.
+      - name: XDG_CACHE_HOME
+        value: {{ printf "%s/xdg" $cachePath | quote }}
+      - name: HOME
+        value: /tmp
       {{- with dig "server" "api_key_secret" nil $spec }}
       - name: SWIFTOPS_API_KEY
         valueFrom:
@@ -213,6 +265,10 @@ containers:
         readOnly: true
       - name: cache
         mountPath: {{ $cachePath }}
+      - name: tmp
+        mountPath: /tmp
+      - name: workspace
+        mountPath: /workspace
       {{- if $shm }}
       - name: dshm
         mountPath: /dev/shm
@@ -228,6 +284,10 @@ volumes:
     {{- else }}
     emptyDir: {}
     {{- end }}
+  - name: tmp
+    emptyDir: {}
+  - name: workspace
+    emptyDir: {}
   {{- if $shm }}
   - name: dshm
     emptyDir:
