@@ -48,9 +48,18 @@ class DatasetRow:
             return [{"role": "system", "content": system}, *self.messages]
         return list(self.messages)
 
-    def to_request(self, system: Optional[str] = None) -> InferRequest:
-        return InferRequest(messages=self.with_system(system), images=self.images, videos=self.videos,
-                            audios=self.audios, tools=self.tools)
+    def whole_conversation(self, system: Optional[str] = None) -> list[dict[str, Any]]:
+        """The messages with the label put back as the final assistant turn: what a reward model scores."""
+        messages = self.with_system(system)
+        if self.label is not None:
+            messages.append({"role": "assistant", "content": self.label})
+        return messages
+
+    def to_request(self, system: Optional[str] = None, *, whole: bool = False) -> InferRequest:
+        """The request to answer; `whole`: with the final assistant turn (reward and classifier models score it)."""
+        messages = self.whole_conversation(system) if whole else self.with_system(system)
+        return InferRequest(messages=messages, images=self.images, videos=self.videos, audios=self.audios,
+                            tools=self.tools)
 
 
 # ---- row shapes -----------------------------------------------------------------------------------

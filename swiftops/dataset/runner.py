@@ -71,6 +71,10 @@ class DatasetRun:
         self.progress = progress  # a tqdm bar, or None
         self.failures: list[tuple[DatasetRow, BaseException]] = []
         self.boxes = boxes  # --draw_boxes
+        # Reward, PRM and classifier models score the whole conversation, final answer included (as ms-swift
+        # does); generating models answer the conversation without it (it is the row's label).
+        from swiftops.engines.pt.task import SCORING_TASKS
+        self.whole = getattr(engine, "task_type", None) in SCORING_TASKS
 
     def run(self, rows: list[DatasetRow]) -> list[tuple[DatasetRow, BaseException]]:
         asyncio.run(self.run_async(rows))
@@ -90,10 +94,11 @@ class DatasetRun:
             await self._answer(row)
 
     async def _answer(self, row: DatasetRow) -> None:
-        messages = row.with_system(self.system)
+        request = row.to_request(self.system, whole=self.whole)
+        messages = request.messages
         self.stats.start(row.key)
         try:
-            response = await self.engine.infer_async(row.to_request(self.system), self.config)
+            response = await self.engine.infer_async(request, self.config)
         except Exception as exc:  # one bad row must not lose the rest of the run
             self.failures.append((row, exc))
             self._note(f"warning: {row.source} line {row.line} failed and was skipped "
@@ -104,7 +109,7 @@ class DatasetRun:
         self.writer.write(result_row(row.key, messages, response, label=row.label,
                                      with_logprobs=self.config.logprobs, source=row.source, index=row.index))
         if self.boxes is not None:
-            self.boxes.save(row.key, row.to_request(self.system).images, response)
+            self.boxes.save(row.key, request.images, response)
         if self.progress is not None:
             self.progress.update(1)
 

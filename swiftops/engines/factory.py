@@ -66,17 +66,9 @@ def _engine_class(backend: str) -> type[InferEngine]:
 
 def _pt_engine_class(model: ModelSettings) -> type[InferEngine]:
     """The pt backend's engine for the model's task: generation, embeddings or scores."""
-    task = model.task_type
-    if task is None and model.model and Path(model.model).expanduser().is_dir():
-        from swiftops.engines.pt.embedding import detect_task_type
-        task = detect_task_type(str(Path(model.model).expanduser()))
-    if task == "embedding":
-        from swiftops.engines.pt.embedding import PtEmbeddingEngine
-        return PtEmbeddingEngine
-    if task in ("seq_cls", "reward", "prm"):
-        from swiftops.engines.pt.classifier import PtClassifierEngine
-        return PtClassifierEngine
-    return _engine_class("pt")
+    from swiftops.engines.pt.task import model_task, task_engine_class
+
+    return task_engine_class(model_task(model.model or "", model.task_type)) or _engine_class("pt")
 
 
 def build_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,

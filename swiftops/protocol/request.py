@@ -65,6 +65,14 @@ class AdapterRequest(BaseModel):
     name: str = Field(description="Adapter name (as given to `adapters=` or `--adapters name=path`).")
     path: Optional[str] = Field(None, description="Local path or hub id; loaded on first use.")
 
+    def __init__(self, name: Optional[str] = None, path: Optional[str] = None, **data: Any) -> None:
+        # Positional too, as ms-swift's dataclass takes them: AdapterRequest('lora1', 'path/to/lora1').
+        if name is not None:
+            data["name"] = name
+        if path is not None:
+            data["path"] = path
+        super().__init__(**data)
+
 
 class InferRequest(BaseModel):
     """One conversation (or a raw prompt) to answer."""

@@ -50,8 +50,14 @@ def check_model_source(model: Optional[str]) -> str:
     raise ConfigError(f"model path {model} does not exist; pass an existing directory or a hub id like org/name")
 
 
-def resolve_dtype(torch_dtype: Optional[str], device: torch.device, config: Any) -> torch.dtype:
+def resolve_dtype(torch_dtype: Any, device: torch.device, config: Any) -> torch.dtype:
+    """`torch_dtype`: a name ("bfloat16", "auto") or a torch.dtype, as ms-swift's Python API takes it."""
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
     if torch_dtype and torch_dtype != "auto":
+        if torch_dtype not in _DTYPES:
+            raise ConfigError(f"torch_dtype {torch_dtype!r} is not one of auto, {', '.join(_DTYPES)} "
+                              f"(or a torch.dtype such as torch.bfloat16)")
         return _DTYPES[torch_dtype]
     if device.type == "cpu":
         return torch.float32  # half precision on CPU is slow and lossy
@@ -93,9 +99,9 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
 
     source = check_model_source(model)
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
-    multimodal = is_multimodal_model(source, **common)
     processor = None
-    try:
+    try:  # the first read of a hub id fetches it: a wrong id or no network is one line, not transformers' trace
+        multimodal = is_multimodal_model(source, **common)
         config = AutoConfig.from_pretrained(source, **common)
         if multimodal:  # the processor carries the tokenizer, the image/video processors and the chat template
             processor = load_processor(source, **common)
@@ -105,7 +111,9 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
         else:
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except OSError as exc:
-        raise ConfigError(f"cannot load {model}: {_first_line(exc)}") from exc
+        hint = (" (check the hub id and revision, the network, and HF_TOKEN for gated models; or pass a local "
+                "directory)" if not os.path.exists(model) else "")
+        raise ConfigError(f"cannot load {model}: {_first_line(exc)}{hint}") from exc
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(torch_dtype, device, config)
     kwargs: dict[str, Any] = {"dtype": dtype, **common}
