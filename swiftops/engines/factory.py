@@ -40,6 +40,12 @@ def check_model_location(model: ModelSettings) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"model path {model.model} is a file; pass --model the directory holding config.json",
                           param="model")
+    if model.template:
+        from swiftops.template.template_file import read_chat_template
+        read_chat_template(model.template)  # a template name or a missing file fails before weights load
+    if model.default_adapter is not None and model.default_adapter not in model.adapters:
+        raise ConfigError(f"--default_adapter {model.default_adapter} is not among --adapters "
+                          f"({', '.join(model.adapters) or 'none'})", param="default_adapter")
     for name, adapter in model.adapters.items():
         if not Path(adapter).expanduser().exists() and not looks_like_hub_id(adapter):
             raise ConfigError(f"adapter {name}: path {adapter} does not exist; pass --adapters name=path with an "

@@ -118,3 +118,16 @@ def test_unfetchable_hub_id_is_one_line_and_exit_2(run_swiftops, tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert errors == [errors[0]] and errors[0].startswith("error: cannot load no-such-org/no-such-model")
     assert "Traceback" not in done.stderr
+
+
+# ---- 5. --template --------------------------------------------------------------------------------------
+
+def test_template_file_replaces_the_chat_template(tiny_model_dir, tmp_path, run_swiftops):
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}")
+    request = InferRequest(messages=[{"role": "user", "content": "hello there"}])
+    with PtEngine(str(tiny_model_dir), template=str(template), max_batch_size=1) as engine:
+        assert engine.tokenizer.decode(engine.encode(request)) == "<<hello there>>"
+    done = run_swiftops("infer", "--model", tiny_model_dir, "--template", "qwen2_5", "--val_dataset", "x.jsonl")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --template qwen2_5: swiftops has no named templates")
