@@ -170,9 +170,6 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
     from swiftops.dataset.runner import DatasetRun
 
     prefix = f"{label}: " if label else ""
-    if stream and show_progress:
-        click.echo("note: --stream is ignored with --val_dataset (rows are batched and written as they finish)",
-                   err=True)
     with ResultWriter(result_path) as writer:
         pending = [row for row in rows if row.key not in writer.done_ids]
         click.echo(f"{prefix}result_path: {result_path}")
@@ -188,7 +185,7 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
                 failures = DatasetRun(engine, request_config(generation, stream=False), writer,
                                       boxes=box_drawer(draw_boxes, media),
                                       system=generation.system, max_in_flight=2 * engine_settings.max_batch_size,
-                                      stats=stats, progress=bar).run(pending)
+                                      stats=stats, progress=bar, echo=bool(stream) and show_progress).run(pending)
         finally:
             engine.close()
     click.echo(f"{prefix}{json.dumps(stats.compute(), indent=None if label else 2)}")  # a rank's: one line
