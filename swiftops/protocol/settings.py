@@ -287,8 +287,10 @@ class InferSettings(_Section):
 
 
 class ServerSettings(_Section):
-    host: str = Field("0.0.0.0", description="Address to listen on.")
-    port: int = Field(8000, ge=1, le=65535, description="Port to listen on (an error if it is taken).")
+    host: str = Field("0.0.0.0", validation_alias=aliases("host", "server_name"),
+                      description="Address to listen on (`swift app`'s --server_name).")
+    port: int = Field(8000, ge=1, le=65535, validation_alias=aliases("port", "server_port"),
+                      description="Port to listen on (an error if it is taken; `swift app`'s --server_port).")
     served_model_name: Optional[str] = Field(None, description="Model name clients use (default: the last part of --model).")
     api_key: Optional[str] = Field(None, description="Required bearer key: the key itself or a path to a file holding it "
                                                      "(a Kubernetes secret); SWIFTOPS_API_KEY also works.")
