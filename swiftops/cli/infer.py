@@ -35,9 +35,9 @@ def request_config(generation: GenerationSettings, *, stream: bool) -> RequestCo
     return RequestConfig(
         max_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
         top_p=generation.top_p, repetition_penalty=generation.repetition_penalty, seed=generation.seed,
-        stop=generation.stop_words or None, stream=stream,
+        stop=generation.stop_words or None, stream=stream and generation.num_beams == 1,  # beams: whole answers
         logprobs=generation.logprobs or generation.top_logprobs is not None,  # top_logprobs implies logprobs
-        top_logprobs=generation.top_logprobs)
+        top_logprobs=generation.top_logprobs, num_beams=generation.num_beams)
 
 
 @click.command(cls=SettingsCommand, name="infer")

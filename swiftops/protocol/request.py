@@ -37,6 +37,9 @@ class RequestConfig(BaseModel):
     logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
     top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="Also return this many most likely tokens per position.")
     n: int = Field(1, ge=1, le=128, description="Number of choices to generate for the request.")
+    num_beams: int = Field(1, ge=1, le=64, description="Beam search width (1: sampling or greedy). The pt backend "
+                                                       "runs beam requests through transformers' generate; "
+                                                       "vllm and lmdeploy refuse them (a 400).")
     response_format: Optional[dict[str, Any]] = Field(
         None, description="OpenAI response_format: {type: text}, {type: json_object} or {type: json_schema, "
                           "json_schema: {...}}; constrained decoding runs on the vllm and lmdeploy backends.")

@@ -172,6 +172,8 @@ class LmdeployEngine(SettingsEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        if config.num_beams > 1:
+            require("lmdeploy", "beam_search")
         adapter_name = self._adapter_name(adapter_request)
         prompt, prompt_len = self._prompt(request)
         if not prompt_len and prompt.get("input_ids") is not None:

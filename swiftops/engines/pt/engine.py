@@ -276,6 +276,11 @@ class PtEngine(InferEngine):
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
         params = self._sampling_params(config, len(prompt_ids))
+        if config.num_beams > 1:  # transformers' generate, beside the continuously batched sequences
+            from swiftops.engines.pt.beam_search import beam_search_response, check_beam_request
+            check_beam_request(config, adapter, mm_inputs is not None)
+            return await beam_search_response(self.model, self.tokenizer, prompt_ids, config, params.max_tokens,
+                                              self._eos, params.stop, self._loaded.device, name)
         queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
         sink = AsyncSink(asyncio.get_running_loop(), queue)
 

@@ -152,6 +152,8 @@ class VllmEngine(SettingsEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        if config.num_beams > 1:
+            require("vllm", "beam_search")
         lora_request = self._lora_request(adapter_request)
         prompt, prompt_len = self._prompt(request)
         if not prompt_len:
