@@ -19,6 +19,7 @@ from swiftops.dataset.results import ResultWriter, default_result_path
 from swiftops.dataset.sharding import job_shard, write_shard_file
 from swiftops.dataset.torchrun import TorchrunRank, relaunch_under_torchrun
 from swiftops.engines.factory import build_engine, check_model_location
+from swiftops.engines.model_source import apply_adapter_args
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import RequestConfig
@@ -48,6 +49,7 @@ def command(**values: object) -> None:
     Every flag also takes its dash spelling (--max-new-tokens) and a SWIFTOPS_<FLAG> environment variable.
     """
     model, engine_settings, generation, media, infer = build_settings(values, *SETTINGS)
+    model, generation = apply_adapter_args(model, generation)  # `--adapters DIR` alone, as swift infer takes it
     check_model_location(model)
     result_path = infer.result_path or default_result_path(model.model or "model")
     if infer.val_dataset:

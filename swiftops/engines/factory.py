@@ -30,6 +30,9 @@ def looks_like_hub_id(model: str) -> bool:
 
 def check_model_location(model: ModelSettings) -> None:
     """Fail before any import of torch when --model is missing or names a local path that is not there."""
+    from swiftops.engines.model_source import apply_adapter_args
+
+    model, _ = apply_adapter_args(model)  # `--adapters DIR` alone: the base model from its args.json
     if not model.model:
         raise ConfigError("no model given; pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a "
                           "local path (`swiftops tiny-model DIR` writes a small offline one)", param="model")
@@ -83,7 +86,12 @@ def build_engine(model: ModelSettings, engine: EngineSettings, generation: Gener
 
     `serving`: requests come from network clients, so media follow the server's policy (no local paths,
     no private addresses unless allowed); the CLI and Python API read the user's own files."""
+    from swiftops.engines.model_source import apply_adapter_args, fetch_hub_ids
+
     check_model_location(model)
+    model, generation = apply_adapter_args(model, generation)
+    served_name = Path(model.model or "model").name  # the hub id's name, before a ModelScope snapshot path
+    model = fetch_hub_ids(model, looks_like_hub_id)  # ModelScope, when --use_hf false asks for it
     engine_class = _pt_engine_class(model) if engine.infer_backend == "pt" else _engine_class(engine.infer_backend)
     from_settings = getattr(engine_class, "from_settings", None)
     if from_settings is None:
@@ -94,4 +102,5 @@ def build_engine(model: ModelSettings, engine: EngineSettings, generation: Gener
     from swiftops.media.policy import MediaPolicy
     media = media or MediaSettings()
     policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
-    return from_settings(model, engine, generation, media=media, media_policy=policy)
+    name = {} if served_name == Path(model.model or "").name else {"served_model_name": served_name}
+    return from_settings(model, engine, generation, media=media, media_policy=policy, **name)

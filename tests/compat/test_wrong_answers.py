@@ -131,3 +131,39 @@ def test_template_file_replaces_the_chat_template(tiny_model_dir, tmp_path, run_
     done = run_swiftops("infer", "--model", tiny_model_dir, "--template", "qwen2_5", "--val_dataset", "x.jsonl")
     assert done.returncode == 2
     assert done.stderr.startswith("error: --template qwen2_5: swiftops has no named templates")
+
+
+# ---- 7. adapters' args.json and the hubs ------------------------------------------------------------------
+
+def test_adapters_dir_alone_finds_its_base_model_in_args_json(tiny_model_dir, lora_dir, named_engine, tmp_path,
+                                                              run_swiftops):
+    import shutil
+
+    adapter = tmp_path / "checkpoint-100"
+    shutil.copytree(lora_dir, adapter)
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {**json.loads((adapter / "adapter_config.json").read_text()), "base_model_name_or_path": "elsewhere/x"}))
+    (adapter / "args.json").write_text(json.dumps({"model": str(tiny_model_dir), "system": None}))
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"query": p}) + "\n" for p in PROMPTS))
+    done = run_swiftops("infer", "--adapters", adapter, "--val_dataset", "q.jsonl", "--max_new_tokens", "8",
+                        "--temperature", "0", "--result_path", "out.jsonl")
+    assert done.returncode == 0, done.stderr
+    got = {r["id"]: r["response"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert [got[f"q.jsonl#{i}"] for i in range(3)] == answers(named_engine, AdapterRequest("my_lora"))
+    # --load_args false: no model to run
+    done = run_swiftops("infer", "--adapters", adapter, "--load_args", "false", "--val_dataset", "q.jsonl")
+    assert done.returncode == 2 and "no model given" in done.stderr
+
+
+def test_modelscope_without_the_package_is_one_line(run_swiftops, tmp_path):
+    try:
+        import modelscope  # noqa: F401
+        pytest.skip("modelscope is installed here: the refusal is for machines without it")
+    except ImportError:
+        pass
+    (tmp_path / "q.jsonl").write_text(json.dumps({"query": "hi"}) + "\n")
+    done = run_swiftops("infer", "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--use_hf", "false",
+                        "--val_dataset", "q.jsonl", "--result_path", "out.jsonl")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --use_hf false (or USE_HF=0) downloads from "
+                                                           "ModelScope, which needs `pip install modelscope`")
