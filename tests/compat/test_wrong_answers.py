@@ -63,6 +63,21 @@ def test_cli_bare_adapters_path_answers_like_the_adapter(tiny_model_dir, lora_di
     assert [got[f"data.jsonl#{i}"] for i in range(3)] == answers(named_engine, AdapterRequest("my_lora"))
 
 
+def test_deploy_applies_a_bare_adapter_to_the_served_name(tiny_model_dir, lora_dir, named_engine):
+    import httpx
+
+    from swiftops.server.launcher import ServerProcess
+
+    want = answers(named_engine, AdapterRequest("my_lora"))[0]
+    with ServerProcess(["--model", str(tiny_model_dir), "--adapters", lora_dir, "--served_model_name", "m"]) as server:
+        for model in ("m", "my_lora"):
+            reply = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+                "model": model, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 8,
+                "temperature": 0})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] == want
+
+
 # ---- 2. reward models --------------------------------------------------------------------------------------
 
 CONVERSATION = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}]
