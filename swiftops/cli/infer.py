@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from swiftops.cli.options import SettingsCommand, build_settings, settings_options
-from swiftops.dataset.loader import DatasetRow, load_datasets
+from swiftops.dataset.loader import DatasetRow, held_out_rows, load_datasets, sample_rows
 from swiftops.dataset.merge import merge_parts
 from swiftops.dataset.results import ResultWriter, default_result_path
 from swiftops.dataset.sharding import job_shard, write_shard_file
 from swiftops.dataset.torchrun import TorchrunRank, relaunch_under_torchrun
 from swiftops.engines.factory import build_engine, check_model_location
-from swiftops.engines.model_source import apply_adapter_args
+from swiftops.engines.model_source import apply_adapter_args, wants_hugging_face
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import RequestConfig
@@ -52,8 +52,8 @@ def command(**values: object) -> None:
     model, generation = apply_adapter_args(model, generation)  # `--adapters DIR` alone, as swift infer takes it
     check_model_location(model)
     result_path = infer.result_path or default_result_path(model.model or "model")
-    if infer.val_dataset:
-        rows = load_datasets(infer.val_dataset)  # a bad row fails here, before weights load (or a relaunch)
+    if infer.val_dataset or infer.dataset:
+        rows = dataset_rows(infer, model)  # a bad row fails here, before weights load (or a relaunch)
         failed = run_dataset_shards(rows, model, engine_settings, generation, media, infer, result_path)
         if failed:
             click.echo(f"error: {failed} of {len(rows)} rows failed (see the warnings above); re-run the same "
@@ -64,6 +64,15 @@ def command(**values: object) -> None:
             raise ConfigError("--nproc_per_node, --num_shards and --shard_index split the rows of --val_dataset; "
                               "pass --val_dataset (the interactive chat runs in one process)")
         run_interactive_mode(model, engine_settings, generation, media, infer.stream, result_path, infer.draw_boxes)
+
+
+def dataset_rows(infer: InferSettings, model: ModelSettings) -> list[DatasetRow]:
+    """--val_dataset's rows, else --dataset's held-out share (--split_dataset_ratio); --val_dataset_sample last."""
+    use_hf = wants_hugging_face(model.use_hf)
+    if infer.val_dataset:
+        return load_datasets(infer.val_dataset, seed=infer.data_seed, sample=infer.val_dataset_sample, use_hf=use_hf)
+    rows = held_out_rows(infer.dataset, infer.split_dataset_ratio, seed=infer.data_seed, use_hf=use_hf)
+    return sample_rows(rows, infer.val_dataset_sample, infer.data_seed) if infer.val_dataset_sample else rows
 
 
 def box_drawer(directory: Optional[str], media: MediaSettings) -> Optional["BoxDrawer"]:

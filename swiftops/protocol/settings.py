@@ -41,6 +41,8 @@ REFUSED_SETTINGS: dict[str, str] = {
               "own acc/rouge script",
     "ssl_keyfile": "swiftops serves plain HTTP; terminate TLS at a reverse proxy or the Kubernetes ingress",
     "ssl_certfile": "swiftops serves plain HTTP; terminate TLS at a reverse proxy or the Kubernetes ingress",
+    "studio_title": "the chat page has swiftops' own title in this version; drop the flag",
+    "lang": "the chat page is in English in this version; drop the flag",
     "log_interval": "swiftops exports its statistics at /metrics (Prometheus) instead of logging them every N "
                     "seconds; drop the flag",
     "attn_impl": "the pt backend installs its own paged attention (vision towers keep sdpa); vllm and lmdeploy "
@@ -268,8 +270,21 @@ class GenerationSettings(_Section):
 class InferSettings(_Section):
     stream: Optional[bool] = Field(None, description="Stream tokens as they are generated (default: true "
                                                      "interactively, false for datasets).")
-    val_dataset: list[str] = Field(default_factory=list,
-                                   description="Local JSONL/JSON/CSV files to run (dataset mode); several allowed.")
+    val_dataset: list[str] = Field(
+        default_factory=list,
+        description="Datasets to answer (dataset mode), several allowed, as ms-swift writes them: "
+                    "NAME_OR_PATH[:subset][#N]: a local .jsonl/.json/.csv file, a folder of such files or a "
+                    "`datasets` save_to_disk folder, or a hub dataset id (needs `pip install datasets`); "
+                    "#N takes N rows at random (seeded by --data_seed).")
+    dataset: list[str] = Field(
+        default_factory=list,
+        description="Training datasets (same forms as --val_dataset) whose held-out share, "
+                    "--split_dataset_ratio, is answered when --val_dataset is not given (as swift infer does).")
+    split_dataset_ratio: float = Field(0.01, gt=0, le=1, description="Share of --dataset rows held out and answered "
+                                                                      "(seeded by --data_seed).")
+    val_dataset_sample: Optional[int] = Field(None, ge=1, description="Answer only this many rows, picked at random "
+                                                                      "(seeded by --data_seed) in input order.")
+    data_seed: int = Field(42, description="Seed of #N, --val_dataset_sample and --split_dataset_ratio sampling.")
     draw_boxes: Optional[str] = Field(None, description="Directory to save each answer's grounding boxes drawn on "
                                                         "the request's first image (Qwen2-VL / Qwen2.5-VL boxes).")
     result_path: Optional[str] = Field(None, description="JSONL file the results are appended to "

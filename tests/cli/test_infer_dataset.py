@@ -139,3 +139,15 @@ def test_result_rows_keep_the_input_rows_media(tiny_vlm_dir, tmp_path, run_swift
     assert done.returncode == 0, done.stderr
     [row] = read_rows(tmp_path / "out.jsonl")
     assert (row["images"], row["labels"]) == (["red.png"], "red")
+
+
+def test_cli_takes_hash_n_and_dataset_split(tiny_model_dir, tmp_path, run_swiftops):
+    write_jsonl(tmp_path / "d.jsonl", [{"query": f"q{i}"} for i in range(30)])
+    done = run_swiftops("infer", "--model", tiny_model_dir, "--val_dataset", "d.jsonl#4", "--max_new_tokens", "2",
+                        "--result_path", "a.jsonl", "--data_seed", "3")
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 4
+    done = run_swiftops("infer", "--model", tiny_model_dir, "--dataset", "d.jsonl", "--split_dataset_ratio", "0.1",
+                        "--max_new_tokens", "2", "--result_path", "b.jsonl")
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 3
