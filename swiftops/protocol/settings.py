@@ -43,8 +43,6 @@ REFUSED_SETTINGS: dict[str, str] = {
     "ssl_certfile": "swiftops serves plain HTTP; terminate TLS at a reverse proxy or the Kubernetes ingress",
     "studio_title": "the chat page has swiftops' own title in this version; drop the flag",
     "lang": "the chat page is in English in this version; drop the flag",
-    "log_interval": "swiftops exports its statistics at /metrics (Prometheus) instead of logging them every N "
-                    "seconds; drop the flag",
     "attn_impl": "the pt backend installs its own paged attention (vision towers keep sdpa); vllm and lmdeploy "
                  "pick theirs; drop the flag",
     "truncation_strategy": "swiftops never cuts a prompt: one longer than --max_model_len (--max_length) is "
@@ -321,6 +319,17 @@ class ServerSettings(_Section):
     verbose: bool = Field(False, description="Log request and response bodies (media elided).")
     ui: bool = Field(False, description="Serve the chat web UI at / as well.")
     result_path: Optional[str] = Field(None, description="Append every finished request and response to this JSONL file.")
+    log_interval: Optional[float] = Field(
+        None, description="ms-swift's seconds between statistics log lines; swiftops never logs them (see "
+                          "/metrics), so only -1 or 0 (off, as ms-swift's demos pass it) is taken.")
+
+    @field_validator("log_interval")
+    @classmethod
+    def _no_stats_log(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and value > 0:
+            raise ValueError("swiftops exports its statistics at /metrics (Prometheus) instead of logging them "
+                             "every N seconds; pass -1 or drop the flag")
+        return value
 
 
 class MediaSettings(_Section):
