@@ -113,41 +113,41 @@ def test_a_failing_row_is_reported_and_skipped(tiny_model_dir, tmp_path, run_swi
     assert sorted(r["id"] for r in read_rows(result)) == ["data.jsonl#0", "data.jsonl#2"]
 
 
-def test_a_result_file_with_the_old_label_field_resumes(tiny_model_dir, tmp_path, run_swiftops):
+def test_a_result_file_with_the_old_label_field_resumes(tiny_model_dir, tmp_path, swiftops_cli):
     write_jsonl(tmp_path / "data.jsonl", [{"query": "one", "response": "1"}, {"query": "two", "response": "2"}])
     # written by a release that named the field `label`: row 0 is done
     write_jsonl(tmp_path / "out.jsonl", [{"id": "data.jsonl#0", "messages": [{"role": "user", "content": "one"}],
                                          "response": "x", "label": "1", "finish_reason": "length"}])
-    done = run_swiftops("infer", "--model", tiny_model_dir, *GENERATION, "--val_dataset", "data.jsonl",
-                        "--result_path", "out.jsonl")
-    assert done.returncode == 0, done.stderr
-    assert "1 already in the result file, 1 to run" in done.stdout
+    code, out, err = swiftops_cli("infer", "--model", tiny_model_dir, *GENERATION, "--val_dataset", "data.jsonl",
+                                  "--result_path", "out.jsonl")
+    assert code == 0, err
+    assert "1 already in the result file, 1 to run" in out
     rows = read_rows(tmp_path / "out.jsonl")
     assert [r["id"] for r in rows] == ["data.jsonl#0", "data.jsonl#1"]
     assert rows[1]["labels"] == "2"
 
 
-def test_result_rows_keep_the_input_rows_media(tiny_vlm_dir, tmp_path, run_swiftops):
+def test_result_rows_keep_the_input_rows_media(tiny_vlm_dir, tmp_path, swiftops_cli):
     from PIL import Image
 
     Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
     write_jsonl(tmp_path / "vqa.jsonl", [{"messages": [{"role": "user", "content": "<image>what colour?"},
                                                        {"role": "assistant", "content": "red"}],
                                           "images": ["red.png"]}])
-    done = run_swiftops("infer", "--model", tiny_vlm_dir, *GENERATION, "--val_dataset", "vqa.jsonl",
-                        "--result_path", "out.jsonl")
-    assert done.returncode == 0, done.stderr
+    code, _, err = swiftops_cli("infer", "--model", tiny_vlm_dir, *GENERATION, "--val_dataset", "vqa.jsonl",
+                                "--result_path", "out.jsonl")
+    assert code == 0, err
     [row] = read_rows(tmp_path / "out.jsonl")
     assert (row["images"], row["labels"]) == (["red.png"], "red")
 
 
-def test_cli_takes_hash_n_and_dataset_split(tiny_model_dir, tmp_path, run_swiftops):
+def test_cli_takes_hash_n_and_dataset_split(tiny_model_dir, tmp_path, swiftops_cli):
     write_jsonl(tmp_path / "d.jsonl", [{"query": f"q{i}"} for i in range(30)])
-    done = run_swiftops("infer", "--model", tiny_model_dir, "--val_dataset", "d.jsonl#4", "--max_new_tokens", "2",
-                        "--result_path", "a.jsonl", "--data_seed", "3")
-    assert done.returncode == 0, done.stderr
+    code, _, err = swiftops_cli("infer", "--model", tiny_model_dir, "--val_dataset", "d.jsonl#4", "--max_new_tokens",
+                                "2", "--result_path", "a.jsonl", "--data_seed", "3")
+    assert code == 0, err
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 4
-    done = run_swiftops("infer", "--model", tiny_model_dir, "--dataset", "d.jsonl", "--split_dataset_ratio", "0.1",
-                        "--max_new_tokens", "2", "--result_path", "b.jsonl")
-    assert done.returncode == 0, done.stderr
+    code, _, err = swiftops_cli("infer", "--model", tiny_model_dir, "--dataset", "d.jsonl", "--split_dataset_ratio",
+                                "0.1", "--max_new_tokens", "2", "--result_path", "b.jsonl")
+    assert code == 0, err
     assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 3

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import run_swiftops, swiftops_process  # noqa: F401  (the same child-process runner)
+from tests.cli.conftest import run_swiftops, swiftops_cli, swiftops_process  # noqa: F401  (the same runners)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +29,4 @@ def tiny_reward_dir(tmp_path_factory):
 def lora_dir(tiny_model_dir, tmp_path_factory, make_lora_adapter):
     """A LoRA adapter for the tiny chat model whose greedy answers differ from the base model's."""
     return make_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("loras") / "my_lora", seed=1)
+

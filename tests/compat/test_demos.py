@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -32,6 +34,7 @@ def test_demo_py_batch_and_stream(tiny_model_dir, tmp_path):
     assert "query: who are you?\nresponse: " in out
 
 
+@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_openai_chat_client_with_run_deploy(tiny_model_dir, tmp_path):
     out = run_example("deploy/client/llm/chat/openai_client.py", {"Qwen/Qwen2.5-1.5B-Instruct": str(tiny_model_dir),
                                                                   "max_tokens=512": "max_tokens=16"}, tmp_path)
@@ -40,6 +43,7 @@ def test_openai_chat_client_with_run_deploy(tiny_model_dir, tmp_path):
     assert "What delicious food is there?" in out
 
 
+@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_reward_model_client(tiny_reward_dir, tmp_path):
     from swiftops.server.launcher import ServerProcess
 

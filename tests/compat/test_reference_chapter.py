@@ -95,6 +95,7 @@ def test_text_model_snippet(tiny_model_dir):
     assert any(line.startswith("response1: ") for line in lines)
 
 
+@pytest.mark.slow  # a minute or more on 2 CPU cores: `pytest -m slow tests/compat`
 def test_multimodal_model_snippet(tiny_vlm_dir, media_files):
     out = run_snippet(MLLM_SNIPPET, {"Qwen/Qwen2.5-VL-3B-Instruct": str(tiny_vlm_dir), **media_files})
     for i in range(3):
@@ -103,32 +104,32 @@ def test_multimodal_model_snippet(tiny_vlm_dir, media_files):
 
 # ---- the CLI commands -------------------------------------------------------------------------------------
 
-def test_infer_commands_full_model_lora_and_dataset(tiny_model_dir, lora_dir, tmp_path, run_swiftops):
-    # 全参数模型 (piped stdin instead of a terminal)
-    done = run_swiftops("infer", "--model", tiny_model_dir, "--stream", "true", "--infer_backend", "pt",
-                        "--max_new_tokens", "2048", input="who are you?\nquit\n")
-    assert done.returncode == 0, done.stderr
-    assert "-" * 50 in done.stdout
+def test_infer_commands_full_model_lora_and_dataset(tiny_model_dir, lora_dir, tmp_path, swiftops_cli):
+    # 全参数模型 (stdin from a pipe instead of a terminal)
+    code, out, err = swiftops_cli("infer", "--model", tiny_model_dir, "--stream", "true", "--infer_backend", "pt",
+                                  "--max_new_tokens", "2048", input="who are you?\nquit\n")
+    assert code == 0, err
+    assert "-" * 50 in out
     # LoRA模型
-    done = run_swiftops("infer", "--model", tiny_model_dir, "--adapters", lora_dir, "--stream", "true",
-                        "--infer_backend", "pt", "--temperature", "0", "--max_new_tokens", "2048",
-                        input="who are you?\nquit\n")
-    assert done.returncode == 0, done.stderr
+    code, out, err = swiftops_cli("infer", "--model", tiny_model_dir, "--adapters", lora_dir, "--stream", "true",
+                                  "--infer_backend", "pt", "--temperature", "0", "--max_new_tokens", "2048",
+                                  input="who are you?\nquit\n")
+    assert code == 0, err
+    assert "-" * 50 in out
     # 数据集推理 (a local file for the hub dataset)
     (tmp_path / "alpaca.jsonl").write_text(json.dumps({"instruction": "你好", "output": "你好！"}) + "\n")
-    done = run_swiftops("infer", "--model", tiny_model_dir, "--stream", "true", "--infer_backend", "pt",
-                        "--val_dataset", "alpaca.jsonl", "--max_new_tokens", "16")
-    assert done.returncode == 0, done.stderr
-    assert "[QUERY] 你好\n[LABELS] 你好！\n[RESPONSE] " in done.stdout
+    code, out, err = swiftops_cli("infer", "--model", tiny_model_dir, "--stream", "true", "--infer_backend", "pt",
+                                  "--val_dataset", "alpaca.jsonl", "--max_new_tokens", "16")
+    assert code == 0, err
+    assert "[QUERY] 你好\n[LABELS] 你好！\n[RESPONSE] " in out
 
 
-def test_multimodal_infer_command(tiny_vlm_dir, media_files, tmp_path, swiftops_process):
-    prefix, env = swiftops_process
-    env = {**env, "MAX_PIXELS": "1003520", "VIDEO_MAX_PIXELS": "50176", "FPS_MAX_FRAMES": "12"}
-    done = subprocess.run([*prefix, "infer", "--model", str(tiny_vlm_dir), "--stream", "true", "--infer_backend",
-                           "pt", "--max_new_tokens", "8"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300, input=f"<image><image>这两张图有什么区别\n{media_files[CAT]}\n"
-                                              f"{media_files[ANIMAL]}\nclear\n<video>描述这段视频\n"
-                                              f"{media_files[BABY]}\nquit\n")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.count("-" * 50) >= 2
+def test_multimodal_infer_command(tiny_vlm_dir, media_files, monkeypatch, swiftops_cli):
+    for name, value in (("MAX_PIXELS", "1003520"), ("VIDEO_MAX_PIXELS", "50176"), ("FPS_MAX_FRAMES", "12")):
+        monkeypatch.setenv(name, value)
+    code, out, err = swiftops_cli("infer", "--model", tiny_vlm_dir, "--stream", "true", "--infer_backend", "pt",
+                                  "--max_new_tokens", "8",
+                                  input=f"<image><image>这两张图有什么区别\n{media_files[CAT]}\n{media_files[ANIMAL]}\n"
+                                        f"clear\n<video>描述这段视频\n{media_files[BABY]}\nquit\n")
+    assert code == 0, err
+    assert out.count("-" * 50) >= 2

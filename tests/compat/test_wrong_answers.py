@@ -53,12 +53,12 @@ def test_several_bare_paths_are_refused_with_a_reason(tiny_model_dir, lora_dir, 
 
 
 def test_cli_bare_adapters_path_answers_like_the_adapter(tiny_model_dir, lora_dir, named_engine, tmp_path,
-                                                         run_swiftops):
+                                                         swiftops_cli):
     rows = [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    done = run_swiftops("infer", "--model", tiny_model_dir, "--adapters", lora_dir, "--val_dataset", "data.jsonl",
-                        "--max_new_tokens", "8", "--temperature", "0", "--result_path", "out.jsonl")
-    assert done.returncode == 0, done.stderr
+    code, _, err = swiftops_cli("infer", "--model", tiny_model_dir, "--adapters", lora_dir, "--val_dataset",
+                                "data.jsonl", "--max_new_tokens", "8", "--temperature", "0", "--result_path", "out.jsonl")
+    assert code == 0, err
     got = {r["id"]: r["response"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     assert [got[f"data.jsonl#{i}"] for i in range(3)] == answers(named_engine, AdapterRequest("my_lora"))
 
@@ -93,11 +93,11 @@ def test_pt_engine_on_a_reward_checkpoint_is_a_reward_engine(tiny_reward_dir):
         assert score == pytest.approx(want)
 
 
-def test_reward_dataset_scores_the_whole_conversation(tiny_reward_dir, tmp_path, run_swiftops):
+def test_reward_dataset_scores_the_whole_conversation(tiny_reward_dir, tmp_path, swiftops_cli):
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
-    done = run_swiftops("infer", "--model", tiny_reward_dir, "--val_dataset", "pairs.jsonl",
-                        "--result_path", "scores.jsonl")
-    assert done.returncode == 0, done.stderr
+    code, _, err = swiftops_cli("infer", "--model", tiny_reward_dir, "--val_dataset", "pairs.jsonl",
+                                "--result_path", "scores.jsonl")
+    assert code == 0, err
     [row] = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     with PtClassifierEngine(str(tiny_reward_dir)) as engine:
         whole = engine.infer([InferRequest(messages=CONVERSATION)])[0].choices[0].message.content
@@ -126,6 +126,7 @@ def test_adapter_request_takes_positional_name_and_path(tiny_model_dir, lora_dir
 # ---- 4. an unfetchable hub id ---------------------------------------------------------------------------
 
 def test_unfetchable_hub_id_is_one_line_and_exit_2(run_swiftops, tmp_path):
+    """A real child process: what a user sees, traceback or not, is its whole stderr."""
     (tmp_path / "q.jsonl").write_text(json.dumps({"query": "hi"}) + "\n")
     done = run_swiftops("infer", "--model", "no-such-org/no-such-model", "--val_dataset", "q.jsonl",
                         "--result_path", "out.jsonl")
@@ -137,21 +138,21 @@ def test_unfetchable_hub_id_is_one_line_and_exit_2(run_swiftops, tmp_path):
 
 # ---- 5. --template --------------------------------------------------------------------------------------
 
-def test_template_file_replaces_the_chat_template(tiny_model_dir, tmp_path, run_swiftops):
+def test_template_file_replaces_the_chat_template(tiny_model_dir, tmp_path, swiftops_cli):
     template = tmp_path / "plain.jinja"
     template.write_text("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}")
     request = InferRequest(messages=[{"role": "user", "content": "hello there"}])
     with PtEngine(str(tiny_model_dir), template=str(template), max_batch_size=1) as engine:
         assert engine.tokenizer.decode(engine.encode(request)) == "<<hello there>>"
-    done = run_swiftops("infer", "--model", tiny_model_dir, "--template", "qwen2_5", "--val_dataset", "x.jsonl")
-    assert done.returncode == 2
-    assert done.stderr.startswith("error: --template qwen2_5: swiftops has no named templates")
+    code, _, err = swiftops_cli("infer", "--model", tiny_model_dir, "--template", "qwen2_5", "--val_dataset", "x.jsonl")
+    assert code == 2
+    assert err.startswith("error: --template qwen2_5: swiftops has no named templates")
 
 
 # ---- 7. adapters' args.json and the hubs ------------------------------------------------------------------
 
 def test_adapters_dir_alone_finds_its_base_model_in_args_json(tiny_model_dir, lora_dir, named_engine, tmp_path,
-                                                              run_swiftops):
+                                                              swiftops_cli):
     import shutil
 
     adapter = tmp_path / "checkpoint-100"
@@ -160,25 +161,25 @@ def test_adapters_dir_alone_finds_its_base_model_in_args_json(tiny_model_dir, lo
         {**json.loads((adapter / "adapter_config.json").read_text()), "base_model_name_or_path": "elsewhere/x"}))
     (adapter / "args.json").write_text(json.dumps({"model": str(tiny_model_dir), "system": None}))
     (tmp_path / "q.jsonl").write_text("".join(json.dumps({"query": p}) + "\n" for p in PROMPTS))
-    done = run_swiftops("infer", "--adapters", adapter, "--val_dataset", "q.jsonl", "--max_new_tokens", "8",
-                        "--temperature", "0", "--result_path", "out.jsonl")
-    assert done.returncode == 0, done.stderr
+    code, _, err = swiftops_cli("infer", "--adapters", adapter, "--val_dataset", "q.jsonl", "--max_new_tokens", "8",
+                                "--temperature", "0", "--result_path", "out.jsonl")
+    assert code == 0, err
     got = {r["id"]: r["response"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     assert [got[f"q.jsonl#{i}"] for i in range(3)] == answers(named_engine, AdapterRequest("my_lora"))
     # --load_args false: no model to run
-    done = run_swiftops("infer", "--adapters", adapter, "--load_args", "false", "--val_dataset", "q.jsonl")
-    assert done.returncode == 2 and "no model given" in done.stderr
+    code, _, err = swiftops_cli("infer", "--adapters", adapter, "--load_args", "false", "--val_dataset", "q.jsonl")
+    assert code == 2 and "no model given" in err
 
 
-def test_modelscope_without_the_package_is_one_line(run_swiftops, tmp_path):
+def test_modelscope_without_the_package_is_one_line(swiftops_cli, tmp_path):
     try:
         import modelscope  # noqa: F401
         pytest.skip("modelscope is installed here: the refusal is for machines without it")
     except ImportError:
         pass
     (tmp_path / "q.jsonl").write_text(json.dumps({"query": "hi"}) + "\n")
-    done = run_swiftops("infer", "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--use_hf", "false",
-                        "--val_dataset", "q.jsonl", "--result_path", "out.jsonl")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: --use_hf false (or USE_HF=0) downloads from "
+    code, _, err = swiftops_cli("infer", "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--use_hf", "false",
+                                "--val_dataset", "q.jsonl", "--result_path", "out.jsonl")
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: --use_hf false (or USE_HF=0) downloads from "
                                                            "ModelScope, which needs `pip install modelscope`")
