@@ -320,13 +320,17 @@ class ServerSettings(_Section):
     ui: bool = Field(False, description="Serve the chat web UI at / as well.")
     result_path: Optional[str] = Field(None, description="Append every finished request and response to this JSONL file.")
     log_interval: Optional[float] = Field(
-        None, description="ms-swift's seconds between statistics log lines; swiftops never logs them (see "
+        None, le=0, description="ms-swift's seconds between statistics log lines; swiftops never logs them (see "
                           "/metrics), so only -1 or 0 (off, as ms-swift's demos pass it) is taken.")
 
-    @field_validator("log_interval")
+    @field_validator("log_interval", mode="before")
     @classmethod
-    def _no_stats_log(cls, value: Optional[float]) -> Optional[float]:
-        if value is not None and value > 0:
+    def _no_stats_log(cls, value: Any) -> Any:
+        try:
+            positive = value is not None and float(value) > 0
+        except (TypeError, ValueError):
+            return value  # not a number: pydantic says so
+        if positive:
             raise ValueError("swiftops exports its statistics at /metrics (Prometheus) instead of logging them "
                              "every N seconds; pass -1 or drop the flag")
         return value

@@ -135,3 +135,11 @@ def test_refused_flag_on_the_real_cli_is_one_line_and_exit_2(run_swiftops):
     done = run_swiftops("infer", "--model", "org/m", "--ssl_keyfile", "k.pem")
     assert done.returncode == 2 and "No such option" not in done.stderr
     assert done.stderr.startswith("error: --ssl_keyfile is not supported: swiftops serves plain HTTP")
+
+
+def test_deploy_takes_log_interval_off_and_refuses_an_interval():
+    from swiftops.protocol.settings import ServerSettings
+
+    assert ServerSettings(log_interval=-1).log_interval == -1
+    with pytest.raises(ValueError, match="statistics at /metrics"):
+        ServerSettings(log_interval="5")
