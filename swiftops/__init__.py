@@ -18,6 +18,10 @@ _LAZY = {
     "VllmEngine": "swiftops.engines.vllm",
     "LmdeployEngine": "swiftops.engines.lmdeploy",
     "InferEngine": "swiftops.engines.base",
+    "TransformersEngine": "swiftops.engines.pt",  # ms-swift >= 3.7's name for PtEngine
+    "load_dataset": "swiftops.dataset.requests",
+    "DeployArguments": "swiftops.deploy_process",
+    "run_deploy": "swiftops.deploy_process",
 }
 
 
@@ -26,7 +30,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'swiftops' has no attribute {name!r}")
     import importlib
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), "PtEngine" if name == "TransformersEngine" else name)
 
 
 __all__ = ["AdapterRequest", "ChatCompletionResponse", "ChatCompletionStreamResponse", "InferRequest",

@@ -47,9 +47,21 @@ def serve_page(base_url: str, server: ServerSettings) -> None:
 @click.option("--base_url", "--base-url", "base_url", cls=SettingsOption, default=None, metavar="URL",
               help="Serve only the page, for the server already running at URL (e.g. http://127.0.0.1:8000); "
                    "the model flags are then not used.")
+@click.option("--stream", "stream", cls=SettingsOption, type=click.BOOL, is_flag=False, flag_value="true",
+              default=None, metavar="[true|false]",
+              help="`swift app`'s flag: the page always streams answers; false is refused.")
+@click.option("--is_multimodal", "--is-multimodal", "is_multimodal", cls=SettingsOption, type=click.BOOL,
+              is_flag=False, flag_value="true", default=None, metavar="[true|false]",
+              help="`swift app`'s flag: the page always offers image, video and audio attachments (a text-only "
+                   "model refuses them with a clear message), so this changes nothing.")
 @settings_options(*deploy.SETTINGS)
-def command(base_url: Optional[str], **values) -> None:
-    """Chat in the browser: serve a model with a web page at / (or only the page, with --base_url)."""
+def command(base_url: Optional[str], stream: Optional[bool], is_multimodal: Optional[bool], **values) -> None:
+    """Chat in the browser: serve a model with a web page at / (or only the page, with --base_url).
+
+    `swift app`'s --server_name and --server_port are --host and --port's other names."""
+    if stream is False:
+        raise ConfigError("--stream false: the page always streams answers (the API still answers whole "
+                          "responses to clients that ask for them); drop the flag")
     if base_url is None:
         (server,) = build_settings(values, ServerSettings)
         click.echo(f"chat page: http://{_browsable(server.host)}:{server.port}/ (once the model has loaded)", err=True)

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from swiftops.cli.options import SettingsCommand, build_settings, settings_options
-from swiftops.dataset.loader import DatasetRow, load_datasets
+from swiftops.dataset.loader import DatasetRow, held_out_rows, load_datasets, sample_rows
 from swiftops.dataset.merge import merge_parts
 from swiftops.dataset.results import ResultWriter, default_result_path, refuse_input_as_result
 from swiftops.dataset.sharding import job_shard, write_shard_file
 from swiftops.dataset.torchrun import TorchrunRank, relaunch_under_torchrun
 from swiftops.engines.factory import build_engine, check_model_location
+from swiftops.engines.model_source import apply_adapter_args, wants_hugging_face
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import RequestConfig
@@ -35,9 +36,9 @@ def request_config(generation: GenerationSettings, *, stream: bool) -> RequestCo
     return RequestConfig(
         max_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
         top_p=generation.top_p, repetition_penalty=generation.repetition_penalty, seed=generation.seed,
-        stop=generation.stop_words or None, stream=stream,
+        stop=generation.stop_words or None, stream=stream and generation.num_beams == 1,  # beams: whole answers
         logprobs=generation.logprobs or generation.top_logprobs is not None,  # top_logprobs implies logprobs
-        top_logprobs=generation.top_logprobs)
+        top_logprobs=generation.top_logprobs, num_beams=generation.num_beams)
 
 
 @click.command(cls=SettingsCommand, name="infer")
@@ -48,11 +49,12 @@ def command(**values: object) -> None:
     Every flag also takes its dash spelling (--max-new-tokens) and a SWIFTOPS_<FLAG> environment variable.
     """
     model, engine_settings, generation, media, infer = build_settings(values, *SETTINGS)
+    model, generation = apply_adapter_args(model, generation)  # `--adapters DIR` alone, as swift infer takes it
     check_model_location(model)
     result_path = infer.result_path or default_result_path(model.model or "model")
-    if infer.val_dataset:
-        refuse_input_as_result(result_path, infer.val_dataset)  # appending results would damage the dataset
-        rows = load_datasets(infer.val_dataset)  # a bad row fails here, before weights load (or a relaunch)
+    if infer.val_dataset or infer.dataset:
+        refuse_input_as_result(result_path, [*(infer.val_dataset or []), *(infer.dataset or [])])
+        rows = dataset_rows(infer, model)  # a bad row fails here, before weights load (or a relaunch)
         failed = run_dataset_shards(rows, model, engine_settings, generation, media, infer, result_path)
         if failed:
             click.echo(f"error: {failed} of {len(rows)} rows failed (see the warnings above); re-run the same "
@@ -63,6 +65,15 @@ def command(**values: object) -> None:
             raise ConfigError("--nproc_per_node, --num_shards and --shard_index split the rows of --val_dataset; "
                               "pass --val_dataset (the interactive chat runs in one process)")
         run_interactive_mode(model, engine_settings, generation, media, infer.stream, result_path, infer.draw_boxes)
+
+
+def dataset_rows(infer: InferSettings, model: ModelSettings) -> list[DatasetRow]:
+    """--val_dataset's rows, else --dataset's held-out share (--split_dataset_ratio); --val_dataset_sample last."""
+    use_hf = wants_hugging_face(model.use_hf)
+    if infer.val_dataset:
+        return load_datasets(infer.val_dataset, seed=infer.data_seed, sample=infer.val_dataset_sample, use_hf=use_hf)
+    rows = held_out_rows(infer.dataset, infer.split_dataset_ratio, seed=infer.data_seed, use_hf=use_hf)
+    return sample_rows(rows, infer.val_dataset_sample, infer.data_seed) if infer.val_dataset_sample else rows
 
 
 def box_drawer(directory: Optional[str], media: MediaSettings) -> Optional["BoxDrawer"]:
@@ -171,9 +182,6 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
     from swiftops.dataset.runner import DatasetRun
 
     prefix = f"{label}: " if label else ""
-    if stream and show_progress:
-        click.echo("note: --stream is ignored with --val_dataset (rows are batched and written as they finish)",
-                   err=True)
     with ResultWriter(result_path) as writer:
         pending = [row for row in rows if row.key not in writer.done_ids]
         click.echo(f"{prefix}result_path: {result_path}")
@@ -189,7 +197,7 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
                 failures = DatasetRun(engine, request_config(generation, stream=False), writer,
                                       boxes=box_drawer(draw_boxes, media),
                                       system=generation.system, max_in_flight=2 * (getattr(engine, "max_batch_size", None) or 32),
-                                      stats=stats, progress=bar).run(pending)
+                                      stats=stats, progress=bar, echo=bool(stream) and show_progress).run(pending)
         finally:
             engine.close()
     click.echo(f"{prefix}{json.dumps(stats.compute(), indent=None if label else 2)}")  # a rank's: one line

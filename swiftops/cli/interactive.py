@@ -38,7 +38,7 @@ class ChatSession:
     """One conversation with an engine on the terminal; `run()` returns when the user quits."""
 
     def __init__(self, engine: InferEngine, config: RequestConfig, *, result_path: str,
-                 system: Optional[str] = None, out: TextIO = sys.stdout,
+                 system: Optional[str] = None, out: Optional[TextIO] = None,
                  read_line: Callable[[str], str] = input, boxes: Any = None) -> None:
         self.boxes = boxes  # a swiftops.dataset.runner.BoxDrawer with --draw_boxes
         self.engine = engine
@@ -46,7 +46,7 @@ class ChatSession:
         self.result_path = result_path
         self.default_system = system
         self.system = system
-        self.out = out
+        self.out = out or sys.stdout  # looked up per session, not at import: the process may swap sys.stdout
         self.read_line = read_line
         self.multi_line = False
         self.history: list[dict[str, Any]] = []

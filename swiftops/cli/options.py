@@ -10,6 +10,9 @@ field's description. Bools take `--stream`, `--stream true` or `--stream false`;
 several values after one flag or a repeated flag; dict fields take `name=value` items or JSON.
 `--config FILE.yaml` reads a flat YAML of field names. Precedence: config file < SWIFTOPS_<FIELD>
 environment variables < flags given on the command line (only flags actually given count).
+A field's other names (its `validation_alias` choices: ms-swift's vllm_*/lmdeploy_* spellings and the like) work
+as flags, variables and config keys too; ms-swift flags swiftops does not take are refused with their reason
+(settings.REFUSED_SETTINGS) instead of click's "No such option".
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import click
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import BACKEND_VALUE_ALIASES, REFUSED_SETTINGS, REFUSED_VALUES
 
 ENV_PREFIX = "SWIFTOPS_"
 CONFIG_PARAM = "config"
@@ -56,21 +60,40 @@ def field_kind(field: FieldInfo) -> FieldKind:
 
 
 class LiteralChoice(click.Choice):
-    """A choice among a Literal's values that hands back the value itself (4, not "4")."""
+    """A choice among a Literal's values that hands back the value itself (4, not "4").
 
-    def __init__(self, values: tuple[Any, ...]) -> None:
+    `passed_on` values (other names of a value, refused values) go to the settings model as text, which maps them
+    or refuses them with a reason; --help lists only the real choices."""
+
+    def __init__(self, values: tuple[Any, ...], passed_on: tuple[str, ...] = ()) -> None:
         self.values = {str(v): v for v in values}
+        self.passed_on = set(passed_on)
         super().__init__(list(self.values))
 
     def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if str(value) in self.passed_on:
+            return str(value)
         return self.values[super().convert(str(value), param, ctx)]
 
 
-def _click_type(field: FieldInfo) -> click.ParamType:
+# Field -> values it takes besides its Literal's own (mapped or refused by the settings model).
+_VALUE_ALIASES: dict[str, tuple[str, ...]] = {
+    "infer_backend": (*BACKEND_VALUE_ALIASES, *REFUSED_VALUES["infer_backend"]),
+}
+
+
+def _click_type(name: str, field: FieldInfo) -> click.ParamType:
     annotation = _unwrap_optional(field.annotation)
     if typing.get_origin(annotation) is Literal:
-        return LiteralChoice(typing.get_args(annotation))
+        return LiteralChoice(typing.get_args(annotation), _VALUE_ALIASES.get(name, ()))
     return {int: click.INT, float: click.FLOAT}.get(annotation, click.STRING)
+
+
+def field_aliases(name: str, field: FieldInfo) -> list[str]:
+    """The field's other names (ms-swift's spellings), from its validation_alias."""
+    alias = field.validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if isinstance(alias, str) else []
+    return [c for c in choices if isinstance(c, str) and c != name]
 
 
 def _fields(models: tuple[type[BaseModel], ...]) -> dict[str, FieldInfo]:
@@ -99,10 +122,14 @@ def flag_name(name: str) -> str:
 
 
 def _option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
-    spellings = [flag_name(name)]
-    if "_" in name:
-        spellings.append(flag_name(name.replace("_", "-")))
+    spellings = []
+    for spelling in [name, *field_aliases(name, field)]:
+        spellings.append(flag_name(spelling))
+        if "_" in spelling:
+            spellings.append(flag_name(spelling.replace("_", "-")))
     help_text = field.description or ""
+    if field_aliases(name, field):
+        help_text += " Also: " + ", ".join(flag_name(a) for a in field_aliases(name, field)) + "."
     kind = field_kind(field)
     if kind == "bool":
         # `--stream` alone means true; `--stream true|false` as ms-swift writes it.
@@ -112,7 +139,8 @@ def _option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
         metavar = "NAME=VALUE..." if kind == "dict" else "VALUE..."
         return click.option(*spellings, name, cls=SettingsOption, multiple=True, default=None, metavar=metavar,
                             help=help_text + (" JSON accepted." if kind == "dict" else ""))
-    return click.option(*spellings, name, cls=SettingsOption, type=_click_type(field), default=None, help=help_text)
+    return click.option(*spellings, name, cls=SettingsOption, type=_click_type(name, field), default=None,
+                        help=help_text)
 
 
 def settings_options(*models: type[BaseModel]) -> Callable[[Any], Any]:
@@ -136,7 +164,19 @@ class SettingsCommand(click.Command):
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        self.refuse_unsupported(args)
         return super().parse_args(ctx, self.spread_multi_values(args))
+
+    def refuse_unsupported(self, args: list[str]) -> None:
+        """An ms-swift flag swiftops does not take fails with its reason, not click's "No such option"."""
+        known = {opt for p in self.params if isinstance(p, click.Option) for opt in p.opts}
+        for arg in args:
+            if arg == "--":
+                return
+            flag = arg.partition("=")[0]
+            name = flag.lstrip("-").replace("-", "_")
+            if arg.startswith("--") and flag not in known and name in REFUSED_SETTINGS:
+                raise ConfigError(f"{flag_name(name)} is not supported: {REFUSED_SETTINGS[name]}")
 
     def spread_multi_values(self, args: list[str]) -> list[str]:
         multi_flags = {opt for p in self.params if isinstance(p, click.Option) and p.multiple for opt in p.opts}
@@ -165,7 +205,8 @@ def _known_field_names() -> set[str]:
     names: set[str] = set()
     for value in vars(settings).values():
         if isinstance(value, type) and issubclass(value, BaseModel) and value is not BaseModel:
-            names.update(value.model_fields)
+            for name, field in value.model_fields.items():
+                names.update([name, *field_aliases(name, field)])
     return names
 
 
@@ -193,11 +234,15 @@ def read_config_file(path: str, fields: dict[str, FieldInfo]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must be a mapping of setting names to values, "
                           f"not a {type(data).__name__}")
     known = _known_field_names()
+    other_names = {alias: name for name, field in fields.items() for alias in field_aliases(name, field)}
     values: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        name = other_names.get(name, name)
         if name in fields:
             values[name] = value
+        elif name in REFUSED_SETTINGS:
+            raise ConfigError(f"config file {path}: {key!r} is not supported: {REFUSED_SETTINGS[name]}")
         elif name not in known:
             raise ConfigError(f"config file {path}: unknown setting {key!r}{_suggest(name, sorted(fields))}")
     return values
@@ -219,9 +264,10 @@ def _split_env_value(raw: str, kind: FieldKind) -> Any:
 def read_environment(fields: dict[str, FieldInfo]) -> dict[str, tuple[Any, str]]:
     values: dict[str, tuple[Any, str]] = {}
     for name, field in fields.items():
-        env_name = ENV_PREFIX + name.upper()
-        if env_name in os.environ:
-            values[name] = (_split_env_value(os.environ[env_name], field_kind(field)), env_name)
+        for spelling in [*reversed(field_aliases(name, field)), name]:  # the field's own name wins
+            env_name = ENV_PREFIX + spelling.upper()
+            if env_name in os.environ:
+                values[name] = (_split_env_value(os.environ[env_name], field_kind(field)), env_name)
     return values
 
 

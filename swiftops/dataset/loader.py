@@ -1,15 +1,20 @@
-"""Reading `--val_dataset` files: local JSONL, JSON or CSV rows in the common shapes, into conversations.
+"""Reading `--val_dataset` datasets into conversations, the way ms-swift names them: `NAME_OR_PATH[:subset][#N]`.
 
-Shapes (ms-swift's): `messages` (OpenAI list; a final assistant turn is the label), `conversations`
-(ShareGPT's from/value), `query`/`response` (+ `history` [[q, r], ...]), `instruction`/`input`/`output`,
-each with an optional `system`, `images`/`videos`/`audios` and `tools`. A bad file or row raises
-ConfigError naming the file and line, before any weights load.
+Sources: a local JSONL, JSON or CSV file (JSONL and CSV are read line by line, never whole), a folder of such
+files, a `datasets` save_to_disk folder, or a hub dataset id (the last two need the `datasets` package).
+`#N` keeps N rows picked at random with a seeded generator, in file order, so a re-run picks the same rows
+and resumes. Shapes (ms-swift's): `messages` (OpenAI list; a final assistant turn is the label),
+`conversations` (ShareGPT's from/value), `query`/`response` (+ `history` [[q, r], ...]),
+`instruction`/`input`/`output`, each with an optional `system`, `images`/`videos`/`audios` and `tools`.
+A bad file or row raises ConfigError naming the file and line, before any weights load.
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
+import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -48,9 +53,18 @@ class DatasetRow:
             return [{"role": "system", "content": system}, *self.messages]
         return list(self.messages)
 
-    def to_request(self, system: Optional[str] = None) -> InferRequest:
-        return InferRequest(messages=self.with_system(system), images=self.images, videos=self.videos,
-                            audios=self.audios, tools=self.tools)
+    def whole_conversation(self, system: Optional[str] = None) -> list[dict[str, Any]]:
+        """The messages with the label put back as the final assistant turn: what a reward model scores."""
+        messages = self.with_system(system)
+        if self.label is not None:
+            messages.append({"role": "assistant", "content": self.label})
+        return messages
+
+    def to_request(self, system: Optional[str] = None, *, whole: bool = False) -> InferRequest:
+        """The request to answer; `whole`: with the final assistant turn (reward and classifier models score it)."""
+        messages = self.whole_conversation(system) if whole else self.with_system(system)
+        return InferRequest(messages=messages, images=self.images, videos=self.videos, audios=self.audios,
+                            tools=self.tools)
 
 
 # ---- row shapes -----------------------------------------------------------------------------------
@@ -178,17 +192,8 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
                 raise ConfigError(f"{path} line {reader.line_num}: bad CSV ({exc})") from None
 
 
-def load_dataset(source: str) -> list[DatasetRow]:
-    path = Path(source).expanduser()
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ConfigError(f"dataset file {source} {what}; --val_dataset takes local .jsonl, .json or .csv files")
-    if path.suffix.lower() not in SUFFIXES:
-        raise ConfigError(f"dataset file {source}: unknown format {path.suffix or '(no suffix)'}; "
-                          f"use .jsonl, .json or .csv")
+def _rows(source: str, records: Iterator[tuple[int, Any]], where: str) -> list[DatasetRow]:
     rows: list[DatasetRow] = []
-    where = "row" if path.suffix.lower() == ".json" else "line"
-    records = _records(path)
     while True:
         try:
             line, record = next(records)
@@ -204,17 +209,133 @@ def load_dataset(source: str) -> list[DatasetRow]:
         except RecursionError:
             raise ConfigError(f"{source} {where} {line}: nested too deeply") from None
         rows.append(DatasetRow(
-            source=os.path.normpath(source), index=len(rows), line=line, messages=messages, label=label,
+            source=source, index=len(rows), line=line, messages=messages, label=label,
             images=_as_list(_maybe_json(record.get("images"))), videos=_as_list(_maybe_json(record.get("videos"))),
             audios=_as_list(_maybe_json(record.get("audios"))), tools=_maybe_json(record.get("tools")) or None))
     if not rows:
-        raise ConfigError(f"dataset file {source} has no rows")
+        raise ConfigError(f"dataset {source} has no rows")
     return rows
 
 
-def load_datasets(sources: list[str]) -> list[DatasetRow]:
-    """All rows of all files, in order; the same file given twice (however spelled) is read once."""
+def load_dataset(source: str) -> list[DatasetRow]:
+    """The rows of one local file."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"dataset file {source} {what}; --val_dataset takes local .jsonl, .json or .csv files")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"dataset file {source}: unknown format {path.suffix or '(no suffix)'}; "
+                          f"use .jsonl, .json or .csv")
+    where = "row" if path.suffix.lower() == ".json" else "line"
+    return _rows(os.path.normpath(source), _records(path), where)
+
+
+# ---- ms-swift's dataset names ---------------------------------------------------------------------
+
+_SPEC = re.compile(r"^(?P<name>.+?)(?::(?P<subset>[^:/#]+))?(?:#(?P<count>\d+))?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """`NAME_OR_PATH[:subset][#N]` taken apart."""
+
+    name: str
+    subset: Optional[str] = None
+    count: Optional[int] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "DatasetSpec":
+        if Path(text).expanduser().exists():  # a local path is taken whole, even with ':' or '#' in it
+            return cls(text)
+        match = _SPEC.match(text)
+        if match is None:
+            return cls(text)
+        count = match.group("count")
+        name = match.group("name")
+        if match.group("subset") and Path(f"{name}:{match.group('subset')}").expanduser().exists():
+            return cls(f"{name}:{match.group('subset')}", None, int(count) if count else None)
+        return cls(name, match.group("subset"), int(count) if count else None)
+
+
+def _hub_rows(spec: DatasetSpec, use_hf: bool) -> list[DatasetRow]:
+    """A hub dataset's train split, through Hugging Face `datasets` (or ModelScope's MsDataset)."""
+    label = spec.name + (f":{spec.subset}" if spec.subset else "")
+    try:
+        if use_hf:
+            import datasets
+            data = datasets.load_dataset(spec.name, spec.subset, split="train")
+        else:
+            from modelscope import MsDataset
+            data = MsDataset.load(spec.name, subset_name=spec.subset or "default", split="train")
+    except ImportError:
+        package = "datasets" if use_hf else "modelscope"
+        raise ConfigError(f"--val_dataset {label}: hub datasets need `pip install {package}`; or pass a local "
+                          f".jsonl/.json/.csv file") from None
+    except Exception as exc:  # noqa: BLE001 - offline, not found, gated: one line, not the library's trace
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"--val_dataset {label}: cannot load it from the hub: {first}") from None
+    return _rows(label, enumerate(data, 1), "row")
+
+
+def _saved_rows(source: str, path: Path) -> list[DatasetRow]:
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"--val_dataset {source} is a `datasets` save_to_disk folder, which needs "
+                          f"`pip install datasets`") from None
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        data = data["validation"] if "validation" in data else data["train"] if "train" in data else next(
+            iter(data.values()))
+    return _rows(os.path.normpath(source), enumerate(data, 1), "row")
+
+
+def _folder_rows(source: str, path: Path) -> list[DatasetRow]:
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        return _saved_rows(source, path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise ConfigError(f"dataset folder {source} holds no .jsonl, .json or .csv files")
+    rows: list[DatasetRow] = []
+    for file in files:
+        rows += load_dataset(str(file))
+    return rows
+
+
+def sample_rows(rows: list[DatasetRow], count: int, seed: int) -> list[DatasetRow]:
+    """`count` rows picked at random (a seeded generator: the same run picks the same rows), in input order."""
+    if count >= len(rows):
+        return rows
+    picked = sorted(random.Random(seed).sample(range(len(rows)), count))
+    return [rows[i] for i in picked]
+
+
+def load_spec(text: str, *, seed: int = 42, use_hf: bool = True) -> list[DatasetRow]:
+    """The rows one `--val_dataset` item names."""
+    spec = DatasetSpec.parse(text)
+    path = Path(spec.name).expanduser()
+    if path.is_dir():
+        rows = _folder_rows(spec.name, path)
+    elif path.exists() or not _HUB_ID.match(spec.name):
+        rows = load_dataset(spec.name)
+    else:
+        rows = _hub_rows(spec, use_hf)
+    return sample_rows(rows, spec.count, seed) if spec.count is not None else rows
+
+
+def load_datasets(sources: list[str], *, seed: int = 42, sample: Optional[int] = None,
+                  use_hf: bool = True) -> list[DatasetRow]:
+    """All rows of all datasets, in order; the same dataset given twice (however spelled) is read once.
+    `sample`: keep that many of them at random (--val_dataset_sample)."""
     rows: list[DatasetRow] = []
     for source in dict.fromkeys(os.path.normpath(s) for s in sources):
-        rows += load_dataset(source)
-    return rows
+        rows += load_spec(source, seed=seed, use_hf=use_hf)
+    return sample_rows(rows, sample, seed) if sample is not None else rows
+
+
+def held_out_rows(sources: list[str], ratio: float, *, seed: int = 42, use_hf: bool = True) -> list[DatasetRow]:
+    """`--dataset` with `--split_dataset_ratio`: the held-out share of the rows (at least one), as swift infer
+    answers when no --val_dataset is given."""
+    rows = load_datasets(sources, seed=seed, use_hf=use_hf)
+    return sample_rows(rows, max(1, round(len(rows) * ratio)), seed)

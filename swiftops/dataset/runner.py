@@ -17,11 +17,13 @@ from swiftops.protocol.response import ChatCompletionResponse
 
 
 def result_row(key: str, messages: list[dict[str, Any]], response: ChatCompletionResponse, *,
-               label: Optional[str] = None, with_logprobs: bool = False, **extra: Any) -> dict[str, Any]:
-    """One line of the result file (dataset and interactive mode write the same shape)."""
+               labels: Optional[str] = None, with_logprobs: bool = False, **extra: Any) -> dict[str, Any]:
+    """One line of the result file (dataset and interactive mode write the same shape). `labels` is ms-swift's
+    name for the reference answer (files written before this release call it `label`; they resume all the same:
+    resuming goes by `id`)."""
     choice = response.choices[0]
     row: dict[str, Any] = {"id": key, **extra, "messages": messages, "response": choice.message.content,
-                           "label": label, "finish_reason": choice.finish_reason,
+                           "labels": labels, "finish_reason": choice.finish_reason,
                            "usage": response.usage.model_dump()}
     if choice.message.tool_calls:
         row["tool_calls"] = [call.model_dump() for call in choice.message.tool_calls]
@@ -48,6 +50,12 @@ class BoxDrawer:
                                 min_pixels=self.min_pixels, max_pixels=self.max_pixels)
 
 
+def sample_report(messages: list[dict[str, Any]], labels: Optional[str], response: Optional[str]) -> str:
+    """What `--stream true` prints per dataset sample, as ms-swift does: the last query, the labels, the response."""
+    query = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
+    return f"[QUERY] {query}\n[LABELS] {labels}\n[RESPONSE] {response}\n{'-' * 50}"
+
+
 def describe_failure(exc: BaseException) -> str:
     return exc.message if isinstance(exc, SwiftopsError) else f"{type(exc).__name__}: {exc}"
 
@@ -61,7 +69,7 @@ class DatasetRun:
 
     def __init__(self, engine: InferEngine, config: RequestConfig, writer: ResultWriter, *,
                  system: Optional[str] = None, max_in_flight: int = 64, stats: Optional[InferStats] = None,
-                 progress: Any = None, boxes: Optional["BoxDrawer"] = None) -> None:
+                 progress: Any = None, boxes: Optional["BoxDrawer"] = None, echo: bool = False) -> None:
         self.engine = engine
         self.config = config
         self.writer = writer
@@ -71,6 +79,11 @@ class DatasetRun:
         self.progress = progress  # a tqdm bar, or None
         self.failures: list[tuple[DatasetRow, BaseException]] = []
         self.boxes = boxes  # --draw_boxes
+        self.echo = echo  # --stream true: print each sample's query, labels and response as it finishes
+        # Reward, PRM and classifier models score the whole conversation, final answer included (as ms-swift
+        # does); generating models answer the conversation without it (it is the row's label).
+        from swiftops.engines.pt.task import SCORING_TASKS
+        self.whole = getattr(engine, "task_type", None) in SCORING_TASKS
 
     def run(self, rows: list[DatasetRow]) -> list[tuple[DatasetRow, BaseException]]:
         asyncio.run(self.run_async(rows))
@@ -90,10 +103,11 @@ class DatasetRun:
             await self._answer(row)
 
     async def _answer(self, row: DatasetRow) -> None:
-        messages = row.with_system(self.system)
+        request = row.to_request(self.system, whole=self.whole)
+        messages = request.messages
         self.stats.start(row.key)
         try:
-            response = await self.engine.infer_async(row.to_request(self.system), self.config)
+            response = await self.engine.infer_async(request, self.config)
         except Exception as exc:  # one bad row must not lose the rest of the run
             self.failures.append((row, exc))
             self._note(f"warning: {row.source} line {row.line} failed and was skipped "
@@ -101,15 +115,20 @@ class DatasetRun:
             return
         self.stats.finish(row.key, response.usage.prompt_tokens, response.usage.completion_tokens,
                           len(response.choices))
-        self.writer.write(result_row(row.key, messages, response, label=row.label,
-                                     with_logprobs=self.config.logprobs, source=row.source, index=row.index))
+        media = {kind: items for kind, items in (("images", row.images), ("videos", row.videos),
+                                                 ("audios", row.audios)) if items}
+        self.writer.write(result_row(row.key, messages, response, labels=row.label,
+                                     with_logprobs=self.config.logprobs, source=row.source, index=row.index, **media))
+        if self.echo:
+            self._note(sample_report(messages, row.label, response.choices[0].message.content), err=False)
         if self.boxes is not None:
-            self.boxes.save(row.key, row.to_request(self.system).images, response)
+            self.boxes.save(row.key, request.images, response)
         if self.progress is not None:
             self.progress.update(1)
 
-    def _note(self, text: str) -> None:
+    def _note(self, text: str, err: bool = True) -> None:
+        stream = sys.stderr if err else sys.stdout
         if self.progress is not None:
-            self.progress.write(text, file=sys.stderr)  # above the bar, not through it
+            self.progress.write(text, file=stream)  # above the bar, not through it
         else:
-            print(text, file=sys.stderr)
+            print(text, file=stream, flush=True)

@@ -31,6 +31,9 @@ def looks_like_hub_id(model: str) -> bool:
 
 def check_model_location(model: ModelSettings) -> None:
     """Fail before any import of torch when --model is missing or names a local path that is not there."""
+    from swiftops.engines.model_source import apply_adapter_args
+
+    model, _ = apply_adapter_args(model)  # `--adapters DIR` alone: the base model from its args.json
     if not model.model:
         raise ConfigError("no model given; pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a "
                           "local path (`swiftops tiny-model DIR` writes a small offline one)", param="model")
@@ -47,6 +50,12 @@ def check_model_location(model: ModelSettings) -> None:
     if model.tokenizer and not Path(model.tokenizer).expanduser().exists() and not looks_like_hub_id(model.tokenizer):
         raise ConfigError(f"tokenizer path {model.tokenizer} does not exist; pass --tokenizer an existing directory "
                           f"or a hub id", param="tokenizer")
+    if model.template:
+        from swiftops.template.template_file import read_chat_template
+        read_chat_template(model.template)  # a template name or a missing file fails before weights load
+    if model.default_adapter is not None and model.default_adapter not in model.adapters:
+        raise ConfigError(f"--default_adapter {model.default_adapter} is not among --adapters "
+                          f"({', '.join(model.adapters) or 'none'})", param="default_adapter")
     for name, adapter in model.adapters.items():
         if not Path(adapter).expanduser().exists() and not looks_like_hub_id(adapter):
             raise ConfigError(f"adapter {name}: path {adapter} does not exist; pass --adapters name=path with an "
@@ -95,17 +104,9 @@ def _engine_class(backend: str) -> type[InferEngine]:
 
 def _pt_engine_class(model: ModelSettings) -> type[InferEngine]:
     """The pt backend's engine for the model's task: generation, embeddings or scores."""
-    task = model.task_type
-    if task is None and model.model and Path(model.model).expanduser().is_dir():
-        from swiftops.engines.pt.embedding import detect_task_type
-        task = detect_task_type(str(Path(model.model).expanduser()))
-    if task == "embedding":
-        from swiftops.engines.pt.embedding import PtEmbeddingEngine
-        return PtEmbeddingEngine
-    if task in ("seq_cls", "reward", "prm"):
-        from swiftops.engines.pt.classifier import PtClassifierEngine
-        return PtClassifierEngine
-    return _engine_class("pt")
+    from swiftops.engines.pt.task import model_task, task_engine_class
+
+    return task_engine_class(model_task(model.model or "", model.task_type)) or _engine_class("pt")
 
 
 def build_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
@@ -114,7 +115,12 @@ def build_engine(model: ModelSettings, engine: EngineSettings, generation: Gener
 
     `serving`: requests come from network clients, so media follow the server's policy (no local paths,
     no private addresses unless allowed); the CLI and Python API read the user's own files."""
+    from swiftops.engines.model_source import apply_adapter_args, fetch_hub_ids
+
     check_model_location(model)
+    model, generation = apply_adapter_args(model, generation)
+    served_name = Path(model.model or "model").name  # the hub id's name, before a ModelScope snapshot path
+    model = fetch_hub_ids(model, looks_like_hub_id)  # ModelScope, when --use_hf false asks for it
     if model.tokenizer and engine.infer_backend != "vllm":
         raise ConfigError(f"--tokenizer is for --infer_backend vllm; the {engine.infer_backend} engine reads the "
                           f"tokenizer from the checkpoint (a GGUF file's included): drop --tokenizer",
@@ -134,4 +140,5 @@ def build_engine(model: ModelSettings, engine: EngineSettings, generation: Gener
     from swiftops.media.policy import MediaPolicy
     media = media or MediaSettings()
     policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
-    return from_settings(model, engine, generation, media=media, media_policy=policy)
+    name = {} if served_name == Path(model.model or "").name else {"served_model_name": served_name}
+    return from_settings(model, engine, generation, media=media, media_policy=policy, **name)

@@ -104,6 +104,11 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
         "lmdeploy": no("merging an adapter into the weights is done by the pt backend; merge it there first, or serve "
                        "the adapter unmerged with lmdeploy_backend: pytorch"),
     },
+    "beam_search": {
+        "pt": YES,
+        "vllm": no("the vllm backend has no beam search in this version; use --infer_backend pt for num_beams > 1"),
+        "lmdeploy": no("LMDeploy has no beam search; use --infer_backend pt for num_beams > 1"),
+    },
     "structured_output": {
         "pt": no("the pt backend has no constrained decoding (response_format json_object / json_schema); "
                  "use vllm or lmdeploy"),

@@ -39,6 +39,9 @@ class RequestConfig(BaseModel):
     logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
     top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="Also return this many most likely tokens per position.")
     n: int = Field(1, ge=1, le=128, description="Number of choices to generate for the request.")
+    num_beams: int = Field(1, ge=1, le=64, description="Beam search width (1: sampling or greedy). The pt backend "
+                                                       "runs beam requests through transformers' generate; "
+                                                       "vllm and lmdeploy refuse them (a 400).")
     response_format: Optional[dict[str, Any]] = Field(
         None, description="OpenAI response_format: {type: text}, {type: json_object} or {type: json_schema, "
                           "json_schema: {...}}; constrained decoding runs on the vllm and lmdeploy backends.")
@@ -66,6 +69,14 @@ class AdapterRequest(BaseModel):
 
     name: str = Field(description="Adapter name (as given to `adapters=` or `--adapters name=path`).")
     path: Optional[str] = Field(None, description="Local path or hub id; loaded on first use.")
+
+    def __init__(self, name: Optional[str] = None, path: Optional[str] = None, **data: Any) -> None:
+        # Positional too, as ms-swift's dataclass takes them: AdapterRequest('lora1', 'path/to/lora1').
+        if name is not None:
+            data["name"] = name
+        if path is not None:
+            data["path"] = path
+        super().__init__(**data)
 
 
 class InferRequest(BaseModel):

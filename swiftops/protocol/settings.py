@@ -7,12 +7,57 @@ Every field has a description: it becomes the flag's help text and the schema's 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
-BackendName = Literal["pt", "vllm", "lmdeploy"]
+# ms-swift's names for a backend: `transformers` is ms-swift >= 3.7's name for what 3.x (and swiftops) call pt.
+BACKEND_VALUE_ALIASES = {"transformers": "pt"}
+# Values of ms-swift flags that swiftops does not run, and what to use instead.
+REFUSED_VALUES: dict[str, dict[str, str]] = {
+    "infer_backend": {"sglang": "swiftops has no sglang backend; use --infer_backend vllm or lmdeploy for an "
+                                "accelerated engine (or pt, the default)"},
+}
+
+
+def _backend_name(value: Any) -> Any:
+    if isinstance(value, str):
+        if value in REFUSED_VALUES["infer_backend"]:
+            raise ValueError(REFUSED_VALUES["infer_backend"][value])
+        return BACKEND_VALUE_ALIASES.get(value, value)
+    return value
+
+
+BackendName = Annotated[Literal["pt", "vllm", "lmdeploy"], BeforeValidator(_backend_name)]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+# ms-swift (3.x and 4.x) flags that swiftops does not take, with the reason and what to do instead. The CLI and
+# --config files refuse them with this line rather than "No such option".
+REFUSED_SETTINGS: dict[str, str] = {
+    "share": "swiftops app has no public share links (gradio's --share); serve on --server_name 0.0.0.0 and put "
+             "it behind your own tunnel or ingress",
+    "metric": "swiftops does not score results; the result file holds response and labels side by side for your "
+              "own acc/rouge script",
+    "ssl_keyfile": "swiftops serves plain HTTP; terminate TLS at a reverse proxy or the Kubernetes ingress",
+    "ssl_certfile": "swiftops serves plain HTTP; terminate TLS at a reverse proxy or the Kubernetes ingress",
+    "studio_title": "the chat page has swiftops' own title in this version; drop the flag",
+    "lang": "the chat page is in English in this version; drop the flag",
+    "attn_impl": "the pt backend installs its own paged attention (vision towers keep sdpa); vllm and lmdeploy "
+                 "pick theirs; drop the flag",
+    "truncation_strategy": "swiftops never cuts a prompt: one longer than --max_model_len (--max_length) is "
+                           "refused, as ms-swift's delete does; drop the flag, or shorten the input",
+    "sglang_tp_size": "swiftops has no sglang backend; use --infer_backend vllm --tensor_parallel_size N",
+    "sglang_context_length": "swiftops has no sglang backend; use --infer_backend vllm --max_model_len N",
+    "sglang_mem_fraction_static": "swiftops has no sglang backend; use --infer_backend vllm "
+                                  "--gpu_memory_utilization F",
+}
+
+
+def aliases(*names: str) -> AliasChoices:
+    """A field's own name first (the JSON schema and --help show it), then other spellings users pass (ms-swift's
+    vllm_*/lmdeploy_* names, older names): flags, SWIFTOPS_* variables, --config keys and manifests take them."""
+    return AliasChoices(*names)
 
 
 class _Section(BaseModel):
@@ -41,6 +86,28 @@ def parse_adapters(value: Any) -> dict[str, str]:
     return adapters
 
 
+def resolve_adapters(value: Any, default_adapter: Optional[str] = None) -> tuple[dict[str, str], Optional[str]]:
+    """The Python API's `adapters=` (ms-swift's list of paths, `name=path` items or a mapping) -> ({name: path},
+    the adapter for requests that name none: `default_adapter`, else the one bare path)."""
+    if len(unnamed_adapters(value)) > 1:
+        raise ValueError("several adapters without a name: only one can apply to every request; give "
+                         "{name: path} (requests pick one with AdapterRequest(name)) and at most one bare path")
+    adapters = parse_adapters(value)
+    default = default_adapter or next(iter(unnamed_adapters(value)), None)
+    if default is not None and default not in adapters:
+        raise ValueError(f"default_adapter {default!r} is not among the adapters ({', '.join(adapters) or 'none'})")
+    return adapters, default
+
+
+def unnamed_adapters(value: Any) -> list[str]:
+    """Names parse_adapters gives to the items of `value` that are bare paths (no `name=`)."""
+    if value is None or isinstance(value, dict):
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    bare = [str(item) for item in items if "=" not in str(item)]
+    return list(parse_adapters(bare)) if bare else []
+
+
 class ModelSettings(_Section):
     model: Optional[str] = Field(None, description="Hub id or local path of the model (any transformers causal LM).")
     model_revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of the model.")
@@ -51,13 +118,21 @@ class ModelSettings(_Section):
         None, description="Tokenizer hub id or path when not the model's (vLLM backend): the base model's "
                           "for a GGUF checkpoint, which vLLM otherwise converts slowly.")
     adapters: dict[str, str] = Field(
-        default_factory=dict,
-        description="LoRA adapters as name=path (a bare path is named after its directory); several allowed.")
-    torch_dtype: DType = Field("auto", description="Weights dtype: auto (the checkpoint's; float32 on CPU), "
-                                                   "float32, float16 or bfloat16.")
+        default_factory=dict, validation_alias=aliases("adapters", "lora_modules"),
+        description="LoRA adapters as name=path, several allowed. A bare path (as ms-swift takes it) is named "
+                    "after its directory and applied to every request that names no other adapter.")
+    default_adapter: Optional[str] = Field(
+        None, description="Name of the adapter applied to requests that name no adapter (the served model name "
+                          "included); set by a bare --adapters path. Unset: such requests get the base model.")
+    torch_dtype: DType = Field("auto", validation_alias=aliases("torch_dtype", "dtype"),
+                               description="Weights dtype: auto (the checkpoint's; float32 on CPU), "
+                                           "float32, float16 or bfloat16.")
     device_map: Optional[str] = Field(None, description="transformers device_map: auto, balanced, cpu, cuda:0 or a JSON map.")
-    max_model_len: Optional[int] = Field(None, ge=16, description="Context length in tokens (prompt + output); "
-                                                                 "default: the model's max_position_embeddings.")
+    max_model_len: Optional[int] = Field(
+        None, ge=16, validation_alias=aliases("max_model_len", "vllm_max_model_len", "lmdeploy_session_len",
+                                              "session_len", "max_length"),
+        description="Context length in tokens (prompt + output); longer prompts are refused (ms-swift's "
+                    "--truncation_strategy delete); default: the model's max_position_embeddings.")
     trust_remote_code: bool = Field(False, description="Allow model code shipped with the checkpoint to run.")
     merge_lora: bool = Field(False, description="Merge the single given adapter into the base weights at load time.")
     quant_method: Optional[Literal["bnb"]] = Field(
@@ -72,9 +147,35 @@ class ModelSettings(_Section):
                           "seq_cls (class scores), reward (a score per conversation) or prm (a score per step); "
                           "unset: detected from the model's config.")
 
+    model_type: Optional[str] = Field(
+        None, description="ms-swift's model type (e.g. qwen2_5); accepted so ms-swift scripts run: swiftops reads "
+                          "the architecture from the checkpoint's config.json.")
+    template: Optional[str] = Field(
+        None, description="Chat template: a .jinja file (or a tokenizer_config.json holding chat_template) that "
+                          "replaces the checkpoint's; unset: the checkpoint's own template.")
+    use_hf: Optional[bool] = Field(
+        None, description="Download models and adapters from Hugging Face (true) or ModelScope (false; needs "
+                          "`pip install modelscope`); unset: $USE_HF, else Hugging Face.")
+    load_args: bool = Field(
+        True, description="Read the args.json that ms-swift writes next to a trained adapter or checkpoint: "
+                          "--adapters DIR alone then finds its base model, system prompt and template there.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_adapter_is_the_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("default_adapter") is None:
+            raw = next((data[key] for key in ("adapters", "lora_modules") if key in data), None)
+            bare = unnamed_adapters(raw)
+            if len(bare) == 1:
+                data = {**data, "default_adapter": bare[0]}
+        return data
+
     @field_validator("adapters", mode="before")
     @classmethod
     def _adapters(cls, value: Any) -> dict[str, str]:
+        if len(unnamed_adapters(value)) > 1:
+            raise ValueError("several adapters without a name: only one can apply to every request; name them "
+                             "name=path (requests pick one by name) and leave at most one bare path")
         return parse_adapters(value)
 
     @field_validator("device_map", "max_memory", mode="before")
@@ -101,36 +202,56 @@ class ModelSettings(_Section):
 
 
 class EngineSettings(_Section):
-    infer_backend: BackendName = Field("pt", description="Inference backend: pt (swiftops' own), vllm or lmdeploy.")
+    infer_backend: BackendName = Field(
+        "pt", description="Inference backend: pt (swiftops' own; ms-swift >= 3.7 calls it transformers, which is "
+                          "taken too), vllm or lmdeploy.")
     max_batch_size: Optional[int] = Field(
-        None, ge=1, description="Most sequences decoded together (vLLM's max_num_seqs; default: 256 on a GPU, 32 on "
-                                "CPU for the pt backend, the library's own default for vllm and lmdeploy).")
-    max_num_batched_tokens: int = Field(2048, ge=16, description="Token budget of one prefill step (chunked prefill).")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory for weights and KV cache.")
+        None, ge=1, validation_alias=aliases("max_batch_size", "max_num_seqs", "vllm_max_num_seqs"),
+        description="Most sequences decoded together (vLLM's max_num_seqs; default: 256 on a GPU, 32 on CPU for the "
+                    "pt backend, the library's own default for vllm and lmdeploy).")
+    max_num_batched_tokens: int = Field(
+        2048, ge=16, validation_alias=aliases("max_num_batched_tokens", "vllm_max_num_batched_tokens"),
+        description="Token budget of one prefill step (chunked prefill).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, validation_alias=aliases("gpu_memory_utilization", "vllm_gpu_memory_utilization"),
+        description="Share of GPU memory for weights and KV cache.")
     kv_cache_memory_gb: Optional[float] = Field(
         None, gt=0, description="KV cache size in GiB (default: from gpu_memory_utilization on GPU, 1 GiB on CPU).")
     block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
-    enforce_eager: bool = Field(False, description="Disable CUDA graphs for decode.")
-    max_loras: int = Field(8, ge=1, description="LoRA adapters resident at once; the least recently used is unloaded.")
-    max_lora_rank: int = Field(64, ge=1, description="Highest LoRA rank an adapter may have.")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs each layer is split over (vllm, lmdeploy's tp).")
-    pipeline_parallel_size: int = Field(1, ge=1, description="Stages the layers are split into, one GPU group each "
-                                                             "(vllm).")
-    data_parallel_size: int = Field(1, ge=1, description="Engine replicas, each on its own GPUs, that requests are "
-                                                         "spread over (vllm, lmdeploy).")
+    enforce_eager: bool = Field(False, validation_alias=aliases("enforce_eager", "vllm_enforce_eager"),
+                                description="Disable CUDA graphs for decode.")
+    max_loras: int = Field(8, ge=1, validation_alias=aliases("max_loras", "vllm_max_loras"),
+                           description="LoRA adapters resident at once; the least recently used is unloaded.")
+    max_lora_rank: int = Field(64, ge=1, validation_alias=aliases("max_lora_rank", "vllm_max_lora_rank"),
+                               description="Highest LoRA rank an adapter may have.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, validation_alias=aliases("tensor_parallel_size", "vllm_tensor_parallel_size", "lmdeploy_tp", "tp"),
+        description="GPUs each layer is split over (vllm, lmdeploy's tp).")
+    pipeline_parallel_size: int = Field(
+        1, ge=1, validation_alias=aliases("pipeline_parallel_size", "vllm_pipeline_parallel_size"),
+        description="Stages the layers are split into, one GPU group each (vllm).")
+    data_parallel_size: int = Field(
+        1, ge=1, validation_alias=aliases("data_parallel_size", "vllm_data_parallel_size"),
+        description="Engine replicas, each on its own GPUs, that requests are spread over (vllm, lmdeploy).")
     enable_prefix_caching: Optional[bool] = Field(
-        None, description="Reuse the KV cache of a shared prompt prefix across requests (vllm, lmdeploy; "
-                          "unset: the backend's default).")
+        None, validation_alias=aliases("enable_prefix_caching", "vllm_enable_prefix_caching"),
+        description="Reuse the KV cache of a shared prompt prefix across requests (vllm, lmdeploy; "
+                    "unset: the backend's default).")
     limit_mm_per_prompt: dict[str, int] = Field(
-        default_factory=dict, description='Most media items per prompt by kind, e.g. {"image": 5, "video": 2} (vllm).')
+        default_factory=dict, validation_alias=aliases("limit_mm_per_prompt", "vllm_limit_mm_per_prompt"),
+        description='Most media items per prompt by kind, e.g. {"image": 5, "video": 2} (vllm).')
     lmdeploy_backend: Optional[Literal["turbomind", "pytorch"]] = Field(
         None, description="LMDeploy engine: turbomind (default when the model supports it) or pytorch (needed for "
                           "LoRA adapters).")
     cache_max_entry_count: Optional[float] = Field(
-        None, gt=0, le=1, description="LMDeploy: share of the GPU memory left after the weights that the KV cache "
-                                      "takes (unset: LMDeploy's 0.8).")
-    quant_policy: Literal[0, 4, 8] = Field(0, description="LMDeploy: KV cache quantization bits (0: off, 4 or 8).")
-    vision_batch_size: int = Field(1, ge=1, description="LMDeploy: images encoded together by the vision model.")
+        None, gt=0, le=1, validation_alias=aliases("cache_max_entry_count", "lmdeploy_cache_max_entry_count"),
+        description="LMDeploy: share of the GPU memory left after the weights that the KV cache takes "
+                    "(unset: LMDeploy's 0.8).")
+    quant_policy: Literal[0, 4, 8] = Field(0, validation_alias=aliases("quant_policy", "lmdeploy_quant_policy"),
+                                           description="LMDeploy: KV cache quantization bits (0: off, 4 or 8).")
+    vision_batch_size: int = Field(
+        1, ge=1, validation_alias=aliases("vision_batch_size", "lmdeploy_vision_batch_size"),
+        description="LMDeploy: images encoded together by the vision model.")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments passed unchanged to the backend library's engine "
                                           "config (vLLM's AsyncEngineArgs, LMDeploy's *EngineConfig).")
@@ -147,13 +268,28 @@ class GenerationSettings(_Section):
     logprobs: bool = Field(False, description="Return log-probabilities of generated tokens.")
     top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="Number of alternatives per token with --logprobs.")
     system: Optional[str] = Field(None, description="Default system prompt (used when a conversation has none).")
+    num_beams: int = Field(1, ge=1, description="Beam search width (1: off); the pt backend runs beam requests "
+                                                "through transformers' generate, one request at a time.")
 
 
 class InferSettings(_Section):
     stream: Optional[bool] = Field(None, description="Stream tokens as they are generated (default: true "
                                                      "interactively, false for datasets).")
-    val_dataset: list[str] = Field(default_factory=list,
-                                   description="Local JSONL/JSON/CSV files to run (dataset mode); several allowed.")
+    val_dataset: list[str] = Field(
+        default_factory=list,
+        description="Datasets to answer (dataset mode), several allowed, as ms-swift writes them: "
+                    "NAME_OR_PATH[:subset][#N]: a local .jsonl/.json/.csv file, a folder of such files or a "
+                    "`datasets` save_to_disk folder, or a hub dataset id (needs `pip install datasets`); "
+                    "#N takes N rows at random (seeded by --data_seed).")
+    dataset: list[str] = Field(
+        default_factory=list,
+        description="Training datasets (same forms as --val_dataset) whose held-out share, "
+                    "--split_dataset_ratio, is answered when --val_dataset is not given (as swift infer does).")
+    split_dataset_ratio: float = Field(0.01, gt=0, le=1, description="Share of --dataset rows held out and answered "
+                                                                      "(seeded by --data_seed).")
+    val_dataset_sample: Optional[int] = Field(None, ge=1, description="Answer only this many rows, picked at random "
+                                                                      "(seeded by --data_seed) in input order.")
+    data_seed: int = Field(42, description="Seed of #N, --val_dataset_sample and --split_dataset_ratio sampling.")
     draw_boxes: Optional[str] = Field(None, description="Directory to save each answer's grounding boxes drawn on "
                                                         "the request's first image (Qwen2-VL / Qwen2.5-VL boxes).")
     result_path: Optional[str] = Field(None, description="JSONL file the results are appended to "
@@ -171,8 +307,10 @@ class InferSettings(_Section):
 
 
 class ServerSettings(_Section):
-    host: str = Field("0.0.0.0", description="Address to listen on.")
-    port: int = Field(8000, ge=1, le=65535, description="Port to listen on (an error if it is taken).")
+    host: str = Field("0.0.0.0", validation_alias=aliases("host", "server_name"),
+                      description="Address to listen on (`swift app`'s --server_name).")
+    port: int = Field(8000, ge=1, le=65535, validation_alias=aliases("port", "server_port"),
+                      description="Port to listen on (an error if it is taken; `swift app`'s --server_port).")
     served_model_name: Optional[str] = Field(None, description="Model name clients use (default: the last part of --model).")
     api_key: Optional[str] = Field(None, description="Required bearer key: the key itself or a path to a file holding it "
                                                      "(a Kubernetes secret); SWIFTOPS_API_KEY also works.")
@@ -211,6 +349,21 @@ class ServerSettings(_Section):
     media_workers: int = Field(2, ge=1, description="Threads fetching and decoding media (a pool of their "
                                                     "own, so slow media never delays text requests).")
     media_queue: int = Field(64, ge=0, description="Media requests waiting for a media worker; more get 429.")
+    log_interval: Optional[float] = Field(
+        None, le=0, description="ms-swift's seconds between statistics log lines; swiftops never logs them (see "
+                          "/metrics), so only -1 or 0 (off, as ms-swift's demos pass it) is taken.")
+
+    @field_validator("log_interval", mode="before")
+    @classmethod
+    def _no_stats_log(cls, value: Any) -> Any:
+        try:
+            positive = value is not None and float(value) > 0
+        except (TypeError, ValueError):
+            return value  # not a number: pydantic says so
+        if positive:
+            raise ValueError("swiftops exports its statistics at /metrics (Prometheus) instead of logging them "
+                             "every N seconds; pass -1 or drop the flag")
+        return value
 
 
 class MediaSettings(_Section):

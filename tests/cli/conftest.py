@@ -35,3 +35,34 @@ def run_swiftops(tmp_path):
 def swiftops_process():
     """(argv prefix, environment) that start `swiftops` in a child process (for pexpect and Popen)."""
     return list(SWIFTOPS), swiftops_env()
+
+
+@pytest.fixture
+def swiftops_cli(tmp_path, monkeypatch, capsys):
+    """`swiftops ARGS...` run in this process (no fresh interpreter: torch is already imported), in tmp_path,
+    without SWIFTOPS_* variables; returns (exit status, stdout, stderr)."""
+    import os
+
+    from swiftops.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("SWIFTOPS_"):
+            monkeypatch.delenv(name)
+
+    def run(*args: str, input: str | None = None) -> tuple[int, str, str]:
+        import io
+        import sys
+
+        if input is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(input))
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -24,3 +24,17 @@ def test_help_lists_deploys_flags_and_base_url(run_swiftops):
     assert done.returncode == 0
     for flag in ("--base_url", "--model", "--adapters", "--api_key", "--port", "--max_new_tokens"):
         assert flag in done.stdout
+
+
+def test_swift_app_flags(run_swiftops, tmp_path):
+    from swiftops.cli.app import command
+    from swiftops.cli.options import build_settings
+    from swiftops.protocol.settings import ServerSettings
+
+    ctx = command.make_context("app", ["--server_name", "127.0.0.1", "--server_port", "7861", "--stream", "true",
+                                       "--is_multimodal", "true"])
+    (server,) = build_settings(ctx.params, ServerSettings)
+    assert (server.host, server.port) == ("127.0.0.1", 7861)
+    _one_line_error(run_swiftops("app", "--model", "m", "--share", "true"), "--share is not supported",
+                    "tunnel or ingress")
+    _one_line_error(run_swiftops("app", "--model", "m", "--stream", "false"), "always streams")

@@ -37,25 +37,28 @@ def test_every_file_shape_in_one_run(tiny_model_dir, tmp_path, run_swiftops):
                         "alpaca.csv", "--result_path", "out.jsonl", "--logprobs", "--top_logprobs", "2",
                         "--system", "Default system.", "--stream", "true", "--max_batch_size", "2")
     assert done.returncode == 0, done.stderr
-    assert "--stream is ignored" in done.stderr
+    # --stream true: each sample's query, labels and response as it finishes, as ms-swift prints them
+    assert "[QUERY] Translate\nGood morning\n[LABELS] Guten Morgen\n[RESPONSE] " in done.stdout
+    assert done.stdout.count("[QUERY] ") == 6
     assert "result_path: out.jsonl" in done.stdout and '"num_samples": 6' in done.stdout
 
     rows = {r["id"]: r for r in read_rows(tmp_path / "out.jsonl")}
     assert set(rows) == {"chat.jsonl#0", "chat.jsonl#1", "qa.json#0", "qa.json#1", "alpaca.csv#0", "alpaca.csv#1"}
     default_system = {"role": "system", "content": "Default system."}
     assert rows["chat.jsonl#0"]["messages"] == [default_system, {"role": "user", "content": "hi"}]
-    assert rows["chat.jsonl#0"]["label"] == "hello"
+    assert rows["chat.jsonl#0"]["labels"] == "hello"
     assert rows["chat.jsonl#1"]["messages"][0] == {"role": "system", "content": "Own system."}
-    assert rows["chat.jsonl#1"]["label"] is None
+    assert rows["chat.jsonl#1"]["labels"] is None
     assert rows["qa.json#0"]["messages"] == [
         {"role": "system", "content": "Row system."}, {"role": "user", "content": "first?"},
         {"role": "assistant", "content": "first!"}, {"role": "user", "content": "and then?"}]
-    assert rows["qa.json#0"]["label"] == "the end"
+    assert rows["qa.json#0"]["labels"] == "the end"
     assert rows["alpaca.csv#0"]["messages"][-1] == {"role": "user", "content": "Translate\nGood morning"}
-    assert rows["alpaca.csv#0"]["label"] == "Guten Morgen"
+    assert rows["alpaca.csv#0"]["labels"] == "Guten Morgen"
     assert rows["alpaca.csv#1"]["messages"][-1] == {"role": "user", "content": "Count to three"}
     for row in rows.values():
         assert isinstance(row["response"], str) and row["response"]
+        assert "label" not in row  # ms-swift's field name only
         assert len(row["logprobs"]) == row["usage"]["completion_tokens"] == 6
         assert all(len(item["top_logprobs"]) == 2 and item["logprob"] <= 0 for item in row["logprobs"])
 
@@ -108,3 +111,43 @@ def test_a_failing_row_is_reported_and_skipped(tiny_model_dir, tmp_path, run_swi
     (result,) = (tmp_path / "results").glob(f"{tiny_model_dir.name}-*.jsonl")  # the default result path
     assert f"result_path: results/{result.name}" in done.stdout
     assert sorted(r["id"] for r in read_rows(result)) == ["data.jsonl#0", "data.jsonl#2"]
+
+
+def test_a_result_file_with_the_old_label_field_resumes(tiny_model_dir, tmp_path, swiftops_cli):
+    write_jsonl(tmp_path / "data.jsonl", [{"query": "one", "response": "1"}, {"query": "two", "response": "2"}])
+    # written by a release that named the field `label`: row 0 is done
+    write_jsonl(tmp_path / "out.jsonl", [{"id": "data.jsonl#0", "messages": [{"role": "user", "content": "one"}],
+                                         "response": "x", "label": "1", "finish_reason": "length"}])
+    code, out, err = swiftops_cli("infer", "--model", tiny_model_dir, *GENERATION, "--val_dataset", "data.jsonl",
+                                  "--result_path", "out.jsonl")
+    assert code == 0, err
+    assert "1 already in the result file, 1 to run" in out
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert [r["id"] for r in rows] == ["data.jsonl#0", "data.jsonl#1"]
+    assert rows[1]["labels"] == "2"
+
+
+def test_result_rows_keep_the_input_rows_media(tiny_vlm_dir, tmp_path, swiftops_cli):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    write_jsonl(tmp_path / "vqa.jsonl", [{"messages": [{"role": "user", "content": "<image>what colour?"},
+                                                       {"role": "assistant", "content": "red"}],
+                                          "images": ["red.png"]}])
+    code, _, err = swiftops_cli("infer", "--model", tiny_vlm_dir, *GENERATION, "--val_dataset", "vqa.jsonl",
+                                "--result_path", "out.jsonl")
+    assert code == 0, err
+    [row] = read_rows(tmp_path / "out.jsonl")
+    assert (row["images"], row["labels"]) == (["red.png"], "red")
+
+
+def test_cli_takes_hash_n_and_dataset_split(tiny_model_dir, tmp_path, swiftops_cli):
+    write_jsonl(tmp_path / "d.jsonl", [{"query": f"q{i}"} for i in range(30)])
+    code, _, err = swiftops_cli("infer", "--model", tiny_model_dir, "--val_dataset", "d.jsonl#4", "--max_new_tokens",
+                                "2", "--result_path", "a.jsonl", "--data_seed", "3")
+    assert code == 0, err
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 4
+    code, _, err = swiftops_cli("infer", "--model", tiny_model_dir, "--dataset", "d.jsonl", "--split_dataset_ratio",
+                                "0.1", "--max_new_tokens", "2", "--result_path", "b.jsonl")
+    assert code == 0, err
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 3

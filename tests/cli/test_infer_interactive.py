@@ -71,7 +71,7 @@ def test_special_commands_on_a_terminal(swiftops_process, tiny_model_dir, tmp_pa
     assert len(rows[3]["messages"]) == 4
     # clear: history gone, system prompt kept
     assert rows[4]["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "fresh start"}]
-    assert all(r["response"] and r["id"] and r["label"] is None for r in rows)
+    assert all(r["response"] and r["id"] and r["labels"] is None for r in rows)
     assert len({r["id"] for r in rows}) == len(rows)
 
 

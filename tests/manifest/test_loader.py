@@ -41,7 +41,7 @@ def test_all_problems_are_reported_with_path_and_line():
 
 def test_unknown_key_without_a_close_match_lists_the_known_keys():
     found = problems(BROKEN.replace("dtpye", "zzzzzz"))
-    assert any("unknown key 'zzzzzz'; known keys: dtype, gguf_file, id, max_model_len" in p for p in found)
+    assert any("unknown key 'zzzzzz'; known keys: " in p and "gguf_file" in p and "load_args" in p for p in found)
 
 
 def test_a_plain_api_key_is_refused_with_the_secret_field_to_use():

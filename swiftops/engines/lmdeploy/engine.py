@@ -98,6 +98,7 @@ class LmdeployEngine(SettingsEngine):
             raise ConfigError("LoRA adapters need LMDeploy's PyTorch engine; pass --lmdeploy_backend pytorch")
         self.lmdeploy_backend = backend
         self._adapters = dict(model.adapters)
+        self._default_adapter = model.default_adapter  # a bare --adapters path: for requests that name none
         task, engine_class = get_task(backend, model.model, trust_remote_code=model.trust_remote_code,
                                       backend_config=config)
         extra = {}
@@ -142,8 +143,8 @@ class LmdeployEngine(SettingsEngine):
         return 0
 
     def _adapter_name(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
-        if adapter_request is None:
-            return None
+        if adapter_request is None or adapter_request.name == self.model_name:
+            return self._default_adapter
         if adapter_request.name not in self._adapters:
             raise ModelNotFoundError(f"adapter {adapter_request.name!r} is not loaded; LMDeploy loads adapters at "
                                      f"start only (--adapters name=path); this engine serves {', '.join(self.models)}")
@@ -172,6 +173,8 @@ class LmdeployEngine(SettingsEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        if config.num_beams > 1:
+            require("lmdeploy", "beam_search")
         adapter_name = self._adapter_name(adapter_request)
         prompt, prompt_len = self._prompt(request)
         if not prompt_len and prompt.get("input_ids") is not None:

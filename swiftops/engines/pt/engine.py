@@ -7,7 +7,7 @@ import gc
 import logging
 import os
 from collections import deque
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional, Union
 
 import torch
 
@@ -31,9 +31,11 @@ from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
 from swiftops.media.worker_pools import media_pool, text_pool
 from swiftops.protocol.capabilities import require
-from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
+from swiftops.protocol.settings import (EngineSettings, GenerationSettings, MediaSettings, ModelSettings,
+                                        resolve_adapters)
 from swiftops.template.chat_template import encode_prompt
 from swiftops.template.multimodal import MultimodalEncoder
+from swiftops.template.template_file import read_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +59,27 @@ def _vision_on_sdpa(model: Any) -> None:
 
 
 class PtEngine(InferEngine):
-    """Runs any transformers causal LM: `PtEngine("Qwen/Qwen2.5-0.5B-Instruct", max_batch_size=32)`."""
+    """Runs any transformers causal LM: `PtEngine("Qwen/Qwen2.5-0.5B-Instruct")`.
 
-    def __init__(self, model: str, adapters: Optional[dict[str, str]] = None, *,
-                 max_batch_size: Optional[int] = None,
-                 torch_dtype: Optional[str] = None, device_map: Optional[str] = None,
+    `adapters`: {name: path}, or ms-swift's list of paths / `name=path` items; a bare path applies to every
+    request that names no adapter (`default_adapter` picks one by name). An embedding, reward or classifier
+    checkpoint gets its own engine (PtEmbeddingEngine, PtClassifierEngine), as in ms-swift."""
+
+    def __new__(cls, model: Any = None, *args: Any, task_type: Optional[str] = None, **kwargs: Any) -> Any:
+        if cls is PtEngine and isinstance(model, str) and model:
+            from swiftops.engines.pt.task import model_task, task_engine_class
+
+            task = model_task(model, task_type)
+            other = task_engine_class(task)
+            if other is not None:  # not a PtEngine, so Python skips PtEngine.__init__
+                if args or kwargs.get("adapters"):
+                    raise ConfigError(f"{model} is a {task} model: LoRA adapters are served on causal LMs only")
+                return other(model, task_type=task, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, model: str, adapters: Union[dict[str, str], list[str], str, None] = None, *,
+                 max_batch_size: Optional[int] = None, torch_dtype: Union[str, torch.dtype, None] = None,
+                 device_map: Optional[str] = None,
                  max_model_len: Optional[int] = None, model_revision: Optional[str] = None,
                  trust_remote_code: bool = False, max_num_batched_tokens: int = 2048,
                  gpu_memory_utilization: float = 0.9, kv_cache_memory_gb: Optional[float] = None,
@@ -71,10 +89,14 @@ class PtEngine(InferEngine):
                  merge_lora: bool = False, quant_method: Optional[str] = None, quant_bits: Optional[int] = None,
                  enable_lora: bool = False, max_memory: Optional[str] = None, media: Optional[MediaSettings] = None,
                  media_policy: Optional[MediaPolicy] = None,
-                 limit_mm_per_prompt: Optional[dict[str, int]] = None) -> None:
+                 limit_mm_per_prompt: Optional[dict[str, int]] = None, default_adapter: Optional[str] = None,
+                 task_type: Optional[str] = None, template: Optional[str] = None) -> None:
         register()
         self.generation = generation or GenerationSettings()
-        adapters = dict(adapters or {})
+        try:
+            adapters, self.default_adapter = resolve_adapters(adapters, default_adapter)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         loaded = load_model(model, revision=model_revision, torch_dtype=torch_dtype, device_map=device_map,
                             max_model_len=max_model_len, trust_remote_code=trust_remote_code,
                             attn_implementation=ATTN_IMPLEMENTATION, quant_method=quant_method,
@@ -94,7 +116,11 @@ class PtEngine(InferEngine):
             loaded.model.set_attn_implementation(ATTN_IMPLEMENTATION)
             if loaded.processor is not None:
                 _vision_on_sdpa(loaded.model)
-            adapters = {}
+            adapters, self.default_adapter = {}, None  # the merged weights are the adapter
+        if template:
+            loaded.tokenizer.chat_template = read_chat_template(template)
+            if loaded.processor is not None:
+                loaded.processor.chat_template = loaded.tokenizer.chat_template
         self.lora = (LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model)
                      if adapters or enable_lora else None)
         self._loaded = loaded
@@ -154,7 +180,8 @@ class PtEngine(InferEngine):
     @classmethod
     def from_settings(cls, model: ModelSettings, engine: EngineSettings,
                       generation: Optional[GenerationSettings] = None, **kwargs: Any) -> "PtEngine":
-        return cls(model.model, model.adapters or None, max_batch_size=engine.max_batch_size,
+        return cls(model.model, model.adapters or None, default_adapter=model.default_adapter,
+                   template=model.template, max_batch_size=engine.max_batch_size,
                    torch_dtype=model.torch_dtype, device_map=model.device_map, max_model_len=model.max_model_len,
                    model_revision=model.model_revision, trust_remote_code=model.trust_remote_code,
                    max_num_batched_tokens=engine.max_num_batched_tokens,
@@ -252,6 +279,7 @@ class PtEngine(InferEngine):
         if config.response_format and config.response_format.get("type", "text") != "text":
             require("pt", "structured_output")  # a 400 saying which backends can
         adapter = self._adapter_for(adapter_request)
+        name = adapter_request.name if adapter_request is not None else self.model_name
         mm_inputs = None
         if self.encoder is not None and request.prompt is None:
             # Off the loop; media in a pool of its own, so slow media never delays a text-only chat.
@@ -272,6 +300,11 @@ class PtEngine(InferEngine):
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
         params = self._sampling_params(config, len(prompt_ids))
+        if config.num_beams > 1:  # transformers' generate, beside the continuously batched sequences
+            from swiftops.engines.pt.beam_search import beam_search_response, check_beam_request
+            check_beam_request(config, adapter, mm_inputs is not None)
+            return await beam_search_response(self.model, self.tokenizer, prompt_ids, config, params.max_tokens,
+                                              self._eos, params.stop, self._loaded.device, name)
         queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
         sink = AsyncSink(asyncio.get_running_loop(), queue)
 
@@ -286,14 +319,13 @@ class PtEngine(InferEngine):
         outputs = self._drain(queue, seqs)
         tools = bool(request.tools) and request.tool_choice != "none"
         want_logprobs = params.logprobs
-        name = adapter or self.model_name
         if config.stream:
             return stream_response(outputs, config.n, name, tools, want_logprobs)
         return await collect_response(outputs, config.n, name, tools, want_logprobs)
 
     def _adapter_for(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
         if adapter_request is None or adapter_request.name == self.model_name:
-            return None
+            return self.default_adapter  # ms-swift applies an unnamed adapter to every request
         if self.lora is None:
             if adapter_request.path:
                 raise BadRequestError("this engine was started without LoRA support; pass adapters=... "

@@ -56,8 +56,14 @@ def check_model_source(model: Optional[str]) -> str:
     raise ConfigError(f"model path {model} does not exist; pass an existing directory or a hub id like org/name")
 
 
-def resolve_dtype(torch_dtype: Optional[str], device: torch.device, config: Any) -> torch.dtype:
+def resolve_dtype(torch_dtype: Any, device: torch.device, config: Any) -> torch.dtype:
+    """`torch_dtype`: a name ("bfloat16", "auto") or a torch.dtype, as ms-swift's Python API takes it."""
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
     if torch_dtype and torch_dtype != "auto":
+        if torch_dtype not in _DTYPES:
+            raise ConfigError(f"torch_dtype {torch_dtype!r} is not one of auto, {', '.join(_DTYPES)} "
+                              f"(or a torch.dtype such as torch.bfloat16)")
         return _DTYPES[torch_dtype]
     if device.type == "cpu":
         return torch.float32  # half precision on CPU is slow and lossy
@@ -114,6 +120,12 @@ def _gguf_parsed_once() -> Iterator[None]:
                 setattr(gguf, name, fn)
 
 
+def _unloadable(model: str, exc: BaseException) -> ConfigError:
+    hint = (" (check the hub id and revision, the network, and HF_TOKEN for gated models; or pass a local "
+            "directory)" if not os.path.exists(os.path.expanduser(model)) else "")
+    return ConfigError(f"cannot load {model}: {_first_line(exc)}{hint}")
+
+
 def _gguf_architectures() -> str:
     try:
         from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
@@ -149,7 +161,10 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
     else:
         source = check_model_source(model)
         common = {"revision": revision, "trust_remote_code": trust_remote_code}
-        multimodal = is_multimodal_model(source, **common)
+        try:  # the first read of a hub id fetches it: a wrong id or no network is one line, not a trace
+            multimodal = is_multimodal_model(source, **common)
+        except OSError as exc:
+            raise _unloadable(model, exc) from exc
     with _gguf_parsed_once() if gguf is not None else contextlib.nullcontext():
         return _load(model, source, common, multimodal, gguf is not None, torch_dtype=torch_dtype,
                      device_map=device_map, max_model_len=max_model_len, attn_implementation=attn_implementation,
@@ -165,7 +180,7 @@ def _load(model: str, source: str, common: dict[str, Any], multimodal: bool, is_
     from swiftops.template.processor_loader import load_processor
 
     processor = None
-    try:
+    try:  # the first read of a hub id fetches it: a wrong id or no network is one line, not transformers' trace
         config = AutoConfig.from_pretrained(source, **common)
         if multimodal:  # the processor carries the tokenizer, the image/video processors and the chat template
             processor = load_processor(source, **common)
@@ -175,7 +190,7 @@ def _load(model: str, source: str, common: dict[str, Any], multimodal: bool, is_
         else:
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except OSError as exc:
-        raise ConfigError(f"cannot load {model}: {_first_line(exc)}") from exc
+        raise _unloadable(model, exc) from exc
     except ValueError as exc:
         if not is_gguf:
             raise

@@ -71,6 +71,7 @@ class VllmEngine(SettingsEngine):
         self._adapters: dict[str, Any] = {}
         for name, path in model.adapters.items():
             self._register_adapter(name, path)
+        self._default_adapter = model.default_adapter  # a bare --adapters path: for requests that name none
         self.tokenizer, self._model_defaults = self._load_tokenizer(model)
         logger.info("vllm engine: building AsyncLLM with %s", engine_kwargs)
         try:
@@ -110,8 +111,8 @@ class VllmEngine(SettingsEngine):
         return list(self._adapters)
 
     def _lora_request(self, adapter_request: Optional[AdapterRequest]) -> Any:
-        if adapter_request is None:
-            return None
+        if adapter_request is None or adapter_request.name == self.model_name:
+            return self._adapters.get(self._default_adapter) if self._default_adapter else None
         known = self._adapters.get(adapter_request.name)
         if known is not None and (adapter_request.path is None or adapter_request.path == known.lora_path):
             return known
@@ -153,6 +154,8 @@ class VllmEngine(SettingsEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        if config.num_beams > 1:
+            require("vllm", "beam_search")
         lora_request = self._lora_request(adapter_request)
         prompt, prompt_len = self._prompt(request)
         if not prompt_len:
