@@ -126,7 +126,7 @@ class PtEmbeddingEngine(InferEngine):
     def __init__(self, model: str, *, torch_dtype: Optional[str] = None, device_map: Optional[str] = None,
                  max_model_len: Optional[int] = None, model_revision: Optional[str] = None,
                  trust_remote_code: bool = False, served_model_name: Optional[str] = None,
-                 max_batch_size: int = EMBEDDING_BATCH, **_: Any) -> None:
+                 max_batch_size: Optional[int] = None, **_: Any) -> None:
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -151,14 +151,14 @@ class PtEmbeddingEngine(InferEngine):
         positions = getattr(config, "max_position_embeddings", None) or 512
         self.max_model_len = min(x for x in (max_model_len, self.pooling.max_seq_length, positions) if x)
         self.model_name = served_model_name or os.path.basename(os.path.normpath(model))
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size or EMBEDDING_BATCH
         self._lock = threading.Lock()  # one forward at a time: the model and the CPU threads are shared
 
     @classmethod
     def from_settings(cls, model, engine, generation=None, **kwargs: Any) -> "PtEmbeddingEngine":
         return cls(model.model, torch_dtype=model.torch_dtype, device_map=model.device_map,
                    max_model_len=model.max_model_len, model_revision=model.model_revision,
-                   trust_remote_code=model.trust_remote_code, max_batch_size=engine.max_batch_size or EMBEDDING_BATCH, **kwargs)
+                   trust_remote_code=model.trust_remote_code, max_batch_size=engine.max_batch_size, **kwargs)
 
     # ---- embedding --------------------------------------------------------------------------------
     def _batch(self, inputs: list[Union[str, list[int]]]):
