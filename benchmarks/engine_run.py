@@ -26,7 +26,7 @@ def _pt_probe(engine: Any) -> dict[str, Any]:
     """The effective settings the engine chose (defaults included) and whether decode runs CUDA graphs."""
     found: dict[str, Any] = {}
     for name in ("max_batch_size", "max_model_len", "runner_name", "max_num_batched_tokens", "block_size",
-                 "uses_cuda_graphs"):
+                 "uses_cuda_graphs", "paged_check_error"):
         value = getattr(engine, name, None)
         if value is not None:
             found[name] = value if isinstance(value, (int, float, str, bool)) else str(value)

@@ -148,8 +148,9 @@ class PtEngine(InferEngine):
         if choice != "fallback" and loaded.device.type == "cuda" and triton_available(loaded.device):
             from swiftops.engines.pt.fused_norm import fuse_rms_norms
             logger.info("pt engine: %d RMSNorm modules run as one Triton kernel each", fuse_rms_norms(loaded.model))
-        if choice == "fallback" or (choice != "paged" and not paged_path_agrees(
-                loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size)):
+        agrees, self.paged_check_error = (True, None) if choice in ("fallback", "paged") else paged_path_agrees(
+            loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size)
+        if choice == "fallback" or not agrees:
             logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", self.model_name)
             loaded.model.set_attn_implementation("sdpa")
             run = FallbackRunner(loaded.model, loaded.device, self.lora)

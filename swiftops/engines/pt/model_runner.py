@@ -218,7 +218,7 @@ class FallbackRunner:
 
 
 def paged_path_agrees(model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device,
-                      vocab_size: int) -> bool:
+                      vocab_size: int) -> tuple[bool, Optional[float]]:
     """Self-check at start-up: chunked prefill and decode through the paged path must reproduce a plain forward.
 
     Any exception or mismatch means this architecture does something our attention path does not model
@@ -248,15 +248,17 @@ def paged_path_agrees(model: Any, cache: PagedKVCache, blocks: BlockManager, dev
                 seq.num_computed += 1
         got_t = torch.stack(got).float()
         want = ref[9:12]
-        scale = want.abs().max().clamp_min(1e-6)
-        err = ((got_t - want).abs().max() / scale).item()
-        tolerance = 1e-3 if want.dtype == torch.float32 and cache.shape.dtype == torch.float32 else 3e-2
+        # Relative L2 error of each position's logits. A path that attends to the wrong keys is off by O(1); in
+        # half precision two correct attention kernels differ by rounding that grows with depth (the max-abs
+        # relative error was 4.6e-2 on a random 28-layer 7B shape in bf16), hence the wider bound there.
+        err = ((got_t - want).norm(dim=-1) / want.norm(dim=-1).clamp_min(1e-6)).max().item()
+        tolerance = 1e-3 if want.dtype == torch.float32 and cache.shape.dtype == torch.float32 else 1e-1
         if err > tolerance:
             logger.warning("paged attention disagrees with the model's own forward (relative error %.2e)", err)
-            return False
-        return True
+            return False, err
+        return True, err
     except Exception as exc:  # noqa: BLE001 - any failure means "use the fallback"
         logger.warning("paged attention cannot run this model (%s: %s)", type(exc).__name__, exc)
-        return False
+        return False, None
     finally:
         blocks.release(seq)
