@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import platform
+import re
 import sys
 import time
 import traceback
@@ -41,9 +42,13 @@ class RunRecord:
         tmp.replace(self.out)
 
     def fail(self, where: str, exc: BaseException) -> None:
-        self.data.setdefault("errors", []).append({
-            "where": where, "error": f"{type(exc).__name__}: {exc}"[:2000],
-            "traceback": traceback.format_exc()[-4000:]})
+        trace = traceback.format_exc()
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SystemExit):  # a library that logged why and exited: name the first error behind it
+            causes = re.findall(r"^(\w*(?:Error|Exception): .+)$", trace, re.M)
+            if causes:
+                error += f" (after {causes[0]})"
+        self.data.setdefault("errors", []).append({"where": where, "error": error[:2000], "traceback": trace[-6000:]})
         self.save()
         print(f"[{self.data['engine']}] {where} failed: {type(exc).__name__}: {str(exc)[:500]}", file=sys.stderr,
               flush=True)
