@@ -113,5 +113,6 @@ cp -r "$BUILD/boot" "$KIT/boot"
 tar -C "$BUILD" -cf - site | xz -T0 -6 > "$KIT/site.tar.xz"
 if [ "${KEEP_SITE:-0}" = 1 ]; then cp -r "$BUILD/site" "$KIT/site"; fi
 cp "$BUILD/site/KIT_WHEELS.txt" "$KIT/KIT_WHEELS.txt"
-echo "== kit ready: $KIT"
-du -sh "$BUILD/site" "$KIT/site.tar.xz" "$KIT"
+echo "== kit ready: $KIT ($(wc -l < "$KIT/KIT_WHEELS.txt") wheels)"
+echo "unpacked site/ (not carried): $(du -sh "$BUILD/site" | cut -f1)"
+echo "to carry, $KIT in all: $(du -sh "$KIT" | cut -f1)"

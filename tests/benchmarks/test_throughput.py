@@ -54,6 +54,20 @@ def test_engines_run_in_turn_and_a_failing_one_is_recorded(tmp_path) -> None:
     assert entry["ratios"]["pt/hf"] == pytest.approx(pt["runs"]["main"]["tok_s"] / hf["runs"]["main"]["tok_s"],
                                                      rel=1e-2)
     assert doc["host"]["torch"] and doc["command"]
+    model = entry["model"]
+    assert 26e6 < model["parameters"] < 28e6 and model["identity"]["shape"] == "30m"
+
+
+def test_a_built_model_is_reused(tmp_path) -> None:
+    from benchmarks.bench_model import build_model
+    path = build_model(tmp_path / "m", "30m", "float32", device="cpu")
+    weights = path / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert build_model(tmp_path / "m", "30m", "float32", device="cpu") == path
+    assert weights.stat().st_mtime_ns == stamp  # not written again
+    (path / "bench_model.json").unlink()  # an unfinished build (no marker) is built again
+    build_model(tmp_path / "m", "30m", "float32", device="cpu")
+    assert weights.stat().st_mtime_ns != stamp
 
 
 def test_a_hung_engine_is_killed_and_the_json_says_so(tmp_path) -> None:
