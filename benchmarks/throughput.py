@@ -232,7 +232,7 @@ class Benchmark:
         self.save()
         wanted = set(self.args.engines.split(",")) if self.args.engines else None
         for spec in work.engines:
-            if wanted is not None and spec.label not in wanted and spec.kind not in wanted:
+            if wanted is not None and spec.label not in wanted:
                 continue
             entry["engines"][spec.label] = self.run_engine(work, spec, model, prompts_file, entry["prompts"])
             entry["ratios"] = ratios(entry["engines"])
@@ -386,7 +386,7 @@ def main() -> None:
     parser.add_argument("--model_dir", default=str(REPO / ".bench-models"),
                         help="where the random-weight models are built and reused (the 7B takes ~15 GB)")
     parser.add_argument("--engines", default=None,
-                        help="only these engine labels or kinds, comma-separated (pt,lmdeploy,pt_tuned,hf,msswift)")
+                        help="only these engines, comma-separated labels (pt,lmdeploy,pt_tuned,hf,msswift)")
     parser.add_argument("--deadline_s", type=float, default=None,
                         help="stop starting engines this many seconds after start; running ones are cut to fit")
     parser.add_argument("--engine_timeout_s", type=float, default=None, help="override each workload's per-engine limit")
