@@ -236,6 +236,7 @@ class Benchmark:
                 continue
             entry["engines"][spec.label] = self.run_engine(work, spec, model, prompts_file, entry["prompts"])
             entry["ratios"] = ratios(entry["engines"])
+            entry["criteria"] = criteria(work.name, entry["engines"], entry["ratios"])
             self.save()
         entry["summary"] = summary(entry["engines"])
 
@@ -328,6 +329,35 @@ def ratios(engines: dict[str, dict[str, Any]]) -> dict[str, float]:
     return found
 
 
+# Issue 15's "Done when" lines that one workload decides: (ratio key, minimum, what it stands for).
+CRITERIA = {
+    "small": [("pt/lmdeploy", 1.0, "(a) 0.5B, 256 x 128 -> 256, defaults: pt >= 1.0x LMDeploy (aim 1.5x)"),
+              ("pt/lmdeploy (b1)", 1.0, "(c) batch 1, 0.5B: pt >= LMDeploy"),
+              ("pt/pt_tuned", 0.9, "(e) default max_model_len within 10% of max_model_len = prompt + output")],
+    "large": [("pt/lmdeploy", 1.0, "(b) 7B, 256 x 512 -> 256, defaults: pt >= 1.0x LMDeploy"),
+              ("pt/lmdeploy (b1)", 1.0, "(c) batch 1, 7B: pt >= LMDeploy"),
+              ("pt/pt_tuned", 0.9, "(e) default max_model_len within 10% of max_model_len = prompt + output")],
+    "long": [("pt/lmdeploy", 0.9, "(d) 7B, 16 x 16,384 -> 256: pt >= 0.9x LMDeploy, CUDA graphs, no OOM")],
+    "cpu": [("pt/hf", 1.3, "(f) CPU, 30M model, pt at max_batch_size 16 >= 1.3x static generate in 16s"),
+            ("pt/pt_tuned", 0.9, "(e) on CPU: default max_model_len within 10% of prompt + output")],
+}
+
+
+def criteria(workload: str, engines: dict[str, dict[str, Any]], found: dict[str, float]) -> list[dict[str, Any]]:
+    """Each criterion this workload decides: the measured ratio and whether it holds (None: not measured)."""
+    rows = []
+    for key, minimum, text in CRITERIA.get(workload, []):
+        ratio = found.get(key)
+        holds = None if ratio is None else ratio >= minimum
+        row = {"criterion": text, "ratio": key, "measured": ratio, "minimum": minimum, "holds": holds}
+        if text.startswith("(d)") and holds is not None:  # also: decode replayed CUDA graphs, nothing failed
+            graphs = ((engines.get("pt") or {}).get("effective") or {}).get("uses_cuda_graphs")
+            row["cuda_graphs"] = graphs
+            row["holds"] = bool(holds and graphs is not False and (engines.get("pt") or {}).get("ok"))
+        rows.append(row)
+    return rows
+
+
 def summary(engines: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rows = {}
     for label, rec in engines.items():
@@ -376,6 +406,9 @@ def print_table(doc: dict[str, Any]) -> None:
                                                                              else ""))
         for key, value in (entry.get("ratios") or {}).items():
             print(f"  ratio {key}: {value}")
+        for row in entry.get("criteria") or []:
+            verdict = {True: "holds", False: "NOT MET", None: "not measured"}[row["holds"]]
+            print(f"  {verdict:12s} {row['criterion']}: {row['ratio']} = {row['measured']} (>= {row['minimum']})")
 
 
 def main() -> None:

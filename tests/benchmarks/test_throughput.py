@@ -86,6 +86,17 @@ def test_ratios_only_compare_sets_both_engines_finished() -> None:
     assert ratios({"pt": ok, "lmdeploy": peer}) == {"pt/lmdeploy": 1.5}
 
 
+def test_criteria_read_the_ratios_of_their_workload() -> None:
+    from benchmarks.throughput import criteria
+    rows = criteria("small", {}, {"pt/lmdeploy": 1.2, "pt/pt_tuned": 0.85})
+    assert [(r["ratio"], r["holds"]) for r in rows] == [("pt/lmdeploy", True), ("pt/lmdeploy (b1)", None),
+                                                        ("pt/pt_tuned", False)]
+    eager = {"pt": {"ok": True, "effective": {"uses_cuda_graphs": False}}}
+    assert criteria("long", eager, {"pt/lmdeploy": 0.95})[0]["holds"] is False  # (d) wants CUDA graphs too
+    graphs = {"pt": {"ok": True, "effective": {"uses_cuda_graphs": True}}}
+    assert criteria("long", graphs, {"pt/lmdeploy": 0.95})[0]["holds"] is True
+
+
 def test_every_workload_is_defined_as_the_issue_asks() -> None:
     small, large, long, cpu = (throughput.WORKLOADS[k] for k in ("small", "large", "long", "cpu"))
     assert (small.shape, small.requests, small.prompt_len, small.output_len, small.batch1) == ("0.5b", 256, 128, 256, True)
