@@ -241,7 +241,12 @@ class Benchmark:
         entry["summary"] = summary(entry["engines"])
 
     def build_model(self, work: Workload, entry: dict[str, Any]) -> pathlib.Path:
+        from benchmarks.bench_model import is_built
         path = pathlib.Path(self.args.model_dir).resolve() / f"qwen2-{work.shape}-{work.dtype}"
+        if is_built(path, work.shape, work.dtype):
+            print(f"[{work.name}/model] reusing {path}", flush=True)
+            entry["model"] = {"path": str(path), **json.loads((path / "bench_model.json").read_text()), "reused": True}
+            return path
         cmd = [sys.executable, "-m", "benchmarks.bench_model", "--shape", work.shape, "--out", str(path),
                "--dtype", work.dtype] + (["--device", "cpu"] if work.device == "cpu" else [])
         result = run_child(cmd, min(600.0, self.remaining()), f"{work.name}/model")
