@@ -5,7 +5,7 @@
 #
 #   scripts/gpu_kit.sh          # -> /work/main/.gpukit (~15 MiB to carry); KIT=dir PYVER=3.11 KEEP_SITE=1 to change
 #   # on the GPU machine, from the repository root (the run tool's carry: [".gpukit"]):
-#   tar -xJf .gpukit/site.tar.xz -C .gpukit && export PYTHONPATH=$PWD/.gpukit/boot
+#   export PYTHONPATH=$PWD/.gpukit/boot    # the first python started unpacks site.tar.xz into .gpukit/site
 #   python3 -m benchmarks.throughput --workload small --out $OUT/small.json
 #
 # The kit:
@@ -89,15 +89,32 @@ EOF
 
 cat > "$BUILD/boot/sitecustomize.py" <<'EOF'
 """GPU kit: append ../site to sys.path after the machine's own packages (they win), then run any
-sitecustomize this one shadows."""
+sitecustomize this one shadows. The first python started unpacks ../site.tar.xz into ../site if needed
+(Python's own tarfile: no xz binary needed; unpacked beside, then renamed, so a second python never sees
+half a site dir)."""
 import os
 import site
 import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
 GPUKIT_SITE = os.path.join(os.path.dirname(_here), "site")
+_archive = GPUKIT_SITE + ".tar.xz"
+if not os.path.isdir(GPUKIT_SITE) and os.path.isfile(_archive):
+    import shutil
+    import tarfile
+    _tmp = f"{GPUKIT_SITE}.unpacking-{os.getpid()}"
+    with tarfile.open(_archive) as _tar:
+        try:
+            _tar.extractall(_tmp, filter="data")
+        except TypeError:  # Python < 3.12 without the filter argument
+            _tar.extractall(_tmp)
+    try:
+        os.rename(os.path.join(_tmp, "site"), GPUKIT_SITE)
+    except OSError:  # another python unpacked it first
+        pass
+    shutil.rmtree(_tmp, ignore_errors=True)
 if not os.path.isdir(GPUKIT_SITE):
-    sys.stderr.write(f"gpu kit: {GPUKIT_SITE} is missing; unpack it first: tar -xJf .gpukit/site.tar.xz -C .gpukit\n")
+    sys.stderr.write(f"gpu kit: {GPUKIT_SITE} is missing and there is no {_archive} to unpack\n")
 site.addsitedir(GPUKIT_SITE)
 for _entry in sys.path:
     _other = os.path.join(_entry or ".", "sitecustomize.py")
