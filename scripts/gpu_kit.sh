@@ -124,12 +124,15 @@ for _entry in sys.path:
         break
 EOF
 echo "== packing $BUILD/site into $KIT/site.tar.xz"
+NEXT="$KIT.next-$$"  # built beside and swapped in at the end: a kit being carried is never half-written
+rm -rf "$NEXT"
+mkdir -p "$NEXT"
+cp -r "$BUILD/boot" "$NEXT/boot"
+tar -C "$BUILD" -cf - site | xz -T0 -6 > "$NEXT/site.tar.xz"
+if [ "${KEEP_SITE:-0}" = 1 ]; then cp -r "$BUILD/site" "$NEXT/site"; fi
+cp "$BUILD/site/KIT_WHEELS.txt" "$NEXT/KIT_WHEELS.txt"
 rm -rf "$KIT"
-mkdir -p "$KIT"
-cp -r "$BUILD/boot" "$KIT/boot"
-tar -C "$BUILD" -cf - site | xz -T0 -6 > "$KIT/site.tar.xz"
-if [ "${KEEP_SITE:-0}" = 1 ]; then cp -r "$BUILD/site" "$KIT/site"; fi
-cp "$BUILD/site/KIT_WHEELS.txt" "$KIT/KIT_WHEELS.txt"
+mv "$NEXT" "$KIT"
 echo "== kit ready: $KIT ($(wc -l < "$KIT/KIT_WHEELS.txt") wheels)"
 echo "unpacked site/ (not carried): $(du -sh "$BUILD/site" | cut -f1)"
 echo "to carry, $KIT in all: $(du -sh "$KIT" | cut -f1)"
