@@ -73,7 +73,9 @@ def run_figures(name: str, n_requests: int, expected_tokens: int, produced: int,
     """One timed set: tokens/s = completion tokens actually produced / wall seconds; a wrong count is an error."""
     run = {"requests": n_requests, "completion_tokens": produced, "expected_tokens": expected_tokens,
            "seconds": round(seconds, 4), "tok_s": round(produced / seconds, 2) if seconds > 0 else None,
-           "ok": produced == expected_tokens}
+           "ok": produced == expected_tokens,
+           # the host's 1-minute load average at the end: on a shared CPU machine, other jobs move the figures
+           "load_avg_1m": round(os.getloadavg()[0], 2)}
     if produced != expected_tokens:
         run["error"] = f"produced {produced} completion tokens, expected {expected_tokens}"
     print(f"  {name}: {produced} tokens in {seconds:.2f} s = {run['tok_s']} tok/s"

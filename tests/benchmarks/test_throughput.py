@@ -14,7 +14,7 @@ from benchmarks.throughput import Benchmark, EngineSpec, Workload, ratios
 def _args(tmp_path, model_dir, **overrides) -> argparse.Namespace:
     values = dict(out=str(tmp_path / "out.json"), model_dir=str(model_dir), engines=None,
                   deadline_s=None, engine_timeout_s=None, pt_kwargs=None, lmdeploy_instance=False,
-                  msswift_python=None)
+                  msswift_python=None, rounds=1)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -86,6 +86,18 @@ def test_ratios_only_compare_sets_both_engines_finished() -> None:
     ok = {"runs": {"main": {"ok": True, "tok_s": 300.0}, "b1": {"ok": True, "tok_s": 10.0}}}
     peer = {"runs": {"main": {"ok": True, "tok_s": 200.0}, "b1": {"ok": False, "tok_s": 99.0}}}
     assert ratios({"pt": ok, "lmdeploy": peer}) == {"pt/lmdeploy": 1.5}
+
+
+def test_rounds_compare_medians() -> None:
+    from benchmarks.throughput import add_round
+    record = None
+    for tok_s, ok in ((100.0, True), (40.0, True), (999.0, False), (120.0, True)):
+        new = {"runs": {"main": {"tok_s": tok_s, "ok": ok}}}
+        add_round(new, record)
+        record = new
+    assert [r["main"] for r in record["rounds"]] == [100.0, 40.0, None, 120.0]
+    assert record["runs"]["main"]["tok_s_median"] == 100.0
+    assert ratios({"pt": record, "hf": {"runs": {"main": {"ok": True, "tok_s": 50.0}}}}) == {"pt/hf": 2.0}
 
 
 def test_criteria_read_the_ratios_of_their_workload() -> None:
