@@ -56,6 +56,19 @@ def encode_text(model_path: str | pathlib.Path, text: str) -> list[int]:
     return Tokenizer.from_file(str(pathlib.Path(model_path) / "tokenizer.json")).encode(text).ids
 
 
+def _identity(shape: str, dtype: str, seed: int) -> dict:
+    return {"shape": shape, "dtype": dtype, "seed": seed, "config": SHAPES[shape], "tokenizer": 2}
+
+
+def is_built(out_dir: str | pathlib.Path, shape: str, dtype: str = "bfloat16", seed: int = 0) -> bool:
+    """Whether a finished model of this shape, dtype and seed is there (checked without importing torch)."""
+    marker = pathlib.Path(out_dir) / "bench_model.json"
+    try:
+        return json.loads(marker.read_text()).get("identity") == _identity(shape, dtype, seed)
+    except (OSError, ValueError):
+        return False
+
+
 def build_model(out_dir: str | pathlib.Path, shape: str, dtype: str = "bfloat16", seed: int = 0,
                 device: str | None = None) -> pathlib.Path:
     """Builds (or reuses) a random-weight model of `shape` under `out_dir`; returns its path."""
@@ -63,10 +76,10 @@ def build_model(out_dir: str | pathlib.Path, shape: str, dtype: str = "bfloat16"
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     out = pathlib.Path(out_dir)
-    identity = {"shape": shape, "dtype": dtype, "seed": seed, "config": SHAPES[shape], "tokenizer": 2}
-    marker = out / "bench_model.json"
-    if marker.exists() and json.loads(marker.read_text()).get("identity") == identity:
+    if is_built(out, shape, dtype, seed):
         return out
+    identity = _identity(shape, dtype, seed)
+    marker = out / "bench_model.json"
     out.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)  # a half-written model is never mistaken for a finished one
     t0 = time.perf_counter()

@@ -34,7 +34,9 @@ def _pt_probe(engine: Any) -> dict[str, Any]:
     for name in ("num_blocks", "block_size"):
         if cache is not None and getattr(cache, name, None) is not None:
             found[f"kv_cache_{name}"] = int(getattr(cache, name))
-    if "uses_cuda_graphs" not in found:  # today's engine keeps the graphs on its runner (engine._core.runner)
+    if isinstance(getattr(engine, "cuda_graphs", None), bool):  # the rewritten engine says so itself
+        found["uses_cuda_graphs"] = engine.cuda_graphs
+    if "uses_cuda_graphs" not in found:  # older engines keep the graphs on their runner (engine._core.runner)
         core = getattr(engine, "_core", None)
         runner = getattr(core, "runner", None) or getattr(core, "run", None)
         if runner is not None and hasattr(runner, "graphs"):
@@ -135,8 +137,8 @@ def run(argv: list[str] | None = None) -> int:
         prompts = load_prompts(args.prompts)
         (run_pt if args.engine == "pt" else run_hf)(args, prompts, record)
         record.set(ok=bool(record.data["runs"]) and all(r.get("ok") for r in record.data["runs"].values()))
-    except Exception as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
-        record.fail("engine", exc)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
+        record.fail("engine", exc)  # SystemExit: LMDeploy's environment checks call exit(1) after logging why
     finally:
         record.set(warnings=warnings.lines)
     return 0 if record.data["ok"] else 1

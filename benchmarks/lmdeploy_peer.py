@@ -146,8 +146,8 @@ def run(argv: list[str] | None = None) -> int:
         lmdeploy, engine = _build(args, record)
         asyncio.run(_run(engine, lmdeploy, args, prompts, record, t0))
         record.set(ok=bool(record.data["runs"]) and all(r.get("ok") for r in record.data["runs"].values()))
-    except Exception as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
-        record.fail("engine", exc)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
+        record.fail("engine", exc)  # SystemExit: LMDeploy's environment checks call exit(1) after logging why
     finally:
         record.set(warnings=warnings.lines)
     return 0 if record.data["ok"] else 1

@@ -104,8 +104,8 @@ def run(argv: list[str] | None = None) -> int:
                                                   lambda sets=sets: generate(sets, out_len))
             record.save()
         record.set(memory=memory_info(), ok=all(r.get("ok") for r in record.data["runs"].values()))
-    except Exception as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
-        record.fail("engine", exc)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
+        record.fail("engine", exc)  # SystemExit: LMDeploy's environment checks call exit(1) after logging why
     return 0 if record.data["ok"] else 1
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import platform
+import re
 import sys
 import time
 import traceback
@@ -41,9 +42,13 @@ class RunRecord:
         tmp.replace(self.out)
 
     def fail(self, where: str, exc: BaseException) -> None:
-        self.data.setdefault("errors", []).append({
-            "where": where, "error": f"{type(exc).__name__}: {exc}"[:2000],
-            "traceback": traceback.format_exc()[-4000:]})
+        trace = traceback.format_exc()
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SystemExit):  # a library that logged why and exited: name the first error behind it
+            causes = re.findall(r"^(\w*(?:Error|Exception): .+)$", trace, re.M)
+            if causes:
+                error += f" (after {causes[0]})"
+        self.data.setdefault("errors", []).append({"where": where, "error": error[:2000], "traceback": trace[-6000:]})
         self.save()
         print(f"[{self.data['engine']}] {where} failed: {type(exc).__name__}: {str(exc)[:500]}", file=sys.stderr,
               flush=True)
@@ -68,7 +73,9 @@ def run_figures(name: str, n_requests: int, expected_tokens: int, produced: int,
     """One timed set: tokens/s = completion tokens actually produced / wall seconds; a wrong count is an error."""
     run = {"requests": n_requests, "completion_tokens": produced, "expected_tokens": expected_tokens,
            "seconds": round(seconds, 4), "tok_s": round(produced / seconds, 2) if seconds > 0 else None,
-           "ok": produced == expected_tokens}
+           "ok": produced == expected_tokens,
+           # the host's 1-minute load average at the end: on a shared CPU machine, other jobs move the figures
+           "load_avg_1m": round(os.getloadavg()[0], 2)}
     if produced != expected_tokens:
         run["error"] = f"produced {produced} completion tokens, expected {expected_tokens}"
     print(f"  {name}: {produced} tokens in {seconds:.2f} s = {run['tok_s']} tok/s"

@@ -89,11 +89,18 @@ async def sweep_point(url: str, model: str, prompts: list[list[int]], out_len: i
 
 
 def offline(model_dir: str, prompts: list[list[int]], out_len: int, batch: int) -> float:
-    from benchmarks.throughput import ours
-    from swiftops import PtEngine
+    """The offline engine's tok/s on the same prompts: the ceiling the served figures are compared with."""
+    from swiftops import InferRequest, PtEngine, RequestConfig
     engine = PtEngine(model_dir, max_batch_size=batch, max_model_len=len(prompts[0]) + out_len)
     try:
-        return ours(engine, prompts, out_len)
+        config = RequestConfig(max_tokens=out_len, temperature=0, ignore_eos=True)
+        engine.infer([InferRequest(prompt=prompts[0])], config.model_copy(update={"max_tokens": 4}), use_tqdm=False)
+        t0 = time.perf_counter()
+        responses = engine.infer([InferRequest(prompt=p) for p in prompts], config, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        produced = sum(r.usage.completion_tokens for r in responses)
+        assert produced == len(prompts) * out_len, produced
+        return produced / seconds
     finally:
         engine.close()
 
@@ -108,7 +115,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--server_log", default=None, help="write the started server's whole log here")
     args = parser.parse_args()
-    from benchmarks.throughput import _prompts
+    from benchmarks.throughput import random_prompts as _prompts
 
     gpu = args.workload == "gpu"
     p_len, out_len = (128, 256) if gpu else (32, 64)

@@ -5,7 +5,7 @@
 #
 #   scripts/gpu_kit.sh          # -> /work/main/.gpukit (~15 MiB to carry); KIT=dir PYVER=3.11 KEEP_SITE=1 to change
 #   # on the GPU machine, from the repository root (the run tool's carry: [".gpukit"]):
-#   tar -xJf .gpukit/site.tar.xz -C .gpukit && export PYTHONPATH=$PWD/.gpukit/boot
+#   export PYTHONPATH=$PWD/.gpukit/boot    # the first python started unpacks site.tar.xz into .gpukit/site
 #   python3 -m benchmarks.throughput --workload small --out $OUT/small.json
 #
 # The kit:
@@ -89,15 +89,32 @@ EOF
 
 cat > "$BUILD/boot/sitecustomize.py" <<'EOF'
 """GPU kit: append ../site to sys.path after the machine's own packages (they win), then run any
-sitecustomize this one shadows."""
+sitecustomize this one shadows. The first python started unpacks ../site.tar.xz into ../site if needed
+(Python's own tarfile: no xz binary needed; unpacked beside, then renamed, so a second python never sees
+half a site dir)."""
 import os
 import site
 import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
 GPUKIT_SITE = os.path.join(os.path.dirname(_here), "site")
+_archive = GPUKIT_SITE + ".tar.xz"
+if not os.path.isdir(GPUKIT_SITE) and os.path.isfile(_archive):
+    import shutil
+    import tarfile
+    _tmp = f"{GPUKIT_SITE}.unpacking-{os.getpid()}"
+    with tarfile.open(_archive) as _tar:
+        try:
+            _tar.extractall(_tmp, filter="data")
+        except TypeError:  # Python < 3.12 without the filter argument
+            _tar.extractall(_tmp)
+    try:
+        os.rename(os.path.join(_tmp, "site"), GPUKIT_SITE)
+    except OSError:  # another python unpacked it first
+        pass
+    shutil.rmtree(_tmp, ignore_errors=True)
 if not os.path.isdir(GPUKIT_SITE):
-    sys.stderr.write(f"gpu kit: {GPUKIT_SITE} is missing; unpack it first: tar -xJf .gpukit/site.tar.xz -C .gpukit\n")
+    sys.stderr.write(f"gpu kit: {GPUKIT_SITE} is missing and there is no {_archive} to unpack\n")
 site.addsitedir(GPUKIT_SITE)
 for _entry in sys.path:
     _other = os.path.join(_entry or ".", "sitecustomize.py")
@@ -107,11 +124,15 @@ for _entry in sys.path:
         break
 EOF
 echo "== packing $BUILD/site into $KIT/site.tar.xz"
+NEXT="$KIT.next-$$"  # built beside and swapped in at the end: a kit being carried is never half-written
+rm -rf "$NEXT"
+mkdir -p "$NEXT"
+cp -r "$BUILD/boot" "$NEXT/boot"
+tar -C "$BUILD" -cf - site | xz -T0 -6 > "$NEXT/site.tar.xz"
+if [ "${KEEP_SITE:-0}" = 1 ]; then cp -r "$BUILD/site" "$NEXT/site"; fi
+cp "$BUILD/site/KIT_WHEELS.txt" "$NEXT/KIT_WHEELS.txt"
 rm -rf "$KIT"
-mkdir -p "$KIT"
-cp -r "$BUILD/boot" "$KIT/boot"
-tar -C "$BUILD" -cf - site | xz -T0 -6 > "$KIT/site.tar.xz"
-if [ "${KEEP_SITE:-0}" = 1 ]; then cp -r "$BUILD/site" "$KIT/site"; fi
-cp "$BUILD/site/KIT_WHEELS.txt" "$KIT/KIT_WHEELS.txt"
-echo "== kit ready: $KIT"
-du -sh "$BUILD/site" "$KIT/site.tar.xz" "$KIT"
+mv "$NEXT" "$KIT"
+echo "== kit ready: $KIT ($(wc -l < "$KIT/KIT_WHEELS.txt") wheels)"
+echo "unpacked site/ (not carried): $(du -sh "$BUILD/site" | cut -f1)"
+echo "to carry, $KIT in all: $(du -sh "$KIT" | cut -f1)"
