@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 import time
 from typing import Any
 
-from benchmarks.run_record import RunRecord, WarningLog, device_info, load_prompts, memory_info, timed_run
+from benchmarks.run_record import (RunRecord, WarningLog, device_info, exit_with, load_prompts, memory_info,
+                                    timed_run)
 
 
 def _pt_probe(engine: Any) -> dict[str, Any]:
@@ -145,10 +144,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    status = run()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)  # the record is on disk: engine threads must not hold the exit up
+    exit_with(run)
 
 
 if __name__ == "__main__":

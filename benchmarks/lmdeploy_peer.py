@@ -18,12 +18,10 @@ import argparse
 import asyncio
 import itertools
 import logging
-import os
-import sys
 import time
 from typing import Any
 
-from benchmarks.run_record import RunRecord, WarningLog, device_info, load_prompts, memory_info, run_figures, sync
+from benchmarks.run_record import RunRecord, exit_with, WarningLog, device_info, load_prompts, memory_info, run_figures, sync
 
 _session_ids = itertools.count(1)
 
@@ -154,10 +152,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    status = run()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)  # the record is on disk: engine threads must not hold the exit up
+    exit_with(run)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ request's index), generation gets min_new_tokens = max_new_tokens (transformers 
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # benchmarks.run_record, not swiftops
 
-from benchmarks.run_record import RunRecord, device_info, load_prompts, memory_info, timed_run  # noqa: E402
+from benchmarks.run_record import RunRecord, exit_with, device_info, load_prompts, memory_info, timed_run  # noqa: E402
 
 _MARK = "benchmark-request-"
 
@@ -110,10 +109,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    status = run()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    exit_with(run)
 
 
 if __name__ == "__main__":

@@ -127,3 +127,12 @@ class WarningLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if len(self.lines) < self.limit:
             self.lines.append(f"{record.name}: {record.getMessage()}"[:500])
+
+
+def exit_with(run: Callable[[], int]) -> None:
+    """Run an engine process's `run`, then leave at once: its record is on disk, and engine threads (LMDeploy's
+    loop, the pt engine thread) must not hold the exit up."""
+    status = run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
