@@ -132,15 +132,8 @@ def run(argv: list[str] | None = None) -> int:
     warnings = WarningLog()
     logging.getLogger().addHandler(warnings)
     record = RunRecord(args.out, args.label or args.engine, **device_info())
-    try:
-        prompts = load_prompts(args.prompts)
-        (run_pt if args.engine == "pt" else run_hf)(args, prompts, record)
-        record.set(ok=bool(record.data["runs"]) and all(r.get("ok") for r in record.data["runs"].values()))
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
-        record.fail("engine", exc)  # SystemExit: LMDeploy's environment checks call exit(1) after logging why
-    finally:
-        record.set(warnings=warnings.lines)
-    return 0 if record.data["ok"] else 1
+    return record.capture(lambda: (run_pt if args.engine == "pt" else run_hf)(args, load_prompts(args.prompts),
+                                                                             record), warnings)
 
 
 def main() -> None:

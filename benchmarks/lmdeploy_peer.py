@@ -138,17 +138,13 @@ def run(argv: list[str] | None = None) -> int:
     logging.getLogger().addHandler(warnings)
     logging.getLogger("lmdeploy").addHandler(warnings)  # LMDeploy's logger does not propagate to the root
     record = RunRecord(args.out, args.label, **device_info())
-    try:
+    def body() -> None:
         prompts = load_prompts(args.prompts)
         t0 = time.perf_counter()
         lmdeploy, engine = _build(args, record)
         asyncio.run(_run(engine, lmdeploy, args, prompts, record, t0))
-        record.set(ok=bool(record.data["runs"]) and all(r.get("ok") for r in record.data["runs"].values()))
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
-        record.fail("engine", exc)  # SystemExit: LMDeploy's environment checks call exit(1) after logging why
-    finally:
-        record.set(warnings=warnings.lines)
-    return 0 if record.data["ok"] else 1
+
+    return record.capture(body, warnings)
 
 
 def main() -> None:

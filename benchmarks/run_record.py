@@ -53,6 +53,18 @@ class RunRecord:
         print(f"[{self.data['engine']}] {where} failed: {type(exc).__name__}: {str(exc)[:500]}", file=sys.stderr,
               flush=True)
 
+    def capture(self, body: Callable[[], None], warnings: "WarningLog") -> int:
+        """Run an engine's timed work: what finished stays recorded, a failure is recorded with its traceback, and
+        the exit status says whether every run produced its tokens."""
+        try:
+            body()
+            self.set(ok=bool(self.data["runs"]) and all(r.get("ok") for r in self.data["runs"].values()))
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the record says what failed; the parent goes on
+            self.fail("engine", exc)  # SystemExit: LMDeploy's environment checks call exit(1) after logging why
+        finally:
+            self.set(warnings=warnings.lines)
+        return 0 if self.data["ok"] else 1
+
 
 def sync() -> None:
     import torch
