@@ -66,11 +66,8 @@ def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: flo
     paged_v = ctx.values[layer].view(-1, ctx.block_size, kv_heads, head_dim)
     k = paged_k[blocks].view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
     v = paged_v[blocks].view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
-    k_pos = torch.arange(width * ctx.block_size, device=q.device)
-    q_pos = ctx.ctx_lens.long() - 1
-    mask = k_pos[None, :] <= q_pos[:, None]
-    if window:
-        mask &= k_pos[None, :] > q_pos[:, None] - window
+    # each sequence's one query sits at its last position: row b of the mask is sequence b's keys
+    mask = _key_mask(ctx.ctx_lens.long() - 1, torch.arange(width * ctx.block_size, device=q.device), window)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scaling,
                                          enable_gqa=q.shape[1] != kv_heads)
     return out.squeeze(2).unsqueeze(0)  # [1, B, H, D]
