@@ -159,3 +159,22 @@ def build_lora_adapter(base_dir, out_dir, seed: int, targets=("q_proj", "k_proj"
 def make_lora_adapter():
     """`make_lora_adapter(base_dir, out_dir, seed, targets=..., r=4) -> path` (see build_lora_adapter)."""
     return build_lora_adapter
+
+
+@pytest.fixture
+def write_gguf():
+    """Writes a minimal GGUF file of an architecture (one embedding tensor): enough for the loaders' checks."""
+    def write(path, architecture: str) -> str:
+        import gguf
+        import numpy as np
+
+        writer = gguf.GGUFWriter(str(path), architecture)
+        writer.add_block_count(1)
+        writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return str(path)
+    return write
+

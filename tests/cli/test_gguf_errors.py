@@ -1,7 +1,6 @@
 """`swiftops infer` with a GGUF checkpoint that cannot load: one `error: ...` line, exit code 2, no traceback."""
 from __future__ import annotations
 
-import numpy as np
 
 
 def _one_line_error(done, *fragments: str) -> None:
@@ -20,16 +19,8 @@ def test_missing_gguf_file(run_swiftops, tmp_path):
                     "nope.gguf does not exist")
 
 
-def test_gguf_of_an_unsupported_architecture(run_swiftops, tmp_path):
-    import gguf
-
-    writer = gguf.GGUFWriter(str(tmp_path / "rwkv.gguf"), "rwkv6")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+def test_gguf_of_an_unsupported_architecture(run_swiftops, tmp_path, write_gguf):
+    write_gguf(tmp_path / "rwkv.gguf", "rwkv6")
     (tmp_path / "q.jsonl").write_text('{"query": "hi"}\n', encoding="utf-8")
     _one_line_error(run_swiftops("infer", "--model", "rwkv.gguf", "--val_dataset", "q.jsonl"),
                     "architecture rwkv6 is not supported")

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pytest
 
 from swiftops.engines.pt.loader import load_model
 from swiftops.protocol import ConfigError
 
 
-def write_gguf(path, architecture: str) -> str:
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return str(path)
-
-
-def test_an_architecture_transformers_cannot_read_is_a_one_line_error(tmp_path):
+def test_an_architecture_transformers_cannot_read_is_a_one_line_error(tmp_path, write_gguf):
     path = write_gguf(tmp_path / "rwkv.gguf", "rwkv6")
     with pytest.raises(ConfigError) as caught:
         load_model(path)
@@ -34,7 +20,7 @@ def test_an_architecture_transformers_cannot_read_is_a_one_line_error(tmp_path):
     assert "llama" in message and "qwen2" in message  # what it can read instead
 
 
-def test_gguf_file_spelling_reaches_the_same_loader(tmp_path):
+def test_gguf_file_spelling_reaches_the_same_loader(tmp_path, write_gguf):
     write_gguf(tmp_path / "rwkv.gguf", "rwkv6")
     from swiftops.engines.factory import build_engine
     from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
@@ -44,20 +30,20 @@ def test_gguf_file_spelling_reaches_the_same_loader(tmp_path):
                      GenerationSettings())
 
 
-def test_without_the_gguf_package_it_says_what_to_install(tmp_path, monkeypatch):
+def test_without_the_gguf_package_it_says_what_to_install(tmp_path, monkeypatch, write_gguf):
     path = write_gguf(tmp_path / "m.gguf", "llama")
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed: `import gguf` raises ImportError
     with pytest.raises(ConfigError, match=r"needs the gguf package; run pip install 'swiftops\[gguf\]'"):
         load_model(path)
 
 
-def test_quantizing_a_gguf_again_is_refused(tmp_path):
+def test_quantizing_a_gguf_again_is_refused(tmp_path, write_gguf):
     path = write_gguf(tmp_path / "m.gguf", "llama")
     with pytest.raises(ConfigError, match="dequantized on load; drop --quant_method"):
         load_model(path, quant_method="bnb")
 
 
-def test_the_gguf_memo_is_undone_after_a_load(tmp_path):
+def test_the_gguf_memo_is_undone_after_a_load(tmp_path, write_gguf):
     import gguf
 
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
