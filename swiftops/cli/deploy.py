@@ -52,12 +52,11 @@ def command(**values) -> None:
     try:
         import uvicorn
 
-        from swiftops.engines.factory import build_engine
         from swiftops.server.app import create_app
         from swiftops.server.http_guard import guarded_protocol
         from swiftops.server.lifecycle import DrainingServer
 
-        engine = build_engine(model, engine_settings, generation, media, serving=True)
+        engine = _start_engine(model, engine_settings, generation, media)
         try:
             app = create_app(engine, server)
             # Keep-alive longer than clients' and load balancers' idle timeouts (httpx 5 s, AWS ALB 60 s): with
@@ -70,8 +69,25 @@ def command(**values) -> None:
             logging.getLogger("swiftops.server").info(
                 "serving %s on http://%s:%d/v1 (models: %s)", app.state.ctx.models.served_name, server.host,
                 server.port, ", ".join(app.state.ctx.models.names))
-            DrainingServer(config, app.state.ctx.lifecycle).run(sockets=[sock])
+            lifecycle = app.state.ctx.lifecycle
+            DrainingServer(config, lifecycle).run(sockets=[sock])
         finally:
             engine.close()
     finally:
         sock.close()
+    if lifecycle.engine_failure:  # non-zero: Kubernetes restarts the pod
+        logging.getLogger("swiftops.server").error("exiting with status 1: %s", lifecycle.engine_failure)
+        sys.exit(1)
+
+
+def _start_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
+                  media: MediaSettings):
+    """The pt engine of a text model in its own process (the server's event loop and the engine then never
+    share a GIL); other models and backends in this process (see `runs_in_engine_process`)."""
+    from swiftops.engines.process.client import EngineProcessClient, runs_in_engine_process
+
+    if runs_in_engine_process(model, engine):
+        return EngineProcessClient(model, engine, generation, media)
+    from swiftops.engines.factory import build_engine
+
+    return build_engine(model, engine, generation, media, serving=True)

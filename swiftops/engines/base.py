@@ -12,12 +12,33 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
+from swiftops.engines.outputs import SequenceOutput
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol import (AdapterRequest, ChatCompletionResponse, ChatCompletionStreamResponse, InferRequest,
                                RequestConfig, UnsupportedError)
 
 InferResult = Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]
 _END = object()
+
+
+async def _outputs_of(stream: AsyncIterator[ChatCompletionStreamResponse]) -> AsyncIterator[SequenceOutput]:
+    """OpenAI stream chunks back to per-choice outputs (backends that only stream chunks, such as InferClient)."""
+    counts: dict[int, int] = {}
+    try:
+        async for chunk in stream:
+            usage = chunk.usage
+            for choice in chunk.choices:
+                entries = choice.logprobs.content if choice.logprobs is not None else None
+                counts[choice.index] = counts.get(choice.index, 0) + (1 if choice.delta.content else 0)
+                yield SequenceOutput(index=choice.index, text=choice.delta.content or "", logprobs=list(entries or []),
+                                     finish_reason=choice.finish_reason,
+                                     prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+                                     completion_tokens=usage.completion_tokens if usage is not None
+                                     else counts[choice.index])
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class _LoopThread:
@@ -44,6 +65,20 @@ class InferEngine(ABC):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None) -> InferResult:
         """Answer one request: a response, or (with `stream=True`) an async iterator of chunks."""
+
+    async def generate(self, request: InferRequest, config: RequestConfig, *,
+                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+        """The request's per-choice outputs as they come (text deltas, token ids, logprob entries, a finish reason
+        and token counts on each), for the server's chunk shapers: a stream without OpenAI's chunk objects.
+        Errors of the request itself raise here or at the first output. This default reads `infer_async`'s
+        chunks; the token-by-token backends hand over their outputs directly."""
+        stream = await self.infer_async(request, config.model_copy(update={"stream": True}),
+                                        adapter_request=adapter_request)
+        return _outputs_of(stream)
+
+    def health_error(self) -> Optional[str]:
+        """Why the engine can serve no more (its process died), or None while it can: /health reports it."""
+        return None
 
     async def embed_async(self, inputs: list[Any]) -> list[list[float]]:
         """Embeddings of texts (embedding models only)."""

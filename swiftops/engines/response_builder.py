@@ -18,7 +18,8 @@ _TOOL_MARKERS = ("<tool_call>", "[TOOL_CALLS]")
 
 
 @dataclass
-class _Choice:
+class ChoiceText:
+    """One choice's text so far, and how much of it went out (tool-call markup is held back)."""
     text: str = ""
     emitted: int = 0
     logprobs: list[Any] = field(default_factory=list)
@@ -44,7 +45,7 @@ class _Choice:
         return out
 
 
-def _final_message(choice: _Choice, tools: bool) -> tuple[ChatMessage, Optional[str]]:
+def final_message(choice: ChoiceText, tools: bool) -> tuple[ChatMessage, Optional[str]]:
     if tools:
         content, calls = parse_tool_calls(choice.text)
         if calls:
@@ -59,7 +60,7 @@ def _raise_error(out: SequenceOutput) -> None:
 
 async def collect_response(outputs: AsyncIterator[SequenceOutput], n: int, model: str, tools: bool,
                            want_logprobs: bool) -> ChatCompletionResponse:
-    choices = [_Choice() for _ in range(n)]
+    choices = [ChoiceText() for _ in range(n)]
     prompt_tokens = 0
     async for out in outputs:
         _raise_error(out)
@@ -72,7 +73,7 @@ async def collect_response(outputs: AsyncIterator[SequenceOutput], n: int, model
             c.finish_reason = out.finish_reason
     result = []
     for i, c in enumerate(choices):
-        message, finish = _final_message(c, tools)
+        message, finish = final_message(c, tools)
         result.append(ChatCompletionResponseChoice(
             index=i, message=message, finish_reason=finish,
             logprobs=ChoiceLogprobs(content=c.logprobs) if want_logprobs else None))
@@ -84,7 +85,7 @@ async def collect_response(outputs: AsyncIterator[SequenceOutput], n: int, model
 async def stream_response(outputs: AsyncIterator[SequenceOutput], n: int, model: str, tools: bool,
                           want_logprobs: bool) -> AsyncIterator[ChatCompletionStreamResponse]:
     """Chunks as OpenAI streams them: the first per choice carries the role; the last one carries usage."""
-    state = _StreamState(new_id("chatcmpl"), [_Choice() for _ in range(n)], model, tools, want_logprobs)
+    state = _StreamState(new_id("chatcmpl"), [ChoiceText() for _ in range(n)], model, tools, want_logprobs)
     try:
         async for out in outputs:
             chunk = state.chunk_for(out)
@@ -97,7 +98,7 @@ async def stream_response(outputs: AsyncIterator[SequenceOutput], n: int, model:
 @dataclass
 class _StreamState:
     response_id: str
-    choices: list[_Choice]
+    choices: list[ChoiceText]
     model: str
     tools: bool
     want_logprobs: bool
@@ -114,7 +115,7 @@ class _StreamState:
         tool_deltas = None
         if out.finish_reason is not None:
             c.finish_reason = out.finish_reason
-            message, finish = _final_message(c, self.tools)
+            message, finish = final_message(c, self.tools)
             if message.tool_calls:
                 tool_deltas = [DeltaToolCall(index=k, id=call.id, type="function",
                                              function={"name": call.function.name, "arguments": call.function.arguments})

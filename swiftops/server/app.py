@@ -1,8 +1,8 @@
-"""`create_app(engine, settings)`: the OpenAI-compatible FastAPI app. Routes are thin: each hands its
-parsed body to a handler module (chat, completions, embeddings) and returns JSON or server-sent events.
+"""`create_app(engine, settings)`: the OpenAI-compatible FastAPI app.
 
-Middleware, outermost first: request id + access log, API key, body size limit. All are plain ASGI
-(not BaseHTTPMiddleware), which would buffer streams and hide client disconnects.
+One router module per endpoint family (chat, completions, embeddings, models, probes); each route reads the
+app's `ServerContext`, validates its body in one step (swiftops.server.validation) and returns JSON or
+server-sent events. One middleware layer (swiftops.server.gate) stands in front of them all.
 """
 from __future__ import annotations
 
@@ -10,34 +10,48 @@ import asyncio
 import contextlib
 from typing import Any, AsyncIterator, Iterable, Optional
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.types import ASGIApp
 
 from swiftops.engines.base import InferEngine
 from swiftops.media import worker_pools
 from swiftops.metrics.prometheus import ServerMetrics
-from swiftops.protocol import (ChatCompletionResponse, CompletionResponse, EmbeddingResponse, ErrorResponse,
-                               ModelCard, ModelList)
-from swiftops.protocol.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from swiftops.protocol import ErrorResponse
 from swiftops.protocol.settings import ServerSettings
-from swiftops.server import chat, completions, embeddings
+from swiftops.server import chat, completions, embeddings, models, probes
 from swiftops.server.admission import AdmissionController
-from swiftops.server.auth import ApiKeyMiddleware, public_paths, resolve_api_key
-from swiftops.server.body_limit import DEFAULT_MAX_BODY_BYTES, BodySizeLimitMiddleware
+from swiftops.server.auth import public_paths, resolve_api_key
+from swiftops.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from swiftops.server.context import ServerContext
-from swiftops.server.errors import error_body, install_error_handlers
+from swiftops.server.errors import install_error_handlers
+from swiftops.server.gate import RequestGate
 from swiftops.server.lifecycle import Lifecycle
 from swiftops.server.models import ModelRegistry
-from swiftops.server.request_log import RequestLogMiddleware, ResultWriter
-from swiftops.server.ui import UI_PATHS, allow_cross_origin, mount_ui
+from swiftops.server.request_log import ResultWriter
+from swiftops.server.ui import UI_PATHS, mount_ui
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in (
         (400, "Bad request"), (401, "Missing or wrong API key"), (404, "Unknown model"), (413, "Body too large"),
         (422, "Invalid field"), (429, "Overloaded; see Retry-After"), (500, "Internal error"),
         (503, "Not ready or shutting down"))}
-_STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "`data: {chunk}` events, then "
-                                                                              "`data: [DONE]` (with stream=true)"}}}
+
+
+class _GatedApp(FastAPI):
+    """FastAPI with our gate as its only middleware layer around the exception handlers and routes.
+
+    FastAPI's default stack adds layers (server errors, telemetry, its own body limit) that each wrap `send`
+    once more per streamed chunk; the gate already answers any exception with a 500 and limits bodies."""
+
+    gate_options: dict[str, Any] = {}
+
+    def build_middleware_stack(self) -> ASGIApp:
+        handlers = {key: value for key, value in self.exception_handlers.items() if key not in (500, Exception)}
+        # AsyncExitStackMiddleware: FastAPI's routes need its exit stack in the scope (it wraps no `send`).
+        inner = ExceptionMiddleware(AsyncExitStackMiddleware(self.router), handlers=handlers, debug=self.debug)
+        return RequestGate(inner, **self.gate_options)
 
 
 def _engine_count(engine: InferEngine, name: str) -> float:
@@ -63,6 +77,7 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lifecycle.watch(engine, asyncio.get_running_loop())
         warm_up = asyncio.ensure_future(lifecycle.warm_up(engine))
         try:
             yield
@@ -70,56 +85,16 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
             lifecycle.draining = True
             warm_up.cancel()
 
-    app = FastAPI(title="swiftops", summary="OpenAI-compatible inference server", version="1",
-                  lifespan=lifespan, responses=_ERRORS)
+    app = _GatedApp(title="swiftops", summary="OpenAI-compatible inference server", version="1",
+                    lifespan=lifespan, responses=_ERRORS)
     app.state.ctx = ctx
     install_error_handlers(app)
-
-    @app.get("/health", summary="Liveness: the process is up")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="Readiness: model loaded and warmed up (503 before, and while draining)")
-    async def ready() -> JSONResponse:
-        if lifecycle.ready and not lifecycle.draining:
-            return JSONResponse({"status": "ready", "model": ctx.models.served_name})
-        return JSONResponse(error_body(503, lifecycle.not_ready_reason()), status_code=503)
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
-
-    @app.get("/v1/models", response_model=ModelList, summary="The served model and its LoRA adapters")
-    async def list_models() -> ModelList:
-        return ctx.models.listing()
-
-    @app.get("/v1/models/{model}", response_model=ModelCard, summary="One model by name")
-    async def retrieve_model(model: str) -> ModelCard:
-        return ctx.models.card(model)
-
-    @app.post("/v1/chat/completions", summary="Chat completion (OpenAI)",
-              responses={200: {"model": ChatCompletionResponse, "content": _STREAM}})
-    async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-        return await chat.create_chat_completion(ctx, body, request)
-
-    @app.post("/v1/completions", summary="Text completion of a raw prompt (OpenAI legacy)",
-              responses={200: {"model": CompletionResponse, "content": _STREAM}})
-    async def create_completion(body: CompletionRequest, request: Request) -> Response:
-        return await completions.create_completion(ctx, body, request)
-
-    @app.post("/v1/embeddings", summary="Embeddings (embedding models only)",
-              responses={200: {"model": EmbeddingResponse}})
-    async def create_embedding(body: EmbeddingRequest, request: Request) -> Response:
-        return await embeddings.create_embedding(ctx, body, request)
-
+    for family in (probes, models, chat, completions, embeddings):
+        app.include_router(family.router)
     if settings.ui:
         mount_ui(app)
         open_paths = [*open_paths, *UI_PATHS]
-
-    # add_middleware prepends: the last added runs first (outermost).
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, api_key=resolve_api_key(settings.api_key),
-                       open_paths=public_paths(settings.metrics_require_key) | frozenset(open_paths))
-    app.add_middleware(RequestLogMiddleware, metrics=metrics)
-    allow_cross_origin(app)
+    app.gate_options = {"metrics": metrics, "api_key": resolve_api_key(settings.api_key),
+                        "open_paths": public_paths(settings.metrics_require_key) | frozenset(open_paths),
+                        "max_body_bytes": max_body_bytes}
     return app

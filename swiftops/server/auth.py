@@ -1,5 +1,5 @@
-"""API-key authentication: an ASGI middleware in front of every route, so a route added later is
-protected without anyone remembering to protect it. Only the probes (and, optionally, /metrics) are open.
+"""API-key authentication, checked in front of every route (swiftops.server.gate). Only the probes (and,
+optionally, /metrics) are open.
 """
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Optional
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from swiftops.protocol.errors import AuthenticationError, ConfigError
-from swiftops.server.errors import error_response
 
 API_KEY_ENV = "SWIFTOPS_API_KEY"
 # Kubernetes probes carry no credentials.
@@ -53,22 +52,22 @@ def _presented_key(headers: Headers) -> Optional[str]:
     return None
 
 
-class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, api_key: Optional[str], open_paths: frozenset[str]) -> None:
-        self.app = app
+class ApiKeyCheck:
+    """The API-key check of every request (RequestGate runs it), so a route added later is protected without
+    anyone remembering to protect it."""
+
+    def __init__(self, api_key: Optional[str], open_paths: frozenset[str]) -> None:
         self.api_key = api_key.encode("utf-8") if api_key else None
         self.open_paths = open_paths
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.api_key is None or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        presented = _presented_key(Headers(scope=scope))
+    def refusal(self, scope: Scope, headers: Headers) -> Optional[AuthenticationError]:
+        """None when the request may pass, else the 401 to answer."""
+        if self.api_key is None or scope["path"] in self.open_paths:
+            return None
+        presented = _presented_key(headers)
         # compare_digest: the time taken does not tell an attacker how much of the key matched.
         if presented is not None and hmac.compare_digest(presented.encode("utf-8"), self.api_key):
-            await self.app(scope, receive, send)
-            return
+            return None
         reason = "missing" if presented is None else "wrong"
-        error = AuthenticationError(f"API key {reason}: send the server's key as `Authorization: Bearer <key>`",
-                                    code="invalid_api_key")
-        await error_response(error)(scope, receive, send)
+        return AuthenticationError(f"API key {reason}: send the server's key as `Authorization: Bearer <key>`",
+                                   code="invalid_api_key")

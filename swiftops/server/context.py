@@ -6,7 +6,6 @@ from typing import Optional
 
 from swiftops.engines.base import InferEngine
 from swiftops.metrics.prometheus import ServerMetrics
-from swiftops.protocol import BadRequestError
 from swiftops.protocol.settings import ServerSettings
 from swiftops.server.admission import AdmissionController
 from swiftops.server.lifecycle import Lifecycle
@@ -23,8 +22,3 @@ class ServerContext:
     metrics: ServerMetrics
     lifecycle: Lifecycle
     results: Optional[ResultWriter]
-
-    def check_top_logprobs(self, top_logprobs: Optional[int], param: str) -> None:
-        if top_logprobs is not None and top_logprobs > self.settings.max_logprobs:
-            raise BadRequestError(f"{param}={top_logprobs} is above this server's limit of "
-                                  f"{self.settings.max_logprobs} (--max_logprobs)", param=param)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import struct
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from swiftops.protocol import BadRequestError, EmbeddingData, EmbeddingResponse, UsageInfo
@@ -12,8 +12,10 @@ from swiftops.protocol.openai_api import EmbeddingRequest
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected
 from swiftops.server.served_request import ServedRequest
+from swiftops.server.validation import validate_embedding
 
 ROUTE = "/v1/embeddings"
+router = APIRouter()
 
 
 def _encode(vector: list[float], encoding_format: str) -> object:
@@ -29,9 +31,11 @@ def _prompt_tokens(ctx: ServerContext, inputs: list) -> int:
     return sum(len(i) if isinstance(i, list) else len(tokenizer.encode(i)) for i in inputs)
 
 
-async def create_embedding(ctx: ServerContext, body: EmbeddingRequest, request: Request) -> Response:
+@router.post(ROUTE, summary="Embeddings (embedding models only)", responses={200: {"model": EmbeddingResponse}})
+async def create_embedding(body: EmbeddingRequest, request: Request) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    model_name = validate_embedding(ctx, body).model_name
     served = ServedRequest(ctx, request, ROUTE, body)
-    model_name, _ = ctx.models.resolve(body.model)
     try:
         vectors = await served.run(lambda: ctx.engine.embed_async(body.inputs))
     except ClientDisconnected:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import threading
 from types import FrameType
-from typing import Optional
+from typing import Callable, Optional
 
 import uvicorn
 
@@ -20,6 +22,7 @@ from swiftops.engines.base import InferEngine
 from swiftops.protocol import InferRequest, NotReadyError, RequestConfig, SwiftopsError
 
 logger = logging.getLogger("swiftops.server")
+_FATAL_EXIT_SECONDS = 8.0  # after the engine died: within Kubernetes' patience and the 10 s we promise
 
 
 class Lifecycle:
@@ -27,6 +30,22 @@ class Lifecycle:
         self.ready = False
         self.draining = False
         self.warmup_error: Optional[str] = None
+        self.engine_failure: Optional[str] = None  # the engine can serve no more (its process died)
+        self.on_fatal: Optional[Callable[[], None]] = None  # set by DrainingServer: exit now, non-zero
+
+    def watch(self, engine: InferEngine, loop: asyncio.AbstractEventLoop) -> None:
+        """Follow an engine that can die apart from the server (its own process): on death, fail /health and
+        /ready and stop the server at once (exit status 1), so Kubernetes restarts the pod."""
+        on_death = getattr(engine, "on_death", None)
+        if on_death is not None:
+            on_death(lambda reason: loop.call_soon_threadsafe(self.engine_died, reason))
+
+    def engine_died(self, reason: str) -> None:
+        self.engine_failure = reason
+        self.draining = True
+        logger.error("%s: /health now fails; exiting", reason)
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     def check_accepting(self) -> None:
         """Raise 503 unless new generation requests are taken now."""
@@ -37,6 +56,8 @@ class Lifecycle:
             raise NotReadyError(self.not_ready_reason(), code="not_ready")
 
     def not_ready_reason(self) -> str:
+        if self.engine_failure:
+            return self.engine_failure
         if self.draining:
             return "the server is shutting down"
         if self.warmup_error:
@@ -82,6 +103,15 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        lifecycle.on_fatal = self._fatal
+
+    def _fatal(self) -> None:
+        """The engine died: stop without waiting for connections (their requests already failed), and make sure
+        the process is gone within seconds whatever hangs on the way out."""
+        self.should_exit = self.force_exit = True
+        timer = threading.Timer(_FATAL_EXIT_SECONDS, os._exit, args=(1,))
+        timer.daemon = True
+        timer.start()
 
     def handle_exit(self, sig: int, frame: Optional[FrameType]) -> None:
         self.lifecycle.draining = True

@@ -1,7 +1,10 @@
-"""Which names a request's `model` may use: the served name (the base model) and each LoRA adapter."""
+"""GET /v1/models: which names a request's `model` may use: the served name (the base model) and each LoRA
+adapter."""
 from __future__ import annotations
 
 from typing import Optional
+
+from fastapi import APIRouter, Request
 
 from swiftops.engines.base import InferEngine
 from swiftops.protocol import AdapterRequest, ModelCard, ModelList, ModelNotFoundError
@@ -35,3 +38,16 @@ class ModelRegistry:
 
     def listing(self) -> ModelList:
         return ModelList(data=[self.card(name) for name in self.names])
+
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelList, summary="The served model and its LoRA adapters")
+async def list_models(request: Request) -> ModelList:
+    return request.app.state.ctx.models.listing()
+
+
+@router.get("/v1/models/{model}", response_model=ModelCard, summary="One model by name")
+async def retrieve_model(model: str, request: Request) -> ModelCard:
+    return request.app.state.ctx.models.card(model)

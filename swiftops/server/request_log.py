@@ -2,7 +2,7 @@
 
 One access-log line per request: id, method, path, status, prompt and completion tokens, latency.
 Handlers report tokens and special outcomes (499 client gone, 500 after the stream started)
-through `scope["state"]`, which Starlette exposes as `request.state`.
+through `scope["state"]`, which Starlette exposes as `request.state`; RequestGate writes the line.
 Never logged: the Authorization header (the API key) and media bytes (elided).
 """
 from __future__ import annotations
@@ -16,12 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from swiftops.metrics.prometheus import ServerMetrics
-from swiftops.server.errors import error_body
 
 access_logger = logging.getLogger("swiftops.access")
 body_logger = logging.getLogger("swiftops.server.body")
@@ -67,54 +64,18 @@ def _printable(value: Optional[str]) -> str:
     return "".join(c if c.isprintable() and not c.isspace() else "_" for c in value[:64])
 
 
-class RequestLogMiddleware:
-    """Outermost middleware: every response, errors included, gets X-Request-Id and one log line."""
-
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        request_id = new_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        status = 500
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            # A bug or an engine failure in one request: answer it with a 500 and keep serving the others.
-            access_logger.error("request %s failed", request_id, exc_info=True)
-            if not started:
-                body = error_body(500, f"internal error while serving this request ({type(exc).__name__}); "
-                                       f"the server log has details under request id {request_id}")
-                await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
-        finally:
-            final_status = state.get("outcome_status", status)
-            self._record(scope, state, request_id, final_status, time.perf_counter() - start)
-
-    def _record(self, scope: Scope, state: dict[str, Any], request_id: str, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None)
-        if route is not None and route.startswith("/v1/"):
-            self.metrics.record_outcome(route, status)
-        usage = state.get("usage") or {}
-        access_logger.info(
-            '%s %s %s %d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f client=%s user=%s',
-            request_id, scope.get("method"), scope.get("path"), status, usage.get("prompt_tokens", 0),
-            usage.get("completion_tokens", 0), seconds * 1000,
-            (scope.get("client") or ("-",))[0], _printable(state.get("user")))
+def record_request(metrics: ServerMetrics, scope: Scope, state: dict[str, Any], request_id: str, status: int,
+                   seconds: float) -> None:
+    """The outcome metric (API routes) and the one access-log line of a finished request."""
+    route = getattr(scope.get("route"), "path", None)
+    if route is not None and route.startswith("/v1/"):
+        metrics.record_outcome(route, status)
+    usage = state.get("usage") or {}
+    access_logger.info(
+        '%s %s %s %d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f client=%s user=%s',
+        request_id, scope.get("method"), scope.get("path"), status, usage.get("prompt_tokens", 0),
+        usage.get("completion_tokens", 0), seconds * 1000,
+        (scope.get("client") or ("-",))[0], _printable(state.get("user")))
 
 
 class ResultWriter:

@@ -1,18 +1,18 @@
-"""`ServedRequest`: the bookkeeping of one generation request, shared by chat, completions and embeddings:
-its admission slot, latency metrics, token counts for the access log, verbose body logs and --result_path.
+"""`ServedRequest`: the bookkeeping of one request that passed validation (swiftops.server.validation), shared by
+chat, completions and embeddings: its admission slot, latency metrics, token counts for the access log, verbose
+body logs and --result_path.
 """
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar, Union
 
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from pydantic_core import PydanticSerializationError
 
-from swiftops.protocol import BadRequestError, SwiftopsError, UsageInfo
+from swiftops.protocol import SwiftopsError, UsageInfo
 from swiftops.media.budget import request_media_budget
 from swiftops.server import request_limits
 from swiftops.server.context import ServerContext
@@ -25,22 +25,8 @@ T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
 
 
-def _check_encodable(body: BaseModel) -> None:
-    """JSON lets a client send a lone UTF-16 surrogate (`"\\ud800"`): valid JSON, but no text. Tokenizers raise a
-    TypeError on it (a 500); refuse it here with a 400 instead."""
-    try:
-        body.model_dump_json()
-    except PydanticSerializationError as exc:
-        if "surrogates not allowed" not in str(exc):
-            return  # not ours to judge here: the handler reports it as before
-        raise BadRequestError("the request holds a lone UTF-16 surrogate escape (such as \\ud800), which is not "
-                              "text; send valid Unicode (surrogates only in pairs)", code="invalid_unicode") from None
-
-
 class ServedRequest:
     def __init__(self, ctx: ServerContext, request: Request, route: str, body: BaseModel, weight: int = 1) -> None:
-        ctx.lifecycle.check_accepting()
-        _check_encodable(body)
         self.weight = weight  # sequences (prompts x n): what admission counts
         self.ctx = ctx
         self.request = request
@@ -113,12 +99,13 @@ class ServedRequest:
         """For a stream that failed after its 200 header went out: log and count the real outcome."""
         self.state.outcome_status = status
 
-    def finish(self, usage: Optional[UsageInfo], response: Optional[dict[str, Any]]) -> None:
-        """Record a request that got its full answer."""
+    def finish(self, usage: Union[UsageInfo, dict[str, int], None], response: Optional[dict[str, Any]]) -> None:
+        """Record a request that got its full answer (`usage` as the model or, from a stream, as its dict)."""
         self.ctx.metrics.e2e_request_latency.observe(time.perf_counter() - self.arrival)
         if usage is not None:
-            self.state.usage = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
-            self.ctx.metrics.record_tokens(usage.prompt_tokens, usage.completion_tokens)
+            counts = usage if isinstance(usage, dict) else usage.model_dump()
+            self.state.usage = {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"]}
+            self.ctx.metrics.record_tokens(counts["prompt_tokens"], counts["completion_tokens"])
         if self.ctx.settings.verbose and response is not None:
             log_body(self.request_id, "response", response)
         if self.ctx.results is not None and response is not None:

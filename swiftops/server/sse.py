@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 
+import msgspec
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -17,6 +18,9 @@ from swiftops.server.errors import ClientDisconnected
 
 T = TypeVar("T")
 DONE = b"data: [DONE]\n\n"
+# The OpenAPI description of a streamed answer (routes with stream=true).
+STREAM_DOC = {"text/event-stream": {"schema": {"type": "string", "description": "`data: {chunk}` events, then "
+                                                                                 "`data: [DONE]` (with stream=true)"}}}
 
 
 # Line separators that JSON allows raw inside strings but that some SSE clients split lines on (Python's
@@ -27,6 +31,20 @@ _LINE_BREAKING = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u008
 def sse_event(json_text: str) -> bytes:
     """One event for a JSON text; U+2028, U+2029 and U+0085 (only ever inside JSON strings) become escapes."""
     return b"data: " + json_text.translate(_LINE_BREAKING).encode("utf-8") + b"\n\n"
+
+
+_json = msgspec.json.Encoder()
+# The same three characters as UTF-8 bytes inside encoded JSON, and their escapes.
+_LINE_BREAKING_BYTES = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
+
+
+def json_event(value: Any) -> bytes:
+    """One event for a JSON-able value (dicts, lists, str...), serialized once by msgspec; the hot path of a stream."""
+    data = _json.encode(value)
+    if b"\xe2\x80" in data or b"\xc2\x85" in data:
+        for raw, escaped in _LINE_BREAKING_BYTES:
+            data = data.replace(raw, escaped)
+    return b"data: " + data + b"\n\n"
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

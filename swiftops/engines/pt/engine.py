@@ -42,6 +42,18 @@ logger = logging.getLogger(__name__)
 _CPU_CACHE_BYTES = 1 << 30  # default KV cache on CPU: enough for tests and demos without hogging RAM
 
 
+@dataclasses.dataclass
+class PreparedRequest:
+    """A checked request, ready to launch: its prompt ids, resolved sampling settings and adapter."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: Optional[str]
+    name: str  # the model name its responses carry
+    mm_inputs: Any
+    n: int
+
+
 def _cache_shape(model: Any, dtype: torch.dtype) -> CacheShape:
     text = model.config.get_text_config()
     heads = text.num_attention_heads
@@ -275,6 +287,37 @@ class PtEngine(InferEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        prepared = await self.prepare(request, config, adapter_request)
+        params = prepared.params
+        if config.num_beams > 1:  # transformers' generate, beside the continuously batched sequences
+            from swiftops.engines.pt.beam_search import beam_search_response, check_beam_request
+            check_beam_request(config, prepared.adapter, prepared.mm_inputs is not None)
+            return await beam_search_response(self.model, self.tokenizer, prepared.prompt_ids, config,
+                                              params.max_tokens, self._eos, params.stop, self._loaded.device,
+                                              prepared.name)
+        outputs = self._outputs(prepared)
+        tools = bool(request.tools) and request.tool_choice != "none"
+        if config.stream:
+            return stream_response(outputs, config.n, prepared.name, tools, params.logprobs)
+        return await collect_response(outputs, config.n, prepared.name, tools, params.logprobs)
+
+    async def generate(self, request: InferRequest, config: RequestConfig, *,
+                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+        if config.num_beams > 1:
+            raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
+        return self._outputs(await self.prepare(request, config, adapter_request))
+
+    def _outputs(self, prepared: PreparedRequest) -> AsyncIterator[SequenceOutput]:
+        queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
+        seqs = self.launch(prepared, [AsyncSink(asyncio.get_running_loop(), queue)] * prepared.n)
+        return self._drain(queue, seqs)
+
+    async def prepare(self, request: InferRequest, config: RequestConfig,
+                      adapter_request: Optional[AdapterRequest] = None,
+                      prompt_ids: Optional[list[int]] = None) -> PreparedRequest:
+        """Every check of a request, its prompt's token ids (encoded off the event loop unless given) and its
+        resolved sampling settings. The engine process (swiftops.engines.process) calls this with the ids the
+        API server already tokenized."""
         if self._core is None:
             raise EngineError("this engine was closed; build a new one")
         if config.response_format and config.response_format.get("type", "text") != "text":
@@ -282,7 +325,9 @@ class PtEngine(InferEngine):
         adapter = self._adapter_for(adapter_request)
         name = adapter_request.name if adapter_request is not None else self.model_name
         mm_inputs = None
-        if self.encoder is not None and request.prompt is None:
+        if prompt_ids is not None:
+            pass
+        elif self.encoder is not None and request.prompt is None:
             # Off the loop; media in a pool of its own, so slow media never delays a text-only chat.
             pool = media_pool() if MultimodalEncoder.has_media(request) else text_pool()
             encoded = await pool.run(self.encoder.encode, request)
@@ -300,29 +345,27 @@ class PtEngine(InferEngine):
             raise BadRequestError("the prompt is empty", param="prompt")
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
-        params = self._sampling_params(config, len(prompt_ids))
-        if config.num_beams > 1:  # transformers' generate, beside the continuously batched sequences
-            from swiftops.engines.pt.beam_search import beam_search_response, check_beam_request
-            check_beam_request(config, adapter, mm_inputs is not None)
-            return await beam_search_response(self.model, self.tokenizer, prompt_ids, config, params.max_tokens,
-                                              self._eos, params.stop, self._loaded.device, name)
-        queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
-        sink = AsyncSink(asyncio.get_running_loop(), queue)
+        return PreparedRequest(list(prompt_ids), self._sampling_params(config, len(prompt_ids)), adapter, name,
+                               mm_inputs, config.n)
 
+    def launch(self, prepared: PreparedRequest, sinks: list[Any]) -> list[Sequence]:
+        """Submit a prepared request's `n` sequences (seed + i for choice i); choice i's outputs go to `sinks[i]`."""
+        params = prepared.params
         seqs = []
-        for i in range(config.n):
+        for i in range(prepared.n):
             p = params
             if params.seed is not None and i:
                 p = dataclasses.replace(params, seed=params.seed + i)
-            seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter,
-                                 mm_inputs=mm_inputs))
+            seqs.append(Sequence(prompt_ids=list(prepared.prompt_ids), params=p, sink=sinks[i], index=i,
+                                 adapter=prepared.adapter, mm_inputs=prepared.mm_inputs))
         self._core.submit(seqs)
-        outputs = self._drain(queue, seqs)
-        tools = bool(request.tools) and request.tool_choice != "none"
-        want_logprobs = params.logprobs
-        if config.stream:
-            return stream_response(outputs, config.n, name, tools, want_logprobs)
-        return await collect_response(outputs, config.n, name, tools, want_logprobs)
+        return seqs
+
+    def abort(self, seqs: list[Sequence]) -> None:
+        """Stop generating these sequences (their consumer is gone); they produce nothing more."""
+        for seq in seqs:
+            seq.aborted = True
+            self._core.abort(seq.seq_id)
 
     def _adapter_for(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
         if adapter_request is None or adapter_request.name == self.model_name:
@@ -356,9 +399,7 @@ class PtEngine(InferEngine):
                 yield out
         finally:
             if remaining:
-                for seq in seqs:
-                    seq.aborted = True
-                    self._core.abort(seq.seq_id)
+                self.abort(seqs)
 
     def close(self) -> None:
         """Stop the engine thread and give its memory back (weights, KV cache, graphs), so that another engine can

@@ -46,6 +46,10 @@ class PostStep:
         """Record `token` for `seq`; returns what to hand over now (None: nothing yet). An output with a
         finish_reason means the sequence is done and must be retired."""
         seq.output_ids.append(token)
+        if seq.params.token_ids_only:  # `incremental` is off with it: the finish check decodes nothing
+            return SequenceOutput(index=seq.index, token_ids=[token], logprobs=[] if logprob is None else [logprob],
+                                  finish_reason=self._finish_reason(seq, token), prompt_tokens=len(seq.prompt_ids),
+                                  completion_tokens=len(seq.output_ids))
         if logprob is not None:
             seq.pending_logprobs.append(self._logprob_entry(seq, token, logprob))
         finish = self._finish_reason(seq, token)

@@ -33,6 +33,9 @@ class SamplingParams:
     # end and only the final output is handed over: per-token decoding and hand-offs cost more CPU
     # than a decode step of a large batch on a GPU.
     incremental: bool = True
+    # Hand over each step's token id and raw logprob, never text: the consumer detokenizes and matches stop
+    # strings (the API-server process, swiftops.engines.process). The engine checks stop ids and lengths only.
+    token_ids_only: bool = False
     # Derived once (read for every sequence at every step). Below 1e-5 (vLLM's sampling epsilon) logits /
     # temperature overflows float32 to inf and sampling fails; a temperature that small is greedy anyway.
     greedy: bool = field(init=False, compare=False)

@@ -154,6 +154,19 @@ class VllmEngine(SettingsEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        outputs, want_logprobs = self._start(request, config, adapter_request)
+        tools = bool(request.tools) and request.tool_choice != "none"
+        if config.stream:
+            return stream_response(outputs, config.n, self.model_name, tools, want_logprobs)
+        return await collect_response(outputs, config.n, self.model_name, tools, want_logprobs)
+
+    async def generate(self, request: InferRequest, config: RequestConfig, *,
+                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+        return self._start(request, config, adapter_request)[0]
+
+    def _start(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest]
+               ) -> tuple[AsyncIterator[SequenceOutput], bool]:
+        """The request's outputs (generation starts as they are read) and whether they carry logprobs."""
         if config.num_beams > 1:
             require("vllm", "beam_search")
         lora_request = self._lora_request(adapter_request)
@@ -168,11 +181,7 @@ class VllmEngine(SettingsEngine):
         params = self._sampling_params(sampling)
         top = sampling.get("logprobs")
         tracker = OutputTracker(config.n, prompt_len, top, lambda t: self.tokenizer.decode([t]))
-        outputs = self._generate(prompt, params, lora_request, tracker)
-        tools = bool(request.tools) and request.tool_choice != "none"
-        if config.stream:
-            return stream_response(outputs, config.n, self.model_name, tools, top is not None)
-        return await collect_response(outputs, config.n, self.model_name, tools, top is not None)
+        return self._generate(prompt, params, lora_request, tracker), top is not None
 
     def _sampling_params(self, kwargs: dict[str, Any]) -> Any:
         structured = kwargs.pop("structured_outputs", None)

@@ -1,0 +1,1 @@
+"""The pt engine in its own process, behind the `InferEngine` interface (`EngineProcessClient`)."""

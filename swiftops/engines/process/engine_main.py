@@ -1,0 +1,234 @@
+"""The engine process: the pt engine (scheduler, model, GPU) and nothing else, started with `spawn` by
+`EngineProcessClient` in the API-server process.
+
+Three threads, each with its own ZeroMQ socket: the main thread receives submits and aborts; the engine's
+private event-loop thread prepares and launches requests (and runs beam searches); the engine-core thread
+sends one `Steps` message per step, from `StepRelay`. SIGINT and SIGTERM are ignored here: the API server
+decides when to stop (after its drain) and says so with `Shutdown`. If the API server dies, so does this
+process (the parent watch below), so no orphan holds the GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import msgspec
+import zmq
+
+from swiftops.engines.process.messages import (Abort, Delta, ErrorInfo, Failed, FromEngine, LoadFailed, Ready,
+                                               Shutdown, Steps, Submit, ToEngine, Whole)
+
+logger = logging.getLogger("swiftops.engine_process")
+_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass
+class EngineSpec:
+    """What the child needs to build the engine (settings as JSON: the models re-validate them) and reach the server."""
+
+    settings: dict[str, str]  # "model" | "engine" | "generation" | "media" -> the settings model's JSON
+    requests_address: str
+    outputs_address: str
+    parent_pid: int
+
+
+@dataclass
+class EngineInfo:
+    """What the API server needs from the loaded engine (sent once, pickled)."""
+
+    model_name: str
+    max_model_len: int
+    max_batch_size: int
+    adapter_names: list[str]
+    default_adapter: Optional[str]
+    tokenizer: Any
+    runner_name: str
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    from swiftops.protocol import SwiftopsError
+
+    if isinstance(exc, SwiftopsError):
+        return ErrorInfo(type(exc).__name__, exc.message, exc.param, exc.code)
+    return ErrorInfo("EngineError", f"the engine failed: {type(exc).__name__}: {exc}")
+
+
+class _Choice:
+    """A launched sequence's bookkeeping for the relay (touched by the engine-core thread only)."""
+
+    __slots__ = ("rid", "index", "every_step", "ids", "logprobs", "request")
+
+    def __init__(self, rid: int, index: int, every_step: bool, request: "_Request") -> None:
+        self.rid, self.index, self.every_step, self.request = rid, index, every_step, request
+        self.ids: list[int] = []
+        self.logprobs: list[Any] = []
+
+
+class _Request:
+    __slots__ = ("seqs", "open")
+
+    def __init__(self, n: int) -> None:
+        self.seqs: list[Any] = []
+        self.open = n
+
+
+class StepRelay:
+    """The engine core's per-step hand-over (it calls `call_soon_threadsafe(deliver_all, items)` once per step
+    for AsyncSink sinks), turned into one `Steps` message on the engine-core thread's own socket."""
+
+    def __init__(self, socket: zmq.Socket, engine: Any, requests: dict[int, _Request]) -> None:
+        self.socket = socket
+        self.engine = engine
+        self.requests = requests
+
+    def is_closed(self) -> bool:
+        return False
+
+    def call_soon_threadsafe(self, _deliver: Any, items: list[tuple[_Choice, Any]]) -> None:
+        deltas = []
+        for choice, out in items:
+            if out.error is not None:
+                delta = Delta(choice.rid, choice.index, choice.ids + out.token_ids, "error", out.prompt_tokens,
+                              out.completion_tokens, error=error_info(out.error))
+            elif choice.every_step:
+                delta = Delta(choice.rid, choice.index, out.token_ids, out.finish_reason, out.prompt_tokens,
+                              out.completion_tokens, out.logprobs or None)
+            else:  # a whole answer is awaited: gather its tokens, send them once at the end
+                choice.ids += out.token_ids
+                choice.logprobs += out.logprobs
+                if out.finish_reason is None:
+                    continue
+                delta = Delta(choice.rid, choice.index, choice.ids, out.finish_reason, out.prompt_tokens,
+                              out.completion_tokens, choice.logprobs or None)
+            deltas.append(delta)
+            if delta.finish_reason is not None:
+                choice.request.open -= 1
+                if not choice.request.open:
+                    self.requests.pop(choice.rid, None)
+        if deltas:
+            self.socket.send(_encoder.encode(Steps(deltas, self.engine.num_running, self.engine.num_waiting)),
+                             copy=False)
+
+
+class EngineServer:
+    """Takes `Submit`s and `Abort`s for one loaded PtEngine."""
+
+    def __init__(self, engine: Any, context: zmq.Context, outputs_address: str) -> None:
+        from swiftops.engines.pt.sequence import AsyncSink
+
+        self.engine = engine
+        self.requests: dict[int, _Request] = {}
+        self._sink_class = AsyncSink
+        relay_socket = context.socket(zmq.PUSH)
+        relay_socket.connect(outputs_address)
+        self.relay = StepRelay(relay_socket, engine, self.requests)
+        self.loop_socket = context.socket(zmq.PUSH)  # used on the engine's event-loop thread only
+        self.loop_socket.connect(outputs_address)
+        self.loop = engine._loop()
+
+    def _send(self, message: FromEngine) -> None:
+        self.loop_socket.send(_encoder.encode(message), copy=False)
+
+    def handle(self, message: ToEngine) -> None:
+        """On the main thread: submits go to the engine's loop (preparing may await a pool), aborts act now."""
+        if isinstance(message, Submit):
+            self.loop.submit(self._start(message))
+        elif isinstance(message, Abort):
+            request = self.requests.get(message.rid)
+            if request is not None:
+                seqs = [s for s in request.seqs if message.index < 0 or s.index == message.index]
+                self.engine.abort(seqs)
+                request.open -= len(seqs)
+                if request.open <= 0:
+                    self.requests.pop(message.rid, None)
+
+    async def _start(self, submit: Submit) -> None:
+        from swiftops.protocol import AdapterRequest, InferRequest, RequestConfig
+
+        try:
+            config = RequestConfig.model_validate_json(submit.config)
+            adapter = AdapterRequest(name=submit.adapter, path=submit.adapter_path) if submit.adapter else None
+            if submit.request is not None:  # beam search: the in-process path, whole
+                request = InferRequest.model_validate_json(submit.request)
+                response = await self.engine.infer_async(request, config, adapter_request=adapter)
+                self._send(Whole(submit.rid, response.model_dump_json().encode()))
+                return
+            prepared = await self.engine.prepare(InferRequest(prompt=submit.prompt_ids), config, adapter,
+                                                 prompt_ids=submit.prompt_ids)
+        except Exception as exc:  # noqa: BLE001 - a bad request fails alone, in the server's 4xx/500
+            self._send(Failed(submit.rid, error_info(exc)))
+            return
+        prepared.params = dataclasses.replace(prepared.params, token_ids_only=True, incremental=False)
+        request = _Request(prepared.n)
+        self.requests[submit.rid] = request
+        sinks = [self._sink_class(self.relay, _Choice(submit.rid, i, submit.every_step, request))
+                 for i in range(prepared.n)]
+        request.seqs = self.engine.launch(prepared, sinks)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the API server is gone (SIGKILL included): nothing would ever read our outputs."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def _build(spec: EngineSpec) -> Any:
+    from swiftops.engines.factory import build_engine
+    from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
+
+    model = ModelSettings.model_validate_json(spec.settings["model"])
+    engine = EngineSettings.model_validate_json(spec.settings["engine"])
+    generation = GenerationSettings.model_validate_json(spec.settings["generation"])
+    media = MediaSettings.model_validate_json(spec.settings["media"])
+    return build_engine(model, engine, generation, media, serving=True)
+
+
+def run(spec: EngineSpec) -> None:
+    """The engine process's entry point (multiprocessing, spawn)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server drains first
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_watch_parent, args=(spec.parent_pid,), name="swiftops-parent-watch", daemon=True).start()
+    context = zmq.Context()
+    inbox = context.socket(zmq.PULL)
+    inbox.connect(spec.requests_address)
+    status = context.socket(zmq.PUSH)
+    status.connect(spec.outputs_address)
+    status.setsockopt(zmq.LINGER, 5000)
+    from swiftops.protocol import SwiftopsError
+
+    try:
+        engine = _build(spec)
+    except BaseException as exc:  # noqa: BLE001 - reported to the server, which exits with its message
+        if not isinstance(exc, SwiftopsError):
+            logger.exception("the engine failed to load")
+        status.send(_encoder.encode(LoadFailed(error_info(exc))))
+        status.close()
+        context.term()
+        sys.exit(2 if isinstance(exc, SwiftopsError) else 1)
+    server = EngineServer(engine, context, spec.outputs_address)
+    info = EngineInfo(engine.model_name, engine.max_model_len, engine.max_batch_size, list(engine.adapter_names),
+                      engine.default_adapter, engine.tokenizer, getattr(engine, "runner_name", "?"))
+    status.send(_encoder.encode(Ready(pickle.dumps(info))))
+    decoder = msgspec.msgpack.Decoder(ToEngine)
+    try:
+        while True:
+            message = decoder.decode(inbox.recv())
+            if isinstance(message, Shutdown):
+                break
+            server.handle(message)
+    finally:
+        logger.info("engine process: shutting down")
+        engine.close()
+        context.destroy(linger=0)
