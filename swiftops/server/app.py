@@ -90,7 +90,7 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     app.state.ctx = ctx
     install_error_handlers(app)
     for family in (probes, models, chat, completions, embeddings):
-        app.include_router(family.router)
+        app.router.routes.extend(family.router.routes)  # flat, so `app.routes` lists each route with its path
     if settings.ui:
         mount_ui(app)
         open_paths = [*open_paths, *UI_PATHS]

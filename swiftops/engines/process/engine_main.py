@@ -88,6 +88,7 @@ class StepRelay:
         self.socket = socket
         self.engine = engine
         self.requests = requests
+        self.counts = (0, 0)  # (running, waiting) as last sent
 
     def is_closed(self) -> bool:
         return False
@@ -114,8 +115,8 @@ class StepRelay:
                 if not choice.request.open:
                     self.requests.pop(choice.rid, None)
         if deltas:
-            self.socket.send(_encoder.encode(Steps(deltas, self.engine.num_running, self.engine.num_waiting)),
-                             copy=False)
+            self.counts = (self.engine.num_running, self.engine.num_waiting)
+            self.socket.send(_encoder.encode(Steps(deltas, *self.counts)), copy=False)
 
 
 class EngineServer:
@@ -224,10 +225,16 @@ def run(spec: EngineSpec) -> None:
     decoder = msgspec.msgpack.Decoder(ToEngine)
     try:
         while True:
-            message = decoder.decode(inbox.recv())
-            if isinstance(message, Shutdown):
-                break
-            server.handle(message)
+            if inbox.poll(100):
+                message = decoder.decode(inbox.recv())
+                if isinstance(message, Shutdown):
+                    break
+                server.handle(message)
+            # Counts change without a step to report them too (an abort, a queued arrival): keep /metrics true.
+            counts = (engine.num_running, engine.num_waiting)
+            if counts != server.relay.counts:
+                server.relay.counts = counts
+                status.send(_encoder.encode(Steps([], *counts)))
     finally:
         logger.info("engine process: shutting down")
         engine.close()
