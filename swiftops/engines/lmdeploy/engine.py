@@ -15,11 +15,12 @@ import io
 import itertools
 import logging
 import os
+import weakref
 from typing import Any, AsyncIterator, Optional
 
 from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
 from swiftops.engines.lmdeploy import args as lm_args
-from swiftops.engines.lmdeploy.outputs import ChoiceTracker
+from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.vllm.prompt import has_media, load_image, split_media
@@ -111,6 +112,7 @@ class LmdeployEngine(SettingsEngine):
         self.max_model_len = int(self._engine.session_len)
         self._running = 0
         self._choice_tasks: set["asyncio.Task[Any]"] = set()
+        self._relays: "weakref.WeakKeyDictionary[Any, LoopRelay]" = weakref.WeakKeyDictionary()  # per caller loop
         loop = self._loop()
 
         async def bind() -> None:  # LMDeploy's engine loop runs on our private loop thread from now on
@@ -173,6 +175,19 @@ class LmdeployEngine(SettingsEngine):
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None):
         config = request_config or RequestConfig()
+        outputs, want_logprobs = self._start(request, config, adapter_request)
+        tools = bool(request.tools) and request.tool_choice != "none"
+        if config.stream:
+            return stream_response(outputs, config.n, self.model_name, tools, want_logprobs)
+        return await collect_response(outputs, config.n, self.model_name, tools, want_logprobs)
+
+    async def generate(self, request: InferRequest, config: RequestConfig, *,
+                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+        return self._start(request, config, adapter_request)[0]
+
+    def _start(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest]
+               ) -> tuple[AsyncIterator[SequenceOutput], bool]:
+        """The request's outputs (generation starts as they are read) and whether they carry logprobs."""
         if config.num_beams > 1:
             require("lmdeploy", "beam_search")
         adapter_name = self._adapter_name(adapter_request)
@@ -186,26 +201,31 @@ class LmdeployEngine(SettingsEngine):
         stops = [s for s in (config.stop or self.generation.stop_words or []) if s]
         top = (config.top_logprobs if config.top_logprobs is not None else (self.generation.top_logprobs or 0)) \
             if "logprobs" in gen else None
-        outputs = self._generate(prompt, gen, config.n, stops, top, adapter_name)
-        tools = bool(request.tools) and request.tool_choice != "none"
-        if config.stream:
-            return stream_response(outputs, config.n, self.model_name, tools, top is not None)
-        return await collect_response(outputs, config.n, self.model_name, tools, top is not None)
+        outputs = self._generate(prompt, gen, config.n, stops, top, adapter_name,
+                                 every_step=config.stream or bool(stops))
+        return outputs, top is not None
+
+    def _relay(self) -> LoopRelay:
+        loop = asyncio.get_running_loop()
+        relay = self._relays.get(loop)
+        if relay is None:
+            relay = self._relays[loop] = LoopRelay(loop)
+        return relay
 
     async def _generate(self, prompt: dict[str, Any], gen: dict[str, Any], n: int, stops: list[str],
-                        top: Optional[int], adapter_name: Optional[str]) -> AsyncIterator[SequenceOutput]:
-        """All choices' outputs, relayed from the engine's loop thread; leaving early cancels the sessions."""
-        caller = asyncio.get_running_loop()
+                        top: Optional[int], adapter_name: Optional[str], every_step: bool
+                        ) -> AsyncIterator[SequenceOutput]:
+        """All choices' outputs, relayed from the engine's loop thread; leaving early cancels the sessions.
+        Without `every_step` (a whole answer, no stop string to watch) LMDeploy hands over the tokens at the end."""
         queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
-
-        def sink(out: SequenceOutput) -> None:
-            caller.call_soon_threadsafe(queue.put_nowait, out)
-
+        relay = self._relay()
+        prompt_ids = prompt.get("input_ids") or []
         futures = []
         for i in range(n):
             kwargs = {**gen, "random_seed": lm_args.choice_seed(gen.get("random_seed"), i)}
-            tracker = ChoiceTracker(i, stops, top, lambda t: self.tokenizer.decode([t]))
-            futures.append(self._loop().submit(self._run_choice(prompt, kwargs, adapter_name, tracker, sink)))
+            tracker = ChoiceTracker(i, self.tokenizer, prompt_ids, stops, top)
+            futures.append(self._loop().submit(self._run_choice(prompt, kwargs, adapter_name, tracker, relay, queue,
+                                                                every_step)))
         remaining = n
         try:
             while remaining:
@@ -218,36 +238,41 @@ class LmdeployEngine(SettingsEngine):
                 future.cancel()  # on the engine loop: CancelledError in LMDeploy's generate -> async_cancel
 
     async def _run_choice(self, prompt: dict[str, Any], gen_kwargs: dict[str, Any], adapter_name: Optional[str],
-                          tracker: ChoiceTracker, sink: Any) -> None:
+                          tracker: ChoiceTracker, relay: LoopRelay, queue: "asyncio.Queue[SequenceOutput]",
+                          every_step: bool) -> None:
         self._running += 1
         task = asyncio.current_task()
         self._choice_tasks.add(task)
         stream = None
+        last: Optional[SequenceOutput] = None  # held until the session is closed (a stop string ended it)
         try:
             gen_config = self._lmdeploy.GenerationConfig(**gen_kwargs)
             request = await self._engine.preprocess(session_id=next(_session_ids), gen_config=gen_config,
                                                     adapter_name=adapter_name, **prompt)
-            stream = self._engine.generate(request, stream_response=True)
+            stream = self._engine.generate(request, stream_response=every_step)
             async for out in stream:
                 if tracker.finished:
                     continue  # let LMDeploy end the session itself after its last output
                 converted = tracker.convert(out)
-                if converted.text or converted.finish_reason is not None or converted.logprobs:
-                    sink(converted)
-                if tracker.stops.hit:
+                if tracker.stopped_by_string:
+                    last = converted
                     break  # LMDeploy would go on; closing the stream below cancels its session
+                if converted.text or converted.finish_reason is not None or converted.logprobs:
+                    relay.push(queue, converted)
             if not tracker.finished:
                 raise EngineError("LMDeploy ended a generation without a finish reason")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error = exc if isinstance(exc, SwiftopsError) else library_error(exc)
-            sink(SequenceOutput(index=tracker.index, finish_reason="error", error=error))
+            relay.push(queue, SequenceOutput(index=tracker.index, finish_reason="error", error=error))
         finally:
             self._running -= 1
             self._choice_tasks.discard(task)
             if stream is not None:
                 await stream.aclose()  # no-op when exhausted; after a stop string, LMDeploy cancels the session
+            if last is not None:
+                relay.push(queue, last)
 
     def close(self) -> None:
         """Cancel the generations still running and let their cleanup finish on the engine's loop, close LMDeploy,

@@ -1,82 +1,83 @@
-"""LMDeploy's streamed `GenOut`s -> our `SequenceOutput`s, with stop strings matched on text.
+"""LMDeploy's streamed `GenOut`s -> our `SequenceOutput`s: the text from the token ids through the pt path's own
+incremental detokenizer (`TokenDecoder`), stop strings matched on that text, and a relay that hands a step's
+outputs to the caller's event loop in one hop.
 
-LMDeploy streams one session per choice; each GenOut carries the new text (`response`), the new
-token ids, per-token `{token_id: logprob}` dicts, cumulative `generate_token_len` / `input_token_len`,
-and a `finish_reason` on the last one.
+LMDeploy streams one session per choice; each GenOut carries token ids (possibly starting with ones it
+held back before: the new ones are the last `generate_token_len - seen`), per-token `{token_id: logprob}`
+dicts, cumulative `generate_token_len` / `input_token_len`, and a `finish_reason` on the last one. A stop
+token (EOS) is never among the token ids.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import asyncio
+import threading
+from typing import Any, Optional
 
 from swiftops.engines.outputs import SequenceOutput
-from swiftops.protocol import ChatCompletionTokenLogprob, TopLogprob
+from swiftops.engines.token_decoder import TokenDecoder
 
 
-class StopStrings:
-    """Cuts text at the first stop string; holds back a tail that may be the start of one (not streamed yet)."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, text: str, final: bool = False) -> str:
-        self.pending += text
-        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if found:
-            out, self.pending, self.hit = self.pending[:min(found)], "", True
-            return out
-        hold = 0 if final else self._held_tail()
-        out = self.pending[:len(self.pending) - hold]
-        self.pending = self.pending[len(out):]
-        return out
-
-    def _held_tail(self) -> int:
-        hold = 0
-        for stop in self.stops:
-            for k in range(min(len(stop) - 1, len(self.pending)), hold, -1):
-                if self.pending.endswith(stop[:k]):
-                    hold = k
-                    break
-        return hold
-
-
-def logprob_entries(token_ids: list[int], positions: Optional[list[dict[int, float]]], top_k: int,
-                    decode: Callable[[int], str]) -> list[ChatCompletionTokenLogprob]:
-    entries = []
-    for token_id, position in zip(token_ids, positions or []):
-        ranked = sorted(position.items(), key=lambda item: -item[1])
-        tops = [TopLogprob(token=decode(t), logprob=float(lp), bytes=list(decode(t).encode("utf-8")))
-                for t, lp in ranked[:top_k]]
-        token = decode(token_id)
-        entries.append(ChatCompletionTokenLogprob(token=token, logprob=float(position.get(token_id, float("-inf"))),
-                                                  bytes=list(token.encode("utf-8")), top_logprobs=tops))
-    return entries
+def raw_logprobs(position: dict[int, float], token_id: int, top_k: int) -> tuple[float, list[tuple[int, float]]]:
+    """One position's `{token_id: logprob}` as (the chosen token's logprob, the top_k most likely)."""
+    ranked = sorted(position.items(), key=lambda item: -item[1])[:top_k]
+    return float(position.get(token_id, float("-inf"))), [(int(t), float(lp)) for t, lp in ranked]
 
 
 class ChoiceTracker:
     """One choice's GenOuts -> SequenceOutputs."""
 
-    def __init__(self, index: int, stops: list[str], top_logprobs: Optional[int], decode: Callable[[int], str]):
+    def __init__(self, index: int, tokenizer: Any, prompt_ids: list[int], stops: list[str],
+                 top_logprobs: Optional[int]) -> None:
         self.index = index
-        self.stops = StopStrings(stops)
+        self.decoder = TokenDecoder(tokenizer, prompt_ids, index, tuple(s for s in stops if s),
+                                    want_logprobs=top_logprobs is not None)
         self.top_logprobs = top_logprobs  # None: logprobs not asked for
-        self.decode = decode
+        self.seen = 0  # tokens handed to the decoder
         self.finished = False
 
+    @property
+    def stopped_by_string(self) -> bool:
+        return self.decoder.stopped_by_string
+
     def convert(self, out: Any) -> SequenceOutput:
-        finish = out.finish_reason
-        text = self.stops.feed(out.response or "", final=finish is not None)
-        if self.stops.hit:
-            finish = "stop"
-        if finish is not None:
-            self.finished = True
-        logprobs = []
+        produced = int(out.generate_token_len or 0)
+        new = max(0, produced - self.seen)
+        token_ids = list(out.token_ids or [])[-new:] if new else []
+        self.seen += len(token_ids)
+        raw = None
         if self.top_logprobs is not None and out.logprobs:
-            # `token_ids` may start with tokens the detokenizer held back last time; the logprobs are of the
-            # newest tokens only, so align them from the end.
-            new_ids = list(out.token_ids or [])[-len(out.logprobs):]
-            logprobs = logprob_entries(new_ids, out.logprobs, self.top_logprobs, self.decode)
-        return SequenceOutput(index=self.index, text=text, token_ids=list(out.token_ids or []), logprobs=logprobs,
-                              finish_reason=finish, prompt_tokens=out.input_token_len,
-                              completion_tokens=out.generate_token_len)
+            # The logprobs are of the newest tokens only: align them from the end.
+            positions = list(out.logprobs)[-len(token_ids):] if token_ids else []
+            raw = [raw_logprobs(p, t, self.top_logprobs) for p, t in zip(positions, token_ids)]
+        result = self.decoder.feed(token_ids, out.finish_reason, out.input_token_len, raw, final_token_is_text=True)
+        if result.finish_reason is not None:
+            self.finished = True
+        result.completion_tokens = produced  # LMDeploy's own count
+        return result
+
+
+class LoopRelay:
+    """Hands outputs from LMDeploy's loop thread to one caller's event loop: whatever arrives before the caller's
+    loop runs again goes over in one `call_soon_threadsafe` (each wakes that loop through a pipe), so a step of
+    many sequences costs one hop, not one per output."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue, SequenceOutput]] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+    def push(self, queue: "asyncio.Queue[SequenceOutput]", out: SequenceOutput) -> None:
+        with self._lock:
+            self._items.append((queue, out))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for queue, out in items:
+            queue.put_nowait(out)

@@ -49,6 +49,10 @@ class FakeAsyncEngine:
             backend_config
         self.kwargs = kwargs
         self.session_len = getattr(backend_config, "session_len", None) or 256
+        from transformers import AutoTokenizer  # real token ids: the engine decodes them itself, as with LMDeploy
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.word_ids = {word: tokenizer.encode(word, add_special_tokens=False) for word in SCRIPT}
         self.loop = None
         self.requests: list[PreprocessedRequest] = []
         self.cancelled: list[int] = []
@@ -83,22 +87,25 @@ class FakeAsyncEngine:
         if g.do_sample:
             random.Random(g.random_seed).shuffle(words)
         self.running.add(request.session_id)
-        produced = 0
+        produced = produced_words = 0
         ignore_eos = bool(getattr(g, "ignore_eos", False))
         try:
             # The script ends with EOS ("stop") unless ignore_eos, which repeats it up to max_new_tokens.
-            while ignore_eos or produced < len(words):
+            while ignore_eos or produced_words < len(words):
                 await asyncio.sleep(STEP_SECONDS)
-                word = words[produced % len(words)]
-                produced += 1
-                token_id = 100 + SCRIPT.index(word)
+                word = words[produced_words % len(words)]
+                produced_words += 1
+                ids = self.word_ids[word]
+                produced += len(ids)
                 logprobs = None
                 if g.logprobs is not None:
-                    position = {token_id: -0.5}
-                    for k in range(g.logprobs - 1):
-                        position[200 + k] = -1.0 - k
-                    logprobs = [position]
-                yield GenOut(word, len(request.input_ids), produced, None, [token_id], logprobs)
+                    logprobs = []
+                    for token_id in ids:
+                        position = {token_id: -0.5}
+                        for k in range(g.logprobs - 1):
+                            position[200 + k] = -1.0 - k
+                        logprobs.append(position)
+                yield GenOut(word, len(request.input_ids), produced, None, list(ids), logprobs)
                 if produced >= g.max_new_tokens:
                     yield GenOut("", len(request.input_ids), produced, "length", [])
                     return
