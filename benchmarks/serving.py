@@ -1,29 +1,53 @@
-"""Serving benchmark in the manner of `vllm bench serve`: streaming clients against a running
-`swiftops deploy`, swept over concurrency, plus the offline engine on the same workload for the ratio.
+"""Serving benchmark (issue 16): streaming clients against `swiftops deploy`, next to the same engine offline,
+for the pt backend and for `--infer_backend lmdeploy` (the peer), in one command that writes one JSON.
 
-    python benchmarks/serving.py --workload gpu     # Qwen2.5-0.5B-shaped random bf16 model, 128 -> 256 tokens
-    python benchmarks/serving.py --workload cpu     # the tiny model, 32 -> 64 tokens
-    python benchmarks/serving.py --url http://host:8000 --model NAME --vocab V   # an existing server
+    python -m benchmarks.serving --shape 0.5b --out $OUT/serving-05b.json            # GPU: ~6 min
+    python -m benchmarks.serving --shape 7b --out $OUT/serving-7b.json               # GPU: ~8 min (model cached)
+    python -m benchmarks.serving --shape 30m --device cpu --concurrency 4,8 --out s.json   # CPU smoke run
+    python -m benchmarks.serving --url http://host:8000 --model NAME --vocab V --concurrency 32  # a running server
 
-Each client sends /v1/completions requests (token-id prompts, EOS ignored, fixed output length) one after
-another until the shared queue is empty. Reported per concurrency: output tokens/s, TTFT, inter-token
-latency and end-to-end latency (p50 / p99).
+Workload: random token-id prompts of 128 tokens -> 256 output tokens (EOS ignored, greedy), `--requests_per_client`
+requests per client. At each concurrency c, c clients start at once and each sends its next /v1/completions
+stream when the previous one ends; TTFT, inter-token latency (ITL, between chunks carrying text) and end-to-end
+latency percentiles, output tok/s. The clients run in several processes with a bare HTTP/1.1 reader, so the
+load generator is not what limits the figures.
+
+The offline figure of a backend is the same engine in-process at the same defaults (`build_engine` with the
+same settings as the server), on the same prompts, in a process of its own (all GPU memory freed between
+parts): "at c" = c workers each submitting its next request when the previous ends (`infer_async`, whole
+answers); "all at once" = every prompt of the c=max set submitted together (`infer`). For LMDeploy also the
+library driven directly (benchmarks.lmdeploy_peer, AsyncEngine) on those prompts, for the wrapper's ratio.
+
+Parts (--parts, default all): pt_served, pt_offline, lmdeploy_served, lmdeploy_offline, lmdeploy_direct. The
+JSON is rewritten after each part (a run cut short keeps what it measured), and an existing --out is merged
+into, so parts can be spread over several commands.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
+import pathlib
 import platform
+import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
+PARTS = ("pt_served", "pt_offline", "lmdeploy_served", "lmdeploy_offline", "lmdeploy_direct")
+# Issue 16's "Done when" lines this benchmark decides: (backend, key, minimum or maximum, what it stands for).
+CRITERIA = [
+    ("pt", "served_over_offline_c32", ">=", 0.9, "served / offline throughput >= 0.9 at 32 clients"),
+    ("pt", "served_over_offline_c128", ">=", 0.85, "served / offline throughput >= 0.85 at 128 clients"),
+    ("pt", "ttft_p99_ms_c128", "<=", 1000.0, "128 clients: TTFT p99 <= 1 s"),
+    ("pt", "itl_p99_over_p50_c128", "<=", 2.0, "128 clients: ITL p99 <= 2x p50"),
+    ("lmdeploy", "offline_over_direct", ">=", 0.9, "swiftops[lmdeploy] offline >= 0.9x LMDeploy driven directly"),
+]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -33,140 +57,362 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round((len(values) - 1) * q / 100)))]
 
 
-async def _one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], out_len: int,
-               record: dict[str, list[float]]) -> int:
-    body = {"model": model, "prompt": prompt, "max_tokens": out_len, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    last = None
+def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    """Seeded token ids in [10, vocab - 10) (no torch needed: the client side imports none)."""
+    import random
+    rng = random.Random(seed)
+    return [[rng.randrange(10, vocab - 10) for _ in range(length)] for _ in range(n)]
+
+
+# ---- the load generator --------------------------------------------------------------------------------
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            return status, headers
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+
+
+async def _body_chunks(reader: asyncio.StreamReader, headers: dict[str, str]):
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip(), 16)
+            if size == 0:
+                await reader.readline()
+                return
+            data = await reader.readexactly(size + 2)
+            yield data[:-2]
+    else:
+        yield await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+async def _one_stream(conn: list[Any], host: str, port: int, body: bytes, record: dict[str, list[float]]) -> int:
+    """One streamed request on the client's keep-alive connection (reopened if the server closed it)."""
+    start = time.monotonic()
+    if conn[0] is None:
+        conn[0] = await asyncio.open_connection(host, port)
+    reader, writer = conn[0]
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % (host.encode(), len(body)) + body)
+    await writer.drain()
+    status, headers = await _read_head(reader)
+    buffer = b""
+    last: Optional[float] = None
     tokens = 0
-    buffer = ""
-    async with client.stream("POST", url + "/v1/completions", json=body) as resp:
-        resp.raise_for_status()
-        # Split events on the blank line only (SSE framing); str.splitlines would also split inside the
-        # JSON on U+2028 and friends, which the model's text may hold.
-        async for text in resp.aiter_text():
-            buffer += text
-            *events, buffer = buffer.split("\n\n")
-            for event in events:
-                if not event.startswith("data: ") or event == "data: [DONE]":
-                    continue
-                chunk = json.loads(event[6:])
-                now = time.perf_counter()
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                if chunk.get("choices") and chunk["choices"][0].get("text"):
-                    if last is None:
-                        record["ttft"].append(now - start)
-                    else:
-                        record["itl"].append(now - last)
-                    last = now
-    record["e2e"].append(time.perf_counter() - start)
+    async for data in _body_chunks(reader, headers):
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {data[:300]!r}")
+        buffer += data
+        *events, buffer = buffer.split(b"\n\n")
+        now = time.monotonic()
+        for event in events:
+            if not event.startswith(b"data: {"):
+                continue
+            chunk = json.loads(event[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"error event: {chunk}")
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            choices = chunk.get("choices")
+            if choices and choices[0].get("text"):
+                if last is None:
+                    record["ttft"].append(now - start)
+                else:
+                    record["itl"].append(now - last)
+                last = now
+    if headers.get("connection", "").lower() == "close":
+        writer.close()
+        conn[0] = None
+    record["e2e"].append(time.monotonic() - start)
     return tokens
 
 
-async def sweep_point(url: str, model: str, prompts: list[list[int]], out_len: int, concurrency: int) -> dict:
-    queue: asyncio.Queue[list[int]] = asyncio.Queue()
-    for p in prompts:
-        queue.put_nowait(p)
+async def _clients(host: str, port: int, model: str, work: list[list[list[int]]], out_len: int,
+                   start_at: float) -> dict[str, Any]:
     record: dict[str, list[float]] = {"ttft": [], "itl": [], "e2e": []}
     produced = 0
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        async def worker() -> None:
-            nonlocal produced
-            while not queue.empty():
-                tokens = await _one(client, url, model, queue.get_nowait(), out_len, record)
-                produced += tokens  # after the await: `x += await f()` would read x before awaiting
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - start
-    out = {"concurrency": concurrency, "requests": len(prompts), "output_tok_s": produced / seconds}
-    for name, values in record.items():
-        out[f"{name}_p50_ms"] = _pct(values, 50) * 1000
-        out[f"{name}_p99_ms"] = _pct(values, 99) * 1000
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    first = time.monotonic()
+
+    async def client(prompts: list[list[int]]) -> None:
+        nonlocal produced
+        conn: list[Any] = [None]
+        for prompt in prompts:
+            body = json.dumps({"model": model, "prompt": prompt, "max_tokens": out_len, "temperature": 0,
+                               "ignore_eos": True, "stream": True,
+                               "stream_options": {"include_usage": True}}).encode()
+            tokens = await _one_stream(conn, host, port, body, record)
+            produced += tokens
+        if conn[0] is not None:
+            conn[0][1].close()
+
+    await asyncio.gather(*(client(p) for p in work))
+    return {"record": record, "produced": produced, "first": first, "last": time.monotonic()}
+
+
+def _client_process(args: tuple) -> dict[str, Any]:
+    return asyncio.run(_clients(*args))
+
+
+def sweep_point(url: str, model: str, prompts: list[list[int]], out_len: int, concurrency: int,
+                processes: int) -> dict[str, Any]:
+    """`concurrency` clients over `prompts` (each its share, in turn), spread over `processes` processes."""
+    host, _, port = url.split("://", 1)[1].rstrip("/").partition(":")
+    per_client = [prompts[i::concurrency] for i in range(concurrency)]
+    processes = max(1, min(processes, concurrency))
+    groups = [per_client[i::processes] for i in range(processes)]
+    start_at = time.monotonic() + 2.0  # every process connects and waits: all clients start together
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        results = pool.map(_client_process, [(host, int(port or 80), model, g, out_len, start_at) for g in groups])
+    seconds = max(r["last"] for r in results) - min(r["first"] for r in results)
+    merged: dict[str, list[float]] = {"ttft": [], "itl": [], "e2e": []}
+    for r in results:
+        for name, values in r["record"].items():
+            merged[name] += values
+    produced = sum(r["produced"] for r in results)
+    point: dict[str, Any] = {"concurrency": concurrency, "requests": len(prompts), "completion_tokens": produced,
+                             "expected_tokens": len(prompts) * out_len, "seconds": round(seconds, 3),
+                             "output_tok_s": round(produced / seconds, 1), "client_processes": processes}
+    for name, values in merged.items():
+        point[f"{name}_p50_ms"] = round(_pct(values, 50) * 1000, 2)
+        point[f"{name}_p99_ms"] = round(_pct(values, 99) * 1000, 2)
+    point["ok"] = produced == len(prompts) * out_len
+    return point
+
+
+# ---- the offline engine (a child process) ----------------------------------------------------------------
+def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same engine in-process at the server's settings: tok/s at each concurrency, and all at once."""
+    from swiftops import InferRequest, RequestConfig
+    from swiftops.engines.factory import build_engine
+    from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+
+    t0 = time.perf_counter()
+    engine = build_engine(ModelSettings(model=spec["model"], max_model_len=spec["max_model_len"]),
+                          EngineSettings(infer_backend=spec["backend"]), GenerationSettings())
+    out: dict[str, Any] = {"startup_s": round(time.perf_counter() - t0, 1), "at_concurrency": {}}
+    config = RequestConfig(max_tokens=spec["output_len"], temperature=0, ignore_eos=True)
+    try:
+        engine.infer([InferRequest(prompt=p) for p in spec["warmup"]], config.model_copy(update={"max_tokens": 4}),
+                     use_tqdm=False)
+
+        async def at_concurrency(prompts: list[list[int]], c: int) -> int:
+            shares = [prompts[i::c] for i in range(c)]
+
+            async def worker(share: list[list[int]]) -> int:
+                done = 0
+                for p in share:
+                    done += (await engine.infer_async(InferRequest(prompt=p), config)).usage.completion_tokens
+                return done
+            return sum(await asyncio.gather(*(worker(s) for s in shares)))
+
+        for c, prompts in spec["sets"].items():
+            t0 = time.perf_counter()
+            produced = engine._loop().submit(at_concurrency(prompts, int(c))).result()
+            seconds = time.perf_counter() - t0
+            out["at_concurrency"][c] = {"requests": len(prompts), "completion_tokens": produced,
+                                        "seconds": round(seconds, 3), "output_tok_s": round(produced / seconds, 1),
+                                        "ok": produced == len(prompts) * spec["output_len"]}
+        everything = spec["sets"][str(max(int(c) for c in spec["sets"]))]
+        t0 = time.perf_counter()
+        responses = engine.infer([InferRequest(prompt=p) for p in everything], config, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        produced = sum(r.usage.completion_tokens for r in responses)
+        out["all_at_once"] = {"requests": len(everything), "completion_tokens": produced,
+                              "seconds": round(seconds, 3), "output_tok_s": round(produced / seconds, 1)}
+    finally:
+        engine.close()
     return out
 
 
-def offline(model_dir: str, prompts: list[list[int]], out_len: int, batch: int) -> float:
-    """The offline engine's tok/s on the same prompts: the ceiling the served figures are compared with."""
-    from swiftops import InferRequest, PtEngine, RequestConfig
-    engine = PtEngine(model_dir, max_batch_size=batch, max_model_len=len(prompts[0]) + out_len)
-    try:
-        config = RequestConfig(max_tokens=out_len, temperature=0, ignore_eos=True)
-        engine.infer([InferRequest(prompt=prompts[0])], config.model_copy(update={"max_tokens": 4}), use_tqdm=False)
+def _run_child(cmd: list[str], timeout: float, log: pathlib.Path) -> int:
+    with log.open("w") as f:
+        try:
+            return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return -9
+
+
+# ---- the orchestration -------------------------------------------------------------------------------------
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = pathlib.Path(args.out) if args.out else None
+        self.doc: dict[str, Any] = {}
+        if self.out is not None and self.out.exists():
+            self.doc = json.loads(self.out.read_text())
+        self.work = pathlib.Path(tempfile.mkdtemp(prefix="serving-bench-"))
+        self.deadline = time.monotonic() + args.deadline_s
+
+    def save(self) -> None:
+        self.doc["criteria"] = criteria(self.doc)
+        text = json.dumps(self.doc, indent=2, default=str)
+        if self.out is not None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text(text)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def served(self, backend: str, model_dir: str, sets: dict[str, list[list[int]]], max_len: int) -> dict[str, Any]:
+        from swiftops.server.launcher import ServerProcess
+
+        flags = ["--model", model_dir, "--max_model_len", str(max_len), "--max_queue", "4096",
+                 "--infer_backend", backend]
         t0 = time.perf_counter()
-        responses = engine.infer([InferRequest(prompt=p) for p in prompts], config, use_tqdm=False)
-        seconds = time.perf_counter() - t0
-        produced = sum(r.usage.completion_tokens for r in responses)
-        assert produced == len(prompts) * out_len, produced
-        return produced / seconds
-    finally:
-        engine.close()
+        server = ServerProcess(flags, ready_timeout=min(600.0, self.left())).start()
+        entry: dict[str, Any] = {"command": "swiftops deploy " + " ".join(flags),
+                                 "startup_s": round(time.perf_counter() - t0, 1), "points": {}}
+        try:
+            for c, prompts in sets.items():
+                point = sweep_point(server.url, pathlib.Path(model_dir).name, prompts, self.args.output_len, int(c),
+                                    self.args.client_processes)
+                entry["points"][c] = point
+                print(f"[{backend} served] {json.dumps(point)}", flush=True)
+        finally:
+            server.stop()
+            (self.work / f"{backend}-server.log").write_text(server.output())
+            entry["server_log_tail"] = server.output()[-1500:] if not all(
+                p.get("ok") for p in entry["points"].values()) else None
+        return entry
+
+    def offline(self, backend: str, model_dir: str, sets: dict[str, list[list[int]]], max_len: int) -> dict[str, Any]:
+        spec = {"backend": backend, "model": model_dir, "max_model_len": max_len, "output_len": self.args.output_len,
+                "sets": sets, "warmup": [sets[next(iter(sets))][0]]}
+        spec_file, result_file = self.work / f"{backend}-offline-spec.json", self.work / f"{backend}-offline.json"
+        spec_file.write_text(json.dumps(spec))
+        code = _run_child([sys.executable, "-m", "benchmarks.serving", "--offline_worker", str(spec_file),
+                           "--out", str(result_file)], self.left(), self.work / f"{backend}-offline.log")
+        if code != 0 or not result_file.exists():
+            return {"ok": False, "returncode": code,
+                    "log_tail": (self.work / f"{backend}-offline.log").read_text()[-1500:]}
+        return json.loads(result_file.read_text())
+
+    def direct(self, model_dir: str, sets: dict[str, list[list[int]]]) -> dict[str, Any]:
+        everything = sets[str(max(int(c) for c in sets))]
+        prompts = {"sets": {"main": everything}, "output_len": self.args.output_len,
+                   "warmup": [everything[0]], "warmup_output_len": 4}
+        prompt_file, result_file = self.work / "direct-prompts.json", self.work / "direct.json"
+        prompt_file.write_text(json.dumps(prompts))
+        code = _run_child([sys.executable, "-m", "benchmarks.lmdeploy_peer", "--model", model_dir, "--prompts",
+                           str(prompt_file), "--out", str(result_file), "--max_batch_size", "256",
+                           "--session_len", str(self.args.prompt_len + self.args.output_len)],
+                          self.left(), self.work / "direct.log")
+        if not result_file.exists():
+            return {"ok": False, "returncode": code, "log_tail": (self.work / "direct.log").read_text()[-1500:]}
+        return {"returncode": code, **json.loads(result_file.read_text())}
+
+
+def _model(args: argparse.Namespace) -> tuple[str, int]:
+    from benchmarks.bench_model import SHAPES, is_built
+
+    path = pathlib.Path(args.model_dir).resolve() / f"qwen2-{args.shape}-{args.dtype}"
+    if not is_built(path, args.shape, args.dtype):
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_model", "--shape", args.shape, "--out", str(path),
+                        "--dtype", args.dtype] + (["--device", "cpu"] if args.device == "cpu" else []), check=True)
+    return str(path), int(SHAPES[args.shape]["vocab_size"])
+
+
+def criteria(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    figures: dict[str, dict[str, float]] = {"pt": {}, "lmdeploy": {}}
+    for backend in figures:
+        part = doc.get(backend) or {}
+        points = (part.get("served") or {}).get("points") or {}
+        offline = (part.get("offline") or {}).get("at_concurrency") or {}
+        for c, point in points.items():
+            if c in offline and offline[c].get("output_tok_s"):
+                ratio = point["output_tok_s"] / offline[c]["output_tok_s"]
+                figures[backend][f"served_over_offline_c{c}"] = round(ratio, 3)
+                part.setdefault("ratios", {})[f"served_over_offline_c{c}"] = round(ratio, 3)
+            figures[backend][f"ttft_p99_ms_c{c}"] = point["ttft_p99_ms"]
+            if point["itl_p50_ms"]:
+                figures[backend][f"itl_p99_over_p50_c{c}"] = round(point["itl_p99_ms"] / point["itl_p50_ms"], 2)
+        all_at_once = ((part.get("offline") or {}).get("all_at_once") or {}).get("output_tok_s")
+        direct = (((part.get("direct") or {}).get("runs") or {}).get("main") or {}).get("tok_s")
+        if all_at_once and direct:
+            figures[backend]["offline_over_direct"] = round(all_at_once / direct, 3)
+            part.setdefault("ratios", {})["offline_over_direct"] = round(all_at_once / direct, 3)
+    out = []
+    for backend, key, op, bound, text in CRITERIA:
+        value = figures[backend].get(key)
+        passed = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out.append({"line": text, "figure": f"{backend}.{key}", "value": value, "bound": f"{op} {bound}",
+                    "pass": passed})
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=["gpu", "cpu"], default="cpu")
-    parser.add_argument("--url", default=None, help="an existing server (skips start-up and the offline ratio)")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--vocab", type=int, default=None)
-    parser.add_argument("--concurrency", default="1,8,32,128")
+    parser.add_argument("--shape", default="0.5b", help="benchmarks.bench_model shape: 0.5b, 7b or 30m")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default=None, help="cpu: build the model on the CPU (smoke runs)")
+    parser.add_argument("--model_dir", default=".bench-models", help="where the random models are kept")
+    parser.add_argument("--concurrency", default="32,128")
+    parser.add_argument("--requests_per_client", type=int, default=2)
+    parser.add_argument("--prompt_len", type=int, default=128)
+    parser.add_argument("--output_len", type=int, default=256)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"any of {', '.join(PARTS)}")
+    parser.add_argument("--client_processes", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)))
+    parser.add_argument("--deadline_s", type=float, default=540.0, help="stop starting parts after this long")
+    parser.add_argument("--url", default=None, help="measure a running server (no offline figures)")
+    parser.add_argument("--model", default=None, help="with --url: the served model name")
+    parser.add_argument("--vocab", type=int, default=None, help="with --url: the model's vocabulary size")
+    parser.add_argument("--offline_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--server_log", default=None, help="write the started server's whole log here")
     args = parser.parse_args()
-    from benchmarks.throughput import random_prompts as _prompts
-
-    gpu = args.workload == "gpu"
-    p_len, out_len = (128, 256) if gpu else (32, 64)
+    if args.offline_worker:  # a child: one backend's offline figures
+        result = offline_worker(json.loads(pathlib.Path(args.offline_worker).read_text()))
+        pathlib.Path(args.out).write_text(json.dumps(result))
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
-    record: dict[str, Any] = {"workload": args.workload, "command": " ".join(sys.argv), "points": []}
-    server = None
-    model_dir: Optional[str] = None
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown --parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    run = Run(args)
     if args.url:
-        url, model, vocab = args.url, args.model, args.vocab
-    else:
-        from swiftops.server.launcher import ServerProcess
-        if gpu:
-            from benchmarks.bench_model import build_qwen25_05b_shaped
-            model_dir = str(build_qwen25_05b_shaped(tempfile.mkdtemp(prefix="bench-"), dtype="bfloat16"))
-            vocab = 151936
-        else:
-            from swiftops.models.tiny import build_tiny_model
-            model_dir = str(build_tiny_model(tempfile.mkdtemp(prefix="bench-tiny-"), arch="qwen2"))
-            vocab = 1300
-        batch = max(levels)
-        server = ServerProcess(["--model", model_dir, "--max_batch_size", str(batch), "--max_concurrency",
-                                str(batch), "--max_queue", "1024", "--max_model_len", str(p_len + out_len)],
-                               ready_timeout=600).start()
-        url, model = server.url, Path(model_dir).name
+        sets = {str(c): random_prompts(c * args.requests_per_client, args.prompt_len, args.vocab, seed=c)
+                for c in levels}
+        run.doc["external"] = {str(c): sweep_point(args.url, args.model, p, args.output_len, int(c),
+                                                   args.client_processes) for c, p in sets.items()}
+        run.save()
+        print(json.dumps(run.doc, indent=2))
+        return
+    model_dir, vocab = _model(args)
+    max_len = args.prompt_len + args.output_len
+    sets = {str(c): random_prompts(c * args.requests_per_client, args.prompt_len, vocab, seed=c) for c in levels}
+    run.doc.update(shape=args.shape, dtype=args.dtype, model=model_dir, prompt_len=args.prompt_len,
+                   output_len=args.output_len, concurrency=levels, requests_per_client=args.requests_per_client,
+                   command=" ".join(sys.argv), host=platform.node(), python=platform.python_version())
+    for part in parts:
+        if run.left() < 30:
+            run.doc.setdefault("skipped", []).append(part)
+            continue
+        backend, _, what = part.partition("_")
+        entry = run.doc.setdefault(backend, {})
+        t0 = time.perf_counter()
+        try:
+            if what == "served":
+                entry["served"] = run.served(backend, model_dir, sets, max_len)
+            elif what == "offline":
+                entry["offline"] = run.offline(backend, model_dir, sets, max_len)
+            else:
+                entry["direct"] = run.direct(model_dir, sets)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other parts still run
+            entry[what] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+        entry.setdefault("wall_s", {})[what] = round(time.perf_counter() - t0, 1)
+        run.save()
+        print(f"[{part}] done in {entry['wall_s'][what]} s", flush=True)
     try:
-        for c in levels:
-            prompts = _prompts(max(2 * c, 16), p_len, vocab, seed=c)
-            point = asyncio.run(sweep_point(url, model, prompts, out_len, c))
-            record["points"].append(point)
-            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in point.items()}), flush=True)
-    except Exception:
-        if server is not None:
-            print("--- server log (tail) ---\n" + server.output()[-4000:], file=sys.stderr)
-        raise
-    finally:
-        if server is not None:
-            server.stop()
-            if args.server_log:
-                Path(args.server_log).write_text(server.output())
-    if model_dir is not None and 32 in levels:
-        prompts = _prompts(64, p_len, vocab, seed=32)
-        record["offline_b32_tok_s"] = offline(model_dir, prompts, out_len, 32)
-        served = next(p for p in record["points"] if p["concurrency"] == 32)["output_tok_s"]
-        record["served_over_offline_c32"] = served / record["offline_b32_tok_s"]
-    import torch
-    import transformers
-    record.update(device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
-                  torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version())
-    print(json.dumps(record, indent=2, default=str))
-    if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2, default=str))
+        import torch
+        run.doc["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    except Exception:  # noqa: BLE001 - informational
+        pass
+    run.save()
+    print(json.dumps({"criteria": run.doc["criteria"]}, indent=2))
 
 
 if __name__ == "__main__":
