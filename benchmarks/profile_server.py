@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", default="server-profile.txt")
     args = parser.parse_args()
-    from benchmarks.serving import sweep_point
-    from benchmarks.throughput import _prompts
+    from benchmarks.serving import random_prompts, sweep_point
     from swiftops.server.launcher import ServerProcess
 
     gpu = args.workload == "gpu"
@@ -50,11 +48,12 @@ def main() -> None:
     raw = Path(tempfile.mkdtemp()) / "raw.txt"
     with ServerProcess(["--model", model_dir, "--max_batch_size", str(args.concurrency), "--max_model_len",
                         str(p_len + o_len)], ready_timeout=600) as server:
+        # --subprocesses: the engine process too (the API server and the engine run apart since issue 16).
         spy = subprocess.Popen(["py-spy", "record", "-p", str(server.process.pid), "-o", str(raw), "-f", "raw",
-                                "-d", str(args.seconds), "-r", "250", "--threads"])
+                                "-d", str(args.seconds), "-r", "250", "--threads", "--subprocesses"])
         time.sleep(1)
-        point = asyncio.run(sweep_point(server.url, Path(model_dir).name, _prompts(args.concurrency * 3, p_len, vocab),
-                                        o_len, args.concurrency))
+        point = sweep_point(server.url, Path(model_dir).name, random_prompts(args.concurrency * 3, p_len, vocab, 0),
+                            o_len, args.concurrency, processes=4)
         spy.wait()
     report = f"{point}\n" + summarize(raw.read_text())
     Path(args.out).write_text(report + "\n\n" + raw.read_text())
