@@ -104,8 +104,9 @@ class ServedRequest:
         self.ctx.metrics.e2e_request_latency.observe(time.perf_counter() - self.arrival)
         if usage is not None:
             counts = usage if isinstance(usage, dict) else usage.model_dump()
-            self.state.usage = {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"]}
-            self.ctx.metrics.record_tokens(counts["prompt_tokens"], counts["completion_tokens"])
+            prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
+            self.state.usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+            self.ctx.metrics.record_tokens(prompt, completion)
         if self.ctx.settings.verbose and response is not None:
             log_body(self.request_id, "response", response)
         if self.ctx.results is not None and response is not None:
