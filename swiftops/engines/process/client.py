@@ -121,6 +121,9 @@ class EngineProcessClient(InferEngine):
         self._send_lock = threading.Lock()
         self._running = self._waiting = 0
         self._dir = tempfile.mkdtemp(prefix="swiftops-ipc-")
+        if len(self._dir) > 80 and os.path.isdir("/tmp"):  # a Unix socket path holds at most ~107 bytes
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = tempfile.mkdtemp(prefix="swiftops-ipc-", dir="/tmp")
         self._context = zmq.Context()
         self._request_socket = self._context.socket(zmq.PUSH)
         self._request_socket.setsockopt(zmq.LINGER, 0)
