@@ -50,7 +50,10 @@ class _GatedApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         handlers = {key: value for key, value in self.exception_handlers.items() if key not in (500, Exception)}
         # AsyncExitStackMiddleware: FastAPI's routes need its exit stack in the scope (it wraps no `send`).
-        inner = ExceptionMiddleware(AsyncExitStackMiddleware(self.router), handlers=handlers, debug=self.debug)
+        inner: ASGIApp = ExceptionMiddleware(AsyncExitStackMiddleware(self.router), handlers=handlers,
+                                             debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):  # none of ours; kept for any added later
+            inner = cls(inner, *args, **kwargs)
         return RequestGate(inner, **self.gate_options)
 
 
