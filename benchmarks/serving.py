@@ -349,7 +349,8 @@ def main() -> None:
     parser.add_argument("--shape", default="0.5b", help="benchmarks.bench_model shape: 0.5b, 7b or 30m")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default=None, help="cpu: build the model on the CPU (smoke runs)")
-    parser.add_argument("--model_dir", default=".bench-models", help="where the random models are kept")
+    parser.add_argument("--model_dir", default=str(pathlib.Path(__file__).resolve().parent.parent / ".bench-models"),
+                        help="where the random models are kept (the throughput benchmark's: built once, shared)")
     parser.add_argument("--concurrency", default="32,128")
     parser.add_argument("--requests_per_client", type=int, default=2)
     parser.add_argument("--prompt_len", type=int, default=128)
