@@ -134,6 +134,10 @@ class EngineServer:
         self.loop_socket = context.socket(zmq.PUSH)  # used on the engine's event-loop thread only
         self.loop_socket.connect(outputs_address)
         self.loop = engine._loop()
+        # Submitted but not launched yet (preparing on the loop), and which of those were aborted meanwhile.
+        self._lock = threading.Lock()
+        self._pending: set[int] = set()
+        self._aborted: set[int] = set()
 
     def _send(self, message: FromEngine) -> None:
         self.loop_socket.send(_encoder.encode(message), copy=False)
@@ -141,9 +145,15 @@ class EngineServer:
     def handle(self, message: ToEngine) -> None:
         """On the main thread: submits go to the engine's loop (preparing may await a pool), aborts act now."""
         if isinstance(message, Submit):
+            with self._lock:
+                self._pending.add(message.rid)
             self.loop.submit(self._start(message))
         elif isinstance(message, Abort):
-            request = self.requests.get(message.rid)
+            with self._lock:
+                if message.rid in self._pending:  # not launched yet: it never will be
+                    self._aborted.add(message.rid)
+                    return
+                request = self.requests.get(message.rid)
             if request is not None:
                 seqs = [s for s in request.seqs if message.index < 0 or s.index == message.index]
                 self.engine.abort(seqs)
@@ -155,6 +165,8 @@ class EngineServer:
         from swiftops.protocol import AdapterRequest, InferRequest, RequestConfig
 
         try:
+            if submit.rid in self._aborted:
+                raise _Gone()
             config = RequestConfig.model_validate_json(submit.config)
             adapter = AdapterRequest(name=submit.adapter, path=submit.adapter_path) if submit.adapter else None
             if submit.request is not None:  # beam search: the in-process path, whole
@@ -164,15 +176,33 @@ class EngineServer:
                 return
             prepared = await self.engine.prepare(InferRequest(prompt=submit.prompt_ids), config, adapter,
                                                  prompt_ids=submit.prompt_ids)
+        except _Gone:
+            self._forget(submit.rid)
+            return
         except Exception as exc:  # noqa: BLE001 - a bad request fails alone, in the server's 4xx/500
+            self._forget(submit.rid)
             self._send(Failed(submit.rid, error_info(exc)))
             return
         prepared.params = dataclasses.replace(prepared.params, token_ids_only=True, incremental=False)
         request = _Request(prepared.n)
-        self.requests[submit.rid] = request
         sinks = [self._sink_class(self.relay, _Choice(submit.rid, i, submit.every_step, request))
                  for i in range(prepared.n)]
-        request.seqs = self.engine.launch(prepared, sinks)
+        with self._lock:  # launched and registered at once: an abort sees either nothing or all of it
+            self._pending.discard(submit.rid)
+            if submit.rid in self._aborted:
+                self._aborted.discard(submit.rid)
+                return
+            self.requests[submit.rid] = request
+            request.seqs = self.engine.launch(prepared, sinks)
+
+    def _forget(self, rid: int) -> None:
+        with self._lock:
+            self._pending.discard(rid)
+            self._aborted.discard(rid)
+
+
+class _Gone(Exception):
+    """The request was aborted before it was launched."""
 
 
 def _watch_parent(parent_pid: int) -> None:
