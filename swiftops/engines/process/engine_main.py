@@ -172,6 +172,7 @@ class EngineServer:
             if submit.request is not None:  # beam search: the in-process path, whole
                 request = InferRequest.model_validate_json(submit.request)
                 response = await self.engine.infer_async(request, config, adapter_request=adapter)
+                self._forget(submit.rid)
                 self._send(Whole(submit.rid, response.model_dump_json().encode()))
                 return
             prepared = await self.engine.prepare(InferRequest(prompt=submit.prompt_ids), config, adapter,
