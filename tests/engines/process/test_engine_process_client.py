@@ -144,3 +144,8 @@ def test_a_dead_engine_process_fails_requests_in_flight_and_later_ones(tiny_mode
             asyncio.run(engine.infer_async(_ask("hi"), GREEDY))
     finally:
         engine.close()
+
+
+def test_beam_search_runs_whole_in_the_engine_process(local, remote):
+    config = RequestConfig(max_tokens=6, temperature=0, num_beams=2, n=2)
+    assert _texts(remote, [_ask("hello")], config) == _texts(local, [_ask("hello")], config)

@@ -87,25 +87,24 @@ class FakeAsyncEngine:
         if g.do_sample:
             random.Random(g.random_seed).shuffle(words)
         self.running.add(request.session_id)
-        produced = produced_words = 0
+        tokens = [token_id for word in words for token_id in self.word_ids[word]]  # the script's token ids
+        produced = 0
         ignore_eos = bool(getattr(g, "ignore_eos", False))
         try:
-            # The script ends with EOS ("stop") unless ignore_eos, which repeats it up to max_new_tokens.
-            while ignore_eos or produced_words < len(words):
+            # One token per step. The script ends with EOS ("stop") unless ignore_eos, which repeats it up to
+            # max_new_tokens.
+            while ignore_eos or produced < len(tokens):
                 await asyncio.sleep(STEP_SECONDS)
-                word = words[produced_words % len(words)]
-                produced_words += 1
-                ids = self.word_ids[word]
-                produced += len(ids)
+                token_id = tokens[produced % len(tokens)]
+                produced += 1
                 logprobs = None
                 if g.logprobs is not None:
-                    logprobs = []
-                    for token_id in ids:
-                        position = {token_id: -0.5}
-                        for k in range(g.logprobs - 1):
-                            position[200 + k] = -1.0 - k
-                        logprobs.append(position)
-                yield GenOut(word, len(request.input_ids), produced, None, list(ids), logprobs)
+                    position = {token_id: -0.5}
+                    for k in range(g.logprobs - 1):
+                        position[200 + k] = -1.0 - k
+                    logprobs = [position]
+                # `response` (LMDeploy's own text) is not what swiftops reads: it decodes the token ids itself.
+                yield GenOut("", len(request.input_ids), produced, None, [token_id], logprobs)
                 if produced >= g.max_new_tokens:
                     yield GenOut("", len(request.input_ids), produced, "length", [])
                     return
