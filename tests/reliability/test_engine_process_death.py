@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import httpx
 
@@ -55,16 +56,17 @@ def test_sigkill_of_the_engine_process_fails_health_and_exits_non_zero_within_10
             time.sleep(0.02)
         killed_at = time.monotonic()
         os.kill(engine_pid, signal.SIGKILL)
-        health = None
+        health: Optional[httpx.Response] = None  # None: the server is gone (refused), which fails a probe too
         while time.monotonic() - killed_at < 10:
             try:
                 health = httpx.get(server.url + "/health", timeout=2)
             except httpx.TransportError:
-                break  # already gone
+                health = None
+                break
             if health.status_code == 503:
                 break
             time.sleep(0.05)
-        assert health is None or health.status_code == 503, health.text if health is not None else ""
+        assert health is None or health.status_code == 503, health.text
         status = server.wait(timeout=max(0.1, 10 - (time.monotonic() - killed_at)))
         assert status != 0
         assert time.monotonic() - killed_at < 10
