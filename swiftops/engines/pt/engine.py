@@ -145,13 +145,15 @@ class PtEngine(InferEngine):
         cache = PagedKVCache(shape, num_blocks, block_size, loaded.device)
         blocks = BlockManager(num_blocks, block_size, max_batch_size, self.max_model_len, loaded.device)
         choice = runner or os.environ.get("SWIFTOPS_PT_RUNNER")
+        self.fused_kernels: dict[str, int] = {}
         if choice != "fallback" and loaded.device.type == "cuda" and triton_available(loaded.device):
             from swiftops.engines.pt.fused_mlp import fuse_gated_mlps
             from swiftops.engines.pt.fused_norm import fuse_rms_norms
             from swiftops.engines.pt.fused_rotary import fuse_rotary
-            logger.info("pt engine: Triton kernels for %d RMSNorm modules, %d gated MLPs, rotary embedding in %d "
-                        "modeling modules", fuse_rms_norms(loaded.model), fuse_gated_mlps(loaded.model),
-                        fuse_rotary(loaded.model))
+            self.fused_kernels = {"rms_norm": fuse_rms_norms(loaded.model), "gated_mlp": fuse_gated_mlps(loaded.model),
+                                  "rotary": fuse_rotary(loaded.model)}
+            logger.info("pt engine: Triton kernels replace %s (modules, or modeling modules for rotary)",
+                        self.fused_kernels)
         agrees, self.paged_check_error = (True, None) if choice in ("fallback", "paged") else paged_path_agrees(
             loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size)
         if choice == "fallback" or not agrees:
