@@ -1,7 +1,7 @@
 """Continuous batching: sequences join the running batch at every step and leave as soon as they finish.
 
-Each step decodes every running sequence (one token each) and spends a token budget on prefill: first on
-prompts already being prefilled in chunks, then on newly admitted ones. Admission needs a free batch slot
+Each step decodes every running sequence (one token each) and spends the rest of a token budget on prefill:
+first on prompts already being prefilled in chunks, then on newly admitted ones. Admission needs a free batch slot
 and KV blocks for the whole prompt; when a decode step runs out of blocks, the most recently admitted
 sequence is preempted (its blocks freed; it is recomputed later), never an out-of-memory error.
 
@@ -84,7 +84,10 @@ class Scheduler:
                     break
             if seq.status is SeqStatus.RUNNING:
                 plan.decode.append(seq)
-        budget = self.max_num_batched_tokens
+        # Decode tokens ride in the prefill's forward, so they count against the step's token budget: a steady
+        # forward size during a long prefill phase (the allocator reuses its blocks) and a bounded step time. A
+        # quarter of the budget stays for prefill so that a full decode batch never starves it.
+        budget = max(self.max_num_batched_tokens - len(plan.decode), self.max_num_batched_tokens // 4)
         for seq in prefilling:
             if budget <= 0 or seq.status is not SeqStatus.RUNNING:
                 continue
