@@ -10,8 +10,6 @@ against its own forward before its modules are switched. Modules whose projectio
 """
 from __future__ import annotations
 
-import logging
-import types
 from typing import Any
 
 import torch
@@ -19,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from swiftops.engines.pt.verified_fusion import agrees_within, switch_forwards
 
 
 @triton.jit
@@ -76,28 +74,10 @@ def _agrees(module: nn.Module) -> bool:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, weight.shape[1], generator=gen).to(weight.device, weight.dtype)
     with torch.inference_mode():
-        want = module.forward(x).float()
-        got = _fused_forward(module, x).float()
-    tolerance = 1e-4 if weight.dtype == torch.float32 else 2e-2
-    return bool(((got - want).abs() <= tolerance * (1 + want.abs())).all())
+        return agrees_within(_fused_forward(module, x), module.forward(x), weight.dtype, 1e-4)
 
 
 def fuse_gated_mlps(model: torch.nn.Module) -> int:
     """Switch every gated SiLU MLP whose class passes the check; returns how many were switched."""
-    verdicts: dict[type, bool] = {}
-    fused = 0
-    for module in model.modules():
-        cls = type(module)
-        if not cls.__name__.endswith("MLP") or not _fusable(module):
-            continue
-        _share_weights(module)
-        if cls not in verdicts:
-            try:
-                verdicts[cls] = _agrees(module)
-            except Exception as exc:  # noqa: BLE001 - any failure keeps the module's own forward
-                logger.info("MLP fusion skipped for %s (%s: %s)", cls.__name__, type(exc).__name__, exc)
-                verdicts[cls] = False
-        if verdicts[cls]:
-            module.forward = types.MethodType(_fused_forward, module)
-            fused += 1
-    return fused
+    return switch_forwards(model, lambda m: type(m).__name__.endswith("MLP") and _fusable(m), _agrees,
+                           _fused_forward, prepare=_share_weights)

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from swiftops.engines.pt.verified_fusion import agrees_within
+
 logger = logging.getLogger(__name__)
 _ORIGINAL = "_swiftops_original_apply_rotary_pos_emb"
 
@@ -106,11 +108,7 @@ def _agrees(original: Callable, device: torch.device, dtype: torch.dtype, heads:
     with torch.inference_mode():
         want_q, want_k = original(q, k, cos, sin)
         got_q, got_k = rotary(q, k, cos, sin)
-    # A different formula (interleaved pairs, partial rotation) is off by O(1); rounding differences stay within a
-    # unit or two of the dtype.
-    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
-    return all(bool(((got - want).float().abs() <= tolerance * (1 + want.float().abs())).all())
-               for got, want in ((got_q, want_q), (got_k, want_k)))
+    return agrees_within(got_q, want_q, dtype, 1e-5) and agrees_within(got_k, want_k, dtype, 1e-5)
 
 
 def fuse_rotary(model: torch.nn.Module) -> int:
