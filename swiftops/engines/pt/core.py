@@ -165,6 +165,7 @@ class EngineCore:
                 self._fail(left[0], self._as_engine_error(exc))
                 return
             self._free_memory(exc)
+            self.scheduler.forget_cached(plan)
             # Where each sequence would stand after this step (its tokens are in the cache once `advance` ran).
             chunks = {s.seq_id: chunk for s, chunk in [*plan.prefill, *((s, 1) for s in plan.decode)]}
             for seq in left:
@@ -246,10 +247,12 @@ class EngineCore:
 
     def _step_alone(self, seq: Sequence, target: int) -> None:
         """Recompute `seq` alone from its first token up to where the failed step would have left it (as after a
-        preemption; its KV blocks are still held): whatever the failed step half-did is overwritten, either runner."""
-        seq.num_computed = 0
+        preemption; its KV blocks are still held): whatever the failed step half-did is overwritten, either runner.
+        Blocks in the prefix cache (computed by earlier steps, maybe shared) are kept, never rewritten."""
+        blocks = self.scheduler.blocks
+        seq.num_computed = min(blocks.trusted_prefix(seq), target - 1) if blocks is not None else 0
         try:
-            self._run_plan(StepPlan(prefill=[(seq, target)]), set())
+            self._run_plan(StepPlan(prefill=[(seq, target - seq.num_computed)]), set())
         except Exception as exc:  # noqa: BLE001 - this sequence fails by itself: it is the culprit
             logger.exception("sequence %d fails alone", seq.seq_id)
             self._free_memory(exc)

@@ -84,6 +84,13 @@ class Sequence:
     num_computed: int = 0  # tokens whose keys and values are in the cache
     block_table: list[int] = field(default_factory=list)  # KV blocks held (BlockManager)
     table_row: int = 0  # this sequence's row of the device block table while it holds blocks (0: none)
+    # Prefix caching (swiftops.engines.pt.prefix_hash): what besides the tokens shapes the KV cache (the adapter's
+    # weights digest; the media's first position and digest), the chained hashes of its full blocks so far, and
+    # how many of its leading blocks were offered to the cache (or taken from it).
+    cache_salt: bytes = b""
+    media_key: Optional[tuple[int, bytes]] = None
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_cached_blocks: int = 0
     status: SeqStatus = SeqStatus.WAITING
     generator: Any = None  # torch.Generator for seeded sampling
     detokenizer: Any = None
