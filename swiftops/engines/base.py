@@ -55,6 +55,10 @@ class InferEngine(ABC):
         """Names of the LoRA adapters a request may select."""
         return []
 
+    def prefix_cache_stats(self) -> Optional[tuple[int, int]]:
+        """(queried, hit) prompt tokens of the prefix cache since the engine started; None where not counted."""
+        return None
+
     @property
     def models(self) -> list[str]:
         return [self.model_name, *self.adapter_names]
@@ -128,6 +132,8 @@ class InferEngine(ABC):
         """
         config = request_config or RequestConfig()
         metrics = list(metrics or [])
+        for m in metrics:
+            m.track_prefix_cache(self.prefix_cache_stats)
         loop = self._loop()
         if config.stream:
             streams = []

@@ -235,8 +235,8 @@ class EngineSettings(_Section):
         description="Engine replicas, each on its own GPUs, that requests are spread over (vllm, lmdeploy).")
     enable_prefix_caching: Optional[bool] = Field(
         None, validation_alias=aliases("enable_prefix_caching", "vllm_enable_prefix_caching"),
-        description="Reuse the KV cache of a shared prompt prefix across requests (vllm, lmdeploy; "
-                    "unset: the backend's default).")
+        description="Reuse the KV cache of a shared prompt prefix across requests (automatic prefix caching; "
+                    "unset: the backend's default: on for pt and vllm, off for lmdeploy).")
     limit_mm_per_prompt: dict[str, int] = Field(
         default_factory=dict, validation_alias=aliases("limit_mm_per_prompt", "vllm_limit_mm_per_prompt"),
         description='Most media items per prompt by kind, e.g. {"image": 5, "video": 2} (vllm).')

@@ -55,7 +55,8 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     worker_pools.configure(settings.media_workers, settings.media_queue)
     metrics = ServerMetrics(running=lambda: admission.running, waiting=lambda: admission.waiting,
                             engine_running=lambda: _engine_count(engine, "num_running"),
-                            engine_waiting=lambda: _engine_count(engine, "num_waiting"))
+                            engine_waiting=lambda: _engine_count(engine, "num_waiting"),
+                            prefix_cache=getattr(engine, "prefix_cache_stats", None))
     lifecycle = Lifecycle()
     ctx = ServerContext(engine=engine, settings=settings, models=ModelRegistry(engine, settings.served_model_name),
                         admission=admission, metrics=metrics, lifecycle=lifecycle,

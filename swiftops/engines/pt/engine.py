@@ -20,6 +20,7 @@ from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
 from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
+from swiftops.engines.pt.prefix_hash import media_key
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
@@ -90,7 +91,8 @@ class PtEngine(InferEngine):
                  enable_lora: bool = False, max_memory: Optional[str] = None, media: Optional[MediaSettings] = None,
                  media_policy: Optional[MediaPolicy] = None,
                  limit_mm_per_prompt: Optional[dict[str, int]] = None, default_adapter: Optional[str] = None,
-                 task_type: Optional[str] = None, template: Optional[str] = None) -> None:
+                 task_type: Optional[str] = None, template: Optional[str] = None,
+                 enable_prefix_caching: Optional[bool] = None) -> None:
         register()
         self.generation = generation or GenerationSettings()
         try:
@@ -133,12 +135,14 @@ class PtEngine(InferEngine):
         max_batch_size = max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
         self._eos = self._eos_ids(loaded)
+        self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
         self._core = self._start_core(loaded, runner, block_size, gpu_memory_utilization, kv_cache_memory_gb,
-                                      max_batch_size, max_num_batched_tokens, enforce_eager)
+                                      max_batch_size, max_num_batched_tokens, enforce_eager,
+                                      enable_prefix_caching is not False)
 
     def _start_core(self, loaded: LoadedModel, runner: Optional[str], block_size: int, utilization: float,
                     cache_gb: Optional[float], max_batch_size: int, max_num_batched_tokens: int,
-                    enforce_eager: bool) -> EngineCore:
+                    enforce_eager: bool, prefix_caching: bool) -> EngineCore:
         """The KV cache, the fast or fallback runner (by the self-check), CUDA graphs, and the engine thread."""
         shape = _cache_shape(loaded.model, loaded.dtype)
         num_blocks = self._num_blocks(loaded, shape, block_size, utilization, cache_gb, max_batch_size)
@@ -175,13 +179,17 @@ class PtEngine(InferEngine):
                     torch.cuda.synchronize(loaded.device)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora)
             scheduler = Scheduler(blocks, max_batch_size, max_num_batched_tokens, self._admit_lora)
+            # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
+            # caches and shares nothing.
+            blocks.prefix_caching = self.prefix_caching = prefix_caching
             self.kv_cache = cache
             self.block_manager = blocks
         self.runner_name = run.name
         self.cuda_graphs = run.name == "paged" and run.graphs is not None
         logger.info("pt engine ready: %s on %s (%s), runner=%s, cuda_graphs=%s, max_model_len=%d, "
-                    "max_batch_size=%d, kv_cache_blocks=%d", self.model_name, loaded.device, loaded.dtype, run.name,
-                    self.cuda_graphs, self.max_model_len, max_batch_size, num_blocks)
+                    "max_batch_size=%d, kv_cache_blocks=%d, prefix_caching=%s", self.model_name, loaded.device,
+                    loaded.dtype, run.name, self.cuda_graphs, self.max_model_len, max_batch_size, num_blocks,
+                    self.prefix_caching)
         return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
 
     @classmethod
@@ -197,7 +205,8 @@ class PtEngine(InferEngine):
                    enforce_eager=engine.enforce_eager, generation=generation, max_loras=engine.max_loras,
                    max_lora_rank=engine.max_lora_rank, merge_lora=model.merge_lora, quant_method=model.quant_method,
                    quant_bits=model.quant_bits, max_memory=model.max_memory,
-                   limit_mm_per_prompt=engine.limit_mm_per_prompt or None, **kwargs)
+                   limit_mm_per_prompt=engine.limit_mm_per_prompt or None,
+                   enable_prefix_caching=engine.enable_prefix_caching, **kwargs)
 
     def _admit_lora(self, seq: Sequence, running: list[Sequence]) -> bool:
         """Scheduler hook (engine thread): a sequence runs once its adapter holds a slot."""
@@ -249,6 +258,13 @@ class PtEngine(InferEngine):
         return PagedKVCache.num_blocks_for(budget, shape, block_size) + 1  # +1: the scratch block
 
     # ---- the engine interface -------------------------------------------------------------------
+    def prefix_cache_stats(self) -> Optional[tuple[int, int]]:
+        """(queried, hit) prompt tokens since start, counted at each admission as vLLM does; None when off."""
+        blocks = getattr(self, "block_manager", None)
+        if not self.prefix_caching or blocks is None:
+            return None
+        return blocks.queries, blocks.hits
+
     @property
     def num_running(self) -> int:
         return self._core.num_running if self._core is not None else 0
@@ -287,7 +303,7 @@ class PtEngine(InferEngine):
             require("pt", "structured_output")  # a 400 saying which backends can
         adapter = self._adapter_for(adapter_request)
         name = adapter_request.name if adapter_request is not None else self.model_name
-        mm_inputs = None
+        mm_inputs = media = None
         if self.encoder is not None and request.prompt is None:
             # Off the loop; media in a pool of its own, so slow media never delays a text-only chat.
             pool = media_pool() if MultimodalEncoder.has_media(request) else text_pool()
@@ -295,6 +311,8 @@ class PtEngine(InferEngine):
             prompt_ids = encoded.input_ids
             if MultimodalEncoder.has_media(request):
                 mm_inputs = encoded
+                if self.prefix_caching:  # hashing the pixels takes milliseconds: off the loop, like the encoding
+                    media = await pool.run(media_key, encoded.tensors)
         elif request.prompt is None and MultimodalEncoder.has_media(request):
             raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model "
                                    "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
@@ -315,13 +333,14 @@ class PtEngine(InferEngine):
         queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
         sink = AsyncSink(asyncio.get_running_loop(), queue)
 
+        salt = self.lora.digests.get(adapter, b"") if adapter is not None and self.lora is not None else b""
         seqs = []
         for i in range(config.n):
             p = params
             if params.seed is not None and i:
                 p = dataclasses.replace(params, seed=params.seed + i)
             seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter,
-                                 mm_inputs=mm_inputs))
+                                 mm_inputs=mm_inputs, cache_salt=salt, media_key=media))
         self._core.submit(seqs)
         outputs = self._drain(queue, seqs)
         tools = bool(request.tools) and request.tool_choice != "none"
