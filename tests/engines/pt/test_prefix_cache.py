@@ -4,6 +4,7 @@ shared system prompt is prefilled once; the counters, InferStats and the on/off 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -183,3 +184,26 @@ def test_vlm_images_are_part_of_the_cache_key(tiny_vlm_dir):
     finally:
         vlm_cached.close()
         vlm_plain.close()
+
+
+def test_prometheus_exports_the_counters_under_our_names_and_vllms(cached):
+    from fastapi.testclient import TestClient
+
+    from swiftops.server.app import create_app
+
+    with TestClient(create_app(cached)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:  # the warm-up request
+            time.sleep(0.05)
+        body = {"model": cached.model_name, "max_tokens": 2, "temperature": 0,
+                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]}
+        for _ in range(2):
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+        text = client.get("/metrics").text
+    samples = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    queries, hits = cached.prefix_cache_stats()
+    assert hits > 0
+    for prefix in ("swiftops_", "vllm:"):
+        assert samples[f"{prefix}prefix_cache_queries_total"] == queries
+        assert samples[f"{prefix}prefix_cache_hits_total"] == hits
