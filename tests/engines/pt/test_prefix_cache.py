@@ -207,3 +207,21 @@ def test_prometheus_exports_the_counters_under_our_names_and_vllms(cached):
     for prefix in ("swiftops_", "vllm:"):
         assert samples[f"{prefix}prefix_cache_queries_total"] == queries
         assert samples[f"{prefix}prefix_cache_hits_total"] == hits
+
+
+def test_triton_kernels_prefill_over_cached_blocks(tiny_model_dir, uncached, monkeypatch):
+    """The paged Triton kernels (on CPU through Triton's interpreter) attend over blocks another request computed."""
+    pytest.importorskip("triton")
+    requests = [_req(q) for q in QUESTIONS[:3]]
+    config = RequestConfig(max_tokens=4, temperature=0, ignore_eos=True)
+    want = _texts(uncached, requests, config)
+    monkeypatch.setenv("SWIFTOPS_PT_ATTENTION", "triton")
+    kernels = PtEngine(str(tiny_model_dir), max_batch_size=8, max_num_batched_tokens=64)
+    try:
+        assert kernels._core.runner.use_triton and kernels.prefix_caching
+        assert _texts(kernels, requests, config) == want
+        assert _texts(kernels, requests, config) == want
+        queries, hits = kernels.prefix_cache_stats()
+        assert hits > queries // 2
+    finally:
+        kernels.close()
