@@ -20,7 +20,7 @@ from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
 from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
-from swiftops.engines.pt.prefix_hash import media_key
+from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
@@ -334,13 +334,17 @@ class PtEngine(InferEngine):
         sink = AsyncSink(asyncio.get_running_loop(), queue)
 
         salt = self.lora.digests.get(adapter, b"") if adapter is not None and self.lora is not None else b""
+        hashes: list[bytes] = []
+        if self.prefix_caching:  # ~0.5 ms for 2,000 tokens: here, not on the engine thread every request waits on
+            hashes = await text_pool().run(prompt_block_hashes, prompt_ids, self.block_manager.block_size, salt,
+                                           media)
         seqs = []
         for i in range(config.n):
             p = params
             if params.seed is not None and i:
                 p = dataclasses.replace(params, seed=params.seed + i)
             seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter,
-                                 mm_inputs=mm_inputs, cache_salt=salt, media_key=media))
+                                 mm_inputs=mm_inputs, cache_salt=salt, media_key=media, block_hashes=list(hashes)))
         self._core.submit(seqs)
         outputs = self._drain(queue, seqs)
         tools = bool(request.tools) and request.tool_choice != "none"

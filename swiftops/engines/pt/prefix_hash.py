@@ -22,10 +22,14 @@ from swiftops.engines.pt.sequence import Sequence
 
 
 def block_hash(parent: bytes, tokens: list[int], extra: bytes = b"") -> bytes:
-    h = hashlib.sha256(parent)
-    h.update(extra)
-    h.update(array("q", tokens).tobytes())
-    return h.digest()
+    return _chain([parent] if parent else [], array("q", tokens).tobytes(), 1, 8 * len(tokens), extra, 0)[-1]
+
+
+def prompt_block_hashes(prompt_ids: list[int], block_size: int, salt: bytes = b"",
+                        media: Optional[tuple[int, bytes]] = None) -> list[bytes]:
+    """The chained hashes of a prompt's full blocks: computed where the request is prepared, off the engine loop."""
+    return _chain([], array("q", prompt_ids).tobytes(), len(prompt_ids) // block_size, 8 * block_size, salt,
+                  media[0] // block_size if media is not None else -1, media[1] if media is not None else b"")
 
 
 def extend_block_hashes(seq: Sequence, num_blocks: int, block_size: int) -> list[bytes]:
@@ -33,15 +37,26 @@ def extend_block_hashes(seq: Sequence, num_blocks: int, block_size: int) -> list
     hashes = seq.block_hashes
     if len(hashes) >= num_blocks:
         return hashes
-    prompt_len = len(seq.prompt_ids)
-    media_block = seq.media_key[0] // block_size if seq.media_key is not None else -1
-    for i in range(len(hashes), num_blocks):
-        start, end = i * block_size, (i + 1) * block_size
-        tokens = seq.prompt_ids[start:end] if end <= prompt_len else seq.all_ids[start:end]
-        extra = seq.cache_salt if i == 0 else b""
-        if i == media_block:
-            extra += seq.media_key[1]  # type: ignore[index]
-        hashes.append(block_hash(hashes[-1] if hashes else b"", tokens, extra))
+    ids = seq.prompt_ids if num_blocks * block_size <= len(seq.prompt_ids) else seq.all_ids
+    start = len(hashes) * block_size
+    media = seq.media_key
+    return _chain(hashes, array("q", ids[start:num_blocks * block_size]).tobytes(), num_blocks, 8 * block_size,
+                  seq.cache_salt, media[0] // block_size if media is not None else -1,
+                  media[1] if media is not None else b"")
+
+
+def _chain(hashes: list[bytes], data: bytes, num_blocks: int, width: int, salt: bytes, media_block: int = -1,
+           media_digest: bytes = b"") -> list[bytes]:
+    """Append the hashes of blocks len(hashes)..num_blocks - 1 to `hashes`; `data` holds those blocks' tokens
+    (int64, `width` bytes a block). The salt goes into block 0, the media digest into block `media_block`."""
+    first = len(hashes)
+    parent = hashes[-1] if hashes else b""
+    sha256, append = hashlib.sha256, hashes.append
+    for i in range(first, num_blocks):  # one call per block: this runs for every prompt token / block_size
+        extra = (salt if i == 0 else b"") + (media_digest if i == media_block else b"")
+        offset = (i - first) * width
+        parent = sha256(parent + extra + data[offset:offset + width]).digest()
+        append(parent)
     return hashes
 
 
