@@ -26,17 +26,19 @@ def _texts(engine, requests, config=GREEDY, adapter=None):
 
 
 class PrefillCounter:
-    """Counts the tokens the engine runs through prefill (the model's work that prefix caching saves)."""
+    """Counts the prompt tokens the scheduler sends to the model (the work prefix caching saves); decode tokens
+    that ride along in a prefill's forward are not among them."""
 
     def __init__(self, engine) -> None:
-        runner = engine._core.runner
+        scheduler = engine._core.scheduler
         self.tokens = 0
-        prefill = runner.prefill
+        schedule = scheduler.schedule
 
-        def counted(items):
-            self.tokens += sum(chunk for _, chunk in items)
-            return prefill(items)
-        runner.prefill = counted
+        def counted():
+            plan = schedule()
+            self.tokens += sum(chunk for _, chunk in plan.prefill)
+            return plan
+        scheduler.schedule = counted
 
 
 @pytest.fixture(scope="module")
