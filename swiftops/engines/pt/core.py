@@ -159,13 +159,14 @@ class EngineCore:
             self.steps += 1
         except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch or kill the engine
             logger.exception("engine step failed; retrying its sequences one by one")
+            if not plan.computed:  # the blocks this step was to fill may hold garbage: out of the prefix cache
+                self.scheduler.forget_cached(plan)
             left = [s for s in [*plan.decode, *(s for s, _ in plan.prefill)]
                     if s.seq_id not in emitted and s.seq_id in self._by_id]
             if len(left) == 1:
                 self._fail(left[0], self._as_engine_error(exc))
                 return
             self._free_memory(exc)
-            self.scheduler.forget_cached(plan)
             # Where each sequence would stand after this step (its tokens are in the cache once `advance` ran).
             chunks = {s.seq_id: chunk for s, chunk in [*plan.prefill, *((s, 1) for s in plan.decode)]}
             for seq in left:

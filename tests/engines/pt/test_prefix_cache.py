@@ -227,3 +227,27 @@ def test_triton_kernels_prefill_over_cached_blocks(tiny_model_dir, uncached, mon
         assert hits > queries // 2
     finally:
         kernels.close()
+
+
+def test_a_failed_step_leaves_nothing_unwritten_in_the_cache(tiny_model_dir, uncached, monkeypatch):
+    """A step that fails before the model ran had offered its prefill's blocks to the cache (so that requests
+    admitted with it could share them): they are taken out again, and its batchmates recompute them alone."""
+    from swiftops.protocol import EngineError
+
+    monkeypatch.setenv("SWIFTOPS_FAULT_INJECT", "error:@@boom@@")
+    faulty = PtEngine(str(tiny_model_dir), max_batch_size=8, max_model_len=2048)
+    monkeypatch.delenv("SWIFTOPS_FAULT_INJECT")
+    try:
+        good = [_req(q) for q in QUESTIONS[:4]]
+        want = _texts(uncached, good)
+        # Alone: its step computes the system prompt's blocks for no one else, and fails.
+        with pytest.raises(EngineError):
+            faulty.infer([_req("fail @@boom@@ first")], GREEDY)
+        assert _texts(faulty, good) == want  # the system prompt is computed again, not taken from unwritten blocks
+        results = faulty.infer([_req("fail @@boom@@ now"), *good], GREEDY, return_exceptions=True)
+        assert isinstance(results[0], EngineError)
+        assert [r.choices[0].message.content for r in results[1:]] == want
+        assert _texts(faulty, good) == want  # now from blocks the recomputes filled
+        assert faulty.prefix_cache_stats()[1] > 0
+    finally:
+        faulty.close()
