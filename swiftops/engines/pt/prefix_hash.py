@@ -21,10 +21,6 @@ import torch
 from swiftops.engines.pt.sequence import Sequence
 
 
-def block_hash(parent: bytes, tokens: list[int], extra: bytes = b"") -> bytes:
-    return _chain([parent] if parent else [], array("q", tokens).tobytes(), 1, 8 * len(tokens), extra, 0)[-1]
-
-
 def prompt_block_hashes(prompt_ids: list[int], block_size: int, salt: bytes = b"",
                         media: Optional[tuple[int, bytes]] = None) -> list[bytes]:
     """The chained hashes of a prompt's full blocks: computed where the request is prepared, off the engine loop."""

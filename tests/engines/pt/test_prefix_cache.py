@@ -41,9 +41,24 @@ class PrefillCounter:
         scheduler.schedule = counted
 
 
+def _from_flags(*argv: str):
+    """(ModelSettings, EngineSettings) as `swiftops deploy|infer` builds them from these flags."""
+    import click
+
+    from swiftops.cli.options import SettingsCommand, build_settings, settings_options
+
+    @click.command(cls=SettingsCommand)
+    @settings_options(ModelSettings, EngineSettings)
+    def probe(**values):
+        return build_settings(values, ModelSettings, EngineSettings)
+    return probe.main(list(argv), standalone_mode=False)
+
+
 @pytest.fixture(scope="module")
 def uncached(tiny_model_dir):
-    eng = PtEngine(str(tiny_model_dir), max_batch_size=8, enable_prefix_caching=False, max_model_len=2048)
+    model, engine = _from_flags("--model", str(tiny_model_dir), "--max_batch_size", "8", "--max_model_len", "2048",
+                                "--enable_prefix_caching", "false")
+    eng = PtEngine.from_settings(model, engine)
     yield eng
     eng.close()
 
@@ -57,9 +72,8 @@ def cached(tiny_model_dir):
 
 def test_on_by_default_and_off_by_the_setting(cached, uncached):
     assert cached.prefix_caching and cached.block_manager.prefix_caching
-    assert not uncached.prefix_caching and uncached.prefix_cache_stats() is None
-    settings = EngineSettings.model_validate({"enable_prefix_caching": "false"})  # what --enable_prefix_caching false gives
-    assert settings.enable_prefix_caching is False
+    assert not uncached.prefix_caching and uncached.prefix_cache_stats() is None  # --enable_prefix_caching false
+    assert not uncached.block_manager.prefix_caching
 
 
 def test_mixed_batches_give_the_same_greedy_tokens_as_caching_off(cached, uncached):

@@ -142,3 +142,19 @@ def test_scheduler_admits_with_the_cached_prefix_and_siblings_share_in_the_same_
     assert len(plan.cached) == 2
     sched.forget_cached(plan)  # the step failed: nothing it computed is trusted
     assert blocks.cached_prefix(_seq(range(1, 11))) == []
+
+
+def test_media_key_is_the_first_media_position_and_a_digest_of_the_pixels():
+    from swiftops.engines.pt.prefix_hash import media_key
+
+    def inputs(pixels: float, text_after: int):
+        types = torch.tensor([[0] * 5 + [1] * 4 + [0] * text_after])
+        return {"input_ids": torch.arange(types.shape[1])[None], "attention_mask": torch.ones_like(types),
+                "mm_token_type_ids": types, "pixel_values": torch.full((4, 6), pixels),
+                "image_grid_thw": torch.tensor([[1, 2, 2]])}
+
+    first, digest = media_key(inputs(0.5, 3))
+    assert first == 5
+    assert media_key(inputs(0.5, 30)) == (5, digest)  # the same image, a longer question: the same key
+    assert media_key(inputs(0.25, 3))[1] != digest
+    assert media_key({"input_ids": torch.ones(1, 3), "attention_mask": torch.ones(1, 3)}) is None
