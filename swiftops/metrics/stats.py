@@ -82,6 +82,8 @@ class InferStats:
             if self._t0 is None:
                 self._t0 = now
             self._t_last = now
+            if self._prefix_source is not None:  # read now: the engine may be closed by the time of compute()
+                self._prefix_last = self._prefix_source() or self._prefix_last
             self.num_prompt_tokens += prompt_tokens
             self.num_generated_tokens += completion_tokens
             self.num_samples += n
