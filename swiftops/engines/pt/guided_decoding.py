@@ -3,7 +3,8 @@
 - `GrammarCompiler.compile` turns a request's `OutputConstraint` into xgrammar's compiled grammar, in a small thread
   pool and cached per constraint, before the request is queued: the engine loop never compiles, a request waits only
   for its own grammar, and a grammar xgrammar refuses is a 400 with xgrammar's reason.
-- Each constrained sequence holds a `GrammarMatcher` (`Sequence.grammar`). At sampling time `constrain` fills the
+- Each constrained sequence holds a `SequenceGrammar` (`Sequence.grammar`: xgrammar's matcher and the token rows
+  that work around what xgrammar lets through, see `TokenRows`). At sampling time `constrain` fills the
   constrained rows of a [B, ceil(V / 32)] bitmask on the host (xgrammar's batch fill, multithreaded), copies it to
   the device and masks the whole batch's logits in one kernel; free rows get an all-ones row, so constrained and
   free requests share one batch. The post-step advances the matcher by each accepted token (`accept`).
@@ -15,7 +16,6 @@ xgrammar is imported when the first constrained request arrives, not with the en
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import threading
 from collections import OrderedDict
@@ -26,8 +26,6 @@ import torch
 
 from swiftops.protocol import BadRequestError, EngineError, UnsupportedError
 from swiftops.protocol.structured_output import OutputConstraint
-
-logger = logging.getLogger(__name__)
 
 # A schema that takes longer is refused (xgrammar's compile time has no bound of its own); the compile itself runs
 # on in its thread, which is why the pool is small and separate from everything else.
@@ -156,19 +154,15 @@ class TokenRows:
 
     def __init__(self, vocab: list[bytes], vocab_size: int, stop_token_ids: list[int]) -> None:
         width = (vocab_size + 31) // 32 * 32
-        text_ok = torch.zeros(width, dtype=torch.bool)
-        json_ok = torch.zeros(width, dtype=torch.bool)
-        after_ed_ok = torch.zeros(width, dtype=torch.bool)
-        ends_with_ed = set()
-        for token_id, piece in enumerate(vocab[:vocab_size]):
-            valid = _SURROGATE.search(piece) is None
-            text_ok[token_id] = valid
-            json_ok[token_id] = valid and _CONTROL.search(piece) is None
-            after_ed_ok[token_id] = not piece or not 0xA0 <= piece[0] <= 0xBF
-            if piece.endswith(b"\xed"):
-                ends_with_ed.add(token_id)
+        pieces = vocab[:vocab_size]
+        pad = [False] * (width - len(pieces))  # ids past the tokenizer: the grammar never allows them anyway
+        # Lists first, one tensor each: a per-element tensor write is ~100x slower over 150k tokens.
+        valid = [_SURROGATE.search(p) is None for p in pieces]
+        text_ok = torch.tensor(valid + pad)
+        json_ok = torch.tensor([v and _CONTROL.search(p) is None for v, p in zip(valid, pieces)] + pad)
+        after_ed_ok = torch.tensor([not p or not 0xA0 <= p[0] <= 0xBF for p in pieces] + pad)
         json_ok[stop_token_ids] = True  # EOS is the grammar's to allow
-        self.ends_with_ed = frozenset(ends_with_ed)
+        self.ends_with_ed = frozenset(i for i, p in enumerate(pieces) if p.endswith(b"\xed"))
         # by (json output, after a lone ED)
         self.rows = {}
         for json_output, ok in ((False, text_ok), (True, json_ok)):
@@ -236,9 +230,11 @@ def constrain(logits: torch.Tensor, seqs: list[Any]) -> None:
     rows = [i for i, s in enumerate(seqs) if s.grammar is not None and not s.grammar.is_terminated()]
     if not rows:
         return
-    on_gpu = logits.device.type == "cuda"
-    mask = _bitmask(seqs, rows, logits.shape[-1], pin=on_gpu)
-    if logits.device.type != "cpu":
+    on_cpu = logits.device.type == "cpu"
+    mask = _bitmask(seqs, rows, logits.shape[-1], pin=logits.device.type == "cuda")
+    if not on_cpu:
         mask = mask.to(logits.device, non_blocking=True)
-    # xgrammar's kernel: Triton on CUDA, a C++ loop on CPU; one launch for the whole batch.
-    _xgrammar().apply_token_bitmask_inplace(logits, mask, vocab_size=logits.shape[-1])
+    # xgrammar's kernel: Triton on CUDA (one launch for the whole batch; free rows' all-ones words leave them as they
+    # are), a C++ loop on CPU, which is told the constrained rows (a list there costs no copy to a device).
+    _xgrammar().apply_token_bitmask_inplace(logits, mask, vocab_size=logits.shape[-1],
+                                            indices=rows if on_cpu and len(rows) < len(seqs) else None)
