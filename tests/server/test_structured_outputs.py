@@ -101,3 +101,17 @@ def test_a_schema_that_cannot_compile_is_a_400_with_the_reason(server, api_key, 
     with pytest.raises(openai.BadRequestError, match="2 ways"):
         client.chat.completions.create(model=served_name, messages=MESSAGES, response_format={"type": "json_object"},
                                        extra_body={"guided_regex": "a"})
+
+
+def test_infer_client_sends_the_request_config_fields(server, api_key):
+    from swiftops import InferClient, InferRequest, RequestConfig
+
+    engine = InferClient(base_url=server.url + "/v1", api_key=api_key)
+    try:
+        request = InferRequest(messages=MESSAGES)
+        (choice,) = engine.infer([request], RequestConfig(max_tokens=10, guided_choice=["left", "right"]))
+        assert choice.choices[0].message.content in ("left", "right")
+        (pet,) = engine.infer([request], RequestConfig(max_tokens=120, temperature=0, guided_json=SCHEMA))
+        jsonschema.validate(json.loads(pet.choices[0].message.content), SCHEMA)
+    finally:
+        engine.close()
