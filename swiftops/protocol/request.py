@@ -44,7 +44,16 @@ class RequestConfig(BaseModel):
                                                        "vllm and lmdeploy refuse them (a 400).")
     response_format: Optional[dict[str, Any]] = Field(
         None, description="OpenAI response_format: {type: text}, {type: json_object} or {type: json_schema, "
-                          "json_schema: {...}}; constrained decoding runs on the vllm and lmdeploy backends.")
+                          "json_schema: {name, schema, strict}}: the output is constrained to JSON (every backend).")
+    # vLLM's guided-decoding extensions; at most one of them, response_format and a forced tool_choice per request.
+    guided_json: Optional[Union[dict[str, Any], str]] = Field(
+        None, description="vLLM extension: constrain the output to this JSON Schema (an object or its JSON text).")
+    guided_regex: Optional[str] = Field(None, description="vLLM extension: constrain the output to this regex.")
+    guided_choice: Optional[list[str]] = Field(
+        None, description="vLLM extension: the output is exactly one of these strings.")
+    guided_grammar: Optional[str] = Field(
+        None, description="vLLM extension: constrain the output to this EBNF grammar (GBNF, as xgrammar and "
+                          "llama.cpp read it: `root ::= ...`; not on lmdeploy).")
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -227,21 +227,33 @@ class EngineCore:
             advance(StepPlan(decode=batch))
             nxt = self._continuing(batch)
             following: Optional[PendingSample] = None
+            held_logits = None
             if nxt is not None:
                 going_on = set(map(id, nxt))
                 rows = [i for i, s in enumerate(batch) if id(s) in going_on] if len(nxt) < len(batch) else None
                 tokens = pending.chosen if rows is None else \
                     pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
-                following = sample_on_device(self.runner.decode(nxt, tokens), nxt)
+                logits = self.runner.decode(nxt, tokens)
+                # A grammar's mask for the step launched here depends on the token of the step in flight: the
+                # forward runs now, its sampling is queued once that token is accepted (below), still ahead of
+                # the step after.
+                if any(s.grammar is not None for s in nxt):
+                    held_logits = logits
+                else:
+                    following = sample_on_device(logits, nxt)
                 self.pipelined_steps += 1
             self._emit(batch, pending.collect())
             self.steps += 1
+            if held_logits is not None:
+                following = sample_on_device(held_logits, nxt)
             self._flush()
             if following is None:
                 return
             for seq in nxt:  # the step launched above computes each one's last sampled token
                 seq.num_computed = seq.num_tokens - 1
             batch, pending = [s for s in nxt if s.seq_id in self._by_id], following
+            if not batch:  # every one stopped at the step just handled: the step in flight is all dropped rows
+                return
             if len(batch) < len(nxt):  # some stopped at the step just handled: read back only their rows
                 alive = {s.seq_id for s in batch}
                 pending = _RowView(following, [i for i, s in enumerate(nxt) if s.seq_id in alive])

@@ -16,6 +16,7 @@ from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.core import EngineCore
 from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
+from swiftops.engines.pt.guided_decoding import GrammarCompiler
 from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
 from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
@@ -31,7 +32,7 @@ from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, Eng
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
 from swiftops.media.worker_pools import media_pool, text_pool
-from swiftops.protocol.capabilities import require
+from swiftops.protocol.structured_output import output_constraint
 from swiftops.protocol.settings import (EngineSettings, GenerationSettings, MediaSettings, ModelSettings,
                                         resolve_adapters)
 from swiftops.template.chat_template import encode_prompt
@@ -136,6 +137,9 @@ class PtEngine(InferEngine):
         self.max_batch_size = max_batch_size
         self._eos = self._eos_ids(loaded)
         self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
+        # The logits' width (lm_head rows), which may be padded beyond the tokenizer's vocabulary.
+        self._grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.get_text_config().vocab_size,
+                                         self._eos)
         self._core = self._start_core(loaded, runner, block_size, gpu_memory_utilization, kv_cache_memory_gb,
                                       max_batch_size, max_num_batched_tokens, enforce_eager,
                                       enable_prefix_caching is not False)
@@ -299,8 +303,7 @@ class PtEngine(InferEngine):
         config = request_config or RequestConfig()
         if self._core is None:
             raise EngineError("this engine was closed; build a new one")
-        if config.response_format and config.response_format.get("type", "text") != "text":
-            require("pt", "structured_output")  # a 400 saying which backends can
+        compiled = await self._compile_constraint(config, request)  # before queueing: a bad schema is a 400
         adapter = self._adapter_for(adapter_request)
         name = adapter_request.name if adapter_request is not None else self.model_name
         mm_inputs = media = None
@@ -344,7 +347,8 @@ class PtEngine(InferEngine):
             if params.seed is not None and i:
                 p = dataclasses.replace(params, seed=params.seed + i)
             seqs.append(Sequence(prompt_ids=list(prompt_ids), params=p, sink=sink, index=i, adapter=adapter,
-                                 mm_inputs=mm_inputs, cache_salt=salt, media_key=media, block_hashes=list(hashes)))
+                                 mm_inputs=mm_inputs, cache_salt=salt, media_key=media, block_hashes=list(hashes),
+                                 grammar=self._grammars.matcher(*compiled) if compiled is not None else None))
         self._core.submit(seqs)
         outputs = self._drain(queue, seqs)
         tools = bool(request.tools) and request.tool_choice != "none"
@@ -352,6 +356,17 @@ class PtEngine(InferEngine):
         if config.stream:
             return stream_response(outputs, config.n, name, tools, want_logprobs)
         return await collect_response(outputs, config.n, name, tools, want_logprobs)
+
+    async def _compile_constraint(self, config: RequestConfig, request: InferRequest) -> Any:
+        """(xgrammar's compiled grammar, the constraint) for the request's output constraint (None: free text),
+        compiled off the engine loop and cached per constraint."""
+        constraint = output_constraint(config, request)
+        if constraint is None:
+            return None
+        if config.num_beams > 1:
+            raise BadRequestError("structured outputs (response_format, guided_*, a forced tool_choice) sample one "
+                                  "token at a time; use num_beams 1 with them", param="num_beams")
+        return await self._grammars.compile(constraint), constraint
 
     def _adapter_for(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
         if adapter_request is None or adapter_request.name == self.model_name:
@@ -397,6 +412,7 @@ class PtEngine(InferEngine):
             return
         core.stop()
         self._core = None
+        self._grammars.close()
         for name in ("kv_cache", "block_manager", "model", "_loaded", "lora"):
             self.__dict__.pop(name, None)
         gc.collect()  # the engine's objects reference each other (scheduler hooks, graphs): free them now

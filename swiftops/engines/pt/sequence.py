@@ -97,6 +97,7 @@ class Sequence:
     aborted: bool = False
     arrival: float = 0.0
     pending_logprobs: list[Any] = field(default_factory=list)  # entries not yet handed to the sink
+    grammar: Any = None  # structured output: xgrammar's matcher of this sequence (swiftops.engines.pt.guided_decoding)
     # Multimodal prompts: processor outputs until the first prefill, then the prompt's embeddings [S, hidden],
     # its M-RoPE positions [3, S] and the offset of generated tokens' rope positions (swiftops.engines.pt.mm_prefill).
     mm_inputs: Any = None
