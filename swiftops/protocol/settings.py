@@ -153,6 +153,9 @@ class ModelSettings(_Section):
     template: Optional[str] = Field(
         None, description="Chat template: a .jinja file (or a tokenizer_config.json holding chat_template) that "
                           "replaces the checkpoint's; unset: the checkpoint's own template.")
+    use_chat_template: bool = Field(
+        True, description="false: a conversation is sent as its messages' text without the chat template's role "
+                          "markers (ms-swift's flag for base models; pt backend).")
     use_hf: Optional[bool] = Field(
         None, description="Download models and adapters from Hugging Face (true) or ModelScope (false; needs "
                           "`pip install modelscope`); unset: $USE_HF, else Hugging Face.")

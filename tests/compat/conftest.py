@@ -1,6 +1,8 @@
 """Fixtures for the ms-swift compatibility tests: a tiny reward model, an adapter, and the CLI runner."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.cli.conftest import run_swiftops, swiftops_cli, swiftops_process  # noqa: F401  (the same runners)
@@ -30,3 +32,50 @@ def lora_dir(tiny_model_dir, tmp_path_factory, make_lora_adapter):
     """A LoRA adapter for the tiny chat model whose greedy answers differ from the base model's."""
     return make_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("loras") / "my_lora", seed=1)
 
+
+
+@pytest.fixture(scope="session")
+def swift_trained_loras(tiny_model_dir, tmp_path_factory, make_lora_adapter):
+    """Two LoRA adapters as `swift sft` leaves them: peft files plus args.json naming the base model, the template
+    and the system prompt (what ms-swift's swift/test_lora and swift/test_lora2 hold)."""
+    root = tmp_path_factory.mktemp("swift-trained")
+    paths = []
+    for seed, name in ((1, "test_lora"), (2, "test_lora2")):
+        path = make_lora_adapter(tiny_model_dir, root / name, seed=seed)
+        (root / name / "args.json").write_text(json.dumps({
+            "model": str(tiny_model_dir), "model_type": "qwen2_5", "template": "qwen2_5",
+            "system": "You are a helpful assistant.", "train_type": "lora"}))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_model_dir):
+    """A tiny BertForSequenceClassification (two labels, as ms-swift's bert-base-chinese sentiment demo) with the
+    tiny tokenizer and no chat template (a classifier reads plain text)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = None
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=2,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_long_context_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny chat model with a 4096-token context (rotary positions work at any length): tool definitions and
+    tool turns of the agent demo take more than the 512 tokens of the tiny model's config."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("tiny-long") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    return out

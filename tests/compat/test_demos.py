@@ -52,3 +52,66 @@ def test_reward_model_client(tiny_reward_dir, tmp_path):
     response = out.split("response: ", 1)[1].strip()
     assert float(response) == float(response)  # a score, as ms-swift's reward deployments answer
     assert f"models: ['{tiny_reward_dir.name}']" in out
+
+
+def greedy_answer(engine, messages, max_tokens=16, **request):
+    from swiftops import InferRequest, RequestConfig
+
+    config = RequestConfig(max_tokens=max_tokens, temperature=0)
+    return engine.infer([InferRequest(messages=messages, **request)], config)[0].choices[0].message.content
+
+
+def printed(out: str, label: str) -> str:
+    """The text a demo printed after `label: ` (up to the next demo line)."""
+    return out.split(f"{label}: ", 1)[1].split("\n", 1)[0]
+
+
+def test_demo_lora_py_dynamic_adapters_and_template(tiny_model_dir, swift_trained_loras, tmp_path):
+    """demo_lora.py: an engine started without adapters takes AdapterRequest(name, path) per call; get_template's
+    default system (from args.json) goes with the adapter calls; the call without one answers as the base model."""
+    from swiftops import PtEngine
+
+    lora1, lora2 = swift_trained_loras
+    out = run_example("infer/demo_lora.py", {"swift/test_lora2": lora2, "'swift/test_lora'": repr(lora1),
+                                             "max_tokens=512": "max_tokens=16"}, tmp_path)
+    system = [{"role": "system", "content": "You are a helpful assistant."}]
+    user = [{"role": "user", "content": "who are you?"}]
+    with PtEngine(str(tiny_model_dir), adapters={"a": lora1, "b": lora2}) as engine:
+        from swiftops import AdapterRequest, InferRequest, RequestConfig
+        config = RequestConfig(max_tokens=16, temperature=0)
+
+        def answer(messages, adapter=None):
+            return engine.infer([InferRequest(messages=messages)], config,
+                                adapter_request=AdapterRequest(adapter) if adapter else None)[0].choices[0].message.content
+        expected = {"lora1-response": answer(system + user, "a"), "response": answer(user),
+                    "lora2-response": answer(system + user, "b")}
+    # A reply may hold newlines: compare everything between the labels.
+    got = {"lora1-response": out.split("lora1-response: ", 1)[1].split("\nresponse: ", 1)[0],
+           "response": out.split("\nresponse: ", 1)[1].split("\nlora2-response: ", 1)[0],
+           "lora2-response": out.split("lora2-response: ", 1)[1].rstrip("\n")}
+    assert got == expected
+    assert len(set(expected.values())) == 3  # the adapters really change the answers
+
+
+def test_demo_agent_py_tools_and_stop_word(tiny_long_context_dir, tmp_path):
+    """demo_agent.py: tools reach the chat template, the agent template's observation keyword is the stop word,
+    and the tool turn goes back to the model."""
+    from swiftops import PtEngine
+
+    out = run_example("infer/demo_agent.py", {"Qwen/Qwen2.5-1.5B-Instruct": str(tiny_long_context_dir),
+                                              "max_tokens=512": "max_tokens=24"}, tmp_path)
+    assert "query: How's the weather in Beijing today?\nresponse: " in out
+    assert out.count("tool_calls: ") == 2 and out.count("tool_response: ") == 2 and out.count("response2: ") == 2
+    tools = [{"name": "get_current_weather", "description": "Get the current weather in a given location",
+              "parameters": {"type": "object", "properties": {
+                  "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+                  "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location"]}}]
+    user = [{"role": "user", "content": "How's the weather in Beijing today?"}]
+    with PtEngine(str(tiny_long_context_dir)) as engine:
+        from swiftops import InferRequest, RequestConfig
+        config = RequestConfig(max_tokens=24, temperature=0, stop=["Observation:"])
+        with_tools = engine.infer([InferRequest(messages=user, tools=tools)], config)[0].choices[0].message.content
+        without = engine.infer([InferRequest(messages=user)], config)[0].choices[0].message.content
+    first = out.split("\nresponse: ", 1)[1].split("\ntool_calls: ", 1)[0]
+    assert first == with_tools != without  # the tool definitions were in the prompt
+    assert "Observation:" not in out.split("tool_response: ")[0]
