@@ -36,8 +36,9 @@ def apply_adapter_args(model: ModelSettings,
                        generation: Optional[GenerationSettings] = None) -> tuple[ModelSettings, Optional[GenerationSettings]]:
     """`--adapters DIR` without `--model`: the base model from the adapter's args.json (and its system prompt
     when --system is unset), as `swift infer --adapters` does. Flags given on the command line win."""
-    if model.model or not model.load_args or len(model.adapters) != 1:
+    if model.model or not model.load_args or not model.adapters:
         return model, generation
+    # ms-swift reads the first adapter's args.json (`--adapters lora1=A lora2=B` with no --model).
     base, args = adapter_base_model(next(iter(model.adapters.values())))
     if not base:
         return model, generation

@@ -4,6 +4,7 @@ files, the fixed port the test server's, and max_tokens=512 a count that fits th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,87 @@ def test_demo_agent_py_tools_and_stop_word(tiny_long_context_dir, tmp_path):
     first = out.split("\nresponse: ", 1)[1].split("\ntool_calls: ", 1)[0]
     assert first == with_tools != without  # the tool definitions were in the prompt
     assert "Observation:" not in out.split("tool_response: ")[0]
+
+
+# ---- the deploy clients (examples/deploy/): a real server on loopback ------------------------------------------
+
+VLLM_FAKE = Path(__file__).resolve().parents[1] / "engines" / "vllm" / "fake_lib"
+
+
+def served_answers(model_dir, adapters: dict, messages, max_tokens=16) -> dict:
+    """What each served name answers, from an in-process engine (the reference the clients' output must match)."""
+    from swiftops import AdapterRequest, InferRequest, PtEngine, RequestConfig
+
+    config = RequestConfig(max_tokens=max_tokens, temperature=0)
+    with PtEngine(str(model_dir), adapters=adapters or None) as engine:
+        return {name: engine.infer([InferRequest(messages=messages)], config,
+                                   adapter_request=AdapterRequest(name) if name else None)[0].choices[0].message.content
+                for name in [None, *adapters]}
+
+
+@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
+def test_lora_client_against_a_multi_lora_deployment(swift_trained_loras, tiny_model_dir, tmp_path):
+    """examples/deploy/lora: server.sh's flags (--adapters lora1=A lora2=B, no --model: args.json names it; pt on
+    CPU) and client.py's `engine.infer(..., model=models[i])`."""
+    from swiftops.server.launcher import ServerProcess
+
+    lora1, lora2 = swift_trained_loras
+    with ServerProcess(["--adapters", f"lora1={lora1}", f"lora2={lora2}", "--infer_backend", "pt"]) as server:
+        out = run_example("deploy/lora/client.py", {"port=8000": f"port={server.port}",
+                                                    "max_tokens=512": "max_tokens=16"}, tmp_path)
+    assert f"models: ['{tiny_model_dir.name}', 'lora1', 'lora2']" in out
+    messages = [{"role": "system", "content": "You are a helpful assistant."},  # args.json's system
+                {"role": "user", "content": "who are you?"}]
+    expected = served_answers(tiny_model_dir, {"lora1": lora1, "lora2": lora2}, messages)
+    got = {"lora1": out.split("lora1-response: ", 1)[1].split("\nresponse: ", 1)[0],
+           None: out.split("\nresponse: ", 1)[1].split("\nlora2-response: ", 1)[0],
+           "lora2": out.split("lora2-response: ", 1)[1].rstrip("\n")}
+    assert got == expected and len(set(got.values())) == 3
+
+
+@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
+def test_bert_client_against_a_classifier_deployment(tiny_bert_dir, tmp_path):
+    """examples/deploy/bert/client.py: a sequence-classification deployment answers each text's class index."""
+    from swiftops import InferRequest, PtEngine
+    from swiftops.server.launcher import ServerProcess
+
+    with ServerProcess(["--model", str(tiny_bert_dir), "--served_model_name", "bert-base-chinese",
+                        "--infer_backend", "pt", "--max_length", "512"]) as server:
+        out = run_example("deploy/bert/client.py", {"port=8000": f"port={server.port}"}, tmp_path)
+    assert "models: ['bert-base-chinese']" in out
+    with PtEngine(str(tiny_bert_dir)) as engine:
+        expected = [r.choices[0].message.content for r in engine.infer(
+            [InferRequest(messages=[{"role": "user", "content": text}]) for text in ("今天天气真好呀", "真倒霉")])]
+    assert expected[0] in ("0", "1")
+    assert f"query0: 今天天气真好呀\nresponse0: {expected[0]}\nquery1: 真倒霉\nresponse1: {expected[1]}" in out
+
+
+@pytest.mark.slow  # starts two servers: `pytest -m slow tests/compat`
+def test_base_model_clients_with_use_chat_template_false(tiny_model_dir, tmp_path):
+    """examples/deploy/client/llm/base: run_deploy(DeployArguments(..., use_chat_template=False)); completions and
+    chat completions then answer the same text (the demo's "the two calling methods are equivalent")."""
+    ids = {"Qwen/Qwen2.5-1.5B": str(tiny_model_dir)}
+    out = run_example("deploy/client/llm/base/openai_client.py", ids, tmp_path)
+    query = "浙江 -> 杭州\n安徽 -> 合肥\n四川 ->"
+    assert f"model: {tiny_model_dir.name}" in out and f"query: {query}" in out
+    _, completion, chat = out.split("\nresponse: ")
+    chat = chat.removesuffix("\n")
+    assert completion and completion == chat
+    out = run_example("deploy/client/llm/base/swift_client.py", ids, tmp_path)
+    assert f"query0: {query}\nresponse0: {chat}\n" in out
+
+
+@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
+def test_chat_swift_client_on_vllm_fake(tiny_model_dir, tmp_path, monkeypatch):
+    """examples/deploy/client/llm/chat/swift_client.py as written (infer_backend='vllm'): on CPU the vllm package is
+    the contract fake (tests/engines/vllm/fake_lib), so the demo runs through VllmEngine, the server and
+    InferClient (batch with metrics, streaming); with a GPU, see the gpu variant."""
+    rows = [{"instruction": f"写一句话 {i}", "output": "好"} for i in range(6)]
+    (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    monkeypatch.setenv("PYTHONPATH", f"{VLLM_FAKE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    out = run_example("deploy/client/llm/chat/swift_client.py", {
+        "Qwen/Qwen2.5-1.5B-Instruct": str(tiny_model_dir), "AI-ModelScope/alpaca-gpt4-data-zh#1000": "alpaca.jsonl#4",
+        "max_tokens=512": "max_tokens=8"}, tmp_path)
+    assert f"models: ['{tiny_model_dir.name}']" in out
+    assert "query0: 写一句话" in out and "response0: Hello there" in out  # the fake engine's script
+    assert "'num_samples': 4" in out and "query: who are you?\nresponse: Hello there" in out
