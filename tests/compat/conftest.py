@@ -79,3 +79,34 @@ def tiny_long_context_dir(tiny_model_dir, tmp_path_factory):
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
     return out
+
+
+# The media the reference chapter and ms-swift's demos name by URL, and local stand-ins for them.
+CAT = "http://modelscope-open.oss-cn-hangzhou.aliyuncs.com/images/cat.png"
+ANIMAL = "http://modelscope-open.oss-cn-hangzhou.aliyuncs.com/images/animal.png"
+BABY = "https://modelscope-open.oss-cn-hangzhou.aliyuncs.com/images/baby.mp4"
+
+
+@pytest.fixture(scope="session")
+def media_files(tmp_path_factory, sample_video_bytes):
+    """{URL: local file} for the cat and sheep pictures and the baby video."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("reference-media")
+    Image.new("RGB", (64, 48), "orange").save(root / "cat.png")
+    Image.new("RGB", (48, 64), "green").save(root / "animal.png")
+    (root / "baby.mp4").write_bytes(sample_video_bytes)
+    return {CAT: str(root / "cat.png"), ANIMAL: str(root / "animal.png"), BABY: str(root / "baby.mp4")}
+
+
+@pytest.fixture()
+def media_urls(media_server, media_files):
+    """{URL: the same file served by a local HTTP server} (servers fetch URLs; loopback stands in for the OSS bucket)."""
+    mapping = {}
+    for url, path in media_files.items():
+        name = "/" + path.rsplit("/", 1)[1]
+        kind = "video/mp4" if name.endswith(".mp4") else "image/png"
+        with open(path, "rb") as f:
+            media_server.routes[name] = (200, {"Content-Type": kind}, f.read())
+        mapping[url] = media_server.url(name)
+    return mapping

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.compat.conftest import ANIMAL, BABY, CAT
+
 TEXT_SNIPPET = '''
 import os
 os.environ['CUDA_VISIBLE_DEVICES'] = '0'
@@ -63,21 +65,6 @@ print(f'response0: {resp_list[0].choices[0].message.content}')
 print(f'response1: {resp_list[1].choices[0].message.content}')
 print(f'response2: {resp_list[2].choices[0].message.content}')
 '''
-
-CAT = "http://modelscope-open.oss-cn-hangzhou.aliyuncs.com/images/cat.png"
-ANIMAL = "http://modelscope-open.oss-cn-hangzhou.aliyuncs.com/images/animal.png"
-BABY = "https://modelscope-open.oss-cn-hangzhou.aliyuncs.com/images/baby.mp4"
-
-
-@pytest.fixture(scope="module")
-def media_files(tmp_path_factory, sample_video_bytes):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("reference-media")
-    Image.new("RGB", (64, 48), "orange").save(root / "cat.png")
-    Image.new("RGB", (48, 64), "green").save(root / "animal.png")
-    (root / "baby.mp4").write_bytes(sample_video_bytes)
-    return {CAT: str(root / "cat.png"), ANIMAL: str(root / "animal.png"), BABY: str(root / "baby.mp4")}
 
 
 def run_snippet(code: str, replacements: dict[str, str]) -> str:
