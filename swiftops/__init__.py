@@ -30,6 +30,8 @@ _LAZY = {
     "safe_snapshot_download": "swiftops.models.hub",
     "BaseArguments": "swiftops.models.hub",
     "get_model_tokenizer": "swiftops.models.hub",
+    "draw_bbox": "swiftops.template.grounding",
+    "load_image": "swiftops.media.image",
 }
 
 

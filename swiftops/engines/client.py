@@ -85,7 +85,8 @@ def _encode_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sampling_fields(config: RequestConfig) -> dict[str, Any]:
-    fields = config.model_dump(exclude={"stream", "logprobs", "top_logprobs", "max_tokens"}, exclude_defaults=True)
+    fields = config.model_dump(exclude={"stream", "logprobs", "top_logprobs", "max_tokens", "return_details"},
+                               exclude_defaults=True)
     if config.max_tokens is not None:
         fields["max_tokens"] = config.max_tokens
     if config.stream:

@@ -110,3 +110,26 @@ def media_urls(media_server, media_files):
             media_server.routes[name] = (200, {"Content-Type": kind}, f.read())
         mapping[url] = media_server.url(name)
     return mapping
+
+
+@pytest.fixture(scope="session")
+def grounding_lora_dir(tiny_vlm_dir, tmp_path_factory):
+    """A LoRA adapter for the tiny VLM's language model with args.json as `swift sft` writes it for a grounding
+    run (ms-swift's swift/test_grounding): base model, template and norm_bbox."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(3)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                  target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(4.0)  # peft's random B is tiny: make the adapter change greedy answers
+    out = tmp_path_factory.mktemp("grounding") / "test_grounding"
+    peft_model.save_pretrained(out)
+    (out / "args.json").write_text(json.dumps({"model": str(tiny_vlm_dir), "template": "qwen2_5_vl",
+                                               "norm_bbox": "norm1000", "train_type": "lora"}))
+    return out

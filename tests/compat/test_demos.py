@@ -262,3 +262,43 @@ def test_mllm_swift_client_on_vllm_fake(tiny_vlm_dir, media_files, media_urls, t
     assert done.returncode == 1
     assert done.stderr.rstrip().endswith("InferClientError: 400: vllm cannot do video_input: the vllm backend takes "
                                          "images only in this version; run videos on the pt backend")
+
+
+@pytest.mark.slow  # a tiny VLM on CPU: `pytest -m slow tests/compat`
+def test_demo_grounding_py(tiny_vlm_dir, grounding_lora_dir, media_files, tmp_path):
+    """demo_grounding.py: the adapter's args.json names the base VLM and norm_bbox; return_details gives the size
+    the model saw the image at; the answer is the adapter's; bbox.png is written at that size."""
+    from PIL import Image
+
+    from swiftops import InferRequest, PtEngine, RequestConfig, load_image
+    from tests.compat.conftest import ANIMAL
+
+    out = run_example("infer/demo_grounding.py", {"swift/test_grounding": str(grounding_lora_dir),
+                                                  "max_tokens=512": "max_tokens=16"}, tmp_path, media_files)
+    request = InferRequest(messages=[{"role": "user", "content": "Task: Object Detection"}],
+                           images=[load_image(media_files[ANIMAL])])
+    config = RequestConfig(max_tokens=16, temperature=0, return_details=True)
+    with PtEngine(str(tiny_vlm_dir), adapters={"g": str(grounding_lora_dir)}, default_adapter="g") as engine:
+        expected = engine.infer([request], config)[0]
+    with PtEngine(str(tiny_vlm_dir)) as engine:
+        base = engine.infer([request], config)[0].choices[0].message.content
+    response = out.split("lora-response: ", 1)[1].split("\noutput_path: ", 1)[0]
+    assert response == expected.choices[0].message.content != base
+    width, height = expected.images_size[0]
+    assert width % 28 == 0 and height % 28 == 0  # Qwen-VL's processor resizes to multiples of 28
+    assert "output_path: bbox.png" in out and Image.open(tmp_path / "bbox.png").size == (width, height)
+
+
+def test_draw_bbox_on_the_norm1000_grid():
+    """ms-swift's draw_bbox (demo_grounding.py): [x1, y1, x2, y2] strings on a 0-1000 grid, drawn in place."""
+    from PIL import Image
+
+    from swiftops import draw_bbox
+
+    image = Image.new("RGB", (200, 100), "white")
+    draw_bbox(image, ["sheep"], [["100", "200", "500", "900"]], norm_bbox="norm1000")
+    assert image.getpixel((20, 60)) != (255, 255, 255)  # the left edge: x = 100/1000 * 200
+    assert image.getpixel((60, 60)) == (255, 255, 255)  # inside the box: untouched
+    assert image.getpixel((150, 60)) == (255, 255, 255)  # right of it
+    with pytest.raises(ValueError, match="norm_bbox"):
+        draw_bbox(image, ["x"], [[0, 0, 1, 1]], norm_bbox="norm1")

@@ -333,7 +333,10 @@ class PtEngine(InferEngine):
         want_logprobs = params.logprobs
         if config.stream:
             return stream_response(outputs, config.n, name, tools, want_logprobs)
-        return await collect_response(outputs, config.n, name, tools, want_logprobs)
+        response = await collect_response(outputs, config.n, name, tools, want_logprobs)
+        if config.return_details and mm_inputs is not None:
+            response.images_size = mm_inputs.image_sizes(self._loaded.processor)
+        return response
 
     def _adapter_for(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
         if adapter_request is None or adapter_request.name == self.model_name:
