@@ -9,19 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftops.engines.model_source import (ARGS_FILE, adapter_base_model, fetch_from_modelscope,
-                                           wants_hugging_face)
+from swiftops.engines.model_source import ARGS_FILE, adapter_base_model, fetch_snapshot
 from swiftops.protocol.errors import ConfigError
-
-
-def fetch_from_hugging_face(repo_id: str, revision: Optional[str]) -> str:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(repo_id, revision=revision)
-    except Exception as exc:  # noqa: BLE001 - offline, not found, gated: one line, not the library's trace
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"cannot fetch {repo_id} from Hugging Face: {first}") from None
 
 
 def safe_snapshot_download(model_id_or_path: str, revision: Optional[str] = None, use_hf: Optional[bool] = None,
@@ -30,9 +19,7 @@ def safe_snapshot_download(model_id_or_path: str, revision: Optional[str] = None
     path = Path(model_id_or_path).expanduser()
     if path.exists():
         return str(path)
-    if wants_hugging_face(use_hf):
-        return fetch_from_hugging_face(model_id_or_path, revision)
-    return fetch_from_modelscope(model_id_or_path, revision)
+    return fetch_snapshot(model_id_or_path, revision, use_hf)
 
 
 class BaseArguments:
