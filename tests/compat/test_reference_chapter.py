@@ -348,3 +348,21 @@ def test_swift_client_snippet(mllm_pt_server, media_urls):
     for i in range(3):
         assert f"response{i}: " in out
     assert out.count("'num_samples': 3") == 1 and out.count("'num_samples': 1") == 1  # metric.reset() in between
+
+
+@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
+def test_infer_command_as_app(tiny_model_dir):
+    """界面推理: `swift infer` -> `swift app` with the chapter's flags serves the chat page and the API."""
+    import httpx
+
+    from swiftops.server.launcher import ServerProcess
+
+    server = ServerProcess(["--model", str(tiny_model_dir), "--stream", "true", "--infer_backend", "pt",
+                            "--max_new_tokens", "2048"])
+    server.args[server.args.index("deploy")] = "app"
+    with server:
+        page = httpx.get(server.url + "/", timeout=10)
+        answer = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+            "model": tiny_model_dir.name, "messages": [{"role": "user", "content": "who are you?"}], "max_tokens": 4})
+    assert page.status_code == 200 and "swiftops-api-base" in page.text
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
