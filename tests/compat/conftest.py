@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +135,16 @@ def grounding_lora_dir(tiny_vlm_dir, tmp_path_factory):
     (out / "args.json").write_text(json.dumps({"model": str(tiny_vlm_dir), "template": "qwen2_5_vl",
                                                "norm_bbox": "norm1000", "train_type": "lora"}))
     return out
+
+
+VLLM_FAKE = Path(__file__).resolve().parents[1] / "engines" / "vllm" / "fake_lib"
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.gpu)])
+def vllm_env(request, monkeypatch):
+    """vLLM for what ms-swift runs with `--infer_backend vllm`: on CPU the contract fake (tests/engines/vllm/fake_lib:
+    what reaches vLLM and what comes back, a scripted "Hello there, I am a tiny fake model."), on a GPU machine the
+    real library. Child processes (servers, demos) inherit the choice through PYTHONPATH."""
+    if request.param == "fake":
+        monkeypatch.setenv("PYTHONPATH", f"{VLLM_FAKE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return request.param

@@ -5,6 +5,7 @@ the rewrite and the test runs that form."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -123,12 +124,6 @@ def test_multimodal_infer_command(tiny_vlm_dir, media_files, monkeypatch, swifto
 
 
 # ---- 部署: the deploy commands, curl and the three clients ---------------------------------------------------
-
-import os  # noqa: E402
-import shlex  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-VLLM_FAKE = Path(__file__).resolve().parents[1] / "engines" / "vllm" / "fake_lib"
 
 TEXT_DEPLOY = '''swiftops deploy \\
     --model Qwen/Qwen2.5-7B-Instruct \\
@@ -275,15 +270,6 @@ def run_curl(command: str, port: int) -> dict:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.gpu)])
-def vllm_env(request, monkeypatch):
-    """vLLM for the chapter's `--infer_backend vllm` commands: on CPU the contract fake (tests/engines/vllm/fake_lib,
-    what reaches vLLM and what comes back), on a GPU machine the real library."""
-    if request.param == "fake":
-        monkeypatch.setenv("PYTHONPATH", f"{VLLM_FAKE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    return request.param
 
 
 @pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
