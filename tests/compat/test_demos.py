@@ -4,6 +4,7 @@ files, the fixed port the test server's, and max_tokens=512 a count that fits th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -299,3 +300,24 @@ def test_draw_bbox_on_the_norm1000_grid():
     assert image.getpixel((150, 60)) == (255, 255, 255)  # right of it
     with pytest.raises(ValueError, match="norm_bbox"):
         draw_bbox(image, ["x"], [[0, 0, 1, 1]], norm_bbox="norm1")
+
+
+@pytest.mark.parametrize("backend, lib", [
+    ("vllm", "fake"), ("lmdeploy", "fake"),
+    pytest.param("vllm", "real", marks=pytest.mark.gpu), pytest.param("lmdeploy", "real", marks=pytest.mark.gpu)])
+def test_demo_py_engine_selection(backend, lib, tiny_model_dir, tmp_path, monkeypatch):
+    """demo.py with `infer_backend = 'vllm'` / `'lmdeploy'`: VllmEngine(model, max_model_len=8192) and
+    LmdeployEngine(model) run the same batch and stream; on CPU the libraries are the contract fakes."""
+    if lib == "fake":
+        fake = Path(__file__).resolve().parents[1] / "engines" / backend / "fake_lib"
+        monkeypatch.setenv("PYTHONPATH", f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    rows = [{"instruction": f"写一句话 {i}", "output": "好"} for i in range(4)]
+    (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = run_example("infer/demo.py", {"Qwen/Qwen2.5-1.5B-Instruct": str(tiny_model_dir),
+                                        "infer_backend = 'transformers'": f"infer_backend = {backend!r}",
+                                        "AI-ModelScope/alpaca-gpt4-data-zh#1000": "alpaca.jsonl#3",
+                                        "max_tokens=512": "max_tokens=8"}, tmp_path)
+    assert out.count("metric: {") == 2 and "'num_samples': 3" in out
+    assert "query: who are you?\nresponse: " in out
+    if lib == "fake":
+        assert "response0: Hello" in out  # the fake engines' script
