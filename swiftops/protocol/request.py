@@ -42,6 +42,9 @@ class RequestConfig(BaseModel):
     num_beams: int = Field(1, ge=1, le=64, description="Beam search width (1: sampling or greedy). The pt backend "
                                                        "runs beam requests through transformers' generate; "
                                                        "vllm and lmdeploy refuse them (a 400).")
+    return_details: bool = Field(False, description="ms-swift's flag: responses of the Python API also carry "
+                                                    "`images_size`, the (width, height) each image had as the model "
+                                                    "saw it (grounding boxes are in those pixels).")
     response_format: Optional[dict[str, Any]] = Field(
         None, description="OpenAI response_format: {type: text}, {type: json_object} or {type: json_schema, "
                           "json_schema: {name, schema, strict}}: the output is constrained to JSON (every backend).")

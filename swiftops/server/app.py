@@ -114,7 +114,7 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
         return await embeddings.create_embedding(ctx, body, request)
 
     if settings.ui:
-        mount_ui(app)
+        mount_ui(app, title=settings.studio_title, lang=settings.lang)
         open_paths = [*open_paths, *UI_PATHS]
 
     # add_middleware prepends: the last added runs first (outermost).

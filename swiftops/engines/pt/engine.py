@@ -37,6 +37,7 @@ from swiftops.protocol.settings import (EngineSettings, GenerationSettings, Medi
                                         resolve_adapters)
 from swiftops.template.chat_template import encode_prompt
 from swiftops.template.multimodal import MultimodalEncoder
+from swiftops.template.template import GENERATION_TEMPLATE
 from swiftops.template.template_file import read_chat_template
 
 logger = logging.getLogger(__name__)
@@ -92,9 +93,12 @@ class PtEngine(InferEngine):
                  enable_lora: bool = False, max_memory: Optional[str] = None, media: Optional[MediaSettings] = None,
                  media_policy: Optional[MediaPolicy] = None,
                  limit_mm_per_prompt: Optional[dict[str, int]] = None, default_adapter: Optional[str] = None,
-                 task_type: Optional[str] = None, template: Optional[str] = None,
-                 enable_prefix_caching: Optional[bool] = None) -> None:
+                 task_type: Optional[str] = None, template: Optional[str] = None, use_chat_template: bool = True,
+                 attn_impl: Optional[str] = None, enable_prefix_caching: Optional[bool] = None) -> None:
         register()
+        if attn_impl:  # ms-swift's flash_attention_2/sdpa choice: the pt backend always runs its paged attention
+            logger.info("attn_impl=%s: the pt backend runs its own paged attention (vision towers keep sdpa)",
+                        attn_impl)
         self.generation = generation or GenerationSettings()
         try:
             adapters, self.default_adapter = resolve_adapters(adapters, default_adapter)
@@ -120,12 +124,14 @@ class PtEngine(InferEngine):
             if loaded.processor is not None:
                 _vision_on_sdpa(loaded.model)
             adapters, self.default_adapter = {}, None  # the merged weights are the adapter
-        if template:
-            loaded.tokenizer.chat_template = read_chat_template(template)
+        if template or not use_chat_template:
+            # use_chat_template=False (ms-swift's flag for base models): the messages' text, no role markers.
+            loaded.tokenizer.chat_template = read_chat_template(template) if use_chat_template else GENERATION_TEMPLATE
             if loaded.processor is not None:
                 loaded.processor.chat_template = loaded.tokenizer.chat_template
         self.lora = (LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model)
                      if adapters or enable_lora else None)
+        self._lora_limits, self._model_source = (max_loras, max_lora_rank), model
         self._loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
@@ -200,7 +206,7 @@ class PtEngine(InferEngine):
     def from_settings(cls, model: ModelSettings, engine: EngineSettings,
                       generation: Optional[GenerationSettings] = None, **kwargs: Any) -> "PtEngine":
         return cls(model.model, model.adapters or None, default_adapter=model.default_adapter,
-                   template=model.template, max_batch_size=engine.max_batch_size,
+                   template=model.template, use_chat_template=model.use_chat_template, max_batch_size=engine.max_batch_size,
                    torch_dtype=model.torch_dtype, device_map=model.device_map, max_model_len=model.max_model_len,
                    model_revision=model.model_revision, trust_remote_code=model.trust_remote_code,
                    max_num_batched_tokens=engine.max_num_batched_tokens,
@@ -225,6 +231,10 @@ class PtEngine(InferEngine):
     @property
     def adapter_names(self) -> list[str]:
         return self.lora.names if self.lora is not None else []
+
+    @property
+    def processor(self) -> Any:
+        return self._loaded.processor or self.tokenizer
 
     # ---- set-up helpers ------------------------------------------------------------------------
     @staticmethod
@@ -355,7 +365,10 @@ class PtEngine(InferEngine):
         want_logprobs = params.logprobs
         if config.stream:
             return stream_response(outputs, config.n, name, tools, want_logprobs)
-        return await collect_response(outputs, config.n, name, tools, want_logprobs)
+        response = await collect_response(outputs, config.n, name, tools, want_logprobs)
+        if config.return_details and mm_inputs is not None:
+            response.images_size = mm_inputs.image_sizes(self._loaded.processor)
+        return response
 
     async def _compile_constraint(self, config: RequestConfig, request: InferRequest) -> Any:
         """(xgrammar's compiled grammar, the constraint) for the request's output constraint (None: free text),
@@ -371,6 +384,13 @@ class PtEngine(InferEngine):
     def _adapter_for(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
         if adapter_request is None or adapter_request.name == self.model_name:
             return self.default_adapter  # ms-swift applies an unnamed adapter to every request
+        if (self.lora is None or not self.lora.modules) and adapter_request.path and self._can_add_lora():
+            # ms-swift's PtEngine(model) takes AdapterRequest(name, path) with no adapters at start (demo_lora.py):
+            # the LoRA layers are put in now, while no sequence runs through the model.
+            self.lora = LoraManager(self.model, {adapter_request.name: adapter_request.path}, *self._lora_limits,
+                                    self._model_source)
+            self._core.runner.lora = self.lora
+            logger.info("LoRA support added for adapter %s", adapter_request.name)
         if self.lora is None:
             if adapter_request.path:
                 raise BadRequestError("this engine was started without LoRA support; pass adapters=... "
@@ -379,6 +399,12 @@ class PtEngine(InferEngine):
                                      f"{self.models}", param="model", code="model_not_found")
         self.lora.register(adapter_request.name, adapter_request.path)
         return adapter_request.name
+
+    def _can_add_lora(self) -> bool:
+        """LoRA layers can go in later only on an idle engine without CUDA graphs (captured graphs would skip
+        them); otherwise the engine must start with adapters=... or enable_lora=True."""
+        runner = self._core.runner
+        return getattr(runner, "graphs", None) is None and not self.num_running and not self.num_waiting
 
     async def _drain(self, queue: "asyncio.Queue[SequenceOutput]", seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
         """Outputs of a request's sequences until all finish; leaving early (cancel, close) aborts them."""

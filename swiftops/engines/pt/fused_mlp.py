@@ -47,6 +47,10 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def _fused_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    if type(self.gate_proj) is not nn.Linear or type(self.up_proj) is not nn.Linear:
+        # LoRA layers put in after the switch (an adapter added to a running engine) wrap the projections:
+        # their deltas must apply, so the module computes the plain way.
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
     return self.down_proj(silu_mul(nn.functional.linear(x, self.gate_up_weight)))
 
 

@@ -111,3 +111,24 @@ def test_mlp_with_wrapped_projections_keeps_its_forward():
     forward = mlp.forward
     assert fuse_gated_mlps(model) == 1  # the other layer only
     assert mlp.forward == forward and not hasattr(mlp, "gate_up_weight")
+
+
+def test_projections_wrapped_after_the_switch_are_honoured():
+    model = _qwen2()
+    assert fuse_gated_mlps(model) == 2
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+
+    class Doubled(torch.nn.Module):  # stands for a LoRA wrapper put in later: its output must count
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, value):
+            return 2 * self.inner(value)
+
+    with torch.inference_mode():
+        before = mlp(x)
+        mlp.up_proj = Doubled(mlp.up_proj)
+        after = mlp(x)
+    torch.testing.assert_close(after, 2 * before, rtol=1e-4, atol=1e-4)
