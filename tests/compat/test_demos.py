@@ -39,7 +39,6 @@ def test_demo_py_batch_and_stream(tiny_model_dir, tmp_path):
     assert "query: who are you?\nresponse: " in out
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_openai_chat_client_with_run_deploy(tiny_model_dir, tmp_path):
     out = run_example("deploy/client/llm/chat/openai_client.py", {"Qwen/Qwen2.5-1.5B-Instruct": str(tiny_model_dir),
                                                                   "max_tokens=512": "max_tokens=16"}, tmp_path)
@@ -48,7 +47,6 @@ def test_openai_chat_client_with_run_deploy(tiny_model_dir, tmp_path):
     assert "What delicious food is there?" in out
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_reward_model_client(tiny_reward_dir, tmp_path):
     from swiftops.server.launcher import ServerProcess
 
@@ -135,7 +133,6 @@ def served_answers(model_dir, adapters: dict, messages, max_tokens=16) -> dict:
                 for name in [None, *adapters]}
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_lora_client_against_a_multi_lora_deployment(swift_trained_loras, tiny_model_dir, tmp_path):
     """examples/deploy/lora: server.sh's flags (--adapters lora1=A lora2=B, no --model: args.json names it; pt on
     CPU) and client.py's `engine.infer(..., model=models[i])`."""
@@ -155,7 +152,6 @@ def test_lora_client_against_a_multi_lora_deployment(swift_trained_loras, tiny_m
     assert got == expected and len(set(got.values())) == 3
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_bert_client_against_a_classifier_deployment(tiny_bert_dir, tmp_path):
     """examples/deploy/bert/client.py: a sequence-classification deployment answers each text's class index."""
     from swiftops import InferRequest, PtEngine
@@ -172,7 +168,6 @@ def test_bert_client_against_a_classifier_deployment(tiny_bert_dir, tmp_path):
     assert f"query0: 今天天气真好呀\nresponse0: {expected[0]}\nquery1: 真倒霉\nresponse1: {expected[1]}" in out
 
 
-@pytest.mark.slow  # starts two servers: `pytest -m slow tests/compat`
 def test_base_model_clients_with_use_chat_template_false(tiny_model_dir, tmp_path):
     """examples/deploy/client/llm/base: run_deploy(DeployArguments(..., use_chat_template=False)); completions and
     chat completions then answer the same text (the demo's "the two calling methods are equivalent")."""
@@ -187,7 +182,6 @@ def test_base_model_clients_with_use_chat_template_false(tiny_model_dir, tmp_pat
     assert f"query0: {query}\nresponse0: {chat}\n" in out
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_chat_swift_client_on_vllm(tiny_model_dir, tmp_path, vllm_env):
     """examples/deploy/client/llm/chat/swift_client.py as written (infer_backend='vllm'): on CPU the vllm package is
     the contract fake, so the demo runs through VllmEngine, the server and InferClient (batch with metrics,
@@ -216,7 +210,6 @@ def latex_ocr_rows(tmp_path, media_files) -> str:
     return "latex.jsonl#2"
 
 
-@pytest.mark.slow  # a tiny VLM on CPU, images and a video: `pytest -m slow tests/compat`
 def test_demo_mllm_py(tiny_vlm_dir, media_files, tmp_path):
     """demo_mllm.py on the pt backend: a dataset of image rows (batch, metrics), then OpenAI-style content parts
     and ms-swift's <image> tags with images= (the demo says the two are equivalent: the same answer)."""
@@ -232,7 +225,6 @@ def test_demo_mllm_py(tiny_vlm_dir, media_files, tmp_path):
     assert first == second
 
 
-@pytest.mark.slow  # starts a server with a tiny VLM: `pytest -m slow tests/compat`
 def test_mllm_openai_client(tiny_vlm_dir, media_urls, tmp_path, monkeypatch):
     """examples/deploy/client/mllm/openai_client.py: text, then a video URL in OpenAI content parts, streamed."""
     monkeypatch.setenv("SWIFTOPS_ALLOWED_MEDIA_DOMAINS", "127.0.0.1")  # the local stand-in for the OSS bucket
@@ -243,7 +235,6 @@ def test_mllm_openai_client(tiny_vlm_dir, media_urls, tmp_path, monkeypatch):
     assert "'type': 'video'" in out and out.rstrip("\n").rsplit("response: ", 1)[1].strip()
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_mllm_swift_client_on_vllm(tiny_vlm_dir, media_files, media_urls, tmp_path, monkeypatch, vllm_env):
     """examples/deploy/client/mllm/swift_client.py as written (infer_backend='vllm'), on CPU against the vllm
     contract fake, as far as it reaches: the image batch runs; its video request then gets the capability table's
@@ -262,7 +253,6 @@ def test_mllm_swift_client_on_vllm(tiny_vlm_dir, media_files, media_urls, tmp_pa
                                          "images only in this version; run videos on the pt backend")
 
 
-@pytest.mark.slow  # a tiny VLM on CPU: `pytest -m slow tests/compat`
 def test_demo_grounding_py(tiny_vlm_dir, grounding_lora_dir, media_files, tmp_path):
     """demo_grounding.py: the adapter's args.json names the base VLM and norm_bbox; return_details gives the size
     the model saw the image at; the answer is the adapter's; bbox.png is written at that size."""

@@ -83,7 +83,6 @@ def test_text_model_snippet(tiny_model_dir):
     assert any(line.startswith("response1: ") for line in lines)
 
 
-@pytest.mark.slow  # a minute or more on 2 CPU cores: `pytest -m slow tests/compat`
 def test_multimodal_model_snippet(tiny_vlm_dir, media_files):
     out = run_snippet(MLLM_SNIPPET, {"Qwen/Qwen2.5-VL-3B-Instruct": str(tiny_vlm_dir), **media_files})
     for i in range(3):
@@ -272,7 +271,6 @@ def run_curl(command: str, port: int) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_text_deploy_and_curl(tiny_model_dir, vllm_env):
     from swiftops.server.launcher import ServerProcess
 
@@ -284,7 +282,6 @@ def test_text_deploy_and_curl(tiny_model_dir, vllm_env):
         assert answer["choices"][0]["message"]["content"].startswith("Hello there")  # the fake engine's script
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_multimodal_deploy_and_curl(tiny_vlm_dir, media_urls, vllm_env, monkeypatch):
     """The chapter's multimodal deploy command (vllm, its flags and environment) and its curl with two images
     (served from loopback, so the server is told that domain is allowed)."""
@@ -315,7 +312,6 @@ def mllm_pt_server(tiny_vlm_dir):
         yield server
 
 
-@pytest.mark.slow  # a tiny VLM answering videos on CPU: `pytest -m slow tests/compat`
 def test_openai_client_snippet(mllm_pt_server, media_urls):
     out = run_snippet(OPENAI_SNIPPET, {"127.0.0.1:8000": f"127.0.0.1:{mllm_pt_server.port}",
                                        "max_tokens=512": "max_tokens=8",
@@ -326,7 +322,6 @@ def test_openai_client_snippet(mllm_pt_server, media_urls):
     assert out.split("response: ")[1].strip() and out.rstrip("\n").rsplit("response: ", 1)[1].strip()
 
 
-@pytest.mark.slow  # a tiny VLM answering images and videos on CPU: `pytest -m slow tests/compat`
 def test_swift_client_snippet(mllm_pt_server, media_urls):
     out = run_snippet(SWIFT_CLIENT_SNIPPET, {"port=8000": f"port={mllm_pt_server.port}",
                                              "max_tokens=512": "max_tokens=8", **media_urls})
@@ -336,7 +331,6 @@ def test_swift_client_snippet(mllm_pt_server, media_urls):
     assert out.count("'num_samples': 3") == 1 and out.count("'num_samples': 1") == 1  # metric.reset() in between
 
 
-@pytest.mark.slow  # starts a server: `pytest -m slow tests/compat`
 def test_infer_command_as_app(tiny_model_dir):
     """界面推理: `swift infer` -> `swift app` with the chapter's flags serves the chat page and the API."""
     import httpx
