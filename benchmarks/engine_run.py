@@ -33,6 +33,8 @@ def _pt_probe(engine: Any) -> dict[str, Any]:
     for name in ("num_blocks", "block_size"):
         if cache is not None and getattr(cache, name, None) is not None:
             found[f"kv_cache_{name}"] = int(getattr(cache, name))
+    if isinstance(getattr(engine, "fused_kernels", None), dict):  # which layers run our Triton kernels
+        found["fused_kernels"] = dict(engine.fused_kernels)
     if isinstance(getattr(engine, "cuda_graphs", None), bool):  # the rewritten engine says so itself
         found["uses_cuda_graphs"] = engine.cuda_graphs
     if "uses_cuda_graphs" not in found:  # older engines keep the graphs on their runner (engine._core.runner)

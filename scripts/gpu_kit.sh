@@ -33,13 +33,15 @@ LMDEPLOY_SPEC=${LMDEPLOY_SPEC:-lmdeploy==0.18.0}
 # openai-harmony (8 MB, GPT-OSS only) and openai (LMDeploy's own API server) are left out.
 LMDEPLOY_DEPS=(mmengine-lite fire shortuuid partial-json-parser pybase64 einops pyzmq cloudpickle platformdirs
                pillow protobuf)
-# Installed without dependencies: they declare torch/transformers, which the machine has. xgrammar loads
-# its kernels through apache-tvm-ffi (LMDeploy pins 0.1.11).
-NO_DEPS=(xgrammar apache-tvm-ffi==0.1.11)
-# swiftops' runtime dependencies (pyproject.toml) and the test runner for `make test-gpu`. av (video/audio
-# decoding, 40 MB) is left out: swiftops imports it only when a request carries a video or audio.
+# Installed without dependencies: they declare torch/transformers, which the machine has. xgrammar (LMDeploy's
+# guided decoding, and the pt engine's structured outputs: swiftops.engines.pt.guided_decoding) loads its kernels
+# through apache-tvm-ffi (LMDeploy pins 0.1.11; xgrammar 0.2.9 takes >=0.1.11).
+NO_DEPS=(xgrammar==0.2.9 apache-tvm-ffi==0.1.11)
+# swiftops' runtime dependencies (pyproject.toml) and the test runner for `make test-gpu` (jsonschema: the
+# structured-output tests validate outputs with it). av (video/audio decoding, 40 MB) is left out: swiftops
+# imports it only when a request carries a video or audio.
 SWIFTOPS_DEPS=(pydantic pydantic-settings pyyaml click fastapi uvicorn httpx prometheus-client pyzmq msgspec pytest
-               pytest-timeout)
+               pytest-timeout jsonschema)
 # On the machine already (torch's, transformers' and tiktoken's dependency trees): never carried.
 MACHINE_HAS='^(torch|triton|numpy|transformers|tokenizers|safetensors|huggingface_hub|hf_xet|accelerate|sentencepiece|tiktoken|nvidia_.*|cuda_.*|sympy|mpmath|networkx|jinja2|markupsafe|fsspec|filelock|regex|packaging|tqdm|typing_extensions|psutil|setuptools|requests|urllib3|charset_normalizer|peft)-'
 

@@ -22,6 +22,16 @@ _LAZY = {
     "load_dataset": "swiftops.dataset.requests",
     "DeployArguments": "swiftops.deploy_process",
     "run_deploy": "swiftops.deploy_process",
+    # ms-swift's helpers that its demos import (examples/infer/demo_lora.py, demo_agent.py, demo_grounding.py)
+    "get_template": "swiftops.template.template",
+    "Template": "swiftops.template.template",
+    "agent_templates": "swiftops.template.template",
+    "agent_template_map": "swiftops.template.template",
+    "safe_snapshot_download": "swiftops.models.hub",
+    "BaseArguments": "swiftops.models.hub",
+    "get_model_tokenizer": "swiftops.models.hub",
+    "draw_bbox": "swiftops.template.grounding",
+    "load_image": "swiftops.media.image",
 }
 
 

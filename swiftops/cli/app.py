@@ -37,7 +37,8 @@ def serve_page(base_url: str, server: ServerSettings) -> None:
     try:
         logging.getLogger("swiftops.server").info(
             "chat page: http://%s:%d/ (for the API at %s)", _browsable(server.host), server.port, api_base_url)
-        config = uvicorn.Config(create_ui_app(api_base_url), log_level="warning", lifespan="off")
+        config = uvicorn.Config(create_ui_app(api_base_url, title=server.studio_title, lang=server.lang),
+                                log_level="warning", lifespan="off")
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()

@@ -1,12 +1,14 @@
 """Reading `--val_dataset` datasets into conversations, the way ms-swift names them: `NAME_OR_PATH[:subset][#N]`.
 
-Sources: a local JSONL, JSON or CSV file (JSONL and CSV are read line by line, never whole), a folder of such
-files, a `datasets` save_to_disk folder, or a hub dataset id (the last two need the `datasets` package).
-`#N` keeps N rows picked at random with a seeded generator, in file order, so a re-run picks the same rows
-and resumes. Shapes (ms-swift's): `messages` (OpenAI list; a final assistant turn is the label),
-`conversations` (ShareGPT's from/value), `query`/`response` (+ `history` [[q, r], ...]),
-`instruction`/`input`/`output`, each with an optional `system`, `images`/`videos`/`audios` and `tools`.
-A bad file or row raises ConfigError naming the file and line, before any weights load.
+Sources: a local JSONL, JSON, CSV or parquet file (JSONL, CSV and parquet are read row by row, never whole), a
+folder of such files, a `datasets` save_to_disk folder, or a hub dataset id: Hugging Face through `datasets`
+(streamed), or ModelScope with --use_hf false (its repository's files through modelscope's
+dataset_snapshot_download; a subset is the folder of that name).
+`#N` keeps N rows picked at random with a seeded generator (--data_seed) in one pass that holds only the picked
+rows, in file order, so a re-run picks the same rows and resumes. Shapes (ms-swift's): `messages` (OpenAI list; a
+final assistant turn is the label), `conversations` (ShareGPT's from/value), `query`/`response` (+ `history`
+[[q, r], ...]), `instruction`/`input`/`output`, each with an optional `system`, `images`/`videos`/`audios` and
+`tools`. A bad file or row raises ConfigError naming the file and line, before any weights load.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any, Iterator, Optional
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import InferRequest
 
-SUFFIXES = (".jsonl", ".json", ".csv")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
@@ -182,6 +184,16 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
             raise ConfigError(f"{path}: a .json dataset must be a list of row objects "
                               f"(use .jsonl for one object per line)")
         yield from enumerate(data, 1)
+    elif suffix == ".parquet":  # hub dataset repos (ModelScope's, Hugging Face's) ship parquet: read batch by batch
+        try:
+            import pyarrow.parquet as parquet
+        except ImportError:
+            raise ConfigError(f"{path}: parquet files need `pip install pyarrow` (it comes with `datasets`)") from None
+        index = 0
+        for batch in parquet.ParquetFile(path).iter_batches(batch_size=256):
+            for record in batch.to_pylist():
+                index += 1
+                yield index, record
     else:
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
@@ -192,16 +204,43 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
                 raise ConfigError(f"{path} line {reader.line_num}: bad CSV ({exc})") from None
 
 
-def _rows(source: str, records: Iterator[tuple[int, Any]], where: str) -> list[DatasetRow]:
-    rows: list[DatasetRow] = []
+def _safe(records: Iterator[tuple[int, Any]], source: str) -> Iterator[tuple[int, Any]]:
+    """The records, with decoding failures said in one line."""
     while True:
         try:
-            line, record = next(records)
+            item = next(records)
         except StopIteration:
-            break
+            return
         except UnicodeDecodeError as exc:
             raise ConfigError(f"dataset file {source} is not UTF-8 text (byte {exc.start} of a line is not); "
                               f"--val_dataset takes .jsonl, .json or .csv text files") from None
+        yield item
+
+
+def pick(records: Iterator[tuple[int, Any]], count: int, seed: int) -> list[tuple[int, int, Any]]:
+    """(index, line, record) of `count` records chosen at random with a seeded generator, in input order: one pass
+    holding only the chosen records (reservoir sampling), so `#N` on a large file or a streamed hub dataset never
+    keeps the rest."""
+    rng = random.Random(seed)
+    chosen: list[tuple[int, int, Any]] = []
+    for index, (line, record) in enumerate(records):
+        if index < count:
+            chosen.append((index, line, record))
+        else:
+            slot = rng.randint(0, index)
+            if slot < count:
+                chosen[slot] = (index, line, record)
+    return sorted(chosen, key=lambda item: item[0])
+
+
+def _rows(source: str, records: Iterator[tuple[int, Any]], where: str, *, count: Optional[int] = None,
+          seed: int = 42) -> list[DatasetRow]:
+    """Rows of `records` (all, or `count` picked at random); a bad row fails with its file and line."""
+    records = _safe(records, source)
+    indexed = (pick(records, count, seed) if count is not None
+               else ((index, line, record) for index, (line, record) in enumerate(records)))
+    rows: list[DatasetRow] = []
+    for index, line, record in indexed:
         try:
             messages, label = to_conversation(record)
         except ValueError as exc:
@@ -209,7 +248,7 @@ def _rows(source: str, records: Iterator[tuple[int, Any]], where: str) -> list[D
         except RecursionError:
             raise ConfigError(f"{source} {where} {line}: nested too deeply") from None
         rows.append(DatasetRow(
-            source=source, index=len(rows), line=line, messages=messages, label=label,
+            source=source, index=index, line=line, messages=messages, label=label,
             images=_as_list(_maybe_json(record.get("images"))), videos=_as_list(_maybe_json(record.get("videos"))),
             audios=_as_list(_maybe_json(record.get("audios"))), tools=_maybe_json(record.get("tools")) or None))
     if not rows:
@@ -217,8 +256,8 @@ def _rows(source: str, records: Iterator[tuple[int, Any]], where: str) -> list[D
     return rows
 
 
-def load_dataset(source: str) -> list[DatasetRow]:
-    """The rows of one local file."""
+def load_dataset(source: str, count: Optional[int] = None, seed: int = 42) -> list[DatasetRow]:
+    """The rows of one local file (`count`: that many, picked at random while the file streams by)."""
     path = Path(source).expanduser()
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
@@ -226,8 +265,8 @@ def load_dataset(source: str) -> list[DatasetRow]:
     if path.suffix.lower() not in SUFFIXES:
         raise ConfigError(f"dataset file {source}: unknown format {path.suffix or '(no suffix)'}; "
                           f"use .jsonl, .json or .csv")
-    where = "row" if path.suffix.lower() == ".json" else "line"
-    return _rows(os.path.normpath(source), _records(path), where)
+    where = "row" if path.suffix.lower() in (".json", ".parquet") else "line"
+    return _rows(os.path.normpath(source), _records(path), where, count=count, seed=seed)
 
 
 # ---- ms-swift's dataset names ---------------------------------------------------------------------
@@ -258,27 +297,58 @@ class DatasetSpec:
         return cls(name, match.group("subset"), int(count) if count else None)
 
 
-def _hub_rows(spec: DatasetSpec, use_hf: bool) -> list[DatasetRow]:
-    """A hub dataset's train split, through Hugging Face `datasets` (or ModelScope's MsDataset)."""
-    label = spec.name + (f":{spec.subset}" if spec.subset else "")
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _streamed(data: Any, label: str) -> Iterator[tuple[int, Any]]:
+    """A streamed hub dataset's rows; a network failure half-way is one line, not the library's trace."""
     try:
-        if use_hf:
-            import datasets
-            data = datasets.load_dataset(spec.name, spec.subset, split="train")
-        else:
-            from modelscope import MsDataset
-            data = MsDataset.load(spec.name, subset_name=spec.subset or "default", split="train")
+        yield from enumerate(data, 1)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the connection dropped, the shard is gone...
+        raise ConfigError(f"--val_dataset {label}: reading it from the hub failed: {_one_line(exc)}") from None
+
+
+def _hugging_face_rows(spec: DatasetSpec, label: str, seed: int) -> list[DatasetRow]:
+    """A Hugging Face dataset's train split, streamed (`streaming=True`): rows are read as they come, and `#N`
+    keeps only the N it picks."""
+    try:
+        import datasets
     except ImportError:
-        package = "datasets" if use_hf else "modelscope"
-        raise ConfigError(f"--val_dataset {label}: hub datasets need `pip install {package}`; or pass a local "
-                          f".jsonl/.json/.csv file") from None
+        raise ConfigError(f"--val_dataset {label}: Hugging Face datasets need `pip install datasets`; or pass a "
+                          f"local .jsonl/.json/.csv file") from None
+    try:
+        data = datasets.load_dataset(spec.name, spec.subset, split="train", streaming=True)
     except Exception as exc:  # noqa: BLE001 - offline, not found, gated: one line, not the library's trace
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"--val_dataset {label}: cannot load it from the hub: {first}") from None
-    return _rows(label, enumerate(data, 1), "row")
+        raise ConfigError(f"--val_dataset {label}: cannot load it from the hub: {_one_line(exc)}") from None
+    return _rows(label, _streamed(data, label), "row", count=spec.count, seed=seed)
 
 
-def _saved_rows(source: str, path: Path) -> list[DatasetRow]:
+def _modelscope_rows(spec: DatasetSpec, label: str, seed: int) -> list[DatasetRow]:
+    """A ModelScope dataset (`--use_hf false`): its repository's data files, downloaded with modelscope's
+    dataset_snapshot_download and read like a local folder (a subset is the sub-folder of that name)."""
+    try:
+        from modelscope.hub.snapshot_download import dataset_snapshot_download
+    except ImportError:
+        raise ConfigError(f"--val_dataset {label}: --use_hf false (or USE_HF=0) loads datasets from ModelScope, "
+                          f"which needs `pip install modelscope`; or drop it to use Hugging Face") from None
+    try:
+        folder = Path(dataset_snapshot_download(spec.name))
+    except Exception as exc:  # noqa: BLE001 - offline, not found: one line
+        raise ConfigError(f"--val_dataset {label}: cannot load it from ModelScope: {_one_line(exc)}") from None
+    if spec.subset:
+        if not (folder / spec.subset).is_dir():
+            found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise ConfigError(f"--val_dataset {label}: no subset {spec.subset!r} in the dataset (its folders: "
+                              f"{', '.join(found) or 'none'})")
+        folder = folder / spec.subset
+    return _folder_rows(label, folder, spec.count, seed)
+
+
+def _saved_rows(source: str, path: Path, count: Optional[int], seed: int) -> list[DatasetRow]:
+    """A `datasets` save_to_disk folder (memory-mapped Arrow: rows are read one by one)."""
     try:
         import datasets
     except ImportError:
@@ -288,19 +358,20 @@ def _saved_rows(source: str, path: Path) -> list[DatasetRow]:
     if isinstance(data, datasets.DatasetDict):
         data = data["validation"] if "validation" in data else data["train"] if "train" in data else next(
             iter(data.values()))
-    return _rows(os.path.normpath(source), enumerate(data, 1), "row")
+    return _rows(os.path.normpath(source), enumerate(data, 1), "row", count=count, seed=seed)
 
 
-def _folder_rows(source: str, path: Path) -> list[DatasetRow]:
+def _folder_rows(source: str, path: Path, count: Optional[int] = None, seed: int = 42) -> list[DatasetRow]:
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-        return _saved_rows(source, path)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        return _saved_rows(source, path, count, seed)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
-        raise ConfigError(f"dataset folder {source} holds no .jsonl, .json or .csv files")
+        raise ConfigError(f"dataset folder {source} holds no .jsonl, .json, .csv or .parquet files")
     rows: list[DatasetRow] = []
     for file in files:
         rows += load_dataset(str(file))
-    return rows
+    return sample_rows(rows, count, seed) if count is not None else rows
 
 
 def sample_rows(rows: list[DatasetRow], count: int, seed: int) -> list[DatasetRow]:
@@ -312,16 +383,15 @@ def sample_rows(rows: list[DatasetRow], count: int, seed: int) -> list[DatasetRo
 
 
 def load_spec(text: str, *, seed: int = 42, use_hf: bool = True) -> list[DatasetRow]:
-    """The rows one `--val_dataset` item names."""
+    """The rows one `--val_dataset` item names (`#N`: N of them, picked with `seed`)."""
     spec = DatasetSpec.parse(text)
     path = Path(spec.name).expanduser()
     if path.is_dir():
-        rows = _folder_rows(spec.name, path)
-    elif path.exists() or not _HUB_ID.match(spec.name):
-        rows = load_dataset(spec.name)
-    else:
-        rows = _hub_rows(spec, use_hf)
-    return sample_rows(rows, spec.count, seed) if spec.count is not None else rows
+        return _folder_rows(spec.name, path, spec.count, seed)
+    if path.exists() or not _HUB_ID.match(spec.name):
+        return load_dataset(spec.name, spec.count, seed)
+    label = spec.name + (f":{spec.subset}" if spec.subset else "")
+    return _hugging_face_rows(spec, label, seed) if use_hf else _modelscope_rows(spec, label, seed)
 
 
 def load_datasets(sources: list[str], *, seed: int = 42, sample: Optional[int] = None,

@@ -76,6 +76,7 @@ class DatasetRun:
         self.system = system
         self.max_in_flight = max(1, max_in_flight)
         self.stats = stats or InferStats()
+        self.stats.track_prefix_cache(engine.prefix_cache_stats)  # the summary's prefix-cache hit rate
         self.progress = progress  # a tqdm bar, or None
         self.failures: list[tuple[DatasetRow, BaseException]] = []
         self.boxes = boxes  # --draw_boxes

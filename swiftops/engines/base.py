@@ -90,9 +90,47 @@ class InferEngine(ABC):
         """Names of the LoRA adapters a request may select."""
         return []
 
+    def prefix_cache_stats(self) -> Optional[tuple[int, int]]:
+        """(queried, hit) prompt tokens of the prefix cache since the engine started; None where not counted."""
+        return None
+
     @property
     def models(self) -> list[str]:
         return [self.model_name, *self.adapter_names]
+
+    # ---- ms-swift's template object (swiftops.template.template) -------------------------------
+    @property
+    def processor(self) -> Any:
+        """The tokenizer, or a multimodal model's processor (what ms-swift's `get_template` takes)."""
+        return getattr(self, "tokenizer", None)
+
+    @property
+    def default_template(self) -> Any:
+        """ms-swift 3.x's name: the engine's template (default system prompt, chat template, agent keywords)."""
+        template = self.__dict__.get("_default_template")
+        if template is None:
+            from swiftops.template.template import Template
+            generation = getattr(self, "generation", None)
+            template = Template(processor=self.processor, default_system=getattr(generation, "system", None))
+            self._default_template = template
+        return template
+
+    @default_template.setter
+    def default_template(self, template: Any) -> None:
+        """Later requests get its default system prompt (when they have no system turn) and its chat template."""
+        generation = getattr(self, "generation", None)
+        if generation is not None:
+            self.generation = generation.model_copy(update={"system": template.default_system})
+        encoder = getattr(self, "encoder", None)
+        if encoder is not None:
+            encoder.default_system = template.default_system
+        if template.chat_template:
+            for holder in {id(h): h for h in (getattr(self, "tokenizer", None), self.processor) if h is not None}.values():
+                holder.chat_template = template.chat_template
+        self._default_template = template
+
+    # ms-swift 4.x's name for the same object.
+    template = default_template
 
     def close(self) -> None:
         """Release the engine's resources (threads, GPU memory)."""
@@ -155,14 +193,23 @@ class InferEngine(ABC):
 
     def infer(self, requests: list[InferRequest], request_config: Optional[RequestConfig] = None,
               metrics: Optional[list[InferStats]] = None, *, adapter_request: Optional[AdapterRequest] = None,
-              use_tqdm: Optional[bool] = None, return_exceptions: bool = False) -> list[Any]:
+              use_tqdm: Optional[bool] = None, return_exceptions: bool = False,
+              template: Any = None) -> list[Any]:
         """Answer a batch of requests; one response (or, with `stream=True`, one chunk iterator) per request.
 
         With `return_exceptions=True` a failed request yields its exception in place of a response,
-        so one bad row does not lose the rest of a batch.
+        so one bad row does not lose the rest of a batch. `template` (ms-swift's `get_template(...)`): its
+        default system prompt goes to the requests that have none.
         """
         config = request_config or RequestConfig()
+        if template is not None:
+            if template.chat_template and template.chat_template != getattr(self.processor, "chat_template", None):
+                raise UnsupportedError("a template with its own chat template applies to the whole engine: set "
+                                       "engine.default_template = template instead of passing it per call")
+            requests = [template.apply(r) for r in requests]
         metrics = list(metrics or [])
+        for m in metrics:
+            m.track_prefix_cache(self.prefix_cache_stats)
         loop = self._loop()
         if config.stream:
             streams = []

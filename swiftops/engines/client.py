@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import httpx
 
 from swiftops.engines.base import InferEngine
+from swiftops.metrics.stats import InferStats
 from swiftops.protocol import (AdapterRequest, ChatCompletionResponse, ChatCompletionResponseChoice,
                                ChatCompletionResponseStreamChoice, ChatCompletionStreamResponse,
                                ChatCompletionTokenLogprob, ChatMessage, ChoiceLogprobs, CompletionLogprobs,
@@ -84,7 +85,8 @@ def _encode_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sampling_fields(config: RequestConfig) -> dict[str, Any]:
-    fields = config.model_dump(exclude={"stream", "logprobs", "top_logprobs", "max_tokens"}, exclude_defaults=True)
+    fields = config.model_dump(exclude={"stream", "logprobs", "top_logprobs", "max_tokens", "return_details"},
+                               exclude_defaults=True)
     if config.max_tokens is not None:
         fields["max_tokens"] = config.max_tokens
     if config.stream:
@@ -217,6 +219,17 @@ class InferClient(InferEngine):
             await response.aclose()
 
     # ---- the engine interface ----------------------------------------------------------------
+    def infer(self, requests: list[InferRequest], request_config: Optional[RequestConfig] = None,
+              metrics: Optional[list[InferStats]] = None, *, model: Optional[str] = None,
+              adapter_request: Optional[AdapterRequest] = None, **kwargs: Any) -> list[Any]:
+        """ms-swift's `engine.infer(requests, config, model=models[1])`: `model` names the served model or
+        adapter that answers (one of `engine.models`); default: the base model."""
+        if model is not None:
+            if adapter_request is not None and adapter_request.name != model:
+                raise ValueError(f"model={model!r} and adapter_request={adapter_request.name!r} disagree; pass one")
+            adapter_request = AdapterRequest(model)
+        return super().infer(requests, request_config, metrics, adapter_request=adapter_request, **kwargs)
+
     async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
                           adapter_request: Optional[AdapterRequest] = None, model: Optional[str] = None
                           ) -> Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]:

@@ -125,6 +125,10 @@ def build_engine(model: ModelSettings, engine: EngineSettings, generation: Gener
         raise ConfigError(f"--tokenizer is for --infer_backend vllm; the {engine.infer_backend} engine reads the "
                           f"tokenizer from the checkpoint (a GGUF file's included): drop --tokenizer",
                           param="tokenizer")
+    if not model.use_chat_template and engine.infer_backend != "pt":
+        raise ConfigError(f"--use_chat_template false runs on --infer_backend pt; the {engine.infer_backend} engine "
+                          f"always applies the chat template (send raw text to /v1/completions instead)",
+                          param="use_chat_template")
     if engine.infer_backend == "lmdeploy" and gguf_source(model.model, model.gguf_file) is not None:
         raise ConfigError("LMDeploy does not read GGUF checkpoints; use --infer_backend pt or vllm",
                           param="infer_backend")

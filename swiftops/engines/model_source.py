@@ -36,9 +36,16 @@ def apply_adapter_args(model: ModelSettings,
                        generation: Optional[GenerationSettings] = None) -> tuple[ModelSettings, Optional[GenerationSettings]]:
     """`--adapters DIR` without `--model`: the base model from the adapter's args.json (and its system prompt
     when --system is unset), as `swift infer --adapters` does. Flags given on the command line win."""
-    if model.model or not model.load_args or len(model.adapters) != 1:
+    if model.model or not model.load_args or not model.adapters:
         return model, generation
-    base, args = adapter_base_model(next(iter(model.adapters.values())))
+    # ms-swift reads the first adapter's args.json (`--adapters lora1=A lora2=B` with no --model); a hub id
+    # (`--adapters swift/test_lora`) is fetched first, from the hub --use_hf / USE_HF picks.
+    name, path = next(iter(model.adapters.items()))
+    from swiftops.engines.factory import looks_like_hub_id
+    if not Path(path).expanduser().exists() and looks_like_hub_id(path):
+        path = fetch_snapshot(path, None, model.use_hf)
+        model = model.model_copy(update={"adapters": {**model.adapters, name: path}})
+    base, args = adapter_base_model(path)
     if not base:
         return model, generation
     model = model.model_copy(update={"model": base})
@@ -53,6 +60,23 @@ def wants_hugging_face(use_hf: Optional[bool]) -> bool:
         return use_hf
     value = os.environ.get("USE_HF", "").strip().lower()
     return value in ("", "1", "true", "yes")
+
+
+def fetch_from_hugging_face(repo_id: str, revision: Optional[str]) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - offline, not found, gated: one line, not the library's trace
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"cannot fetch {repo_id} from Hugging Face: {first}") from None
+
+
+def fetch_snapshot(repo_id: str, revision: Optional[str], use_hf: Optional[bool]) -> str:
+    """A local snapshot of a hub repository, from Hugging Face or (--use_hf false / USE_HF=0) ModelScope."""
+    if wants_hugging_face(use_hf):
+        return fetch_from_hugging_face(repo_id, revision)
+    return fetch_from_modelscope(repo_id, revision)
 
 
 def fetch_from_modelscope(repo_id: str, revision: Optional[str]) -> str:

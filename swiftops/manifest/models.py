@@ -99,7 +99,8 @@ BackendOptions = section_from_settings(
                       Field(None, description="LMDeploy engine: turbomind (default when the model supports it) "
                                               "or pytorch (needed for LoRA adapters).")),
     enable_prefix_caching=(Optional[bool], Field(None, description="Reuse KV cache across requests sharing a "
-                                                                   "prompt prefix (vllm, lmdeploy).")),
+                                                                   "prompt prefix (default: on for pt and vllm, "
+                                                                   "off for lmdeploy).")),
     max_loras=(Optional[int], Field(None, ge=1, description="Most adapters resident at once (least recently "
                                                             "used ones are unloaded).")),
     max_lora_rank=(Optional[int], Field(None, ge=1, description="Highest LoRA rank the engine reserves room "

@@ -5,9 +5,10 @@ carry over with a prefix change.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Seconds; fine at the low end, where TTFT and inter-token latency live on a GPU.
@@ -22,9 +23,12 @@ class ServerMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, running: Callable[[], float], waiting: Callable[[], float],
-                 engine_running: Callable[[], float], engine_waiting: Callable[[], float]) -> None:
+                 engine_running: Callable[[], float], engine_waiting: Callable[[], float],
+                 prefix_cache: Optional[Callable[[], Optional[tuple[int, int]]]] = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        if prefix_cache is not None:
+            r.register(PrefixCacheCounters(prefix_cache))
         self.num_requests_running = Gauge(
             "swiftops_num_requests_running", "Requests generating now (admitted by the server).", registry=r)
         self.num_requests_running.set_function(running)
@@ -69,3 +73,28 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PrefixCacheCounters:
+    """The engine's prefix-cache counters, read at scrape time: prompt tokens looked up and found, under our names
+    and vLLM's (`vllm:prefix_cache_queries`, `vllm:prefix_cache_hits`), so vLLM's hit-rate panels work unchanged.
+    Nothing is exported while the engine does not count (prefix caching off, or a backend that does not report)."""
+
+    NAMES = (("swiftops_prefix_cache_queries", "swiftops_prefix_cache_hits"),
+             ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"))
+
+    def __init__(self, source: Callable[[], Optional[tuple[int, int]]]) -> None:
+        self.source = source
+
+    def describe(self) -> list:
+        return []  # samples exist only while the engine counts: nothing to check for name clashes up front
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self.source()
+        if counts is None:
+            return
+        queries, hits = counts
+        for queries_name, hits_name in self.NAMES:
+            yield CounterMetricFamily(queries_name, "Prompt tokens looked up in the prefix cache.", value=queries)
+            yield CounterMetricFamily(hits_name, "Prompt tokens found in the prefix cache (not computed).",
+                                      value=hits)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -22,6 +22,8 @@ class InferStats:
     Engines call `start(request_id)` when a request is submitted, `first_token(request_id)` when its
     first text arrives and `finish(request_id, prompt_tokens, completion_tokens, n)` at the end.
     `update(response)` is accepted too (ms-swift's name) and takes the usage of a finished response.
+    `track_prefix_cache(engine.prefix_cache_stats)` (done by `engine.infer(..., metrics=[stats])`) adds the prefix
+    cache's queried and hit prompt tokens since then, and their ratio, to `compute()`.
     """
 
     def __init__(self) -> None:
@@ -40,6 +42,19 @@ class InferStats:
             self.num_requests = 0
             self.ttfts: list[float] = []
             self.latencies: list[float] = []
+            self._prefix_source: Optional[Callable[[], Optional[tuple[int, int]]]] = None
+            self._prefix_base = self._prefix_last = (0, 0)
+
+    def track_prefix_cache(self, source: Callable[[], Optional[tuple[int, int]]]) -> None:
+        """Count the prefix cache of the engine whose `prefix_cache_stats` is `source`, from now on (once: later
+        calls for the same engine keep the first baseline)."""
+        with self._lock:
+            if self._prefix_source == source:
+                return
+            base = source()
+            if base is None:
+                return
+            self._prefix_source, self._prefix_base, self._prefix_last = source, base, base
 
     def start(self, request_id: str) -> None:
         now = time.perf_counter()
@@ -67,6 +82,8 @@ class InferStats:
             if self._t0 is None:
                 self._t0 = now
             self._t_last = now
+            if self._prefix_source is not None:  # read now: the engine may be closed by the time of compute()
+                self._prefix_last = self._prefix_source() or self._prefix_last
             self.num_prompt_tokens += prompt_tokens
             self.num_generated_tokens += completion_tokens
             self.num_samples += n
@@ -94,4 +111,11 @@ class InferStats:
             for name, values in (("ttft", ttfts), ("latency", lats)):
                 for q in (50, 90, 99):
                     out[f"{name}_p{q}"] = round(_percentile(values, q), 6)
+            if self._prefix_source is not None:
+                now = self._prefix_source() or self._prefix_last  # a closed engine: its last counts
+                self._prefix_last = now
+                queries, hits = now[0] - self._prefix_base[0], now[1] - self._prefix_base[1]
+                out["prefix_cache_queries"] = queries
+                out["prefix_cache_hits"] = hits
+                out["prefix_cache_hit_rate"] = round(hits / queries, 4) if queries else 0.0
             return out

@@ -109,10 +109,14 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
         "vllm": no("the vllm backend has no beam search in this version; use --infer_backend pt for num_beams > 1"),
         "lmdeploy": no("LMDeploy has no beam search; use --infer_backend pt for num_beams > 1"),
     },
-    "structured_output": {
-        "pt": no("the pt backend has no constrained decoding (response_format json_object / json_schema); "
-                 "use vllm or lmdeploy"),
-        "vllm": YES, "lmdeploy": YES,
+    # Constrained decoding: response_format json_object / json_schema, guided_json, forced tool calls (pt: xgrammar).
+    "structured_output": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    "guided_regex": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    "guided_choice": {"pt": YES, "vllm": YES, "lmdeploy": YES},  # lmdeploy: as a regex of the choices
+    "guided_grammar": {
+        "pt": YES, "vllm": YES,
+        "lmdeploy": no("LMDeploy compiles JSON schemas and regexes only, not EBNF grammars; use --infer_backend pt "
+                       "or vllm for guided_grammar"),
     },
     "presence_frequency_penalty": {
         "pt": YES, "vllm": YES,

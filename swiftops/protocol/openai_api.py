@@ -2,8 +2,9 @@
 conversion to the engines' `InferRequest` / `RequestConfig`.
 
 The field names, types and ranges follow OpenAI's API reference; a few vLLM extensions are accepted
-(top_k, repetition_penalty, ignore_eos, stop_token_ids), and ms-swift's top-level `images`,
-`videos` and `audios` lists. Unknown fields are rejected (422) so that a typo is not silently ignored.
+(top_k, repetition_penalty, ignore_eos, stop_token_ids, guided_json, guided_regex, guided_choice,
+guided_grammar), and ms-swift's top-level `images`, `videos` and `audios` lists. Unknown fields are rejected
+(422) so that a typo is not silently ignored.
 """
 from __future__ import annotations
 
@@ -138,6 +139,12 @@ class _SamplingParams(_WireModel):
     stream_options: Optional[StreamOptions] = Field(None, description="Streaming options (`include_usage`).")
     user: Optional[str] = Field(None, description="End-user id; recorded in the access log, otherwise ignored.")
     logit_bias: Optional[dict[str, float]] = Field(None, description="Not supported: must be empty.")
+    guided_json: Optional[Union[dict[str, Any], str]] = Field(
+        None, description="vLLM extension: constrain the output to this JSON Schema.")
+    guided_regex: Optional[str] = Field(None, description="vLLM extension: constrain the output to this regex.")
+    guided_choice: Optional[list[str]] = Field(None, description="vLLM extension: the output is one of these strings.")
+    guided_grammar: Optional[str] = Field(
+        None, description="vLLM extension: constrain the output to this EBNF grammar (GBNF: `root ::= ...`).")
 
     @model_validator(mode="after")
     def _check_common(self) -> "_SamplingParams":
@@ -156,7 +163,8 @@ class _SamplingParams(_WireModel):
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, stop=self.stop, stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos, seed=self.seed, n=self.n, stream=self.stream, logprobs=logprobs,
-            top_logprobs=top_logprobs)
+            top_logprobs=top_logprobs, guided_json=self.guided_json, guided_regex=self.guided_regex,
+            guided_choice=self.guided_choice, guided_grammar=self.guided_grammar)
 
     @property
     def include_usage(self) -> bool:
@@ -176,8 +184,8 @@ class ChatCompletionRequest(_SamplingParams):
         None, description="`none` drops the tools; `auto`/`required` or a named function keep them.")
     parallel_tool_calls: Optional[bool] = Field(None, description="Accepted for compatibility; ignored.")
     response_format: Optional[dict[str, Any]] = Field(
-        None, description="{type: text | json_object | json_schema}; JSON modes need a backend with constrained "
-                          "decoding (vllm, lmdeploy), the pt backend answers 400.")
+        None, description="{type: text | json_object | json_schema}; the JSON modes constrain the output "
+                          "(json_schema: {name, schema, strict}).")
     images: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<image>` tags.")
     videos: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<video>` tags.")
     audios: list[str] = Field(default_factory=list, description="ms-swift extension: media for `<audio>` tags.")

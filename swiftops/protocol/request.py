@@ -42,9 +42,21 @@ class RequestConfig(BaseModel):
     num_beams: int = Field(1, ge=1, le=64, description="Beam search width (1: sampling or greedy). The pt backend "
                                                        "runs beam requests through transformers' generate; "
                                                        "vllm and lmdeploy refuse them (a 400).")
+    return_details: bool = Field(False, description="ms-swift's flag: responses of the Python API also carry "
+                                                    "`images_size`, the (width, height) each image had as the model "
+                                                    "saw it (grounding boxes are in those pixels).")
     response_format: Optional[dict[str, Any]] = Field(
         None, description="OpenAI response_format: {type: text}, {type: json_object} or {type: json_schema, "
-                          "json_schema: {...}}; constrained decoding runs on the vllm and lmdeploy backends.")
+                          "json_schema: {name, schema, strict}}: the output is constrained to JSON (every backend).")
+    # vLLM's guided-decoding extensions; at most one of them, response_format and a forced tool_choice per request.
+    guided_json: Optional[Union[dict[str, Any], str]] = Field(
+        None, description="vLLM extension: constrain the output to this JSON Schema (an object or its JSON text).")
+    guided_regex: Optional[str] = Field(None, description="vLLM extension: constrain the output to this regex.")
+    guided_choice: Optional[list[str]] = Field(
+        None, description="vLLM extension: the output is exactly one of these strings.")
+    guided_grammar: Optional[str] = Field(
+        None, description="vLLM extension: constrain the output to this EBNF grammar (GBNF, as xgrammar and "
+                          "llama.cpp read it: `root ::= ...`; not on lmdeploy).")
 
     @field_validator("stop", mode="before")
     @classmethod

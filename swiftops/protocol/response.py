@@ -68,6 +68,9 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatCompletionResponseChoice]
     usage: UsageInfo = Field(default_factory=UsageInfo)
+    # RequestConfig(return_details=True) on the Python API: (width, height) of each image as the model saw it.
+    # Not part of the OpenAI response, so never serialized.
+    images_size: Optional[list[tuple[int, int]]] = Field(None, exclude=True)
 
 
 class DeltaToolCall(BaseModel):

@@ -41,8 +41,6 @@ REFUSED_SETTINGS: dict[str, str] = {
               "own acc/rouge script",
     "ssl_keyfile": "swiftops serves plain HTTP; terminate TLS at a reverse proxy or the Kubernetes ingress",
     "ssl_certfile": "swiftops serves plain HTTP; terminate TLS at a reverse proxy or the Kubernetes ingress",
-    "studio_title": "the chat page has swiftops' own title in this version; drop the flag",
-    "lang": "the chat page is in English in this version; drop the flag",
     "attn_impl": "the pt backend installs its own paged attention (vision towers keep sdpa); vllm and lmdeploy "
                  "pick theirs; drop the flag",
     "truncation_strategy": "swiftops never cuts a prompt: one longer than --max_model_len (--max_length) is "
@@ -153,6 +151,9 @@ class ModelSettings(_Section):
     template: Optional[str] = Field(
         None, description="Chat template: a .jinja file (or a tokenizer_config.json holding chat_template) that "
                           "replaces the checkpoint's; unset: the checkpoint's own template.")
+    use_chat_template: bool = Field(
+        True, description="false: a conversation is sent as its messages' text without the chat template's role "
+                          "markers (ms-swift's flag for base models; pt backend).")
     use_hf: Optional[bool] = Field(
         None, description="Download models and adapters from Hugging Face (true) or ModelScope (false; needs "
                           "`pip install modelscope`); unset: $USE_HF, else Hugging Face.")
@@ -235,8 +236,8 @@ class EngineSettings(_Section):
         description="Engine replicas, each on its own GPUs, that requests are spread over (vllm, lmdeploy).")
     enable_prefix_caching: Optional[bool] = Field(
         None, validation_alias=aliases("enable_prefix_caching", "vllm_enable_prefix_caching"),
-        description="Reuse the KV cache of a shared prompt prefix across requests (vllm, lmdeploy; "
-                    "unset: the backend's default).")
+        description="Reuse the KV cache of a shared prompt prefix across requests (automatic prefix caching; "
+                    "unset: the backend's default: on for pt and vllm, off for lmdeploy).")
     limit_mm_per_prompt: dict[str, int] = Field(
         default_factory=dict, validation_alias=aliases("limit_mm_per_prompt", "vllm_limit_mm_per_prompt"),
         description='Most media items per prompt by kind, e.g. {"image": 5, "video": 2} (vllm).')
@@ -327,6 +328,10 @@ class ServerSettings(_Section):
     metrics_require_key: bool = Field(False, description="Ask for the API key on /metrics too.")
     verbose: bool = Field(False, description="Log request and response bodies (media elided).")
     ui: bool = Field(False, description="Serve the chat web UI at / as well.")
+    studio_title: Optional[str] = Field(None, description="Title of the chat page (`swift app`'s --studio_title; "
+                                                          "default: swiftops).")
+    lang: Literal["en", "zh"] = Field("en", description="Language of the chat page: en (English) or zh (Chinese), "
+                                                        "as `swift app --lang`.")
     result_path: Optional[str] = Field(None, description="Append every finished request and response to this JSONL file.")
     max_sequences_per_request: Optional[int] = Field(
         None, ge=1, description="Most sequences (prompts x n) one request may ask for; more is a 400. Each request "

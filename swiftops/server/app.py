@@ -72,7 +72,8 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     worker_pools.configure(settings.media_workers, settings.media_queue)
     metrics = ServerMetrics(running=lambda: admission.running, waiting=lambda: admission.waiting,
                             engine_running=lambda: _engine_count(engine, "num_running"),
-                            engine_waiting=lambda: _engine_count(engine, "num_waiting"))
+                            engine_waiting=lambda: _engine_count(engine, "num_waiting"),
+                            prefix_cache=getattr(engine, "prefix_cache_stats", None))
     lifecycle = Lifecycle()
     ctx = ServerContext(engine=engine, settings=settings, models=ModelRegistry(engine, settings.served_model_name),
                         admission=admission, metrics=metrics, lifecycle=lifecycle,
@@ -95,7 +96,7 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     for family in (probes, models, chat, completions, embeddings):
         app.router.routes.extend(family.router.routes)  # flat, so `app.routes` lists each route with its path
     if settings.ui:
-        mount_ui(app)
+        mount_ui(app, title=settings.studio_title, lang=settings.lang)
         open_paths = [*open_paths, *UI_PATHS]
     app.gate_options = {"metrics": metrics, "api_key": resolve_api_key(settings.api_key),
                         "open_paths": public_paths(settings.metrics_require_key) | frozenset(open_paths),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
 
 from swiftops.protocol.errors import ConfigError
+from swiftops.server.ui_text import page_in
 
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS = {"/ui/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -51,14 +53,16 @@ def _security_headers(api_base_url: str) -> dict[str, str]:
             "Referrer-Policy": "no-referrer"}
 
 
-def render_index(api_base_url: str = "") -> str:
-    return _asset("index.html").replace(API_BASE_PLACEHOLDER, html.escape(api_base_url, quote=True))
+def render_index(api_base_url: str = "", *, title: Optional[str] = None, lang: str = "en") -> str:
+    """The page for the API at `api_base_url`, in `lang` (en, zh) and titled `title` (--studio_title)."""
+    page = _asset("index.html").replace(API_BASE_PLACEHOLDER, html.escape(api_base_url, quote=True))
+    return page_in(page, lang, title)
 
 
-def mount_ui(app: FastAPI, api_base_url: str = "") -> None:
+def mount_ui(app: FastAPI, api_base_url: str = "", *, title: Optional[str] = None, lang: str = "en") -> None:
     """Add `/` and the assets to `app`. The caller opens UI_PATHS in its API-key middleware."""
     headers = _security_headers(api_base_url)
-    page = render_index(api_base_url)
+    page = render_index(api_base_url, title=title, lang=lang)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -80,7 +84,7 @@ def allow_cross_origin(app: FastAPI) -> None:
                        expose_headers=["X-Request-Id", "Retry-After"], max_age=600)
 
 
-def create_ui_app(api_base_url: str) -> FastAPI:
+def create_ui_app(api_base_url: str, *, title: Optional[str] = None, lang: str = "en") -> FastAPI:
     """The page alone, pointed at the server at `api_base_url` (already normalized)."""
     app = FastAPI(title="swiftops app", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -89,5 +93,5 @@ def create_ui_app(api_base_url: str) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    mount_ui(app, api_base_url)
+    mount_ui(app, api_base_url, title=title, lang=lang)
     return app

@@ -148,6 +148,18 @@ def draw_boxes(image: Any, boxes: list[Box], line_width: Optional[int] = None):
     return out
 
 
+def draw_bbox(image: Any, ref: list[str], bbox: list[list[Any]], norm_bbox: str = "norm1000") -> None:
+    """ms-swift's `draw_bbox`: outline and label each box on `image` (a PIL image, changed in place). `bbox` holds
+    [x1, y1, x2, y2] per label in `ref`; `norm_bbox='norm1000'`: on a 0-1000 grid, 'none': in pixels."""
+    if norm_bbox not in ("norm1000", "none"):
+        raise ValueError(f"norm_bbox {norm_bbox!r}: use 'norm1000' or 'none'")
+    scale_x = image.width / QWEN2_GRID if norm_bbox == "norm1000" else 1.0
+    scale_y = image.height / QWEN2_GRID if norm_bbox == "norm1000" else 1.0
+    boxes = [Box(float(x1) * scale_x, float(y1) * scale_y, float(x2) * scale_x, float(y2) * scale_y, label or None)
+             for label, (x1, y1, x2, y2) in zip(ref, bbox)]
+    image.paste(draw_boxes(image, boxes).convert(image.mode))
+
+
 def save_drawn_boxes(text: str, image_source: Any, out_path: str, *, min_pixels: Optional[int] = None,
                      max_pixels: Optional[int] = None) -> Optional[str]:
     """`swiftops infer --draw_boxes DIR`: draw the boxes an answer names on the request's image and save it.

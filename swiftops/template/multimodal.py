@@ -49,6 +49,14 @@ class MultimodalInputs:
     prompt: str
     counts: dict[str, int]
 
+    def image_sizes(self, processor: Any) -> list[tuple[int, int]]:
+        """(width, height) of each image as the model saw it: its patch grid times the patch size (Qwen-VL)."""
+        grid = self.tensors.get("image_grid_thw")
+        patch = getattr(getattr(processor, "image_processor", None), "patch_size", None)
+        if grid is None or not patch:
+            return []
+        return [(int(w) * patch, int(h) * patch) for _, h, w in grid.tolist()]
+
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the model's forward besides input_ids / attention_mask (pixels, grids, types)."""
         return {k: v for k, v in self.tensors.items() if k not in TEXT_KEYS}

@@ -22,6 +22,7 @@ from swiftops.engines.lmdeploy import args  # noqa: E402
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker  # noqa: E402
 from swiftops.protocol import RequestConfig  # noqa: E402
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings  # noqa: E402
+from swiftops.protocol.structured_output import output_constraint  # noqa: E402
 
 CONFIG_CASES = {
     "defaults": ({}, {}),
@@ -90,15 +91,17 @@ def test_generation_config_accepts_the_mapping(config):
     assert gen.do_sample == (kwargs["temperature"] > 0) and gen.logprobs == kwargs.get("logprobs")
 
 
-@pytest.mark.parametrize("response_format", [
-    {"type": "json_object"},
-    {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object",
-                                                                    "properties": {"a": {"type": "integer"}}}}},
+@pytest.mark.parametrize("fields", [
+    {"response_format": {"type": "json_object"}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "strict": True, "schema": {
+        "type": "object", "properties": {"a": {"type": "integer"}}}}}},
+    {"guided_regex": "[a-z]{2,4}"},
+    {"guided_choice": ["yes", "no (maybe)"]},
 ])
-def test_response_formats_compile_in_lmdeploy(response_format):
+def test_response_formats_compile_in_lmdeploy(fields):
     from lmdeploy._guided_decoding import ensure_response_format_compilable
 
-    mapped = args.lmdeploy_response_format(response_format)
+    mapped = args.lmdeploy_response_format(output_constraint(RequestConfig(**fields)))
     ensure_response_format_compilable(mapped)  # raises ValueError for a shape LMDeploy cannot compile
     GenerationConfig(response_format=mapped)
 

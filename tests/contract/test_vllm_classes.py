@@ -23,6 +23,7 @@ from swiftops.engines.vllm import args  # noqa: E402
 from swiftops.engines.vllm.outputs import OutputTracker  # noqa: E402
 from swiftops.protocol import RequestConfig  # noqa: E402
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings  # noqa: E402
+from swiftops.protocol.structured_output import output_constraint  # noqa: E402
 
 ENGINE_CASES = {
     "defaults": ({}, {}),
@@ -100,13 +101,16 @@ def test_sampling_params_accept_the_mapping(config):
     assert params.logprobs == kwargs.get("logprobs")
 
 
-@pytest.mark.parametrize("response_format", [
-    {"type": "json_object"},
-    {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object",
-                                                                    "properties": {"a": {"type": "integer"}}}}},
+@pytest.mark.parametrize("fields", [
+    {"response_format": {"type": "json_object"}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "strict": True, "schema": {
+        "type": "object", "properties": {"a": {"type": "integer"}}}}}},
+    {"guided_regex": "[a-z]{2,4}"},
+    {"guided_choice": ["yes", "no (maybe)"]},
+    {"guided_grammar": 'root ::= "a" | "b"'},
 ])
-def test_structured_outputs_params_accept_the_mapping(response_format):
-    structured = StructuredOutputsParams(**args.structured_outputs_kwargs(response_format))
+def test_structured_outputs_params_accept_the_mapping(fields):
+    structured = StructuredOutputsParams(**args.structured_outputs_kwargs(output_constraint(RequestConfig(**fields))))
     SamplingParams(max_tokens=4, structured_outputs=structured, output_kind=RequestOutputKind.DELTA)
 
 

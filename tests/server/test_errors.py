@@ -154,13 +154,3 @@ def test_result_file_and_verbose_log_elide_media(server, http, server_results):
     log = server.output()
     assert "media-1 request" in log and "chars elided" in log
     assert image[30:90] not in log
-
-
-def test_json_response_format_on_the_pt_backend_is_a_clear_400(server, api_key, served_name):
-    import httpx
-    response = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
-                          json={"model": served_name, "messages": [{"role": "user", "content": "hi"}],
-                                "response_format": {"type": "json_object"}}, timeout=30)
-    assert response.status_code == 400
-    assert "structured_output" in response.json()["error"]["message"]
-    assert "vllm or lmdeploy" in response.json()["error"]["message"]

@@ -276,3 +276,48 @@ def test_page_from_app_base_url_talks_to_another_server(context, ui_server, api,
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_page_in_chinese_from_app_lang_zh(context, ui_server, api, api_key):
+    """`swiftops app --lang zh --studio_title T` (swift app's flags): the script's own words are Chinese too."""
+    import subprocess
+    import sys
+
+    from swiftops.server.launcher import free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "swiftops.cli.main", "app", "--base_url", ui_server.url,
+                                "--server_name", "127.0.0.1", "--server_port", str(port), "--lang", "zh",
+                                "--studio_title", "通义演示"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    page_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                if httpx.get(page_url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "swiftops app --lang zh did not start"
+            time.sleep(0.1)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(page_url)
+        assert page.title() == "通义演示" and page.inner_text(".brand") == "通义演示"
+        assert page.inner_text("#clear") == "清空对话" and page.inner_text("#send") == "发送"
+        page.fill("#api-key", api_key)
+        page.dispatch_event("#api-key", "change")
+        page.fill("#temperature", "0")
+        page.fill("#max-tokens", "8")
+        assert wait_for_models(page) == ["tiny-chat", "sql", "poem"]
+        assert page.eval_on_selector_all("#model option", "o => o.map(x => x.textContent)")[1] == "sql（适配器）"
+        send(page, "你好", 2)
+        assert page.inner_text(".msg.user .role") == "你"
+        meta = page.inner_text(".msg.assistant .meta")
+        assert "输入" in meta and "token" in meta and "秒" in meta
+        assert errors == []
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

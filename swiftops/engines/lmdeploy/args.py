@@ -13,6 +13,7 @@ from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
 from swiftops.protocol.capabilities import require, unsupported_reason
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.structured_output import OutputConstraint
 
 LmdeployBackend = Literal["turbomind", "pytorch"]
 # LMDeploy spells dtypes like this; it has no float32 inference.
@@ -85,7 +86,7 @@ def vision_config_kwargs(engine: EngineSettings) -> dict[str, Any]:
 
 def generation_config_kwargs(config: RequestConfig, generation: GenerationSettings, prompt_len: int,
                              max_model_len: int, model_defaults: Optional[dict[str, Any]] = None,
-                             response_format: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                             constraint: Optional[OutputConstraint] = None) -> dict[str, Any]:
     """Keyword arguments of LMDeploy's `GenerationConfig` for ONE choice of a request.
 
     n > 1 and stop strings are done by the engine (several sessions; text matching), because LMDeploy
@@ -118,28 +119,23 @@ def generation_config_kwargs(config: RequestConfig, generation: GenerationSettin
         top = config.top_logprobs if config.top_logprobs is not None else (generation.top_logprobs or 0)
         # LMDeploy returns the sampled token's logprob among the top ones; ask for at least one.
         kwargs["logprobs"] = max(1, int(top))
-    if response_format is not None:
-        kwargs["response_format"] = lmdeploy_response_format(response_format)
-        if kwargs["response_format"] is None:
-            del kwargs["response_format"]
+    if constraint is not None:
+        kwargs["response_format"] = lmdeploy_response_format(constraint)
     return kwargs
 
 
-def lmdeploy_response_format(response_format: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """OpenAI's `response_format` in the shape LMDeploy compiles (json_schema / regex_schema); None for text."""
-    kind = response_format.get("type", "text")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "json_schema", "json_schema": {"name": "json_object", "schema": {"type": "object"}}}
-    if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        if not isinstance(spec.get("schema"), dict):
-            raise BadRequestError("response_format json_schema needs json_schema.schema (a JSON Schema object)",
-                                  param="response_format")
-        return {"type": "json_schema", "json_schema": {"name": spec.get("name", "schema"), "schema": spec["schema"]}}
-    raise BadRequestError(f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
-                          param="response_format")
+def lmdeploy_response_format(constraint: OutputConstraint) -> dict[str, Any]:
+    """A request's output constraint in the shape LMDeploy compiles with xgrammar (json_schema, regex_schema).
+    A choice becomes a regex of its escaped alternatives; EBNF grammars are refused (a 400 saying where they run)."""
+    if constraint.kind == "grammar":
+        require("lmdeploy", "guided_grammar")
+    if constraint.kind == "regex":
+        return {"type": "regex_schema", "regex_schema": constraint.source}
+    if constraint.kind == "choice":
+        return {"type": "regex_schema", "regex_schema": constraint.choice_regex}
+    name = "tool_call" if constraint.tool_call else "json_object" if constraint.kind == "json_object" else "schema"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": constraint.schema,
+                                                   "strict": constraint.strict}}
 
 
 def choice_seed(seed: Optional[int], index: int) -> Optional[int]:

@@ -27,6 +27,7 @@ from swiftops.engines.vllm.prompt import has_media, load_image, split_media
 from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
                                PromptTooLongError, RequestConfig, SwiftopsError)
 from swiftops.protocol.capabilities import require
+from swiftops.protocol.structured_output import output_constraint
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.template.chat_template import encode_prompt
@@ -197,7 +198,7 @@ class LmdeployEngine(SettingsEngine):
         if prompt_len >= self.max_model_len:
             raise PromptTooLongError(prompt_len, self.max_model_len)
         gen = lm_args.generation_config_kwargs(config, self.generation, prompt_len, self.max_model_len,
-                                               self._model_defaults, getattr(config, "response_format", None))
+                                               self._model_defaults, output_constraint(config, request))
         stops = [s for s in (config.stop or self.generation.stop_words or []) if s]
         top = (config.top_logprobs if config.top_logprobs is not None else (self.generation.top_logprobs or 0)) \
             if "logprobs" in gen else None

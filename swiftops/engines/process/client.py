@@ -242,6 +242,8 @@ class EngineProcessClient(InferEngine):
     def _engine_died(self, reason: str) -> None:
         logger.error("%s: failing the requests in flight", reason)
         self.failure = reason
+        for callback in self._death_callbacks:  # first: /health fails before any request sees the error
+            callback(reason)
         error = Failed(0, ErrorInfo("EngineError", f"{reason}; the server is restarting"))
         by_loop: dict[Any, list[tuple[_Stream, Any]]] = {}
         for stream in list(self._streams.values()):
@@ -249,8 +251,6 @@ class EngineProcessClient(InferEngine):
         for loop, items in by_loop.items():
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_push_all, items)
-        for callback in self._death_callbacks:
-            callback(reason)
 
     # ---- requests ---------------------------------------------------------------------------------------
     def _send(self, message: Any) -> None:
@@ -271,17 +271,19 @@ class EngineProcessClient(InferEngine):
         return adapter_request.name, adapter_request.path
 
     async def _submit(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest],
-                      prompt_ids: Optional[list[int]], every_step: bool) -> tuple[int, _Stream]:
+                      prompt_ids: Optional[list[int]], every_step: bool, whole: bool = False) -> tuple[int, _Stream]:
         if self.failure is not None or self._closing:
             raise EngineError(f"{self.failure or 'the engine is shutting down'}; send the request again later")
         adapter, path = self._adapter(adapter_request)
         rid = next(self._rids)
         stream = _Stream(asyncio.get_running_loop())
         self._streams[rid] = stream
-        body = None if prompt_ids is not None else request.model_dump_json().encode()
+        # The request itself only where the engine needs more than its token ids: beams, and tools (a forced
+        # tool call is an output constraint the engine enforces).
+        body = request.model_dump_json().encode() if whole or request.tools else None
         try:
             self._send(Submit(rid, config.model_dump_json(exclude_defaults=True).encode(), prompt_ids, body,
-                              adapter, path, every_step))
+                              whole, adapter, path, every_step))
         except BaseException:
             self._streams.pop(rid, None)
             raise
@@ -382,7 +384,7 @@ class EngineProcessClient(InferEngine):
     async def _whole(self, request: InferRequest, config: RequestConfig,
                      adapter_request: Optional[AdapterRequest]) -> ChatCompletionResponse:
         """Beam search runs whole in the engine process (transformers' generate beside the batch)."""
-        rid, stream = await self._submit(request, config, adapter_request, None, every_step=False)
+        rid, stream = await self._submit(request, config, adapter_request, None, every_step=False, whole=True)
         try:
             (item,) = await stream.take()
         finally:

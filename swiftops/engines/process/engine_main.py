@@ -169,14 +169,14 @@ class EngineServer:
                 raise _Gone()
             config = RequestConfig.model_validate_json(submit.config)
             adapter = AdapterRequest(name=submit.adapter, path=submit.adapter_path) if submit.adapter else None
-            if submit.request is not None:  # beam search: the in-process path, whole
-                request = InferRequest.model_validate_json(submit.request)
+            request = InferRequest.model_validate_json(submit.request) if submit.request is not None \
+                else InferRequest(prompt=submit.prompt_ids)
+            if submit.whole:  # beam search: the in-process path, whole
                 response = await self.engine.infer_async(request, config, adapter_request=adapter)
                 self._forget(submit.rid)
                 self._send(Whole(submit.rid, response.model_dump_json().encode()))
                 return
-            prepared = await self.engine.prepare(InferRequest(prompt=submit.prompt_ids), config, adapter,
-                                                 prompt_ids=submit.prompt_ids)
+            prepared = await self.engine.prepare(request, config, adapter, prompt_ids=submit.prompt_ids)
         except _Gone:
             self._forget(submit.rid)
             return

@@ -25,12 +25,11 @@ class Submit(msgspec.Struct, tag=True, array_like=True):
     rid: int
     config: bytes  # RequestConfig as JSON (validated once by the server; pydantic once per request)
     prompt_ids: Optional[list[int]] = None  # tokenized by the server
-    request: Optional[bytes] = None  # or the InferRequest as JSON, for the engine to encode (media, beams)
+    request: Optional[bytes] = None  # the InferRequest as JSON: for beams, and for its tools (a forced tool call)
+    whole: bool = False  # answer with one `Whole` response (beam search: transformers' generate, in-process)
     adapter: Optional[str] = None
     adapter_path: Optional[str] = None  # a LoRA adapter by path, loaded on first use
     every_step: bool = True  # hand over tokens each step (streams, stop strings); else once at the end
-    media_budget: Optional[bytes] = None  # the server's per-request media limits (pickled MediaBudget)
-    split_special_tokens: bool = True
 
 
 class Abort(msgspec.Struct, tag=True, array_like=True):

@@ -159,6 +159,8 @@ class EngineCore:
             self.steps += 1
         except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch or kill the engine
             logger.exception("engine step failed; retrying its sequences one by one")
+            if not plan.computed:  # the blocks this step was to fill may hold garbage: out of the prefix cache
+                self.scheduler.forget_cached(plan)
             left = [s for s in [*plan.decode, *(s for s, _ in plan.prefill)]
                     if s.seq_id not in emitted and s.seq_id in self._by_id]
             if len(left) == 1:
@@ -225,31 +227,45 @@ class EngineCore:
             advance(StepPlan(decode=batch))
             nxt = self._continuing(batch)
             following: Optional[PendingSample] = None
+            held_logits = None
             if nxt is not None:
                 going_on = set(map(id, nxt))
                 rows = [i for i, s in enumerate(batch) if id(s) in going_on] if len(nxt) < len(batch) else None
                 tokens = pending.chosen if rows is None else \
                     pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
-                following = sample_on_device(self.runner.decode(nxt, tokens), nxt)
+                logits = self.runner.decode(nxt, tokens)
+                # A grammar's mask for the step launched here depends on the token of the step in flight: the
+                # forward runs now, its sampling is queued once that token is accepted (below), still ahead of
+                # the step after.
+                if any(s.grammar is not None for s in nxt):
+                    held_logits = logits
+                else:
+                    following = sample_on_device(logits, nxt)
                 self.pipelined_steps += 1
             self._emit(batch, pending.collect())
             self.steps += 1
+            if held_logits is not None:
+                following = sample_on_device(held_logits, nxt)
             self._flush()
             if following is None:
                 return
             for seq in nxt:  # the step launched above computes each one's last sampled token
                 seq.num_computed = seq.num_tokens - 1
             batch, pending = [s for s in nxt if s.seq_id in self._by_id], following
+            if not batch:  # every one stopped at the step just handled: the step in flight is all dropped rows
+                return
             if len(batch) < len(nxt):  # some stopped at the step just handled: read back only their rows
                 alive = {s.seq_id for s in batch}
                 pending = _RowView(following, [i for i, s in enumerate(nxt) if s.seq_id in alive])
 
     def _step_alone(self, seq: Sequence, target: int) -> None:
         """Recompute `seq` alone from its first token up to where the failed step would have left it (as after a
-        preemption; its KV blocks are still held): whatever the failed step half-did is overwritten, either runner."""
-        seq.num_computed = 0
+        preemption; its KV blocks are still held): whatever the failed step half-did is overwritten, either runner.
+        Blocks in the prefix cache (computed by earlier steps, maybe shared) are kept, never rewritten."""
+        blocks = self.scheduler.blocks
+        seq.num_computed = min(blocks.trusted_prefix(seq), target - 1) if blocks is not None else 0
         try:
-            self._run_plan(StepPlan(prefill=[(seq, target)]), set())
+            self._run_plan(StepPlan(prefill=[(seq, target - seq.num_computed)]), set())
         except Exception as exc:  # noqa: BLE001 - this sequence fails by itself: it is the culprit
             logger.exception("sequence %d fails alone", seq.seq_id)
             self._free_memory(exc)

@@ -16,10 +16,12 @@ from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.core import EngineCore
 from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
+from swiftops.engines.pt.guided_decoding import GrammarCompiler
 from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
 from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
+from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
@@ -30,11 +32,12 @@ from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, Eng
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
 from swiftops.media.worker_pools import media_pool, text_pool
-from swiftops.protocol.capabilities import require
+from swiftops.protocol.structured_output import output_constraint
 from swiftops.protocol.settings import (EngineSettings, GenerationSettings, MediaSettings, ModelSettings,
                                         resolve_adapters)
 from swiftops.template.chat_template import encode_prompt
 from swiftops.template.multimodal import MultimodalEncoder
+from swiftops.template.template import GENERATION_TEMPLATE
 from swiftops.template.template_file import read_chat_template
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,10 @@ class PreparedRequest:
     name: str  # the model name its responses carry
     mm_inputs: Any
     n: int
+    compiled: Any = None  # (xgrammar's compiled grammar, the constraint) of an output constraint
+    media: Any = None  # the media's key in the prefix cache
+    salt: bytes = b""  # the adapter's digest: prefix-cache blocks are per adapter
+    hashes: list[bytes] = dataclasses.field(default_factory=list)  # the prompt's block hashes
 
 
 def _cache_shape(model: Any, dtype: torch.dtype) -> CacheShape:
@@ -102,8 +109,12 @@ class PtEngine(InferEngine):
                  enable_lora: bool = False, max_memory: Optional[str] = None, media: Optional[MediaSettings] = None,
                  media_policy: Optional[MediaPolicy] = None,
                  limit_mm_per_prompt: Optional[dict[str, int]] = None, default_adapter: Optional[str] = None,
-                 task_type: Optional[str] = None, template: Optional[str] = None) -> None:
+                 task_type: Optional[str] = None, template: Optional[str] = None, use_chat_template: bool = True,
+                 attn_impl: Optional[str] = None, enable_prefix_caching: Optional[bool] = None) -> None:
         register()
+        if attn_impl:  # ms-swift's flash_attention_2/sdpa choice: the pt backend always runs its paged attention
+            logger.info("attn_impl=%s: the pt backend runs its own paged attention (vision towers keep sdpa)",
+                        attn_impl)
         self.generation = generation or GenerationSettings()
         try:
             adapters, self.default_adapter = resolve_adapters(adapters, default_adapter)
@@ -129,12 +140,14 @@ class PtEngine(InferEngine):
             if loaded.processor is not None:
                 _vision_on_sdpa(loaded.model)
             adapters, self.default_adapter = {}, None  # the merged weights are the adapter
-        if template:
-            loaded.tokenizer.chat_template = read_chat_template(template)
+        if template or not use_chat_template:
+            # use_chat_template=False (ms-swift's flag for base models): the messages' text, no role markers.
+            loaded.tokenizer.chat_template = read_chat_template(template) if use_chat_template else GENERATION_TEMPLATE
             if loaded.processor is not None:
                 loaded.processor.chat_template = loaded.tokenizer.chat_template
         self.lora = (LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model)
                      if adapters or enable_lora else None)
+        self._lora_limits, self._model_source = (max_loras, max_lora_rank), model
         self._loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
@@ -145,21 +158,32 @@ class PtEngine(InferEngine):
         max_batch_size = max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
         self._eos = self._eos_ids(loaded)
+        self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
+        # The logits' width (lm_head rows), which may be padded beyond the tokenizer's vocabulary.
+        self._grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.get_text_config().vocab_size,
+                                         self._eos)
         self._core = self._start_core(loaded, runner, block_size, gpu_memory_utilization, kv_cache_memory_gb,
-                                      max_batch_size, max_num_batched_tokens, enforce_eager)
+                                      max_batch_size, max_num_batched_tokens, enforce_eager,
+                                      enable_prefix_caching is not False)
 
     def _start_core(self, loaded: LoadedModel, runner: Optional[str], block_size: int, utilization: float,
                     cache_gb: Optional[float], max_batch_size: int, max_num_batched_tokens: int,
-                    enforce_eager: bool) -> EngineCore:
+                    enforce_eager: bool, prefix_caching: bool) -> EngineCore:
         """The KV cache, the fast or fallback runner (by the self-check), CUDA graphs, and the engine thread."""
         shape = _cache_shape(loaded.model, loaded.dtype)
         num_blocks = self._num_blocks(loaded, shape, block_size, utilization, cache_gb, max_batch_size)
         cache = PagedKVCache(shape, num_blocks, block_size, loaded.device)
         blocks = BlockManager(num_blocks, block_size, max_batch_size, self.max_model_len, loaded.device)
         choice = runner or os.environ.get("SWIFTOPS_PT_RUNNER")
+        self.fused_kernels: dict[str, int] = {}
         if choice != "fallback" and loaded.device.type == "cuda" and triton_available(loaded.device):
+            from swiftops.engines.pt.fused_mlp import fuse_gated_mlps
             from swiftops.engines.pt.fused_norm import fuse_rms_norms
-            logger.info("pt engine: %d RMSNorm modules run as one Triton kernel each", fuse_rms_norms(loaded.model))
+            from swiftops.engines.pt.fused_rotary import fuse_rotary
+            self.fused_kernels = {"rms_norm": fuse_rms_norms(loaded.model), "gated_mlp": fuse_gated_mlps(loaded.model),
+                                  "rotary": fuse_rotary(loaded.model)}
+            logger.info("pt engine: Triton kernels replace %s (modules, or modeling modules for rotary)",
+                        self.fused_kernels)
         agrees, self.paged_check_error = (True, None) if choice in ("fallback", "paged") else paged_path_agrees(
             loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size)
         if choice == "fallback" or not agrees:
@@ -181,20 +205,24 @@ class PtEngine(InferEngine):
                     torch.cuda.synchronize(loaded.device)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora)
             scheduler = Scheduler(blocks, max_batch_size, max_num_batched_tokens, self._admit_lora)
+            # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
+            # caches and shares nothing.
+            blocks.prefix_caching = self.prefix_caching = prefix_caching
             self.kv_cache = cache
             self.block_manager = blocks
         self.runner_name = run.name
         self.cuda_graphs = run.name == "paged" and run.graphs is not None
         logger.info("pt engine ready: %s on %s (%s), runner=%s, cuda_graphs=%s, max_model_len=%d, "
-                    "max_batch_size=%d, kv_cache_blocks=%d", self.model_name, loaded.device, loaded.dtype, run.name,
-                    self.cuda_graphs, self.max_model_len, max_batch_size, num_blocks)
+                    "max_batch_size=%d, kv_cache_blocks=%d, prefix_caching=%s", self.model_name, loaded.device,
+                    loaded.dtype, run.name, self.cuda_graphs, self.max_model_len, max_batch_size, num_blocks,
+                    self.prefix_caching)
         return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
 
     @classmethod
     def from_settings(cls, model: ModelSettings, engine: EngineSettings,
                       generation: Optional[GenerationSettings] = None, **kwargs: Any) -> "PtEngine":
         return cls(model.model, model.adapters or None, default_adapter=model.default_adapter,
-                   template=model.template, max_batch_size=engine.max_batch_size,
+                   template=model.template, use_chat_template=model.use_chat_template, max_batch_size=engine.max_batch_size,
                    torch_dtype=model.torch_dtype, device_map=model.device_map, max_model_len=model.max_model_len,
                    model_revision=model.model_revision, trust_remote_code=model.trust_remote_code,
                    max_num_batched_tokens=engine.max_num_batched_tokens,
@@ -203,7 +231,8 @@ class PtEngine(InferEngine):
                    enforce_eager=engine.enforce_eager, generation=generation, max_loras=engine.max_loras,
                    max_lora_rank=engine.max_lora_rank, merge_lora=model.merge_lora, quant_method=model.quant_method,
                    quant_bits=model.quant_bits, max_memory=model.max_memory,
-                   limit_mm_per_prompt=engine.limit_mm_per_prompt or None, **kwargs)
+                   limit_mm_per_prompt=engine.limit_mm_per_prompt or None,
+                   enable_prefix_caching=engine.enable_prefix_caching, **kwargs)
 
     def _admit_lora(self, seq: Sequence, running: list[Sequence]) -> bool:
         """Scheduler hook (engine thread): a sequence runs once its adapter holds a slot."""
@@ -218,6 +247,10 @@ class PtEngine(InferEngine):
     @property
     def adapter_names(self) -> list[str]:
         return self.lora.names if self.lora is not None else []
+
+    @property
+    def processor(self) -> Any:
+        return self._loaded.processor or self.tokenizer
 
     # ---- set-up helpers ------------------------------------------------------------------------
     @staticmethod
@@ -255,6 +288,13 @@ class PtEngine(InferEngine):
         return PagedKVCache.num_blocks_for(budget, shape, block_size) + 1  # +1: the scratch block
 
     # ---- the engine interface -------------------------------------------------------------------
+    def prefix_cache_stats(self) -> Optional[tuple[int, int]]:
+        """(queried, hit) prompt tokens since start, counted at each admission as vLLM does; None when off."""
+        blocks = getattr(self, "block_manager", None)
+        if not self.prefix_caching or blocks is None:
+            return None
+        return blocks.queries, blocks.hits
+
     @property
     def num_running(self) -> int:
         return self._core.num_running if self._core is not None else 0
@@ -299,7 +339,10 @@ class PtEngine(InferEngine):
         tools = bool(request.tools) and request.tool_choice != "none"
         if config.stream:
             return stream_response(outputs, config.n, prepared.name, tools, params.logprobs)
-        return await collect_response(outputs, config.n, prepared.name, tools, params.logprobs)
+        response = await collect_response(outputs, config.n, prepared.name, tools, params.logprobs)
+        if config.return_details and prepared.mm_inputs is not None:
+            response.images_size = prepared.mm_inputs.image_sizes(self._loaded.processor)
+        return response
 
     async def generate(self, request: InferRequest, config: RequestConfig, *,
                        adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
@@ -320,11 +363,10 @@ class PtEngine(InferEngine):
         API server already tokenized."""
         if self._core is None:
             raise EngineError("this engine was closed; build a new one")
-        if config.response_format and config.response_format.get("type", "text") != "text":
-            require("pt", "structured_output")  # a 400 saying which backends can
+        compiled = await self._compile_constraint(config, request)  # before queueing: a bad schema is a 400
         adapter = self._adapter_for(adapter_request)
         name = adapter_request.name if adapter_request is not None else self.model_name
-        mm_inputs = None
+        mm_inputs = media = None
         if prompt_ids is not None:
             pass
         elif self.encoder is not None and request.prompt is None:
@@ -334,6 +376,8 @@ class PtEngine(InferEngine):
             prompt_ids = encoded.input_ids
             if MultimodalEncoder.has_media(request):
                 mm_inputs = encoded
+                if self.prefix_caching:  # hashing the pixels takes milliseconds: off the loop, like the encoding
+                    media = await pool.run(media_key, encoded.tensors)
         elif request.prompt is None and MultimodalEncoder.has_media(request):
             raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model "
                                    "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
@@ -345,8 +389,13 @@ class PtEngine(InferEngine):
             raise BadRequestError("the prompt is empty", param="prompt")
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
+        salt = self.lora.digests.get(adapter, b"") if adapter is not None and self.lora is not None else b""
+        hashes: list[bytes] = []
+        if self.prefix_caching and config.num_beams <= 1:  # ~0.5 ms for 2,000 tokens: not on the engine thread
+            hashes = await text_pool().run(prompt_block_hashes, prompt_ids, self.block_manager.block_size, salt,
+                                           media)
         return PreparedRequest(list(prompt_ids), self._sampling_params(config, len(prompt_ids)), adapter, name,
-                               mm_inputs, config.n)
+                               mm_inputs, config.n, compiled, media, salt, hashes)
 
     def launch(self, prepared: PreparedRequest, sinks: list[Any]) -> list[Sequence]:
         """Submit a prepared request's `n` sequences (seed + i for choice i); choice i's outputs go to `sinks[i]`."""
@@ -357,7 +406,10 @@ class PtEngine(InferEngine):
             if params.seed is not None and i:
                 p = dataclasses.replace(params, seed=params.seed + i)
             seqs.append(Sequence(prompt_ids=list(prepared.prompt_ids), params=p, sink=sinks[i], index=i,
-                                 adapter=prepared.adapter, mm_inputs=prepared.mm_inputs))
+                                 adapter=prepared.adapter, mm_inputs=prepared.mm_inputs, cache_salt=prepared.salt,
+                                 media_key=prepared.media, block_hashes=list(prepared.hashes),
+                                 grammar=self._grammars.matcher(*prepared.compiled)
+                                 if prepared.compiled is not None else None))
         self._core.submit(seqs)
         return seqs
 
@@ -367,9 +419,27 @@ class PtEngine(InferEngine):
             seq.aborted = True
             self._core.abort(seq.seq_id)
 
+    async def _compile_constraint(self, config: RequestConfig, request: InferRequest) -> Any:
+        """(xgrammar's compiled grammar, the constraint) for the request's output constraint (None: free text),
+        compiled off the engine loop and cached per constraint."""
+        constraint = output_constraint(config, request)
+        if constraint is None:
+            return None
+        if config.num_beams > 1:
+            raise BadRequestError("structured outputs (response_format, guided_*, a forced tool_choice) sample one "
+                                  "token at a time; use num_beams 1 with them", param="num_beams")
+        return await self._grammars.compile(constraint), constraint
+
     def _adapter_for(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
         if adapter_request is None or adapter_request.name == self.model_name:
             return self.default_adapter  # ms-swift applies an unnamed adapter to every request
+        if (self.lora is None or not self.lora.modules) and adapter_request.path and self._can_add_lora():
+            # ms-swift's PtEngine(model) takes AdapterRequest(name, path) with no adapters at start (demo_lora.py):
+            # the LoRA layers are put in now, while no sequence runs through the model.
+            self.lora = LoraManager(self.model, {adapter_request.name: adapter_request.path}, *self._lora_limits,
+                                    self._model_source)
+            self._core.runner.lora = self.lora
+            logger.info("LoRA support added for adapter %s", adapter_request.name)
         if self.lora is None:
             if adapter_request.path:
                 raise BadRequestError("this engine was started without LoRA support; pass adapters=... "
@@ -378,6 +448,12 @@ class PtEngine(InferEngine):
                                      f"{self.models}", param="model", code="model_not_found")
         self.lora.register(adapter_request.name, adapter_request.path)
         return adapter_request.name
+
+    def _can_add_lora(self) -> bool:
+        """LoRA layers can go in later only on an idle engine without CUDA graphs (captured graphs would skip
+        them); otherwise the engine must start with adapters=... or enable_lora=True."""
+        runner = self._core.runner
+        return getattr(runner, "graphs", None) is None and not self.num_running and not self.num_waiting
 
     async def _drain(self, queue: "asyncio.Queue[SequenceOutput]", seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
         """Outputs of a request's sequences until all finish; leaving early (cancel, close) aborts them."""
@@ -409,6 +485,7 @@ class PtEngine(InferEngine):
             return
         core.stop()
         self._core = None
+        self._grammars.close()
         for name in ("kv_cache", "block_manager", "model", "_loaded", "lora"):
             self.__dict__.pop(name, None)
         gc.collect()  # the engine's objects reference each other (scheduler hooks, graphs): free them now

@@ -8,15 +8,13 @@ it is replaced; a class that disagrees (a different formula, such as Gemma's 1 +
 """
 from __future__ import annotations
 
-import logging
-import types
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-logger = logging.getLogger(__name__)
+from swiftops.engines.pt.verified_fusion import agrees_within, switch_forwards
 
 
 @triton.jit
@@ -54,30 +52,14 @@ def _agrees(module: Any) -> bool:
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = (torch.randn(4, weight.shape[-1], generator=gen) * 3).to(device=weight.device, dtype=weight.dtype)
     with torch.inference_mode():
-        want = module.forward(x).float()
-        got = rms_norm(x, weight, module.variance_epsilon).float()
-    tolerance = 1e-5 if weight.dtype == torch.float32 else 2e-2
-    return bool(((got - want).abs() <= tolerance * (1 + want.abs())).all())
+        return agrees_within(rms_norm(x, weight, module.variance_epsilon), module.forward(x), weight.dtype, 1e-5)
+
+
+def _eligible(module: Any) -> bool:
+    return (type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
+            and getattr(module, "weight", None) is not None and module.weight.dim() == 1)
 
 
 def fuse_rms_norms(model: torch.nn.Module) -> int:
     """Replace the forward of every RMSNorm module whose class passes the check; returns how many were fused."""
-    verdicts: dict[type, bool] = {}
-    fused = 0
-    for module in model.modules():
-        cls = type(module)
-        if not cls.__name__.endswith("RMSNorm") or not hasattr(module, "variance_epsilon") \
-                or getattr(module, "weight", None) is None or module.weight.dim() != 1:
-            continue
-        if cls not in verdicts:
-            try:
-                verdicts[cls] = _agrees(module)
-            except Exception as exc:  # noqa: BLE001 - any failure keeps the module's own forward
-                logger.info("RMSNorm fusion skipped for %s (%s)", cls.__name__, exc)
-                verdicts[cls] = False
-            if not verdicts[cls]:
-                logger.info("RMSNorm fusion skipped for %s: its forward is not the standard formula", cls.__name__)
-        if verdicts[cls]:
-            module.forward = types.MethodType(_fused_forward, module)
-            fused += 1
-    return fused
+    return switch_forwards(model, _eligible, _agrees, _fused_forward)

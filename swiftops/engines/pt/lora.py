@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from swiftops.engines.pt.prefix_hash import weights_digest
 from swiftops.protocol import BadRequestError, ConfigError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class LoraWeights:
     target_modules: list[str]
     base_model: Optional[str]
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A [r, in], B [out, r])
+    digest: bytes = b""  # of the weights and scale: the adapter's identity in the prefix cache
 
 
 def read_adapter(name: str, path: str, max_rank: int) -> LoraWeights:
@@ -69,7 +71,7 @@ def read_adapter(name: str, path: str, max_rank: int) -> LoraWeights:
     tensors = {m: (p["lora_A"], p["lora_B"]) for m, p in pairs.items() if "lora_A" in p and "lora_B" in p}
     targets = cfg.get("target_modules") or []
     return LoraWeights(name, path, rank, scale, targets if isinstance(targets, list) else [targets],
-                       cfg.get("base_model_name_or_path"), tensors)
+                       cfg.get("base_model_name_or_path"), tensors, weights_digest(tensors, scale))
 
 
 class LoraLinear(nn.Module):
@@ -117,6 +119,7 @@ class LoraManager:
         self.active_slots: list[int] = []
         self.gather = False
         self._pending = {name: read_adapter(name, path, max_rank) for name, path in adapters.items()}
+        self.digests = {name: w.digest for name, w in self._pending.items()}  # name -> weights digest
         targets = {m for w in self._pending.values() for m in w.tensors}
         self.modules: dict[str, LoraLinear] = {}
         for name, module in list(model.named_modules()):
@@ -158,6 +161,7 @@ class LoraManager:
         self._check(weights)
         self.paths[name] = path
         self._pending[name] = weights
+        self.digests[name] = weights.digest
 
     def is_resident(self, name: str) -> bool:
         return name in self.slots

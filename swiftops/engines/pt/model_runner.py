@@ -144,12 +144,11 @@ class PagedRunner:
         return RunnerOutput(finishing, logits[: len(finishing)])
 
     def run(self, plan: StepPlan) -> list[RunnerOutput]:
-        results = []
         if plan.prefill:
-            results.append(self.prefill(plan.prefill))
-        if plan.decode:
-            results.append(RunnerOutput(plan.decode, self.decode(plan.decode)))
-        return results
+            # Decoding sequences ride along in the prefill's forward as one-token chunks: the weights are read once
+            # for both, where a separate decode forward would cost nearly a full weight read for a few tokens.
+            return [self.prefill([*plan.prefill, *((seq, 1) for seq in plan.decode)])]
+        return [RunnerOutput(plan.decode, self.decode(plan.decode))] if plan.decode else []
 
     def release(self, seq: Sequence) -> None:
         """Nothing to do: the scheduler frees the sequence's blocks."""

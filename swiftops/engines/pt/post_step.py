@@ -10,9 +10,10 @@ from typing import Any, Optional
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import token_bytes
+from swiftops.engines.pt.guided_decoding import accept
 from swiftops.engines.pt.scheduler import StepPlan
 from swiftops.engines.pt.sequence import Sequence
-from swiftops.protocol import ChatCompletionTokenLogprob, TopLogprob
+from swiftops.protocol import ChatCompletionTokenLogprob, EngineError, TopLogprob
 
 
 def advance(plan: StepPlan) -> None:
@@ -33,6 +34,8 @@ class PostStep:
         params = seq.params
         if (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
             return "stop"
+        if seq.grammar is not None and seq.grammar.is_terminated():  # its EOS, accepted once the output is whole
+            return "stop"
         if params.incremental:
             seq.detokenizer.add(token)
             if seq.detokenizer.stopped:
@@ -46,6 +49,12 @@ class PostStep:
         """Record `token` for `seq`; returns what to hand over now (None: nothing yet). An output with a
         finish_reason means the sequence is done and must be retired."""
         seq.output_ids.append(token)
+        if seq.grammar is not None:
+            try:
+                accept(seq.grammar, token)
+            except EngineError as exc:
+                return SequenceOutput(index=seq.index, finish_reason="error", error=exc,
+                                      prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids))
         if seq.params.token_ids_only:  # `incremental` is off with it: the finish check decodes nothing
             return SequenceOutput(index=seq.index, token_ids=[token], logprobs=[] if logprob is None else [logprob],
                                   finish_reason=self._finish_reason(seq, token), prompt_tokens=len(seq.prompt_ids),

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from swiftops.engines.pt.guided_decoding import constrain
 from swiftops.engines.pt.sequence import Sequence
 
 # Top-k up to this many takes torch.topk over each row; beyond it (or top-p / min-p without top-k) a full sort.
@@ -153,6 +154,8 @@ def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSampl
         penalized = any(p.penalized for p in params)
         logits = logits.float()  # greedy alone needs no float32 copy of the batch's logits
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+    if any(s.grammar is not None for s in seqs):  # structured output: grammar masks, all rows in one kernel
+        constrain(logits, seqs)
     if penalized:
         logits = logits.clone()
         _apply_penalties(logits, seqs)

@@ -1,11 +1,16 @@
 """Continuous batching: sequences join the running batch at every step and leave as soon as they finish.
 
-Each step decodes every running sequence (one token each) and spends a token budget on prefill: first on
-prompts already being prefilled in chunks, then on newly admitted ones. Admission needs a free batch slot
+Each step decodes every running sequence (one token each) and spends the rest of a token budget on prefill:
+first on prompts already being prefilled in chunks, then on newly admitted ones. Admission needs a free batch slot
 and KV blocks for the whole prompt; when a decode step runs out of blocks, the most recently admitted
 sequence is preempted (its blocks freed; it is recomputed later), never an out-of-memory error.
 
-The scheduler decides; it never touches a sequence's tokens or computed count (the post-step stage does).
+With prefix caching, an admitted sequence starts with the cached blocks of its longest cached prefix and prefills
+only the rest; the full blocks each prefill chunk completes are offered to the cache as the chunk is planned, so a
+sequence admitted later in the same step (another choice of an n > 1 request) already shares them.
+
+The scheduler decides; it never touches a sequence's tokens, and its computed count only where it decides it: at
+admission (the cached prefix) and at preemption (zero). The post-step stage advances it.
 Every pass is linear in the number of running sequences.
 """
 from __future__ import annotations
@@ -23,6 +28,7 @@ class StepPlan:
     decode: list[Sequence] = field(default_factory=list)
     prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
     computed: bool = False  # set by the post-step stage once the plan's tokens are in the KV cache
+    cached: list[int] = field(default_factory=list)  # blocks offered to the prefix cache by this plan's prefills
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
@@ -84,26 +90,43 @@ class Scheduler:
                     break
             if seq.status is SeqStatus.RUNNING:
                 plan.decode.append(seq)
-        budget = self.max_num_batched_tokens
+        # Decode tokens ride in the prefill's forward, so they count against the step's token budget: a steady
+        # forward size during a long prefill phase (the allocator reuses its blocks) and a bounded step time. A
+        # quarter of the budget stays for prefill so that a full decode batch never starves it.
+        budget = max(self.max_num_batched_tokens - len(plan.decode), self.max_num_batched_tokens // 4)
         for seq in prefilling:
             if budget <= 0 or seq.status is not SeqStatus.RUNNING:
                 continue
             chunk = min(seq.num_pending, budget)
             if self._fits(seq, seq.num_computed + chunk):
-                plan.prefill.append((seq, chunk))
+                self._plan_prefill(plan, seq, chunk)
                 budget -= chunk
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            found = self.blocks.cached_prefix(seq) if self.blocks is not None else []
             # Admit only when the whole prompt (plus one generated token) fits, so a prefill never stalls.
-            if self.blocks is not None and not self.blocks.can_admit(seq, seq.num_tokens + 1):
+            if self.blocks is not None and not self.blocks.can_admit(seq, seq.num_tokens + 1, found):
                 break
             if self.admit is not None and not self.admit(seq, self.running):
                 break
+            if self.blocks is not None:
+                seq.num_computed = self.blocks.take_prefix(seq, found)
             chunk = min(seq.num_pending, budget)
             self._fits(seq, seq.num_computed + chunk)
             self.waiting.popleft()
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
-            plan.prefill.append((seq, chunk))
+            self._plan_prefill(plan, seq, chunk)
             budget -= chunk
         return plan
+
+    def _plan_prefill(self, plan: StepPlan, seq: Sequence, chunk: int) -> None:
+        plan.prefill.append((seq, chunk))
+        if self.blocks is not None:
+            plan.cached += self.blocks.cache_computed(seq, seq.num_computed + chunk)
+
+    def forget_cached(self, plan: StepPlan) -> None:
+        """The plan's step failed: the blocks it offered to the prefix cache may hold garbage."""
+        if self.blocks is not None and plan.cached:
+            self.blocks.forget(plan.cached)
+            plan.cached = []

@@ -87,12 +87,20 @@ class Sequence:
     num_computed: int = 0  # tokens whose keys and values are in the cache
     block_table: list[int] = field(default_factory=list)  # KV blocks held (BlockManager)
     table_row: int = 0  # this sequence's row of the device block table while it holds blocks (0: none)
+    # Prefix caching (swiftops.engines.pt.prefix_hash): what besides the tokens shapes the KV cache (the adapter's
+    # weights digest; the media's first position and digest), the chained hashes of its full blocks so far, and
+    # how many of its leading blocks were offered to the cache (or taken from it).
+    cache_salt: bytes = b""
+    media_key: Optional[tuple[int, bytes]] = None
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_cached_blocks: int = 0
     status: SeqStatus = SeqStatus.WAITING
     generator: Any = None  # torch.Generator for seeded sampling
     detokenizer: Any = None
     aborted: bool = False
     arrival: float = 0.0
     pending_logprobs: list[Any] = field(default_factory=list)  # entries not yet handed to the sink
+    grammar: Any = None  # structured output: xgrammar's matcher of this sequence (swiftops.engines.pt.guided_decoding)
     # Multimodal prompts: processor outputs until the first prefill, then the prompt's embeddings [S, hidden],
     # its M-RoPE positions [3, S] and the offset of generated tokens' rope positions (swiftops.engines.pt.mm_prefill).
     mm_inputs: Any = None

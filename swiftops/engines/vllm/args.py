@@ -11,10 +11,11 @@ from typing import Any, Optional
 
 from swiftops.engines.engine_options import resolve_sampling
 from swiftops.engines.gguf_source import gguf_source
-from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
+from swiftops.protocol import PromptTooLongError, RequestConfig
 from swiftops.protocol.capabilities import unsupported_reason
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.structured_output import OutputConstraint
 
 # Our dtype names -> vLLM's (vLLM accepts these spellings for `dtype`).
 _DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -130,7 +131,7 @@ def lora_request_kwargs(name: str, path: str, lora_int_id: int) -> dict[str, Any
 
 def sampling_params_kwargs(config: RequestConfig, generation: GenerationSettings, prompt_len: int,
                            max_model_len: int, model_defaults: Optional[dict[str, Any]] = None,
-                           response_format: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                           constraint: Optional[OutputConstraint] = None) -> dict[str, Any]:
     """Keyword arguments of vLLM's `SamplingParams` for one request.
 
     Precedence per field: the request, then the engine's generation defaults (--temperature ...),
@@ -164,29 +165,23 @@ def sampling_params_kwargs(config: RequestConfig, generation: GenerationSettings
         top = config.top_logprobs if config.top_logprobs is not None else (generation.top_logprobs or 0)
         # vLLM's `logprobs=k` returns the sampled token's logprob plus the k most likely ones.
         kwargs["logprobs"] = int(top)
-    if response_format is not None:
-        structured = structured_outputs_kwargs(response_format)
-        if structured:
-            kwargs["structured_outputs"] = structured
+    if constraint is not None:
+        kwargs["structured_outputs"] = structured_outputs_kwargs(constraint)
     return kwargs
 
 
-def structured_outputs_kwargs(response_format: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's `response_format` -> arguments of vLLM's `StructuredOutputsParams` ({} for plain text)."""
-    kind = response_format.get("type", "text")
-    if kind == "text":
-        return {}
-    if kind == "json_object":
+def structured_outputs_kwargs(constraint: OutputConstraint) -> dict[str, Any]:
+    """A request's output constraint -> arguments of vLLM's `StructuredOutputsParams` (its guided decoding)."""
+    if constraint.kind == "json_object":
         return {"json_object": True}
-    if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema = spec.get("schema")
-        if not isinstance(schema, dict):
-            raise BadRequestError("response_format json_schema needs json_schema.schema (a JSON Schema object)",
-                                  param="response_format")
-        return {"json": schema}
-    raise BadRequestError(f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
-                          param="response_format")
+    if constraint.kind == "json_schema":
+        structured: dict[str, Any] = {"json": constraint.schema}
+        if constraint.strict:  # OpenAI's strict: no properties beyond those declared
+            structured["disable_additional_properties"] = True
+        return structured
+    if constraint.kind == "choice":
+        return {"choice": constraint.choices}
+    return {constraint.kind: constraint.source}  # regex, grammar: vLLM's own names
 
 
 def wants_logprobs(sampling_kwargs: dict[str, Any]) -> bool:

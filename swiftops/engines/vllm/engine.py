@@ -23,6 +23,7 @@ from swiftops.engines.vllm.prompt import has_media, load_media, split_media
 from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
                                PromptTooLongError, RequestConfig, SwiftopsError, UnsupportedError)
 from swiftops.protocol.capabilities import require
+from swiftops.protocol.structured_output import output_constraint
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.template.chat_template import encode_prompt, render_prompt
@@ -176,8 +177,7 @@ class VllmEngine(SettingsEngine):
         if prompt_len >= self.max_model_len:
             raise PromptTooLongError(prompt_len, self.max_model_len)
         sampling = vllm_args.sampling_params_kwargs(config, self.generation, prompt_len, self.max_model_len,
-                                                    self._model_defaults,
-                                                    getattr(config, "response_format", None))
+                                                    self._model_defaults, output_constraint(config, request))
         params = self._sampling_params(sampling)
         top = sampling.get("logprobs")
         tracker = OutputTracker(config.n, prompt_len, top, lambda t: self.tokenizer.decode([t]))

@@ -10,6 +10,9 @@
   // The server refuses bodies over 32 MiB; base64 makes a file 4/3 larger.
   const MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024;
   const $ = (id) => document.getElementById(id);
+  // The page's words for what this script writes (English or Chinese: `swiftops app --lang`).
+  const TEXT = JSON.parse(document.querySelector('meta[name="swiftops-text"]').content);
+  const t = (key, values = {}) => TEXT[key].replace(/\{(\w+)\}/g, (_, name) => String(values[name]));
 
   // ---------------------------------------------------------------- markdown
   // A small renderer for what chat models write: paragraphs, fenced code, inline code, lists, headings,
@@ -152,8 +155,7 @@
   function describeFailure(err) {
     if (err instanceof ApiError) return {status: err.status, message: err.message};
     // fetch rejects with a TypeError when the server cannot be reached (or a CORS check fails).
-    return {status: null, message: `Cannot reach the API at ${API_ROOT}: ${err.message || err}. ` +
-      "Check that the server is running."};
+    return {status: null, message: t("unreachable", {root: API_ROOT, reason: err.message || err})};
   }
 
   // ---------------------------------------------------------------- models
@@ -170,7 +172,7 @@
       els.model.replaceChildren(...state.models.map((card) => {
         const option = document.createElement("option");
         option.value = card.id;
-        option.textContent = card.parent ? `${card.id} (adapter)` : card.id;
+        option.textContent = card.parent ? t("adapter", {id: card.id}) : card.id;
         return option;
       }));
       if (state.models.some((card) => card.id === previous)) els.model.value = previous;
@@ -212,11 +214,11 @@
     for (const file of files) {
       const kind = (file.type || "").split("/")[0];
       if (!KINDS.includes(kind)) {
-        showNotice(`${file.name}: only images, videos and audio can be attached (this is ${file.type || "unknown"}).`);
+        showNotice(t("not_media", {name: file.name, type: file.type || "unknown"}));
         continue;
       }
       if (file.size > MAX_ATTACHMENT_BYTES) {
-        showNotice(`${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; attachments are limited to 20 MiB.`);
+        showNotice(t("too_big", {name: file.name, size: (file.size / 1048576).toFixed(1)}));
         continue;
       }
       state.pending.push({kind, mime: file.type, name: file.name, url: await readAsDataUrl(file)});
@@ -309,7 +311,7 @@
     el.className = `msg ${message.role}`;
     const role = document.createElement("div");
     role.className = "role";
-    role.textContent = message.role === "user" ? "You" : (message.model || "assistant");
+    role.textContent = message.role === "user" ? t("you") : (message.model || "assistant");
     const bubble = document.createElement("div");
     bubble.className = "bubble";
     if (message.attachments && message.attachments.length) {
@@ -337,13 +339,13 @@
     const parts = [];
     if (stats.usage) {
       const {prompt_tokens: prompt, completion_tokens: completion} = stats.usage;
-      parts.push(`${prompt} prompt tokens`, `${completion} completion tokens`);
-      if (stats.seconds > 0) parts.push(`${(completion / stats.seconds).toFixed(1)} tokens/s`);
+      parts.push(t("prompt_tokens", {n: prompt}), t("completion_tokens", {n: completion}));
+      if (stats.seconds > 0) parts.push(t("tokens_per_second", {n: (completion / stats.seconds).toFixed(1)}));
     }
-    if (stats.firstTokenSeconds !== null) parts.push(`first token ${stats.firstTokenSeconds.toFixed(2)} s`);
-    parts.push(`${stats.seconds.toFixed(2)} s`);
-    if (message.stopped) parts.unshift("stopped");
-    else if (message.finish === "length") parts.unshift("cut at max tokens");
+    if (stats.firstTokenSeconds !== null) parts.push(t("first_token", {s: stats.firstTokenSeconds.toFixed(2)}));
+    parts.push(t("seconds", {s: stats.seconds.toFixed(2)}));
+    if (message.stopped) parts.unshift(t("stopped"));
+    else if (message.finish === "length") parts.unshift(t("cut"));
     return parts.join(" \u00b7 ");
   }
 
@@ -372,7 +374,7 @@
       error.textContent = "";
       if (message.error.status) {
         const code = document.createElement("strong");
-        code.textContent = `Error ${message.error.status}`;
+        code.textContent = t("error", {status: message.error.status});
         error.append(code, " ");
       }
       error.append(message.error.message);

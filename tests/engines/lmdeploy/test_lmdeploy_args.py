@@ -7,6 +7,7 @@ from swiftops.engines.lmdeploy import args
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig, UnsupportedError
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.structured_output import output_constraint
 
 
 def test_turbomind_config_carries_tp_dp_session_and_cache():
@@ -98,14 +99,27 @@ def test_logprobs_ask_for_at_least_the_sampled_token():
     assert args.generation_config_kwargs(RequestConfig(logprobs=True), GenerationSettings(), 1, 10)["logprobs"] == 1
 
 
-def test_response_format_in_lmdeploys_shape():
+def _constraint(**fields):
+    return output_constraint(RequestConfig(**fields))
+
+
+def test_output_constraints_in_lmdeploys_response_format_shape():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    assert args.lmdeploy_response_format({"type": "text"}) is None
-    assert args.lmdeploy_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == \
-        {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    assert args.lmdeploy_response_format({"type": "json_object"})["json_schema"]["schema"] == {"type": "object"}
-    with pytest.raises(BadRequestError):
-        args.lmdeploy_response_format({"type": "grammar"})
+    shape = args.lmdeploy_response_format
+    assert shape(_constraint(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})) \
+        == {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema, "strict": False}}
+    assert shape(_constraint(response_format={"type": "json_object"}))["json_schema"]["schema"] == {"type": "object"}
+    assert shape(_constraint(guided_json=schema))["json_schema"]["schema"] == schema
+    assert shape(_constraint(guided_regex="[0-9]{3}")) == {"type": "regex_schema", "regex_schema": "[0-9]{3}"}
+    # A choice is a regex of its literal alternatives (LMDeploy has no choice type).
+    assert shape(_constraint(guided_choice=["a.b", "c|d", "x y"])) == \
+        {"type": "regex_schema", "regex_schema": r"(a\.b|c\|d|x y)"}
+    with pytest.raises(UnsupportedError, match="guided_grammar"):
+        shape(_constraint(guided_grammar='root ::= "a"'))
+    kwargs = args.generation_config_kwargs(RequestConfig(), GenerationSettings(), 1, 10, None,
+                                           _constraint(guided_regex="a+"))
+    assert kwargs["response_format"] == {"type": "regex_schema", "regex_schema": "a+"}
+    assert "response_format" not in args.generation_config_kwargs(RequestConfig(), GenerationSettings(), 1, 10)
 
 
 def test_choice_seeds_differ_per_choice_and_stay_unset_without_a_seed():

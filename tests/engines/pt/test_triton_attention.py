@@ -93,6 +93,14 @@ def test_prefill_group_of_seven_and_odd_head_dim():
     _check(q_lens=[20, 3], ctx_lens=[20, 40], heads=7, kv_heads=1, head_dim=24)
 
 
+def test_chunk_over_a_long_prefix_takes_the_unmasked_tiles():
+    # several query tiles (GQA 7: 18 tokens a tile) after a prefix of whole key tiles, which skip the mask; with a
+    # power-of-two head size (no column mask) and an odd one
+    _check(q_lens=[40, 1], ctx_lens=[190, 131], heads=7, kv_heads=1, head_dim=32, block_size=16)
+    _check(q_lens=[40, 1], ctx_lens=[190, 131], heads=7, kv_heads=1, head_dim=24, block_size=16)
+    _check(q_lens=[1, 1], ctx_lens=[190, 131], heads=7, kv_heads=1, head_dim=32, block_size=16, num_splits=4)
+
+
 def test_sliding_window_and_softcap():
     _check(q_lens=[30, 1], ctx_lens=[45, 60], window=8)
     _check(q_lens=[12, 1], ctx_lens=[12, 33], softcap=5.0)

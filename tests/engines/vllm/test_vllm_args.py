@@ -1,6 +1,7 @@
 """The pure mapping from swiftops settings and requests to vLLM's arguments (no vllm needed)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -9,9 +10,10 @@ import pytest
 
 from swiftops.engines.engine_options import model_sampling_defaults
 from swiftops.engines.vllm import args
-from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
+from swiftops.protocol import InferRequest, PromptTooLongError, RequestConfig
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.structured_output import output_constraint
 
 
 def test_engine_args_carry_parallelism_memory_and_batching():
@@ -108,18 +110,32 @@ def test_logprobs_without_alternatives_ask_for_the_sampled_token_only():
                                        1, 10)["logprobs"] == 2
 
 
-def test_structured_output_maps_openai_response_format():
+def _constraint(**fields):
+    config = RequestConfig(**{k: v for k, v in fields.items() if k not in ("tools", "tool_choice")})
+    request = InferRequest(messages=[{"role": "user", "content": "hi"}], tools=fields.get("tools"),
+                           tool_choice=fields.get("tool_choice"))
+    return output_constraint(config, request)
+
+
+def test_structured_outputs_map_every_constraint_to_vllms_params():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    assert args.structured_outputs_kwargs({"type": "text"}) == {}
-    assert args.structured_outputs_kwargs({"type": "json_object"}) == {"json_object": True}
-    assert args.structured_outputs_kwargs({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) \
-        == {"json": schema}
-    kwargs = args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 1, 10, None, {"type": "json_object"})
-    assert kwargs["structured_outputs"] == {"json_object": True}
-    with pytest.raises(BadRequestError, match="json_schema.schema"):
-        args.structured_outputs_kwargs({"type": "json_schema", "json_schema": {}})
-    with pytest.raises(BadRequestError, match="not supported"):
-        args.structured_outputs_kwargs({"type": "grammar"})
+    structured = args.structured_outputs_kwargs
+    assert structured(_constraint(response_format={"type": "json_object"})) == {"json_object": True}
+    named = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    assert structured(_constraint(response_format=named)) == {"json": schema}
+    assert structured(_constraint(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": schema, "strict": True}})) == {"json": schema, "disable_additional_properties": True}
+    assert structured(_constraint(guided_json=json.dumps(schema))) == {"json": schema}
+    assert structured(_constraint(guided_regex="[a-z]+")) == {"regex": "[a-z]+"}
+    assert structured(_constraint(guided_choice=["yes", "no"])) == {"choice": ["yes", "no"]}
+    assert structured(_constraint(guided_grammar='root ::= "a"')) == {"grammar": 'root ::= "a"'}
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    forced = structured(_constraint(tools=[tool], tool_choice={"type": "function", "function": {"name": "f"}}))
+    assert forced["json"]["properties"] == {"name": {"const": "f"}, "arguments": schema}
+    kwargs = args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 1, 10, None,
+                                         _constraint(guided_choice=["a"]))
+    assert kwargs["structured_outputs"] == {"choice": ["a"]}
+    assert "structured_outputs" not in args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 1, 10)
 
 
 def test_lora_requests_get_distinct_ids_from_one():
