@@ -120,6 +120,7 @@ class EngineProcessClient(InferEngine):
         self._rids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._running = self._waiting = 0
+        self._prefix_cache: Optional[tuple[int, int]] = None  # the engine process's counters, as last reported
         self._dir = tempfile.mkdtemp(prefix="swiftops-ipc-")
         if len(self._dir) > 80 and os.path.isdir("/tmp"):  # a Unix socket path holds at most ~107 bytes
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -189,6 +190,9 @@ class EngineProcessClient(InferEngine):
     def num_waiting(self) -> int:
         return self._waiting
 
+    def prefix_cache_stats(self) -> Optional[tuple[int, int]]:
+        return self._prefix_cache
+
     @property
     def pid(self) -> Optional[int]:
         return self._process.pid
@@ -226,6 +230,8 @@ class EngineProcessClient(InferEngine):
         by_loop: dict[Any, list[tuple[_Stream, Any]]] = {}
         if isinstance(message, Steps):
             self._running, self._waiting = message.running, message.waiting
+            if message.prefix_cache is not None:
+                self._prefix_cache = (message.prefix_cache[0], message.prefix_cache[1])
             streams = self._streams
             for delta in message.deltas:
                 stream = streams.get(delta.rid)

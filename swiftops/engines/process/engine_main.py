@@ -116,7 +116,14 @@ class StepRelay:
                     self.requests.pop(choice.rid, None)
         if deltas:
             self.counts = (self.engine.num_running, self.engine.num_waiting)
-            self.socket.send(_encoder.encode(Steps(deltas, *self.counts)), copy=False)
+            self.socket.send(_encoder.encode(Steps(deltas, *self.counts, prefix_cache_counts(self.engine))),
+                             copy=False)
+
+
+def prefix_cache_counts(engine: Any) -> Optional[list[int]]:
+    """The engine's prefix-cache counters as they cross to the server (its /metrics)."""
+    stats = engine.prefix_cache_stats()
+    return list(stats) if stats is not None else None
 
 
 class EngineServer:
@@ -265,7 +272,7 @@ def run(spec: EngineSpec) -> None:
             counts = (engine.num_running, engine.num_waiting)
             if counts != server.relay.counts:
                 server.relay.counts = counts
-                status.send(_encoder.encode(Steps([], *counts)))
+                status.send(_encoder.encode(Steps([], *counts, prefix_cache_counts(engine))))
     finally:
         logger.info("engine process: shutting down")
         engine.close()

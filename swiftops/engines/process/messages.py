@@ -71,6 +71,7 @@ class Steps(msgspec.Struct, tag=True, array_like=True):
     deltas: list[Delta]
     running: int  # the engine's counts, for /metrics
     waiting: int
+    prefix_cache: Optional[list[int]] = None  # (queried, hit) prompt tokens since start; None: caching off
 
 
 class Failed(msgspec.Struct, tag=True, array_like=True):

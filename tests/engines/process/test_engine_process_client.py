@@ -112,6 +112,17 @@ def test_lora_adapters_by_name_and_by_path(local, remote, adapters):
         asyncio.run(remote.infer_async(_ask("x"), GREEDY, adapter_request=AdapterRequest(name="nope")))
 
 
+def test_prefix_cache_counters_cross_to_the_server(remote):
+    """/metrics of a two-process server reads the engine process's prefix-cache counters."""
+    before = remote.prefix_cache_stats() or (0, 0)
+    prompt = InferRequest(prompt=list(range(5, 5 + 70)))  # over four 16-token blocks
+    remote.infer([prompt], GREEDY, use_tqdm=False)
+    remote.infer([prompt], GREEDY, use_tqdm=False)  # the second finds the first's full blocks
+    queried, hits = remote.prefix_cache_stats()
+    assert queried - before[0] >= 2 * 69
+    assert hits - before[1] >= 64
+
+
 def test_request_errors_keep_their_class(remote):
     with pytest.raises(PromptTooLongError):
         asyncio.run(remote.infer_async(InferRequest(prompt=[1] * (remote.max_model_len + 1)), GREEDY))
