@@ -13,7 +13,6 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
 
 from swiftops.protocol.errors import ConfigError
@@ -72,16 +71,6 @@ def mount_ui(app: FastAPI, api_base_url: str = "", *, title: Optional[str] = Non
         def serve(name: str = name, media_type: str = media_type) -> Response:
             return Response(_asset(name), media_type=media_type, headers=headers)
         app.add_api_route(path, serve, methods=["GET"], include_in_schema=False)
-
-
-def allow_cross_origin(app: FastAPI) -> None:
-    """Let pages on other origins call the API (`swiftops app --base_url` points a page at this server).
-
-    Any origin, no cookies: the API key travels in the Authorization header, which a foreign page only has
-    if its user typed it in. Added last, so it is outermost and a 401 carries the CORS headers too (the page
-    can then show the error's message)."""
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
-                       expose_headers=["X-Request-Id", "Retry-After"], max_age=600)
 
 
 def create_ui_app(api_base_url: str, *, title: Optional[str] = None, lang: str = "en") -> FastAPI:
