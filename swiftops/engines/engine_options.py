@@ -3,11 +3,14 @@ split into the settings models, so the Python API, the CLI and manifests share o
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Optional, Union
+from typing import Any, AsyncIterator, Optional, Union
 
 from pydantic import ValidationError
 
 from swiftops.engines.base import InferEngine
+from swiftops.engines.outputs import SequenceOutput
+from swiftops.engines.response_builder import collect_response, stream_response
+from swiftops.protocol import AdapterRequest, InferRequest, RequestConfig
 
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
@@ -92,3 +95,21 @@ class SettingsEngine(InferEngine):
     def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
                served_model_name: Optional[str]) -> None:
         """Build the library's engine from the settings."""
+
+    @abstractmethod
+    def _start(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest]
+               ) -> tuple[AsyncIterator[SequenceOutput], bool]:
+        """The request's outputs (generation starts as they are read) and whether they carry logprobs."""
+
+    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
+                          adapter_request: Optional[AdapterRequest] = None):
+        config = request_config or RequestConfig()
+        outputs, want_logprobs = self._start(request, config, adapter_request)
+        tools = bool(request.tools) and request.tool_choice != "none"
+        if config.stream:
+            return stream_response(outputs, config.n, self.model_name, tools, want_logprobs)
+        return await collect_response(outputs, config.n, self.model_name, tools, want_logprobs)
+
+    async def generate(self, request: InferRequest, config: RequestConfig, *,
+                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+        return self._start(request, config, adapter_request)[0]

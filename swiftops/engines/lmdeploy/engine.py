@@ -22,7 +22,6 @@ from swiftops.engines.engine_options import SettingsEngine, model_sampling_defau
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
 from swiftops.engines.outputs import SequenceOutput
-from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.vllm.prompt import has_media, load_image, split_media
 from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
                                PromptTooLongError, RequestConfig, SwiftopsError)
@@ -172,19 +171,6 @@ class LmdeployEngine(SettingsEngine):
                        for p in (m["content"] if isinstance(m.get("content"), list) else [{"text": m.get("content")}])
                        if isinstance(p.get("text"), str))
         return {"messages": messages, "do_preprocess": True}, text_len
-
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None):
-        config = request_config or RequestConfig()
-        outputs, want_logprobs = self._start(request, config, adapter_request)
-        tools = bool(request.tools) and request.tool_choice != "none"
-        if config.stream:
-            return stream_response(outputs, config.n, self.model_name, tools, want_logprobs)
-        return await collect_response(outputs, config.n, self.model_name, tools, want_logprobs)
-
-    async def generate(self, request: InferRequest, config: RequestConfig, *,
-                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
-        return self._start(request, config, adapter_request)[0]
 
     def _start(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest]
                ) -> tuple[AsyncIterator[SequenceOutput], bool]:

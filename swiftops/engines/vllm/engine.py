@@ -16,7 +16,6 @@ from typing import Any, AsyncIterator, Optional
 
 from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
 from swiftops.engines.outputs import SequenceOutput
-from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.vllm import args as vllm_args
 from swiftops.engines.vllm.outputs import OutputTracker
 from swiftops.engines.vllm.prompt import has_media, load_media, split_media
@@ -151,19 +150,6 @@ class VllmEngine(SettingsEngine):
         # The rendered template already holds the BOS it wants: vLLM must not add another (see _generate).
         length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return {"prompt": text, "multi_modal_data": load_media(media)}, length
-
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None):
-        config = request_config or RequestConfig()
-        outputs, want_logprobs = self._start(request, config, adapter_request)
-        tools = bool(request.tools) and request.tool_choice != "none"
-        if config.stream:
-            return stream_response(outputs, config.n, self.model_name, tools, want_logprobs)
-        return await collect_response(outputs, config.n, self.model_name, tools, want_logprobs)
-
-    async def generate(self, request: InferRequest, config: RequestConfig, *,
-                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
-        return self._start(request, config, adapter_request)[0]
 
     def _start(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest]
                ) -> tuple[AsyncIterator[SequenceOutput], bool]:
