@@ -42,6 +42,20 @@ def test_beam_search_matches_transformers(tiny_model_dir):
             engine.infer([InferRequest(messages=MESSAGES)], RequestConfig(num_beams=2, n=3))
 
 
+def test_beams_after_an_adapter_request_are_the_base_models(tiny_model_dir, tmp_path, make_lora_adapter):
+    """Beam search runs on the base model; the engine loop's last batch (an adapter's) must not leak into it."""
+    from swiftops.protocol import AdapterRequest
+    adapter = str(make_lora_adapter(tiny_model_dir, tmp_path / "sql", 1))
+    beams = RequestConfig(num_beams=3, n=2, max_tokens=10)
+    with PtEngine(str(tiny_model_dir), adapters={"sql": adapter}, max_batch_size=4) as engine:
+        [before] = engine.infer([InferRequest(messages=MESSAGES)], beams)
+        [tuned] = engine.infer([InferRequest(messages=MESSAGES)], RequestConfig(temperature=0, max_tokens=10),
+                               adapter_request=AdapterRequest(name="sql"))
+        [after] = engine.infer([InferRequest(messages=MESSAGES)], beams)
+    assert [c.message.content for c in after.choices] == [c.message.content for c in before.choices]
+    assert before.choices[0].message.content != tuned.choices[0].message.content  # the adapter does change text
+
+
 @pytest.mark.parametrize("backend", ["vllm", "lmdeploy"])
 def test_other_backends_refuse_beams_naming_pt(backend):
     with pytest.raises(UnsupportedError, match="--infer_backend pt"):

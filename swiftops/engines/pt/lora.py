@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
@@ -115,8 +116,9 @@ class LoraManager:
         self.model_source = model_source
         self.slots: "OrderedDict[str, int]" = OrderedDict()  # resident name -> slot, least recent first
         self.free_slots = list(range(max_loras, 0, -1))
-        self.token_slots: Optional[torch.Tensor] = None
-        self.active_slots: list[int] = []
+        # The per-token slot map belongs to the thread running the step: beam search runs transformers' generate
+        # on a worker thread beside the engine loop and must see the base model, not the loop's last batch.
+        self._step = threading.local()
         self.gather = False
         self._pending = {name: read_adapter(name, path, max_rank) for name, path in adapters.items()}
         self.digests = {name: w.digest for name, w in self._pending.items()}  # name -> weights digest
@@ -192,8 +194,17 @@ class LoraManager:
         return slot
 
     def set_step(self, token_slots: Optional[torch.Tensor], active: list[int]) -> None:
-        self.token_slots = token_slots
-        self.active_slots = active
+        self._step.token_slots = token_slots
+        self._step.active_slots = active
+
+    @property
+    def token_slots(self) -> Optional[torch.Tensor]:
+        """This thread's step's adapter slot of each token (None: the base model)."""
+        return getattr(self._step, "token_slots", None)
+
+    @property
+    def active_slots(self) -> list[int]:
+        return getattr(self._step, "active_slots", [])
 
 
 def merge_adapter(model: nn.Module, path: str) -> nn.Module:
