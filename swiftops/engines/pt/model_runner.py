@@ -117,7 +117,7 @@ class PagedRunner:
                 mm_spans.append((seq, len(ids), start, end))
             if self.mrope:
                 ropes.append(rope_columns(seq, start, end, self.device))
-            ids.extend(seq.prompt_ids[start:end] if end <= len(seq.prompt_ids) else seq.all_ids[start:end])
+            ids.extend(seq.ids_between(start, end))
             positions.extend(range(start, end))
             lora_slots.extend([seq.lora_slot] * chunk)
             rows.append(seq.table_row)
@@ -185,7 +185,7 @@ class FallbackRunner:
         if cache is None or seq.num_computed == 0:
             cache = self._caches[seq.seq_id] = self._cache_cls(config=self.model.config)
         start, end = seq.num_computed, seq.num_computed + chunk
-        new = seq.all_ids[start:end]
+        new = seq.ids_between(start, end)
         if self.lora is not None:
             slot = seq.lora_slot
             self.lora.set_step(torch.full((len(new),), slot, device=self.device) if slot else None,

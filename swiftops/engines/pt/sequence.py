@@ -112,6 +112,16 @@ class Sequence:
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    def ids_between(self, start: int, end: int) -> list[int]:
+        """Tokens start..end of prompt + output, without copying the whole sequence (a decode row riding in a
+        prefill forward takes one token of a long one at every step)."""
+        prompt_len = len(self.prompt_ids)
+        if end <= prompt_len:
+            return self.prompt_ids[start:end]
+        if start >= prompt_len:
+            return self.output_ids[start - prompt_len:end - prompt_len]
+        return self.prompt_ids[start:] + self.output_ids[:end - prompt_len]
+
     @property
     def last_token(self) -> int:
         return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
