@@ -2,13 +2,19 @@
 
 `import swiftops` is light: engines (and torch, vllm, lmdeploy) load on first use.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from swiftops.metrics.stats import InferStats
-from swiftops.protocol import (AdapterRequest, ChatCompletionResponse, ChatCompletionStreamResponse, InferRequest,
-                               RequestConfig)
+from swiftops.protocol import (
+    AdapterRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    InferRequest,
+    RequestConfig,
+)
 
 __version__ = "0.1.0"
 
@@ -40,8 +46,16 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'swiftops' has no attribute {name!r}")
     import importlib
+
     return getattr(importlib.import_module(module), "PtEngine" if name == "TransformersEngine" else name)
 
 
-__all__ = ["AdapterRequest", "ChatCompletionResponse", "ChatCompletionStreamResponse", "InferRequest",
-           "InferStats", "RequestConfig", *_LAZY]
+__all__ = [
+    "AdapterRequest",
+    "ChatCompletionResponse",
+    "ChatCompletionStreamResponse",
+    "InferRequest",
+    "InferStats",
+    "RequestConfig",
+    *_LAZY,
+]

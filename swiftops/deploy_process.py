@@ -4,6 +4,7 @@ block, as ms-swift's client demos start one:
     with run_deploy(DeployArguments(model='Qwen/Qwen2.5-0.5B-Instruct', verbose=False, log_interval=-1)) as port:
         client = InferClient(port=port)
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 
 class DeployArguments:
@@ -51,8 +53,17 @@ def run_deploy(args: DeployArguments, ready_timeout: float = 600.0) -> Iterator[
     host = str(args.flags.get("host") or "127.0.0.1")
     port = int(args.flags.get("port") or _free_port(host))
     flags = {k: v for k, v in args.flags.items() if k not in ("host", "port")}
-    argv = [sys.executable, "-m", "swiftops.cli.main", "deploy", "--host", host, "--port", str(port),
-            *DeployArguments(**flags).argv()]
+    argv = [
+        sys.executable,
+        "-m",
+        "swiftops.cli.main",
+        "deploy",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *DeployArguments(**flags).argv(),
+    ]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         try:
@@ -60,8 +71,10 @@ def run_deploy(args: DeployArguments, ready_timeout: float = 600.0) -> Iterator[
             while True:
                 if process.poll() is not None:
                     log.seek(0)
-                    raise RuntimeError(f"swiftops deploy exited with status {process.returncode}: "
-                                       f"{log.read().decode(errors='replace')[-2000:]}")
+                    raise RuntimeError(
+                        f"swiftops deploy exited with status {process.returncode}: "
+                        f"{log.read().decode(errors='replace')[-2000:]}"
+                    )
                 try:
                     if httpx.get(f"http://{host}:{port}/ready", timeout=2).status_code == 200:
                         break

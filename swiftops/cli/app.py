@@ -6,10 +6,10 @@
 With a model it is `swiftops deploy --ui` (same flags, same server). With --base_url it serves only the
 page, which then calls the API at that URL straight from the browser (the server allows any origin).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import click
 
@@ -36,40 +36,72 @@ def serve_page(base_url: str, server: ServerSettings) -> None:
     sock = deploy._bind(server)
     try:
         logging.getLogger("swiftops.server").info(
-            "chat page: http://%s:%d/ (for the API at %s)", _browsable(server.host), server.port, api_base_url)
-        config = uvicorn.Config(create_ui_app(api_base_url, title=server.studio_title, lang=server.lang),
-                                log_level="warning", lifespan="off")
+            "chat page: http://%s:%d/ (for the API at %s)", _browsable(server.host), server.port, api_base_url
+        )
+        config = uvicorn.Config(
+            create_ui_app(api_base_url, title=server.studio_title, lang=server.lang),
+            log_level="warning",
+            lifespan="off",
+        )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
 
 
 @click.command(cls=SettingsCommand, name="app")
-@click.option("--base_url", "--base-url", "base_url", cls=SettingsOption, default=None, metavar="URL",
-              help="Serve only the page, for the server already running at URL (e.g. http://127.0.0.1:8000); "
-                   "the model flags are then not used.")
-@click.option("--stream", "stream", cls=SettingsOption, type=click.BOOL, is_flag=False, flag_value="true",
-              default=None, metavar="[true|false]",
-              help="`swift app`'s flag: the page always streams answers; false is refused.")
-@click.option("--is_multimodal", "--is-multimodal", "is_multimodal", cls=SettingsOption, type=click.BOOL,
-              is_flag=False, flag_value="true", default=None, metavar="[true|false]",
-              help="`swift app`'s flag: the page always offers image, video and audio attachments (a text-only "
-                   "model refuses them with a clear message), so this changes nothing.")
+@click.option(
+    "--base_url",
+    "--base-url",
+    "base_url",
+    cls=SettingsOption,
+    default=None,
+    metavar="URL",
+    help="Serve only the page, for the server already running at URL (e.g. http://127.0.0.1:8000); "
+    "the model flags are then not used.",
+)
+@click.option(
+    "--stream",
+    "stream",
+    cls=SettingsOption,
+    type=click.BOOL,
+    is_flag=False,
+    flag_value="true",
+    default=None,
+    metavar="[true|false]",
+    help="`swift app`'s flag: the page always streams answers; false is refused.",
+)
+@click.option(
+    "--is_multimodal",
+    "--is-multimodal",
+    "is_multimodal",
+    cls=SettingsOption,
+    type=click.BOOL,
+    is_flag=False,
+    flag_value="true",
+    default=None,
+    metavar="[true|false]",
+    help="`swift app`'s flag: the page always offers image, video and audio attachments (a text-only "
+    "model refuses them with a clear message), so this changes nothing.",
+)
 @settings_options(*deploy.SETTINGS)
-def command(base_url: Optional[str], stream: Optional[bool], is_multimodal: Optional[bool], **values) -> None:
+def command(base_url: str | None, stream: bool | None, is_multimodal: bool | None, **values) -> None:
     """Chat in the browser: serve a model with a web page at / (or only the page, with --base_url).
 
     `swift app`'s --server_name and --server_port are --host and --port's other names."""
     if stream is False:
-        raise ConfigError("--stream false: the page always streams answers (the API still answers whole "
-                          "responses to clients that ask for them); drop the flag")
+        raise ConfigError(
+            "--stream false: the page always streams answers (the API still answers whole "
+            "responses to clients that ask for them); drop the flag"
+        )
     if base_url is None:
         (server,) = build_settings(values, ServerSettings)
         click.echo(f"chat page: http://{_browsable(server.host)}:{server.port}/ (once the model has loaded)", err=True)
         deploy.command.callback(**{**values, "ui": True})
         return
     if values.get("model") or values.get("adapters"):
-        raise ConfigError("--base_url points the page at a running server, which already has its model; "
-                          "drop --model/--adapters, or drop --base_url to serve the model here")
+        raise ConfigError(
+            "--base_url points the page at a running server, which already has its model; "
+            "drop --model/--adapters, or drop --base_url to serve the model here"
+        )
     (server,) = build_settings(values, ServerSettings)
     serve_page(base_url, server)

@@ -5,6 +5,7 @@
 The port is bound before the weights load: a taken port fails at once with exit status 2
 (ms-swift silently moves to another port, which a load balancer never finds).
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,8 +22,7 @@ SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, Se
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("swiftops.server.body").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -33,10 +33,15 @@ def _bind(server: ServerSettings):
         return bind_socket(server.host, server.port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {server.port} on {server.host} is already in use by another process; "
-                              f"stop it or choose another port with --port", param="port") from None
-        raise ConfigError(f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}; "
-                          f"check --host and --port", param="host") from None
+            raise ConfigError(
+                f"port {server.port} on {server.host} is already in use by another process; "
+                f"stop it or choose another port with --port",
+                param="port",
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}; check --host and --port",
+            param="host",
+        ) from None
 
 
 @click.command(cls=SettingsCommand, name="deploy")
@@ -62,13 +67,22 @@ def command(**values) -> None:
             # Keep-alive longer than clients' and load balancers' idle timeouts (httpx 5 s, AWS ALB 60 s): with
             # uvicorn's 5 s, a client reusing a pooled connection just as the server closes it gets a reset
             # (seen in the reliability soak: 1-2 per 4000 requests).
-            config = uvicorn.Config(app, log_level="info", access_log=False,  # ours logs tokens and latency
-                                    timeout_graceful_shutdown=server.shutdown_timeout, lifespan="on",
-                                    timeout_keep_alive=server.keep_alive_timeout,
-                                    http=guarded_protocol(server.header_timeout, server.send_timeout))
+            config = uvicorn.Config(
+                app,
+                log_level="info",
+                access_log=False,  # ours logs tokens and latency
+                timeout_graceful_shutdown=server.shutdown_timeout,
+                lifespan="on",
+                timeout_keep_alive=server.keep_alive_timeout,
+                http=guarded_protocol(server.header_timeout, server.send_timeout),
+            )
             logging.getLogger("swiftops.server").info(
-                "serving %s on http://%s:%d/v1 (models: %s)", app.state.ctx.models.served_name, server.host,
-                server.port, ", ".join(app.state.ctx.models.names))
+                "serving %s on http://%s:%d/v1 (models: %s)",
+                app.state.ctx.models.served_name,
+                server.host,
+                server.port,
+                ", ".join(app.state.ctx.models.names),
+            )
             lifecycle = app.state.ctx.lifecycle
             DrainingServer(config, lifecycle).run(sockets=[sock])
         finally:
@@ -80,8 +94,7 @@ def command(**values) -> None:
         sys.exit(1)
 
 
-def _start_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
-                  media: MediaSettings):
+def _start_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings, media: MediaSettings):
     """The pt engine of a text model in its own process (the server's event loop and the engine then never
     share a GIL); other models and backends in this process (see `runs_in_engine_process`)."""
     from swiftops.engines.process.client import EngineProcessClient, runs_in_engine_process

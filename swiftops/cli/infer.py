@@ -3,12 +3,13 @@
 Flags are ms-swift's and come from the settings models (swiftops/protocol/settings.py).
 Everything a user can get wrong (model path, dataset rows, flag values) is checked before weights load.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import click
 
@@ -34,11 +35,18 @@ SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, In
 def request_config(generation: GenerationSettings, *, stream: bool) -> RequestConfig:
     """The per-request sampling settings that the generation flags ask for."""
     return RequestConfig(
-        max_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
-        top_p=generation.top_p, repetition_penalty=generation.repetition_penalty, seed=generation.seed,
-        stop=generation.stop_words or None, stream=stream and generation.num_beams == 1,  # beams: whole answers
+        max_tokens=generation.max_new_tokens,
+        temperature=generation.temperature,
+        top_k=generation.top_k,
+        top_p=generation.top_p,
+        repetition_penalty=generation.repetition_penalty,
+        seed=generation.seed,
+        stop=generation.stop_words or None,
+        stream=stream and generation.num_beams == 1,  # beams: whole answers
         logprobs=generation.logprobs or generation.top_logprobs is not None,  # top_logprobs implies logprobs
-        top_logprobs=generation.top_logprobs, num_beams=generation.num_beams)
+        top_logprobs=generation.top_logprobs,
+        num_beams=generation.num_beams,
+    )
 
 
 @click.command(cls=SettingsCommand, name="infer")
@@ -57,13 +65,18 @@ def command(**values: object) -> None:
         rows = dataset_rows(infer, model)  # a bad row fails here, before weights load (or a relaunch)
         failed = run_dataset_shards(rows, model, engine_settings, generation, media, infer, result_path)
         if failed:
-            click.echo(f"error: {failed} of {len(rows)} rows failed (see the warnings above); re-run the same "
-                       f"command to retry only them", err=True)
+            click.echo(
+                f"error: {failed} of {len(rows)} rows failed (see the warnings above); re-run the same "
+                f"command to retry only them",
+                err=True,
+            )
             sys.exit(1)  # ctx.exit would be swallowed: main() runs click with standalone_mode=False
     else:
         if (infer.nproc_per_node or 1) > 1 or (infer.num_shards or 1) > 1 or infer.shard_index is not None:
-            raise ConfigError("--nproc_per_node, --num_shards and --shard_index split the rows of --val_dataset; "
-                              "pass --val_dataset (the interactive chat runs in one process)")
+            raise ConfigError(
+                "--nproc_per_node, --num_shards and --shard_index split the rows of --val_dataset; "
+                "pass --val_dataset (the interactive chat runs in one process)"
+            )
         run_interactive_mode(model, engine_settings, generation, media, infer.stream, result_path, infer.draw_boxes)
 
 
@@ -76,12 +89,13 @@ def dataset_rows(infer: InferSettings, model: ModelSettings) -> list[DatasetRow]
     return sample_rows(rows, infer.val_dataset_sample, infer.data_seed) if infer.val_dataset_sample else rows
 
 
-def box_drawer(directory: Optional[str], media: MediaSettings) -> Optional["BoxDrawer"]:
+def box_drawer(directory: str | None, media: MediaSettings) -> BoxDrawer | None:
     """--draw_boxes DIR, with the pixel limits the processor resizes images by (Qwen2.5-VL's boxes use them)."""
     if not directory:
         return None
     from swiftops.dataset.runner import BoxDrawer
     from swiftops.media.limits import MediaLimits
+
     limits = MediaLimits.resolve(media)
     return BoxDrawer(directory, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
 
@@ -96,9 +110,15 @@ def nproc_per_node(infer: InferSettings) -> int:
     return int(value) if value else 1
 
 
-def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_settings: EngineSettings,
-                       generation: GenerationSettings, media: MediaSettings, infer: InferSettings,
-                       result_path: str) -> int:
+def run_dataset_shards(
+    rows: list[DatasetRow],
+    model: ModelSettings,
+    engine_settings: EngineSettings,
+    generation: GenerationSettings,
+    media: MediaSettings,
+    infer: InferSettings,
+    result_path: str,
+) -> int:
     """Answer this process's share of `rows`; returns how many rows failed (over all ranks on rank 0).
 
     Job shard (--shard_index/--num_shards, one per Kubernetes pod) first: it writes its part of
@@ -112,11 +132,15 @@ def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_sett
             os.environ["SWIFTOPS_RESULT_PATH"] = result_path
         relaunch_under_torchrun(nproc, sys.argv[1:])
     if infer.result_path is None and (job.count > 1 or (launch is not None and launch.world_size > 1)):
-        raise ConfigError("a sharded run needs --result_path: every shard writes its part next to that file "
-                          "(the default name has a timestamp, which differs between processes)")
+        raise ConfigError(
+            "a sharded run needs --result_path: every shard writes its part next to that file "
+            "(the default name has a timestamp, which differs between processes)"
+        )
     if launch is not None and infer.nproc_per_node not in (None, launch.world_size):
-        click.echo(f"note: --nproc_per_node {infer.nproc_per_node} is ignored: torchrun started "
-                   f"{launch.world_size} processes", err=True)
+        click.echo(
+            f"note: --nproc_per_node {infer.nproc_per_node} is ignored: torchrun started {launch.world_size} processes",
+            err=True,
+        )
     target = result_path
     if job.count > 1:
         target = job.part_path(result_path)
@@ -125,20 +149,32 @@ def run_dataset_shards(rows: list[DatasetRow], model: ModelSettings, engine_sett
             write_shard_file(target, job, [row.key for row in job_rows], len(rows))
         rows = job_rows
     if launch is None or launch.world_size == 1:
-        failed = run_dataset_mode(rows, model, engine_settings, generation, media, infer.stream, target,
-                                  draw_boxes=infer.draw_boxes)
+        failed = run_dataset_mode(
+            rows, model, engine_settings, generation, media, infer.stream, target, draw_boxes=infer.draw_boxes
+        )
     else:
-        failed = run_dataset_ranks(launch, rows, model, engine_settings, generation, media, infer.stream, target,
-                                   draw_boxes=infer.draw_boxes)
+        failed = run_dataset_ranks(
+            launch, rows, model, engine_settings, generation, media, infer.stream, target, draw_boxes=infer.draw_boxes
+        )
     if job.count > 1 and not failed and (launch is None or launch.rank == 0):
-        click.echo(f"shard {job.index} of {job.count} done; once every shard is done, join them with: "
-                   f"swiftops merge-results --result_path {result_path} --num_shards {job.count}")
+        click.echo(
+            f"shard {job.index} of {job.count} done; once every shard is done, join them with: "
+            f"swiftops merge-results --result_path {result_path} --num_shards {job.count}"
+        )
     return failed
 
 
-def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: ModelSettings,
-                      engine_settings: EngineSettings, generation: GenerationSettings, media: MediaSettings,
-                      stream: Optional[bool], target: str, draw_boxes: Optional[str] = None) -> int:
+def run_dataset_ranks(
+    launch: TorchrunRank,
+    rows: list[DatasetRow],
+    model: ModelSettings,
+    engine_settings: EngineSettings,
+    generation: GenerationSettings,
+    media: MediaSettings,
+    stream: bool | None,
+    target: str,
+    draw_boxes: str | None = None,
+) -> int:
     """One torchrun rank: answer rows i % world_size == rank into its part, then rank 0 merges all parts."""
     shard = launch.shard
     part = shard.part_path(target)
@@ -146,22 +182,37 @@ def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: Model
     write_shard_file(part, shard, [row.key for row in mine], len(rows))
     device = launch.pick_device()
     if device.startswith("cuda") and model.device_map:
-        click.echo(f"warning: rank {launch.rank}: --device_map {model.device_map} overrides {device}; "
-                   f"each rank may then load onto the same GPUs", err=True)
+        click.echo(
+            f"warning: rank {launch.rank}: --device_map {model.device_map} overrides {device}; "
+            f"each rank may then load onto the same GPUs",
+            err=True,
+        )
     elif device.startswith("cuda"):
         model = model.model_copy(update={"device_map": device})  # weights load straight onto this rank's GPU
     launch.start()
     try:
-        failed = run_dataset_mode(mine, model, engine_settings, generation, media, stream, part, draw_boxes=draw_boxes,
-                                  label=f"rank {launch.rank}/{launch.world_size} ({device})",
-                                  show_progress=launch.rank == 0)
+        failed = run_dataset_mode(
+            mine,
+            model,
+            engine_settings,
+            generation,
+            media,
+            stream,
+            part,
+            draw_boxes=draw_boxes,
+            label=f"rank {launch.rank}/{launch.world_size} ({device})",
+            show_progress=launch.rank == 0,
+        )
         mine_failed = failed
         failed = launch.total_over_ranks(failed)  # every rank is done past this line
         if launch.rank != 0:
             return mine_failed  # rank 0 reports the total and merges
         if failed:
-            click.echo(f"not merging: {failed} rows failed over {launch.world_size} ranks; the parts "
-                       f"{target}.part-* are kept for the re-run", err=True)
+            click.echo(
+                f"not merging: {failed} rows failed over {launch.world_size} ranks; the parts "
+                f"{target}.part-* are kept for the re-run",
+                err=True,
+            )
             return failed
         merged = merge_parts(target, launch.world_size)
         click.echo(f"merged {merged} rows from {launch.world_size} ranks in input order")
@@ -171,9 +222,19 @@ def run_dataset_ranks(launch: TorchrunRank, rows: list[DatasetRow], model: Model
         launch.stop()
 
 
-def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settings: EngineSettings,
-                     generation: GenerationSettings, media: MediaSettings, stream: Optional[bool], result_path: str, *,
-                     label: str = "", show_progress: bool = True, draw_boxes: Optional[str] = None) -> int:
+def run_dataset_mode(
+    rows: list[DatasetRow],
+    model: ModelSettings,
+    engine_settings: EngineSettings,
+    generation: GenerationSettings,
+    media: MediaSettings,
+    stream: bool | None,
+    result_path: str,
+    *,
+    label: str = "",
+    show_progress: bool = True,
+    draw_boxes: str | None = None,
+) -> int:
     """Answer the rows not yet in the result file; returns how many failed.
 
     `label` prefixes this process's lines (a torchrun rank); `show_progress` False hides its bar."""
@@ -185,19 +246,33 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
     with ResultWriter(result_path) as writer:
         pending = [row for row in rows if row.key not in writer.done_ids]
         click.echo(f"{prefix}result_path: {result_path}")
-        click.echo(f"{prefix}{len(rows)} rows: {len(rows) - len(pending)} already in the result file, "
-                   f"{len(pending)} to run")
+        click.echo(
+            f"{prefix}{len(rows)} rows: {len(rows) - len(pending)} already in the result file, {len(pending)} to run"
+        )
         if not pending:
             return 0
         stats = InferStats()
         engine = build_engine(model, engine_settings, generation, media)
         try:
-            with tqdm(total=len(rows), initial=len(rows) - len(pending), desc="infer", file=sys.stderr,
-                      dynamic_ncols=True, disable=not show_progress) as bar:
-                failures = DatasetRun(engine, request_config(generation, stream=False), writer,
-                                      boxes=box_drawer(draw_boxes, media),
-                                      system=generation.system, max_in_flight=2 * (getattr(engine, "max_batch_size", None) or 32),
-                                      stats=stats, progress=bar, echo=bool(stream) and show_progress).run(pending)
+            with tqdm(
+                total=len(rows),
+                initial=len(rows) - len(pending),
+                desc="infer",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                disable=not show_progress,
+            ) as bar:
+                failures = DatasetRun(
+                    engine,
+                    request_config(generation, stream=False),
+                    writer,
+                    boxes=box_drawer(draw_boxes, media),
+                    system=generation.system,
+                    max_in_flight=2 * (getattr(engine, "max_batch_size", None) or 32),
+                    stats=stats,
+                    progress=bar,
+                    echo=bool(stream) and show_progress,
+                ).run(pending)
         finally:
             engine.close()
     click.echo(f"{prefix}{json.dumps(stats.compute(), indent=None if label else 2)}")  # a rank's: one line
@@ -205,9 +280,15 @@ def run_dataset_mode(rows: list[DatasetRow], model: ModelSettings, engine_settin
     return len(failures)
 
 
-def run_interactive_mode(model: ModelSettings, engine_settings: EngineSettings, generation: GenerationSettings,
-                         media: MediaSettings, stream: Optional[bool], result_path: str,
-                         draw_boxes: Optional[str] = None) -> None:
+def run_interactive_mode(
+    model: ModelSettings,
+    engine_settings: EngineSettings,
+    generation: GenerationSettings,
+    media: MediaSettings,
+    stream: bool | None,
+    result_path: str,
+    draw_boxes: str | None = None,
+) -> None:
     from swiftops.cli.interactive import ChatSession
 
     if sys.stdin.isatty():
@@ -215,7 +296,8 @@ def run_interactive_mode(model: ModelSettings, engine_settings: EngineSettings, 
     engine = build_engine(model, engine_settings, generation, media)
     try:
         config = request_config(generation, stream=True if stream is None else stream)
-        ChatSession(engine, config, result_path=result_path, system=generation.system,
-                    boxes=box_drawer(draw_boxes, media)).run()
+        ChatSession(
+            engine, config, result_path=result_path, system=generation.system, boxes=box_drawer(draw_boxes, media)
+        ).run()
     finally:
         engine.close()

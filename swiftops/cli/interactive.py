@@ -6,30 +6,39 @@
 `<video>` or `<audio>` tags asks for one path or URL per tag, as ms-swift does. Every answered turn is
 appended to the result file in the same row format as dataset mode.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, TextIO
 
 from swiftops.dataset.results import ResultWriter
 from swiftops.dataset.runner import describe_failure, result_row
 from swiftops.engines.base import InferEngine
 from swiftops.protocol.errors import PromptTooLongError, SwiftopsError
 from swiftops.protocol.request import InferRequest, RequestConfig
-from swiftops.protocol.response import (ChatCompletionResponse, ChatCompletionResponseChoice, ChatMessage,
-                                        ChoiceLogprobs, UsageInfo)
+from swiftops.protocol.response import (
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatMessage,
+    ChoiceLogprobs,
+    UsageInfo,
+)
 
 PROMPT = "<<< "
 MULTI_LINE_PROMPT = "<<<[M] "
 SYSTEM_PROMPT = "System <<< "
 SEPARATOR = "-" * 50
-BANNER = ("Input `exit` or `quit` to exit the conversation.\n"
-          "Input `multi-line` to switch to multi-line input mode (end the input with a line ending in `#`).\n"
-          "Input `reset-system` to set a new system prompt and clear the history.\n"
-          "Input `clear` to clear the history.")
+BANNER = (
+    "Input `exit` or `quit` to exit the conversation.\n"
+    "Input `multi-line` to switch to multi-line input mode (end the input with a line ending in `#`).\n"
+    "Input `reset-system` to set a new system prompt and clear the history.\n"
+    "Input `clear` to clear the history."
+)
 MEDIA_TAG = re.compile(r"<(image|video|audio)>")
 COMMANDS = {"multi-line", "single-line", "reset-system", "clear", "quit", "exit"}
 
@@ -37,9 +46,17 @@ COMMANDS = {"multi-line", "single-line", "reset-system", "clear", "quit", "exit"
 class ChatSession:
     """One conversation with an engine on the terminal; `run()` returns when the user quits."""
 
-    def __init__(self, engine: InferEngine, config: RequestConfig, *, result_path: str,
-                 system: Optional[str] = None, out: Optional[TextIO] = None,
-                 read_line: Callable[[str], str] = input, boxes: Any = None) -> None:
+    def __init__(
+        self,
+        engine: InferEngine,
+        config: RequestConfig,
+        *,
+        result_path: str,
+        system: str | None = None,
+        out: TextIO | None = None,
+        read_line: Callable[[str], str] = input,
+        boxes: Any = None,
+    ) -> None:
         self.boxes = boxes  # a swiftops.dataset.runner.BoxDrawer with --draw_boxes
         self.engine = engine
         self.config = config
@@ -54,7 +71,7 @@ class ChatSession:
         self.media: dict[str, list[str]] = {"images": [], "videos": [], "audios": []}
         self.session_id = f"chat-{datetime.now():%Y%m%d-%H%M%S}"
         self.turns = 0
-        self._writer: Optional[ResultWriter] = None
+        self._writer: ResultWriter | None = None
 
     # ---- reading --------------------------------------------------------------------------------
     def read_query(self) -> str:
@@ -149,9 +166,15 @@ class ChatSession:
         self.history += [{"role": "user", "content": query}, {"role": "assistant", "content": text}]
         self.media = media
         self.turns += 1
-        self.writer().write(result_row(f"{self.session_id}-{self.turns}", messages, response,
-                                       with_logprobs=self.config.logprobs,
-                                       **{kind: items for kind, items in media.items() if items}))
+        self.writer().write(
+            result_row(
+                f"{self.session_id}-{self.turns}",
+                messages,
+                response,
+                with_logprobs=self.config.logprobs,
+                **{kind: items for kind, items in media.items() if items},
+            )
+        )
         if self.boxes is not None:
             saved = self.boxes.save(f"{self.session_id}-{self.turns}", media.get("images") or [], response)
             if saved:
@@ -184,8 +207,11 @@ class ChatSession:
         finally:
             stream.close()  # aborts the generation if we stopped early (Ctrl-C)
         choice = ChatCompletionResponseChoice(
-            index=0, message=ChatMessage(content="".join(parts)), finish_reason=finish_reason,
-            logprobs=ChoiceLogprobs(content=logprobs) if self.config.logprobs else None)
+            index=0,
+            message=ChatMessage(content="".join(parts)),
+            finish_reason=finish_reason,
+            logprobs=ChoiceLogprobs(content=logprobs) if self.config.logprobs else None,
+        )
         return ChatCompletionResponse(model=self.engine.model_name, choices=[choice], usage=usage)
 
     def writer(self) -> ResultWriter:

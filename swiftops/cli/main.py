@@ -2,6 +2,7 @@
 
 User errors (`SwiftopsError`, click usage errors) print one line and exit 2; `--debug` shows tracebacks.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -2,6 +2,7 @@
 
 Fails (exit 2, nothing written) when a part is missing or incomplete, naming the shards to re-run.
 """
+
 from __future__ import annotations
 
 import click
@@ -10,11 +11,22 @@ from swiftops.dataset.merge import merge_parts
 
 
 @click.command(name="merge-results")
-@click.option("--result_path", "--result-path", "result_path", required=True,
-              help="The --result_path the shards were given; parts are <result_path>.part-<k>-of-<n>.")
-@click.option("--num_shards", "--num-shards", "num_shards", type=click.IntRange(min=1), envvar="SWIFTOPS_NUM_SHARDS",
-              required=True, help="Number of shards the run was split into (the Job's completions); "
-                                  "SWIFTOPS_NUM_SHARDS also works.")
+@click.option(
+    "--result_path",
+    "--result-path",
+    "result_path",
+    required=True,
+    help="The --result_path the shards were given; parts are <result_path>.part-<k>-of-<n>.",
+)
+@click.option(
+    "--num_shards",
+    "--num-shards",
+    "num_shards",
+    type=click.IntRange(min=1),
+    envvar="SWIFTOPS_NUM_SHARDS",
+    required=True,
+    help="Number of shards the run was split into (the Job's completions); SWIFTOPS_NUM_SHARDS also works.",
+)
 def command(result_path: str, num_shards: int) -> None:
     """Merge <result_path>.part-* of all NUM_SHARDS shards into RESULT_PATH, in input order."""
     merged = merge_parts(result_path, num_shards)

@@ -14,6 +14,7 @@ A field's other names (its `validation_alias` choices: ms-swift's vllm_*/lmdeplo
 as flags, variables and config keys too; ms-swift flags swiftops does not take are refused with their reason
 (settings.REFUSED_SETTINGS) instead of click's "No such option".
 """
+
 from __future__ import annotations
 
 import difflib
@@ -22,8 +23,9 @@ import os
 import shlex
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import click
 from pydantic import AliasChoices, BaseModel, ValidationError
@@ -70,7 +72,7 @@ class LiteralChoice(click.Choice):
         self.passed_on = set(passed_on)
         super().__init__(list(self.values))
 
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if str(value) in self.passed_on:
             return str(value)
         return self.values[super().convert(str(value), param, ctx)]
@@ -108,7 +110,7 @@ def _fields(models: tuple[type[BaseModel], ...]) -> dict[str, FieldInfo]:
 class SettingsOption(click.Option):
     """An option whose --help line shows only ms-swift's underscore spelling (the dash one works too)."""
 
-    def get_help_record(self, ctx: click.Context) -> Optional[tuple[str, str]]:
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         all_opts = self.opts
         self.opts = all_opts[:1]
         try:
@@ -133,14 +135,31 @@ def _option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     kind = field_kind(field)
     if kind == "bool":
         # `--stream` alone means true; `--stream true|false` as ms-swift writes it.
-        return click.option(*spellings, name, cls=SettingsOption, type=click.BOOL, is_flag=False, flag_value="true", default=None,
-                            metavar="[true|false]", help=help_text)
+        return click.option(
+            *spellings,
+            name,
+            cls=SettingsOption,
+            type=click.BOOL,
+            is_flag=False,
+            flag_value="true",
+            default=None,
+            metavar="[true|false]",
+            help=help_text,
+        )
     if kind in ("list", "dict"):
         metavar = "NAME=VALUE..." if kind == "dict" else "VALUE..."
-        return click.option(*spellings, name, cls=SettingsOption, multiple=True, default=None, metavar=metavar,
-                            help=help_text + (" JSON accepted." if kind == "dict" else ""))
-    return click.option(*spellings, name, cls=SettingsOption, type=_click_type(name, field), default=None,
-                        help=help_text)
+        return click.option(
+            *spellings,
+            name,
+            cls=SettingsOption,
+            multiple=True,
+            default=None,
+            metavar=metavar,
+            help=help_text + (" JSON accepted." if kind == "dict" else ""),
+        )
+    return click.option(
+        *spellings, name, cls=SettingsOption, type=_click_type(name, field), default=None, help=help_text
+    )
 
 
 def settings_options(*models: type[BaseModel]) -> Callable[[Any], Any]:
@@ -150,8 +169,13 @@ def settings_options(*models: type[BaseModel]) -> Callable[[Any], Any]:
     def decorate(f: Any) -> Any:
         for name in reversed(list(fields)):  # click prepends options: reverse keeps the fields' order in --help
             f = _option_for(name, fields[name])(f)
-        f = click.option(f"--{CONFIG_PARAM}", CONFIG_PARAM, type=click.Path(dir_okay=False), default=None,
-                         help="YAML file of settings (field names, dash or underscore); flags override it.")(f)
+        f = click.option(
+            f"--{CONFIG_PARAM}",
+            CONFIG_PARAM,
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="YAML file of settings (field names, dash or underscore); flags override it.",
+        )(f)
         return f
 
     return decorate
@@ -181,7 +205,7 @@ class SettingsCommand(click.Command):
     def spread_multi_values(self, args: list[str]) -> list[str]:
         multi_flags = {opt for p in self.params if isinstance(p, click.Option) and p.multiple for opt in p.opts}
         out: list[str] = []
-        current: Optional[str] = None  # the multi-value flag whose values are being read
+        current: str | None = None  # the multi-value flag whose values are being read
         taken = 0  # values read after it so far
         for arg in args:
             if arg == "--" or (arg.startswith("-") and len(arg) > 1):
@@ -199,9 +223,11 @@ class SettingsCommand(click.Command):
 
 # ---- building the settings ---------------------------------------------------------------------
 
+
 def _known_field_names() -> set[str]:
     """Every field of every settings model: a config key among them that this command lacks is not a typo."""
     from swiftops.protocol import settings
+
     names: set[str] = set()
     for value in vars(settings).values():
         if isinstance(value, type) and issubclass(value, BaseModel) and value is not BaseModel:
@@ -231,8 +257,9 @@ def read_config_file(path: str, fields: dict[str, FieldInfo]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of setting names to values, "
-                          f"not a {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must be a mapping of setting names to values, not a {type(data).__name__}"
+        )
     known = _known_field_names()
     other_names = {alias: name for name, field in fields.items() for alias in field_aliases(name, field)}
     values: dict[str, Any] = {}
@@ -282,8 +309,9 @@ def _cli_value(name: str, value: Any, kind: FieldKind) -> Any:
             try:
                 parsed = json.loads(item)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{flag_name(name)}: {item!r} is not valid JSON ({exc.msg}); "
-                                  f"give name=value items or a JSON object") from None
+                raise ConfigError(
+                    f"{flag_name(name)}: {item!r} is not valid JSON ({exc.msg}); give name=value items or a JSON object"
+                ) from None
             mapping.update(parsed)
         else:
             items.append(item)

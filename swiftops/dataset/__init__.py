@@ -1,4 +1,5 @@
 """Dataset mode of `swiftops infer`: reading local datasets, running them, and the resumable result file."""
+
 from swiftops.dataset.loader import DatasetRow, load_datasets
 from swiftops.dataset.results import ResultWriter
 

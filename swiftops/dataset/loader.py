@@ -10,6 +10,7 @@ final assistant turn is the label), `conversations` (ShareGPT's from/value), `qu
 [[q, r], ...]), `instruction`/`input`/`output`, each with an optional `system`, `images`/`videos`/`audios` and
 `tools`. A bad file or row raises ConfigError naming the file and line, before any weights load.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,17 +18,26 @@ import json
 import os
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import InferRequest
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ROLES = {"system", "user", "assistant", "tool"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function_call": "assistant",
+    "observation": "tool",
+}
 
 
 @dataclass
@@ -38,38 +48,40 @@ class DatasetRow:
     index: int = field(metadata={"description": "0-based index of the row within its file."})
     line: int = field(metadata={"description": "1-based line of the row (JSONL, CSV) or its array position (JSON)."})
     messages: list[dict[str, Any]] = field(metadata={"description": "The conversation sent to the model."})
-    label: Optional[str] = field(default=None, metadata={"description": "The removed final assistant turn."})
+    label: str | None = field(default=None, metadata={"description": "The removed final assistant turn."})
     images: list[Any] = field(default_factory=list, metadata={"description": "Media for <image> tags."})
     videos: list[Any] = field(default_factory=list, metadata={"description": "Media for <video> tags."})
     audios: list[Any] = field(default_factory=list, metadata={"description": "Media for <audio> tags."})
-    tools: Optional[list[dict[str, Any]]] = field(default=None, metadata={"description": "OpenAI tool definitions."})
+    tools: list[dict[str, Any]] | None = field(default=None, metadata={"description": "OpenAI tool definitions."})
 
     @property
     def key(self) -> str:
         """Stable id of the row in the result file: file + row index."""
         return f"{self.source}#{self.index}"
 
-    def with_system(self, system: Optional[str]) -> list[dict[str, Any]]:
+    def with_system(self, system: str | None) -> list[dict[str, Any]]:
         """The messages, with `system` prepended when the row has no system turn of its own."""
         if system and not any(m.get("role") == "system" for m in self.messages):
             return [{"role": "system", "content": system}, *self.messages]
         return list(self.messages)
 
-    def whole_conversation(self, system: Optional[str] = None) -> list[dict[str, Any]]:
+    def whole_conversation(self, system: str | None = None) -> list[dict[str, Any]]:
         """The messages with the label put back as the final assistant turn: what a reward model scores."""
         messages = self.with_system(system)
         if self.label is not None:
             messages.append({"role": "assistant", "content": self.label})
         return messages
 
-    def to_request(self, system: Optional[str] = None, *, whole: bool = False) -> InferRequest:
+    def to_request(self, system: str | None = None, *, whole: bool = False) -> InferRequest:
         """The request to answer; `whole`: with the final assistant turn (reward and classifier models score it)."""
         messages = self.whole_conversation(system) if whole else self.with_system(system)
-        return InferRequest(messages=messages, images=self.images, videos=self.videos, audios=self.audios,
-                            tools=self.tools)
+        return InferRequest(
+            messages=messages, images=self.images, videos=self.videos, audios=self.audios, tools=self.tools
+        )
 
 
 # ---- row shapes -----------------------------------------------------------------------------------
+
 
 def _as_list(value: Any) -> list[Any]:
     if value is None or value == "":
@@ -110,7 +122,7 @@ def _from_sharegpt(turns: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def _from_query(row: dict[str, Any]) -> tuple[list[dict[str, Any]], Optional[str]]:
+def _from_query(row: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     messages = []
     for pair in _as_list(_maybe_json(row.get("history"))):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
@@ -120,21 +132,21 @@ def _from_query(row: dict[str, Any]) -> tuple[list[dict[str, Any]], Optional[str
     return messages, _text_or_none(row.get("response"))
 
 
-def _from_instruction(row: dict[str, Any]) -> tuple[list[dict[str, Any]], Optional[str]]:
+def _from_instruction(row: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     extra = _text_or_none(row.get("input"))
     content = f"{row['instruction']}\n{extra}" if extra else str(row["instruction"])
     return [{"role": "user", "content": content}], _text_or_none(row.get("output"))
 
 
-def _text_or_none(value: Any) -> Optional[str]:
+def _text_or_none(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
-def to_conversation(row: Any) -> tuple[list[dict[str, Any]], Optional[str]]:
+def to_conversation(row: Any) -> tuple[list[dict[str, Any]], str | None]:
     """A dataset row -> (messages ending in a user turn, label or None). ValueError says what is wrong."""
     if not isinstance(row, dict):
         raise ValueError(f"a row must be a JSON object, not {type(row).__name__}")
-    label: Optional[str] = None
+    label: str | None = None
     if row.get("messages") not in (None, ""):
         messages = _check_messages(_maybe_json(row["messages"]))
     elif row.get("conversations") not in (None, ""):
@@ -144,8 +156,10 @@ def to_conversation(row: Any) -> tuple[list[dict[str, Any]], Optional[str]]:
     elif row.get("instruction") not in (None, ""):
         messages, label = _from_instruction(row)
     else:
-        raise ValueError(f"a row needs `messages`, `conversations`, `query` or `instruction` "
-                         f"(found keys: {', '.join(map(str, row)) or 'none'})")
+        raise ValueError(
+            f"a row needs `messages`, `conversations`, `query` or `instruction` "
+            f"(found keys: {', '.join(map(str, row)) or 'none'})"
+        )
     if messages[-1]["role"] == "assistant" and label is None:
         label = _text_or_none(messages.pop()["content"])
     if not messages or messages[-1]["role"] not in ("user", "tool"):
@@ -158,6 +172,7 @@ def to_conversation(row: Any) -> tuple[list[dict[str, Any]], Optional[str]]:
 
 # ---- files ----------------------------------------------------------------------------------------
 
+
 def _records(path: Path) -> Iterator[tuple[int, Any]]:
     """(line, record) of a file; line is what error messages name."""
     suffix = path.suffix.lower()
@@ -168,11 +183,15 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
                     try:
                         yield line_no, json.loads(text)
                     except json.JSONDecodeError as exc:
-                        raise ConfigError(f"{path} line {line_no}: not valid JSON ({exc.msg}); "
-                                          f"each line of a .jsonl file must be one JSON object") from None
+                        raise ConfigError(
+                            f"{path} line {line_no}: not valid JSON ({exc.msg}); "
+                            f"each line of a .jsonl file must be one JSON object"
+                        ) from None
                     except RecursionError:
-                        raise ConfigError(f"{path} line {line_no}: JSON nested too deeply; a row is an object "
-                                          f"of messages, not thousands of nested lists") from None
+                        raise ConfigError(
+                            f"{path} line {line_no}: JSON nested too deeply; a row is an object "
+                            f"of messages, not thousands of nested lists"
+                        ) from None
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -181,8 +200,9 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
         except RecursionError:
             raise ConfigError(f"{path}: JSON nested too deeply; a dataset is a list of row objects") from None
         if not isinstance(data, list):
-            raise ConfigError(f"{path}: a .json dataset must be a list of row objects "
-                              f"(use .jsonl for one object per line)")
+            raise ConfigError(
+                f"{path}: a .json dataset must be a list of row objects (use .jsonl for one object per line)"
+            )
         yield from enumerate(data, 1)
     elif suffix == ".parquet":  # hub dataset repos (ModelScope's, Hugging Face's) ship parquet: read batch by batch
         try:
@@ -212,8 +232,10 @@ def _safe(records: Iterator[tuple[int, Any]], source: str) -> Iterator[tuple[int
         except StopIteration:
             return
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"dataset file {source} is not UTF-8 text (byte {exc.start} of a line is not); "
-                              f"--val_dataset takes .jsonl, .json or .csv text files") from None
+            raise ConfigError(
+                f"dataset file {source} is not UTF-8 text (byte {exc.start} of a line is not); "
+                f"--val_dataset takes .jsonl, .json or .csv text files"
+            ) from None
         yield item
 
 
@@ -233,12 +255,16 @@ def pick(records: Iterator[tuple[int, Any]], count: int, seed: int) -> list[tupl
     return sorted(chosen, key=lambda item: item[0])
 
 
-def _rows(source: str, records: Iterator[tuple[int, Any]], where: str, *, count: Optional[int] = None,
-          seed: int = 42) -> list[DatasetRow]:
+def _rows(
+    source: str, records: Iterator[tuple[int, Any]], where: str, *, count: int | None = None, seed: int = 42
+) -> list[DatasetRow]:
     """Rows of `records` (all, or `count` picked at random); a bad row fails with its file and line."""
     records = _safe(records, source)
-    indexed = (pick(records, count, seed) if count is not None
-               else ((index, line, record) for index, (line, record) in enumerate(records)))
+    indexed = (
+        pick(records, count, seed)
+        if count is not None
+        else ((index, line, record) for index, (line, record) in enumerate(records))
+    )
     rows: list[DatasetRow] = []
     for index, line, record in indexed:
         try:
@@ -247,24 +273,34 @@ def _rows(source: str, records: Iterator[tuple[int, Any]], where: str, *, count:
             raise ConfigError(f"{source} {where} {line}: {exc}") from None
         except RecursionError:
             raise ConfigError(f"{source} {where} {line}: nested too deeply") from None
-        rows.append(DatasetRow(
-            source=source, index=index, line=line, messages=messages, label=label,
-            images=_as_list(_maybe_json(record.get("images"))), videos=_as_list(_maybe_json(record.get("videos"))),
-            audios=_as_list(_maybe_json(record.get("audios"))), tools=_maybe_json(record.get("tools")) or None))
+        rows.append(
+            DatasetRow(
+                source=source,
+                index=index,
+                line=line,
+                messages=messages,
+                label=label,
+                images=_as_list(_maybe_json(record.get("images"))),
+                videos=_as_list(_maybe_json(record.get("videos"))),
+                audios=_as_list(_maybe_json(record.get("audios"))),
+                tools=_maybe_json(record.get("tools")) or None,
+            )
+        )
     if not rows:
         raise ConfigError(f"dataset {source} has no rows")
     return rows
 
 
-def load_dataset(source: str, count: Optional[int] = None, seed: int = 42) -> list[DatasetRow]:
+def load_dataset(source: str, count: int | None = None, seed: int = 42) -> list[DatasetRow]:
     """The rows of one local file (`count`: that many, picked at random while the file streams by)."""
     path = Path(source).expanduser()
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise ConfigError(f"dataset file {source} {what}; --val_dataset takes local .jsonl, .json or .csv files")
     if path.suffix.lower() not in SUFFIXES:
-        raise ConfigError(f"dataset file {source}: unknown format {path.suffix or '(no suffix)'}; "
-                          f"use .jsonl, .json or .csv")
+        raise ConfigError(
+            f"dataset file {source}: unknown format {path.suffix or '(no suffix)'}; use .jsonl, .json or .csv"
+        )
     where = "row" if path.suffix.lower() in (".json", ".parquet") else "line"
     return _rows(os.path.normpath(source), _records(path), where, count=count, seed=seed)
 
@@ -280,11 +316,11 @@ class DatasetSpec:
     """`NAME_OR_PATH[:subset][#N]` taken apart."""
 
     name: str
-    subset: Optional[str] = None
-    count: Optional[int] = None
+    subset: str | None = None
+    count: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "DatasetSpec":
+    def parse(cls, text: str) -> DatasetSpec:
         if Path(text).expanduser().exists():  # a local path is taken whole, even with ':' or '#' in it
             return cls(text)
         match = _SPEC.match(text)
@@ -307,7 +343,7 @@ def _streamed(data: Any, label: str) -> Iterator[tuple[int, Any]]:
         yield from enumerate(data, 1)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the connection dropped, the shard is gone...
+    except Exception as exc:
         raise ConfigError(f"--val_dataset {label}: reading it from the hub failed: {_one_line(exc)}") from None
 
 
@@ -317,11 +353,13 @@ def _hugging_face_rows(spec: DatasetSpec, label: str, seed: int) -> list[Dataset
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"--val_dataset {label}: Hugging Face datasets need `pip install datasets`; or pass a "
-                          f"local .jsonl/.json/.csv file") from None
+        raise ConfigError(
+            f"--val_dataset {label}: Hugging Face datasets need `pip install datasets`; or pass a "
+            f"local .jsonl/.json/.csv file"
+        ) from None
     try:
         data = datasets.load_dataset(spec.name, spec.subset, split="train", streaming=True)
-    except Exception as exc:  # noqa: BLE001 - offline, not found, gated: one line, not the library's trace
+    except Exception as exc:
         raise ConfigError(f"--val_dataset {label}: cannot load it from the hub: {_one_line(exc)}") from None
     return _rows(label, _streamed(data, label), "row", count=spec.count, seed=seed)
 
@@ -332,40 +370,55 @@ def _modelscope_rows(spec: DatasetSpec, label: str, seed: int) -> list[DatasetRo
     try:
         from modelscope.hub.snapshot_download import dataset_snapshot_download
     except ImportError:
-        raise ConfigError(f"--val_dataset {label}: --use_hf false (or USE_HF=0) loads datasets from ModelScope, "
-                          f"which needs `pip install modelscope`; or drop it to use Hugging Face") from None
+        raise ConfigError(
+            f"--val_dataset {label}: --use_hf false (or USE_HF=0) loads datasets from ModelScope, "
+            f"which needs `pip install modelscope`; or drop it to use Hugging Face"
+        ) from None
     try:
         folder = Path(dataset_snapshot_download(spec.name))
-    except Exception as exc:  # noqa: BLE001 - offline, not found: one line
+    except Exception as exc:
         raise ConfigError(f"--val_dataset {label}: cannot load it from ModelScope: {_one_line(exc)}") from None
     if spec.subset:
         if not (folder / spec.subset).is_dir():
             found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-            raise ConfigError(f"--val_dataset {label}: no subset {spec.subset!r} in the dataset (its folders: "
-                              f"{', '.join(found) or 'none'})")
+            raise ConfigError(
+                f"--val_dataset {label}: no subset {spec.subset!r} in the dataset (its folders: "
+                f"{', '.join(found) or 'none'})"
+            )
         folder = folder / spec.subset
     return _folder_rows(label, folder, spec.count, seed)
 
 
-def _saved_rows(source: str, path: Path, count: Optional[int], seed: int) -> list[DatasetRow]:
+def _saved_rows(source: str, path: Path, count: int | None, seed: int) -> list[DatasetRow]:
     """A `datasets` save_to_disk folder (memory-mapped Arrow: rows are read one by one)."""
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"--val_dataset {source} is a `datasets` save_to_disk folder, which needs "
-                          f"`pip install datasets`") from None
+        raise ConfigError(
+            f"--val_dataset {source} is a `datasets` save_to_disk folder, which needs `pip install datasets`"
+        ) from None
     data = datasets.load_from_disk(str(path))
     if isinstance(data, datasets.DatasetDict):
-        data = data["validation"] if "validation" in data else data["train"] if "train" in data else next(
-            iter(data.values()))
+        data = (
+            data["validation"]
+            if "validation" in data
+            else data["train"]
+            if "train" in data
+            else next(iter(data.values()))
+        )
     return _rows(os.path.normpath(source), enumerate(data, 1), "row", count=count, seed=seed)
 
 
-def _folder_rows(source: str, path: Path, count: Optional[int] = None, seed: int = 42) -> list[DatasetRow]:
+def _folder_rows(source: str, path: Path, count: int | None = None, seed: int = 42) -> list[DatasetRow]:
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         return _saved_rows(source, path, count, seed)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
         raise ConfigError(f"dataset folder {source} holds no .jsonl, .json, .csv or .parquet files")
     rows: list[DatasetRow] = []
@@ -394,8 +447,9 @@ def load_spec(text: str, *, seed: int = 42, use_hf: bool = True) -> list[Dataset
     return _hugging_face_rows(spec, label, seed) if use_hf else _modelscope_rows(spec, label, seed)
 
 
-def load_datasets(sources: list[str], *, seed: int = 42, sample: Optional[int] = None,
-                  use_hf: bool = True) -> list[DatasetRow]:
+def load_datasets(
+    sources: list[str], *, seed: int = 42, sample: int | None = None, use_hf: bool = True
+) -> list[DatasetRow]:
     """All rows of all datasets, in order; the same dataset given twice (however spelled) is read once.
     `sample`: keep that many of them at random (--val_dataset_sample)."""
     rows: list[DatasetRow] = []

@@ -4,6 +4,7 @@ Every part must be complete: its shard file lists the row ids it owes, and each 
 A missing or partial part fails the whole merge with a ConfigError (exit 2) that names the shard to re-run,
 so a merged file is never silently short. Rows are copied byte for byte, never re-serialised.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def _index_lines(path: Path) -> dict[str, tuple[int, int]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    raise ConfigError(f"{path}: the line at byte {offset} is not JSON; "
-                                      f"remove the part and re-run its shard") from None
+                    raise ConfigError(
+                        f"{path}: the line at byte {offset} is not JSON; remove the part and re-run its shard"
+                    ) from None
                 key = str(row.get("id")) if isinstance(row, dict) else None
                 if key is not None and key not in spans:
                     spans[key] = (offset, len(line))
@@ -53,8 +55,10 @@ def _read_shard_file(part: str, shard: Shard) -> dict:
     if body.get("version") != SHARD_FILE_VERSION or not isinstance(body.get("ids"), list):
         raise ConfigError(f"{path} is not a swiftops shard file; remove it and re-run shard {shard.index}")
     if body.get("num_shards") != shard.count or body.get("shard_index") != shard.index:
-        raise ConfigError(f"{path} belongs to shard {body.get('shard_index')} of {body.get('num_shards')}, "
-                          f"not {shard.index} of {shard.count}")
+        raise ConfigError(
+            f"{path} belongs to shard {body.get('shard_index')} of {body.get('num_shards')}, "
+            f"not {shard.index} of {shard.count}"
+        )
     return body
 
 
@@ -69,12 +73,16 @@ def load_part(result_path: str, shard: Shard) -> tuple[Part | None, str | None]:
     spans = _index_lines(Path(part)) if Path(part).exists() else {}
     missing = [key for key in ids if key not in spans]
     if missing:
-        return None, (f"{label} is incomplete: {len(ids) - len(missing)} of {len(ids)} rows "
-                      f"(first missing: {missing[0]}); shard {shard.index} was stopped or some rows failed")
+        return None, (
+            f"{label} is incomplete: {len(ids) - len(missing)} of {len(ids)} rows "
+            f"(first missing: {missing[0]}); shard {shard.index} was stopped or some rows failed"
+        )
     strays = spans.keys() - set(ids)
     if strays:
-        return None, (f"{label} holds {len(strays)} rows that are not in its shard (e.g. {sorted(strays)[0]}): "
-                      f"it comes from a run over other datasets; remove it and its {shard_file(part).name}")
+        return None, (
+            f"{label} holds {len(strays)} rows that are not in its shard (e.g. {sorted(strays)[0]}): "
+            f"it comes from a run over other datasets; remove it and its {shard_file(part).name}"
+        )
     return Part(Path(part), ids, int(body["total_rows"]), spans), None
 
 
@@ -82,13 +90,17 @@ def _check_sizes(parts: list[Part]) -> None:
     """Strided shards of the same rows: shard k holds ceil((total - k) / count) of them."""
     totals = {part.total_rows for part in parts}
     if len(totals) != 1:
-        raise ConfigError(f"the parts come from runs over different datasets ({sorted(totals)} rows); "
-                          f"remove the stale parts and re-run their shards")
+        raise ConfigError(
+            f"the parts come from runs over different datasets ({sorted(totals)} rows); "
+            f"remove the stale parts and re-run their shards"
+        )
     total, count = totals.pop(), len(parts)
     for index, part in enumerate(parts):
         if len(part.ids) != len(range(index, total, count)):
-            raise ConfigError(f"{part.path} lists {len(part.ids)} rows but shard {index} of {count} over "
-                              f"{total} rows has {len(range(index, total, count))}; re-run that shard")
+            raise ConfigError(
+                f"{part.path} lists {len(part.ids)} rows but shard {index} of {count} over "
+                f"{total} rows has {len(range(index, total, count))}; re-run that shard"
+            )
 
 
 def merge_parts(result_path: str, num_shards: int) -> int:
@@ -106,8 +118,11 @@ def merge_parts(result_path: str, num_shards: int) -> int:
             continue
         parts.append(part)
     if problems:
-        raise ConfigError("cannot merge: " + "; ".join(problems) +
-                          ". Re-run those shards with the same --num_shards (they resume), then merge again")
+        raise ConfigError(
+            "cannot merge: "
+            + "; ".join(problems)
+            + ". Re-run those shards with the same --num_shards (they resume), then merge again"
+        )
     _check_sizes(parts)
     return _write_interleaved(Path(result_path), parts)
 
@@ -121,7 +136,7 @@ def _write_interleaved(target: Path, parts: list[Part]) -> int:
     try:
         with tmp.open("wb") as out:
             for position in range(max(len(part.ids) for part in parts)):
-                for part, source in zip(parts, files):
+                for part, source in zip(parts, files, strict=False):
                     if position < len(part.ids):
                         offset, length = part.spans[part.ids[position]]
                         source.seek(offset)

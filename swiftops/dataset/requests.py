@@ -5,9 +5,10 @@
 
 A row's final assistant turn (its label) is left out: the requests ask the model for it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 from swiftops.dataset.loader import DatasetRow, load_datasets, sample_rows
 
@@ -22,14 +23,16 @@ def _request_fields(row: DatasetRow) -> dict[str, Any]:
     return fields
 
 
-def load_dataset(datasets: Union[str, list[str]], *, seed: int = 42, split_dataset_ratio: float = 0.0,
-                 use_hf: Optional[bool] = None) -> tuple[list[dict[str, Any]], Optional[list[dict[str, Any]]]]:
+def load_dataset(
+    datasets: str | list[str], *, seed: int = 42, split_dataset_ratio: float = 0.0, use_hf: bool | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(train rows, held-out rows or None) of `NAME_OR_PATH[:subset][#N]` datasets; `split_dataset_ratio` holds
     that share out (seeded by `seed`), as ms-swift's `load_dataset` does."""
     from swiftops.engines.model_source import wants_hugging_face
 
-    rows = load_datasets([datasets] if isinstance(datasets, str) else list(datasets), seed=seed,
-                         use_hf=wants_hugging_face(use_hf))
+    rows = load_datasets(
+        [datasets] if isinstance(datasets, str) else list(datasets), seed=seed, use_hf=wants_hugging_face(use_hf)
+    )
     if not split_dataset_ratio:
         return [_request_fields(r) for r in rows], None
     held_out = sample_rows(rows, max(1, round(len(rows) * split_dataset_ratio)), seed)

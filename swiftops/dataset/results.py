@@ -7,13 +7,15 @@ process leaves at most one partial last line; opening the file again drops that 
 The file is checked whole before anything is changed: a file that is not a result file (a text file, the
 dataset itself given by mistake) is refused with the file untouched, never truncated first.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from swiftops.protocol.errors import ConfigError
 
@@ -33,8 +35,11 @@ def refuse_input_as_result(result_path: str, inputs: Iterable[str]) -> None:
         if not same and target.exists() and Path(source).exists():
             same = os.path.samefile(source, target)
         if same:
-            raise ConfigError(f"--result_path {result_path} is the input file {source}; results would be appended "
-                              f"into it; give another --result_path", param="result_path")
+            raise ConfigError(
+                f"--result_path {result_path} is the input file {source}; results would be appended "
+                f"into it; give another --result_path",
+                param="result_path",
+            )
 
 
 class ResultWriter:
@@ -52,7 +57,7 @@ class ResultWriter:
         if self.path.is_dir():
             raise ConfigError(f"--result_path {path} is a directory; give a .jsonl file path")
         self._repair_and_index()
-        self._fd: Optional[int] = None  # opened on the first row: a run that fails early leaves no empty file
+        self._fd: int | None = None  # opened on the first row: a run that fails early leaves no empty file
 
     def _repair_and_index(self) -> None:
         """Check every complete line, then drop a partial last line left by a killed run; collect the ids."""
@@ -70,9 +75,11 @@ class ResultWriter:
             # Our rows are one write() of `{...}\n`: a killed run leaves the start of an object. Anything else
             # is not ours to cut (a text file's unterminated last line): refuse, the file untouched.
             if not tail.lstrip().startswith(b"{"):
-                raise ConfigError(f"result file {self.path}: its last line is not a result row (is it a result "
-                                  f"file?); the file was left unchanged: fix or remove it, or pass another "
-                                  f"--result_path")
+                raise ConfigError(
+                    f"result file {self.path}: its last line is not a result row (is it a result "
+                    f"file?); the file was left unchanged: fix or remove it, or pass another "
+                    f"--result_path"
+                )
             with self.path.open("r+b") as f:
                 f.truncate(len(complete))  # the unfinished row is run again
 
@@ -80,8 +87,10 @@ class ResultWriter:
         try:
             return json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ConfigError(f"result file {self.path} line {line_no} is not JSON (is it a result file?); the file "
-                              f"was left unchanged: fix or remove it, or pass another --result_path") from None
+            raise ConfigError(
+                f"result file {self.path} line {line_no} is not JSON (is it a result file?); the file "
+                f"was left unchanged: fix or remove it, or pass another --result_path"
+            ) from None
 
     def _index(self, row: Any) -> None:
         if isinstance(row, dict) and row.get("id") is not None:
@@ -93,7 +102,7 @@ class ResultWriter:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         view = memoryview(line)
         while view:  # one write() for the line; a partial write (disk full, signal) is finished, not interleaved
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
         self._unsynced += 1
         if self._unsynced >= self.fsync_every:
             self.sync()
@@ -111,8 +120,8 @@ class ResultWriter:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "ResultWriter":
+    def __enter__(self) -> ResultWriter:
         return self
 
-    def __exit__(self, *exc: Optional[BaseException]) -> None:
+    def __exit__(self, *exc: BaseException | None) -> None:
         self.close()

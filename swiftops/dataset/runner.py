@@ -1,11 +1,13 @@
 """Running dataset rows through an engine: a bounded number in flight, each row written as it finishes."""
+
 from __future__ import annotations
 
 import asyncio
 import os
 import re
 import sys
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from swiftops.dataset.loader import DatasetRow
 from swiftops.dataset.results import ResultWriter
@@ -16,15 +18,28 @@ from swiftops.protocol.request import RequestConfig
 from swiftops.protocol.response import ChatCompletionResponse
 
 
-def result_row(key: str, messages: list[dict[str, Any]], response: ChatCompletionResponse, *,
-               labels: Optional[str] = None, with_logprobs: bool = False, **extra: Any) -> dict[str, Any]:
+def result_row(
+    key: str,
+    messages: list[dict[str, Any]],
+    response: ChatCompletionResponse,
+    *,
+    labels: str | None = None,
+    with_logprobs: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
     """One line of the result file (dataset and interactive mode write the same shape). `labels` is ms-swift's
     name for the reference answer (files written before this release call it `label`; they resume all the same:
     resuming goes by `id`)."""
     choice = response.choices[0]
-    row: dict[str, Any] = {"id": key, **extra, "messages": messages, "response": choice.message.content,
-                           "labels": labels, "finish_reason": choice.finish_reason,
-                           "usage": response.usage.model_dump()}
+    row: dict[str, Any] = {
+        "id": key,
+        **extra,
+        "messages": messages,
+        "response": choice.message.content,
+        "labels": labels,
+        "finish_reason": choice.finish_reason,
+        "usage": response.usage.model_dump(),
+    }
     if choice.message.tool_calls:
         row["tool_calls"] = [call.model_dump() for call in choice.message.tool_calls]
     if with_logprobs:
@@ -35,22 +50,27 @@ def result_row(key: str, messages: list[dict[str, Any]], response: ChatCompletio
 class BoxDrawer:
     """`--draw_boxes DIR`: each answer's grounding boxes drawn on its request's first image, saved as DIR/<id>.png."""
 
-    def __init__(self, directory: str, min_pixels: Optional[int] = None, max_pixels: Optional[int] = None) -> None:
+    def __init__(self, directory: str, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
 
-    def save(self, key: str, images: list[Any], response: ChatCompletionResponse) -> Optional[str]:
+    def save(self, key: str, images: list[Any], response: ChatCompletionResponse) -> str | None:
         from swiftops.template.grounding import save_drawn_boxes
+
         if not images:
             return None
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_") or "answer"
-        return save_drawn_boxes(response.choices[0].message.content or "", images[0],
-                                os.path.join(self.directory, f"{name}.png"),
-                                min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return save_drawn_boxes(
+            response.choices[0].message.content or "",
+            images[0],
+            os.path.join(self.directory, f"{name}.png"),
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+        )
 
 
-def sample_report(messages: list[dict[str, Any]], labels: Optional[str], response: Optional[str]) -> str:
+def sample_report(messages: list[dict[str, Any]], labels: str | None, response: str | None) -> str:
     """What `--stream true` prints per dataset sample, as ms-swift does: the last query, the labels, the response."""
     query = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
     return f"[QUERY] {query}\n[LABELS] {labels}\n[RESPONSE] {response}\n{'-' * 50}"
@@ -67,9 +87,19 @@ class DatasetRun:
     while bounding memory for large datasets).
     """
 
-    def __init__(self, engine: InferEngine, config: RequestConfig, writer: ResultWriter, *,
-                 system: Optional[str] = None, max_in_flight: int = 64, stats: Optional[InferStats] = None,
-                 progress: Any = None, boxes: Optional["BoxDrawer"] = None, echo: bool = False) -> None:
+    def __init__(
+        self,
+        engine: InferEngine,
+        config: RequestConfig,
+        writer: ResultWriter,
+        *,
+        system: str | None = None,
+        max_in_flight: int = 64,
+        stats: InferStats | None = None,
+        progress: Any = None,
+        boxes: BoxDrawer | None = None,
+        echo: bool = False,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.writer = writer
@@ -84,6 +114,7 @@ class DatasetRun:
         # Reward, PRM and classifier models score the whole conversation, final answer included (as ms-swift
         # does); generating models answer the conversation without it (it is the row's label).
         from swiftops.engines.pt.task import SCORING_TASKS
+
         self.whole = getattr(engine, "task_type", None) in SCORING_TASKS
 
     def run(self, rows: list[DatasetRow]) -> list[tuple[DatasetRow, BaseException]]:
@@ -111,15 +142,31 @@ class DatasetRun:
             response = await self.engine.infer_async(request, self.config)
         except Exception as exc:  # one bad row must not lose the rest of the run
             self.failures.append((row, exc))
-            self._note(f"warning: {row.source} line {row.line} failed and was skipped "
-                       f"(re-run the same command to retry it): {describe_failure(exc)}")
+            self._note(
+                f"warning: {row.source} line {row.line} failed and was skipped "
+                f"(re-run the same command to retry it): {describe_failure(exc)}"
+            )
             return
-        self.stats.finish(row.key, response.usage.prompt_tokens, response.usage.completion_tokens,
-                          len(response.choices))
-        media = {kind: items for kind, items in (("images", row.images), ("videos", row.videos),
-                                                 ("audios", row.audios)) if items}
-        self.writer.write(result_row(row.key, messages, response, labels=row.label,
-                                     with_logprobs=self.config.logprobs, source=row.source, index=row.index, **media))
+        self.stats.finish(
+            row.key, response.usage.prompt_tokens, response.usage.completion_tokens, len(response.choices)
+        )
+        media = {
+            kind: items
+            for kind, items in (("images", row.images), ("videos", row.videos), ("audios", row.audios))
+            if items
+        }
+        self.writer.write(
+            result_row(
+                row.key,
+                messages,
+                response,
+                labels=row.label,
+                with_logprobs=self.config.logprobs,
+                source=row.source,
+                index=row.index,
+                **media,
+            )
+        )
         if self.echo:
             self._note(sample_report(messages, row.label, response.choices[0].message.content), err=False)
         if self.boxes is not None:

@@ -5,6 +5,7 @@ rendezvous address; we only read them. The ranks share nothing but one gloo all-
 (how many rows failed), which is also the barrier after which rank 0 merges the parts. A crashed
 rank is torchrun's to handle: it stops the others and exits non-zero.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 from swiftops.dataset.sharding import Shard
 from swiftops.protocol.errors import ConfigError
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 BARRIER_TIMEOUT = timedelta(days=7)
 
 
-def _env_int(name: str) -> Optional[int]:
+def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None or value == "":
         return None
@@ -42,7 +43,7 @@ class TorchrunRank:
     local_rank: int
 
     @classmethod
-    def from_environment(cls) -> Optional["TorchrunRank"]:
+    def from_environment(cls) -> TorchrunRank | None:
         """The rank torchrun gave this process, or None when it was not started by torchrun."""
         world_size = _env_int("WORLD_SIZE")
         if world_size is None:
@@ -64,8 +65,10 @@ class TorchrunRank:
             return "cpu"
         count = torch.cuda.device_count()
         if self.local_rank >= count:
-            raise ConfigError(f"LOCAL_RANK={self.local_rank} but this machine has {count} GPUs; "
-                              f"run at most {count} processes per node (--nproc_per_node)")
+            raise ConfigError(
+                f"LOCAL_RANK={self.local_rank} but this machine has {count} GPUs; "
+                f"run at most {count} processes per node (--nproc_per_node)"
+            )
         torch.cuda.set_device(self.local_rank)
         return f"cuda:{self.local_rank}"
 
@@ -76,9 +79,11 @@ class TorchrunRank:
         if dist.is_initialized():
             return
         if "MASTER_ADDR" not in os.environ:
-            raise ConfigError("WORLD_SIZE is set but MASTER_ADDR is not: start data-parallel runs with "
-                              "`swiftops infer --nproc_per_node N` or torchrun, or shard over separate processes "
-                              "with --shard_index/--num_shards and `swiftops merge-results`")
+            raise ConfigError(
+                "WORLD_SIZE is set but MASTER_ADDR is not: start data-parallel runs with "
+                "`swiftops infer --nproc_per_node N` or torchrun, or shard over separate processes "
+                "with --shard_index/--num_shards and `swiftops merge-results`"
+            )
         dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=BARRIER_TIMEOUT)
 
     def total_over_ranks(self, count: int) -> int:
@@ -107,10 +112,20 @@ def relaunch_under_torchrun(nproc_per_node: int, args: list[str]) -> NoReturn:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus and nproc_per_node > gpus:  # fail here, not in N ranks' tracebacks
-        raise ConfigError(f"--nproc_per_node {nproc_per_node} but this machine has {gpus} GPUs; "
-                          f"use at most {gpus} (one process per GPU)")
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-            "-m", "swiftops.cli.main", *args]
+        raise ConfigError(
+            f"--nproc_per_node {nproc_per_node} but this machine has {gpus} GPUs; "
+            f"use at most {gpus} (one process per GPU)"
+        )
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc_per_node}",
+        "-m",
+        "swiftops.cli.main",
+        *args,
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

@@ -4,20 +4,28 @@ Backends implement `infer_async` (plus, where they can, `embed_async`); the sync
 batched `infer` is built here once, on a private event loop, so every backend batches the same way:
 all requests of a call are submitted at once and the backend's scheduler batches them.
 """
+
 from __future__ import annotations
 
 import asyncio
 import queue
 import threading
 from abc import ABC, abstractmethod
-from typing import Any, AsyncIterator, Iterator, Optional, Union
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.metrics.stats import InferStats
-from swiftops.protocol import (AdapterRequest, ChatCompletionResponse, ChatCompletionStreamResponse, InferRequest,
-                               RequestConfig, UnsupportedError)
+from swiftops.protocol import (
+    AdapterRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    InferRequest,
+    RequestConfig,
+    UnsupportedError,
+)
 
-InferResult = Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]
+InferResult = ChatCompletionResponse | AsyncIterator[ChatCompletionStreamResponse]
 _END = object()
 
 
@@ -30,11 +38,14 @@ async def _outputs_of(stream: AsyncIterator[ChatCompletionStreamResponse]) -> As
             for choice in chunk.choices:
                 entries = choice.logprobs.content if choice.logprobs is not None else None
                 counts[choice.index] = counts.get(choice.index, 0) + (1 if choice.delta.content else 0)
-                yield SequenceOutput(index=choice.index, text=choice.delta.content or "", logprobs=list(entries or []),
-                                     finish_reason=choice.finish_reason,
-                                     prompt_tokens=usage.prompt_tokens if usage is not None else 0,
-                                     completion_tokens=usage.completion_tokens if usage is not None
-                                     else counts[choice.index])
+                yield SequenceOutput(
+                    index=choice.index,
+                    text=choice.delta.content or "",
+                    logprobs=list(entries or []),
+                    finish_reason=choice.finish_reason,
+                    prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+                    completion_tokens=usage.completion_tokens if usage is not None else counts[choice.index],
+                )
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
@@ -49,7 +60,7 @@ class _LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="swiftops-engine-loop", daemon=True)
         self.thread.start()
 
-    def submit(self, coro) -> "asyncio.Future[Any]":
+    def submit(self, coro) -> asyncio.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
@@ -58,39 +69,47 @@ class InferEngine(ABC):
 
     #: Name put in responses' `model` field when the caller does not name one.
     model_name: str = "model"
-    _loop_thread: Optional[_LoopThread] = None
+    _loop_thread: _LoopThread | None = None
 
     # ---- what backends implement -------------------------------------------------------------
     @abstractmethod
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None) -> InferResult:
+    async def infer_async(
+        self,
+        request: InferRequest,
+        request_config: RequestConfig | None = None,
+        *,
+        adapter_request: AdapterRequest | None = None,
+    ) -> InferResult:
         """Answer one request: a response, or (with `stream=True`) an async iterator of chunks."""
 
-    async def generate(self, request: InferRequest, config: RequestConfig, *,
-                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+    async def generate(
+        self, request: InferRequest, config: RequestConfig, *, adapter_request: AdapterRequest | None = None
+    ) -> AsyncIterator[SequenceOutput]:
         """The request's per-choice outputs as they come (text deltas, token ids, logprob entries, a finish reason
         and token counts on each), for the server's chunk shapers: a stream without OpenAI's chunk objects.
         Errors of the request itself raise here or at the first output. This default reads `infer_async`'s
         chunks; the token-by-token backends hand over their outputs directly."""
-        stream = await self.infer_async(request, config.model_copy(update={"stream": True}),
-                                        adapter_request=adapter_request)
+        stream = await self.infer_async(
+            request, config.model_copy(update={"stream": True}), adapter_request=adapter_request
+        )
         return _outputs_of(stream)
 
-    def health_error(self) -> Optional[str]:
+    def health_error(self) -> str | None:
         """Why the engine can serve no more (its process died), or None while it can: /health reports it."""
         return None
 
     async def embed_async(self, inputs: list[Any]) -> list[list[float]]:
         """Embeddings of texts (embedding models only)."""
-        raise UnsupportedError("this model is not an embedding model; /v1/embeddings needs one "
-                               "(e.g. a sentence-transformers checkpoint)")
+        raise UnsupportedError(
+            "this model is not an embedding model; /v1/embeddings needs one (e.g. a sentence-transformers checkpoint)"
+        )
 
     @property
     def adapter_names(self) -> list[str]:
         """Names of the LoRA adapters a request may select."""
         return []
 
-    def prefix_cache_stats(self) -> Optional[tuple[int, int]]:
+    def prefix_cache_stats(self) -> tuple[int, int] | None:
         """(queried, hit) prompt tokens of the prefix cache since the engine started; None where not counted."""
         return None
 
@@ -110,6 +129,7 @@ class InferEngine(ABC):
         template = self.__dict__.get("_default_template")
         if template is None:
             from swiftops.template.template import Template
+
             generation = getattr(self, "generation", None)
             template = Template(processor=self.processor, default_system=getattr(generation, "system", None))
             self._default_template = template
@@ -125,14 +145,16 @@ class InferEngine(ABC):
         if encoder is not None:
             encoder.default_system = template.default_system
         if template.chat_template:
-            for holder in {id(h): h for h in (getattr(self, "tokenizer", None), self.processor) if h is not None}.values():
+            for holder in {
+                id(h): h for h in (getattr(self, "tokenizer", None), self.processor) if h is not None
+            }.values():
                 holder.chat_template = template.chat_template
         self._default_template = template
 
     # ms-swift 4.x's name for the same object.
     template = default_template
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: engines without threads or GPU memory have nothing to free
         """Release the engine's resources (threads, GPU memory)."""
 
     def __enter__(self):
@@ -147,8 +169,14 @@ class InferEngine(ABC):
             self._loop_thread = _LoopThread()
         return self._loop_thread
 
-    async def _timed(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest],
-                     metrics: list[InferStats], key: str) -> ChatCompletionResponse:
+    async def _timed(
+        self,
+        request: InferRequest,
+        config: RequestConfig,
+        adapter_request: AdapterRequest | None,
+        metrics: list[InferStats],
+        key: str,
+    ) -> ChatCompletionResponse:
         for m in metrics:
             m.start(key)
         response = await self.infer_async(request, config, adapter_request=adapter_request)
@@ -156,9 +184,15 @@ class InferEngine(ABC):
             m.finish(key, response.usage.prompt_tokens, response.usage.completion_tokens, len(response.choices))
         return response
 
-    async def _pump_stream(self, request: InferRequest, config: RequestConfig,
-                           adapter_request: Optional[AdapterRequest], metrics: list[InferStats], key: str,
-                           sink: "queue.Queue[Any]") -> None:
+    async def _pump_stream(
+        self,
+        request: InferRequest,
+        config: RequestConfig,
+        adapter_request: AdapterRequest | None,
+        metrics: list[InferStats],
+        key: str,
+        sink: queue.Queue[Any],
+    ) -> None:
         for m in metrics:
             m.start(key)
         try:
@@ -179,7 +213,7 @@ class InferEngine(ABC):
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    def _sync_stream(self, sink: "queue.Queue[Any]", task: "asyncio.Future[Any]") -> Iterator[ChatCompletionStreamResponse]:
+    def _sync_stream(self, sink: queue.Queue[Any], task: asyncio.Future[Any]) -> Iterator[ChatCompletionStreamResponse]:
         try:
             while True:
                 item = sink.get()
@@ -191,10 +225,17 @@ class InferEngine(ABC):
         finally:
             task.cancel()  # a consumer that stops early aborts the generation
 
-    def infer(self, requests: list[InferRequest], request_config: Optional[RequestConfig] = None,
-              metrics: Optional[list[InferStats]] = None, *, adapter_request: Optional[AdapterRequest] = None,
-              use_tqdm: Optional[bool] = None, return_exceptions: bool = False,
-              template: Any = None) -> list[Any]:
+    def infer(
+        self,
+        requests: list[InferRequest],
+        request_config: RequestConfig | None = None,
+        metrics: list[InferStats] | None = None,
+        *,
+        adapter_request: AdapterRequest | None = None,
+        use_tqdm: bool | None = None,
+        return_exceptions: bool = False,
+        template: Any = None,
+    ) -> list[Any]:
         """Answer a batch of requests; one response (or, with `stream=True`, one chunk iterator) per request.
 
         With `return_exceptions=True` a failed request yields its exception in place of a response,
@@ -204,8 +245,10 @@ class InferEngine(ABC):
         config = request_config or RequestConfig()
         if template is not None:
             if template.chat_template and template.chat_template != getattr(self.processor, "chat_template", None):
-                raise UnsupportedError("a template with its own chat template applies to the whole engine: set "
-                                       "engine.default_template = template instead of passing it per call")
+                raise UnsupportedError(
+                    "a template with its own chat template applies to the whole engine: set "
+                    "engine.default_template = template instead of passing it per call"
+                )
             requests = [template.apply(r) for r in requests]
         metrics = list(metrics or [])
         for m in metrics:
@@ -214,16 +257,21 @@ class InferEngine(ABC):
         if config.stream:
             streams = []
             for i, request in enumerate(requests):
-                sink: "queue.Queue[Any]" = queue.Queue()
-                task = loop.submit(self._pump_stream(request, config, adapter_request, metrics, f"{id(sink)}-{i}", sink))
+                sink: queue.Queue[Any] = queue.Queue()
+                task = loop.submit(
+                    self._pump_stream(request, config, adapter_request, metrics, f"{id(sink)}-{i}", sink)
+                )
                 streams.append(self._sync_stream(sink, task))
             return streams
-        futures = [loop.submit(self._timed(r, config, adapter_request, metrics, f"{id(requests)}-{i}"))
-                   for i, r in enumerate(requests)]
+        futures = [
+            loop.submit(self._timed(r, config, adapter_request, metrics, f"{id(requests)}-{i}"))
+            for i, r in enumerate(requests)
+        ]
         show = use_tqdm if use_tqdm is not None else len(requests) > 1
         bar = None
         if show:
             from tqdm import tqdm
+
             bar = tqdm(total=len(futures), desc="infer", dynamic_ncols=True)
         results: list[Any] = []
         try:

@@ -7,6 +7,7 @@ Responses are the local engines' types (a streamed usage arrives on the last chu
 local image/video/audio paths are sent as base64 data URIs, one connection pool is reused per event
 loop, and a server error raises `InferClientError` carrying the server's message and HTTP status.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,18 +17,32 @@ import json
 import mimetypes
 import os
 import weakref
-from typing import Any, AsyncIterator, Optional, Union
+from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
 from swiftops.engines.base import InferEngine
 from swiftops.metrics.stats import InferStats
-from swiftops.protocol import (AdapterRequest, ChatCompletionResponse, ChatCompletionResponseChoice,
-                               ChatCompletionResponseStreamChoice, ChatCompletionStreamResponse,
-                               ChatCompletionTokenLogprob, ChatMessage, ChoiceLogprobs, CompletionLogprobs,
-                               CompletionResponse, DeltaMessage, InferRequest, RequestConfig, SwiftopsError,
-                               TopLogprob, UsageInfo)
+from swiftops.protocol import (
+    AdapterRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatCompletionTokenLogprob,
+    ChatMessage,
+    ChoiceLogprobs,
+    CompletionLogprobs,
+    CompletionResponse,
+    DeltaMessage,
+    InferRequest,
+    RequestConfig,
+    SwiftopsError,
+    TopLogprob,
+    UsageInfo,
+)
 
 # Keys of content parts (and top-level request fields) that hold media.
 _MEDIA_KEYS = ("image", "video", "audio", "image_url", "video_url", "audio_url")
@@ -37,8 +52,9 @@ _REMOTE_PREFIXES = ("http://", "https://", "data:")
 class InferClientError(SwiftopsError):
     """The server answered with an error (or could not be reached: status 503)."""
 
-    def __init__(self, message: str, *, status: int, type: Optional[str] = None, param: Optional[str] = None,
-                 code: Optional[str] = None) -> None:
+    def __init__(
+        self, message: str, *, status: int, type: str | None = None, param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message, param=param, code=code)
         self.status = status
         if type:
@@ -85,8 +101,9 @@ def _encode_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sampling_fields(config: RequestConfig) -> dict[str, Any]:
-    fields = config.model_dump(exclude={"stream", "logprobs", "top_logprobs", "max_tokens", "return_details"},
-                               exclude_defaults=True)
+    fields = config.model_dump(
+        exclude={"stream", "logprobs", "top_logprobs", "max_tokens", "return_details"}, exclude_defaults=True
+    )
     if config.max_tokens is not None:
         fields["max_tokens"] = config.max_tokens
     if config.stream:
@@ -95,23 +112,35 @@ def _sampling_fields(config: RequestConfig) -> dict[str, Any]:
     return fields
 
 
-def chat_logprobs(legacy: Optional[CompletionLogprobs]) -> Optional[ChoiceLogprobs]:
+def chat_logprobs(legacy: CompletionLogprobs | None) -> ChoiceLogprobs | None:
     """The completions API's parallel lists -> chat-style logprobs (what the local engines return)."""
     if legacy is None:
         return None
     content = []
     for i, token in enumerate(legacy.tokens):
         top = (legacy.top_logprobs[i] if i < len(legacy.top_logprobs) else None) or {}
-        content.append(ChatCompletionTokenLogprob(
-            token=token, logprob=legacy.token_logprobs[i] or 0.0,
-            top_logprobs=[TopLogprob(token=t, logprob=lp) for t, lp in top.items()]))
+        content.append(
+            ChatCompletionTokenLogprob(
+                token=token,
+                logprob=legacy.token_logprobs[i] or 0.0,
+                top_logprobs=[TopLogprob(token=t, logprob=lp) for t, lp in top.items()],
+            )
+        )
     return ChoiceLogprobs(content=content)
 
 
 class InferClient(InferEngine):
-    def __init__(self, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
-                 base_url: Optional[str] = None, timeout: float = 86400.0, *, max_connections: int = 64,
-                 max_retries: int = 3) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 86400.0,
+        *,
+        max_connections: int = 64,
+        max_retries: int = 3,
+    ) -> None:
         """`base_url` (e.g. http://host:8000/v1) wins over host/port; `max_retries` retries 429 answers."""
         url = (base_url or f"http://{host}:{port}/v1").rstrip("/")
         if urlparse(url).path in ("", "/"):
@@ -123,10 +152,11 @@ class InferClient(InferEngine):
         self.max_retries = max_retries
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # httpx's async pools belong to one event loop: one pool per loop that uses this client.
-        self._async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = (
-            weakref.WeakKeyDictionary())
-        self._sync_client: Optional[httpx.Client] = None
-        self._models: Optional[list[str]] = None
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sync_client: httpx.Client | None = None
+        self._models: list[str] | None = None
 
     # ---- models ------------------------------------------------------------------------------
     @property
@@ -167,15 +197,24 @@ class InferClient(InferEngine):
         return client
 
     def _unreachable(self, exc: Exception) -> InferClientError:
-        return InferClientError(f"cannot reach the server at {self.base_url} ({type(exc).__name__}: {exc}); "
-                                f"is `swiftops deploy` running there?", status=503, code="unreachable")
+        return InferClientError(
+            f"cannot reach the server at {self.base_url} ({type(exc).__name__}: {exc}); "
+            f"is `swiftops deploy` running there?",
+            status=503,
+            code="unreachable",
+        )
 
     @staticmethod
     def _error(status: int, content: bytes) -> InferClientError:
         try:
             error = json.loads(content)["error"]
-            return InferClientError(str(error.get("message")), status=status, type=error.get("type"),
-                                    param=error.get("param"), code=error.get("code"))
+            return InferClientError(
+                str(error.get("message")),
+                status=status,
+                type=error.get("type"),
+                param=error.get("param"),
+                code=error.get("code"),
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             text = content.decode("utf-8", "replace")[:500]
             return InferClientError(f"the server answered {status}: {text}", status=status)
@@ -212,16 +251,24 @@ class InferClient(InferEngine):
                 event = json.loads(data)
                 if "error" in event:
                     error = event["error"]
-                    raise InferClientError(str(error.get("message")), status=500, type=error.get("type"),
-                                           code=error.get("code"))
+                    raise InferClientError(
+                        str(error.get("message")), status=500, type=error.get("type"), code=error.get("code")
+                    )
                 yield event
         finally:
             await response.aclose()
 
     # ---- the engine interface ----------------------------------------------------------------
-    def infer(self, requests: list[InferRequest], request_config: Optional[RequestConfig] = None,
-              metrics: Optional[list[InferStats]] = None, *, model: Optional[str] = None,
-              adapter_request: Optional[AdapterRequest] = None, **kwargs: Any) -> list[Any]:
+    def infer(
+        self,
+        requests: list[InferRequest],
+        request_config: RequestConfig | None = None,
+        metrics: list[InferStats] | None = None,
+        *,
+        model: str | None = None,
+        adapter_request: AdapterRequest | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
         """ms-swift's `engine.infer(requests, config, model=models[1])`: `model` names the served model or
         adapter that answers (one of `engine.models`); default: the base model."""
         if model is not None:
@@ -230,17 +277,25 @@ class InferClient(InferEngine):
             adapter_request = AdapterRequest(model)
         return super().infer(requests, request_config, metrics, adapter_request=adapter_request, **kwargs)
 
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None, model: Optional[str] = None
-                          ) -> Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]:
+    async def infer_async(
+        self,
+        request: InferRequest,
+        request_config: RequestConfig | None = None,
+        *,
+        adapter_request: AdapterRequest | None = None,
+        model: str | None = None,
+    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionStreamResponse]:
         """`model` (or `adapter_request.name`) picks the served model or adapter; default: the base model."""
         config = request_config or RequestConfig()
         if model is None:
             model = adapter_request.name if adapter_request is not None else await self._base_model()
         if request.prompt is not None:
             return await self._complete(request, config, model)
-        body: dict[str, Any] = {"model": model, "messages": [_encode_message(m) for m in request.messages],
-                                **_sampling_fields(config)}
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [_encode_message(m) for m in request.messages],
+            **_sampling_fields(config),
+        }
         for key in ("images", "videos", "audios"):
             items = getattr(request, key)
             if items:
@@ -266,24 +321,36 @@ class InferClient(InferEngine):
     def _chat_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionStreamResponse]:
         return self._hold_for_usage(self._events("/chat/completions", body))
 
-    async def _complete(self, request: InferRequest, config: RequestConfig, model: str
-                        ) -> Union[ChatCompletionResponse, AsyncIterator[ChatCompletionStreamResponse]]:
+    async def _complete(
+        self, request: InferRequest, config: RequestConfig, model: str
+    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionStreamResponse]:
         """A raw prompt goes to /v1/completions (no chat template); answers come back in chat shape."""
         # An explicit null: /v1/completions defaults to 16 tokens (OpenAI's rule), the local engines to
         # the context; null asks the server for the engine's default, as locally.
-        body: dict[str, Any] = {"model": model, "prompt": request.prompt, "max_tokens": None,
-                                **_sampling_fields(config)}
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": request.prompt,
+            "max_tokens": None,
+            **_sampling_fields(config),
+        }
         if config.logprobs or config.top_logprobs:
             body["logprobs"] = config.top_logprobs or 0
         if config.stream:
             return self._completion_stream(body)
         response = await self._open("/completions", body, stream=False)
         completion = CompletionResponse.model_validate_json(response.content)
-        choices = [ChatCompletionResponseChoice(index=c.index, message=ChatMessage(content=c.text),
-                                                finish_reason=c.finish_reason, logprobs=chat_logprobs(c.logprobs))
-                   for c in completion.choices]
-        return ChatCompletionResponse(id=completion.id, model=completion.model, choices=choices,
-                                      usage=completion.usage or UsageInfo())
+        choices = [
+            ChatCompletionResponseChoice(
+                index=c.index,
+                message=ChatMessage(content=c.text),
+                finish_reason=c.finish_reason,
+                logprobs=chat_logprobs(c.logprobs),
+            )
+            for c in completion.choices
+        ]
+        return ChatCompletionResponse(
+            id=completion.id, model=completion.model, choices=choices, usage=completion.usage or UsageInfo()
+        )
 
     async def _completion_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionStreamResponse]:
         started: set[int] = set()
@@ -297,10 +364,17 @@ class InferClient(InferEngine):
                     if c.index not in started:
                         started.add(c.index)
                         delta.role = "assistant"
-                    choices.append(ChatCompletionResponseStreamChoice(
-                        index=c.index, delta=delta, finish_reason=c.finish_reason, logprobs=chat_logprobs(c.logprobs)))
-                yield ChatCompletionStreamResponse(id=chunk.id, model=chunk.model, choices=choices,
-                                                   usage=chunk.usage).model_dump()
+                    choices.append(
+                        ChatCompletionResponseStreamChoice(
+                            index=c.index,
+                            delta=delta,
+                            finish_reason=c.finish_reason,
+                            logprobs=chat_logprobs(c.logprobs),
+                        )
+                    )
+                yield ChatCompletionStreamResponse(
+                    id=chunk.id, model=chunk.model, choices=choices, usage=chunk.usage
+                ).model_dump()
 
         async for chunk in self._hold_for_usage(as_chat()):
             yield chunk
@@ -309,7 +383,7 @@ class InferClient(InferEngine):
     async def _hold_for_usage(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ChatCompletionStreamResponse]:
         """The server sends usage in an extra chunk with no choices; the local engines put it on the last
         chunk. Finishing chunks are held back until that usage (or the end) arrives."""
-        held: Optional[ChatCompletionStreamResponse] = None
+        held: ChatCompletionStreamResponse | None = None
         async for event in events:
             chunk = ChatCompletionStreamResponse.model_validate(event)
             if not chunk.choices:
@@ -327,8 +401,7 @@ class InferClient(InferEngine):
             yield held
 
     async def embed_async(self, inputs: list[Any]) -> list[list[float]]:
-        response = await self._open("/embeddings", {"model": await self._base_model(), "input": inputs},
-                                    stream=False)
+        response = await self._open("/embeddings", {"model": await self._base_model(), "input": inputs}, stream=False)
         return [item["embedding"] for item in sorted(response.json()["data"], key=lambda d: d["index"])]
 
     def close(self) -> None:

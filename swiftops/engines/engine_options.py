@@ -1,9 +1,11 @@
 """Python-API keyword arguments of the library-backed engines (`VllmEngine(model, tensor_parallel_size=2)`)
 split into the settings models, so the Python API, the CLI and manifests share one validation."""
+
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, AsyncIterator, Optional, Union
+from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -11,10 +13,8 @@ from swiftops.engines.base import InferEngine
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.protocol import AdapterRequest, InferRequest, RequestConfig
-
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
-
 
 # ms-swift's (and the libraries' own) keyword names for the same settings, so ms-swift code runs unchanged.
 ALIASES = {
@@ -31,12 +31,16 @@ def split_options(options: dict[str, Any], library: str) -> tuple[ModelSettings,
         key = aliases.get(key, key)
         owner = next((s for s in sections if key in s.model_fields), None)
         if owner is None:
-            raise ConfigError(f"unknown engine option {key!r}; options of {library} itself go in "
-                              f"engine_kwargs={{...}}", param=key)
+            raise ConfigError(
+                f"unknown engine option {key!r}; options of {library} itself go in engine_kwargs={{...}}", param=key
+            )
         sections[owner][key] = value
     try:
-        return (ModelSettings(**sections[ModelSettings]), EngineSettings(**sections[EngineSettings]),
-                GenerationSettings(**sections[GenerationSettings]))
+        return (
+            ModelSettings(**sections[ModelSettings]),
+            EngineSettings(**sections[EngineSettings]),
+            GenerationSettings(**sections[GenerationSettings]),
+        )
     except ValidationError as exc:
         raise ConfigError(f"invalid engine option: {exc}") from None
 
@@ -53,8 +57,9 @@ def model_sampling_defaults(generation_config: Any) -> dict[str, Any]:
     return defaults
 
 
-def resolve_sampling(config: Any, generation: GenerationSettings,
-                     model_defaults: Optional[dict[str, Any]] = None) -> tuple[float, Optional[int], Optional[float]]:
+def resolve_sampling(
+    config: Any, generation: GenerationSettings, model_defaults: dict[str, Any] | None = None
+) -> tuple[float, int | None, float | None]:
     """(temperature, top_k, top_p) of a request, the same on every backend. Per field: the request, then the
     engine's generation defaults (--temperature ...), then the checkpoint's generation_config, which applies only
     when neither sets a temperature (a checkpoint that does not sample is greedy)."""
@@ -77,32 +82,54 @@ class SettingsEngine(InferEngine):
     backend: str = ""
     library: str = ""  # as users know it, for error messages
 
-    def __init__(self, model: str, adapters: Union[dict[str, str], list[str], None] = None, *,
-                 served_model_name: Optional[str] = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        adapters: dict[str, str] | list[str] | None = None,
+        *,
+        served_model_name: str | None = None,
+        **options: Any,
+    ) -> None:
         model_settings, engine_settings, generation = split_options(
-            {"model": model, "adapters": adapters or {}, "infer_backend": self.backend, **options}, self.library)
+            {"model": model, "adapters": adapters or {}, "infer_backend": self.backend, **options}, self.library
+        )
         self._setup(model_settings, engine_settings, generation, served_model_name)
 
     @classmethod
-    def from_settings(cls, model: ModelSettings, engine: EngineSettings,
-                      generation: Optional[GenerationSettings] = None,
-                      served_model_name: Optional[str] = None) -> "SettingsEngine":
+    def from_settings(
+        cls,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings | None = None,
+        served_model_name: str | None = None,
+    ) -> SettingsEngine:
         self = cls.__new__(cls)
         self._setup(model, engine, generation or GenerationSettings(), served_model_name)
         return self
 
     @abstractmethod
-    def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
-               served_model_name: Optional[str]) -> None:
+    def _setup(
+        self,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings,
+        served_model_name: str | None,
+    ) -> None:
         """Build the library's engine from the settings."""
 
     @abstractmethod
-    def _start(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest]
-               ) -> tuple[AsyncIterator[SequenceOutput], bool]:
+    def _start(
+        self, request: InferRequest, config: RequestConfig, adapter_request: AdapterRequest | None
+    ) -> tuple[AsyncIterator[SequenceOutput], bool]:
         """The request's outputs (generation starts as they are read) and whether they carry logprobs."""
 
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None):
+    async def infer_async(
+        self,
+        request: InferRequest,
+        request_config: RequestConfig | None = None,
+        *,
+        adapter_request: AdapterRequest | None = None,
+    ):
         config = request_config or RequestConfig()
         outputs, want_logprobs = self._start(request, config, adapter_request)
         tools = bool(request.tools) and request.tool_choice != "none"
@@ -110,6 +137,7 @@ class SettingsEngine(InferEngine):
             return stream_response(outputs, config.n, self.model_name, tools, want_logprobs)
         return await collect_response(outputs, config.n, self.model_name, tools, want_logprobs)
 
-    async def generate(self, request: InferRequest, config: RequestConfig, *,
-                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+    async def generate(
+        self, request: InferRequest, config: RequestConfig, *, adapter_request: AdapterRequest | None = None
+    ) -> AsyncIterator[SequenceOutput]:
         return self._start(request, config, adapter_request)[0]

@@ -2,12 +2,12 @@
 
 Backends are imported here only when chosen, so vllm and lmdeploy stay optional extras.
 """
+
 from __future__ import annotations
 
 import importlib
 import re
 from pathlib import Path
-from typing import Optional
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.gguf_source import GgufSource, gguf_source
@@ -35,42 +35,65 @@ def check_model_location(model: ModelSettings) -> None:
 
     model, _ = apply_adapter_args(model)  # `--adapters DIR` alone: the base model from its args.json
     if not model.model:
-        raise ConfigError("no model given; pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a "
-                          "local path (`swiftops tiny-model DIR` writes a small offline one)", param="model")
+        raise ConfigError(
+            "no model given; pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a "
+            "local path (`swiftops tiny-model DIR` writes a small offline one)",
+            param="model",
+        )
     gguf = gguf_source(model.model, model.gguf_file)
     path = Path(model.model).expanduser()
     if gguf is not None:
         _check_gguf_location(gguf)
     elif not path.exists() and not looks_like_hub_id(model.model):
-        raise ConfigError(f"model path {model.model} does not exist; pass --model an existing local directory "
-                          f"or a hub id like org/name", param="model")
+        raise ConfigError(
+            f"model path {model.model} does not exist; pass --model an existing local directory "
+            f"or a hub id like org/name",
+            param="model",
+        )
     elif path.exists() and not path.is_dir():
-        raise ConfigError(f"model path {model.model} is a file; pass --model the directory holding config.json "
-                          f"(or a .gguf file)", param="model")
+        raise ConfigError(
+            f"model path {model.model} is a file; pass --model the directory holding config.json (or a .gguf file)",
+            param="model",
+        )
     if model.tokenizer and not Path(model.tokenizer).expanduser().exists() and not looks_like_hub_id(model.tokenizer):
-        raise ConfigError(f"tokenizer path {model.tokenizer} does not exist; pass --tokenizer an existing directory "
-                          f"or a hub id", param="tokenizer")
+        raise ConfigError(
+            f"tokenizer path {model.tokenizer} does not exist; pass --tokenizer an existing directory or a hub id",
+            param="tokenizer",
+        )
     if model.template:
         from swiftops.template.template_file import read_chat_template
+
         read_chat_template(model.template)  # a template name or a missing file fails before weights load
     if model.default_adapter is not None and model.default_adapter not in model.adapters:
-        raise ConfigError(f"--default_adapter {model.default_adapter} is not among --adapters "
-                          f"({', '.join(model.adapters) or 'none'})", param="default_adapter")
+        raise ConfigError(
+            f"--default_adapter {model.default_adapter} is not among --adapters "
+            f"({', '.join(model.adapters) or 'none'})",
+            param="default_adapter",
+        )
     for name, adapter in model.adapters.items():
         if not Path(adapter).expanduser().exists() and not looks_like_hub_id(adapter):
-            raise ConfigError(f"adapter {name}: path {adapter} does not exist; pass --adapters name=path with an "
-                              f"existing directory or a hub id", param="adapters")
+            raise ConfigError(
+                f"adapter {name}: path {adapter} does not exist; pass --adapters name=path with an "
+                f"existing directory or a hub id",
+                param="adapters",
+            )
 
 
 def _check_gguf_location(gguf: GgufSource) -> None:
     """A local GGUF file must be there; a hub repo's file is downloaded by transformers (or vLLM)."""
     if gguf.is_local:
         if not Path(gguf.path).expanduser().is_file():
-            raise ConfigError(f"GGUF file {gguf.path} does not exist; pass --model path/to/model.gguf "
-                              f"(or --model DIR --gguf_file NAME) with an existing file", param="model")
+            raise ConfigError(
+                f"GGUF file {gguf.path} does not exist; pass --model path/to/model.gguf "
+                f"(or --model DIR --gguf_file NAME) with an existing file",
+                param="model",
+            )
     elif not looks_like_hub_id(gguf.location):
-        raise ConfigError(f"GGUF file {gguf.path} does not exist; pass --model path/to/model.gguf, or "
-                          f"--model org/repo --gguf_file NAME for a file in a hub repo", param="model")
+        raise ConfigError(
+            f"GGUF file {gguf.path} does not exist; pass --model path/to/model.gguf, or "
+            f"--model org/repo --gguf_file NAME for a file in a hub repo",
+            param="model",
+        )
 
 
 def _gguf_for_pt(model: ModelSettings) -> ModelSettings:
@@ -79,8 +102,9 @@ def _gguf_for_pt(model: ModelSettings) -> ModelSettings:
     if gguf is None:
         return model
     if model.task_type not in (None, "causal_lm"):
-        raise ConfigError(f"GGUF checkpoints load as causal LMs only; drop --task_type {model.task_type}",
-                          param="task_type")
+        raise ConfigError(
+            f"GGUF checkpoints load as causal LMs only; drop --task_type {model.task_type}", param="task_type"
+        )
     return model.model_copy(update={"model": gguf.path, "gguf_file": None})
 
 
@@ -90,14 +114,17 @@ def _engine_class(backend: str) -> type[InferEngine]:
         try:
             importlib.import_module(library)
         except ImportError:
-            raise ConfigError(f"--infer_backend {backend} needs the {library} library, which is not installed; "
-                              f"run pip install 'swiftops[{backend}]' (or use --infer_backend pt)") from None
+            raise ConfigError(
+                f"--infer_backend {backend} needs the {library} library, which is not installed; "
+                f"run pip install 'swiftops[{backend}]' (or use --infer_backend pt)"
+            ) from None
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
-            raise ConfigError(f"--infer_backend {backend} is not available in this version of swiftops; "
-                              f"use --infer_backend pt") from None
+            raise ConfigError(
+                f"--infer_backend {backend} is not available in this version of swiftops; use --infer_backend pt"
+            ) from None
         raise
     return getattr(module, class_name)
 
@@ -109,8 +136,14 @@ def _pt_engine_class(model: ModelSettings) -> type[InferEngine]:
     return task_engine_class(model_task(model.model or "", model.task_type)) or _engine_class("pt")
 
 
-def build_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
-                 media: Optional[MediaSettings] = None, *, serving: bool = False) -> InferEngine:
+def build_engine(
+    model: ModelSettings,
+    engine: EngineSettings,
+    generation: GenerationSettings,
+    media: MediaSettings | None = None,
+    *,
+    serving: bool = False,
+) -> InferEngine:
     """Validate the settings, then load the model with the chosen backend.
 
     `serving`: requests come from network clients, so media follow the server's policy (no local paths,
@@ -122,26 +155,33 @@ def build_engine(model: ModelSettings, engine: EngineSettings, generation: Gener
     served_name = Path(model.model or "model").name  # the hub id's name, before a ModelScope snapshot path
     model = fetch_hub_ids(model, looks_like_hub_id)  # ModelScope, when --use_hf false asks for it
     if model.tokenizer and engine.infer_backend != "vllm":
-        raise ConfigError(f"--tokenizer is for --infer_backend vllm; the {engine.infer_backend} engine reads the "
-                          f"tokenizer from the checkpoint (a GGUF file's included): drop --tokenizer",
-                          param="tokenizer")
+        raise ConfigError(
+            f"--tokenizer is for --infer_backend vllm; the {engine.infer_backend} engine reads the "
+            f"tokenizer from the checkpoint (a GGUF file's included): drop --tokenizer",
+            param="tokenizer",
+        )
     if not model.use_chat_template and engine.infer_backend != "pt":
-        raise ConfigError(f"--use_chat_template false runs on --infer_backend pt; the {engine.infer_backend} engine "
-                          f"always applies the chat template (send raw text to /v1/completions instead)",
-                          param="use_chat_template")
+        raise ConfigError(
+            f"--use_chat_template false runs on --infer_backend pt; the {engine.infer_backend} engine "
+            f"always applies the chat template (send raw text to /v1/completions instead)",
+            param="use_chat_template",
+        )
     if engine.infer_backend == "lmdeploy" and gguf_source(model.model, model.gguf_file) is not None:
-        raise ConfigError("LMDeploy does not read GGUF checkpoints; use --infer_backend pt or vllm",
-                          param="infer_backend")
+        raise ConfigError(
+            "LMDeploy does not read GGUF checkpoints; use --infer_backend pt or vllm", param="infer_backend"
+        )
     if engine.infer_backend == "pt":
         model = _gguf_for_pt(model)
     engine_class = _pt_engine_class(model) if engine.infer_backend == "pt" else _engine_class(engine.infer_backend)
     from_settings = getattr(engine_class, "from_settings", None)
     if from_settings is None:
-        raise ConfigError(f"--infer_backend {engine.infer_backend} cannot be built from settings yet; "
-                          f"use --infer_backend pt")
+        raise ConfigError(
+            f"--infer_backend {engine.infer_backend} cannot be built from settings yet; use --infer_backend pt"
+        )
     if engine_class.__name__ != "PtEngine":
         return from_settings(model, engine, generation)
     from swiftops.media.policy import MediaPolicy
+
     media = media or MediaSettings()
     policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
     name = {} if served_name == Path(model.model or "").name else {"served_model_name": served_name}

@@ -1,10 +1,10 @@
 """Where a GGUF checkpoint lies: `--model path/to/model.gguf`, or `--model DIR_OR_REPO --gguf_file NAME`
 (transformers' spelling). Path logic only, no torch: the factory checks it before anything loads."""
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from swiftops.protocol.errors import ConfigError
 
@@ -15,7 +15,7 @@ GGUF_EXTRA = "pip install 'swiftops[gguf]'"
 
 @dataclass(frozen=True)
 class GgufSource:
-    location: str   # a local directory, or a hub repo id (transformers downloads the one file)
+    location: str  # a local directory, or a hub repo id (transformers downloads the one file)
     file_name: str  # the .gguf file inside it
 
     @property
@@ -27,22 +27,29 @@ class GgufSource:
         return os.path.isdir(os.path.expanduser(self.location))
 
 
-def is_gguf_path(model: Optional[str]) -> bool:
+def is_gguf_path(model: str | None) -> bool:
     return bool(model) and model.lower().endswith(GGUF_SUFFIX)
 
 
-def gguf_source(model: Optional[str], gguf_file: Optional[str] = None) -> Optional[GgufSource]:
+def gguf_source(model: str | None, gguf_file: str | None = None) -> GgufSource | None:
     """The GGUF checkpoint these settings name, or None for a transformers checkpoint (directory or hub id)."""
     if gguf_file:
         if not model:
-            raise ConfigError("--gguf_file needs --model: the directory (or hub repo) that holds the file",
-                              param="gguf_file")
+            raise ConfigError(
+                "--gguf_file needs --model: the directory (or hub repo) that holds the file", param="gguf_file"
+            )
         if is_gguf_path(model):
-            raise ConfigError(f"--model {model} is already a GGUF file; drop --gguf_file, or pass --model the "
-                              f"directory that holds {gguf_file}", param="gguf_file")
+            raise ConfigError(
+                f"--model {model} is already a GGUF file; drop --gguf_file, or pass --model the "
+                f"directory that holds {gguf_file}",
+                param="gguf_file",
+            )
         if not is_gguf_path(gguf_file) or "/" in gguf_file:
-            raise ConfigError(f"--gguf_file {gguf_file}: give the name of a .gguf file inside --model "
-                              f"(e.g. --gguf_file model.Q4_K_M.gguf)", param="gguf_file")
+            raise ConfigError(
+                f"--gguf_file {gguf_file}: give the name of a .gguf file inside --model "
+                f"(e.g. --gguf_file model.Q4_K_M.gguf)",
+                param="gguf_file",
+            )
         return GgufSource(model, gguf_file)
     if is_gguf_path(model):
         location, name = os.path.split(model.rstrip("/"))

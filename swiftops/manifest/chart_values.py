@@ -4,6 +4,7 @@ manifest with the same rules as `swiftops validate` (minus the checks that need 
 
 Regenerate with `swiftops schema --chart-values -o helm/swiftops/values.schema.json`; a test fails when stale.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,55 +23,100 @@ def _integer(description: str, minimum: int = 0) -> dict[str, Any]:
 FREE_OBJECT = {"type": "object"}
 
 CHART_PROPERTIES: dict[str, Any] = {
-    "image": _object({
-        "repository": {"type": "string", "description": "Image repository; the image is <repository>:<tag>-<backend>."},
-        "tag": {"type": "string", "description": "Tag before the backend suffix (default: the chart's appVersion)."},
-        "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"], "description": "Image pull policy."},
-    }, "Container image of the backend."),
+    "image": _object(
+        {
+            "repository": {
+                "type": "string",
+                "description": "Image repository; the image is <repository>:<tag>-<backend>.",
+            },
+            "tag": {
+                "type": "string",
+                "description": "Tag before the backend suffix (default: the chart's appVersion).",
+            },
+            "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"], "description": "Image pull policy."},
+        },
+        "Container image of the backend.",
+    ),
     "imagePullSecrets": {"type": "array", "items": FREE_OBJECT, "description": "Secrets for a private registry."},
-    "service": _object({
-        "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"], "description": "Service type."},
-        "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535,
-                 "description": "Service port (default: the server's port)."},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"},
-                        "description": "Annotations of the Service."},
-    }, "The server's Service."),
-    "probes": _object({
-        name: _object({key: _integer(key, 1) for key in keys}, f"{name} probe")
-        for name, keys in (("startup", ("periodSeconds", "failureThreshold")),
-                           ("readiness", ("periodSeconds", "failureThreshold")),
-                           ("liveness", ("periodSeconds", "failureThreshold", "timeoutSeconds")))
-    }, "Startup (/health, long enough for a model load), readiness (/ready) and liveness (/health) probes."),
+    "service": _object(
+        {
+            "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"], "description": "Service type."},
+            "port": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": 65535,
+                "description": "Service port (default: the server's port).",
+            },
+            "annotations": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Annotations of the Service.",
+            },
+        },
+        "The server's Service.",
+    ),
+    "probes": _object(
+        {
+            name: _object({key: _integer(key, 1) for key in keys}, f"{name} probe")
+            for name, keys in (
+                ("startup", ("periodSeconds", "failureThreshold")),
+                ("readiness", ("periodSeconds", "failureThreshold")),
+                ("liveness", ("periodSeconds", "failureThreshold", "timeoutSeconds")),
+            )
+        },
+        "Startup (/health, long enough for a model load), readiness (/ready) and liveness (/health) probes.",
+    ),
     "preStopSleepSeconds": _integer("Seconds slept in preStop before SIGTERM."),
     "terminationGraceExtraSeconds": _integer("Seconds added to preStop sleep + shutdown_timeout for the grace period."),
     "strategy": {"type": "object", "description": "Deployment strategy (empty: derived from the cache's access mode)."},
     "podSecurityContext": {"type": "object", "description": "Pod security context."},
     "securityContext": {"type": "object", "description": "Container security context."},
-    "podAnnotations": {"type": "object", "additionalProperties": {"type": "string"},
-                       "description": "Extra annotations of the pods."},
-    "job": _object({
-        "ttlSecondsAfterFinished": {"type": ["integer", "null"], "minimum": 0,
-                                    "description": "Seconds a finished Job is kept."},
-    }, "Job settings beyond the manifest."),
-    "serviceMonitor": _object({
-        "enabled": {"type": "boolean", "description": "Create a Prometheus Operator ServiceMonitor."},
-        "interval": {"type": "string", "description": "Scrape interval."},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra labels."},
-    }, "Prometheus scraping of /metrics."),
-    "autoscaling": _object({
-        "enabled": {"type": "boolean", "description": "Create a HorizontalPodAutoscaler."},
-        "minReplicas": _integer("Fewest server pods (0 only with KEDA).", 0),
-        "maxReplicas": _integer("Most server pods.", 1),
-        "metrics": {"type": "array", "items": FREE_OBJECT, "description": "autoscaling/v2 metrics."},
-        "keda": _object({
-            "serverAddress": {"type": "string", "description": "Prometheus server KEDA queries."},
-            "threshold": {"type": "string", "description": "Waiting requests per pod."},
-        }, "Scale on the queue with a KEDA ScaledObject (where keda.sh/v1alpha1 is served) instead of an HPA."),
-    }, "Horizontal autoscaling of the server."),
-    "podDisruptionBudget": _object({
-        "enabled": {"type": "boolean", "description": "Create a PodDisruptionBudget."},
-        "maxUnavailable": {"type": ["integer", "string"], "description": "Pods that may be down at once."},
-    }, "Voluntary-disruption budget of the server."),
+    "podAnnotations": {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "description": "Extra annotations of the pods.",
+    },
+    "job": _object(
+        {
+            "ttlSecondsAfterFinished": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "Seconds a finished Job is kept.",
+            },
+        },
+        "Job settings beyond the manifest.",
+    ),
+    "serviceMonitor": _object(
+        {
+            "enabled": {"type": "boolean", "description": "Create a Prometheus Operator ServiceMonitor."},
+            "interval": {"type": "string", "description": "Scrape interval."},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra labels."},
+        },
+        "Prometheus scraping of /metrics.",
+    ),
+    "autoscaling": _object(
+        {
+            "enabled": {"type": "boolean", "description": "Create a HorizontalPodAutoscaler."},
+            "minReplicas": _integer("Fewest server pods (0 only with KEDA).", 0),
+            "maxReplicas": _integer("Most server pods.", 1),
+            "metrics": {"type": "array", "items": FREE_OBJECT, "description": "autoscaling/v2 metrics."},
+            "keda": _object(
+                {
+                    "serverAddress": {"type": "string", "description": "Prometheus server KEDA queries."},
+                    "threshold": {"type": "string", "description": "Waiting requests per pod."},
+                },
+                "Scale on the queue with a KEDA ScaledObject (where keda.sh/v1alpha1 is served) instead of an HPA.",
+            ),
+        },
+        "Horizontal autoscaling of the server.",
+    ),
+    "podDisruptionBudget": _object(
+        {
+            "enabled": {"type": "boolean", "description": "Create a PodDisruptionBudget."},
+            "maxUnavailable": {"type": ["integer", "string"], "description": "Pods that may be down at once."},
+        },
+        "Voluntary-disruption budget of the server.",
+    ),
 }
 
 
@@ -85,11 +131,15 @@ def values_json_schema() -> dict[str, Any]:
         "title": "Values of the swiftops Helm chart",
         "type": "object",
         "properties": {
-            "manifest": {"anyOf": [{"$ref": "#/$defs/Manifest"}, {"type": "object", "maxProperties": 0}],
-                         "description": "The swiftops manifest to run (swiftops render --target helm-values); "
-                                        "empty: defaultManifest."},
-            "defaultManifest": {"$ref": "#/$defs/Manifest",
-                                "description": "What runs when manifest is empty (a plain helm install)."},
+            "manifest": {
+                "anyOf": [{"$ref": "#/$defs/Manifest"}, {"type": "object", "maxProperties": 0}],
+                "description": "The swiftops manifest to run (swiftops render --target helm-values); "
+                "empty: defaultManifest.",
+            },
+            "defaultManifest": {
+                "$ref": "#/$defs/Manifest",
+                "description": "What runs when manifest is empty (a plain helm install).",
+            },
             **CHART_PROPERTIES,
         },
         "additionalProperties": False,

@@ -1,8 +1,8 @@
 """Problems found in a manifest, each naming the field path and the YAML line, reported together."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from swiftops.protocol.errors import ConfigError
 
@@ -14,9 +14,9 @@ class ManifestIssue:
 
     file: str
     path: str
-    line: Optional[int]
+    line: int | None
     message: str
-    origin: Optional[str] = None  # e.g. "environment variable SWIFTOPS_SPEC__SERVER__PORT"
+    origin: str | None = None  # e.g. "environment variable SWIFTOPS_SPEC__SERVER__PORT"
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file

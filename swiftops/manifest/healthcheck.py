@@ -5,6 +5,7 @@
 Exit 0 when healthy (or when the manifest is a job, which has no server), 1 otherwise. Reading the
 port from the manifest keeps it in one place: the Dockerfiles never hard-code it.
 """
+
 from __future__ import annotations
 
 import sys

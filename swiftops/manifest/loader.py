@@ -1,5 +1,6 @@
 """Read a manifest YAML file into a `Manifest`, keeping the line of every field path so that every
 error can say where it is. Unknown keys get a did-you-mean; all problems are reported at once."""
+
 from __future__ import annotations
 
 import difflib
@@ -8,7 +9,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from swiftops.manifest.errors import ManifestError, ManifestIssue
 from swiftops.manifest.models import ENV_NESTED_DELIMITER, ENV_PREFIX, NAME_PATTERN, QUANTITY_PATTERN, Manifest
 
-PathKey = tuple[Union[str, int], ...]
+PathKey = tuple[str | int, ...]
 
 
 @dataclass
@@ -27,7 +28,7 @@ class LoadedManifest:
     manifest: Manifest
     lines: dict[PathKey, int] = field(default_factory=dict)
 
-    def line_of(self, path: str | PathKey) -> Optional[int]:
+    def line_of(self, path: str | PathKey) -> int | None:
         return line_of(self.lines, split_path(path) if isinstance(path, str) else path)
 
     def issue(self, path: str, message: str) -> ManifestIssue:
@@ -42,7 +43,7 @@ def join_path(path: PathKey) -> str:
     return ".".join(str(part) for part in path)
 
 
-def line_of(lines: dict[PathKey, int], path: PathKey) -> Optional[int]:
+def line_of(lines: dict[PathKey, int], path: PathKey) -> int | None:
     """Line of `path`, or of its nearest ancestor written in the file."""
     for end in range(len(path), -1, -1):
         if path[:end] in lines:
@@ -50,7 +51,7 @@ def line_of(lines: dict[PathKey, int], path: PathKey) -> Optional[int]:
     return None
 
 
-def env_origin(path: PathKey) -> Optional[str]:
+def env_origin(path: PathKey) -> str | None:
     """The SWIFTOPS_* variable that set `path` (or a parent of it), if any."""
     names = {name.upper() for name in os.environ}
     for end in range(len(path), 0, -1):
@@ -67,8 +68,7 @@ class _DuplicateKey(Exception):
         self.key, self.line = key, line
 
 
-def collect_lines(node: yaml.Node, path: PathKey = (), lines: Optional[dict[PathKey, int]] = None
-                  ) -> dict[PathKey, int]:
+def collect_lines(node: yaml.Node, path: PathKey = (), lines: dict[PathKey, int] | None = None) -> dict[PathKey, int]:
     """path -> 1-based line of the key (mappings) or the item (sequences); duplicate keys raise."""
     lines = {} if lines is None else lines
     if isinstance(node, yaml.MappingNode):
@@ -101,8 +101,16 @@ def _check_yaml_bounds(file: str, text: str) -> None:
             depth += 1
             if depth > MAX_YAML_DEPTH:
                 line = event.start_mark.line + 1 if event.start_mark else None
-                raise ManifestError([ManifestIssue(file, "", line, f"nested more than {MAX_YAML_DEPTH} levels deep; "
-                                                                   f"a manifest is a shallow mapping")])
+                raise ManifestError(
+                    [
+                        ManifestIssue(
+                            file,
+                            "",
+                            line,
+                            f"nested more than {MAX_YAML_DEPTH} levels deep; a manifest is a shallow mapping",
+                        )
+                    ]
+                )
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
 
@@ -114,9 +122,18 @@ def _check_expanded_size(file: str, root: yaml.Node) -> None:
         node = stack.pop()
         count += 1
         if count > MAX_YAML_NODES:
-            raise ManifestError([ManifestIssue(file, "", None, f"more than {MAX_YAML_NODES} values once its "
-                                                               f"aliases (*name) are expanded; write the values out "
-                                                               f"or use fewer aliases")])
+            raise ManifestError(
+                [
+                    ManifestIssue(
+                        file,
+                        "",
+                        None,
+                        f"more than {MAX_YAML_NODES} values once its "
+                        f"aliases (*name) are expanded; write the values out "
+                        f"or use fewer aliases",
+                    )
+                ]
+            )
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 stack.extend((key_node, value_node))
@@ -131,8 +148,13 @@ def read_yaml(file: str, text: str) -> tuple[Any, dict[PathKey, int]]:
         if documents and documents[0] is not None:
             _check_expanded_size(file, documents[0])
         if len(documents) != 1:
-            raise ManifestError([ManifestIssue(file, "", None, f"expected one YAML document, found "
-                                                               f"{len(documents)}; put one manifest per file")])
+            raise ManifestError(
+                [
+                    ManifestIssue(
+                        file, "", None, f"expected one YAML document, found {len(documents)}; put one manifest per file"
+                    )
+                ]
+            )
         lines = collect_lines(documents[0]) if documents[0] is not None else {}
         data = yaml.safe_load(text)
     except _DuplicateKey as exc:
@@ -154,7 +176,7 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-def model_at(path: PathKey) -> Optional[type[BaseModel]]:
+def model_at(path: PathKey) -> type[BaseModel] | None:
     """The manifest model class that holds the fields at `path` (for did-you-mean suggestions)."""
     current: Any = Manifest
     for part in path:
@@ -182,7 +204,7 @@ PLAIN_SECRET_KEYS = {
 
 PATTERN_MESSAGES = {
     NAME_PATTERN: "must be a DNS-1123 label of at most 53 characters: lowercase letters, digits and '-', "
-                  "starting and ending with a letter or digit",
+    "starting and ending with a letter or digit",
     QUANTITY_PATTERN: "must be a Kubernetes quantity such as 8, 500m, 64Gi or 16G",
 }
 
@@ -195,8 +217,10 @@ def _clean_loc(loc: tuple) -> PathKey:
 def explain(error: dict[str, Any]) -> str:
     path = _clean_loc(error["loc"])
     if error["type"] == "extra_forbidden" and str(path[-1]).lower() in PLAIN_SECRET_KEYS:
-        return (f"{path[-1]!r} would put a secret in the manifest in plain text; store it in a Kubernetes "
-                f"Secret and name it instead ({PLAIN_SECRET_KEYS[str(path[-1]).lower()]})")
+        return (
+            f"{path[-1]!r} would put a secret in the manifest in plain text; store it in a Kubernetes "
+            f"Secret and name it instead ({PLAIN_SECRET_KEYS[str(path[-1]).lower()]})"
+        )
     if error["type"] == "extra_forbidden":
         parent = model_at(path[:-1])
         known = sorted(parent.model_fields) if parent else []
@@ -229,8 +253,9 @@ def issues_from(exc: ValidationError, file: str, lines: dict[PathKey, int]) -> l
 def load_text(text: str, file: str = "<manifest>") -> LoadedManifest:
     data, lines = read_yaml(file, text)
     if not isinstance(data, dict):
-        raise ManifestError([ManifestIssue(file, "", 1, "a manifest is a mapping with apiVersion, kind, "
-                                                        "metadata and spec")])
+        raise ManifestError(
+            [ManifestIssue(file, "", 1, "a manifest is a mapping with apiVersion, kind, metadata and spec")]
+        )
     try:
         manifest = Manifest(**data)
     except ValidationError as exc:
@@ -246,7 +271,14 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError([ManifestIssue(str(path), "", None, f"not UTF-8 text (byte {exc.start} is not); is it "
-                                                                f"the right file? A manifest is a YAML text file")]) \
-            from None
+        raise ManifestError(
+            [
+                ManifestIssue(
+                    str(path),
+                    "",
+                    None,
+                    f"not UTF-8 text (byte {exc.start} is not); is it the right file? A manifest is a YAML text file",
+                )
+            ]
+        ) from None
     return load_text(text, str(path))

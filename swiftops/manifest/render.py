@@ -5,13 +5,14 @@ a `docker run` line, and the values of the Helm chart. Kubernetes objects come f
 Secrets are never rendered as values: only as references (Secret name and key) or as the name of
 an environment variable to pass through.
 """
+
 from __future__ import annotations
 
 import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -88,9 +89,9 @@ def _renders(manifest: Manifest, mapping: FlagMapping, value: Any) -> bool:
     if value is None or value == default_of(mapping) or (isinstance(value, (list, dict)) and not value):
         return False
     quant = manifest.spec.model.quantization
-    if mapping.path.startswith("spec.model.quantization.") and quant and quant.method in CHECKPOINT_QUANT_METHODS:
-        return False
-    return True
+    return not (
+        mapping.path.startswith("spec.model.quantization.") and quant and quant.method in CHECKPOINT_QUANT_METHODS
+    )
 
 
 def render_flags(manifest: Manifest, command: Command) -> list[str]:
@@ -103,17 +104,20 @@ def render_flags(manifest: Manifest, command: Command) -> list[str]:
     return argv
 
 
-def render_entrypoint(manifest: Manifest, *, shard_index: Optional[int] = None) -> Entrypoint:
+def render_entrypoint(manifest: Manifest, *, shard_index: int | None = None) -> Entrypoint:
     """`swiftops deploy ...` for a Deployment, `swiftops infer --val_dataset ...` for an InferenceJob.
 
     `shard_index`: this process's shard of a sharded job (Kubernetes sets JOB_COMPLETION_INDEX)."""
     command = command_of(manifest)
     argv = ["swiftops", command, *render_flags(manifest, command)]
-    if command == "infer" and manifest.spec.job is not None and manifest.spec.job.shards > 1 \
-            and shard_index is not None:
+    if (
+        command == "infer"
+        and manifest.spec.job is not None
+        and manifest.spec.job.shards > 1
+        and shard_index is not None
+    ):
         argv += ["--shard_index", str(shard_index)]
-    env = {name: str(value) for path, name in ENV_MAPPINGS.items()
-           if (value := value_at(manifest, path)) is not None}
+    env = {name: str(value) for path, name in ENV_MAPPINGS.items() if (value := value_at(manifest, path)) is not None}
     secret_env: dict[str, SecretRef] = {}
     for path, env_name in SECRET_SETTINGS.values():
         ref = value_at(manifest, path)
@@ -130,12 +134,15 @@ def render_entrypoint(manifest: Manifest, *, shard_index: Optional[int] = None) 
 def entrypoint_document(entry: Entrypoint) -> dict[str, Any]:
     """The container's command and env in Kubernetes' shape (env from Secrets as secretKeyRef)."""
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in entry.env.items()]
-    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-            for k, ref in entry.secret_env.items()]
+    env += [
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        for k, ref in entry.secret_env.items()
+    ]
     return {"command": entry.argv, "env": env}
 
 
 # ---- docker ------------------------------------------------------------------------------------
+
 
 def default_image(manifest: Manifest, version: str) -> str:
     return manifest.spec.image or f"{IMAGE_REPOSITORY}:{version}-{manifest.spec.backend.name}"
@@ -184,8 +191,12 @@ def render_docker(manifest: Manifest, manifest_file: str, version: str) -> list[
         argv += ["--memory", spec.resources.memory.replace("i", "").lower()]
     argv += ["-v", f"{Path(manifest_file).resolve()}:{MANIFEST_MOUNT_PATH}:ro"]
     cache_path = spec.cache.mount_path if spec.cache else "/cache"
-    argv += ["-v", f"{Path('~/.cache/huggingface').expanduser()}:{cache_path}/huggingface",
-             "-e", f"HF_HOME={cache_path}/huggingface"]
+    argv += [
+        "-v",
+        f"{Path('~/.cache/huggingface').expanduser()}:{cache_path}/huggingface",
+        "-e",
+        f"HF_HOME={cache_path}/huggingface",
+    ]
     for host, container, read_only in local_mounts(manifest):
         argv += ["-v", f"{host}:{container}" + (":ro" if read_only else "")]
     entry = render_entrypoint(manifest)
@@ -203,6 +214,7 @@ def spec_plain_env(manifest: Manifest) -> dict[str, str]:
 
 
 # ---- helm ----------------------------------------------------------------------------------------
+
 
 def manifest_document(manifest: Manifest) -> dict[str, Any]:
     """The manifest with every default filled in (no nulls), as the pod's ConfigMap holds it."""
@@ -225,11 +237,18 @@ def ops_values(manifest: Manifest) -> dict[str, Any]:
     autoscaling: dict[str, Any] = {"enabled": scaling is not None}
     if scaling is not None:
         if scaling.metric == "queue":
-            metric = {"type": "Pods", "pods": {"metric": {"name": "swiftops_num_requests_waiting"},
-                                               "target": {"type": "AverageValue", "averageValue": str(scaling.target)}}}
+            metric = {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "swiftops_num_requests_waiting"},
+                    "target": {"type": "AverageValue", "averageValue": str(scaling.target)},
+                },
+            }
         else:
-            metric = {"type": "Resource", "resource": {"name": "cpu", "target": {
-                "type": "Utilization", "averageUtilization": scaling.target}}}
+            metric = {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": scaling.target}},
+            }
         autoscaling.update(minReplicas=scaling.min_replicas, maxReplicas=scaling.max_replicas, metrics=[metric])
         if scaling.metric == "queue" and scaling.prometheus_url:
             autoscaling["keda"] = {"serverAddress": scaling.prometheus_url, "threshold": str(scaling.target)}

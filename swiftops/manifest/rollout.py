@@ -5,6 +5,7 @@ unbound claims, image pull errors), read with kubectl.
 Helm's own --wait only reports a timeout; this reads the Deployment's or Job's status, the release's pods and
 the Warning events of its objects, and can roll the release back to its last good revision.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,10 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from swiftops.manifest.models import Manifest
 from swiftops.protocol.errors import ConfigError
@@ -23,8 +25,14 @@ from swiftops.protocol.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 # Container states that will not fix themselves while we wait.
-STUCK_CONTAINER_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
-                           "CreateContainerConfigError", "CreateContainerError")
+STUCK_CONTAINER_REASONS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
 
 
 class RolloutError(ConfigError):
@@ -44,13 +52,18 @@ def parse_duration(text: str) -> float:
 
 
 def kubectl_binary() -> str:
-    candidates = [os.environ.get("SWIFTOPS_KUBECTL"), shutil.which("kubectl"),
-                  str(REPO_ROOT / ".tools" / "bin" / "kubectl")]
+    candidates = [
+        os.environ.get("SWIFTOPS_KUBECTL"),
+        shutil.which("kubectl"),
+        str(REPO_ROOT / ".tools" / "bin" / "kubectl"),
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
-    raise ConfigError("--wait needs kubectl; install it (or run `python scripts/fetch_helm.py`, which puts it in "
-                      ".tools/bin) or set SWIFTOPS_KUBECTL to its path")
+    raise ConfigError(
+        "--wait needs kubectl; install it (or run `python scripts/fetch_helm.py`, which puts it in "
+        ".tools/bin) or set SWIFTOPS_KUBECTL to its path"
+    )
 
 
 @dataclass
@@ -65,8 +78,9 @@ class Release:
 
     def kubectl(self, *args: str) -> dict[str, Any]:
         namespace = ["--namespace", self.manifest.metadata.namespace] if self.manifest.metadata.namespace else []
-        result = subprocess.run([kubectl_binary(), *namespace, *args, "-o", "json"], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [kubectl_binary(), *namespace, *args, "-o", "json"], capture_output=True, text=True, timeout=60
+        )
         if result.returncode != 0:
             if "NotFound" in result.stderr or "not found" in result.stderr:
                 return {}
@@ -77,16 +91,19 @@ class Release:
         return f"app.kubernetes.io/instance={self.name}"
 
     def pods(self) -> list[dict[str, Any]]:
-        return [pod for pod in self.kubectl("get", "pods", "--selector", self.selector()).get("items", [])
-                if not pod["metadata"].get("deletionTimestamp")]
+        return [
+            pod
+            for pod in self.kubectl("get", "pods", "--selector", self.selector()).get("items", [])
+            if not pod["metadata"].get("deletionTimestamp")
+        ]
 
-    def state(self) -> tuple[bool, Optional[str]]:
+    def state(self) -> tuple[bool, str | None]:
         """(ready, terminal failure or None)."""
         if self.manifest.kind == "Deployment":
             return self._deployment_state()
         return self._job_state()
 
-    def _deployment_state(self) -> tuple[bool, Optional[str]]:
+    def _deployment_state(self) -> tuple[bool, str | None]:
         deployment = self.kubectl("get", "deployment", self.name)
         if not deployment:
             return False, None
@@ -95,16 +112,22 @@ class Release:
             if condition["type"] == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
                 return False, f"deployment {self.name}: {condition.get('message', 'progress deadline exceeded')}"
         wanted = spec.get("replicas", 1)
-        ready = (status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
-                 and status.get("updatedReplicas", 0) >= wanted and status.get("availableReplicas", 0) >= wanted
-                 and status.get("replicas", 0) == wanted)
+        ready = (
+            status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
+            and status.get("updatedReplicas", 0) >= wanted
+            and status.get("availableReplicas", 0) >= wanted
+            and status.get("replicas", 0) == wanted
+        )
         return ready, None
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [job for job in self.kubectl("get", "jobs", "--selector", self.selector()).get("items", [])
-                if not job["metadata"].get("deletionTimestamp")]
+        return [
+            job
+            for job in self.kubectl("get", "jobs", "--selector", self.selector()).get("items", [])
+            if not job["metadata"].get("deletionTimestamp")
+        ]
 
-    def _job_state(self) -> tuple[bool, Optional[str]]:
+    def _job_state(self) -> tuple[bool, str | None]:
         jobs = self.jobs()
         if not jobs:
             return False, None
@@ -122,17 +145,26 @@ class Release:
     def reasons(self) -> list[str]:
         """Why the pods are not running: Warning events of the release's objects and stuck containers."""
         pods = self.pods()
-        claims = {volume["persistentVolumeClaim"]["claimName"] for pod in pods
-                  for volume in pod["spec"].get("volumes", []) if "persistentVolumeClaim" in volume}
+        claims = {
+            volume["persistentVolumeClaim"]["claimName"]
+            for pod in pods
+            for volume in pod["spec"].get("volumes", [])
+            if "persistentVolumeClaim" in volume
+        }
         if self.manifest.spec.cache is not None and not self.manifest.spec.cache.existing_claim:
             claims.add(f"{self.name}-cache")  # the chart's claim, even before any pod mounts it
         # The release's own objects only (its label), so another release's events never show up here.
-        owners = [item["metadata"]["name"] for kind in ("replicasets", "jobs")
-                  for item in self.kubectl("get", kind, "--selector", self.selector()).get("items", [])]
+        owners = [
+            item["metadata"]["name"]
+            for kind in ("replicasets", "jobs")
+            for item in self.kubectl("get", kind, "--selector", self.selector()).get("items", [])
+        ]
         involved_names = {self.name, *owners, *claims, *(pod["metadata"]["name"] for pod in pods)}
         lines: list[str] = []
-        events = sorted(self.kubectl("get", "events").get("items", []),
-                        key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        events = sorted(
+            self.kubectl("get", "events").get("items", []),
+            key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "",
+        )
         for event in events:
             involved = event.get("involvedObject", {})
             name = involved.get("name", "")
@@ -152,8 +184,10 @@ class Release:
             if not pvc:
                 lines.append(f"claim {claim!r} does not exist in the namespace")
             elif pvc.get("status", {}).get("phase") != "Bound":
-                lines.append(f"claim {claim!r} is {pvc.get('status', {}).get('phase', 'Pending')} (not bound to a "
-                             f"volume): check its storage class and the cluster's provisioner")
+                lines.append(
+                    f"claim {claim!r} is {pvc.get('status', {}).get('phase', 'Pending')} (not bound to a "
+                    f"volume): check its storage class and the cluster's provisioner"
+                )
         if not lines and not pods:
             lines.append("no pods were created yet")
         elif not lines:
@@ -162,8 +196,9 @@ class Release:
         return lines
 
 
-def wait_for(release: Release, timeout_s: float, *, interval_s: float = 1.0,
-             clock: Callable[[], float] = time.monotonic) -> None:
+def wait_for(
+    release: Release, timeout_s: float, *, interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+) -> None:
     """Return once the release runs; raise RolloutError naming the cluster's reasons when it does not in time."""
     deadline = clock() + timeout_s
     while True:

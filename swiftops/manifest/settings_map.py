@@ -8,23 +8,36 @@ A flag with no settings field yet (ms-swift/vLLM names such as --tensor_parallel
 the same and is listed by `pending_flags()`; once a settings model gains the field, its mapping
 picks the owner up by itself.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel
 
-from swiftops.protocol.settings import (EngineSettings, GenerationSettings, InferSettings, MediaSettings, ModelSettings,
-                                        ServerSettings)
+from swiftops.protocol.settings import (
+    EngineSettings,
+    GenerationSettings,
+    InferSettings,
+    MediaSettings,
+    ModelSettings,
+    ServerSettings,
+)
 
 Command = Literal["deploy", "infer"]
 BOTH: tuple[Command, ...] = ("deploy", "infer")
 DEPLOY: tuple[Command, ...] = ("deploy",)
 INFER: tuple[Command, ...] = ("infer",)
 
-ALL_SETTINGS: tuple[type[BaseModel], ...] = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings,
-                                             InferSettings, ServerSettings)
+ALL_SETTINGS: tuple[type[BaseModel], ...] = (
+    ModelSettings,
+    EngineSettings,
+    GenerationSettings,
+    MediaSettings,
+    InferSettings,
+    ServerSettings,
+)
 COMMAND_SETTINGS: dict[Command, tuple[type[BaseModel], ...]] = {
     "deploy": (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, ServerSettings),
     "infer": (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, InferSettings),
@@ -37,11 +50,11 @@ class FlagMapping:
 
     path: str
     flag: str
-    settings: Optional[type[BaseModel]]  # None: a pending flag with no settings field yet
+    settings: type[BaseModel] | None  # None: a pending flag with no settings field yet
     commands: tuple[Command, ...] = BOTH
 
 
-def owner_of(flag: str, commands: tuple[Command, ...] = BOTH) -> Optional[type[BaseModel]]:
+def owner_of(flag: str, commands: tuple[Command, ...] = BOTH) -> type[BaseModel] | None:
     for settings in ALL_SETTINGS:
         if flag in settings.model_fields and any(settings in COMMAND_SETTINGS[c] for c in commands):
             return settings
@@ -99,11 +112,17 @@ SAME_NAME_EXTRAS: list[tuple[str, str, tuple[Command, ...]]] = [
 def _build() -> list[FlagMapping]:
     mappings = [FlagMapping(path, flag, owner_of(flag, commands), commands) for path, flag, commands in RENAMED]
     for section, settings, commands in SAME_NAME_SECTIONS:
-        mappings += [FlagMapping(f"{section}.{name}", name, settings, commands)
-                     for name in settings.model_fields if name not in EXCLUDED_FROM_SECTIONS]
+        mappings += [
+            FlagMapping(f"{section}.{name}", name, settings, commands)
+            for name in settings.model_fields
+            if name not in EXCLUDED_FROM_SECTIONS
+        ]
     seen = {m.path for m in mappings}
-    mappings += [FlagMapping(f"{section}.{flag}", flag, owner_of(flag, commands), commands)
-                 for section, flag, commands in SAME_NAME_EXTRAS if f"{section}.{flag}" not in seen]
+    mappings += [
+        FlagMapping(f"{section}.{flag}", flag, owner_of(flag, commands), commands)
+        for section, flag, commands in SAME_NAME_EXTRAS
+        if f"{section}.{flag}" not in seen
+    ]
     return mappings
 
 
@@ -123,9 +142,22 @@ ENV_MAPPINGS: dict[str, str] = {
 
 # Manifest fields for the container and the cluster only (no flag, no process env): path prefixes.
 CLUSTER_ONLY_PREFIXES: tuple[str, ...] = (
-    "apiVersion", "kind", "metadata", "spec.server.api_key_secret", "spec.job.parallel_pods",
-    "spec.job.backoff_limit", "spec.job.total_gpus", "spec.replicas", "spec.image", "spec.resources", "spec.placement", "spec.cache",
-    "spec.env", "spec.autoscaling", "spec.monitoring", "spec.disruption_budget",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "spec.server.api_key_secret",
+    "spec.job.parallel_pods",
+    "spec.job.backoff_limit",
+    "spec.job.total_gpus",
+    "spec.replicas",
+    "spec.image",
+    "spec.resources",
+    "spec.placement",
+    "spec.cache",
+    "spec.env",
+    "spec.autoscaling",
+    "spec.monitoring",
+    "spec.disruption_budget",
     "spec.routing",
 )
 

@@ -1,13 +1,15 @@
 """Checks on a type-correct manifest that catch, before anything starts, what would otherwise fail
 deep inside NCCL, the scheduler or the engine. Every rule returns issues (path, line, message
 saying what to do); `validate` reports all of them at once."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from swiftops.manifest import kubernetes_rules as k8s
 from swiftops.manifest.errors import ManifestError, ManifestIssue
@@ -32,13 +34,15 @@ def check_kind(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
         if spec.server is not None:
             yield loaded.issue("spec.server", "spec.server applies to kind Deployment; remove it or change the kind")
         if spec.replicas != 1:
-            yield loaded.issue("spec.replicas", "an InferenceJob has no replicas; split the dataset with "
-                                                "spec.job.shards instead")
+            yield loaded.issue(
+                "spec.replicas", "an InferenceJob has no replicas; split the dataset with spec.job.shards instead"
+            )
         if spec.job is None:
             yield loaded.issue("spec", "an InferenceJob needs spec.job with val_dataset (the dataset to run)")
         elif not spec.job.val_dataset:
-            yield loaded.issue("spec.job.val_dataset", "an InferenceJob needs at least one dataset file in "
-                                                       "spec.job.val_dataset")
+            yield loaded.issue(
+                "spec.job.val_dataset", "an InferenceJob needs at least one dataset file in spec.job.val_dataset"
+            )
 
 
 def check_gpu_count(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
@@ -50,17 +54,21 @@ def check_gpu_count(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
         return  # derived from the parallelism, or CPU (checked against the capability table)
     if spec.backend.name == "pt" and p.device_map is not None:
         if declared % p.data:
-            yield loaded.issue("spec.resources.gpu.count",
-                               f"{declared} GPUs cannot be split evenly over data parallel size {p.data}; "
-                               f"use a multiple of {p.data}")
+            yield loaded.issue(
+                "spec.resources.gpu.count",
+                f"{declared} GPUs cannot be split evenly over data parallel size {p.data}; use a multiple of {p.data}",
+            )
         return  # device_map spreads one model over the GPUs it is given
     if declared != needed:
         processes = needed // (p.tensor * p.pipeline * p.data)
-        product = f"tensor {p.tensor} x pipeline {p.pipeline} x data {p.data}" + \
-            (f" x job.nproc_per_node {processes}" if processes > 1 else "")
-        yield loaded.issue("spec.resources.gpu.count",
-                           f"{declared} GPUs per pod, but parallelism needs {product} = {needed}; set "
-                           f"resources.gpu.count: {needed} or leave it out (it defaults to that product)")
+        product = f"tensor {p.tensor} x pipeline {p.pipeline} x data {p.data}" + (
+            f" x job.nproc_per_node {processes}" if processes > 1 else ""
+        )
+        yield loaded.issue(
+            "spec.resources.gpu.count",
+            f"{declared} GPUs per pod, but parallelism needs {product} = {needed}; set "
+            f"resources.gpu.count: {needed} or leave it out (it defaults to that product)",
+        )
 
 
 def check_job_gpus(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
@@ -69,9 +77,11 @@ def check_job_gpus(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
         return
     per_shard = loaded.manifest.gpu_count
     if per_shard * job.shards != job.total_gpus:
-        yield loaded.issue("spec.job.total_gpus",
-                           f"total_gpus is {job.total_gpus} but {job.shards} shards x {per_shard} GPUs per shard = "
-                           f"{per_shard * job.shards}; fix shards, resources.gpu.count or total_gpus")
+        yield loaded.issue(
+            "spec.job.total_gpus",
+            f"total_gpus is {job.total_gpus} but {job.shards} shards x {per_shard} GPUs per shard = "
+            f"{per_shard * job.shards}; fix shards, resources.gpu.count or total_gpus",
+        )
 
 
 def _hub_cache_dirs() -> list[Path]:
@@ -84,7 +94,7 @@ def _hub_cache_dirs() -> list[Path]:
     return dirs
 
 
-def find_local_file(model_id: str, name: str, revision: Optional[str] = None) -> Optional[Path]:
+def find_local_file(model_id: str, name: str, revision: str | None = None) -> Path | None:
     """`name` of a model in a local directory or the Hugging Face cache, without any download."""
     local = Path(model_id).expanduser()
     if local.is_dir():
@@ -94,15 +104,16 @@ def find_local_file(model_id: str, name: str, revision: Optional[str] = None) ->
     for cache in _hub_cache_dirs():
         repo = cache / f"models--{model_id.replace('/', '--')}"
         ref = repo / "refs" / (revision or "main")
-        snapshots = [repo / "snapshots" / ref.read_text().strip()] if ref.is_file() else \
-            sorted((repo / "snapshots").glob("*"))
+        snapshots = (
+            [repo / "snapshots" / ref.read_text().strip()] if ref.is_file() else sorted((repo / "snapshots").glob("*"))
+        )
         for snapshot in snapshots:
             if (snapshot / name).is_file():
                 return snapshot / name
     return None
 
 
-def read_json(path: Optional[Path]) -> Optional[dict[str, Any]]:
+def read_json(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
@@ -112,7 +123,7 @@ def read_json(path: Optional[Path]) -> Optional[dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def attention_heads(config: dict[str, Any]) -> tuple[Optional[int], Optional[int]]:
+def attention_heads(config: dict[str, Any]) -> tuple[int | None, int | None]:
     """(attention heads, key/value heads) of a config.json, looking inside a VLM's text config too."""
     for section in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
         heads = section.get("num_attention_heads")
@@ -133,13 +144,17 @@ def check_tensor_divides_heads(loaded: LoadedManifest) -> Iterator[ManifestIssue
         return  # not readable here: the engine checks again when it loads
     divisors = [d for d in range(1, heads + 1) if heads % d == 0]
     if heads % tp:
-        yield loaded.issue("spec.parallelism.tensor",
-                           f"tensor parallel size {tp} does not divide the model's {heads} attention heads "
-                           f"({config_path}); use one of {', '.join(map(str, divisors))}")
+        yield loaded.issue(
+            "spec.parallelism.tensor",
+            f"tensor parallel size {tp} does not divide the model's {heads} attention heads "
+            f"({config_path}); use one of {', '.join(map(str, divisors))}",
+        )
     elif kv_heads and (kv_heads % tp if kv_heads >= tp else tp % kv_heads):
-        yield loaded.issue("spec.parallelism.tensor",
-                           f"tensor parallel size {tp} does not fit the model's {kv_heads} key/value heads "
-                           f"({config_path}): it must divide them or be a multiple of them")
+        yield loaded.issue(
+            "spec.parallelism.tensor",
+            f"tensor parallel size {tp} does not fit the model's {kv_heads} key/value heads "
+            f"({config_path}): it must divide them or be a multiple of them",
+        )
 
 
 def _capability_needs(loaded: LoadedManifest) -> Iterator[tuple[str, str]]:
@@ -160,8 +175,10 @@ def _capability_needs(loaded: LoadedManifest) -> Iterator[tuple[str, str]]:
     if p.pipeline > 1:
         yield "pipeline_parallel", "spec.parallelism.pipeline"
     if p.data > 1:
-        yield ("data_parallel_job" if loaded.manifest.kind == "InferenceJob" else "data_parallel_server",
-               "spec.parallelism.data")
+        yield (
+            "data_parallel_job" if loaded.manifest.kind == "InferenceJob" else "data_parallel_server",
+            "spec.parallelism.data",
+        )
     if p.device_map is not None:
         yield "device_map", "spec.parallelism.device_map"
     if loaded.manifest.gpu_count == 0:
@@ -178,8 +195,10 @@ def check_capabilities(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
     backend = spec.backend.name
     lmdeploy_backend = spec.backend.options.lmdeploy_backend
     if lmdeploy_backend is not None and backend != "lmdeploy":
-        yield loaded.issue("spec.backend.options.lmdeploy_backend",
-                           f"lmdeploy_backend applies to backend lmdeploy, not {backend}; remove it")
+        yield loaded.issue(
+            "spec.backend.options.lmdeploy_backend",
+            f"lmdeploy_backend applies to backend lmdeploy, not {backend}; remove it",
+        )
     for feature, path in _capability_needs(loaded):
         reason = unsupported_reason(backend, feature, lmdeploy_backend)
         if reason is not None:
@@ -192,22 +211,32 @@ def check_shared_cache(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
     if cache is None:
         return
     if cache.existing_claim and (cache.size or cache.storage_class):
-        yield loaded.issue("spec.cache.size" if cache.size else "spec.cache.storage_class",
-                           "size and storage_class describe a new claim; remove them when using existing_claim")
+        yield loaded.issue(
+            "spec.cache.size" if cache.size else "spec.cache.storage_class",
+            "size and storage_class describe a new claim; remove them when using existing_claim",
+        )
     if cache.access_mode != "ReadWriteOnce":
         return
     if loaded.manifest.kind == "Deployment" and spec.replicas > 1:
-        yield loaded.issue("spec.replicas",
-                           f"{spec.replicas} replicas cannot share the ReadWriteOnce model cache (pods on other "
-                           f"nodes cannot mount it); set spec.cache.access_mode: ReadWriteMany (a storage class "
-                           f"that supports it) or ReadOnlyMany (a pre-filled cache), or use replicas: 1")
+        yield loaded.issue(
+            "spec.replicas",
+            f"{spec.replicas} replicas cannot share the ReadWriteOnce model cache (pods on other "
+            f"nodes cannot mount it); set spec.cache.access_mode: ReadWriteMany (a storage class "
+            f"that supports it) or ReadOnlyMany (a pre-filled cache), or use replicas: 1",
+        )
     job = spec.job
-    if loaded.manifest.kind == "InferenceJob" and job is not None and job.shards > 1 \
-            and (job.parallel_pods or job.shards) > 1:
-        yield loaded.issue("spec.job.shards",
-                           f"{job.shards} shard pods running at once cannot share the ReadWriteOnce model cache; "
-                           f"set spec.cache.access_mode: ReadWriteMany or ReadOnlyMany, or "
-                           f"spec.job.parallel_pods: 1")
+    if (
+        loaded.manifest.kind == "InferenceJob"
+        and job is not None
+        and job.shards > 1
+        and (job.parallel_pods or job.shards) > 1
+    ):
+        yield loaded.issue(
+            "spec.job.shards",
+            f"{job.shards} shard pods running at once cannot share the ReadWriteOnce model cache; "
+            f"set spec.cache.access_mode: ReadWriteMany or ReadOnlyMany, or "
+            f"spec.job.parallel_pods: 1",
+        )
 
 
 def _same_model(base: str, model_id: str) -> bool:
@@ -226,14 +255,20 @@ def check_adapter_bases(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
     for name, location in spec.adapters.items():
         path = f"spec.adapters.{name}"
         if name == served:
-            yield loaded.issue(path, f"adapter name {name!r} is also the served model name; rename the adapter "
-                                     f"so requests can tell them apart")
+            yield loaded.issue(
+                path,
+                f"adapter name {name!r} is also the served model name; rename the adapter "
+                f"so requests can tell them apart",
+            )
         config = read_json(find_local_file(location, "adapter_config.json"))
         base = (config or {}).get("base_model_name_or_path")
         if isinstance(base, str) and base and not _same_model(base, spec.model.id):
-            yield loaded.issue(path, f"adapter {name!r} was trained on {base!r} but spec.model.id is "
-                                     f"{spec.model.id!r}; use the adapter's base model or an adapter trained for "
-                                     f"this one")
+            yield loaded.issue(
+                path,
+                f"adapter {name!r} was trained on {base!r} but spec.model.id is "
+                f"{spec.model.id!r}; use the adapter's base model or an adapter trained for "
+                f"this one",
+            )
 
 
 def check_secrets(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
@@ -242,23 +277,31 @@ def check_secrets(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
         if (var.value is None) == (var.secret is None):
             yield loaded.issue(path, f"env {var.name}: give exactly one of value or secret")
         if var.value is not None and (SECRET_NAME.search(var.name) or SECRET_VALUE.match(var.value.strip())):
-            yield loaded.issue(f"{path}.value",
-                               f"env {var.name} looks like a credential given in plain text; store it in a "
-                               f"Kubernetes Secret and write `secret: {{name: SECRET, key: KEY}}` instead of value")
+            yield loaded.issue(
+                f"{path}.value",
+                f"env {var.name} looks like a credential given in plain text; store it in a "
+                f"Kubernetes Secret and write `secret: {{name: SECRET, key: KEY}}` instead of value",
+            )
         if var.name == "SWIFTOPS_API_KEY":
             yield loaded.issue(f"{path}.name", "set the API key with spec.server.api_key_secret, not env")
 
 
 # Label keys the chart sets itself: a manifest label with one of these names would clash with them.
-CHART_LABELS = ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                "app.kubernetes.io/managed-by", "app.kubernetes.io/component")
+CHART_LABELS = (
+    "helm.sh/chart",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/component",
+)
 
 
 def _labels(loaded: LoadedManifest, path: str, labels: dict[str, str], what: str) -> Iterator[ManifestIssue]:
     for key, value in labels.items():
-        if (reason := k8s.qualified_name(key)):
+        if reason := k8s.qualified_name(key):
             yield loaded.issue(f"{path}.{key}", f"{what} key {reason}")
-        if (reason := k8s.label_value(value)):
+        if reason := k8s.label_value(value):
             yield loaded.issue(f"{path}.{key}", f"{what} {key!r}: {reason}; Kubernetes refuses it")
 
 
@@ -267,8 +310,11 @@ def check_kubernetes_names(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
     m = loaded.manifest
     meta, spec = m.metadata, m.spec
     if m.kind == "Deployment" and (reason := k8s.dns1035_label(meta.name)):
-        yield loaded.issue("metadata.name", f"{reason}; a Deployment's name is also its Service's name, which "
-                                            f"Kubernetes requires to be a DNS-1035 label (e.g. prefix it with a letter)")
+        yield loaded.issue(
+            "metadata.name",
+            f"{reason}; a Deployment's name is also its Service's name, which "
+            f"Kubernetes requires to be a DNS-1035 label (e.g. prefix it with a letter)",
+        )
     if meta.namespace is not None and (reason := k8s.dns1123_label(meta.namespace)):
         yield loaded.issue("metadata.namespace", f"namespace {reason}")
     yield from _labels(loaded, "metadata.labels", meta.labels, "label")
@@ -276,7 +322,7 @@ def check_kubernetes_names(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
         if key in CHART_LABELS:
             yield loaded.issue(f"metadata.labels.{key}", f"label {key!r} is set by the chart itself; use another key")
     for key in meta.annotations:
-        if (reason := k8s.qualified_name(key)):
+        if reason := k8s.qualified_name(key):
             yield loaded.issue(f"metadata.annotations.{key}", f"annotation key {reason}")
     placement = spec.placement
     yield from _labels(loaded, "spec.placement.node_selector", placement.node_selector, "nodeSelector")
@@ -285,31 +331,42 @@ def check_kubernetes_names(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
         if toleration.key and (reason := k8s.qualified_name(toleration.key)):
             yield loaded.issue(f"{path}.key", f"toleration key {reason}")
         if toleration.operator == "Exists" and toleration.value:
-            yield loaded.issue(f"{path}.value", "a toleration with operator Exists matches any value; remove value "
-                                                "or use operator Equal")
+            yield loaded.issue(
+                f"{path}.value",
+                "a toleration with operator Exists matches any value; remove value or use operator Equal",
+            )
         if toleration.operator == "Equal" and not toleration.key:
-            yield loaded.issue(f"{path}.operator", "a toleration without a key must use operator Exists (it then "
-                                                   "tolerates every taint)")
+            yield loaded.issue(
+                f"{path}.operator",
+                "a toleration without a key must use operator Exists (it then tolerates every taint)",
+            )
         if toleration.value and (reason := k8s.label_value(toleration.value)):
             yield loaded.issue(f"{path}.value", f"toleration value {reason}")
         if toleration.toleration_seconds is not None and toleration.effect != "NoExecute":
-            yield loaded.issue(f"{path}.toleration_seconds", "toleration_seconds applies to effect NoExecute only; "
-                                                             "set effect: NoExecute or remove it")
-    for field, value in (("runtime_class_name", placement.runtime_class_name),
-                         ("priority_class_name", placement.priority_class_name)):
+            yield loaded.issue(
+                f"{path}.toleration_seconds",
+                "toleration_seconds applies to effect NoExecute only; set effect: NoExecute or remove it",
+            )
+    for field, value in (
+        ("runtime_class_name", placement.runtime_class_name),
+        ("priority_class_name", placement.priority_class_name),
+    ):
         if value is not None and (reason := k8s.dns1123_subdomain(value)):
             yield loaded.issue(f"spec.placement.{field}", f"{field} {reason}")
-    if (reason := k8s.extended_resource(spec.resources.gpu.resource)):
+    if reason := k8s.extended_resource(spec.resources.gpu.resource):
         yield loaded.issue("spec.resources.gpu.resource", reason)
     if spec.cache is not None:
-        for field, value in (("existing_claim", spec.cache.existing_claim), ("storage_class", spec.cache.storage_class)):
+        for field, value in (
+            ("existing_claim", spec.cache.existing_claim),
+            ("storage_class", spec.cache.storage_class),
+        ):
             if value is not None and (reason := k8s.dns1123_subdomain(value)):
                 yield loaded.issue(f"spec.cache.{field}", f"{field} {reason}")
     refs = [(f"spec.env.{i}.secret", var.secret) for i, var in enumerate(spec.env) if var.secret]
     if spec.server is not None and spec.server.api_key_secret is not None:
         refs.append(("spec.server.api_key_secret", spec.server.api_key_secret))
     for path, ref in refs:
-        if (reason := k8s.secret_key(ref.key)):
+        if reason := k8s.secret_key(ref.key):
             yield loaded.issue(f"{path}.key", reason)
     if spec.monitoring is not None:
         yield from _labels(loaded, "spec.monitoring.labels", spec.monitoring.labels, "label")
@@ -331,22 +388,38 @@ def check_ops(loaded: LoadedManifest) -> Iterator[ManifestIssue]:
     if m.kind != "Deployment" or scaling is None:
         return
     if scaling.min_replicas > scaling.max_replicas:
-        yield loaded.issue("spec.autoscaling.min_replicas", f"min_replicas {scaling.min_replicas} is above "
-                                                            f"max_replicas {scaling.max_replicas}")
+        yield loaded.issue(
+            "spec.autoscaling.min_replicas",
+            f"min_replicas {scaling.min_replicas} is above max_replicas {scaling.max_replicas}",
+        )
     if scaling.min_replicas == 0 and not (scaling.metric == "queue" and scaling.prometheus_url):
-        yield loaded.issue("spec.autoscaling.min_replicas",
-                           "scaling to zero needs KEDA: set metric: queue and prometheus_url (the Prometheus that "
-                           "scrapes the pods), or min_replicas: 1")
+        yield loaded.issue(
+            "spec.autoscaling.min_replicas",
+            "scaling to zero needs KEDA: set metric: queue and prometheus_url (the Prometheus that "
+            "scrapes the pods), or min_replicas: 1",
+        )
     if scaling.metric == "cpu" and scaling.target > 100:
         yield loaded.issue("spec.autoscaling.target", "a CPU target is a percentage: 1 to 100")
     if scaling.max_replicas > 1 and spec.cache is not None and spec.cache.access_mode == "ReadWriteOnce":
-        yield loaded.issue("spec.autoscaling.max_replicas",
-                           "more than one pod cannot share the ReadWriteOnce model cache; set "
-                           "spec.cache.access_mode: ReadWriteMany or ReadOnlyMany, or max_replicas: 1")
+        yield loaded.issue(
+            "spec.autoscaling.max_replicas",
+            "more than one pod cannot share the ReadWriteOnce model cache; set "
+            "spec.cache.access_mode: ReadWriteMany or ReadOnlyMany, or max_replicas: 1",
+        )
 
 
-RULES: tuple[Rule, ...] = (check_kind, check_gpu_count, check_job_gpus, check_tensor_divides_heads, check_capabilities,
-                           check_shared_cache, check_adapter_bases, check_secrets, check_kubernetes_names, check_ops)
+RULES: tuple[Rule, ...] = (
+    check_kind,
+    check_gpu_count,
+    check_job_gpus,
+    check_tensor_divides_heads,
+    check_capabilities,
+    check_shared_cache,
+    check_adapter_bases,
+    check_secrets,
+    check_kubernetes_names,
+    check_ops,
+)
 
 
 def find_issues(loaded: LoadedManifest) -> list[ManifestIssue]:

@@ -1,5 +1,6 @@
 """Loading images, video and audio from a local path, an http(s) URL, base64 / `data:` URIs or PIL images,
 within limits (pixels, frames, bytes, time) and a policy for what a client may point the server at."""
+
 from swiftops.media.audio import load_audio
 from swiftops.media.image import load_image
 from swiftops.media.limits import MediaLimits

@@ -1,7 +1,8 @@
 """Audio from any media item, decoded with PyAV and resampled to the processor's rate, mono float32."""
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +15,7 @@ DEFAULT_SAMPLING_RATE = 16000  # Whisper-style feature extractors (Qwen2-Audio, 
 MAX_SECONDS = 30 * 60  # a cap on decoded length, whatever the byte size
 
 
-def load_audio(item: Any, policy: Optional[MediaPolicy] = None,
-               sampling_rate: int = DEFAULT_SAMPLING_RATE) -> np.ndarray:
+def load_audio(item: Any, policy: MediaPolicy | None = None, sampling_rate: int = DEFAULT_SAMPLING_RATE) -> np.ndarray:
     """Mono float32 samples in [-1, 1] at `sampling_rate`: [num_samples]."""
     import av
 

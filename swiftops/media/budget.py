@@ -10,13 +10,14 @@ estimated too, and a prompt whose media alone exceed the context is refused befo
 The server sets one budget per request (`use_budget`); the worker thread decoding the request's media sees
 it through a context variable. Without a budget (the CLI, the Python API) nothing is charged.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 from swiftops.protocol.errors import BadRequestError
 
@@ -26,10 +27,10 @@ MIB = 1 << 20
 @dataclass
 class MediaBudget:
     max_decoded_bytes: int
-    max_tokens: Optional[int] = None  # the model's context length
-    pixels_per_token: Optional[int] = None  # after resizing; None: unknown, no token estimate
-    image_max_pixels: Optional[int] = None  # what the processor resizes an image down to
-    video_max_pixels: Optional[int] = None  # ... and a video frame
+    max_tokens: int | None = None  # the model's context length
+    pixels_per_token: int | None = None  # after resizing; None: unknown, no token estimate
+    image_max_pixels: int | None = None  # what the processor resizes an image down to
+    video_max_pixels: int | None = None  # ... and a video frame
     frames_per_token: int = 2  # Qwen2-VL's temporal patch: two frames share their tokens
     used_bytes: int = 0
     estimated_tokens: int = 0
@@ -40,13 +41,18 @@ class MediaBudget:
             raise BadRequestError(
                 f"the request's media would take {math.ceil(self.used_bytes / MIB)} MiB decoded ({what}), over this "
                 f"server's {self.max_decoded_bytes // MIB} MiB per request (--max_media_bytes_decoded); send smaller "
-                f"or fewer images, or shorter or lower-resolution videos", param=param, code="media_too_large")
+                f"or fewer images, or shorter or lower-resolution videos",
+                param=param,
+                code="media_too_large",
+            )
         self.estimated_tokens += tokens
         if self.max_tokens is not None and self.estimated_tokens >= self.max_tokens:
             raise BadRequestError(
                 f"the request's media alone need about {self.estimated_tokens} tokens ({what}), over the model's "
-                f"context of {self.max_tokens}; send smaller or fewer images or shorter videos", param=param,
-                code="context_length_exceeded")
+                f"context of {self.max_tokens}; send smaller or fewer images or shorter videos",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     def charge_image(self, width: int, height: int, bytes_per_pixel: float) -> None:
         size = int(width * height * bytes_per_pixel)
@@ -65,16 +71,17 @@ class MediaBudget:
 
 
 # The budget of the request being served (set by the server per request; None: no limits).
-request_media_budget: contextvars.ContextVar[Optional[MediaBudget]] = contextvars.ContextVar(
-    "swiftops_media_budget", default=None)
+request_media_budget: contextvars.ContextVar[MediaBudget | None] = contextvars.ContextVar(
+    "swiftops_media_budget", default=None
+)
 
 
-def current_budget() -> Optional[MediaBudget]:
+def current_budget() -> MediaBudget | None:
     return request_media_budget.get()
 
 
 @contextlib.contextmanager
-def use_budget(budget: Optional[MediaBudget]) -> Iterator[Optional[MediaBudget]]:
+def use_budget(budget: MediaBudget | None) -> Iterator[MediaBudget | None]:
     token = request_media_budget.set(budget)
     try:
         yield budget

@@ -6,22 +6,37 @@ made it open RTP sockets on ports the client chose (a network listener started b
 concat playlists can make it read other files or URLs. So the format is sniffed here from magic bytes
 against an allow-list and passed to FFmpeg by name, and `protocol_whitelist` allows file input only.
 """
+
 from __future__ import annotations
 
 import io
-from typing import Optional
 
 from swiftops.protocol.errors import BadRequestError
 
 # FFmpeg's demuxer name -> what users call it (for the error message).
-VIDEO_CONTAINERS = {"mov": "MP4/MOV", "matroska": "MKV/WebM", "avi": "AVI", "mpegts": "MPEG-TS", "flv": "FLV",
-                    "mpeg": "MPEG-PS", "ogg": "Ogg", "gif": "GIF"}
-AUDIO_CONTAINERS = {"wav": "WAV", "mp3": "MP3", "flac": "FLAC", "ogg": "Ogg", "mov": "M4A/MP4",
-                    "matroska": "WebM/MKA", "aac": "AAC (ADTS)"}
+VIDEO_CONTAINERS = {
+    "mov": "MP4/MOV",
+    "matroska": "MKV/WebM",
+    "avi": "AVI",
+    "mpegts": "MPEG-TS",
+    "flv": "FLV",
+    "mpeg": "MPEG-PS",
+    "ogg": "Ogg",
+    "gif": "GIF",
+}
+AUDIO_CONTAINERS = {
+    "wav": "WAV",
+    "mp3": "MP3",
+    "flac": "FLAC",
+    "ogg": "Ogg",
+    "mov": "M4A/MP4",
+    "matroska": "WebM/MKA",
+    "aac": "AAC (ADTS)",
+}
 _SAFE_OPTIONS = {"protocol_whitelist": "file"}
 
 
-def sniff_container(head: bytes) -> Optional[str]:
+def sniff_container(head: bytes) -> str | None:
     """FFmpeg's demuxer name for a file starting with `head` (64 bytes suffice), or None if not recognised."""
     if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
         return "mov"
@@ -62,10 +77,15 @@ def open_container(source, kind: str):
         head = bytes(source.data[:256])
     name = sniff_container(head)
     if name not in allowed:
-        raise BadRequestError(f"the {kind} is not in a supported container format ({', '.join(allowed.values())}); "
-                              f"convert it to one of these", param=f"{kind}s", code="unsupported_media_format")
+        raise BadRequestError(
+            f"the {kind} is not in a supported container format ({', '.join(allowed.values())}); "
+            f"convert it to one of these",
+            param=f"{kind}s",
+            code="unsupported_media_format",
+        )
     try:
-        return av.open(source.path if source.path else io.BytesIO(source.data), format=name,
-                       options=dict(_SAFE_OPTIONS))
+        return av.open(
+            source.path if source.path else io.BytesIO(source.data), format=name, options=dict(_SAFE_OPTIONS)
+        )
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise BadRequestError(f"cannot open the {kind}: {exc}", param=f"{kind}s") from None

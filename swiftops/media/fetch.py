@@ -1,10 +1,10 @@
 """Fetching a media URL with a timeout, a size cap and SSRF checks on every hop of a redirect chain."""
+
 from __future__ import annotations
 
 import ipaddress
 import socket
 import time
-from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
 from swiftops.media.policy import MediaPolicy
@@ -25,7 +25,7 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
 
 
-def embedded_ipv4(address: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Address]:
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo client, NAT64, IPv4-compatible), if any:
     a route to it may reach that IPv4 host, so it is judged as that host."""
     if address.ipv4_mapped is not None:
@@ -53,8 +53,11 @@ def check_url(url: str, policy: MediaPolicy) -> None:
     """Refuse URLs a client may not make the server fetch: other schemes, and non-public targets unless allowed."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
-        raise BadRequestError(f"media URL scheme {parts.scheme!r} is not allowed; send an http(s) URL, a data: URI "
-                              "or base64 data", param="media", code="media_scheme_forbidden")
+        raise BadRequestError(
+            f"media URL scheme {parts.scheme!r} is not allowed; send an http(s) URL, a data: URI or base64 data",
+            param="media",
+            code="media_scheme_forbidden",
+        )
     if not parts.hostname:
         raise BadRequestError(f"media URL {url[:200]!r} has no host", param="media")
     if policy.allow_private_urls or policy.host_allowed(parts.hostname):
@@ -67,7 +70,10 @@ def check_url(url: str, policy: MediaPolicy) -> None:
             raise BadRequestError(
                 f"media URL host {parts.hostname!r} resolves to a non-public address ({address}); the server does not "
                 f"fetch from private, loopback or link-local networks (list the host in --allowed_media_domains to "
-                f"allow it)", param="media", code="media_url_forbidden")
+                f"allow it)",
+                param="media",
+                code="media_url_forbidden",
+            )
 
 
 def fetch_url(url: str, policy: MediaPolicy) -> bytes:
@@ -88,12 +94,14 @@ def fetch_url(url: str, policy: MediaPolicy) -> bytes:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code >= 400:
-                        raise BadRequestError(f"fetching media URL {url[:200]!r} failed: HTTP {response.status_code}",
-                                              param="media")
+                        raise BadRequestError(
+                            f"fetching media URL {url[:200]!r} failed: HTTP {response.status_code}", param="media"
+                        )
                     return _read_capped(response, url, policy, deadline)
             except httpx.TimeoutException:
-                raise BadRequestError(f"fetching media URL {url[:200]!r} timed out after {policy.timeout:g}s",
-                                      param="media") from None
+                raise BadRequestError(
+                    f"fetching media URL {url[:200]!r} timed out after {policy.timeout:g}s", param="media"
+                ) from None
             except httpx.HTTPError as exc:
                 raise BadRequestError(f"fetching media URL {url[:200]!r} failed: {exc}", param="media") from None
     raise BadRequestError(f"media URL {url[:200]!r}: more than {policy.max_redirects} redirects", param="media")
@@ -102,8 +110,11 @@ def fetch_url(url: str, policy: MediaPolicy) -> bytes:
 def _remaining(deadline: float, url: str, policy: MediaPolicy) -> float:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise BadRequestError(f"fetching media URL {url[:200]!r} took longer than {policy.timeout:g}s "
-                              f"(--media_timeout)", param="media", code="media_timeout")
+        raise BadRequestError(
+            f"fetching media URL {url[:200]!r} took longer than {policy.timeout:g}s (--media_timeout)",
+            param="media",
+            code="media_timeout",
+        )
     return remaining
 
 
@@ -123,5 +134,6 @@ def _read_capped(response, url: str, policy: MediaPolicy, deadline: float) -> by
 
 
 def _too_large(url: str, max_bytes: int) -> BadRequestError:
-    return BadRequestError(f"media at {url[:200]!r} is larger than the {max_bytes} byte limit", param="media",
-                           code="media_too_large")
+    return BadRequestError(
+        f"media at {url[:200]!r} is larger than the {max_bytes} byte limit", param="media", code="media_too_large"
+    )

@@ -1,9 +1,10 @@
 """Images from any media item (see `swiftops.media.source`), as RGB PIL images."""
+
 from __future__ import annotations
 
 import io
 import math
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.media.budget import current_budget
 from swiftops.media.policy import MediaPolicy
@@ -14,9 +15,28 @@ from swiftops.protocol.errors import BadRequestError
 # image is 200 MB in memory).
 MAX_DECODED_PIXELS = 8192 * 8192
 # Bytes per pixel of a decoded image by PIL mode (16-bit modes keep 2 bytes per band).
-_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
-               "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
-               "I;16N": 2}
+_MODE_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "La": 2,
+    "PA": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "RGBA": 4,
+    "RGBa": 4,
+    "RGBX": 4,
+    "CMYK": 4,
+    "I": 4,
+    "F": 4,
+    "I;16": 2,
+    "I;16L": 2,
+    "I;16B": 2,
+    "I;16N": 2,
+}
 
 
 def decoded_bytes(width: int, height: int, mode: str) -> int:
@@ -34,12 +54,16 @@ def _open(item: Any, policy: MediaPolicy):
     try:
         image = Image.open(source.path if source.path else io.BytesIO(source.data))
         if image.width * image.height > MAX_DECODED_PIXELS:
-            raise BadRequestError(f"the image is {image.width}x{image.height} pixels, too large to decode",
-                                  param="images")
+            raise BadRequestError(
+                f"the image is {image.width}x{image.height} pixels, too large to decode", param="images"
+            )
         budget = current_budget()
         if budget is not None:  # charged from the header: nothing is decoded yet
-            budget.charge_image(image.width, image.height,
-                                decoded_bytes(image.width, image.height, image.mode) / (image.width * image.height))
+            budget.charge_image(
+                image.width,
+                image.height,
+                decoded_bytes(image.width, image.height, image.mode) / (image.width * image.height),
+            )
         image.load()
     except BadRequestError:
         raise
@@ -48,7 +72,7 @@ def _open(item: Any, policy: MediaPolicy):
     return image
 
 
-def load_image(item: Any, policy: Optional[MediaPolicy] = None, max_pixels: Optional[int] = None):
+def load_image(item: Any, policy: MediaPolicy | None = None, max_pixels: int | None = None):
     """An RGB PIL image; with `max_pixels`, scaled down (aspect kept) to at most that many pixels.
 
     Qwen-style processors resize by min/max pixels themselves (see swiftops.template.multimodal); the
@@ -65,6 +89,7 @@ def load_image(item: Any, policy: Optional[MediaPolicy] = None, max_pixels: Opti
         image = image.convert("RGB")
     if max_pixels and image.width * image.height > max_pixels:
         scale = math.sqrt(max_pixels / (image.width * image.height))
-        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
-                             Image.Resampling.BICUBIC)
+        image = image.resize(
+            (max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.Resampling.BICUBIC
+        )
     return image

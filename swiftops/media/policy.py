@@ -5,10 +5,10 @@ a client's local path is refused unless `--allow_local_media`, and a URL whose h
 private, loopback, link-local or otherwise non-public address (or redirects to one) is refused unless
 its host is in `--allowed_media_domains` (ms-swift's server reads whatever a client names).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from swiftops.protocol.settings import MediaSettings
 
@@ -27,21 +27,29 @@ class MediaPolicy:
     max_redirects: int = MAX_REDIRECTS
 
     @classmethod
-    def permissive(cls, settings: Optional[MediaSettings] = None) -> "MediaPolicy":
+    def permissive(cls, settings: MediaSettings | None = None) -> MediaPolicy:
         """For the Python API and the CLI: the user's own files and network."""
         if settings is None:
             return cls()
-        return cls(timeout=settings.media_timeout, max_bytes=settings.media_max_bytes,
-                   allowed_media_domains=tuple(settings.allowed_media_domains))
+        return cls(
+            timeout=settings.media_timeout,
+            max_bytes=settings.media_max_bytes,
+            allowed_media_domains=tuple(settings.allowed_media_domains),
+        )
 
     @classmethod
-    def for_server(cls, settings: Optional[MediaSettings] = None) -> "MediaPolicy":
+    def for_server(cls, settings: MediaSettings | None = None) -> MediaPolicy:
         """For requests from clients: no local files and no private networks unless the settings allow them."""
         settings = settings or MediaSettings()
-        return cls(allow_local_media=settings.allow_local_media, allow_private_urls=False,
-                   allowed_media_domains=tuple(d.strip().lower().rstrip(".") for d in settings.allowed_media_domains
-                                               if d.strip()),
-                   timeout=settings.media_timeout, max_bytes=settings.media_max_bytes)
+        return cls(
+            allow_local_media=settings.allow_local_media,
+            allow_private_urls=False,
+            allowed_media_domains=tuple(
+                d.strip().lower().rstrip(".") for d in settings.allowed_media_domains if d.strip()
+            ),
+            timeout=settings.media_timeout,
+            max_bytes=settings.media_max_bytes,
+        )
 
     def host_allowed(self, host: str) -> bool:
         """True if `host` is listed in allowed_media_domains (a listed name covers its subdomains)."""

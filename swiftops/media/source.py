@@ -3,6 +3,7 @@
 `read_media` answers either bytes or an existing local path (decoders read files without copying them).
 PIL images and decoded arrays are handled by the loaders before they get here.
 """
+
 from __future__ import annotations
 
 import base64
@@ -10,7 +11,7 @@ import binascii
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.media.fetch import fetch_url
 from swiftops.media.policy import MediaPolicy
@@ -23,9 +24,9 @@ _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
 
 @dataclass(frozen=True)
 class MediaSource:
-    data: Optional[bytes] = None  # the bytes, or
-    path: Optional[str] = None  # an existing local file
-    mime: Optional[str] = None  # from a data: URI, when given
+    data: bytes | None = None  # the bytes, or
+    path: str | None = None  # an existing local file
+    mime: str | None = None  # from a data: URI, when given
 
 
 def _decode_base64(text: str, what: str) -> bytes:
@@ -41,24 +42,36 @@ def _decode_base64(text: str, what: str) -> bytes:
 
 def _checked_size(data: bytes, policy: MediaPolicy, what: str) -> bytes:
     if len(data) > policy.max_bytes:
-        raise BadRequestError(f"{what} is {len(data)} bytes, over the {policy.max_bytes} byte limit", param="media",
-                              code="media_too_large")
+        raise BadRequestError(
+            f"{what} is {len(data)} bytes, over the {policy.max_bytes} byte limit",
+            param="media",
+            code="media_too_large",
+        )
     return data
 
 
 def _local(path: str, policy: MediaPolicy) -> MediaSource:
     if not policy.allow_local_media:
-        raise BadRequestError("local file paths are not accepted as media by this server (start it with "
-                              "--allow_local_media to allow them); send an http(s) URL or base64 data instead",
-                              param="media", code="local_media_forbidden")
+        raise BadRequestError(
+            "local file paths are not accepted as media by this server (start it with "
+            "--allow_local_media to allow them); send an http(s) URL or base64 data instead",
+            param="media",
+            code="local_media_forbidden",
+        )
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise BadRequestError(f"media file {path!r} does not exist (or is not a file); give an existing path, an "
-                              "http(s) URL or base64 data", param="media")
+        raise BadRequestError(
+            f"media file {path!r} does not exist (or is not a file); give an existing path, an "
+            "http(s) URL or base64 data",
+            param="media",
+        )
     size = os.path.getsize(path)
     if size > policy.max_bytes:
-        raise BadRequestError(f"media file {path!r} is {size} bytes, over the {policy.max_bytes} byte limit",
-                              param="media", code="media_too_large")
+        raise BadRequestError(
+            f"media file {path!r} is {size} bytes, over the {policy.max_bytes} byte limit",
+            param="media",
+            code="media_too_large",
+        )
     return MediaSource(path=path)
 
 
@@ -79,18 +92,22 @@ def read_media(item: Any, policy: MediaPolicy, kind: str = "media") -> MediaSour
                 return read_media(item[key], policy, kind)
         raise BadRequestError(f"a {kind} given as an object needs a 'url', 'path' or 'bytes' field", param="media")
     if not isinstance(item, str) or not item.strip():
-        raise BadRequestError(f"a {kind} must be a path, an http(s) URL, base64 data or a data: URI, "
-                              f"got {type(item).__name__}", param="media")
+        raise BadRequestError(
+            f"a {kind} must be a path, an http(s) URL, base64 data or a data: URI, got {type(item).__name__}",
+            param="media",
+        )
     text = item.strip()
     lowered = text[:16].lower()
     if lowered.startswith("data:"):
         match = _DATA_URI.match(text)
         if match is None:
-            raise BadRequestError(f"malformed data: URI for a {kind}; expected data:<mime>;base64,<data>",
-                                  param="media")
-        payload = text[match.end():]
+            raise BadRequestError(
+                f"malformed data: URI for a {kind}; expected data:<mime>;base64,<data>", param="media"
+            )
+        payload = text[match.end() :]
         if ";base64" not in (match.group("params") or "").lower():
             from urllib.parse import unquote_to_bytes
+
             data = unquote_to_bytes(payload)
         else:
             data = _decode_base64(payload, f"the {kind} data URI")
@@ -98,16 +115,20 @@ def read_media(item: Any, policy: MediaPolicy, kind: str = "media") -> MediaSour
     if lowered.startswith(("http://", "https://")):
         return MediaSource(data=fetch_url(text, policy))
     if lowered.startswith("file://"):
-        return _local(text[len("file://"):], policy)
+        return _local(text[len("file://") :], policy)
     if (scheme := _URL_SCHEME.match(text)) is not None:
-        raise BadRequestError(f"media URL scheme {scheme.group(1)!r} is not allowed; send an http(s) URL, a data: "
-                              "URI or base64 data", param="media", code="media_scheme_forbidden")
+        raise BadRequestError(
+            f"media URL scheme {scheme.group(1)!r} is not allowed; send an http(s) URL, a data: URI or base64 data",
+            param="media",
+            code="media_scheme_forbidden",
+        )
     if policy.allow_local_media and os.path.isfile(os.path.expanduser(text)):
         return _local(text, policy)
     if _looks_like_base64(text):
         # The decoded size is about 3/4 of the text: refuse an oversized payload before decoding it.
         if len(text) * 3 // 4 > policy.max_bytes + 3:
-            raise BadRequestError(f"the base64 {kind} is over the {policy.max_bytes} byte limit", param="media",
-                                  code="media_too_large")
+            raise BadRequestError(
+                f"the base64 {kind} is over the {policy.max_bytes} byte limit", param="media", code="media_too_large"
+            )
         return MediaSource(data=_checked_size(_decode_base64(text, f"the base64 {kind}"), policy, f"the base64 {kind}"))
     return _local(text, policy)  # a path that does not exist, or local paths refused: the error says which

@@ -5,11 +5,12 @@ for Qwen2-VL / Qwen2.5-VL): `duration * fps` frames, clamped to [FPS_MIN_FRAMES,
 frames the video has, rounded down to an even count (frames are paired into temporal patches), spread
 evenly over the video. A video may also be given as a list of images (its frames, already sampled).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,11 @@ def _rgb(frame, max_pixels: int) -> np.ndarray:
     """[H, W, 3] uint8, shrunk (aspect kept) when the frame has more than `max_pixels` pixels."""
     if frame.width * frame.height > max_pixels:
         scale = math.sqrt(max_pixels / (frame.width * frame.height))
-        return frame.to_ndarray(format="rgb24", width=max(2, int(frame.width * scale) // 2 * 2),
-                                height=max(2, int(frame.height * scale) // 2 * 2))
+        return frame.to_ndarray(
+            format="rgb24",
+            width=max(2, int(frame.width * scale) // 2 * 2),
+            height=max(2, int(frame.height * scale) // 2 * 2),
+        )
     return frame.to_ndarray(format="rgb24")
 
 
@@ -116,9 +120,12 @@ def _decode(source, limits: MediaLimits) -> VideoClip:
                     if budget is not None:
                         budget.charge_video(1, frame.width, frame.height, _kept_pixels(frame.width, frame.height, cap))
                     if len(all_frames) >= MAX_FRAMES_OF_UNKNOWN_LENGTH:
-                        raise BadRequestError(f"the video does not say how long it is and has more than "
-                                              f"{MAX_FRAMES_OF_UNKNOWN_LENGTH} frames; remux it (ffmpeg -i in -c copy "
-                                              f"out.mp4)", param="videos")
+                        raise BadRequestError(
+                            f"the video does not say how long it is and has more than "
+                            f"{MAX_FRAMES_OF_UNKNOWN_LENGTH} frames; remux it (ffmpeg -i in -c copy "
+                            f"out.mp4)",
+                            param="videos",
+                        )
                     all_frames.append(_rgb(frame, cap))
                 elif index in wanted:
                     kept[index] = _rgb(frame, cap)
@@ -140,7 +147,7 @@ def _decode(source, limits: MediaLimits) -> VideoClip:
     return VideoClip(frames, sampled_fps, source_fps, total, wanted)
 
 
-def load_video(item: Any, policy: Optional[MediaPolicy] = None, limits: Optional[MediaLimits] = None) -> VideoClip:
+def load_video(item: Any, policy: MediaPolicy | None = None, limits: MediaLimits | None = None) -> VideoClip:
     """Decode and sample a video: a path, URL, base64 / data: URI, bytes, or a list of frames (images)."""
     policy = policy or MediaPolicy()
     limits = limits or MediaLimits.resolve()

@@ -6,14 +6,16 @@ only behind media, text only behind text, and a full media queue is a 429 instea
 
 The request's context variables (its media budget, the special-token policy) travel into the worker.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, TypeVar
 
 from swiftops.protocol.errors import OverloadedError
 
@@ -23,7 +25,7 @@ T = TypeVar("T")
 class BoundedPool:
     """`await pool.run(fn, *args)`: `fn` on one of `workers` threads; more than `max_queue` waiting is a 429."""
 
-    def __init__(self, name: str, workers: int, max_queue: Optional[int]) -> None:
+    def __init__(self, name: str, workers: int, max_queue: int | None) -> None:
         self.name = name
         self.workers = workers
         self.max_queue = max_queue
@@ -38,9 +40,11 @@ class BoundedPool:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
             if self.max_queue is not None and self._pending - self.workers >= self.max_queue:
-                raise OverloadedError(f"the server's {self.name} queue is full ({self.max_queue} waiting for "
-                                      f"{self.workers} workers); retry after the time in the Retry-After header",
-                                      code="server_overloaded")
+                raise OverloadedError(
+                    f"the server's {self.name} queue is full ({self.max_queue} waiting for "
+                    f"{self.workers} workers); retry after the time in the Retry-After header",
+                    code="server_overloaded",
+                )
             self._pending += 1
         context = contextvars.copy_context()
         try:

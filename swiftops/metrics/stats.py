@@ -1,9 +1,11 @@
 """`InferStats`: throughput and latency of a run, as ms-swift's, plus TTFT and latency percentiles."""
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -32,8 +34,8 @@ class InferStats:
 
     def reset(self) -> None:
         with getattr(self, "_lock", threading.Lock()):
-            self._t0: Optional[float] = None
-            self._t_last: Optional[float] = None
+            self._t0: float | None = None
+            self._t_last: float | None = None
             self._starts: dict[str, float] = {}
             self._first: dict[str, float] = {}
             self.num_prompt_tokens = 0
@@ -42,10 +44,10 @@ class InferStats:
             self.num_requests = 0
             self.ttfts: list[float] = []
             self.latencies: list[float] = []
-            self._prefix_source: Optional[Callable[[], Optional[tuple[int, int]]]] = None
+            self._prefix_source: Callable[[], tuple[int, int] | None] | None = None
             self._prefix_base = self._prefix_last = (0, 0)
 
-    def track_prefix_cache(self, source: Callable[[], Optional[tuple[int, int]]]) -> None:
+    def track_prefix_cache(self, source: Callable[[], tuple[int, int] | None]) -> None:
         """Count the prefix cache of the engine whose `prefix_cache_stats` is `source`, from now on (once: later
         calls for the same engine keep the first baseline)."""
         with self._lock:
@@ -93,8 +95,12 @@ class InferStats:
         """Record a finished response that was not timed through start/finish (ms-swift's API)."""
         usage = getattr(response, "usage", None)
         choices = getattr(response, "choices", None) or []
-        self.finish(getattr(response, "id", ""), getattr(usage, "prompt_tokens", 0),
-                    getattr(usage, "completion_tokens", 0), max(1, len(choices)))
+        self.finish(
+            getattr(response, "id", ""),
+            getattr(usage, "prompt_tokens", 0),
+            getattr(usage, "completion_tokens", 0),
+            max(1, len(choices)),
+        )
 
     def compute(self) -> dict[str, float]:
         with self._lock:

@@ -7,6 +7,7 @@ file list instead of through an import.
 
     python -m swiftops.models.packaged            # prints the GGUF's path
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -26,14 +27,16 @@ def packaged_gguf(distribution: str = DEMO_DISTRIBUTION) -> Path:
     try:
         files = importlib.metadata.files(distribution) or []
     except importlib.metadata.PackageNotFoundError:
-        raise PackagedModelMissing(f"the package {distribution} is not installed; run `make install` "
-                                   f"(or {DEMO_INSTALL})") from None
+        raise PackagedModelMissing(
+            f"the package {distribution} is not installed; run `make install` (or {DEMO_INSTALL})"
+        ) from None
     found = sorted(Path(f.locate()) for f in files if f.name.endswith(".gguf"))
     if len(found) != 1:
         raise PackagedModelMissing(f"expected one .gguf file in the package {distribution}, found {len(found)}")
     if not found[0].is_file():
-        raise PackagedModelMissing(f"{found[0]} is listed by {distribution} but missing; reinstall it: "
-                                   f"{DEMO_INSTALL} --force-reinstall")
+        raise PackagedModelMissing(
+            f"{found[0]} is listed by {distribution} but missing; reinstall it: {DEMO_INSTALL} --force-reinstall"
+        )
     return found[0]
 
 

@@ -6,6 +6,7 @@ real one: GQA (so a KV-cache bug shows), a context small enough to overflow in t
 "peaky" enough that greedy decoding does not flip on float rounding when a request is batched
 differently.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,14 @@ ADDED_TOKENS = ("<tool_call>", "</tool_call>")
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 VOCAB_SIZE_TARGET = 1536
-MODEL_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=128, max_position_embeddings=512)
+MODEL_SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=512,
+)
 # A random model with the usual 0.02 init gives nearly flat logits, so greedy picks flip on rounding
 # when the batch layout changes. A large init makes the top-1 logit stand clear of the rest.
 INITIALIZER_RANGE = 1.0
@@ -47,15 +54,15 @@ CHAT_TEMPLATE = (
     "    {%- else %}\n"
     "        {{- '" + DEFAULT_SYSTEM + "' }}\n"
     "    {%- endif %}\n"
-    "    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n"
+    '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n'
+    'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
     "    {%- for tool in tools %}\n"
-    "        {{- \"\\n\" }}\n"
+    '        {{- "\\n" }}\n'
     "        {{- tool | tojson }}\n"
     "    {%- endfor %}\n"
-    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
-    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, "
-    "\\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n"
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, '
+    '\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
     "{%- else %}\n"
     "    {%- if messages[0]['role'] == 'system' %}\n"
     "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
@@ -64,10 +71,10 @@ CHAT_TEMPLATE = (
     "    {%- endif %}\n"
     "{%- endif %}\n"
     "{%- for message in messages %}\n"
-    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or "
-    "(message.role == \"assistant\" and not message.tool_calls) %}\n"
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or '
+    '(message.role == "assistant" and not message.tool_calls) %}\n'
     "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
-    "    {%- elif message.role == \"assistant\" %}\n"
+    '    {%- elif message.role == "assistant" %}\n'
     "        {{- '<|im_start|>' + message.role }}\n"
     "        {%- if message.content %}\n"
     "            {{- '\\n' + message.content }}\n"
@@ -76,21 +83,21 @@ CHAT_TEMPLATE = (
     "            {%- if tool_call.function is defined %}\n"
     "                {%- set tool_call = tool_call.function %}\n"
     "            {%- endif %}\n"
-    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n"
+    '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n'
     "            {{- tool_call.name }}\n"
-    "            {{- '\", \"arguments\": ' }}\n"
+    '            {{- \'", "arguments": \' }}\n'
     "            {{- tool_call.arguments | tojson }}\n"
     "            {{- '}\\n</tool_call>' }}\n"
     "        {%- endfor %}\n"
     "        {{- '<|im_end|>\\n' }}\n"
-    "    {%- elif message.role == \"tool\" %}\n"
-    "        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n'
     "            {{- '<|im_start|>user' }}\n"
     "        {%- endif %}\n"
     "        {{- '\\n<tool_response>\\n' }}\n"
     "        {{- message.content }}\n"
     "        {{- '\\n</tool_response>' }}\n"
-    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
     "            {{- '<|im_end|>\\n' }}\n"
     "        {%- endif %}\n"
     "    {%- endif %}\n"
@@ -101,8 +108,10 @@ CHAT_TEMPLATE = (
 )
 
 # Qwen2's pre-tokenizer split: digits one by one, words with their leading space, punctuation runs.
-PRETOKENIZE_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                       r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRETOKENIZE_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 TRAINING_CORPUS = """\
 The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.
@@ -161,22 +170,33 @@ def train_tokenizer():
     # NFC like Qwen2.5's tokenizer.json; transformers' Qwen2Tokenizer (which AutoTokenizer picks for a
     # qwen2 config) adds it anyway, so both archs tokenize identically.
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE_TARGET, min_frequency=1, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE_TARGET,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
     backend.train_from_iterator(TRAINING_CORPUS.splitlines(keepends=True), trainer=trainer)
     # Like Qwen: special tokens come after the BPE vocabulary. <|im_start|> is special but not a BOS
     # (nothing is prepended to prompts); <tool_call> tags are added tokens that are not special.
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     backend.add_tokens(list(ADDED_TOKENS))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN,
-                                        model_max_length=MODEL_SHAPE["max_position_embeddings"],
-                                        additional_special_tokens=[BOS_TOKEN],
-                                        clean_up_tokenization_spaces=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+        additional_special_tokens=[BOS_TOKEN],
+        clean_up_tokenization_spaces=False,
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -188,9 +208,16 @@ def build_model_config(arch: Arch, tokenizer):
     config_class = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
     # Untied embeddings so the lm_head rows of special tokens can be scaled on their own.
     return config_class(
-        vocab_size=len(tokenizer), **MODEL_SHAPE, initializer_range=INITIALIZER_RANGE, tie_word_embeddings=False,
-        rms_norm_eps=1e-6, dtype="float32", bos_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        vocab_size=len(tokenizer),
+        **MODEL_SHAPE,
+        initializer_range=INITIALIZER_RANGE,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        dtype="float32",
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def init_model(config, tokenizer, seed: int):
@@ -200,8 +227,9 @@ def init_model(config, tokenizer, seed: int):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    other_special_ids = [tokenizer.convert_tokens_to_ids(token)
-                         for token in (*SPECIAL_TOKENS, *ADDED_TOKENS) if token != EOS_TOKEN]
+    other_special_ids = [
+        tokenizer.convert_tokens_to_ids(token) for token in (*SPECIAL_TOKENS, *ADDED_TOKENS) if token != EOS_TOKEN
+    ]
     with torch.no_grad():
         lm_head = model.get_output_embeddings().weight  # [vocab, hidden]
         lm_head[other_special_ids] *= OTHER_SPECIAL_ROW_SCALE
@@ -260,5 +288,9 @@ def progress_bars_off():
 def build_generation_config(config):
     from transformers import GenerationConfig
 
-    return GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                            pad_token_id=config.pad_token_id, do_sample=False)
+    return GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        do_sample=False,
+    )

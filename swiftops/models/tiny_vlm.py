@@ -6,6 +6,7 @@ processor is Qwen2-VL's (saved under the class name that picks the torchvision b
 installed and the PIL backend where it is not), the chat template is Qwen2-VL's own, and a video
 processor config is written for machines with torchvision (the CPU test machine has none).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,21 +19,38 @@ VlmArch = Literal["qwen2_5_vl", "qwen2_vl"]
 VLM_ARCHES: tuple[str, ...] = ("qwen2_5_vl", "qwen2_vl")
 
 # Qwen2-VL's vision and grounding tokens, in the order the real tokenizer lists them.
-VISION_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
-                 "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
-                 "<|video_pad|>")
+VISION_TOKENS = (
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 # Pixel bounds small enough that a test image is a handful of visual tokens (one token: 28x28 pixels).
 MIN_PIXELS = 28 * 28 * 4
 MAX_PIXELS = 28 * 28 * 64
 VIDEO_MAX_PIXELS = 28 * 28 * 16
 
-TEXT_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, max_position_embeddings=4096)
+TEXT_SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=4096,
+)
 # head_dim 16: M-RoPE splits its 8 rotary frequencies over (time, height, width).
 MROPE_SECTION = [2, 3, 3]
-VISION_SHAPE = dict(depth=2, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                    in_channels=3)
+VISION_SHAPE = dict(
+    depth=2, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3
+)
 
 # Qwen2-VL / Qwen2.5-VL-Instruct's chat template, verbatim.
 CHAT_TEMPLATE = (
@@ -59,16 +77,34 @@ def build_vlm_tokenizer():
 def build_vlm_config(arch: VlmArch, tokenizer):
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-    text = dict(TEXT_SHAPE, vocab_size=len(tokenizer), rms_norm_eps=1e-6, initializer_range=0.5,
-                bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": MROPE_SECTION})
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(token)
+        for name, token in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        )
+    }
+    text = dict(
+        TEXT_SHAPE,
+        vocab_size=len(tokenizer),
+        rms_norm_eps=1e-6,
+        initializer_range=0.5,
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": MROPE_SECTION},
+    )
     if arch == "qwen2_5_vl":
-        vision = dict(VISION_SHAPE, intermediate_size=64, out_hidden_size=TEXT_SHAPE["hidden_size"], window_size=56,
-                      fullatt_block_indexes=[1], tokens_per_second=2)
+        vision = dict(
+            VISION_SHAPE,
+            intermediate_size=64,
+            out_hidden_size=TEXT_SHAPE["hidden_size"],
+            window_size=56,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
+        )
         config_class = Qwen2_5_VLConfig
     else:
         vision = dict(VISION_SHAPE, embed_dim=32, mlp_ratio=2)
@@ -90,13 +126,23 @@ def build_vlm_processor(arch: VlmArch, tokenizer):
 
 
 def _video_processor_config(arch: VlmArch) -> dict:
-    return {"video_processor_type": "Qwen2VLVideoProcessor",
-            "processor_class": "Qwen2_5_VLProcessor" if arch == "qwen2_5_vl" else "Qwen2VLProcessor",
-            "size": {"shortest_edge": MIN_PIXELS, "longest_edge": VIDEO_MAX_PIXELS}, "patch_size": 14,
-            "temporal_patch_size": 2, "merge_size": 2, "do_resize": True, "do_rescale": True, "do_normalize": True,
-            "do_convert_rgb": True, "resample": 3, "rescale_factor": 1 / 255,
-            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-            "do_sample_frames": False}
+    return {
+        "video_processor_type": "Qwen2VLVideoProcessor",
+        "processor_class": "Qwen2_5_VLProcessor" if arch == "qwen2_5_vl" else "Qwen2VLProcessor",
+        "size": {"shortest_edge": MIN_PIXELS, "longest_edge": VIDEO_MAX_PIXELS},
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "do_resize": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "resample": 3,
+        "rescale_factor": 1 / 255,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_sample_frames": False,
+    }
 
 
 def _save_processor(processor, out: pathlib.Path) -> None:

@@ -6,10 +6,11 @@ instead. Imports nothing heavy (no torch, no backend library): `swiftops validat
     reason = unsupported_reason("lmdeploy", "lora", lmdeploy_backend="turbomind")
     require("vllm", "device_map")  # raises UnsupportedError with the reason
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from swiftops.protocol.errors import UnsupportedError
 
@@ -38,12 +39,18 @@ def no(reason: str) -> Support:
 # feature -> backend -> Support; "lmdeploy:turbomind" / "lmdeploy:pytorch" refine "lmdeploy".
 CAPABILITIES: dict[str, dict[str, Support]] = {
     "lora": {
-        "pt": YES, "vllm": YES, "lmdeploy:pytorch": YES,
-        "lmdeploy:turbomind": no("LMDeploy's TurboMind engine cannot serve LoRA adapters; "
-                                 "set backend.options.lmdeploy_backend: pytorch, merge the adapter, or use pt/vllm"),
+        "pt": YES,
+        "vllm": YES,
+        "lmdeploy:pytorch": YES,
+        "lmdeploy:turbomind": no(
+            "LMDeploy's TurboMind engine cannot serve LoRA adapters; "
+            "set backend.options.lmdeploy_backend: pytorch, merge the adapter, or use pt/vllm"
+        ),
     },
     "multi_lora": {
-        "pt": YES, "vllm": YES, "lmdeploy:pytorch": YES,
+        "pt": YES,
+        "vllm": YES,
+        "lmdeploy:pytorch": YES,
         "lmdeploy:turbomind": no("LMDeploy's TurboMind engine cannot serve LoRA adapters; use pt or vllm"),
     },
     "qlora": {
@@ -52,19 +59,24 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
         "lmdeploy": no("QLoRA (LoRA on a bitsandbytes 4-bit base) runs only on the pt backend"),
     },
     "quant:bnb": {
-        "pt": YES, "vllm": YES,
+        "pt": YES,
+        "vllm": YES,
         "lmdeploy": no("LMDeploy cannot load bitsandbytes checkpoints; use an AWQ/GPTQ checkpoint or pt/vllm"),
     },
     "quant:gptq": {"pt": YES, "vllm": YES, "lmdeploy": YES},
     "quant:awq": {"pt": YES, "vllm": YES, "lmdeploy": YES},
     "quant:fp8": {
-        "pt": YES, "vllm": YES,
+        "pt": YES,
+        "vllm": YES,
         "lmdeploy": no("LMDeploy cannot load fp8 checkpoints here; use AWQ/GPTQ or vllm"),
     },
     "tensor_parallel": {
-        "pt": no("the pt backend runs one process per model; split a large model over GPUs with "
-                 "parallelism.device_map, or use vllm/lmdeploy for tensor parallelism"),
-        "vllm": YES, "lmdeploy": YES,
+        "pt": no(
+            "the pt backend runs one process per model; split a large model over GPUs with "
+            "parallelism.device_map, or use vllm/lmdeploy for tensor parallelism"
+        ),
+        "vllm": YES,
+        "lmdeploy": YES,
     },
     "pipeline_parallel": {
         "pt": no("the pt backend has no pipeline parallelism; use parallelism.device_map or vllm"),
@@ -73,12 +85,16 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
     },
     "data_parallel_server": {
         "pt": no("the pt server runs one engine per process; scale a Deployment with replicas instead"),
-        "vllm": YES, "lmdeploy": YES,
+        "vllm": YES,
+        "lmdeploy": YES,
     },
     "data_parallel_job": {
-        "pt": no("the pt backend runs a data-parallel job as torchrun processes, one shard each: set "
-                 "--nproc_per_node (spec.job.nproc_per_node) instead of a data parallel size"),
-        "vllm": YES, "lmdeploy": YES,
+        "pt": no(
+            "the pt backend runs a data-parallel job as torchrun processes, one shard each: set "
+            "--nproc_per_node (spec.job.nproc_per_node) instead of a data parallel size"
+        ),
+        "vllm": YES,
+        "lmdeploy": YES,
     },
     "device_map": {
         "pt": YES,
@@ -94,15 +110,20 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
     "logprobs": {"pt": YES, "vllm": YES, "lmdeploy": YES},
     # Rows below were learnt building the vllm/lmdeploy engines against vLLM 0.31 and LMDeploy 0.18.
     "dynamic_lora": {
-        "pt": YES, "vllm": YES,
+        "pt": YES,
+        "vllm": YES,
         "lmdeploy": no("LMDeploy loads adapters at start only; list every adapter in --adapters (spec.adapters)"),
     },
     "merge_lora": {
         "pt": YES,
-        "vllm": no("merging an adapter into the weights is done by the pt backend; merge it there first, or serve "
-                   "the adapter unmerged"),
-        "lmdeploy": no("merging an adapter into the weights is done by the pt backend; merge it there first, or serve "
-                       "the adapter unmerged with lmdeploy_backend: pytorch"),
+        "vllm": no(
+            "merging an adapter into the weights is done by the pt backend; merge it there first, or serve "
+            "the adapter unmerged"
+        ),
+        "lmdeploy": no(
+            "merging an adapter into the weights is done by the pt backend; merge it there first, or serve "
+            "the adapter unmerged with lmdeploy_backend: pytorch"
+        ),
     },
     "beam_search": {
         "pt": YES,
@@ -114,12 +135,16 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
     "guided_regex": {"pt": YES, "vllm": YES, "lmdeploy": YES},
     "guided_choice": {"pt": YES, "vllm": YES, "lmdeploy": YES},  # lmdeploy: as a regex of the choices
     "guided_grammar": {
-        "pt": YES, "vllm": YES,
-        "lmdeploy": no("LMDeploy compiles JSON schemas and regexes only, not EBNF grammars; use --infer_backend pt "
-                       "or vllm for guided_grammar"),
+        "pt": YES,
+        "vllm": YES,
+        "lmdeploy": no(
+            "LMDeploy compiles JSON schemas and regexes only, not EBNF grammars; use --infer_backend pt "
+            "or vllm for guided_grammar"
+        ),
     },
     "presence_frequency_penalty": {
-        "pt": YES, "vllm": YES,
+        "pt": YES,
+        "vllm": YES,
         "lmdeploy": no("LMDeploy has no presence/frequency penalty; use repetition_penalty, or pt/vllm"),
     },
     "video_input": {
@@ -133,7 +158,8 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
         "lmdeploy": no("the lmdeploy backend takes images only in this version; run audio on the pt backend"),
     },
     "float32": {
-        "pt": YES, "vllm": YES,
+        "pt": YES,
+        "vllm": YES,
         "lmdeploy": no("LMDeploy runs in float16 or bfloat16; use dtype auto, float16 or bfloat16, or pt/vllm"),
     },
 }
@@ -141,7 +167,7 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
 FEATURES = tuple(CAPABILITIES)
 
 
-def support(backend: str, feature: str, lmdeploy_backend: Optional[str] = None) -> Support:
+def support(backend: str, feature: str, lmdeploy_backend: str | None = None) -> Support:
     """The table cell for `feature` on `backend` (the LMDeploy engine refines lmdeploy's cell)."""
     if feature not in CAPABILITIES:
         raise KeyError(f"unknown feature {feature!r}; known: {', '.join(FEATURES)}")
@@ -156,13 +182,13 @@ def support(backend: str, feature: str, lmdeploy_backend: Optional[str] = None) 
     return cell
 
 
-def unsupported_reason(backend: str, feature: str, lmdeploy_backend: Optional[str] = None) -> Optional[str]:
+def unsupported_reason(backend: str, feature: str, lmdeploy_backend: str | None = None) -> str | None:
     """None when the backend does the feature, else the reason (which says what to do instead)."""
     cell = support(backend, feature, lmdeploy_backend)
     return None if cell.supported else cell.reason
 
 
-def require(backend: str, feature: str, lmdeploy_backend: Optional[str] = None) -> None:
+def require(backend: str, feature: str, lmdeploy_backend: str | None = None) -> None:
     """Raise UnsupportedError (HTTP 400, CLI exit 2) when the backend cannot do the feature."""
     reason = unsupported_reason(backend, feature, lmdeploy_backend)
     if reason is not None:

@@ -1,7 +1,6 @@
 """Errors a user can cause, each with the HTTP status the server answers and OpenAI's error shape."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from pydantic import BaseModel
 
@@ -9,8 +8,8 @@ from pydantic import BaseModel
 class ErrorDetail(BaseModel):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
+    param: str | None = None
+    code: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -23,7 +22,7 @@ class SwiftopsError(Exception):
     status: int = 400
     type: str = "invalid_request_error"
 
-    def __init__(self, message: str, *, param: Optional[str] = None, code: Optional[str] = None):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
@@ -44,7 +43,9 @@ class PromptTooLongError(BadRequestError):
         super().__init__(
             f"the prompt has {prompt_tokens} tokens but the model's context is {max_model_len} tokens; "
             f"shorten the prompt (or raise --max_model_len if the model supports a longer context)",
-            param="messages", code="context_length_exceeded")
+            param="messages",
+            code="context_length_exceeded",
+        )
 
 
 class ModelNotFoundError(SwiftopsError):

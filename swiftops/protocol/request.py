@@ -3,9 +3,10 @@
 Field names and defaults follow OpenAI's chat API (and ms-swift's Python names), so code
 written for ms-swift's `PtEngine` runs unchanged.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,45 +19,66 @@ class RequestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: Optional[int] = Field(
-        None, ge=1, description="Most tokens to generate; None: up to the engine's max_new_tokens or the context.")
-    temperature: Optional[float] = Field(
-        None, ge=0, description="0 is greedy; None takes the model's generation_config (greedy if it does not sample).")
-    top_k: Optional[int] = Field(None, description="Keep the k most likely tokens (-1 or None: all).")
-    top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass (None: 1.0).")
-    min_p: float = Field(0.0, ge=0, le=1, description="Drop tokens less likely than min_p x the most likely one "
-                                                      "(0: off).")
-    repetition_penalty: Optional[float] = Field(
-        None, gt=0, description="HF-style penalty on tokens already in the prompt or output (1.0: none).")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens to generate; None: up to the engine's max_new_tokens or the context."
+    )
+    temperature: float | None = Field(
+        None, ge=0, description="0 is greedy; None takes the model's generation_config (greedy if it does not sample)."
+    )
+    top_k: int | None = Field(None, description="Keep the k most likely tokens (-1 or None: all).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass (None: 1.0).")
+    min_p: float = Field(
+        0.0, ge=0, le=1, description="Drop tokens less likely than min_p x the most likely one (0: off)."
+    )
+    repetition_penalty: float | None = Field(
+        None, gt=0, description="HF-style penalty on tokens already in the prompt or output (1.0: none)."
+    )
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI presence penalty on generated tokens.")
     frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI frequency penalty on generated tokens.")
-    stop: Optional[list[str]] = Field(None, description="Strings that end generation; they are not returned.")
-    stop_token_ids: Optional[list[int]] = Field(None, description="Token ids that end generation besides EOS.")
+    stop: list[str] | None = Field(None, description="Strings that end generation; they are not returned.")
+    stop_token_ids: list[int] | None = Field(None, description="Token ids that end generation besides EOS.")
     ignore_eos: bool = Field(False, description="Keep generating past EOS (benchmarks with fixed output lengths).")
-    seed: Optional[int] = Field(None, ge=-(2**63), le=2**64 - 1,
-                                description="Makes sampling reproducible for this request (a 64-bit integer).")
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**64 - 1, description="Makes sampling reproducible for this request (a 64-bit integer)."
+    )
     stream: bool = Field(False, description="Return an iterator of chunks instead of one response.")
     logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="Also return this many most likely tokens per position.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="Also return this many most likely tokens per position."
+    )
     n: int = Field(1, ge=1, le=128, description="Number of choices to generate for the request.")
-    num_beams: int = Field(1, ge=1, le=64, description="Beam search width (1: sampling or greedy). The pt backend "
-                                                       "runs beam requests through transformers' generate; "
-                                                       "vllm and lmdeploy refuse them (a 400).")
-    return_details: bool = Field(False, description="ms-swift's flag: responses of the Python API also carry "
-                                                    "`images_size`, the (width, height) each image had as the model "
-                                                    "saw it (grounding boxes are in those pixels).")
-    response_format: Optional[dict[str, Any]] = Field(
-        None, description="OpenAI response_format: {type: text}, {type: json_object} or {type: json_schema, "
-                          "json_schema: {name, schema, strict}}: the output is constrained to JSON (every backend).")
+    num_beams: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Beam search width (1: sampling or greedy). The pt backend "
+        "runs beam requests through transformers' generate; "
+        "vllm and lmdeploy refuse them (a 400).",
+    )
+    return_details: bool = Field(
+        False,
+        description="ms-swift's flag: responses of the Python API also carry "
+        "`images_size`, the (width, height) each image had as the model "
+        "saw it (grounding boxes are in those pixels).",
+    )
+    response_format: dict[str, Any] | None = Field(
+        None,
+        description="OpenAI response_format: {type: text}, {type: json_object} or {type: json_schema, "
+        "json_schema: {name, schema, strict}}: the output is constrained to JSON (every backend).",
+    )
     # vLLM's guided-decoding extensions; at most one of them, response_format and a forced tool_choice per request.
-    guided_json: Optional[Union[dict[str, Any], str]] = Field(
-        None, description="vLLM extension: constrain the output to this JSON Schema (an object or its JSON text).")
-    guided_regex: Optional[str] = Field(None, description="vLLM extension: constrain the output to this regex.")
-    guided_choice: Optional[list[str]] = Field(
-        None, description="vLLM extension: the output is exactly one of these strings.")
-    guided_grammar: Optional[str] = Field(
-        None, description="vLLM extension: constrain the output to this EBNF grammar (GBNF, as xgrammar and "
-                          "llama.cpp read it: `root ::= ...`; not on lmdeploy).")
+    guided_json: dict[str, Any] | str | None = Field(
+        None, description="vLLM extension: constrain the output to this JSON Schema (an object or its JSON text)."
+    )
+    guided_regex: str | None = Field(None, description="vLLM extension: constrain the output to this regex.")
+    guided_choice: list[str] | None = Field(
+        None, description="vLLM extension: the output is exactly one of these strings."
+    )
+    guided_grammar: str | None = Field(
+        None,
+        description="vLLM extension: constrain the output to this EBNF grammar (GBNF, as xgrammar and "
+        "llama.cpp read it: `root ::= ...`; not on lmdeploy).",
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -80,9 +102,9 @@ class AdapterRequest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(description="Adapter name (as given to `adapters=` or `--adapters name=path`).")
-    path: Optional[str] = Field(None, description="Local path or hub id; loaded on first use.")
+    path: str | None = Field(None, description="Local path or hub id; loaded on first use.")
 
-    def __init__(self, name: Optional[str] = None, path: Optional[str] = None, **data: Any) -> None:
+    def __init__(self, name: str | None = None, path: str | None = None, **data: Any) -> None:
         # Positional too, as ms-swift's dataclass takes them: AdapterRequest('lora1', 'path/to/lora1').
         if name is not None:
             data["name"] = name
@@ -98,17 +120,19 @@ class InferRequest(BaseModel):
 
     messages: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="OpenAI-style messages: role plus content as a string or a list of content parts.")
+        description="OpenAI-style messages: role plus content as a string or a list of content parts.",
+    )
     images: list[MediaItem] = Field(default_factory=list, description="Media for `<image>` tags, in order.")
     videos: list[MediaItem] = Field(default_factory=list, description="Media for `<video>` tags, in order.")
     audios: list[MediaItem] = Field(default_factory=list, description="Media for `<audio>` tags, in order.")
-    tools: Optional[list[dict[str, Any]]] = Field(None, description="OpenAI tool definitions passed to the chat template.")
-    tool_choice: Optional[Union[str, dict[str, Any]]] = Field(None, description="OpenAI tool_choice; 'none' drops tools.")
-    prompt: Optional[Union[str, list[int]]] = Field(
-        None, description="A raw prompt (text or token ids) used as is, with no chat template (OpenAI completions).")
+    tools: list[dict[str, Any]] | None = Field(None, description="OpenAI tool definitions passed to the chat template.")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="OpenAI tool_choice; 'none' drops tools.")
+    prompt: str | list[int] | None = Field(
+        None, description="A raw prompt (text or token ids) used as is, with no chat template (OpenAI completions)."
+    )
 
     @model_validator(mode="after")
-    def _one_input(self) -> "InferRequest":
+    def _one_input(self) -> InferRequest:
         if self.prompt is None and not self.messages:
             raise ValueError("an InferRequest needs `messages` (a non-empty list) or a raw `prompt`")
         if self.prompt is not None and self.messages:

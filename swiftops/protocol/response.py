@@ -1,9 +1,10 @@
 """OpenAI-shaped responses shared by every engine, the server and `InferClient`."""
+
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -23,18 +24,18 @@ class UsageInfo(BaseModel):
 class TopLogprob(BaseModel):
     token: str
     logprob: float
-    bytes: Optional[list[int]] = None
+    bytes: list[int] | None = None
 
 
 class ChatCompletionTokenLogprob(BaseModel):
     token: str
     logprob: float
-    bytes: Optional[list[int]] = None
+    bytes: list[int] | None = None
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
 class ChoiceLogprobs(BaseModel):
-    content: Optional[list[ChatCompletionTokenLogprob]] = None
+    content: list[ChatCompletionTokenLogprob] | None = None
 
 
 class FunctionCall(BaseModel):
@@ -50,15 +51,15 @@ class ToolCall(BaseModel):
 
 class ChatMessage(BaseModel):
     role: str = "assistant"
-    content: Optional[str] = None
-    tool_calls: Optional[list[ToolCall]] = None
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatCompletionResponseChoice(BaseModel):
     index: int
     message: ChatMessage
-    finish_reason: Optional[FinishReason] = None
-    logprobs: Optional[ChoiceLogprobs] = None
+    finish_reason: FinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -70,27 +71,27 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo = Field(default_factory=UsageInfo)
     # RequestConfig(return_details=True) on the Python API: (width, height) of each image as the model saw it.
     # Not part of the OpenAI response, so never serialized.
-    images_size: Optional[list[tuple[int, int]]] = Field(None, exclude=True)
+    images_size: list[tuple[int, int]] | None = Field(None, exclude=True)
 
 
 class DeltaToolCall(BaseModel):
     index: int
-    id: Optional[str] = None
-    type: Optional[Literal["function"]] = None
-    function: Optional[dict[str, Any]] = None
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: dict[str, Any] | None = None
 
 
 class DeltaMessage(BaseModel):
-    role: Optional[str] = None
-    content: Optional[str] = None
-    tool_calls: Optional[list[DeltaToolCall]] = None
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatCompletionResponseStreamChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    finish_reason: Optional[FinishReason] = None
-    logprobs: Optional[ChoiceLogprobs] = None
+    finish_reason: FinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionStreamResponse(BaseModel):
@@ -99,23 +100,23 @@ class ChatCompletionStreamResponse(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[ChatCompletionResponseStreamChoice]
-    usage: Optional[UsageInfo] = None
+    usage: UsageInfo | None = None
 
 
 class CompletionLogprobs(BaseModel):
     """The legacy completions logprobs shape (tokens with parallel lists)."""
 
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[Optional[float]] = Field(default_factory=list)
-    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    finish_reason: Optional[FinishReason] = None
-    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: FinishReason | None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -124,7 +125,7 @@ class CompletionResponse(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[CompletionChoice]
-    usage: Optional[UsageInfo] = None
+    usage: UsageInfo | None = None
 
 
 class EmbeddingData(BaseModel):
@@ -145,7 +146,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "swiftops"
-    parent: Optional[str] = Field(None, description="For a LoRA adapter: the base model's served name.")
+    parent: str | None = Field(None, description="For a LoRA adapter: the base model's served name.")
 
 
 class ModelList(BaseModel):

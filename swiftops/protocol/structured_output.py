@@ -6,11 +6,12 @@ function), which is constrained to `{"name": ..., "arguments": {...}}` with the 
 Pure data and checks (no grammar library): malformed constraints are 400s here, on every backend alike; whether a
 schema compiles is the backend's library's call (the pt engine asks xgrammar before queueing the request).
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from swiftops.protocol.errors import BadRequestError
 from swiftops.protocol.request import InferRequest, RequestConfig
@@ -65,8 +66,10 @@ _REGEX_SPECIAL = set("\\^$.|?*+()[]{}")
 
 def _bounded(source: str, param: str) -> str:
     if len(source.encode("utf-8")) > MAX_CONSTRAINT_BYTES:
-        raise BadRequestError(f"{param} is larger than {MAX_CONSTRAINT_BYTES // 1024} KiB; send a smaller schema, "
-                              f"pattern or grammar", param=param)
+        raise BadRequestError(
+            f"{param} is larger than {MAX_CONSTRAINT_BYTES // 1024} KiB; send a smaller schema, pattern or grammar",
+            param=param,
+        )
     return source
 
 
@@ -85,7 +88,7 @@ def _schema_constraint(schema: Any, param: str, strict: bool, tool_call: bool = 
     return OutputConstraint("json_schema", _bounded(source, param), strict, param, tool_call)
 
 
-def _from_response_format(response_format: dict[str, Any]) -> Optional[OutputConstraint]:
+def _from_response_format(response_format: dict[str, Any]) -> OutputConstraint | None:
     kind = response_format.get("type", "text")
     if kind == "text":
         return None
@@ -94,12 +97,15 @@ def _from_response_format(response_format: dict[str, Any]) -> Optional[OutputCon
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-            raise BadRequestError("response_format json_schema needs json_schema.schema (a JSON Schema object), "
-                                  "as in {type: json_schema, json_schema: {name: ..., schema: {...}, strict: true}}",
-                                  param="response_format")
+            raise BadRequestError(
+                "response_format json_schema needs json_schema.schema (a JSON Schema object), "
+                "as in {type: json_schema, json_schema: {name: ..., schema: {...}, strict: true}}",
+                param="response_format",
+            )
         return _schema_constraint(spec["schema"], "response_format", bool(spec.get("strict")))
-    raise BadRequestError(f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
-                          param="response_format")
+    raise BadRequestError(
+        f"response_format type {kind!r} is not supported; use text, json_object or json_schema", param="response_format"
+    )
 
 
 def _text_constraint(kind: ConstraintKind, value: Any, param: str) -> OutputConstraint:
@@ -111,15 +117,17 @@ def _text_constraint(kind: ConstraintKind, value: Any, param: str) -> OutputCons
 def _choice_constraint(value: Any) -> OutputConstraint:
     if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
         raise BadRequestError("guided_choice must be a non-empty list of non-empty strings", param="guided_choice")
-    return OutputConstraint("choice", _bounded(json.dumps(value, ensure_ascii=False), "guided_choice"),
-                            param="guided_choice")
+    return OutputConstraint(
+        "choice", _bounded(json.dumps(value, ensure_ascii=False), "guided_choice"), param="guided_choice"
+    )
 
 
 def _function(tool: dict[str, Any]) -> dict[str, Any]:
     function = tool.get("function") if isinstance(tool, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise BadRequestError("each tool needs {type: function, function: {name: ..., parameters: {...}}}",
-                              param="tools")
+        raise BadRequestError(
+            "each tool needs {type: function, function: {name: ..., parameters: {...}}}", param="tools"
+        )
     return function
 
 
@@ -127,11 +135,15 @@ def _call_schema(function: dict[str, Any]) -> dict[str, Any]:
     parameters = function.get("parameters") or _ANY_OBJECT
     if not isinstance(parameters, dict):
         raise BadRequestError(f"tool {function['name']!r}: parameters must be a JSON Schema object", param="tools")
-    return {"type": "object", "properties": {"name": {"const": function["name"]}, "arguments": parameters},
-            "required": ["name", "arguments"], "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
 
 
-def tool_call_constraint(tools: Optional[list[dict[str, Any]]], tool_choice: Any) -> Optional[OutputConstraint]:
+def tool_call_constraint(tools: list[dict[str, Any]] | None, tool_choice: Any) -> OutputConstraint | None:
     """A forced tool call (tool_choice "required" or {type: function, function: {name}}) as a JSON schema: one call
     object `{"name": ..., "arguments": {...}}` (any of the tools for "required"), which the tool-call parser reads.
     "auto", "none" or no tools: None (the model decides, unconstrained)."""
@@ -144,18 +156,24 @@ def tool_call_constraint(tools: Optional[list[dict[str, Any]]], tool_choice: Any
         name = (tool_choice.get("function") or {}).get("name")
         chosen = [f for f in functions if f["name"] == name]
         if not chosen:
-            raise BadRequestError(f"tool_choice names function {name!r}, which is not among the tools "
-                                  f"({', '.join(f['name'] for f in functions)})", param="tool_choice")
+            raise BadRequestError(
+                f"tool_choice names function {name!r}, which is not among the tools "
+                f"({', '.join(f['name'] for f in functions)})",
+                param="tool_choice",
+            )
     else:
-        raise BadRequestError(f"tool_choice {tool_choice!r} is not one of none, auto, required or "
-                              "{type: function, function: {name: ...}}", param="tool_choice")
+        raise BadRequestError(
+            f"tool_choice {tool_choice!r} is not one of none, auto, required or "
+            "{type: function, function: {name: ...}}",
+            param="tool_choice",
+        )
     schemas = [_call_schema(f) for f in chosen]
     schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     # `strict` is per function in OpenAI's tools: honoured when every candidate asks for it.
     return _schema_constraint(schema, "tools", all(bool(f.get("strict")) for f in chosen), tool_call=True)
 
 
-def output_constraint(config: RequestConfig, request: Optional[InferRequest] = None) -> Optional[OutputConstraint]:
+def output_constraint(config: RequestConfig, request: InferRequest | None = None) -> OutputConstraint | None:
     """The request's one output constraint, or None for free text. Two at once (say response_format and
     guided_regex, or either with a forced tool call) is a 400: they cannot both hold."""
     found: list[OutputConstraint] = []
@@ -177,6 +195,7 @@ def output_constraint(config: RequestConfig, request: Optional[InferRequest] = N
             found.append(forced)
     if len(found) > 1:
         names = ", ".join("tool_choice" if c.tool_call else c.param for c in found)
-        raise BadRequestError(f"this request constrains its output {len(found)} ways ({names}); give one",
-                              param=found[1].param)
+        raise BadRequestError(
+            f"this request constrains its output {len(found)} ways ({names}); give one", param=found[1].param
+        )
     return found[0] if found else None

@@ -8,13 +8,14 @@ request's weight before anything is tokenized: see swiftops.server.request_limit
 The queue is bounded on purpose: an unbounded one turns overload into ever-growing latency and
 memory, where a 429 with Retry-After lets a load balancer or client back off.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from swiftops.protocol.errors import OverloadedError
 
@@ -37,7 +38,8 @@ class AdmissionController:
         return OverloadedError(
             f"the server is at capacity ({self.running} sequences running of {self.max_concurrency}, "
             f"{self._waiting} waiting of {self.max_queue}); retry after the time in the Retry-After header",
-            code="server_overloaded")
+            code="server_overloaded",
+        )
 
     def _fits(self, weight: int) -> bool:
         # A request heavier than the whole capacity runs alone rather than never.

@@ -4,11 +4,13 @@ One router module per endpoint family (chat, completions, embeddings, models, pr
 app's `ServerContext`, validates its body in one step (swiftops.server.validation) and returns JSON or
 server-sent events. One middleware layer (swiftops.server.gate) stands in front of them all.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Iterable, Optional
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
@@ -33,10 +35,18 @@ from swiftops.server.request_log import ResultWriter
 from swiftops.server.ui import UI_PATHS, mount_ui
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text} for status, text in (
-        (400, "Bad request"), (401, "Missing or wrong API key"), (404, "Unknown model"), (413, "Body too large"),
-        (422, "Invalid field"), (429, "Overloaded; see Retry-After"), (500, "Internal error"),
-        (503, "Not ready or shutting down"))}
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "Bad request"),
+        (401, "Missing or wrong API key"),
+        (404, "Unknown model"),
+        (413, "Body too large"),
+        (422, "Invalid field"),
+        (429, "Overloaded; see Retry-After"),
+        (500, "Internal error"),
+        (503, "Not ready or shutting down"),
+    )
+}
 
 
 class _GatedApp(FastAPI):
@@ -50,8 +60,7 @@ class _GatedApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         handlers = {key: value for key, value in self.exception_handlers.items() if key not in (500, Exception)}
         # AsyncExitStackMiddleware: FastAPI's routes need its exit stack in the scope (it wraps no `send`).
-        inner: ASGIApp = ExceptionMiddleware(AsyncExitStackMiddleware(self.router), handlers=handlers,
-                                             debug=self.debug)
+        inner: ASGIApp = ExceptionMiddleware(AsyncExitStackMiddleware(self.router), handlers=handlers, debug=self.debug)
         for cls, args, kwargs in reversed(self.user_middleware):  # none of ours; kept for any added later
             inner = cls(inner, *args, **kwargs)
         return RequestGate(inner, **self.gate_options)
@@ -61,8 +70,13 @@ def _engine_count(engine: InferEngine, name: str) -> float:
     return float(getattr(engine, name, 0) or 0)
 
 
-def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, open_paths: Iterable[str] = ()) -> FastAPI:
+def create_app(
+    engine: InferEngine,
+    settings: ServerSettings | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    open_paths: Iterable[str] = (),
+) -> FastAPI:
     """The app serving `engine`. `open_paths` are extra paths reachable without the API key (e.g. a web
     page that asks for the key itself); every other route, present or added later, requires it."""
     settings = settings or ServerSettings()
@@ -70,14 +84,23 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     concurrency = settings.max_concurrency or getattr(engine, "max_batch_size", None) or 64
     admission = AdmissionController(concurrency, settings.max_queue)
     worker_pools.configure(settings.media_workers, settings.media_queue)
-    metrics = ServerMetrics(running=lambda: admission.running, waiting=lambda: admission.waiting,
-                            engine_running=lambda: _engine_count(engine, "num_running"),
-                            engine_waiting=lambda: _engine_count(engine, "num_waiting"),
-                            prefix_cache=getattr(engine, "prefix_cache_stats", None))
+    metrics = ServerMetrics(
+        running=lambda: admission.running,
+        waiting=lambda: admission.waiting,
+        engine_running=lambda: _engine_count(engine, "num_running"),
+        engine_waiting=lambda: _engine_count(engine, "num_waiting"),
+        prefix_cache=getattr(engine, "prefix_cache_stats", None),
+    )
     lifecycle = Lifecycle()
-    ctx = ServerContext(engine=engine, settings=settings, models=ModelRegistry(engine, settings.served_model_name),
-                        admission=admission, metrics=metrics, lifecycle=lifecycle,
-                        results=ResultWriter(settings.result_path) if settings.result_path else None)
+    ctx = ServerContext(
+        engine=engine,
+        settings=settings,
+        models=ModelRegistry(engine, settings.served_model_name),
+        admission=admission,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        results=ResultWriter(settings.result_path) if settings.result_path else None,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,8 +112,13 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
             lifecycle.draining = True
             warm_up.cancel()
 
-    app = _GatedApp(title="swiftops", summary="OpenAI-compatible inference server", version="1",
-                    lifespan=lifespan, responses=_ERRORS)
+    app = _GatedApp(
+        title="swiftops",
+        summary="OpenAI-compatible inference server",
+        version="1",
+        lifespan=lifespan,
+        responses=_ERRORS,
+    )
     app.state.ctx = ctx
     install_error_handlers(app)
     for family in (probes, models, chat, completions, embeddings):
@@ -98,7 +126,10 @@ def create_app(engine: InferEngine, settings: Optional[ServerSettings] = None, *
     if settings.ui:
         mount_ui(app, title=settings.studio_title, lang=settings.lang)
         open_paths = [*open_paths, *UI_PATHS]
-    app.gate_options = {"metrics": metrics, "api_key": resolve_api_key(settings.api_key),
-                        "open_paths": public_paths(settings.metrics_require_key) | frozenset(open_paths),
-                        "max_body_bytes": max_body_bytes}
+    app.gate_options = {
+        "metrics": metrics,
+        "api_key": resolve_api_key(settings.api_key),
+        "open_paths": public_paths(settings.metrics_require_key) | frozenset(open_paths),
+        "max_body_bytes": max_body_bytes,
+    }
     return app

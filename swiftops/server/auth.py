@@ -1,12 +1,12 @@
 """API-key authentication, checked in front of every route (swiftops.server.gate). Only the probes (and,
 optionally, /metrics) are open.
 """
+
 from __future__ import annotations
 
 import hmac
 import os
 from pathlib import Path
-from typing import Optional
 
 from starlette.datastructures import Headers
 from starlette.types import Scope
@@ -18,7 +18,7 @@ API_KEY_ENV = "SWIFTOPS_API_KEY"
 PROBE_PATHS = frozenset({"/health", "/ready"})
 
 
-def resolve_api_key(value: Optional[str]) -> Optional[str]:
+def resolve_api_key(value: str | None) -> str | None:
     """The key from --api_key (the key itself, or a path to a file holding it), else SWIFTOPS_API_KEY."""
     value = value if value else os.environ.get(API_KEY_ENV) or None
     if value is None:
@@ -34,8 +34,10 @@ def resolve_api_key(value: Optional[str]) -> Optional[str]:
             raise ConfigError(f"--api_key: the file {value} is empty; put the key in it")
         return key
     if value.startswith(("/", "./", "../", "~/")):
-        raise ConfigError(f"--api_key: {value} looks like a file path but is not a file; "
-                          f"give the key itself or an existing file holding it")
+        raise ConfigError(
+            f"--api_key: {value} looks like a file path but is not a file; "
+            f"give the key itself or an existing file holding it"
+        )
     return value
 
 
@@ -43,7 +45,7 @@ def public_paths(metrics_require_key: bool) -> frozenset[str]:
     return PROBE_PATHS if metrics_require_key else PROBE_PATHS | {"/metrics"}
 
 
-def _presented_key(headers: Headers) -> Optional[str]:
+def _presented_key(headers: Headers) -> str | None:
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
@@ -56,11 +58,11 @@ class ApiKeyCheck:
     """The API-key check of every request (RequestGate runs it), so a route added later is protected without
     anyone remembering to protect it."""
 
-    def __init__(self, api_key: Optional[str], open_paths: frozenset[str]) -> None:
+    def __init__(self, api_key: str | None, open_paths: frozenset[str]) -> None:
         self.api_key = api_key.encode("utf-8") if api_key else None
         self.open_paths = open_paths
 
-    def refusal(self, scope: Scope, headers: Headers) -> Optional[AuthenticationError]:
+    def refusal(self, scope: Scope, headers: Headers) -> AuthenticationError | None:
         """None when the request may pass, else the 401 to answer."""
         if self.api_key is None or scope["path"] in self.open_paths:
             return None
@@ -69,5 +71,6 @@ class ApiKeyCheck:
         if presented is not None and hmac.compare_digest(presented.encode("utf-8"), self.api_key):
             return None
         reason = "missing" if presented is None else "wrong"
-        return AuthenticationError(f"API key {reason}: send the server's key as `Authorization: Bearer <key>`",
-                                   code="invalid_api_key")
+        return AuthenticationError(
+            f"API key {reason}: send the server's key as `Authorization: Bearer <key>`", code="invalid_api_key"
+        )

@@ -1,7 +1,9 @@
 """POST /v1/chat/completions: OpenAI chat request -> engine -> JSON or server-sent events."""
+
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -19,8 +21,9 @@ ROUTE = "/v1/chat/completions"
 router = APIRouter()
 
 
-@router.post(ROUTE, summary="Chat completion (OpenAI)",
-             responses={200: {"model": ChatCompletionResponse, "content": STREAM_DOC}})
+@router.post(
+    ROUTE, summary="Chat completion (OpenAI)", responses={200: {"model": ChatCompletionResponse, "content": STREAM_DOC}}
+)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     valid = validate_chat(ctx, body)
@@ -29,7 +32,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         return await _stream(ctx, served, body, valid.model_name, valid.request, valid.config, valid.adapter)
     try:
         response: ChatCompletionResponse = await served.run(
-            lambda: ctx.engine.infer_async(valid.request, valid.config, adapter_request=valid.adapter))
+            lambda: ctx.engine.infer_async(valid.request, valid.config, adapter_request=valid.adapter)
+        )
     except ClientDisconnected:
         return served.client_closed()
     response.model = valid.model_name  # echo the requested name, never the checkpoint path
@@ -38,8 +42,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     return JSONResponse(payload)
 
 
-async def _stream(ctx: ServerContext, served: ServedRequest, body: ChatCompletionRequest, model_name: str,
-                  infer_request: InferRequest, config: RequestConfig, adapter: Any) -> Response:
+async def _stream(
+    ctx: ServerContext,
+    served: ServedRequest,
+    body: ChatCompletionRequest,
+    model_name: str,
+    infer_request: InferRequest,
+    config: RequestConfig,
+    adapter: Any,
+) -> Response:
     async def start() -> tuple[Any, Any]:
         outputs = await ctx.engine.generate(infer_request, config, adapter_request=adapter)
         # The first output is awaited before the 200 goes out, so errors of the request itself

@@ -4,10 +4,11 @@ The one place that shapes chat chunks. Plain dicts serialized once each (no pyda
 first chunk of a choice carries the role, tool calls go out whole at the choice's end, usage goes in an extra
 last chunk (only with stream_options.include_usage, as OpenAI does).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import ChoiceText, final_message
@@ -23,10 +24,10 @@ class ChatStreamShaper:
         self.choices = [ChoiceText() for _ in range(n)]
         self.started: set[int] = set()
         self.tool_calls: dict[int, list[dict[str, Any]]] = {}
-        self.finish: dict[int, Optional[str]] = {}
+        self.finish: dict[int, str | None] = {}
         self.prompt_tokens = 0
 
-    def event(self, out: SequenceOutput) -> Optional[bytes]:
+    def event(self, out: SequenceOutput) -> bytes | None:
         """The chunk for one output, or None when it shows nothing yet (a held-back stop-string prefix)."""
         if out.error is not None:
             raise out.error
@@ -41,9 +42,15 @@ class ChatStreamShaper:
             message, finish = final_message(c, self.tools)
             self.finish[out.index] = finish
             if message.tool_calls:
-                tool_deltas = [{"index": k, "id": call.id, "type": "function",
-                                "function": {"name": call.function.name, "arguments": call.function.arguments}}
-                               for k, call in enumerate(message.tool_calls)]
+                tool_deltas = [
+                    {
+                        "index": k,
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": call.function.arguments},
+                    }
+                    for k, call in enumerate(message.tool_calls)
+                ]
                 self.tool_calls[out.index] = [call.model_dump() for call in message.tool_calls]
         content = c.streamable(self.tools) or None
         delta: dict[str, Any] = {}
@@ -60,25 +67,48 @@ class ChatStreamShaper:
         choice: dict[str, Any] = {"index": out.index, "delta": delta, "finish_reason": finish}
         if out.logprobs:
             choice["logprobs"] = {"content": [entry.model_dump() for entry in out.logprobs]}
-        return json_event({"id": self.response_id, "object": "chat.completion.chunk", "created": self.created,
-                           "model": self.model, "choices": [choice]})
+        return json_event(
+            {
+                "id": self.response_id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [choice],
+            }
+        )
 
     def usage(self) -> dict[str, int]:
         completion = sum(c.completion_tokens for c in self.choices)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
 
     def usage_event(self) -> bytes:
-        return json_event({"id": self.response_id, "object": "chat.completion.chunk", "created": self.created,
-                           "model": self.model, "choices": [], "usage": self.usage()})
+        return json_event(
+            {
+                "id": self.response_id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": self.usage(),
+            }
+        )
 
     def transcript(self) -> dict[str, Any]:
         """The streamed answer put back together, for --result_path and verbose logs."""
         choices = []
         for i, c in enumerate(self.choices):
-            message: dict[str, Any] = {"role": "assistant", "content": c.text[:c.emitted]}  # as streamed
+            message: dict[str, Any] = {"role": "assistant", "content": c.text[: c.emitted]}  # as streamed
             if i in self.tool_calls:
                 message["tool_calls"] = self.tool_calls[i]
             choices.append({"index": i, "message": message, "finish_reason": self.finish.get(i)})
-        return {"id": self.response_id, "object": "chat.completion", "model": self.model, "choices": choices,
-                "usage": self.usage()}
+        return {
+            "id": self.response_id,
+            "object": "chat.completion",
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage(),
+        }

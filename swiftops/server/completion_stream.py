@@ -4,17 +4,18 @@ The one place that shapes completion chunks: plain dicts serialized once each. C
 of prompt i, as OpenAI numbers them; `echo` sends each prompt's text first; usage (all prompts together) goes
 in an extra last chunk with stream_options.include_usage.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.protocol import ChoiceLogprobs, CompletionLogprobs
 from swiftops.server.sse import json_event
 
 
-def legacy_logprobs(logprobs: Optional[ChoiceLogprobs], offset: int) -> tuple[Optional[CompletionLogprobs], int]:
+def legacy_logprobs(logprobs: ChoiceLogprobs | None, offset: int) -> tuple[CompletionLogprobs | None, int]:
     """Chat-style logprobs -> the completions API's parallel lists; `offset` is where the text starts."""
     if logprobs is None or logprobs.content is None:
         return None, offset
@@ -37,15 +38,21 @@ class CompletionStreamShaper:
         self.created = int(time.time())
         self.offsets: dict[int, int] = {}
         self.texts: dict[int, str] = {}
-        self.finish: dict[int, Optional[str]] = {}
+        self.finish: dict[int, str | None] = {}
         self.prompt_tokens: dict[int, int] = {}
         self.completion_tokens: dict[int, int] = {}
 
-    def _event(self, index: int, text: str, finish_reason: Optional[str], logprobs: Any) -> bytes:
+    def _event(self, index: int, text: str, finish_reason: str | None, logprobs: Any) -> bytes:
         self.texts[index] = self.texts.get(index, "") + text
-        return json_event({"id": self.response_id, "object": "text_completion", "created": self.created,
-                           "model": self.model, "choices": [{"index": index, "text": text,
-                                                             "finish_reason": finish_reason, "logprobs": logprobs}]})
+        return json_event(
+            {
+                "id": self.response_id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}],
+            }
+        )
 
     def echo_events(self) -> list[bytes]:
         events = []
@@ -56,7 +63,7 @@ class CompletionStreamShaper:
                     events.append(self._event(i * self.n + j, echo, None, None))
         return events
 
-    def event(self, prompt: int, out: SequenceOutput) -> Optional[bytes]:
+    def event(self, prompt: int, out: SequenceOutput) -> bytes | None:
         """The chunk for one output of prompt `prompt`, or None when it shows nothing."""
         if out.error is not None:
             raise out.error
@@ -69,8 +76,9 @@ class CompletionStreamShaper:
             return None
         logprobs = None
         if out.logprobs:
-            legacy, self.offsets[index] = legacy_logprobs(ChoiceLogprobs(content=out.logprobs),
-                                                          self.offsets.get(index, 0))
+            legacy, self.offsets[index] = legacy_logprobs(
+                ChoiceLogprobs(content=out.logprobs), self.offsets.get(index, 0)
+            )
             logprobs = legacy.model_dump() if legacy is not None else None
         return self._event(index, out.text, out.finish_reason, logprobs)
 
@@ -80,10 +88,23 @@ class CompletionStreamShaper:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def usage_event(self) -> bytes:
-        return json_event({"id": self.response_id, "object": "text_completion", "created": self.created,
-                           "model": self.model, "choices": [], "usage": self.usage()})
+        return json_event(
+            {
+                "id": self.response_id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": self.usage(),
+            }
+        )
 
     def transcript(self) -> dict[str, Any]:
         choices = [{"index": k, "text": self.texts[k], "finish_reason": self.finish.get(k)} for k in sorted(self.texts)]
-        return {"id": self.response_id, "object": "text_completion", "model": self.model, "choices": choices,
-                "usage": self.usage()}
+        return {
+            "id": self.response_id,
+            "object": "text_completion",
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage(),
+        }

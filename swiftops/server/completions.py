@@ -3,10 +3,12 @@
 Each prompt of the request runs as its own engine request (`InferRequest(prompt=...)`), all
 concurrently; choice `i * n + j` is choice j of prompt i, as OpenAI numbers them.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Optional, Union
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -36,15 +38,21 @@ async def _gather_all(awaitables: list[Any]) -> list[Any]:
         raise
 
 
-@router.post(ROUTE, summary="Text completion of a raw prompt (OpenAI legacy)",
-             responses={200: {"model": CompletionResponse, "content": STREAM_DOC}})
+@router.post(
+    ROUTE,
+    summary="Text completion of a raw prompt (OpenAI legacy)",
+    responses={200: {"model": CompletionResponse, "content": STREAM_DOC}},
+)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     valid = validate_completion(ctx, body)
     served = ServedRequest(ctx, request, ROUTE, body, weight=valid.weight)
     config, adapter = valid.config, valid.adapter
-    start = (lambda: _gather_all([_first_output(ctx, r, config, adapter) for r in valid.requests])) if body.stream \
+    start = (
+        (lambda: _gather_all([_first_output(ctx, r, config, adapter) for r in valid.requests]))
+        if body.stream
         else (lambda: _gather_all([ctx.engine.infer_async(r, config, adapter_request=adapter) for r in valid.requests]))
+    )
     try:
         started = await served.run(start, keep_slot=body.stream)
     except ClientDisconnected:
@@ -62,8 +70,7 @@ async def _first_output(ctx: ServerContext, request: Any, config: Any, adapter: 
     return _prepend(first, outputs)
 
 
-async def _prepend(first: Optional[SequenceOutput], rest: AsyncIterator[SequenceOutput]
-                   ) -> AsyncIterator[SequenceOutput]:
+async def _prepend(first: SequenceOutput | None, rest: AsyncIterator[SequenceOutput]) -> AsyncIterator[SequenceOutput]:
     try:
         if first is not None:
             yield first
@@ -73,15 +80,22 @@ async def _prepend(first: Optional[SequenceOutput], rest: AsyncIterator[Sequence
         await rest.aclose()  # type: ignore[attr-defined]  # closing aborts the generation at once
 
 
-def _respond(served: ServedRequest, body: CompletionRequest, model_name: str, responses: list[Any],
-             echoes: list[str]) -> Response:
+def _respond(
+    served: ServedRequest, body: CompletionRequest, model_name: str, responses: list[Any], echoes: list[str]
+) -> Response:
     choices: list[CompletionChoice] = []
     usage = UsageInfo()
-    for i, (response, echo) in enumerate(zip(responses, echoes)):
+    for i, (response, echo) in enumerate(zip(responses, echoes, strict=False)):
         for choice in response.choices:
             logprobs, _ = legacy_logprobs(choice.logprobs, len(echo))
-            choices.append(CompletionChoice(index=i * body.n + choice.index, text=echo + (choice.message.content or ""),
-                                            finish_reason=choice.finish_reason, logprobs=logprobs))
+            choices.append(
+                CompletionChoice(
+                    index=i * body.n + choice.index,
+                    text=echo + (choice.message.content or ""),
+                    finish_reason=choice.finish_reason,
+                    logprobs=logprobs,
+                )
+            )
         usage.prompt_tokens += response.usage.prompt_tokens
         usage.completion_tokens += response.usage.completion_tokens
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
@@ -92,7 +106,7 @@ def _respond(served: ServedRequest, body: CompletionRequest, model_name: str, re
 
 async def _merge(streams: list[AsyncIterator[SequenceOutput]]) -> AsyncIterator[tuple[int, SequenceOutput]]:
     """(prompt index, chunk) from all streams as they come; closing the merge cancels every stream."""
-    queue: asyncio.Queue[Union[tuple[int, Any], BaseException, None]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Any] | BaseException | None] = asyncio.Queue()
 
     async def pump(i: int, stream: AsyncIterator[SequenceOutput]) -> None:
         try:
@@ -128,8 +142,13 @@ async def _merge(streams: list[AsyncIterator[SequenceOutput]]) -> AsyncIterator[
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _stream(served: ServedRequest, body: CompletionRequest, model_name: str,
-            streams: list[AsyncIterator[SequenceOutput]], echoes: list[str]) -> Response:
+def _stream(
+    served: ServedRequest,
+    body: CompletionRequest,
+    model_name: str,
+    streams: list[AsyncIterator[SequenceOutput]],
+    echoes: list[str],
+) -> Response:
     shaper = CompletionStreamShaper(new_id("cmpl"), model_name, body.n, echoes)
 
     async def events() -> AsyncIterator[bytes]:

@@ -1,8 +1,8 @@
 """What every handler needs, built once per app by `create_app`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from swiftops.engines.base import InferEngine
 from swiftops.metrics.prometheus import ServerMetrics
@@ -21,4 +21,4 @@ class ServerContext:
     admission: AdmissionController
     metrics: ServerMetrics
     lifecycle: Lifecycle
-    results: Optional[ResultWriter]
+    results: ResultWriter | None

@@ -1,4 +1,5 @@
 """POST /v1/embeddings: `engine.embed_async` for embedding models; 400 with a clear message otherwise."""
+
 from __future__ import annotations
 
 import base64
@@ -45,9 +46,10 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Response
         vector = list(vector)
         if body.dimensions is not None:
             if body.dimensions > len(vector):
-                raise BadRequestError(f"dimensions={body.dimensions} is more than the model's {len(vector)}",
-                                      param="dimensions")
-            vector = vector[:body.dimensions]
+                raise BadRequestError(
+                    f"dimensions={body.dimensions} is more than the model's {len(vector)}", param="dimensions"
+                )
+            vector = vector[: body.dimensions]
         data.append(EmbeddingData(index=i, embedding=_encode(vector, body.encoding_format)))
     prompt_tokens = _prompt_tokens(ctx, body.inputs)
     usage = UsageInfo(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)

@@ -3,10 +3,11 @@
 FastAPI's own errors (validation, unknown route, wrong method) are mapped to that shape too, so a
 client only ever parses one error format.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,16 +37,26 @@ class ClientDisconnected(Exception):
     """The client went away before its answer was ready; nothing is sent back (logged as 499)."""
 
 
-_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-                 422: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
-                 503: "service_unavailable"}
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    503: "service_unavailable",
+}
 
 
-def error_body(status: int, message: str, *, type: Optional[str] = None, param: Optional[str] = None,
-               code: Optional[str] = None) -> dict[str, Any]:
-    detail = ErrorDetail(message=message, type=type or _STATUS_TYPES.get(status, "invalid_request_error"),
-                         param=param, code=code)
+def error_body(
+    status: int, message: str, *, type: str | None = None, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    detail = ErrorDetail(
+        message=message, type=type or _STATUS_TYPES.get(status, "invalid_request_error"), param=param, code=code
+    )
     return ErrorResponse(error=detail).model_dump()
 
 
@@ -65,8 +76,9 @@ def validation_error(exc: RequestValidationError) -> SwiftopsError:
     if any(e.get("type") == "json_invalid" for e in errors):
         error = next(e for e in errors if e.get("type") == "json_invalid")
         reason = (error.get("ctx") or {}).get("error", "invalid JSON")
-        return SwiftopsError(f"the request body is not valid JSON ({reason}); send a JSON object",
-                             code="invalid_json")  # 400, as OpenAI answers malformed JSON
+        return SwiftopsError(
+            f"the request body is not valid JSON ({reason}); send a JSON object", code="invalid_json"
+        )  # 400, as OpenAI answers malformed JSON
     if not errors:
         return ValidationFailedError("the request body is invalid")
     # A value failing a union (content: str | list of parts) yields one error per member; the
@@ -78,7 +90,7 @@ def validation_error(exc: RequestValidationError) -> SwiftopsError:
         message = f"`{param}` is required" if param else "the request body is missing"
     elif param:
         message = f"{param}: {message}"
-    if len(errors) > 1 and len({_loc_to_param(tuple(e.get('loc', ()))).split('.')[0] for e in errors}) > 1:
+    if len(errors) > 1 and len({_loc_to_param(tuple(e.get("loc", ()))).split(".")[0] for e in errors}) > 1:
         message += f" (and {len(errors) - 1} more problems)"
     return ValidationFailedError(message, param=param or None, code=str(error.get("type")))
 
@@ -100,6 +112,10 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}; see /openapi.json for the routes"
         elif exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's wording
             message, code = "the request body could not be parsed; send UTF-8 JSON", "invalid_json"
-        return JSONResponse(error_body(exc.status_code, message, code=code), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(exc.status_code, message, code=code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
     # Other exceptions: RequestLogMiddleware answers 500 (with the request id) and logs the traceback.

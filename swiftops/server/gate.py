@@ -7,10 +7,13 @@ the status. The body is counted only when no Content-Length bounds it (uvicorn h
 Content-Length), so an ordinary request's `receive` is not wrapped at all.
 Plain ASGI, not BaseHTTPMiddleware, which would buffer streams and hide client disconnects.
 """
+
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -24,16 +27,22 @@ from swiftops.server.request_log import REQUEST_ID_HEADER, access_logger, new_re
 
 # Any origin, no cookies: the API key travels in the Authorization header, which a foreign page only has if
 # its user typed it in (`swiftops app --base_url` points a page on another origin at this server).
-_CORS_HEADERS = [(b"access-control-allow-origin", b"*"),
-                 (b"access-control-expose-headers", b"X-Request-Id, Retry-After")]
-_PREFLIGHT_HEADERS = [(b"access-control-allow-origin", b"*"),
-                      (b"access-control-allow-methods", b"DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"),
-                      (b"access-control-max-age", b"600"), (b"content-type", b"text/plain; charset=utf-8")]
+_CORS_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-expose-headers", b"X-Request-Id, Retry-After"),
+]
+_PREFLIGHT_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"),
+    (b"access-control-max-age", b"600"),
+    (b"content-type", b"text/plain; charset=utf-8"),
+]
 
 
 class RequestGate:
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics, api_key: Optional[str], open_paths: Iterable[str],
-                 max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServerMetrics, api_key: str | None, open_paths: Iterable[str], max_body_bytes: int
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.key = ApiKeyCheck(api_key, frozenset(open_paths))
@@ -74,10 +83,8 @@ class RequestGate:
             if refusal is not None:
                 await error_response(refusal)(scope, receive, gated_send)
                 return
-            try:
+            with contextlib.suppress(_BodyTooLarge):
                 await self.app(scope, counting or receive, gated_send)
-            except _BodyTooLarge:
-                pass
             if counting is not None and counting.over and not started:
                 counting = None
                 await error_response(too_large(self.max_body_bytes))(scope, receive, gated_send)
@@ -86,12 +93,17 @@ class RequestGate:
             access_logger.error("request %s failed", request_id, exc_info=True)
             if not started:
                 counting = None
-                body = error_body(500, f"internal error while serving this request ({type(exc).__name__}); "
-                                       f"the server log has details under request id {request_id}")
+                body = error_body(
+                    500,
+                    f"internal error while serving this request ({type(exc).__name__}); "
+                    f"the server log has details under request id {request_id}",
+                )
                 await JSONResponse(body, status_code=500)(scope, receive, gated_send)
         finally:
-            record_request(self.metrics, scope, state, request_id, state.get("outcome_status", status),
-                           time.perf_counter() - start)
+            record_request(
+                self.metrics, scope, state, request_id, state.get("outcome_status", status), time.perf_counter() - start
+            )
+
 
 class _BodyTooLarge(Exception):
     pass

@@ -13,10 +13,11 @@ stops reading its response.
 Behind a reverse proxy, set its timeouts too (nginx: client_header_timeout, send_timeout,
 proxy_read_timeout; see docs/reliability.md).
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -28,8 +29,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timer: Optional[asyncio.TimerHandle] = None
-        self._send_timer: Optional[asyncio.TimerHandle] = None
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
 
     def _start_header_timer(self) -> None:
         if self._header_timer is None:
@@ -43,8 +44,7 @@ class GuardedH11Protocol(H11Protocol):
     def _header_deadline(self) -> None:
         self._header_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.logger.info("closing a connection that sent no complete request headers in %gs",
-                             self.header_timeout)
+            self.logger.info("closing a connection that sent no complete request headers in %gs", self.header_timeout)
             self.transport.abort()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -72,11 +72,12 @@ class GuardedH11Protocol(H11Protocol):
     def _send_deadline(self) -> None:
         self._send_timer = None
         if self.flow.write_paused:  # resume_writing cancels this timer: still paused means still stuck
-            self.logger.info("closing a connection whose client read nothing for %gs (--send_timeout)",
-                             self.send_timeout)
+            self.logger.info(
+                "closing a connection whose client read nothing for %gs (--send_timeout)", self.send_timeout
+            )
             self.transport.abort()  # close() would wait for the client to read the buffered data
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         if self._send_timer is not None:
             self._send_timer.cancel()
@@ -86,5 +87,6 @@ class GuardedH11Protocol(H11Protocol):
 
 def guarded_protocol(header_timeout: float, send_timeout: float) -> type[GuardedH11Protocol]:
     """The protocol class for `uvicorn.Config(http=...)` with these timeouts."""
-    return type("GuardedH11Protocol", (GuardedH11Protocol,),
-                {"header_timeout": header_timeout, "send_timeout": send_timeout})
+    return type(
+        "GuardedH11Protocol", (GuardedH11Protocol,), {"header_timeout": header_timeout, "send_timeout": send_timeout}
+    )

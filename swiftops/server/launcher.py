@@ -6,6 +6,7 @@ real server:
     with ServerProcess(["--model", model_dir, "--api_key", "k"]) as server:
         httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer k"})
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import httpx
 
@@ -27,22 +28,39 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: Sequence[str], *, port: Optional[int] = None, host: str = "127.0.0.1",
-                 env: Optional[dict[str, str]] = None, ready_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 120.0,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.args = [sys.executable, "-m", "swiftops.cli.main", "deploy", "--host", host, "--port", str(self.port),
-                     *args]
+        self.args = [
+            sys.executable,
+            "-m",
+            "swiftops.cli.main",
+            "deploy",
+            "--host",
+            host,
+            "--port",
+            str(self.port),
+            *args,
+        ]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         self.ready_timeout = ready_timeout
-        self.log = tempfile.NamedTemporaryFile(prefix="swiftops-server-", suffix=".log", delete=False)
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        # kept open for the server's lifetime (its stdout and stderr) and removed by stop(): no `with` block fits
+        self.log = tempfile.NamedTemporaryFile(prefix="swiftops-server-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.process = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
@@ -70,7 +88,7 @@ class ServerProcess:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
 
-    def stop(self, timeout: float = 30.0) -> Optional[int]:
+    def stop(self, timeout: float = 30.0) -> int | None:
         if self.process is None:
             return None
         self.terminate()
@@ -80,7 +98,7 @@ class ServerProcess:
             self.process.kill()
             return self.process.wait(timeout=10)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

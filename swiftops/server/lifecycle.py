@@ -5,6 +5,7 @@ kernels and allocates caches; a load balancer should not send traffic before it)
 /ready turns 503 at once, new requests are refused, in-flight ones finish for up to
 `shutdown_timeout` seconds, then the process exits 0 (Kubernetes reads a non-zero exit as a crash).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,8 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable, Optional
 
 import uvicorn
 
@@ -29,9 +30,9 @@ class Lifecycle:
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
-        self.warmup_error: Optional[str] = None
-        self.engine_failure: Optional[str] = None  # the engine can serve no more (its process died)
-        self.on_fatal: Optional[Callable[[], None]] = None  # set by DrainingServer: exit now, non-zero
+        self.warmup_error: str | None = None
+        self.engine_failure: str | None = None  # the engine can serve no more (its process died)
+        self.on_fatal: Callable[[], None] | None = None  # set by DrainingServer: exit now, non-zero
 
     def watch(self, engine: InferEngine, loop: asyncio.AbstractEventLoop) -> None:
         """Follow an engine that can die apart from the server (its own process): on death, fail /health and
@@ -50,8 +51,10 @@ class Lifecycle:
     def check_accepting(self) -> None:
         """Raise 503 unless new generation requests are taken now."""
         if self.draining:
-            raise NotReadyError("the server is shutting down and takes no new requests; send it to another replica",
-                                code="shutting_down")
+            raise NotReadyError(
+                "the server is shutting down and takes no new requests; send it to another replica",
+                code="shutting_down",
+            )
         if not self.ready:
             raise NotReadyError(self.not_ready_reason(), code="not_ready")
 
@@ -68,9 +71,11 @@ class Lifecycle:
         """One tiny generation, then ready. A chat turn first; a base model without a chat template gets a
         raw prompt, an embedding model an embedding; ready on the first that works."""
         one_token = RequestConfig(max_tokens=1, temperature=0)
-        attempts = (lambda: engine.infer_async(InferRequest(messages=[{"role": "user", "content": "hi"}]), one_token),
-                    lambda: engine.infer_async(InferRequest(prompt="hi"), one_token),
-                    lambda: engine.embed_async(["hi"]))
+        attempts = (
+            lambda: engine.infer_async(InferRequest(messages=[{"role": "user", "content": "hi"}]), one_token),
+            lambda: engine.infer_async(InferRequest(prompt="hi"), one_token),
+            lambda: engine.embed_async(["hi"]),
+        )
         errors = []
         for attempt in attempts:
             try:
@@ -113,7 +118,7 @@ class DrainingServer(uvicorn.Server):
         timer.daemon = True
         timer.start()
 
-    def handle_exit(self, sig: int, frame: Optional[FrameType]) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.draining = True
         if sig == signal.SIGTERM and not self.should_exit:
             logger.info("SIGTERM: draining in-flight requests (up to %ss)", self.config.timeout_graceful_shutdown)

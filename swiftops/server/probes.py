@@ -3,6 +3,7 @@
 /health fails (503) once the engine can serve no more (its process died): the server exits non-zero right
 after, so the pod restarts. /ready is 503 until the warm-up generation finished, and again while draining.
 """
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request

@@ -9,9 +9,11 @@ Each one answers a cheap question from the parsed body and the engine's public f
 * `max_tokens` at or beyond the context length is a 400 (a server default is still capped silently);
 * media: images and videos per request, and a per-request budget for their decoded size and tokens.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any
 
 from swiftops.media.budget import MediaBudget
 from swiftops.protocol import BadRequestError
@@ -34,18 +36,22 @@ def check_sequences(ctx: ServerContext, prompts: int, n: int) -> int:
     count = prompts * n
     limit = max_sequences(ctx)
     if count > limit:
-        raise BadRequestError(f"the request asks for {count} sequences ({prompts} prompt(s) x n={n}); this server "
-                              f"takes at most {limit} per request (--max_sequences_per_request); send fewer prompts "
-                              f"or a smaller n", param="n" if prompts == 1 else "prompt", code="too_many_sequences")
+        raise BadRequestError(
+            f"the request asks for {count} sequences ({prompts} prompt(s) x n={n}); this server "
+            f"takes at most {limit} per request (--max_sequences_per_request); send fewer prompts "
+            f"or a smaller n",
+            param="n" if prompts == 1 else "prompt",
+            code="too_many_sequences",
+        )
     return count
 
 
-def _engine_max_len(ctx: ServerContext) -> Optional[int]:
+def _engine_max_len(ctx: ServerContext) -> int | None:
     value = getattr(ctx.engine, "max_model_len", None)
     return value if isinstance(value, int) and value > 0 else None
 
 
-def max_chars_per_token(tokenizer: Any) -> Optional[int]:
+def max_chars_per_token(tokenizer: Any) -> int | None:
     """The most characters one token can stand for: the length of the longest vocabulary entry.
 
     Byte-level BPE entries spell each byte as one character and decoded text has at most one character per
@@ -54,7 +60,7 @@ def max_chars_per_token(tokenizer: Any) -> Optional[int]:
     if key not in _chars_per_token:
         try:
             vocab = tokenizer.get_vocab()
-        except Exception:  # noqa: BLE001 - a backend tokenizer without get_vocab: no bound, no check
+        except Exception:
             return None
         _chars_per_token[key] = max((len(t) for t in vocab), default=0) or 1
     return _chars_per_token[key]
@@ -76,15 +82,22 @@ def check_text_length(ctx: ServerContext, texts: Iterable[str], param: str) -> N
             raise BadRequestError(
                 f"the {param} has more than {limit} characters: even at the tokenizer's longest token "
                 f"({per_token} characters) that is over the model's context of {max_len} tokens; send a shorter "
-                f"{param}", param=param, code="context_length_exceeded")
+                f"{param}",
+                param=param,
+                code="context_length_exceeded",
+            )
 
 
-def check_max_tokens(ctx: ServerContext, max_tokens: Optional[int], param: str) -> None:
+def check_max_tokens(ctx: ServerContext, max_tokens: int | None, param: str) -> None:
     """A `max_tokens` the client gave that no prompt leaves room for is a 400 (vLLM's answer), not a silent clamp."""
     max_len = _engine_max_len(ctx)
     if max_tokens is not None and max_len is not None and max_tokens >= max_len:
-        raise BadRequestError(f"{param}={max_tokens} is not below the model's context length of {max_len} tokens "
-                              f"(prompt + output); ask for fewer tokens", param=param, code="context_length_exceeded")
+        raise BadRequestError(
+            f"{param}={max_tokens} is not below the model's context length of {max_len} tokens "
+            f"(prompt + output); ask for fewer tokens",
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
 def _message_texts(body: ChatCompletionRequest) -> Iterable[str]:
@@ -118,8 +131,11 @@ def check_media_counts(ctx: ServerContext, body: ChatCompletionRequest) -> None:
         limit = s.max_images_per_prompt if kind == "image" else s.max_videos_per_prompt
         if count > limit:
             flag = "--max_images_per_prompt" if kind == "image" else "--max_videos_per_prompt"
-            raise BadRequestError(f"the request has {count} {kind}s; this server takes at most {limit} per request "
-                                  f"({flag}); send fewer", param=f"{kind}s", code="too_many_media")
+            raise BadRequestError(
+                f"the request has {count} {kind}s; this server takes at most {limit} per request ({flag}); send fewer",
+                param=f"{kind}s",
+                code="too_many_media",
+            )
 
 
 def media_budget(ctx: ServerContext) -> MediaBudget:
@@ -151,7 +167,7 @@ def check_chat(ctx: ServerContext, body: ChatCompletionRequest) -> int:
 
 def check_completion(ctx: ServerContext, body: CompletionRequest) -> int:
     """Every pre-tokenization check of a completions request; returns its admission weight."""
-    prompts: list[Union[str, list[int]]] = body.prompts
+    prompts: list[str | list[int]] = body.prompts
     weight = check_sequences(ctx, len(prompts), body.n)
     if "max_tokens" in body.model_fields_set:  # OpenAI's default of 16 is not the client's choice
         check_max_tokens(ctx, body.max_tokens, "max_tokens")
@@ -160,6 +176,9 @@ def check_completion(ctx: ServerContext, body: CompletionRequest) -> int:
         if isinstance(prompt, str):
             check_text_length(ctx, [prompt], "prompt")
         elif max_len is not None and len(prompt) >= max_len:
-            raise BadRequestError(f"a prompt has {len(prompt)} token ids; the model's context is {max_len} tokens",
-                                  param="prompt", code="context_length_exceeded")
+            raise BadRequestError(
+                f"a prompt has {len(prompt)} token ids; the model's context is {max_len} tokens",
+                param="prompt",
+                code="context_length_exceeded",
+            )
     return weight

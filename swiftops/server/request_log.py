@@ -5,6 +5,7 @@ Handlers report tokens and special outcomes (499 client gone, 500 after the stre
 through `scope["state"]`, which Starlette exposes as `request.state`; RequestGate writes the line.
 Never logged: the Authorization header (the API key) and media bytes (elided).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from starlette.types import Scope
 
@@ -31,7 +32,7 @@ _ELIDE_ABOVE = 256
 _MAX_LOGGED_BODY = 16384
 
 
-def new_request_id(offered: Optional[str]) -> str:
+def new_request_id(offered: str | None) -> str:
     if offered and _SAFE_REQUEST_ID.match(offered):
         return offered
     return uuid.uuid4().hex
@@ -43,10 +44,13 @@ def elide_media(value: Any) -> Any:
         return {k: elide_media(v) for k, v in value.items()}
     if isinstance(value, list):
         return [elide_media(v) for v in value]
-    if isinstance(value, str) and len(value) > _ELIDE_ABOVE:
-        if value.startswith("data:") or _BASE64_RUN.match(value[:4096]):
-            head = value.split(",", 1)[0] if value.startswith("data:") else "base64"
-            return f"<{head}: {len(value)} chars elided>"
+    if (
+        isinstance(value, str)
+        and len(value) > _ELIDE_ABOVE
+        and (value.startswith("data:") or _BASE64_RUN.match(value[:4096]))
+    ):
+        head = value.split(",", 1)[0] if value.startswith("data:") else "base64"
+        return f"<{head}: {len(value)} chars elided>"
     return value
 
 
@@ -57,25 +61,33 @@ def log_body(request_id: str, kind: str, body: Any) -> None:
     body_logger.info("%s %s %s", request_id, kind, text)
 
 
-def _printable(value: Optional[str]) -> str:
+def _printable(value: str | None) -> str:
     """A client-given string made safe for one log line (no newlines or control characters to forge lines)."""
     if not value:
         return "-"
     return "".join(c if c.isprintable() and not c.isspace() else "_" for c in value[:64])
 
 
-def record_request(metrics: ServerMetrics, scope: Scope, state: dict[str, Any], request_id: str, status: int,
-                   seconds: float) -> None:
+def record_request(
+    metrics: ServerMetrics, scope: Scope, state: dict[str, Any], request_id: str, status: int, seconds: float
+) -> None:
     """The outcome metric (API routes) and the one access-log line of a finished request."""
     route = getattr(scope.get("route"), "path", None)
     if route is not None and route.startswith("/v1/"):
         metrics.record_outcome(route, status)
     usage = state.get("usage") or {}
     access_logger.info(
-        '%s %s %s %d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f client=%s user=%s',
-        request_id, scope.get("method"), scope.get("path"), status, usage.get("prompt_tokens", 0),
-        usage.get("completion_tokens", 0), seconds * 1000,
-        (scope.get("client") or ("-",))[0], _printable(state.get("user")))
+        "%s %s %s %d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f client=%s user=%s",
+        request_id,
+        scope.get("method"),
+        scope.get("path"),
+        status,
+        usage.get("prompt_tokens", 0),
+        usage.get("completion_tokens", 0),
+        seconds * 1000,
+        (scope.get("client") or ("-",))[0],
+        _printable(state.get("user")),
+    )
 
 
 class ResultWriter:
@@ -87,7 +99,15 @@ class ResultWriter:
         self._lock = threading.Lock()
 
     def write(self, request_id: str, route: str, request: Any, response: Any) -> None:
-        line = json.dumps({"request_id": request_id, "time": time.time(), "route": route,
-                           "request": elide_media(request), "response": response}, ensure_ascii=False)
+        line = json.dumps(
+            {
+                "request_id": request_id,
+                "time": time.time(),
+                "route": route,
+                "request": elide_media(request),
+                "response": response,
+            },
+            ensure_ascii=False,
+        )
         with self._lock, self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")  # one write per line: concurrent requests never interleave within a row

@@ -2,24 +2,26 @@
 chat, completions and embeddings: its admission slot, latency metrics, token counts for the access log, verbose
 body logs and --result_path.
 """
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar, Union
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from swiftops.protocol import SwiftopsError, UsageInfo
 from swiftops.media.budget import request_media_budget
+from swiftops.protocol import SwiftopsError, UsageInfo
 from swiftops.server import request_limits
 from swiftops.server.context import ServerContext
-from swiftops.template.chat_template import split_special_tokens
 from swiftops.server.errors import ClientDisconnected, error_body, logger
 from swiftops.server.request_log import log_body
 from swiftops.server.sse import DONE, EventStreamResponse, sse_event, until_disconnected
+from swiftops.template.chat_template import split_special_tokens
 
 T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
@@ -35,7 +37,7 @@ class ServedRequest:
         self.state = request.state
         self.request_id: str = getattr(request.state, "request_id", "-")
         self.arrival = time.perf_counter()
-        self._last_token_at: Optional[float] = None
+        self._last_token_at: float | None = None
         self._holds_slot = False
         self.state.user = getattr(body, "user", None)
         if ctx.settings.verbose:
@@ -99,7 +101,7 @@ class ServedRequest:
         """For a stream that failed after its 200 header went out: log and count the real outcome."""
         self.state.outcome_status = status
 
-    def finish(self, usage: Union[UsageInfo, dict[str, int], None], response: Optional[dict[str, Any]]) -> None:
+    def finish(self, usage: UsageInfo | dict[str, int] | None, response: dict[str, Any] | None) -> None:
         """Record a request that got its full answer (`usage` as the model or, from a stream, as its dict)."""
         self.ctx.metrics.e2e_request_latency.observe(time.perf_counter() - self.arrival)
         if usage is not None:
@@ -112,8 +114,9 @@ class ServedRequest:
         if self.ctx.results is not None and response is not None:
             self.ctx.results.write(self.request_id, self.route, self.body.model_dump(exclude_none=True), response)
 
-    def event_stream(self, events: AsyncIterator[bytes], finished: Callable[[], None],
-                     engine_streams: list[AsyncIterator[Any]]) -> EventStreamResponse:
+    def event_stream(
+        self, events: AsyncIterator[bytes], finished: Callable[[], None], engine_streams: list[AsyncIterator[Any]]
+    ) -> EventStreamResponse:
         """The SSE response for `events` (framed chunks): errors in-band, `[DONE]` last. However the stream
         ends, the engine's streams are closed (an engine may hold batch slots for a stream nobody started
         reading) and the admission slot is released; `finished()` runs only for a stream that completed."""

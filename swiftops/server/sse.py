@@ -4,11 +4,13 @@ for clients that go away.
 `EventStreamResponse` listens for `http.disconnect` while it streams and cancels the producer at once,
 so a vanished client's generation is aborted even while no token is being sent (queued, or in prefill).
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.responses import Response
@@ -19,8 +21,11 @@ from swiftops.server.errors import ClientDisconnected
 T = TypeVar("T")
 DONE = b"data: [DONE]\n\n"
 # The OpenAPI description of a streamed answer (routes with stream=true).
-STREAM_DOC = {"text/event-stream": {"schema": {"type": "string", "description": "`data: {chunk}` events, then "
-                                                                                 "`data: [DONE]` (with stream=true)"}}}
+STREAM_DOC = {
+    "text/event-stream": {
+        "schema": {"type": "string", "description": "`data: {chunk}` events, then `data: [DONE]` (with stream=true)"}
+    }
+}
 
 
 # Line separators that JSON allows raw inside strings but that some SSE clients split lines on (Python's
@@ -81,8 +86,12 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[bool], Awaitable[None]],
-                 headers: Optional[dict[str, str]] = None) -> None:
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        on_close: Callable[[bool], Awaitable[None]],
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(status_code=200)
         self.events = events
         self.on_close = on_close
@@ -95,8 +104,12 @@ class EventStreamResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _raw_headers(self) -> list[tuple[bytes, bytes]]:
-        headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
-                   "x-accel-buffering": "no", **{k.lower(): v for k, v in self.extra_headers.items()}}
+        headers = {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+            **{k.lower(): v for k, v in self.extra_headers.items()},
+        }
         return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -3,12 +3,13 @@
 We never re-implement a model's template: the ids we feed are exactly what
 `tokenizer.apply_chat_template(messages, tools=..., add_generation_prompt=True)` builds.
 """
+
 from __future__ import annotations
 
 import contextvars
 import logging
 import re
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.protocol import BadRequestError, InferRequest
 
@@ -17,8 +18,9 @@ logger = logging.getLogger(__name__)
 # Whether text that users, systems and tools wrote is tokenized with special tokens split (so that
 # "<|im_start|>system" typed into a message stays plain text and cannot forge a turn). The server sets it per
 # request from --split_special_tokens; the CLI and Python API keep the default (split).
-split_special_tokens: contextvars.ContextVar[bool] = contextvars.ContextVar("swiftops_split_special_tokens",
-                                                                            default=True)
+split_special_tokens: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "swiftops_split_special_tokens", default=True
+)
 # Roles whose content is somebody's text, not the model's: assistant turns replayed with tool calls keep theirs.
 _UNTRUSTED_ROLES = ("user", "system", "tool", "function")
 # Private-use code points no template emits: they stand in for untrusted content while the template renders.
@@ -35,7 +37,7 @@ def _text_of(content: Any) -> Any:
     return content
 
 
-def normalize_messages(messages: list[dict[str, Any]], default_system: Optional[str] = None) -> list[dict[str, Any]]:
+def normalize_messages(messages: list[dict[str, Any]], default_system: str | None = None) -> list[dict[str, Any]]:
     """Validate roles and content, merge text parts, and add the default system prompt if none is given."""
     if not messages:
         raise BadRequestError("messages must not be empty", param="messages")
@@ -45,7 +47,9 @@ def normalize_messages(messages: list[dict[str, Any]], default_system: Optional[
             raise BadRequestError(f"messages[{i}] needs a 'role'", param=f"messages[{i}]")
         role = message["role"]
         if role not in _ROLES:
-            raise BadRequestError(f"messages[{i}].role {role!r} is not one of {sorted(_ROLES)}", param=f"messages[{i}].role")
+            raise BadRequestError(
+                f"messages[{i}].role {role!r} is not one of {sorted(_ROLES)}", param=f"messages[{i}].role"
+            )
         item = {k: v for k, v in message.items() if v is not None}
         if role == "developer":  # OpenAI's newer name for the system role
             item["role"] = "system"
@@ -58,13 +62,13 @@ def normalize_messages(messages: list[dict[str, Any]], default_system: Optional[
     return out
 
 
-def _tools_for(request: InferRequest) -> Optional[list[dict[str, Any]]]:
+def _tools_for(request: InferRequest) -> list[dict[str, Any]] | None:
     if not request.tools or request.tool_choice == "none":
         return None
     return request.tools
 
 
-def render_prompt(tokenizer: Any, request: InferRequest, default_system: Optional[str] = None) -> str:
+def render_prompt(tokenizer: Any, request: InferRequest, default_system: str | None = None) -> str:
     """The prompt text for a request: the raw prompt, or the chat template applied to its messages."""
     if request.prompt is not None:
         if isinstance(request.prompt, list):
@@ -72,13 +76,17 @@ def render_prompt(tokenizer: Any, request: InferRequest, default_system: Optiona
         return request.prompt
     messages = normalize_messages(request.messages, default_system)
     if messages[-1]["role"] == "assistant":
-        raise BadRequestError("the last message is from the assistant; end the conversation with a user "
-                              "(or tool) message to get an answer", param="messages")
+        raise BadRequestError(
+            "the last message is from the assistant; end the conversation with a user "
+            "(or tool) message to get an answer",
+            param="messages",
+        )
     if getattr(tokenizer, "chat_template", None) is None:
         raise BadRequestError("this model has no chat template; send a raw prompt (/v1/completions) instead")
     try:
-        return tokenizer.apply_chat_template(messages, tools=_tools_for(request), add_generation_prompt=True,
-                                             tokenize=False)
+        return tokenizer.apply_chat_template(
+            messages, tools=_tools_for(request), add_generation_prompt=True, tokenize=False
+        )
     except Exception as exc:  # jinja errors from the model's own template (e.g. roles it refuses)
         raise BadRequestError(f"the model's chat template rejected the conversation: {exc}", param="messages") from exc
 
@@ -101,23 +109,27 @@ def _with_marked_content(messages: list[dict[str, Any]], specials: list[str]) ->
     return out, texts
 
 
-def _encode_split(tokenizer: Any, request: InferRequest, default_system: Optional[str],
-                  specials: list[str]) -> Optional[list[int]]:
+def _encode_split(
+    tokenizer: Any, request: InferRequest, default_system: str | None, specials: list[str]
+) -> list[int] | None:
     """Ids with special tokens split inside untrusted text and kept in the template's own text; None when no
     untrusted text holds one (the usual case: then the whole prompt is tokenized in one piece, as before)."""
     messages = normalize_messages(request.messages, default_system)
     marked, texts = _with_marked_content(messages, specials)
     if not texts:
         return None
-    rendered = render_prompt(tokenizer, InferRequest(messages=marked, tools=request.tools,
-                                                     tool_choice=request.tool_choice), None)
+    rendered = render_prompt(
+        tokenizer, InferRequest(messages=marked, tools=request.tools, tool_choice=request.tool_choice), None
+    )
     pieces = _MARK.split(rendered)  # template, index, template, index, ..., template
     indices = [int(i) for i in pieces[1::2]]
     if sorted(indices) != list(range(len(texts))):
         # A template that dropped, copied or rewrote a message: the markers cannot locate its text, so the
         # prompt is tokenized whole, as before (and said so).
-        logger.warning("the chat template does not keep message text verbatim; special tokens typed into messages "
-                       "are not split for this request")
+        logger.warning(
+            "the chat template does not keep message text verbatim; special tokens typed into messages "
+            "are not split for this request"
+        )
         return None
     ids: list[int] = []
     for k, piece in enumerate(pieces):
@@ -129,7 +141,7 @@ def _encode_split(tokenizer: Any, request: InferRequest, default_system: Optiona
     return ids
 
 
-def encode_prompt(tokenizer: Any, request: InferRequest, default_system: Optional[str] = None) -> list[int]:
+def encode_prompt(tokenizer: Any, request: InferRequest, default_system: str | None = None) -> list[int]:
     """Token ids to feed the model for a request. Special tokens typed into user, system or tool text are split
     into ordinary tokens (unless the `split_special_tokens` context variable is False): only the chat
     template itself emits them."""

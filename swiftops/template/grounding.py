@@ -9,24 +9,32 @@ Two conventions, both from the Qwen VL family:
   with coordinates on a 0-1000 grid. Decoding with skip_special_tokens drops the markers, leaving
   `cat(x1,y1),(x2,y2)`: that form is parsed too.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 Style = Literal["auto", "qwen2_5_vl", "qwen2_vl"]
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
-_QWEN2_BOX = re.compile(r"(?:<\|object_ref_start\|>(?P<label>.*?)<\|object_ref_end\|>)?\s*<\|box_start\|>"
-                        r"(?P<points>.*?)<\|box_end\|>", re.DOTALL)
-_POINT_PAIR = re.compile(r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)\s*,?\s*"
-                         r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)")
+_QWEN2_BOX = re.compile(
+    r"(?:<\|object_ref_start\|>(?P<label>.*?)<\|object_ref_end\|>)?\s*<\|box_start\|>"
+    r"(?P<points>.*?)<\|box_end\|>",
+    re.DOTALL,
+)
+_POINT_PAIR = re.compile(
+    r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)\s*,?\s*"
+    r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)"
+)
 # The stripped Qwen2-VL form: an optional label right before the two points.
-_BARE_BOX = re.compile(r"(?P<label>[^\n()<>]*?)\s*\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)\s*,\s*"
-                       r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)")
+_BARE_BOX = re.compile(
+    r"(?P<label>[^\n()<>]*?)\s*\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)\s*,\s*"
+    r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)"
+)
 QWEN2_GRID = 1000
 
 
@@ -38,14 +46,15 @@ class Box:
     y1: float
     x2: float
     y2: float
-    label: Optional[str] = None
+    label: str | None = None
 
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (self.x1, self.y1, self.x2, self.y2)
 
 
-def model_input_size(image_size: tuple[int, int], min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280,
-                     factor: int = 28) -> tuple[int, int]:
+def model_input_size(
+    image_size: tuple[int, int], min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280, factor: int = 28
+) -> tuple[int, int]:
     """(width, height) Qwen2-VL's processor resizes an image of `image_size` (width, height) to."""
     from swiftops.template.qwen_video import smart_resize
 
@@ -73,7 +82,7 @@ def _json_candidates(text: str) -> list[Any]:
     return found
 
 
-def _json_boxes(text: str) -> list[tuple[list[float], Optional[str]]]:
+def _json_boxes(text: str) -> list[tuple[list[float], str | None]]:
     boxes = []
     for value in _json_candidates(text):
         items = value if isinstance(value, list) else [value]
@@ -87,7 +96,7 @@ def _json_boxes(text: str) -> list[tuple[list[float], Optional[str]]]:
     return boxes
 
 
-def _qwen2_boxes(text: str) -> list[tuple[list[float], Optional[str]]]:
+def _qwen2_boxes(text: str) -> list[tuple[list[float], str | None]]:
     boxes = []
     if "<|box_start|>" in text:
         for match in _QWEN2_BOX.finditer(text):
@@ -101,8 +110,9 @@ def _qwen2_boxes(text: str) -> list[tuple[list[float], Optional[str]]]:
     return boxes
 
 
-def parse_boxes(text: str, image_size: tuple[int, int], *, style: Style = "auto",
-                model_input_size: Optional[tuple[int, int]] = None) -> list[Box]:
+def parse_boxes(
+    text: str, image_size: tuple[int, int], *, style: Style = "auto", model_input_size: tuple[int, int] | None = None
+) -> list[Box]:
     """Boxes in `text`, in pixels of an image of `image_size` (width, height), clamped to the image.
 
     style: "qwen2_5_vl" (JSON, absolute pixels of `model_input_size`, default: `image_size`), "qwen2_vl"
@@ -125,18 +135,26 @@ def parse_boxes(text: str, image_size: tuple[int, int], *, style: Style = "auto"
     return boxes
 
 
-_COLORS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60))
+_COLORS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+)
 
 
-def draw_boxes(image: Any, boxes: list[Box], line_width: Optional[int] = None):
+def draw_boxes(image: Any, boxes: list[Box], line_width: int | None = None):
     """A copy of `image` (a PIL image) with each box outlined and labelled, one colour per label."""
     from PIL import ImageDraw
 
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     width = line_width or max(2, round(math.sqrt(out.width * out.height) / 200))
-    colors: dict[Optional[str], tuple[int, int, int]] = {}
+    colors: dict[str | None, tuple[int, int, int]] = {}
     for box in boxes:
         color = colors.setdefault(box.label, _COLORS[len(colors) % len(_COLORS)])
         draw.rectangle(box.as_tuple(), outline=color, width=width)
@@ -155,13 +173,16 @@ def draw_bbox(image: Any, ref: list[str], bbox: list[list[Any]], norm_bbox: str 
         raise ValueError(f"norm_bbox {norm_bbox!r}: use 'norm1000' or 'none'")
     scale_x = image.width / QWEN2_GRID if norm_bbox == "norm1000" else 1.0
     scale_y = image.height / QWEN2_GRID if norm_bbox == "norm1000" else 1.0
-    boxes = [Box(float(x1) * scale_x, float(y1) * scale_y, float(x2) * scale_x, float(y2) * scale_y, label or None)
-             for label, (x1, y1, x2, y2) in zip(ref, bbox)]
+    boxes = [
+        Box(float(x1) * scale_x, float(y1) * scale_y, float(x2) * scale_x, float(y2) * scale_y, label or None)
+        for label, (x1, y1, x2, y2) in zip(ref, bbox, strict=False)
+    ]
     image.paste(draw_boxes(image, boxes).convert(image.mode))
 
 
-def save_drawn_boxes(text: str, image_source: Any, out_path: str, *, min_pixels: Optional[int] = None,
-                     max_pixels: Optional[int] = None) -> Optional[str]:
+def save_drawn_boxes(
+    text: str, image_source: Any, out_path: str, *, min_pixels: int | None = None, max_pixels: int | None = None
+) -> str | None:
     """`swiftops infer --draw_boxes DIR`: draw the boxes an answer names on the request's image and save it.
 
     Qwen2.5-VL answers in pixels of the image as the processor resized it, so the model's input size is

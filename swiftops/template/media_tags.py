@@ -8,11 +8,13 @@ plus one media list per kind, in tag order:
 * OpenAI content parts: `image_url` (a URL string or `{url}`), `image`, `video`, `video_url`, `audio`,
   `audio_url`, `input_audio` (`{data, format}`).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from swiftops.protocol import BadRequestError, InferRequest
 
@@ -53,8 +55,11 @@ def _part_media(part: dict[str, Any]) -> tuple[str, Any]:
         if item is None and kind == "image":
             item = part.get("image_url") or part.get("url")
     else:
-        raise BadRequestError(f"unknown content part type {kind!r}; use text, image_url, image, video, video_url, "
-                              f"audio, audio_url or input_audio", param="messages")
+        raise BadRequestError(
+            f"unknown content part type {kind!r}; use text, image_url, image, video, video_url, "
+            f"audio, audio_url or input_audio",
+            param="messages",
+        )
     if isinstance(item, dict):
         item = item.get("url", item)
     if item is None or item == "":
@@ -82,8 +87,10 @@ def extract_media(request: InferRequest) -> MediaConversation:
             pieces = []
             for part in content:
                 if not isinstance(part, dict):
-                    raise BadRequestError(f"messages[{i}].content holds a {type(part).__name__}; content parts are "
-                                          "objects with a 'type'", param=f"messages[{i}].content")
+                    raise BadRequestError(
+                        f"messages[{i}].content holds a {type(part).__name__}; content parts are objects with a 'type'",
+                        param=f"messages[{i}].content",
+                    )
                 if part.get("type") == "text":
                     text = str(part.get("text", ""))
                     take_tags(text)
@@ -108,7 +115,10 @@ def extract_media(request: InferRequest) -> MediaConversation:
         if len(from_list) != len(given):
             raise BadRequestError(
                 f"the messages have {len(from_list)} {TAG[kind]} tag(s) but {len(given)} {kind}(s) were given in "
-                f"`{kind}s`; give one {kind} per {TAG[kind]} tag", param=f"{kind}s", code="media_count_mismatch")
+                f"`{kind}s`; give one {kind} per {TAG[kind]} tag",
+                param=f"{kind}s",
+                code="media_count_mismatch",
+            )
         supply = iter(given)
         conversation.media[kind] = [next(supply) if item is None else item for _, item in ordered[kind]]
     return conversation
@@ -123,13 +133,16 @@ def _prepend_tags(messages: list[dict[str, Any]], tags: str) -> None:
     raise BadRequestError("media were given but there is no user message to attach them to", param="messages")
 
 
-def check_media_limits(counts: Mapping[str, int], limit_mm_per_prompt: Optional[Mapping[str, int]]) -> None:
+def check_media_limits(counts: Mapping[str, int], limit_mm_per_prompt: Mapping[str, int] | None) -> None:
     """`--limit_mm_per_prompt '{"image": 5, "video": 2}'`: a request over a limit is a 400."""
     for kind, limit in (limit_mm_per_prompt or {}).items():
         if counts.get(kind, 0) > limit:
-            raise BadRequestError(f"the request has {counts[kind]} {kind}s but this server takes at most {limit} per "
-                                  f"prompt (--limit_mm_per_prompt); send fewer", param=f"{kind}s",
-                                  code="too_many_media")
+            raise BadRequestError(
+                f"the request has {counts[kind]} {kind}s but this server takes at most {limit} per "
+                f"prompt (--limit_mm_per_prompt); send fewer",
+                param=f"{kind}s",
+                code="too_many_media",
+            )
 
 
 # ---- tags -> the processor's content parts ----------------------------------------------------------

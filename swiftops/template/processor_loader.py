@@ -6,12 +6,14 @@ without torchvision (our CPU test machine). There we assemble the same processor
 (the image processor's PIL backend, the tokenizer, the chat template) with `video_processor=None`;
 videos are then turned into `pixel_values_videos` by `swiftops.template.multimodal` from decoded frames.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from swiftops.protocol.errors import ConfigError
 
@@ -40,7 +42,7 @@ def torchvision_available() -> bool:
     return is_torchvision_available()
 
 
-def _processor_class_name(path: str) -> Optional[str]:
+def _processor_class_name(path: str) -> str | None:
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         file = os.path.join(path, name)
         if os.path.isfile(file):
@@ -51,7 +53,7 @@ def _processor_class_name(path: str) -> Optional[str]:
     return None
 
 
-def _chat_template(path: str, tokenizer: Any) -> Optional[str]:
+def _chat_template(path: str, tokenizer: Any) -> str | None:
     file = os.path.join(path, "chat_template.jinja")
     if os.path.isfile(file):
         with open(file, encoding="utf-8") as f:
@@ -63,14 +65,15 @@ def _chat_template(path: str, tokenizer: Any) -> Optional[str]:
     return getattr(tokenizer, "chat_template", None)
 
 
-def build_processor(processor_class: Any, image_processor: Any, tokenizer: Any, chat_template: Optional[str]) -> Any:
+def build_processor(processor_class: Any, image_processor: Any, tokenizer: Any, chat_template: str | None) -> Any:
     """An instance of `processor_class` without a video processor (see the module docstring)."""
     with _video_processor_optional():
-        return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                               chat_template=chat_template)
+        return processor_class(
+            image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=chat_template
+        )
 
 
-def load_processor(path: str, *, trust_remote_code: bool = False, revision: Optional[str] = None) -> Any:
+def load_processor(path: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     """`AutoProcessor.from_pretrained(path)`, or (without torchvision) the same processor minus its video processor."""
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
@@ -90,7 +93,7 @@ def load_processor(path: str, *, trust_remote_code: bool = False, revision: Opti
         return build_processor(processor_class, image_processor, tokenizer, _chat_template(path, tokenizer))
 
 
-def is_multimodal_model(path: str, *, trust_remote_code: bool = False, revision: Optional[str] = None) -> bool:
+def is_multimodal_model(path: str, *, trust_remote_code: bool = False, revision: str | None = None) -> bool:
     """True for checkpoints transformers loads with AutoModelForImageTextToText (Qwen2-VL, Qwen2.5-VL, LLaVA...):
     load those with that class and `load_processor`, and encode requests with `MultimodalEncoder`."""
     from transformers import AutoConfig
@@ -98,4 +101,5 @@ def is_multimodal_model(path: str, *, trust_remote_code: bool = False, revision:
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or any(
-        a.endswith("ForConditionalGeneration") and hasattr(config, "vision_config") for a in config.architectures or [])
+        a.endswith("ForConditionalGeneration") and hasattr(config, "vision_config") for a in config.architectures or []
+    )

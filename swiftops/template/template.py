@@ -8,12 +8,13 @@ ms-swift's template *names* (qwen2_5, llama3...) pick a hand-written template th
 template is the one that matches the model, so a name is recorded (`template_type`) and the checkpoint's template
 is used; a .jinja file (or a JSON file with chat_template) replaces it, as `--template FILE` does.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.protocol import InferRequest
 
@@ -55,11 +56,11 @@ class Template:
     """What `get_template` returns and `engine.default_template` holds."""
 
     processor: Any = None
-    default_system: Optional[str] = None
-    template_type: Optional[str] = None
-    chat_template: Optional[str] = None  # None: the processor's own
+    default_system: str | None = None
+    template_type: str | None = None
+    chat_template: str | None = None  # None: the processor's own
     agent_template: AgentTemplate = field(default_factory=AgentTemplate)
-    max_length: Optional[int] = None
+    max_length: int | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -71,23 +72,34 @@ class Template:
             return request
         if request.messages[0].get("role") == "system":
             return request
-        return request.model_copy(update={"messages": [{"role": "system", "content": self.default_system},
-                                                       *request.messages]})
+        return request.model_copy(
+            update={"messages": [{"role": "system", "content": self.default_system}, *request.messages]}
+        )
 
 
-def _chat_template_of(template_type: Optional[str]) -> Optional[str]:
+def _chat_template_of(template_type: str | None) -> str | None:
     """A file's chat template (what `--template FILE` reads); None for a name (the checkpoint's own is used)."""
     if template_type and Path(template_type).expanduser().is_file():
         from swiftops.template.template_file import read_chat_template
+
         return read_chat_template(template_type)
     if template_type:
-        logger.info("template %r: swiftops uses the checkpoint's own chat template (ms-swift's named templates "
-                    "are built to match it)", template_type)
+        logger.info(
+            "template %r: swiftops uses the checkpoint's own chat template (ms-swift's named templates "
+            "are built to match it)",
+            template_type,
+        )
     return None
 
 
-def get_template(*args: Any, default_system: Optional[str] = None, template_type: Optional[str] = None,
-                 max_length: Optional[int] = None, use_chat_template: bool = True, **_ignored: Any) -> Template:
+def get_template(
+    *args: Any,
+    default_system: str | None = None,
+    template_type: str | None = None,
+    max_length: int | None = None,
+    use_chat_template: bool = True,
+    **_ignored: Any,
+) -> Template:
     """ms-swift 3.x's `get_template(template_type, processor, default_system=None, ...)` and 4.x's
     `get_template(processor, default_system=None, template_type=...)`."""
     rest = list(args)
@@ -99,5 +111,10 @@ def get_template(*args: Any, default_system: Optional[str] = None, template_type
     if rest:
         default_system = rest.pop(0)
     chat_template = GENERATION_TEMPLATE if not use_chat_template else _chat_template_of(template_type)
-    return Template(processor=processor, default_system=default_system, template_type=template_type,
-                    chat_template=chat_template, max_length=max_length)
+    return Template(
+        processor=processor,
+        default_system=default_system,
+        template_type=template_type,
+        chat_template=chat_template,
+        max_length=max_length,
+    )

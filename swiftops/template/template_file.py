@@ -3,6 +3,7 @@
 ms-swift names its built-in templates (qwen2_5, llama3...); swiftops runs the tokenizer's own template, so a
 name is refused with a pointer to the file form, never silently ignored.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,10 @@ def read_chat_template(source: str) -> str:
     """The Jinja text of a .jinja/.j2/.txt file, or the `chat_template` of a tokenizer_config.json-like file."""
     path = Path(source).expanduser()
     if not path.is_file():
-        raise ConfigError(f"--template {source}: swiftops has no named templates (it uses the checkpoint's own "
-                          f"chat template); pass a .jinja file, or a JSON file with a chat_template key")
+        raise ConfigError(
+            f"--template {source}: swiftops has no named templates (it uses the checkpoint's own "
+            f"chat template); pass a .jinja file, or a JSON file with a chat_template key"
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() != ".json":
         return text

@@ -5,11 +5,12 @@ Formats handled (those the chat templates shipped with transformers models emit)
 - Mistral: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`
 - Llama 3.1+: a bare JSON object `{"name": ..., "parameters": {...}}` as the whole answer
 """
+
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.protocol import FunctionCall, ToolCall
 
@@ -17,7 +18,7 @@ _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _MISTRAL = "[TOOL_CALLS]"
 
 
-def _to_call(obj: Any) -> Optional[ToolCall]:
+def _to_call(obj: Any) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
@@ -33,7 +34,7 @@ def _loads(text: str) -> Any:
         return None
 
 
-def parse_tool_calls(text: str) -> tuple[Optional[str], list[ToolCall]]:
+def parse_tool_calls(text: str) -> tuple[str | None, list[ToolCall]]:
     """Split generated text into (content before the calls, tool calls). No calls: (text, [])."""
     if "<tool_call>" in text:
         calls = [c for c in (_to_call(_loads(m)) for m in _HERMES.findall(text)) if c is not None]

@@ -4,9 +4,10 @@ Nothing here imports lmdeploy: the engine builds `TurbomindEngineConfig(**...)` 
 `PytorchEngineConfig(**...)`, `VisionConfig(**...)` and `GenerationConfig(**...)` from these dicts, and
 contract tests (tests/contract/, run in a venv with LMDeploy) build the real classes from them.
 """
+
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from swiftops.engines.engine_options import resolve_sampling
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
@@ -30,8 +31,7 @@ def choose_backend(model: ModelSettings, engine: EngineSettings) -> LmdeployBack
     return "pytorch" if model.adapters else "turbomind"
 
 
-def backend_config_kwargs(model: ModelSettings, engine: EngineSettings,
-                          backend: LmdeployBackend) -> dict[str, Any]:
+def backend_config_kwargs(model: ModelSettings, engine: EngineSettings, backend: LmdeployBackend) -> dict[str, Any]:
     """Keyword arguments of `TurbomindEngineConfig` (backend="turbomind") or `PytorchEngineConfig`."""
     if model.device_map:
         raise ConfigError(unsupported_reason("lmdeploy", "device_map"), param="device_map")
@@ -84,9 +84,14 @@ def vision_config_kwargs(engine: EngineSettings) -> dict[str, Any]:
     return {"max_batch_size": engine.vision_batch_size}
 
 
-def generation_config_kwargs(config: RequestConfig, generation: GenerationSettings, prompt_len: int,
-                             max_model_len: int, model_defaults: Optional[dict[str, Any]] = None,
-                             constraint: Optional[OutputConstraint] = None) -> dict[str, Any]:
+def generation_config_kwargs(
+    config: RequestConfig,
+    generation: GenerationSettings,
+    prompt_len: int,
+    max_model_len: int,
+    model_defaults: dict[str, Any] | None = None,
+    constraint: OutputConstraint | None = None,
+) -> dict[str, Any]:
     """Keyword arguments of LMDeploy's `GenerationConfig` for ONE choice of a request.
 
     n > 1 and stop strings are done by the engine (several sessions; text matching), because LMDeploy
@@ -134,10 +139,12 @@ def lmdeploy_response_format(constraint: OutputConstraint) -> dict[str, Any]:
     if constraint.kind == "choice":
         return {"type": "regex_schema", "regex_schema": constraint.choice_regex}
     name = "tool_call" if constraint.tool_call else "json_object" if constraint.kind == "json_object" else "schema"
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": constraint.schema,
-                                                   "strict": constraint.strict}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": constraint.schema, "strict": constraint.strict},
+    }
 
 
-def choice_seed(seed: Optional[int], index: int) -> Optional[int]:
+def choice_seed(seed: int | None, index: int) -> int | None:
     """Seed of choice `index` of an n > 1 request: distinct per choice, reproducible per request (as pt does)."""
     return None if seed is None else seed + index

@@ -7,6 +7,7 @@ Built as LMDeploy's own OpenAI server builds it (`autoget_backend_config`, `get_
 LMDeploy binds to one loop, while callers (the server, the synchronous `infer`) come from others.
 Text prompts are rendered with the model's own chat template here, as the pt and vllm engines do.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,19 +17,28 @@ import itertools
 import logging
 import os
 import weakref
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any
 
 from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.vllm.prompt import has_media, load_image, split_media
-from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
-                               PromptTooLongError, RequestConfig, SwiftopsError)
+from swiftops.protocol import (
+    AdapterRequest,
+    BadRequestError,
+    EngineError,
+    InferRequest,
+    ModelNotFoundError,
+    PromptTooLongError,
+    RequestConfig,
+    SwiftopsError,
+)
 from swiftops.protocol.capabilities import require
-from swiftops.protocol.structured_output import output_constraint
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.structured_output import output_constraint
 from swiftops.template.chat_template import encode_prompt
 
 logger = logging.getLogger(__name__)
@@ -41,14 +51,17 @@ def import_lmdeploy() -> Any:
     try:
         import lmdeploy
     except ImportError as exc:
-        raise ConfigError(f"the lmdeploy backend needs the lmdeploy library, which is not installed ({exc}); "
-                          f"run {INSTALL_HINT} on a machine with an NVIDIA GPU, or use --infer_backend pt") from None
+        raise ConfigError(
+            f"the lmdeploy backend needs the lmdeploy library, which is not installed ({exc}); "
+            f"run {INSTALL_HINT} on a machine with an NVIDIA GPU, or use --infer_backend pt"
+        ) from None
     try:  # a broken install (torch it does not support, missing CUDA libraries) fails here, not mid-build
         import lmdeploy.archs
     except (ImportError, OSError, RuntimeError) as exc:
-        raise ConfigError(f"lmdeploy {getattr(lmdeploy, '__version__', '')} is installed but does not load: "
-                          f"{type(exc).__name__}: {exc}; reinstall it with {INSTALL_HINT} (it wants torch<=2.12.1)") \
-            from None
+        raise ConfigError(
+            f"lmdeploy {getattr(lmdeploy, '__version__', '')} is installed but does not load: "
+            f"{type(exc).__name__}: {exc}; reinstall it with {INSTALL_HINT} (it wants torch<=2.12.1)"
+        ) from None
     return lmdeploy
 
 
@@ -57,8 +70,9 @@ def library_error(exc: BaseException) -> SwiftopsError:
     code = str(getattr(getattr(exc, "code", None), "value", getattr(exc, "code", "")))
     message = getattr(exc, "message", None) or str(exc)
     if code == "context_length_exceeded":
-        return BadRequestError(f"the prompt does not fit the model's context: {message}", param="messages",
-                               code="context_length_exceeded")
+        return BadRequestError(
+            f"the prompt does not fit the model's context: {message}", param="messages", code="context_length_exceeded"
+        )
     if code in ("invalid_request", "unsupported_feature"):
         return BadRequestError(f"LMDeploy rejected the request: {message}")
     if code == "model_not_found":
@@ -78,8 +92,13 @@ class LmdeployEngine(SettingsEngine):
     backend = "lmdeploy"
     library = "LMDeploy"
 
-    def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
-               served_model_name: Optional[str]) -> None:
+    def _setup(
+        self,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings,
+        served_model_name: str | None,
+    ) -> None:
         lmdeploy = import_lmdeploy()
         from lmdeploy.archs import autoget_backend_config, get_task
 
@@ -91,8 +110,11 @@ class LmdeployEngine(SettingsEngine):
         try:
             config = config_class(**lm_args.backend_config_kwargs(model, engine, wanted))
         except (TypeError, ValueError, AssertionError) as exc:  # engine_kwargs unknown to this release, bad values
-            raise ConfigError(f"LMDeploy {getattr(lmdeploy, '__version__', '')} rejected the {config_class.__name__} "
-                              f"arguments: {exc}", param="engine_kwargs") from None
+            raise ConfigError(
+                f"LMDeploy {getattr(lmdeploy, '__version__', '')} rejected the {config_class.__name__} "
+                f"arguments: {exc}",
+                param="engine_kwargs",
+            ) from None
         # LMDeploy moves to its PyTorch engine when TurboMind cannot run the architecture.
         backend, config = autoget_backend_config(model.model, config, trust_remote_code=model.trust_remote_code)
         if model.adapters and backend != "pytorch":
@@ -100,19 +122,26 @@ class LmdeployEngine(SettingsEngine):
         self.lmdeploy_backend = backend
         self._adapters = dict(model.adapters)
         self._default_adapter = model.default_adapter  # a bare --adapters path: for requests that name none
-        task, engine_class = get_task(backend, model.model, trust_remote_code=model.trust_remote_code,
-                                      backend_config=config)
+        task, engine_class = get_task(
+            backend, model.model, trust_remote_code=model.trust_remote_code, backend_config=config
+        )
         extra = {}
         if task == "vlm":
             extra["vision_config"] = lmdeploy.VisionConfig(**lm_args.vision_config_kwargs(engine))
         self.tokenizer, self._model_defaults = self._load_tokenizer(model)
         logger.info("lmdeploy engine: %s backend with %s", backend, config)
-        self._engine = engine_class(model_path=model.model, model_name=self.model_name, backend=backend,
-                                    backend_config=config, trust_remote_code=model.trust_remote_code, **extra)
+        self._engine = engine_class(
+            model_path=model.model,
+            model_name=self.model_name,
+            backend=backend,
+            backend_config=config,
+            trust_remote_code=model.trust_remote_code,
+            **extra,
+        )
         self.max_model_len = int(self._engine.session_len)
         self._running = 0
-        self._choice_tasks: set["asyncio.Task[Any]"] = set()
-        self._relays: "weakref.WeakKeyDictionary[Any, LoopRelay]" = weakref.WeakKeyDictionary()  # per caller loop
+        self._choice_tasks: set[asyncio.Task[Any]] = set()
+        self._relays: weakref.WeakKeyDictionary[Any, LoopRelay] = weakref.WeakKeyDictionary()  # per caller loop
         loop = self._loop()
 
         async def bind() -> None:  # LMDeploy's engine loop runs on our private loop thread from now on
@@ -124,8 +153,9 @@ class LmdeployEngine(SettingsEngine):
     def _load_tokenizer(model: ModelSettings) -> tuple[Any, dict[str, Any]]:
         from transformers import AutoTokenizer, GenerationConfig
 
-        tokenizer = AutoTokenizer.from_pretrained(model.model, revision=model.model_revision,
-                                                  trust_remote_code=model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            model.model, revision=model.model_revision, trust_remote_code=model.trust_remote_code
+        )
         try:
             generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
         except OSError:
@@ -144,12 +174,14 @@ class LmdeployEngine(SettingsEngine):
     def num_waiting(self) -> int:
         return 0
 
-    def _adapter_name(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
+    def _adapter_name(self, adapter_request: AdapterRequest | None) -> str | None:
         if adapter_request is None or adapter_request.name == self.model_name:
             return self._default_adapter
         if adapter_request.name not in self._adapters:
-            raise ModelNotFoundError(f"adapter {adapter_request.name!r} is not loaded; LMDeploy loads adapters at "
-                                     f"start only (--adapters name=path); this engine serves {', '.join(self.models)}")
+            raise ModelNotFoundError(
+                f"adapter {adapter_request.name!r} is not loaded; LMDeploy loads adapters at "
+                f"start only (--adapters name=path); this engine serves {', '.join(self.models)}"
+            )
         return adapter_request.name
 
     def _prompt(self, request: InferRequest) -> tuple[dict[str, Any], int]:
@@ -163,17 +195,25 @@ class LmdeployEngine(SettingsEngine):
         images = iter(media.get("image", []))
         for message in messages:
             if isinstance(message.get("content"), list):
-                message["content"] = [{"type": "image_url", "image_url": {"url": _data_uri(load_image(next(images)))}}
-                                      if part.get("type") == "image" else part for part in message["content"]]
+                message["content"] = [
+                    {"type": "image_url", "image_url": {"url": _data_uri(load_image(next(images)))}}
+                    if part.get("type") == "image"
+                    else part
+                    for part in message["content"]
+                ]
         if self.generation.system and messages[0].get("role") != "system":
             messages.insert(0, {"role": "system", "content": self.generation.system})
-        text_len = sum(len(self.tokenizer(p.get("text", ""))["input_ids"]) for m in messages
-                       for p in (m["content"] if isinstance(m.get("content"), list) else [{"text": m.get("content")}])
-                       if isinstance(p.get("text"), str))
+        text_len = sum(
+            len(self.tokenizer(p.get("text", ""))["input_ids"])
+            for m in messages
+            for p in (m["content"] if isinstance(m.get("content"), list) else [{"text": m.get("content")}])
+            if isinstance(p.get("text"), str)
+        )
         return {"messages": messages, "do_preprocess": True}, text_len
 
-    def _start(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest]
-               ) -> tuple[AsyncIterator[SequenceOutput], bool]:
+    def _start(
+        self, request: InferRequest, config: RequestConfig, adapter_request: AdapterRequest | None
+    ) -> tuple[AsyncIterator[SequenceOutput], bool]:
         """The request's outputs (generation starts as they are read) and whether they carry logprobs."""
         if config.num_beams > 1:
             require("lmdeploy", "beam_search")
@@ -183,13 +223,23 @@ class LmdeployEngine(SettingsEngine):
             raise BadRequestError("the prompt is empty", param="prompt")
         if prompt_len >= self.max_model_len:
             raise PromptTooLongError(prompt_len, self.max_model_len)
-        gen = lm_args.generation_config_kwargs(config, self.generation, prompt_len, self.max_model_len,
-                                               self._model_defaults, output_constraint(config, request))
+        gen = lm_args.generation_config_kwargs(
+            config,
+            self.generation,
+            prompt_len,
+            self.max_model_len,
+            self._model_defaults,
+            output_constraint(config, request),
+        )
         stops = [s for s in (config.stop or self.generation.stop_words or []) if s]
-        top = (config.top_logprobs if config.top_logprobs is not None else (self.generation.top_logprobs or 0)) \
-            if "logprobs" in gen else None
-        outputs = self._generate(prompt, gen, config.n, stops, top, adapter_name,
-                                 every_step=config.stream or bool(stops))
+        top = (
+            (config.top_logprobs if config.top_logprobs is not None else (self.generation.top_logprobs or 0))
+            if "logprobs" in gen
+            else None
+        )
+        outputs = self._generate(
+            prompt, gen, config.n, stops, top, adapter_name, every_step=config.stream or bool(stops)
+        )
         return outputs, top is not None
 
     def _relay(self) -> LoopRelay:
@@ -199,9 +249,16 @@ class LmdeployEngine(SettingsEngine):
             relay = self._relays[loop] = LoopRelay(loop)
         return relay
 
-    async def _generate(self, prompt: dict[str, Any], gen: dict[str, Any], n: int, stops: list[str],
-                        top: Optional[int], adapter_name: Optional[str], every_step: bool
-                        ) -> AsyncIterator[SequenceOutput]:
+    async def _generate(
+        self,
+        prompt: dict[str, Any],
+        gen: dict[str, Any],
+        n: int,
+        stops: list[str],
+        top: int | None,
+        adapter_name: str | None,
+        every_step: bool,
+    ) -> AsyncIterator[SequenceOutput]:
         """All choices' outputs, relayed from the engine's loop thread; leaving early cancels the sessions.
         Without `every_step` (a whole answer, no stop string to watch) LMDeploy hands over the tokens at the end."""
         queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
@@ -211,8 +268,9 @@ class LmdeployEngine(SettingsEngine):
         for i in range(n):
             kwargs = {**gen, "random_seed": lm_args.choice_seed(gen.get("random_seed"), i)}
             tracker = ChoiceTracker(i, self.tokenizer, prompt_ids, stops, top)
-            futures.append(self._loop().submit(self._run_choice(prompt, kwargs, adapter_name, tracker, relay, queue,
-                                                                every_step)))
+            futures.append(
+                self._loop().submit(self._run_choice(prompt, kwargs, adapter_name, tracker, relay, queue, every_step))
+            )
         remaining = n
         try:
             while remaining:
@@ -224,18 +282,26 @@ class LmdeployEngine(SettingsEngine):
             for future in futures:
                 future.cancel()  # on the engine loop: CancelledError in LMDeploy's generate -> async_cancel
 
-    async def _run_choice(self, prompt: dict[str, Any], gen_kwargs: dict[str, Any], adapter_name: Optional[str],
-                          tracker: ChoiceTracker, relay: LoopRelay, queue: "asyncio.Queue[SequenceOutput]",
-                          every_step: bool) -> None:
+    async def _run_choice(
+        self,
+        prompt: dict[str, Any],
+        gen_kwargs: dict[str, Any],
+        adapter_name: str | None,
+        tracker: ChoiceTracker,
+        relay: LoopRelay,
+        queue: asyncio.Queue[SequenceOutput],
+        every_step: bool,
+    ) -> None:
         self._running += 1
         task = asyncio.current_task()
         self._choice_tasks.add(task)
         stream = None
-        last: Optional[SequenceOutput] = None  # held until the session is closed (a stop string ended it)
+        last: SequenceOutput | None = None  # held until the session is closed (a stop string ended it)
         try:
             gen_config = self._lmdeploy.GenerationConfig(**gen_kwargs)
-            request = await self._engine.preprocess(session_id=next(_session_ids), gen_config=gen_config,
-                                                    adapter_name=adapter_name, **prompt)
+            request = await self._engine.preprocess(
+                session_id=next(_session_ids), gen_config=gen_config, adapter_name=adapter_name, **prompt
+            )
             stream = self._engine.generate(request, stream_response=every_step)
             async for out in stream:
                 if tracker.finished:
@@ -286,11 +352,11 @@ class LmdeployEngine(SettingsEngine):
     def _on_loop(loop_thread: Any, coro: Any) -> None:
         try:
             loop_thread.submit(coro).result(timeout=30)
-        except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise from close()
+        except Exception as exc:
             logger.warning("lmdeploy engine: cleanup at close did not finish: %s: %s", type(exc).__name__, exc)
 
     @staticmethod
-    async def _cancel_tasks(tasks: Optional[list["asyncio.Task[Any]"]]) -> None:
+    async def _cancel_tasks(tasks: list[asyncio.Task[Any]] | None) -> None:
         """Cancel `tasks` (None: every task on this loop but the caller) and wait for them to end."""
         current = asyncio.current_task()
         if tasks is None:

@@ -7,11 +7,12 @@ held back before: the new ones are the last `generate_token_len - seen`), per-to
 dicts, cumulative `generate_token_len` / `input_token_len`, and a `finish_reason` on the last one. A stop
 token (EOS) is never among the token ids.
 """
+
 from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.token_decoder import TokenDecoder
@@ -26,11 +27,13 @@ def raw_logprobs(position: dict[int, float], token_id: int, top_k: int) -> tuple
 class ChoiceTracker:
     """One choice's GenOuts -> SequenceOutputs."""
 
-    def __init__(self, index: int, tokenizer: Any, prompt_ids: list[int], stops: list[str],
-                 top_logprobs: Optional[int]) -> None:
+    def __init__(
+        self, index: int, tokenizer: Any, prompt_ids: list[int], stops: list[str], top_logprobs: int | None
+    ) -> None:
         self.index = index
-        self.decoder = TokenDecoder(tokenizer, prompt_ids, index, tuple(s for s in stops if s),
-                                    want_logprobs=top_logprobs is not None)
+        self.decoder = TokenDecoder(
+            tokenizer, prompt_ids, index, tuple(s for s in stops if s), want_logprobs=top_logprobs is not None
+        )
         self.top_logprobs = top_logprobs  # None: logprobs not asked for
         self.seen = 0  # tokens handed to the decoder
         self.finished = False
@@ -47,8 +50,8 @@ class ChoiceTracker:
         raw = None
         if self.top_logprobs is not None and out.logprobs:
             # The logprobs are of the newest tokens only: align them from the end.
-            positions = list(out.logprobs)[-len(token_ids):] if token_ids else []
-            raw = [raw_logprobs(p, t, self.top_logprobs) for p, t in zip(positions, token_ids)]
+            positions = list(out.logprobs)[-len(token_ids) :] if token_ids else []
+            raw = [raw_logprobs(p, t, self.top_logprobs) for p, t in zip(positions, token_ids, strict=False)]
         result = self.decoder.feed(token_ids, out.finish_reason, out.input_token_len, raw, final_token_is_text=True)
         if result.finish_reason is not None:
             self.finished = True
@@ -67,7 +70,7 @@ class LoopRelay:
         self._scheduled = False
         self._lock = threading.Lock()
 
-    def push(self, queue: "asyncio.Queue[SequenceOutput]", out: SequenceOutput) -> None:
+    def push(self, queue: asyncio.Queue[SequenceOutput], out: SequenceOutput) -> None:
         with self._lock:
             self._items.append((queue, out))
             if self._scheduled:

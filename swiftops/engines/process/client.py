@@ -9,6 +9,7 @@ every sequence's new token ids. One receiver thread reads them and wakes each ev
 A dead engine process fails every request in flight with a 500 and makes `health_error()` say so (the server's
 /health then fails and it exits non-zero); it never leaves a request hanging.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,8 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, AsyncIterator, Callable, Optional
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 import zmq
@@ -29,12 +31,32 @@ import zmq
 from swiftops.engines.base import InferEngine
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.process import engine_main
-from swiftops.engines.process.messages import (Abort, Delta, ErrorInfo, Failed, FromEngine, LoadFailed, Ready,
-                                               Shutdown, Steps, Submit, Whole)
+from swiftops.engines.process.messages import (
+    Abort,
+    Delta,
+    ErrorInfo,
+    Failed,
+    FromEngine,
+    LoadFailed,
+    Ready,
+    Shutdown,
+    Steps,
+    Submit,
+    Whole,
+)
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.token_decoder import TokenDecoder
-from swiftops.protocol import (AdapterRequest, BadRequestError, ChatCompletionResponse, EngineError, InferRequest,
-                               PromptTooLongError, RequestConfig, SwiftopsError, UnsupportedError)
+from swiftops.protocol import (
+    AdapterRequest,
+    BadRequestError,
+    ChatCompletionResponse,
+    EngineError,
+    InferRequest,
+    PromptTooLongError,
+    RequestConfig,
+    SwiftopsError,
+    UnsupportedError,
+)
 from swiftops.protocol import errors as error_classes
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
@@ -69,9 +91,10 @@ def runs_in_engine_process(model: ModelSettings, engine: EngineSettings) -> bool
             return model.task_type in (None, "causal_lm")
         if model_task(model.model or "", model.task_type) != "causal_lm":
             return False
-        return not is_multimodal_model(model.model or "", trust_remote_code=model.trust_remote_code,
-                                       revision=model.model_revision)
-    except Exception:  # noqa: BLE001 - unreadable here: the in-process build reports it with its own message
+        return not is_multimodal_model(
+            model.model or "", trust_remote_code=model.trust_remote_code, revision=model.model_revision
+        )
+    except Exception:
         return False
 
 
@@ -84,7 +107,7 @@ class _Stream:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending: list[Any] = []
-        self.waiter: Optional[asyncio.Future[None]] = None
+        self.waiter: asyncio.Future[None] | None = None
 
     def push(self, item: Any) -> None:
         self.pending.append(item)
@@ -107,20 +130,25 @@ def _push_all(items: list[tuple[_Stream, Any]]) -> None:
 class EngineProcessClient(InferEngine):
     """The pt engine in a process of its own, behind the same interface as `PtEngine`."""
 
-    def __init__(self, model: ModelSettings, engine: EngineSettings, generation: Optional[GenerationSettings] = None,
-                 media: Optional[MediaSettings] = None) -> None:
+    def __init__(
+        self,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings | None = None,
+        media: MediaSettings | None = None,
+    ) -> None:
         from swiftops.engines.factory import check_model_location
 
         check_model_location(model)  # a missing path fails now, before a process starts
         self.generation = generation or GenerationSettings()
-        self.failure: Optional[str] = None
+        self.failure: str | None = None
         self._closing = False
         self._death_callbacks: list[Callable[[str], None]] = []
         self._streams: dict[int, _Stream] = {}
         self._rids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._running = self._waiting = 0
-        self._prefix_cache: Optional[tuple[int, int]] = None  # the engine process's counters, as last reported
+        self._prefix_cache: tuple[int, int] | None = None  # the engine process's counters, as last reported
         self._dir = tempfile.mkdtemp(prefix="swiftops-ipc-")
         if len(self._dir) > 80 and os.path.isdir("/tmp"):  # a Unix socket path holds at most ~107 bytes
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -138,13 +166,20 @@ class EngineProcessClient(InferEngine):
         self._decoder = msgspec.msgpack.Decoder(FromEngine)
         self._encoder = msgspec.msgpack.Encoder()
         spec = engine_main.EngineSpec(
-            settings={"model": model.model_dump_json(), "engine": engine.model_dump_json(),
-                      "generation": self.generation.model_dump_json(),
-                      "media": (media or MediaSettings()).model_dump_json()},
-            requests_address=requests_address, outputs_address=outputs_address, parent_pid=os.getpid())
+            settings={
+                "model": model.model_dump_json(),
+                "engine": engine.model_dump_json(),
+                "generation": self.generation.model_dump_json(),
+                "media": (media or MediaSettings()).model_dump_json(),
+            },
+            requests_address=requests_address,
+            outputs_address=outputs_address,
+            parent_pid=os.getpid(),
+        )
         # spawn: a fresh interpreter (CUDA cannot be forked once initialized, and the server's threads would be)
-        self._process = multiprocessing.get_context("spawn").Process(target=engine_main.run, args=(spec,),
-                                                                     name="swiftops-engine")
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=engine_main.run, args=(spec,), name="swiftops-engine"
+        )
         self._process.start()
         try:
             info = self._await_ready()
@@ -174,8 +209,10 @@ class EngineProcessClient(InferEngine):
                     self._process.join(timeout=10)
                     raise as_error(message.error)
             elif not self._process.is_alive():
-                raise EngineError(f"the engine process exited with status {self._process.exitcode} while loading "
-                                  f"the model; see the log above")
+                raise EngineError(
+                    f"the engine process exited with status {self._process.exitcode} while loading "
+                    f"the model; see the log above"
+                )
 
     # ---- what the server reads ------------------------------------------------------------------------
     @property
@@ -190,14 +227,14 @@ class EngineProcessClient(InferEngine):
     def num_waiting(self) -> int:
         return self._waiting
 
-    def prefix_cache_stats(self) -> Optional[tuple[int, int]]:
+    def prefix_cache_stats(self) -> tuple[int, int] | None:
         return self._prefix_cache
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._process.pid
 
-    def health_error(self) -> Optional[str]:
+    def health_error(self) -> str | None:
         return self.failure
 
     def on_death(self, callback: Callable[[str], None]) -> None:
@@ -269,15 +306,22 @@ class EngineProcessClient(InferEngine):
         if self.failure is None and not self._closing:
             self._send(Abort(rid, index))
 
-    def _adapter(self, adapter_request: Optional[AdapterRequest]) -> tuple[Optional[str], Optional[str]]:
+    def _adapter(self, adapter_request: AdapterRequest | None) -> tuple[str | None, str | None]:
         if adapter_request is None or adapter_request.name == self.model_name:
             return None, None  # the engine applies its default adapter, if any
         if adapter_request.path and adapter_request.name not in self._adapter_names:
             self._adapter_names.append(adapter_request.name)  # loaded by path on first use, then listed
         return adapter_request.name, adapter_request.path
 
-    async def _submit(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest],
-                      prompt_ids: Optional[list[int]], every_step: bool, whole: bool = False) -> tuple[int, _Stream]:
+    async def _submit(
+        self,
+        request: InferRequest,
+        config: RequestConfig,
+        adapter_request: AdapterRequest | None,
+        prompt_ids: list[int] | None,
+        every_step: bool,
+        whole: bool = False,
+    ) -> tuple[int, _Stream]:
         if self.failure is not None or self._closing:
             raise EngineError(f"{self.failure or 'the engine is shutting down'}; send the request again later")
         adapter, path = self._adapter(adapter_request)
@@ -288,8 +332,18 @@ class EngineProcessClient(InferEngine):
         # tool call is an output constraint the engine enforces).
         body = request.model_dump_json().encode() if whole or request.tools else None
         try:
-            self._send(Submit(rid, config.model_dump_json(exclude_defaults=True).encode(), prompt_ids, body,
-                              whole, adapter, path, every_step))
+            self._send(
+                Submit(
+                    rid,
+                    config.model_dump_json(exclude_defaults=True).encode(),
+                    prompt_ids,
+                    body,
+                    whole,
+                    adapter,
+                    path,
+                    every_step,
+                )
+            )
         except BaseException:
             self._streams.pop(rid, None)
             raise
@@ -301,8 +355,10 @@ class EngineProcessClient(InferEngine):
         from swiftops.template.multimodal import MultimodalEncoder
 
         if request.prompt is None and MultimodalEncoder.has_media(request):
-            raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model "
-                                   "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
+            raise UnsupportedError(
+                "this model takes text only; images, videos and audios need a multimodal model "
+                "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)"
+            )
         # Off the event loop: a chat template over a megabyte prompt takes seconds.
         ids = await text_pool().run(encode_prompt, self.tokenizer, request, self.generation.system)
         if not ids:
@@ -317,15 +373,16 @@ class EngineProcessClient(InferEngine):
     def _wants_logprobs(self, config: RequestConfig) -> bool:
         return config.logprobs or bool(config.top_logprobs)
 
-    async def generate(self, request: InferRequest, config: RequestConfig, *,
-                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+    async def generate(
+        self, request: InferRequest, config: RequestConfig, *, adapter_request: AdapterRequest | None = None
+    ) -> AsyncIterator[SequenceOutput]:
         if config.num_beams > 1:
-            raise BadRequestError("beam search returns whole answers: use num_beams with stream false",
-                                  param="stream")
+            raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
         prompt_ids = await self._prompt_ids(request)
         stops = self._stops(config)
-        rid, stream = await self._submit(request, config, adapter_request, prompt_ids,
-                                         every_step=config.stream or bool(stops))
+        rid, stream = await self._submit(
+            request, config, adapter_request, prompt_ids, every_step=config.stream or bool(stops)
+        )
         want = self._wants_logprobs(config)
         decoders = [TokenDecoder(self.tokenizer, prompt_ids, i, stops, want) for i in range(config.n)]
         return self._outputs(rid, stream, decoders)
@@ -364,19 +421,33 @@ class EngineProcessClient(InferEngine):
             if isinstance(item, Delta) and item.index in last and item.error is None:
                 previous = merged[last[item.index]]
                 if previous.finish_reason is None and previous.error is None:
-                    logprobs = (previous.logprobs or []) + (item.logprobs or []) \
-                        if previous.logprobs is not None or item.logprobs is not None else None
-                    merged[last[item.index]] = Delta(item.rid, item.index, previous.token_ids + item.token_ids,
-                                                     item.finish_reason, item.prompt_tokens, item.completion_tokens,
-                                                     logprobs)
+                    logprobs = (
+                        (previous.logprobs or []) + (item.logprobs or [])
+                        if previous.logprobs is not None or item.logprobs is not None
+                        else None
+                    )
+                    merged[last[item.index]] = Delta(
+                        item.rid,
+                        item.index,
+                        previous.token_ids + item.token_ids,
+                        item.finish_reason,
+                        item.prompt_tokens,
+                        item.completion_tokens,
+                        logprobs,
+                    )
                     continue
             if isinstance(item, Delta):
                 last[item.index] = len(merged)
             merged.append(item)
         return merged
 
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None):
+    async def infer_async(
+        self,
+        request: InferRequest,
+        request_config: RequestConfig | None = None,
+        *,
+        adapter_request: AdapterRequest | None = None,
+    ):
         config = request_config or RequestConfig()
         name = adapter_request.name if adapter_request is not None else self.model_name
         if config.num_beams > 1 and not config.stream:
@@ -387,8 +458,9 @@ class EngineProcessClient(InferEngine):
             return stream_response(outputs, config.n, name, tools, self._wants_logprobs(config))
         return await collect_response(outputs, config.n, name, tools, self._wants_logprobs(config))
 
-    async def _whole(self, request: InferRequest, config: RequestConfig,
-                     adapter_request: Optional[AdapterRequest]) -> ChatCompletionResponse:
+    async def _whole(
+        self, request: InferRequest, config: RequestConfig, adapter_request: AdapterRequest | None
+    ) -> ChatCompletionResponse:
         """Beam search runs whole in the engine process (transformers' generate beside the batch)."""
         rid, stream = await self._submit(request, config, adapter_request, None, every_step=False, whole=True)
         try:

@@ -7,6 +7,7 @@ sends one `Steps` message per step, from `StepRelay`. SIGINT and SIGTERM are ign
 decides when to stop (after its drain) and says so with `Shutdown`. If the API server dies, so does this
 process (the parent watch below), so no orphan holds the GPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,13 +19,25 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 import zmq
 
-from swiftops.engines.process.messages import (Abort, Delta, ErrorInfo, Failed, FromEngine, LoadFailed, Ready,
-                                               Shutdown, Steps, Submit, ToEngine, Whole)
+from swiftops.engines.process.messages import (
+    Abort,
+    Delta,
+    ErrorInfo,
+    Failed,
+    FromEngine,
+    LoadFailed,
+    Ready,
+    Shutdown,
+    Steps,
+    Submit,
+    ToEngine,
+    Whole,
+)
 
 logger = logging.getLogger("swiftops.engine_process")
 _encoder = msgspec.msgpack.Encoder()
@@ -48,7 +61,7 @@ class EngineInfo:
     max_model_len: int
     max_batch_size: int
     adapter_names: list[str]
-    default_adapter: Optional[str]
+    default_adapter: str | None
     tokenizer: Any
     runner_name: str
 
@@ -66,7 +79,7 @@ class _Choice:
 
     __slots__ = ("rid", "index", "every_step", "ids", "logprobs", "request")
 
-    def __init__(self, rid: int, index: int, every_step: bool, request: "_Request") -> None:
+    def __init__(self, rid: int, index: int, every_step: bool, request: _Request) -> None:
         self.rid, self.index, self.every_step, self.request = rid, index, every_step, request
         self.ids: list[int] = []
         self.logprobs: list[Any] = []
@@ -97,18 +110,39 @@ class StepRelay:
         deltas = []
         for choice, out in items:
             if out.error is not None:
-                delta = Delta(choice.rid, choice.index, choice.ids + out.token_ids, "error", out.prompt_tokens,
-                              out.completion_tokens, error=error_info(out.error))
+                delta = Delta(
+                    choice.rid,
+                    choice.index,
+                    choice.ids + out.token_ids,
+                    "error",
+                    out.prompt_tokens,
+                    out.completion_tokens,
+                    error=error_info(out.error),
+                )
             elif choice.every_step:
-                delta = Delta(choice.rid, choice.index, out.token_ids, out.finish_reason, out.prompt_tokens,
-                              out.completion_tokens, out.logprobs or None)
+                delta = Delta(
+                    choice.rid,
+                    choice.index,
+                    out.token_ids,
+                    out.finish_reason,
+                    out.prompt_tokens,
+                    out.completion_tokens,
+                    out.logprobs or None,
+                )
             else:  # a whole answer is awaited: gather its tokens, send them once at the end
                 choice.ids += out.token_ids
                 choice.logprobs += out.logprobs
                 if out.finish_reason is None:
                     continue
-                delta = Delta(choice.rid, choice.index, choice.ids, out.finish_reason, out.prompt_tokens,
-                              out.completion_tokens, choice.logprobs or None)
+                delta = Delta(
+                    choice.rid,
+                    choice.index,
+                    choice.ids,
+                    out.finish_reason,
+                    out.prompt_tokens,
+                    out.completion_tokens,
+                    choice.logprobs or None,
+                )
             deltas.append(delta)
             if delta.finish_reason is not None:
                 choice.request.open -= 1
@@ -116,11 +150,10 @@ class StepRelay:
                     self.requests.pop(choice.rid, None)
         if deltas:
             self.counts = (self.engine.num_running, self.engine.num_waiting)
-            self.socket.send(_encoder.encode(Steps(deltas, *self.counts, prefix_cache_counts(self.engine))),
-                             copy=False)
+            self.socket.send(_encoder.encode(Steps(deltas, *self.counts, prefix_cache_counts(self.engine))), copy=False)
 
 
-def prefix_cache_counts(engine: Any) -> Optional[list[int]]:
+def prefix_cache_counts(engine: Any) -> list[int] | None:
     """The engine's prefix-cache counters as they cross to the server (its /metrics)."""
     stats = engine.prefix_cache_stats()
     return list(stats) if stats is not None else None
@@ -176,8 +209,11 @@ class EngineServer:
                 raise _Gone()
             config = RequestConfig.model_validate_json(submit.config)
             adapter = AdapterRequest(name=submit.adapter, path=submit.adapter_path) if submit.adapter else None
-            request = InferRequest.model_validate_json(submit.request) if submit.request is not None \
+            request = (
+                InferRequest.model_validate_json(submit.request)
+                if submit.request is not None
                 else InferRequest(prompt=submit.prompt_ids)
+            )
             if submit.whole:  # beam search: the in-process path, whole
                 response = await self.engine.infer_async(request, config, adapter_request=adapter)
                 self._forget(submit.rid)
@@ -187,14 +223,15 @@ class EngineServer:
         except _Gone:
             self._forget(submit.rid)
             return
-        except Exception as exc:  # noqa: BLE001 - a bad request fails alone, in the server's 4xx/500
+        except Exception as exc:
             self._forget(submit.rid)
             self._send(Failed(submit.rid, error_info(exc)))
             return
         prepared.params = dataclasses.replace(prepared.params, token_ids_only=True, incremental=False)
         request = _Request(prepared.n)
-        sinks = [self._sink_class(self.relay, _Choice(submit.rid, i, submit.every_step, request))
-                 for i in range(prepared.n)]
+        sinks = [
+            self._sink_class(self.relay, _Choice(submit.rid, i, submit.every_step, request)) for i in range(prepared.n)
+        ]
         with self._lock:  # launched and registered at once: an abort sees either nothing or all of it
             self._pending.discard(submit.rid)
             if submit.rid in self._aborted:
@@ -236,8 +273,7 @@ def run(spec: EngineSpec) -> None:
     """The engine process's entry point (multiprocessing, spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server drains first
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threading.Thread(target=_watch_parent, args=(spec.parent_pid,), name="swiftops-parent-watch", daemon=True).start()
     context = zmq.Context()
     inbox = context.socket(zmq.PULL)
@@ -249,7 +285,7 @@ def run(spec: EngineSpec) -> None:
 
     try:
         engine = _build(spec)
-    except BaseException as exc:  # noqa: BLE001 - reported to the server, which exits with its message
+    except BaseException as exc:
         if not isinstance(exc, SwiftopsError):
             logger.exception("the engine failed to load")
         status.send(_encoder.encode(LoadFailed(error_info(exc))))
@@ -257,8 +293,15 @@ def run(spec: EngineSpec) -> None:
         context.term()
         sys.exit(2 if isinstance(exc, SwiftopsError) else 1)
     server = EngineServer(engine, context, spec.outputs_address)
-    info = EngineInfo(engine.model_name, engine.max_model_len, engine.max_batch_size, list(engine.adapter_names),
-                      engine.default_adapter, engine.tokenizer, getattr(engine, "runner_name", "?"))
+    info = EngineInfo(
+        engine.model_name,
+        engine.max_model_len,
+        engine.max_batch_size,
+        list(engine.adapter_names),
+        engine.default_adapter,
+        engine.tokenizer,
+        getattr(engine, "runner_name", "?"),
+    )
     status.send(_encoder.encode(Ready(pickle.dumps(info))))
     decoder = msgspec.msgpack.Decoder(ToEngine)
     try:

@@ -4,9 +4,8 @@ Small and cheap on the hot path: a request is submitted as token ids once; the e
 `Steps` message per engine step holding every sequence's new token ids (array-like structs: no field names
 on the wire). Anything large or rare (the tokenizer at start-up, a beam-search response) is bytes inside.
 """
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import msgspec
 
@@ -16,19 +15,19 @@ class ErrorInfo(msgspec.Struct, array_like=True):
 
     kind: str
     message: str
-    param: Optional[str] = None
-    code: Optional[str] = None
+    param: str | None = None
+    code: str | None = None
 
 
 # ---- API server -> engine ------------------------------------------------------------------------------
 class Submit(msgspec.Struct, tag=True, array_like=True):
     rid: int
     config: bytes  # RequestConfig as JSON (validated once by the server; pydantic once per request)
-    prompt_ids: Optional[list[int]] = None  # tokenized by the server
-    request: Optional[bytes] = None  # the InferRequest as JSON: for beams, and for its tools (a forced tool call)
+    prompt_ids: list[int] | None = None  # tokenized by the server
+    request: bytes | None = None  # the InferRequest as JSON: for beams, and for its tools (a forced tool call)
     whole: bool = False  # answer with one `Whole` response (beam search: transformers' generate, in-process)
-    adapter: Optional[str] = None
-    adapter_path: Optional[str] = None  # a LoRA adapter by path, loaded on first use
+    adapter: str | None = None
+    adapter_path: str | None = None  # a LoRA adapter by path, loaded on first use
     every_step: bool = True  # hand over tokens each step (streams, stop strings); else once at the end
 
 
@@ -41,7 +40,7 @@ class Shutdown(msgspec.Struct, tag=True, array_like=True):
     pass
 
 
-ToEngine = Union[Submit, Abort, Shutdown]
+ToEngine = Submit | Abort | Shutdown
 
 
 # ---- engine -> API server ------------------------------------------------------------------------------
@@ -59,19 +58,19 @@ class Delta(msgspec.Struct, array_like=True):
     rid: int
     index: int
     token_ids: list[int]
-    finish_reason: Optional[str]
+    finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
     # Raw logprobs, one per token: [chosen logprob, [[token id, logprob], ...]] (only when asked for).
-    logprobs: Optional[list] = None
-    error: Optional[ErrorInfo] = None
+    logprobs: list | None = None
+    error: ErrorInfo | None = None
 
 
 class Steps(msgspec.Struct, tag=True, array_like=True):
     deltas: list[Delta]
     running: int  # the engine's counts, for /metrics
     waiting: int
-    prefix_cache: Optional[list[int]] = None  # (queried, hit) prompt tokens since start; None: caching off
+    prefix_cache: list[int] | None = None  # (queried, hit) prompt tokens since start; None: caching off
 
 
 class Failed(msgspec.Struct, tag=True, array_like=True):
@@ -88,4 +87,4 @@ class Whole(msgspec.Struct, tag=True, array_like=True):
     response: bytes
 
 
-FromEngine = Union[Ready, LoadFailed, Steps, Failed, Whole]
+FromEngine = Ready | LoadFailed | Steps | Failed | Whole

@@ -9,11 +9,11 @@ read through its row of the block table.
 On CUDA the Triton kernels (`triton_attention`) do that in one launch per layer, reading only each sequence's
 real context. Elsewhere (CPU) torch's SDPA does it, gathering each decode batch's keys up to its longest context.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,15 +38,15 @@ class StepContext:
     use_triton: bool
     num_splits: int = 1  # decode key segments (split-KV), Triton only
     # The SDPA path's host copies (no device sync on CPU): new tokens and context length of each sequence.
-    host_q_lens: Optional[list[int]] = None
-    host_ctx_lens: Optional[list[int]] = None
+    host_q_lens: list[int] | None = None
+    host_ctx_lens: list[int] | None = None
 
 
 class PagedAttentionUnsupported(RuntimeError):
     """This layer does something the paged path does not model; the engine's self-check then picks the fallback."""
 
 
-def _key_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Optional[int]) -> torch.Tensor:
+def _key_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
     """[q, k] True where the query at q_pos sees the key at k_pos (causal, and within the sliding window)."""
     mask = k_pos[None, :] <= q_pos[:, None]
     if window:
@@ -54,8 +54,7 @@ def _key_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Optional[int]) -
     return mask
 
 
-def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: float,
-                 window: Optional[int]) -> torch.Tensor:
+def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
     # query: [1, H, B, D] -> [B, H, 1, D]; keys gathered up to the batch's longest context: [B, Hkv, L, D]
     q = query[0].transpose(0, 1).unsqueeze(2)
     kv_heads, head_dim = ctx.keys[layer].shape[1:]
@@ -68,23 +67,23 @@ def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: flo
     v = paged_v[blocks].view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
     # each sequence's one query sits at its last position: row b of the mask is sequence b's keys
     mask = _key_mask(ctx.ctx_lens.long() - 1, torch.arange(width * ctx.block_size, device=q.device), window)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scaling,
-                                         enable_gqa=q.shape[1] != kv_heads)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask[:, None, None, :], scale=scaling, enable_gqa=q.shape[1] != kv_heads
+    )
     return out.squeeze(2).unsqueeze(0)  # [1, B, H, D]
 
 
-def _sdpa_prefill(ctx: StepContext, layer: int, query, key, value, scaling: float,
-                  window: Optional[int]) -> torch.Tensor:
+def _sdpa_prefill(ctx: StepContext, layer: int, query, key, value, scaling: float, window: int | None) -> torch.Tensor:
     outs = []
     gqa = query.shape[1] != key.shape[1]
     start = 0
     rows = ctx.rows.tolist()
-    for row, length, context in zip(rows, ctx.host_q_lens, ctx.host_ctx_lens):
-        q = query[:, :, start:start + length]
+    for row, length, context in zip(rows, ctx.host_q_lens, ctx.host_ctx_lens, strict=False):
+        q = query[:, :, start : start + length]
         cached = context - length
         if cached == 0:
-            k = key[:, :, start:start + length]
-            v = value[:, :, start:start + length]
+            k = key[:, :, start : start + length]
+            v = value[:, :, start : start + length]
         else:  # a chunk after earlier chunks (or a recompute): attend over the whole cached context
             pos = torch.arange(context, device=query.device)
             slots = ctx.tables[row, pos // ctx.block_size].long() * ctx.block_size + pos % ctx.block_size
@@ -101,28 +100,61 @@ def _sdpa_prefill(ctx: StepContext, layer: int, query, key, value, scaling: floa
     return torch.cat(outs, dim=2).transpose(1, 2)  # [1, T, H, D]
 
 
-def _triton(ctx: StepContext, layer: int, query: torch.Tensor, scaling: float, window: Optional[int],
-            softcap: Optional[float]) -> torch.Tensor:
+def _triton(
+    ctx: StepContext, layer: int, query: torch.Tensor, scaling: float, window: int | None, softcap: float | None
+) -> torch.Tensor:
     from swiftops.engines.pt.triton_attention import paged_attention
-    out = paged_attention(query[0].transpose(0, 1), ctx.keys[layer], ctx.values[layer], ctx.tables, ctx.rows,
-                          ctx.ctx_lens, ctx.q_starts, ctx.max_q_len, ctx.block_size, scaling, window, softcap,
-                          ctx.num_splits)
+
+    out = paged_attention(
+        query[0].transpose(0, 1),
+        ctx.keys[layer],
+        ctx.values[layer],
+        ctx.tables,
+        ctx.rows,
+        ctx.ctx_lens,
+        ctx.q_starts,
+        ctx.max_q_len,
+        ctx.block_size,
+        scaling,
+        window,
+        softcap,
+        ctx.num_splits,
+    )
     return out.unsqueeze(0)  # [1, T, H, D]
 
 
-def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None,
-                            dropout: float = 0.0, sliding_window: Optional[int] = None, **kwargs):
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    **kwargs,
+):
     """transformers attention-interface signature; query [1, H, T, D], key/value [1, Hkv, T, D]."""
-    ctx: Optional[StepContext] = kwargs.get(CONTEXT_KWARG)
+    ctx: StepContext | None = kwargs.get(CONTEXT_KWARG)
     if ctx is None:  # called outside our runner (e.g. a plain forward): behave like sdpa
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      sliding_window=sliding_window, **kwargs)
+
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            sliding_window=sliding_window,
+            **kwargs,
+        )
     softcap = kwargs.get("softcap")
     if query.shape[0] != 1 or (softcap and not ctx.use_triton):
-        raise PagedAttentionUnsupported("paged attention: unpacked batches (and soft-capping without Triton) are "
-                                        "not supported")
+        raise PagedAttentionUnsupported(
+            "paged attention: unpacked batches (and soft-capping without Triton) are not supported"
+        )
     layer = module.layer_idx
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     # Write this step's keys/values ([T, Hkv, D]) into their cache slots.
@@ -151,4 +183,5 @@ def triton_available(device: torch.device) -> bool:
 
 def register() -> None:
     from transformers import AttentionInterface
+
     AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention_forward)

@@ -5,16 +5,24 @@ and beams need the whole group rescored each step. `generate` runs on a worker t
 loop; the paged attention function behaves like sdpa when our runner's step context is absent, so the same
 weights serve both. LoRA is refused here: the adapters' per-token slot map belongs to the engine loop's step.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any
 
-from swiftops.protocol import (BadRequestError, ChatCompletionResponse, ChatCompletionResponseChoice, ChatMessage,
-                               RequestConfig, UnsupportedError, UsageInfo)
+from swiftops.protocol import (
+    BadRequestError,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatMessage,
+    RequestConfig,
+    UnsupportedError,
+    UsageInfo,
+)
 
 
-def check_beam_request(config: RequestConfig, adapter: Optional[str], has_media: bool) -> None:
+def check_beam_request(config: RequestConfig, adapter: str | None, has_media: bool) -> None:
     """What beam search on the pt backend cannot do, as a 400 that says what to do."""
     if config.stream:
         raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
@@ -23,8 +31,7 @@ def check_beam_request(config: RequestConfig, adapter: Optional[str], has_media:
     if has_media:
         raise UnsupportedError("beam search takes text-only requests on the pt backend; drop num_beams for media")
     if config.n > config.num_beams:
-        raise BadRequestError(f"n={config.n} needs num_beams >= n (each choice is one of the final beams)",
-                              param="n")
+        raise BadRequestError(f"n={config.n} needs num_beams >= n (each choice is one of the final beams)", param="n")
     if config.logprobs:
         raise BadRequestError("logprobs are not returned with beam search; drop one of them", param="logprobs")
 
@@ -34,34 +41,63 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _generate(model: Any, tokenizer: Any, prompt_ids: list[int], config: RequestConfig, max_tokens: int,
-              eos: set[int], stops: tuple[str, ...], device: Any, name: str) -> ChatCompletionResponse:
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: list[int],
+    config: RequestConfig,
+    max_tokens: int,
+    eos: set[int],
+    stops: tuple[str, ...],
+    device: Any,
+    name: str,
+) -> ChatCompletionResponse:
     import torch
 
     ids = torch.tensor([prompt_ids], device=device)  # [1, S]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=config.num_beams,
-                             num_return_sequences=config.n, max_new_tokens=max_tokens, do_sample=False,
-                             eos_token_id=sorted(eos) or None, pad_token_id=pad,
-                             repetition_penalty=config.repetition_penalty or 1.0)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=config.num_beams,
+            num_return_sequences=config.n,
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=sorted(eos) or None,
+            pad_token_id=pad,
+            repetition_penalty=config.repetition_penalty or 1.0,
+        )
     choices, completion_tokens = [], 0
-    for index, row in enumerate(out[:, len(prompt_ids):].tolist()):
+    for index, row in enumerate(out[:, len(prompt_ids) :].tolist()):
         ended = next((i for i, t in enumerate(row) if t in eos), None)
         tokens = row[:ended] if ended is not None else [t for t in row if t != pad]
         completion_tokens += len(tokens) + (ended is not None)
         text, stopped = _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
         finish = "stop" if ended is not None or stopped else "length"
-        choices.append(ChatCompletionResponseChoice(index=index, message=ChatMessage(content=text),
-                                                    finish_reason=finish))
-    usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
-                      total_tokens=len(prompt_ids) + completion_tokens)
+        choices.append(
+            ChatCompletionResponseChoice(index=index, message=ChatMessage(content=text), finish_reason=finish)
+        )
+    usage = UsageInfo(
+        prompt_tokens=len(prompt_ids),
+        completion_tokens=completion_tokens,
+        total_tokens=len(prompt_ids) + completion_tokens,
+    )
     return ChatCompletionResponse(model=name, choices=choices, usage=usage)
 
 
-async def beam_search_response(model: Any, tokenizer: Any, prompt_ids: list[int], config: RequestConfig,
-                               max_tokens: int, eos: set[int], stops: tuple[str, ...], device: Any,
-                               name: str) -> ChatCompletionResponse:
+async def beam_search_response(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: list[int],
+    config: RequestConfig,
+    max_tokens: int,
+    eos: set[int],
+    stops: tuple[str, ...],
+    device: Any,
+    name: str,
+) -> ChatCompletionResponse:
     """One request's answer by beam search, off the event loop."""
-    return await asyncio.to_thread(_generate, model, tokenizer, prompt_ids, config, max_tokens, eos, stops,
-                                   device, name)
+    return await asyncio.to_thread(
+        _generate, model, tokenizer, prompt_ids, config, max_tokens, eos, stops, device, name
+    )

@@ -13,6 +13,7 @@ holds it, and nobody writes into a cached block (a sequence writes only at posit
 blocks of its own). A block nobody holds stays cached, in least-recently-freed order, until a new block is needed
 and no never-cached block is left; only then is it evicted (its hash forgotten) and reused.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -24,8 +25,15 @@ from swiftops.engines.pt.sequence import Sequence
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, max_seqs: int, max_model_len: int,
-                 device: torch.device, prefix_caching: bool = False) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        max_seqs: int,
+        max_model_len: int,
+        device: torch.device,
+        prefix_caching: bool = False,
+    ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.device = device

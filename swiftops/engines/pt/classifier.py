@@ -15,18 +15,32 @@ What a response carries (ms-swift's convention, in OpenAI's shape; `choices[0].m
 The conversation goes through the tokenizer's chat template when it has one (no generation prompt: the
 answer being scored is part of it); otherwise the messages' texts are joined by newlines.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import os
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.engines.base import InferEngine
-from swiftops.protocol import (AdapterRequest, BadRequestError, ChatCompletionResponse, ChatCompletionResponseChoice,
-                               ChatCompletionTokenLogprob, ChatMessage, ChoiceLogprobs, ConfigError, InferRequest,
-                               PromptTooLongError, RequestConfig, TopLogprob, UnsupportedError, UsageInfo)
+from swiftops.protocol import (
+    AdapterRequest,
+    BadRequestError,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionTokenLogprob,
+    ChatMessage,
+    ChoiceLogprobs,
+    ConfigError,
+    InferRequest,
+    PromptTooLongError,
+    RequestConfig,
+    TopLogprob,
+    UnsupportedError,
+    UsageInfo,
+)
 from swiftops.template.chat_template import normalize_messages
 
 STEP_SEPARATOR = "\n\n"
@@ -37,10 +51,19 @@ PRM_STEP_TOKENS = ("<extra_0>",)
 class PtClassifierEngine(InferEngine):
     """`PtClassifierEngine(path, task_type="reward")`: one score per conversation (or per step with "prm")."""
 
-    def __init__(self, model: str, *, task_type: Optional[str] = None, torch_dtype: Optional[str] = None,
-                 device_map: Optional[str] = None, max_model_len: Optional[int] = None,
-                 model_revision: Optional[str] = None, trust_remote_code: bool = False,
-                 served_model_name: Optional[str] = None, **_: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        task_type: str | None = None,
+        torch_dtype: str | None = None,
+        device_map: str | None = None,
+        max_model_len: int | None = None,
+        model_revision: str | None = None,
+        trust_remote_code: bool = False,
+        served_model_name: str | None = None,
+        **_: Any,
+    ) -> None:
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -79,10 +102,17 @@ class PtClassifierEngine(InferEngine):
         return AutoModel.from_pretrained(source, dtype=dtype, **common)  # e.g. Qwen2.5-Math-PRM (remote code)
 
     @classmethod
-    def from_settings(cls, model, engine, generation=None, **kwargs: Any) -> "PtClassifierEngine":
-        return cls(model.model, task_type=model.task_type, torch_dtype=model.torch_dtype, device_map=model.device_map,
-                   max_model_len=model.max_model_len, model_revision=model.model_revision,
-                   trust_remote_code=model.trust_remote_code, **kwargs)
+    def from_settings(cls, model, engine, generation=None, **kwargs: Any) -> PtClassifierEngine:
+        return cls(
+            model.model,
+            task_type=model.task_type,
+            torch_dtype=model.torch_dtype,
+            device_map=model.device_map,
+            max_model_len=model.max_model_len,
+            model_revision=model.model_revision,
+            trust_remote_code=model.trust_remote_code,
+            **kwargs,
+        )
 
     # ---- input text ------------------------------------------------------------------------------
     def render(self, request: InferRequest) -> str:
@@ -95,8 +125,9 @@ class PtClassifierEngine(InferEngine):
             try:
                 return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
             except Exception as exc:
-                raise BadRequestError(f"the model's chat template rejected the conversation: {exc}",
-                                      param="messages") from exc
+                raise BadRequestError(
+                    f"the model's chat template rejected the conversation: {exc}", param="messages"
+                ) from exc
         return "\n".join(str(m.get("content") or "") for m in messages)
 
     def step_token(self) -> str:
@@ -105,8 +136,10 @@ class PtClassifierEngine(InferEngine):
 
     def _mark_steps(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if messages[-1]["role"] != "assistant":
-            raise BadRequestError("a process reward model scores the steps of the last assistant message; end the "
-                                  "conversation with it", param="messages")
+            raise BadRequestError(
+                "a process reward model scores the steps of the last assistant message; end the conversation with it",
+                param="messages",
+            )
         steps = [s.strip() for s in str(messages[-1]["content"]).split(STEP_SEPARATOR) if s.strip()]
         if not steps:
             raise BadRequestError("the assistant message has no steps to score", param="messages")
@@ -121,8 +154,9 @@ class PtClassifierEngine(InferEngine):
         if request.images or request.videos or request.audios:
             raise UnsupportedError("this classifier takes text only")
         text = self.render(request)
-        ids = self.tokenizer(text, add_special_tokens=request.prompt is not None or not self.tokenizer.chat_template
-                             )["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=request.prompt is not None or not self.tokenizer.chat_template)[
+            "input_ids"
+        ]
         if not ids:
             raise BadRequestError("the input is empty", param="messages")
         if len(ids) > self.max_model_len:
@@ -132,7 +166,7 @@ class PtClassifierEngine(InferEngine):
             logits = out.logits if hasattr(out, "logits") else out[0]
         return logits[0].float().cpu(), ids
 
-    def _content(self, logits: Any, ids: list[int]) -> tuple[str, Optional[ChoiceLogprobs]]:
+    def _content(self, logits: Any, ids: list[int]) -> tuple[str, ChoiceLogprobs | None]:
         import torch
 
         if self.task_type == "prm":
@@ -150,13 +184,20 @@ class PtClassifierEngine(InferEngine):
         entry = ChatCompletionTokenLogprob(token=label[best], logprob=float(logprobs[best]), top_logprobs=top)
         return str(best), ChoiceLogprobs(content=[entry])
 
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None) -> ChatCompletionResponse:
+    async def infer_async(
+        self,
+        request: InferRequest,
+        request_config: RequestConfig | None = None,
+        *,
+        adapter_request: AdapterRequest | None = None,
+    ) -> ChatCompletionResponse:
         if request_config is not None and request_config.stream:
             raise UnsupportedError(f"a {self.task_type} model does not stream; send stream=false")
         logits, ids = await asyncio.to_thread(self.score, request)
         content, logprobs = self._content(logits, ids)
-        choice = ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=content),
-                                              finish_reason="stop", logprobs=logprobs)
-        return ChatCompletionResponse(model=self.model_name, choices=[choice],
-                                      usage=UsageInfo(prompt_tokens=len(ids), total_tokens=len(ids)))
+        choice = ChatCompletionResponseChoice(
+            index=0, message=ChatMessage(role="assistant", content=content), finish_reason="stop", logprobs=logprobs
+        )
+        return ChatCompletionResponse(
+            model=self.model_name, choices=[choice], usage=UsageInfo(prompt_tokens=len(ids), total_tokens=len(ids))
+        )

@@ -6,6 +6,7 @@ calls each sequence's sink with what it produced. A failure inside a step (an ex
 splits the batch: each sequence of the step is recomputed alone, so only the one that fails by itself gets
 the error in its sink, and the loop carries on with the others.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,16 +14,16 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
+from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
 from swiftops.engines.pt.fault_injection import FaultInjector
 from swiftops.engines.pt.post_step import PostStep, advance
 from swiftops.engines.pt.sampler import PendingSample, sample, sample_on_device
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
-from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.sequence import AsyncSink, Sequence, deliver_all
 from swiftops.protocol import EngineError
 
@@ -30,8 +31,15 @@ logger = logging.getLogger(__name__)
 
 
 class EngineCore:
-    def __init__(self, runner: Any, scheduler: Scheduler, tokenizer: Any, eos_token_ids: set[int],
-                 max_model_len: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        runner: Any,
+        scheduler: Scheduler,
+        tokenizer: Any,
+        eos_token_ids: set[int],
+        max_model_len: int,
+        device: torch.device,
+    ) -> None:
         self.runner = runner
         self.scheduler = scheduler
         self.tokenizer = tokenizer
@@ -117,8 +125,13 @@ class EngineCore:
             if not plan:
                 if self.scheduler.waiting and not self.scheduler.running:
                     # Nothing runs and the head of the queue can never fit: fail it rather than spin.
-                    self._fail(self.scheduler.waiting[0], EngineError(
-                        "the KV cache is too small for this prompt; raise --kv_cache_memory_gb or --gpu_memory_utilization"))
+                    self._fail(
+                        self.scheduler.waiting[0],
+                        EngineError(
+                            "the KV cache is too small for this prompt; "
+                            "raise --kv_cache_memory_gb or --gpu_memory_utilization"
+                        ),
+                    )
             else:
                 self._step(plan)
             self._flush()
@@ -157,12 +170,15 @@ class EngineCore:
         try:
             self._run_plan(plan, emitted)
             self.steps += 1
-        except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch or kill the engine
+        except Exception as exc:
             logger.exception("engine step failed; retrying its sequences one by one")
             if not plan.computed:  # the blocks this step was to fill may hold garbage: out of the prefix cache
                 self.scheduler.forget_cached(plan)
-            left = [s for s in [*plan.decode, *(s for s, _ in plan.prefill)]
-                    if s.seq_id not in emitted and s.seq_id in self._by_id]
+            left = [
+                s
+                for s in [*plan.decode, *(s for s, _ in plan.prefill)]
+                if s.seq_id not in emitted and s.seq_id in self._by_id
+            ]
             if len(left) == 1:
                 self._fail(left[0], self._as_engine_error(exc))
                 return
@@ -184,10 +200,11 @@ class EngineCore:
         return not (self._inbox or self._aborts or self._stopped or self.scheduler.waiting)
 
     def _can_pipeline(self, plan: StepPlan) -> bool:
-        return (not plan.prefill and self.faults is None and getattr(self.runner, "can_pipeline", False)
-                and self._quiet())
+        return (
+            not plan.prefill and self.faults is None and getattr(self.runner, "can_pipeline", False) and self._quiet()
+        )
 
-    def _continuing(self, seqs: list[Sequence]) -> Optional[list[Sequence]]:
+    def _continuing(self, seqs: list[Sequence]) -> list[Sequence] | None:
         """The sequences that go on after the step in flight (those ending there by length are known now), if the
         next step can be launched before its tokens are seen: no penalty needs them, the cache has room."""
         if not self._quiet():
@@ -214,7 +231,7 @@ class EngineCore:
         try:
             with torch.inference_mode():
                 self._pipeline(batch)
-        except Exception:  # noqa: BLE001 - one bad request must not fail its batch or kill the engine
+        except Exception:
             logger.exception("engine step failed; retrying its sequences one by one")
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # whatever was launched is done before the recomputes
@@ -226,13 +243,14 @@ class EngineCore:
         while True:
             advance(StepPlan(decode=batch))
             nxt = self._continuing(batch)
-            following: Optional[PendingSample] = None
+            following: PendingSample | None = None
             held_logits = None
             if nxt is not None:
                 going_on = set(map(id, nxt))
                 rows = [i for i, s in enumerate(batch) if id(s) in going_on] if len(nxt) < len(batch) else None
-                tokens = pending.chosen if rows is None else \
-                    pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
+                tokens = (
+                    pending.chosen if rows is None else pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
+                )
                 logits = self.runner.decode(nxt, tokens)
                 # A grammar's mask for the step launched here depends on the token of the step in flight: the
                 # forward runs now, its sampling is queued once that token is accepted (below), still ahead of
@@ -266,7 +284,7 @@ class EngineCore:
         seq.num_computed = min(blocks.trusted_prefix(seq), target - 1) if blocks is not None else 0
         try:
             self._run_plan(StepPlan(prefill=[(seq, target - seq.num_computed)]), set())
-        except Exception as exc:  # noqa: BLE001 - this sequence fails by itself: it is the culprit
+        except Exception as exc:
             logger.exception("sequence %d fails alone", seq.seq_id)
             self._free_memory(exc)
             self._fail(seq, self._as_engine_error(exc))
@@ -276,8 +294,10 @@ class EngineCore:
         if isinstance(exc, EngineError):
             return exc
         if isinstance(exc, torch.OutOfMemoryError):
-            return EngineError(f"out of memory while generating this request alone ({exc}); send a shorter prompt "
-                               f"or a lower max_tokens, or give the server more memory")
+            return EngineError(
+                f"out of memory while generating this request alone ({exc}); send a shorter prompt "
+                f"or a lower max_tokens, or give the server more memory"
+            )
         return EngineError(f"generation failed: {type(exc).__name__}: {exc}")
 
     def _free_memory(self, exc: Exception) -> None:
@@ -286,11 +306,19 @@ class EngineCore:
 
     def _fail(self, seq: Sequence, error: BaseException) -> None:
         self._retire(seq)
-        self._deliver(seq, SequenceOutput(index=seq.index, finish_reason="error", error=error,
-                                          prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids)))
+        self._deliver(
+            seq,
+            SequenceOutput(
+                index=seq.index,
+                finish_reason="error",
+                error=error,
+                prompt_tokens=len(seq.prompt_ids),
+                completion_tokens=len(seq.output_ids),
+            ),
+        )
 
     def _emit(self, seqs: list[Sequence], result: Any) -> None:
-        for seq, token, info in zip(seqs, result.token_ids, result.logprobs):
+        for seq, token, info in zip(seqs, result.token_ids, result.logprobs, strict=False):
             if seq.aborted or seq.seq_id not in self._by_id:
                 continue
             out = self.post_step.append(seq, token, info)
@@ -314,4 +342,3 @@ class _RowView:
         result.token_ids = [result.token_ids[i] for i in self.rows]
         result.logprobs = [result.logprobs[i] for i in self.rows]
         return result
-

@@ -7,10 +7,11 @@ table and the Triton kernels read each sequence's context up to its length, so n
 `max_model_len`: a graph's memory is the activations of its batch. Padded rows use the scratch row 0, which
 points at the scratch block 0, and their logits are dropped.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 
@@ -31,8 +32,15 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 
 class CudaGraphDecoder:
-    def __init__(self, model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device,
-                 max_batch: int, lora: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        cache: PagedKVCache,
+        blocks: BlockManager,
+        device: torch.device,
+        max_batch: int,
+        lora: Any = None,
+    ) -> None:
         self.model = model
         self.lora = lora
         self.cache = cache
@@ -53,13 +61,15 @@ class CudaGraphDecoder:
             self.lora.gather = True
             self.lora.set_step(lora_slots, [])
         from swiftops.engines.pt.triton_attention import decode_splits  # Triton: CUDA builds of torch only
+
         splits = decode_splits(batch * self.cache.shape.num_kv_heads, self.num_sms)
         ctx = decode_context(self.cache, self.blocks, positions, rows, use_triton=True, num_splits=splits)
         position_ids = positions[None]
         if self.mrope:
             position_ids = torch.cat([position_ids, self.rope[:, :batch]]).unsqueeze(1)
-        out = self.model(input_ids=ids[None], position_ids=position_ids, use_cache=False, logits_to_keep=0,
-                         **{CONTEXT_KWARG: ctx})
+        out = self.model(
+            input_ids=ids[None], position_ids=position_ids, use_cache=False, logits_to_keep=0, **{CONTEXT_KWARG: ctx}
+        )
         return out.logits[0]
 
     def capture(self) -> None:
@@ -84,8 +94,14 @@ class CudaGraphDecoder:
             self.lora.set_step(None, [])
         logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
 
-    def run(self, ids: Union[list[int], torch.Tensor], positions: list[int], rows: list[int], lora_slots: list[int],
-            rope: Optional[torch.Tensor]) -> torch.Tensor:
+    def run(
+        self,
+        ids: list[int] | torch.Tensor,
+        positions: list[int],
+        rows: list[int],
+        lora_slots: list[int],
+        rope: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Replay the smallest graph that holds the batch. `ids` may be a device tensor: the tokens the previous
         step sampled, not yet seen by the host (pipelined decode)."""
         batch = len(ids)
@@ -107,4 +123,5 @@ class CudaGraphDecoder:
 
 def can_use_graphs(device: torch.device, enforce_eager: bool) -> bool:
     from swiftops.engines.pt.attention import triton_available
+
     return device.type == "cuda" and not enforce_eager and triton_available(device)

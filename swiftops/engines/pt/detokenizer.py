@@ -1,19 +1,21 @@
 """Incremental detokenization with stop strings that are never returned, not even in part while streaming."""
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 # Prompt tokens decoded with the output, so tokenizers that drop a leading space in isolation
 # (sentencepiece) decode the first output token as they would in context.
 _CONTEXT_TOKENS = 5
 
 
-def _decode_stream(tokenizer: Any, context: list[int]) -> Optional[Any]:
+def _decode_stream(tokenizer: Any, context: list[int]) -> Any | None:
     """A Rust-side incremental decoder (one step per token) for fast tokenizers, or None."""
     backend = getattr(tokenizer, "_tokenizer", None)
     try:
         from tokenizers import Tokenizer
         from tokenizers.decoders import DecodeStream
+
         if not isinstance(backend, Tokenizer):
             return None
         return DecodeStream(ids=context, skip_special_tokens=True)
@@ -46,10 +48,10 @@ class IncrementalDetokenizer:
                 self._append(piece)
                 self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             return
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self._append(full[len(prefix):])
+            self._append(full[len(prefix) :])
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
 
     def add_all(self, token_ids: list[int]) -> None:
@@ -61,10 +63,10 @@ class IncrementalDetokenizer:
         """At the end, decode whatever is still held back (an incomplete UTF-8 sequence)."""
         if self.stopped:
             return
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
         if len(full) > len(prefix):
-            self._append(full[len(prefix):])
+            self._append(full[len(prefix) :])
         self.prefix_offset = self.read_offset = len(self.ids)
 
     def _append(self, delta: str) -> None:
@@ -76,7 +78,7 @@ class IncrementalDetokenizer:
             return
         hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
         if hits:
-            self.text = self.text[:min(hits)]
+            self.text = self.text[: min(hits)]
             self.stopped = True
 
     def _held_back(self) -> int:
@@ -94,7 +96,7 @@ class IncrementalDetokenizer:
         end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
         if end <= self.emitted:
             return ""
-        out = self.text[self.emitted:end]
+        out = self.text[self.emitted : end]
         self.emitted = end
         return out
 
@@ -102,5 +104,5 @@ class IncrementalDetokenizer:
         return self._decode([token_id])
 
 
-def token_bytes(text: str) -> Optional[list[int]]:
+def token_bytes(text: str) -> list[int] | None:
     return list(text.encode("utf-8"))

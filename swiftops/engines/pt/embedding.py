@@ -8,6 +8,7 @@ files: mean pooling for encoders, last-token pooling for decoders, normalised.
 Also here: `detect_task_type(model_path)`, which the engine factory uses to pick this engine, the
 classifier engine or the generative `PtEngine`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,19 +16,43 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 from swiftops.engines.base import InferEngine
-from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, EmbeddingData, EmbeddingResponse,
-                               InferRequest, PromptTooLongError, RequestConfig, UnsupportedError, UsageInfo)
+from swiftops.protocol import (
+    AdapterRequest,
+    BadRequestError,
+    ConfigError,
+    EmbeddingData,
+    EmbeddingResponse,
+    InferRequest,
+    PromptTooLongError,
+    RequestConfig,
+    UnsupportedError,
+    UsageInfo,
+)
 
 TaskType = str  # one of ModelSettings.task_type's literals
 EMBEDDING_BATCH = 32
-_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta", "deberta-v2",
-                  "modernbert", "nomic_bert", "camembert", "albert", "e5", "new"}
+_ENCODER_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "mpnet",
+    "distilbert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "modernbert",
+    "nomic_bert",
+    "camembert",
+    "albert",
+    "e5",
+    "new",
+}
 
 
-def _read_json(path: str) -> Optional[dict]:
+def _read_json(path: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -61,8 +86,9 @@ def detect_task_type(model_path: str) -> TaskType:
             return "prm"
         if arch.endswith("RewardModel"):
             return "reward"
-    if config.get("model_type") in _ENCODER_TYPES and not any(a.endswith(("ForMaskedLM", "ForCausalLM"))
-                                                               for a in architectures):
+    if config.get("model_type") in _ENCODER_TYPES and not any(
+        a.endswith(("ForMaskedLM", "ForCausalLM")) for a in architectures
+    ):
         return "embedding"
     return "causal_lm"
 
@@ -71,7 +97,7 @@ def detect_task_type(model_path: str) -> TaskType:
 class Pooling:
     mode: str  # "mean", "cls", "max", "mean_sqrt_len", "lasttoken"
     normalize: bool
-    max_seq_length: Optional[int]
+    max_seq_length: int | None
 
 
 def read_pooling(model_path: str, is_decoder: bool) -> Pooling:
@@ -87,13 +113,18 @@ def read_pooling(model_path: str, is_decoder: bool) -> Pooling:
         if kind.endswith("Pooling"):
             pooling = _read_json(os.path.join(model_path, module.get("path", ""), "config.json")) or {}
             if "pooling_mode" in pooling:
-                mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(pooling["pooling_mode"],
-                                                                                              pooling["pooling_mode"])
+                mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(
+                    pooling["pooling_mode"], pooling["pooling_mode"]
+                )
             else:
                 for name in ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "lasttoken", "mean_tokens"):
                     if pooling.get(f"pooling_mode_{name}"):
-                        mode = {"cls_token": "cls", "max_tokens": "max", "mean_sqrt_len_tokens": "mean_sqrt_len",
-                                "mean_tokens": "mean"}.get(name, name)
+                        mode = {
+                            "cls_token": "cls",
+                            "max_tokens": "max",
+                            "mean_sqrt_len_tokens": "mean_sqrt_len",
+                            "mean_tokens": "mean",
+                        }.get(name, name)
                         break
         elif kind.endswith("Normalize"):
             normalize = True
@@ -123,10 +154,19 @@ class PtEmbeddingEngine(InferEngine):
     models): the embedding of the raw prompt, or of the last message's text.
     """
 
-    def __init__(self, model: str, *, torch_dtype: Optional[str] = None, device_map: Optional[str] = None,
-                 max_model_len: Optional[int] = None, model_revision: Optional[str] = None,
-                 trust_remote_code: bool = False, served_model_name: Optional[str] = None,
-                 max_batch_size: Optional[int] = None, **_: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        torch_dtype: str | None = None,
+        device_map: str | None = None,
+        max_model_len: int | None = None,
+        model_revision: str | None = None,
+        trust_remote_code: bool = False,
+        served_model_name: str | None = None,
+        max_batch_size: int | None = None,
+        **_: Any,
+    ) -> None:
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -145,9 +185,13 @@ class PtEmbeddingEngine(InferEngine):
         self.device = device
         self.model.to(device).eval()
         is_decoder = bool(getattr(config, "is_decoder", False)) or any(
-            a.endswith("ForCausalLM") for a in (config.architectures or []))
-        self.pooling = read_pooling(source, is_decoder) if os.path.isdir(source) else Pooling(
-            "lasttoken" if is_decoder else "mean", True, None)
+            a.endswith("ForCausalLM") for a in (config.architectures or [])
+        )
+        self.pooling = (
+            read_pooling(source, is_decoder)
+            if os.path.isdir(source)
+            else Pooling("lasttoken" if is_decoder else "mean", True, None)
+        )
         positions = getattr(config, "max_position_embeddings", None) or 512
         self.max_model_len = min(x for x in (max_model_len, self.pooling.max_seq_length, positions) if x)
         self.model_name = served_model_name or os.path.basename(os.path.normpath(model))
@@ -155,13 +199,20 @@ class PtEmbeddingEngine(InferEngine):
         self._lock = threading.Lock()  # one forward at a time: the model and the CPU threads are shared
 
     @classmethod
-    def from_settings(cls, model, engine, generation=None, **kwargs: Any) -> "PtEmbeddingEngine":
-        return cls(model.model, torch_dtype=model.torch_dtype, device_map=model.device_map,
-                   max_model_len=model.max_model_len, model_revision=model.model_revision,
-                   trust_remote_code=model.trust_remote_code, max_batch_size=engine.max_batch_size, **kwargs)
+    def from_settings(cls, model, engine, generation=None, **kwargs: Any) -> PtEmbeddingEngine:
+        return cls(
+            model.model,
+            torch_dtype=model.torch_dtype,
+            device_map=model.device_map,
+            max_model_len=model.max_model_len,
+            model_revision=model.model_revision,
+            trust_remote_code=model.trust_remote_code,
+            max_batch_size=engine.max_batch_size,
+            **kwargs,
+        )
 
     # ---- embedding --------------------------------------------------------------------------------
-    def _batch(self, inputs: list[Union[str, list[int]]]):
+    def _batch(self, inputs: list[str | list[int]]):
         import torch
 
         rows = []
@@ -183,13 +234,13 @@ class PtEmbeddingEngine(InferEngine):
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
         return ids, mask
 
-    def embed(self, inputs: list[Union[str, list[int]]]) -> list[list[float]]:
+    def embed(self, inputs: list[str | list[int]]) -> list[list[float]]:
         """Embeddings of `inputs` (texts, or token id lists), synchronously."""
         import torch
 
         vectors: list[list[float]] = []
         for start in range(0, len(inputs), self.max_batch_size):
-            ids, mask = self._batch(inputs[start:start + self.max_batch_size])
+            ids, mask = self._batch(inputs[start : start + self.max_batch_size])
             with self._lock, torch.inference_mode():
                 hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, S, H]
                 pooled = pool(hidden.float(), mask, self.pooling.mode)
@@ -205,7 +256,7 @@ class PtEmbeddingEngine(InferEngine):
 
     # ---- the chat interface: an embedding per request ----------------------------------------------
     @staticmethod
-    def text_of(request: InferRequest) -> Union[str, list[int]]:
+    def text_of(request: InferRequest) -> str | list[int]:
         if request.prompt is not None:
             return request.prompt
         content = request.messages[-1].get("content")
@@ -213,8 +264,13 @@ class PtEmbeddingEngine(InferEngine):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
         return content or ""
 
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None) -> EmbeddingResponse:
+    async def infer_async(
+        self,
+        request: InferRequest,
+        request_config: RequestConfig | None = None,
+        *,
+        adapter_request: AdapterRequest | None = None,
+    ) -> EmbeddingResponse:
         if request_config is not None and request_config.stream:
             raise UnsupportedError("an embedding model does not stream; send stream=false")
         if request.images or request.videos or request.audios:
@@ -222,8 +278,11 @@ class PtEmbeddingEngine(InferEngine):
         text = self.text_of(request)
         [vector] = await self.embed_async([text])
         tokens = len(text) if isinstance(text, list) else len(self.tokenizer(text)["input_ids"])
-        return EmbeddingResponse(model=self.model_name, data=[EmbeddingData(index=0, embedding=vector)],
-                                 usage=UsageInfo(prompt_tokens=tokens, total_tokens=tokens))
+        return EmbeddingResponse(
+            model=self.model_name,
+            data=[EmbeddingData(index=0, embedding=vector)],
+            usage=UsageInfo(prompt_tokens=tokens, total_tokens=tokens),
+        )
 
     async def _timed(self, request, config, adapter_request, metrics, key):
         # An EmbeddingResponse has no choices: count it as one sample with no generated tokens.

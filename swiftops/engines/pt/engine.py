@@ -1,4 +1,5 @@
 """`PtEngine`: swiftops' own backend on transformers models, with continuous batching and a paged KV cache."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +8,14 @@ import gc
 import logging
 import os
 from collections import deque
-from typing import Any, AsyncIterator, Optional, Union
+from collections.abc import AsyncIterator
+from typing import Any
 
 import torch
 
 from swiftops.engines.base import InferEngine
+from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
+from swiftops.engines.outputs import SequenceOutput, merge_outputs
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.core import EngineCore
@@ -23,18 +27,30 @@ from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
 from swiftops.engines.pt.scheduler import Scheduler
-from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
-from swiftops.engines.outputs import SequenceOutput, merge_outputs
 from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
 from swiftops.engines.response_builder import collect_response, stream_response
-from swiftops.protocol import (AdapterRequest, BadRequestError, ConfigError, EngineError, InferRequest,
-                               ModelNotFoundError, PromptTooLongError, RequestConfig, UnsupportedError)
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
 from swiftops.media.worker_pools import media_pool, text_pool
+from swiftops.protocol import (
+    AdapterRequest,
+    BadRequestError,
+    ConfigError,
+    EngineError,
+    InferRequest,
+    ModelNotFoundError,
+    PromptTooLongError,
+    RequestConfig,
+    UnsupportedError,
+)
+from swiftops.protocol.settings import (
+    EngineSettings,
+    GenerationSettings,
+    MediaSettings,
+    ModelSettings,
+    resolve_adapters,
+)
 from swiftops.protocol.structured_output import output_constraint
-from swiftops.protocol.settings import (EngineSettings, GenerationSettings, MediaSettings, ModelSettings,
-                                        resolve_adapters)
 from swiftops.template.chat_template import encode_prompt
 from swiftops.template.multimodal import MultimodalEncoder
 from swiftops.template.template import GENERATION_TEMPLATE
@@ -51,7 +67,7 @@ class PreparedRequest:
 
     prompt_ids: list[int]
     params: SamplingParams
-    adapter: Optional[str]
+    adapter: str | None
     name: str  # the model name its responses carry
     mm_inputs: Any
     n: int
@@ -84,7 +100,7 @@ class PtEngine(InferEngine):
     request that names no adapter (`default_adapter` picks one by name). An embedding, reward or classifier
     checkpoint gets its own engine (PtEmbeddingEngine, PtClassifierEngine), as in ms-swift."""
 
-    def __new__(cls, model: Any = None, *args: Any, task_type: Optional[str] = None, **kwargs: Any) -> Any:
+    def __new__(cls, model: Any = None, *args: Any, task_type: str | None = None, **kwargs: Any) -> Any:
         if cls is PtEngine and isinstance(model, str) and model:
             from swiftops.engines.pt.task import model_task, task_engine_class
 
@@ -96,45 +112,80 @@ class PtEngine(InferEngine):
                 return other(model, task_type=task, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, model: str, adapters: Union[dict[str, str], list[str], str, None] = None, *,
-                 max_batch_size: Optional[int] = None, torch_dtype: Union[str, torch.dtype, None] = None,
-                 device_map: Optional[str] = None,
-                 max_model_len: Optional[int] = None, model_revision: Optional[str] = None,
-                 trust_remote_code: bool = False, max_num_batched_tokens: int = 2048,
-                 gpu_memory_utilization: float = 0.9, kv_cache_memory_gb: Optional[float] = None,
-                 block_size: int = 16, enforce_eager: bool = False,
-                 generation: Optional[GenerationSettings] = None, served_model_name: Optional[str] = None,
-                 runner: Optional[str] = None, max_loras: int = 8, max_lora_rank: int = 64,
-                 merge_lora: bool = False, quant_method: Optional[str] = None, quant_bits: Optional[int] = None,
-                 enable_lora: bool = False, max_memory: Optional[str] = None, media: Optional[MediaSettings] = None,
-                 media_policy: Optional[MediaPolicy] = None,
-                 limit_mm_per_prompt: Optional[dict[str, int]] = None, default_adapter: Optional[str] = None,
-                 task_type: Optional[str] = None, template: Optional[str] = None, use_chat_template: bool = True,
-                 attn_impl: Optional[str] = None, enable_prefix_caching: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        adapters: dict[str, str] | list[str] | str | None = None,
+        *,
+        max_batch_size: int | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        device_map: str | None = None,
+        max_model_len: int | None = None,
+        model_revision: str | None = None,
+        trust_remote_code: bool = False,
+        max_num_batched_tokens: int = 2048,
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_memory_gb: float | None = None,
+        block_size: int = 16,
+        enforce_eager: bool = False,
+        generation: GenerationSettings | None = None,
+        served_model_name: str | None = None,
+        runner: str | None = None,
+        max_loras: int = 8,
+        max_lora_rank: int = 64,
+        merge_lora: bool = False,
+        quant_method: str | None = None,
+        quant_bits: int | None = None,
+        enable_lora: bool = False,
+        max_memory: str | None = None,
+        media: MediaSettings | None = None,
+        media_policy: MediaPolicy | None = None,
+        limit_mm_per_prompt: dict[str, int] | None = None,
+        default_adapter: str | None = None,
+        task_type: str | None = None,
+        template: str | None = None,
+        use_chat_template: bool = True,
+        attn_impl: str | None = None,
+        enable_prefix_caching: bool | None = None,
+    ) -> None:
         register()
         if attn_impl:  # ms-swift's flash_attention_2/sdpa choice: the pt backend always runs its paged attention
-            logger.info("attn_impl=%s: the pt backend runs its own paged attention (vision towers keep sdpa)",
-                        attn_impl)
+            logger.info(
+                "attn_impl=%s: the pt backend runs its own paged attention (vision towers keep sdpa)", attn_impl
+            )
         self.generation = generation or GenerationSettings()
         try:
             adapters, self.default_adapter = resolve_adapters(adapters, default_adapter)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        loaded = load_model(model, revision=model_revision, torch_dtype=torch_dtype, device_map=device_map,
-                            max_model_len=max_model_len, trust_remote_code=trust_remote_code,
-                            attn_implementation=ATTN_IMPLEMENTATION, quant_method=quant_method,
-                            quant_bits=quant_bits, max_memory=max_memory)
-        self.encoder: Optional[MultimodalEncoder] = None
+        loaded = load_model(
+            model,
+            revision=model_revision,
+            torch_dtype=torch_dtype,
+            device_map=device_map,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=ATTN_IMPLEMENTATION,
+            quant_method=quant_method,
+            quant_bits=quant_bits,
+            max_memory=max_memory,
+        )
+        self.encoder: MultimodalEncoder | None = None
         if loaded.processor is not None:
             _vision_on_sdpa(loaded.model)
-            self.encoder = MultimodalEncoder(loaded.processor, limits=MediaLimits.resolve(media),
-                                             policy=media_policy or MediaPolicy.permissive(media),
-                                             limit_mm_per_prompt=limit_mm_per_prompt,
-                                             default_system=self.generation.system)
+            self.encoder = MultimodalEncoder(
+                loaded.processor,
+                limits=MediaLimits.resolve(media),
+                policy=media_policy or MediaPolicy.permissive(media),
+                limit_mm_per_prompt=limit_mm_per_prompt,
+                default_system=self.generation.system,
+            )
         if merge_lora and adapters:
             if len(adapters) != 1:
-                raise ConfigError("--merge_lora true merges exactly one adapter; pass one, or drop --merge_lora "
-                                  "to serve several side by side")
+                raise ConfigError(
+                    "--merge_lora true merges exactly one adapter; pass one, or drop --merge_lora "
+                    "to serve several side by side"
+                )
             loaded.model = merge_adapter(loaded.model, next(iter(adapters.values())))
             loaded.model.set_attn_implementation(ATTN_IMPLEMENTATION)
             if loaded.processor is not None:
@@ -145,8 +196,9 @@ class PtEngine(InferEngine):
             loaded.tokenizer.chat_template = read_chat_template(template) if use_chat_template else GENERATION_TEMPLATE
             if loaded.processor is not None:
                 loaded.processor.chat_template = loaded.tokenizer.chat_template
-        self.lora = (LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model)
-                     if adapters or enable_lora else None)
+        self.lora = (
+            LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model) if adapters or enable_lora else None
+        )
         self._lora_limits, self._model_source = (max_loras, max_lora_rank), model
         self._loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -160,15 +212,31 @@ class PtEngine(InferEngine):
         self._eos = self._eos_ids(loaded)
         self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
         # The logits' width (lm_head rows), which may be padded beyond the tokenizer's vocabulary.
-        self._grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.get_text_config().vocab_size,
-                                         self._eos)
-        self._core = self._start_core(loaded, runner, block_size, gpu_memory_utilization, kv_cache_memory_gb,
-                                      max_batch_size, max_num_batched_tokens, enforce_eager,
-                                      enable_prefix_caching is not False)
+        self._grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.get_text_config().vocab_size, self._eos)
+        self._core = self._start_core(
+            loaded,
+            runner,
+            block_size,
+            gpu_memory_utilization,
+            kv_cache_memory_gb,
+            max_batch_size,
+            max_num_batched_tokens,
+            enforce_eager,
+            enable_prefix_caching is not False,
+        )
 
-    def _start_core(self, loaded: LoadedModel, runner: Optional[str], block_size: int, utilization: float,
-                    cache_gb: Optional[float], max_batch_size: int, max_num_batched_tokens: int,
-                    enforce_eager: bool, prefix_caching: bool) -> EngineCore:
+    def _start_core(
+        self,
+        loaded: LoadedModel,
+        runner: str | None,
+        block_size: int,
+        utilization: float,
+        cache_gb: float | None,
+        max_batch_size: int,
+        max_num_batched_tokens: int,
+        enforce_eager: bool,
+        prefix_caching: bool,
+    ) -> EngineCore:
         """The KV cache, the fast or fallback runner (by the self-check), CUDA graphs, and the engine thread."""
         shape = _cache_shape(loaded.model, loaded.dtype)
         num_blocks = self._num_blocks(loaded, shape, block_size, utilization, cache_gb, max_batch_size)
@@ -180,12 +248,20 @@ class PtEngine(InferEngine):
             from swiftops.engines.pt.fused_mlp import fuse_gated_mlps
             from swiftops.engines.pt.fused_norm import fuse_rms_norms
             from swiftops.engines.pt.fused_rotary import fuse_rotary
-            self.fused_kernels = {"rms_norm": fuse_rms_norms(loaded.model), "gated_mlp": fuse_gated_mlps(loaded.model),
-                                  "rotary": fuse_rotary(loaded.model)}
-            logger.info("pt engine: Triton kernels replace %s (modules, or modeling modules for rotary)",
-                        self.fused_kernels)
-        agrees, self.paged_check_error = (True, None) if choice in ("fallback", "paged") else paged_path_agrees(
-            loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size)
+
+            self.fused_kernels = {
+                "rms_norm": fuse_rms_norms(loaded.model),
+                "gated_mlp": fuse_gated_mlps(loaded.model),
+                "rotary": fuse_rotary(loaded.model),
+            }
+            logger.info(
+                "pt engine: Triton kernels replace %s (modules, or modeling modules for rotary)", self.fused_kernels
+            )
+        agrees, self.paged_check_error = (
+            (True, None)
+            if choice in ("fallback", "paged")
+            else paged_path_agrees(loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size)
+        )
         if choice == "fallback" or not agrees:
             logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", self.model_name)
             loaded.model.set_attn_implementation("sdpa")
@@ -198,9 +274,12 @@ class PtEngine(InferEngine):
                 graphs = CudaGraphDecoder(loaded.model, cache, blocks, loaded.device, max_batch_size, self.lora)
                 try:
                     graphs.capture()
-                except Exception as exc:  # noqa: BLE001 - some kernels (quantized, custom) cannot be captured
-                    logger.warning("pt engine: CUDA graphs unavailable for this model (%s: %s); decoding eagerly",
-                                   type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                except Exception as exc:
+                    logger.warning(
+                        "pt engine: CUDA graphs unavailable for this model (%s: %s); decoding eagerly",
+                        type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "",
+                    )
                     graphs = None
                     torch.cuda.synchronize(loaded.device)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora)
@@ -212,27 +291,53 @@ class PtEngine(InferEngine):
             self.block_manager = blocks
         self.runner_name = run.name
         self.cuda_graphs = run.name == "paged" and run.graphs is not None
-        logger.info("pt engine ready: %s on %s (%s), runner=%s, cuda_graphs=%s, max_model_len=%d, "
-                    "max_batch_size=%d, kv_cache_blocks=%d, prefix_caching=%s", self.model_name, loaded.device,
-                    loaded.dtype, run.name, self.cuda_graphs, self.max_model_len, max_batch_size, num_blocks,
-                    self.prefix_caching)
+        logger.info(
+            "pt engine ready: %s on %s (%s), runner=%s, cuda_graphs=%s, max_model_len=%d, "
+            "max_batch_size=%d, kv_cache_blocks=%d, prefix_caching=%s",
+            self.model_name,
+            loaded.device,
+            loaded.dtype,
+            run.name,
+            self.cuda_graphs,
+            self.max_model_len,
+            max_batch_size,
+            num_blocks,
+            self.prefix_caching,
+        )
         return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
 
     @classmethod
-    def from_settings(cls, model: ModelSettings, engine: EngineSettings,
-                      generation: Optional[GenerationSettings] = None, **kwargs: Any) -> "PtEngine":
-        return cls(model.model, model.adapters or None, default_adapter=model.default_adapter,
-                   template=model.template, use_chat_template=model.use_chat_template, max_batch_size=engine.max_batch_size,
-                   torch_dtype=model.torch_dtype, device_map=model.device_map, max_model_len=model.max_model_len,
-                   model_revision=model.model_revision, trust_remote_code=model.trust_remote_code,
-                   max_num_batched_tokens=engine.max_num_batched_tokens,
-                   gpu_memory_utilization=engine.gpu_memory_utilization,
-                   kv_cache_memory_gb=engine.kv_cache_memory_gb, block_size=engine.block_size,
-                   enforce_eager=engine.enforce_eager, generation=generation, max_loras=engine.max_loras,
-                   max_lora_rank=engine.max_lora_rank, merge_lora=model.merge_lora, quant_method=model.quant_method,
-                   quant_bits=model.quant_bits, max_memory=model.max_memory,
-                   limit_mm_per_prompt=engine.limit_mm_per_prompt or None,
-                   enable_prefix_caching=engine.enable_prefix_caching, **kwargs)
+    def from_settings(
+        cls, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings | None = None, **kwargs: Any
+    ) -> PtEngine:
+        return cls(
+            model.model,
+            model.adapters or None,
+            default_adapter=model.default_adapter,
+            template=model.template,
+            use_chat_template=model.use_chat_template,
+            max_batch_size=engine.max_batch_size,
+            torch_dtype=model.torch_dtype,
+            device_map=model.device_map,
+            max_model_len=model.max_model_len,
+            model_revision=model.model_revision,
+            trust_remote_code=model.trust_remote_code,
+            max_num_batched_tokens=engine.max_num_batched_tokens,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            kv_cache_memory_gb=engine.kv_cache_memory_gb,
+            block_size=engine.block_size,
+            enforce_eager=engine.enforce_eager,
+            generation=generation,
+            max_loras=engine.max_loras,
+            max_lora_rank=engine.max_lora_rank,
+            merge_lora=model.merge_lora,
+            quant_method=model.quant_method,
+            quant_bits=model.quant_bits,
+            max_memory=model.max_memory,
+            limit_mm_per_prompt=engine.limit_mm_per_prompt or None,
+            enable_prefix_caching=engine.enable_prefix_caching,
+            **kwargs,
+        )
 
     def _admit_lora(self, seq: Sequence, running: list[Sequence]) -> bool:
         """Scheduler hook (engine thread): a sequence runs once its adapter holds a slot."""
@@ -264,8 +369,14 @@ class PtEngine(InferEngine):
         return ids
 
     @staticmethod
-    def _num_blocks(loaded: LoadedModel, shape: CacheShape, block_size: int, utilization: float,
-                    cache_gb: Optional[float], max_batch_size: int) -> int:
+    def _num_blocks(
+        loaded: LoadedModel,
+        shape: CacheShape,
+        block_size: int,
+        utilization: float,
+        cache_gb: float | None,
+        max_batch_size: int,
+    ) -> int:
         if cache_gb:
             budget = int(cache_gb * (1 << 30))
         elif loaded.device.type == "cuda":
@@ -280,15 +391,17 @@ class PtEngine(InferEngine):
             sampler = 4 * max_batch_size * vocab * 4
             budget = int(total * utilization) - used - (1 << 30) - graphs - sampler
             if budget <= 0:
-                raise UnsupportedError(f"no GPU memory left for the KV cache at gpu_memory_utilization={utilization}; "
-                                       "raise it or use a smaller model")
+                raise UnsupportedError(
+                    f"no GPU memory left for the KV cache at gpu_memory_utilization={utilization}; "
+                    "raise it or use a smaller model"
+                )
         else:
             wanted = max_batch_size * loaded.max_model_len * shape.bytes_per_token
             budget = min(_CPU_CACHE_BYTES, wanted)
         return PagedKVCache.num_blocks_for(budget, shape, block_size) + 1  # +1: the scratch block
 
     # ---- the engine interface -------------------------------------------------------------------
-    def prefix_cache_stats(self) -> Optional[tuple[int, int]]:
+    def prefix_cache_stats(self) -> tuple[int, int] | None:
         """(queried, hit) prompt tokens since start, counted at each admission as vLLM does; None when off."""
         blocks = getattr(self, "block_manager", None)
         if not self.prefix_caching or blocks is None:
@@ -312,29 +425,51 @@ class PtEngine(InferEngine):
         stop = tuple(s for s in (config.stop or g.stop_words or []) if s)
         top_logprobs = config.top_logprobs if config.top_logprobs is not None else (g.top_logprobs or 0)
         return SamplingParams(
-            max_tokens=max_tokens, temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p or 1.0),
+            max_tokens=max_tokens,
+            temperature=float(temperature),
+            top_k=int(top_k or 0),
+            top_p=float(top_p or 1.0),
             min_p=config.min_p,
-            repetition_penalty=float(penalty or 1.0), presence_penalty=config.presence_penalty,
+            repetition_penalty=float(penalty or 1.0),
+            presence_penalty=config.presence_penalty,
             frequency_penalty=config.frequency_penalty,
-            seed=config.seed if config.seed is not None else self.generation.seed, stop=stop,
-            stop_token_ids=frozenset(config.stop_token_ids or ()), ignore_eos=config.ignore_eos,
-            logprobs=config.logprobs or bool(config.top_logprobs), top_logprobs=top_logprobs,
-            incremental=config.stream or bool(stop))
+            seed=config.seed if config.seed is not None else self.generation.seed,
+            stop=stop,
+            stop_token_ids=frozenset(config.stop_token_ids or ()),
+            ignore_eos=config.ignore_eos,
+            logprobs=config.logprobs or bool(config.top_logprobs),
+            top_logprobs=top_logprobs,
+            incremental=config.stream or bool(stop),
+        )
 
     def encode(self, request: InferRequest) -> list[int]:
         return encode_prompt(self.tokenizer, request, self.generation.system)
 
-    async def infer_async(self, request: InferRequest, request_config: Optional[RequestConfig] = None, *,
-                          adapter_request: Optional[AdapterRequest] = None):
+    async def infer_async(
+        self,
+        request: InferRequest,
+        request_config: RequestConfig | None = None,
+        *,
+        adapter_request: AdapterRequest | None = None,
+    ):
         config = request_config or RequestConfig()
         prepared = await self.prepare(request, config, adapter_request)
         params = prepared.params
         if config.num_beams > 1:  # transformers' generate, beside the continuously batched sequences
             from swiftops.engines.pt.beam_search import beam_search_response, check_beam_request
+
             check_beam_request(config, prepared.adapter, prepared.mm_inputs is not None)
-            return await beam_search_response(self.model, self.tokenizer, prepared.prompt_ids, config,
-                                              params.max_tokens, self._eos, params.stop, self._loaded.device,
-                                              prepared.name)
+            return await beam_search_response(
+                self.model,
+                self.tokenizer,
+                prepared.prompt_ids,
+                config,
+                params.max_tokens,
+                self._eos,
+                params.stop,
+                self._loaded.device,
+                prepared.name,
+            )
         outputs = self._outputs(prepared)
         tools = bool(request.tools) and request.tool_choice != "none"
         if config.stream:
@@ -344,8 +479,9 @@ class PtEngine(InferEngine):
             response.images_size = prepared.mm_inputs.image_sizes(self._loaded.processor)
         return response
 
-    async def generate(self, request: InferRequest, config: RequestConfig, *,
-                       adapter_request: Optional[AdapterRequest] = None) -> AsyncIterator[SequenceOutput]:
+    async def generate(
+        self, request: InferRequest, config: RequestConfig, *, adapter_request: AdapterRequest | None = None
+    ) -> AsyncIterator[SequenceOutput]:
         if config.num_beams > 1:
             raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
         return self._outputs(await self.prepare(request, config, adapter_request))
@@ -355,9 +491,13 @@ class PtEngine(InferEngine):
         seqs = self.launch(prepared, [AsyncSink(asyncio.get_running_loop(), queue)] * prepared.n)
         return self._drain(queue, seqs)
 
-    async def prepare(self, request: InferRequest, config: RequestConfig,
-                      adapter_request: Optional[AdapterRequest] = None,
-                      prompt_ids: Optional[list[int]] = None) -> PreparedRequest:
+    async def prepare(
+        self,
+        request: InferRequest,
+        config: RequestConfig,
+        adapter_request: AdapterRequest | None = None,
+        prompt_ids: list[int] | None = None,
+    ) -> PreparedRequest:
         """Every check of a request, its prompt's token ids (encoded off the event loop unless given) and its
         resolved sampling settings. The engine process (swiftops.engines.process) calls this with the ids the
         API server already tokenized."""
@@ -379,8 +519,10 @@ class PtEngine(InferEngine):
                 if self.prefix_caching:  # hashing the pixels takes milliseconds: off the loop, like the encoding
                     media = await pool.run(media_key, encoded.tensors)
         elif request.prompt is None and MultimodalEncoder.has_media(request):
-            raise UnsupportedError("this model takes text only; images, videos and audios need a multimodal model "
-                                   "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
+            raise UnsupportedError(
+                "this model takes text only; images, videos and audios need a multimodal model "
+                "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)"
+            )
         else:
             # Off the event loop: the chat template and tokenizer take seconds on a megabyte prompt (the fast
             # tokenizer releases the GIL), and the server's other clients must not wait for that.
@@ -392,10 +534,19 @@ class PtEngine(InferEngine):
         salt = self.lora.digests.get(adapter, b"") if adapter is not None and self.lora is not None else b""
         hashes: list[bytes] = []
         if self.prefix_caching and config.num_beams <= 1:  # ~0.5 ms for 2,000 tokens: not on the engine thread
-            hashes = await text_pool().run(prompt_block_hashes, prompt_ids, self.block_manager.block_size, salt,
-                                           media)
-        return PreparedRequest(list(prompt_ids), self._sampling_params(config, len(prompt_ids)), adapter, name,
-                               mm_inputs, config.n, compiled, media, salt, hashes)
+            hashes = await text_pool().run(prompt_block_hashes, prompt_ids, self.block_manager.block_size, salt, media)
+        return PreparedRequest(
+            list(prompt_ids),
+            self._sampling_params(config, len(prompt_ids)),
+            adapter,
+            name,
+            mm_inputs,
+            config.n,
+            compiled,
+            media,
+            salt,
+            hashes,
+        )
 
     def launch(self, prepared: PreparedRequest, sinks: list[Any]) -> list[Sequence]:
         """Submit a prepared request's `n` sequences (seed + i for choice i); choice i's outputs go to `sinks[i]`."""
@@ -405,11 +556,20 @@ class PtEngine(InferEngine):
             p = params
             if params.seed is not None and i:
                 p = dataclasses.replace(params, seed=params.seed + i)
-            seqs.append(Sequence(prompt_ids=list(prepared.prompt_ids), params=p, sink=sinks[i], index=i,
-                                 adapter=prepared.adapter, mm_inputs=prepared.mm_inputs, cache_salt=prepared.salt,
-                                 media_key=prepared.media, block_hashes=list(prepared.hashes),
-                                 grammar=self._grammars.matcher(*prepared.compiled)
-                                 if prepared.compiled is not None else None))
+            seqs.append(
+                Sequence(
+                    prompt_ids=list(prepared.prompt_ids),
+                    params=p,
+                    sink=sinks[i],
+                    index=i,
+                    adapter=prepared.adapter,
+                    mm_inputs=prepared.mm_inputs,
+                    cache_salt=prepared.salt,
+                    media_key=prepared.media,
+                    block_hashes=list(prepared.hashes),
+                    grammar=self._grammars.matcher(*prepared.compiled) if prepared.compiled is not None else None,
+                )
+            )
         self._core.submit(seqs)
         return seqs
 
@@ -426,26 +586,35 @@ class PtEngine(InferEngine):
         if constraint is None:
             return None
         if config.num_beams > 1:
-            raise BadRequestError("structured outputs (response_format, guided_*, a forced tool_choice) sample one "
-                                  "token at a time; use num_beams 1 with them", param="num_beams")
+            raise BadRequestError(
+                "structured outputs (response_format, guided_*, a forced tool_choice) sample one "
+                "token at a time; use num_beams 1 with them",
+                param="num_beams",
+            )
         return await self._grammars.compile(constraint), constraint
 
-    def _adapter_for(self, adapter_request: Optional[AdapterRequest]) -> Optional[str]:
+    def _adapter_for(self, adapter_request: AdapterRequest | None) -> str | None:
         if adapter_request is None or adapter_request.name == self.model_name:
             return self.default_adapter  # ms-swift applies an unnamed adapter to every request
         if (self.lora is None or not self.lora.modules) and adapter_request.path and self._can_add_lora():
             # ms-swift's PtEngine(model) takes AdapterRequest(name, path) with no adapters at start (demo_lora.py):
             # the LoRA layers are put in now, while no sequence runs through the model.
-            self.lora = LoraManager(self.model, {adapter_request.name: adapter_request.path}, *self._lora_limits,
-                                    self._model_source)
+            self.lora = LoraManager(
+                self.model, {adapter_request.name: adapter_request.path}, *self._lora_limits, self._model_source
+            )
             self._core.runner.lora = self.lora
             logger.info("LoRA support added for adapter %s", adapter_request.name)
         if self.lora is None:
             if adapter_request.path:
-                raise BadRequestError("this engine was started without LoRA support; pass adapters=... "
-                                      "(or --adapters) or enable_lora=True to load adapters by path")
-            raise ModelNotFoundError(f"model {adapter_request.name!r} is not served here; available: "
-                                     f"{self.models}", param="model", code="model_not_found")
+                raise BadRequestError(
+                    "this engine was started without LoRA support; pass adapters=... "
+                    "(or --adapters) or enable_lora=True to load adapters by path"
+                )
+            raise ModelNotFoundError(
+                f"model {adapter_request.name!r} is not served here; available: {self.models}",
+                param="model",
+                code="model_not_found",
+            )
         self.lora.register(adapter_request.name, adapter_request.path)
         return adapter_request.name
 
@@ -455,7 +624,7 @@ class PtEngine(InferEngine):
         runner = self._core.runner
         return getattr(runner, "graphs", None) is None and not self.num_running and not self.num_waiting
 
-    async def _drain(self, queue: "asyncio.Queue[SequenceOutput]", seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
+    async def _drain(self, queue: asyncio.Queue[SequenceOutput], seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
         """Outputs of a request's sequences until all finish; leaving early (cancel, close) aborts them."""
         remaining = len(seqs)
         held: deque[SequenceOutput] = deque()  # taken from the queue but belonging to another choice

@@ -14,29 +14,33 @@ model whose steps take a millisecond).
 
 The reliability suite (tests/reliability/test_engine_faults.py) uses it; see docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import os
 import time
 import weakref
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 ENV_VAR = "SWIFTOPS_FAULT_INJECT"
 DELAY_S = 0.05
-_KINDS = {"error": lambda marker: RuntimeError(f"injected fault for a prompt containing {marker!r}"),
-          "oom": lambda marker: torch.OutOfMemoryError(f"injected out-of-memory for a prompt containing {marker!r}")}
+_KINDS = {
+    "error": lambda marker: RuntimeError(f"injected fault for a prompt containing {marker!r}"),
+    "oom": lambda marker: torch.OutOfMemoryError(f"injected out-of-memory for a prompt containing {marker!r}"),
+}
 
 
 class FaultInjector:
     def __init__(self, rules: list[tuple[str, str]], tokenizer: Any) -> None:
         self.rules = rules
         self.tokenizer = tokenizer
-        self._prompts: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+        self._prompts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
     @classmethod
-    def from_env(cls, tokenizer: Any) -> Optional["FaultInjector"]:
+    def from_env(cls, tokenizer: Any) -> FaultInjector | None:
         spec = os.environ.get(ENV_VAR, "").strip()
         if not spec:
             return None

@@ -8,6 +8,7 @@ with the original's rounding points (SiLU rounded to the input's dtype, then the
 against its own forward before its modules are switched. Modules whose projections are not plain `nn.Linear`
 (LoRA wrappers, quantized layers) keep their forward.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,8 +42,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
         rows = rows.contiguous()
     out = torch.empty(rows.shape[0], width, dtype=gate_up.dtype, device=gate_up.device)
     block = min(1024, triton.next_power_of_2(width))
-    _silu_mul_kernel[(rows.shape[0], triton.cdiv(width, block))](rows, out, rows.stride(0), out.stride(0), width,
-                                                                 BLOCK=block, num_warps=4)
+    _silu_mul_kernel[(rows.shape[0], triton.cdiv(width, block))](
+        rows, out, rows.stride(0), out.stride(0), width, BLOCK=block, num_warps=4
+    )
     return out.view(*gate_up.shape[:-1], width)
 
 
@@ -57,9 +59,14 @@ def _fused_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 def _fusable(module: nn.Module) -> bool:
     gate, up, down = (getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
     act = getattr(module, "act_fn", None)
-    return (all(type(m) is nn.Linear for m in (gate, up, down)) and gate.bias is None and up.bias is None
-            and gate.weight.shape == up.weight.shape and type(act).__name__ in ("SiLU", "SiLUActivation")
-            and gate.weight.dtype == up.weight.dtype)
+    return (
+        all(type(m) is nn.Linear for m in (gate, up, down))
+        and gate.bias is None
+        and up.bias is None
+        and gate.weight.shape == up.weight.shape
+        and type(act).__name__ in ("SiLU", "SiLUActivation")
+        and gate.weight.dtype == up.weight.dtype
+    )
 
 
 def _share_weights(module: nn.Module) -> None:
@@ -83,5 +90,10 @@ def _agrees(module: nn.Module) -> bool:
 
 def fuse_gated_mlps(model: torch.nn.Module) -> int:
     """Switch every gated SiLU MLP whose class passes the check; returns how many were switched."""
-    return switch_forwards(model, lambda m: type(m).__name__.endswith("MLP") and _fusable(m), _agrees,
-                           _fused_forward, prepare=_share_weights)
+    return switch_forwards(
+        model,
+        lambda m: type(m).__name__.endswith("MLP") and _fusable(m),
+        _agrees,
+        _fused_forward,
+        prepare=_share_weights,
+    )

@@ -6,6 +6,7 @@ kernel computes the same thing in one pass per row, with the same rounding point
 to the input's dtype, then multiply by the weight. Each module class is checked against its own forward before
 it is replaced; a class that disagrees (a different formula, such as Gemma's 1 + weight) keeps its forward.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         rows = rows.contiguous()
     out = torch.empty(rows.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     block = triton.next_power_of_2(hidden)
-    _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), hidden, float(eps),
-                                       BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    _rms_norm_kernel[(rows.shape[0],)](
+        rows,
+        weight,
+        out,
+        rows.stride(0),
+        out.stride(0),
+        hidden,
+        float(eps),
+        BLOCK=block,
+        num_warps=4 if block <= 1024 else 8,
+    )
     return out.view(*x.shape[:-1], hidden)
 
 
@@ -56,8 +66,12 @@ def _agrees(module: Any) -> bool:
 
 
 def _eligible(module: Any) -> bool:
-    return (type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
-            and getattr(module, "weight", None) is not None and module.weight.dim() == 1)
+    return (
+        type(module).__name__.endswith("RMSNorm")
+        and hasattr(module, "variance_epsilon")
+        and getattr(module, "weight", None) is not None
+        and module.weight.dim() == 1
+    )
 
 
 def fuse_rms_norms(model: torch.nn.Module) -> int:

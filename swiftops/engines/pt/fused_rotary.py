@@ -9,11 +9,13 @@ Models call `apply_rotary_pos_emb` as a global of their modeling module, so the 
 global in each module whose attention the model uses, after it reproduced the original on random inputs.
 Inputs it does not handle (CPU tensors, other layouts) go to the original function.
 """
+
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
@@ -26,8 +28,23 @@ _ORIGINAL = "_swiftops_original_apply_rotary_pos_emb"
 
 
 @triton.jit
-def _rotate(x_ptr, out_ptr, cos1, sin1, cos2, sin2, t, stride_t, stride_h, out_stride_t, out_stride_h, heads,
-            HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+def _rotate(
+    x_ptr,
+    out_ptr,
+    cos1,
+    sin1,
+    cos2,
+    sin2,
+    t,
+    stride_t,
+    stride_h,
+    out_stride_t,
+    out_stride_h,
+    heads,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_HALF)[None, :]
     mask = (h < heads) & (d < HALF)
@@ -47,9 +64,30 @@ def _rotate(x_ptr, out_ptr, cos1, sin1, cos2, sin2, t, stride_t, stride_h, out_s
 
 
 @triton.jit
-def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
-                   stride_ct, stride_st, stride_qot, stride_qoh, stride_kot, stride_koh, q_heads, k_heads,
-                   HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr):
+def _rotary_kernel(
+    q_ptr,
+    k_ptr,
+    cos_ptr,
+    sin_ptr,
+    q_out_ptr,
+    k_out_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_ct,
+    stride_st,
+    stride_qot,
+    stride_qoh,
+    stride_kot,
+    stride_koh,
+    q_heads,
+    k_heads,
+    HALF: tl.constexpr,
+    BLOCK_QH: tl.constexpr,
+    BLOCK_KH: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
     t = tl.program_id(0).to(tl.int64)
     d = tl.arange(0, BLOCK_HALF)[None, :]
     dm = d < HALF
@@ -57,10 +95,40 @@ def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, stride_
     cos2 = tl.load(cos_ptr + t * stride_ct + HALF + d, mask=dm, other=0.0).to(tl.float32)
     sin1 = tl.load(sin_ptr + t * stride_st + d, mask=dm, other=0.0).to(tl.float32)
     sin2 = tl.load(sin_ptr + t * stride_st + HALF + d, mask=dm, other=0.0).to(tl.float32)
-    _rotate(q_ptr, q_out_ptr, cos1, sin1, cos2, sin2, t, stride_qt, stride_qh, stride_qot, stride_qoh, q_heads,
-            HALF, BLOCK_QH, BLOCK_HALF)
-    _rotate(k_ptr, k_out_ptr, cos1, sin1, cos2, sin2, t, stride_kt, stride_kh, stride_kot, stride_koh, k_heads,
-            HALF, BLOCK_KH, BLOCK_HALF)
+    _rotate(
+        q_ptr,
+        q_out_ptr,
+        cos1,
+        sin1,
+        cos2,
+        sin2,
+        t,
+        stride_qt,
+        stride_qh,
+        stride_qot,
+        stride_qoh,
+        q_heads,
+        HALF,
+        BLOCK_QH,
+        BLOCK_HALF,
+    )
+    _rotate(
+        k_ptr,
+        k_out_ptr,
+        cos1,
+        sin1,
+        cos2,
+        sin2,
+        t,
+        stride_kt,
+        stride_kh,
+        stride_kot,
+        stride_koh,
+        k_heads,
+        HALF,
+        BLOCK_KH,
+        BLOCK_HALF,
+    )
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,18 +140,52 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     k_out = torch.empty(tokens, k_heads, dim, dtype=k.dtype, device=k.device)
     half = dim // 2
     _rotary_kernel[(tokens,)](
-        q, k, cos, sin, q_out, k_out, q.stride(2), q.stride(1), k.stride(2), k.stride(1), cos.stride(1),
-        sin.stride(1), q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1), q_heads, k_heads,
-        HALF=half, BLOCK_QH=triton.next_power_of_2(q_heads), BLOCK_KH=triton.next_power_of_2(k_heads),
-        BLOCK_HALF=triton.next_power_of_2(half), num_warps=4)
+        q,
+        k,
+        cos,
+        sin,
+        q_out,
+        k_out,
+        q.stride(2),
+        q.stride(1),
+        k.stride(2),
+        k.stride(1),
+        cos.stride(1),
+        sin.stride(1),
+        q_out.stride(0),
+        q_out.stride(1),
+        k_out.stride(0),
+        k_out.stride(1),
+        q_heads,
+        k_heads,
+        HALF=half,
+        BLOCK_QH=triton.next_power_of_2(q_heads),
+        BLOCK_KH=triton.next_power_of_2(k_heads),
+        BLOCK_HALF=triton.next_power_of_2(half),
+        num_warps=4,
+    )
     return q_out.transpose(0, 1).unsqueeze(0), k_out.transpose(0, 1).unsqueeze(0)
 
 
 def _handles(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int) -> bool:
-    return (unsqueeze_dim == 1 and q.is_cuda and q.dim() == 4 and q.shape[0] == 1 and k.dim() == 4
-            and cos.dim() == 3 and cos.shape[0] == 1 and cos.shape[1] == q.shape[2] and cos.shape[-1] == q.shape[-1]
-            and sin.shape == cos.shape and q.shape[-1] % 2 == 0 and q.stride(-1) == 1 and k.stride(-1) == 1
-            and cos.stride(-1) == 1 and sin.stride(-1) == 1 and q.dtype == k.dtype == cos.dtype == sin.dtype)
+    return (
+        unsqueeze_dim == 1
+        and q.is_cuda
+        and q.dim() == 4
+        and q.shape[0] == 1
+        and k.dim() == 4
+        and cos.dim() == 3
+        and cos.shape[0] == 1
+        and cos.shape[1] == q.shape[2]
+        and cos.shape[-1] == q.shape[-1]
+        and sin.shape == cos.shape
+        and q.shape[-1] % 2 == 0
+        and q.stride(-1) == 1
+        and k.stride(-1) == 1
+        and cos.stride(-1) == 1
+        and sin.stride(-1) == 1
+        and q.dtype == k.dtype == cos.dtype == sin.dtype
+    )
 
 
 def _fused(original: Callable) -> Callable:
@@ -92,6 +194,7 @@ def _fused(original: Callable) -> Callable:
         if len(args) <= 1 and set(kwargs) <= {"unsqueeze_dim"} and _handles(q, k, cos, sin, unsqueeze_dim):
             return rotary(q, k, cos, sin)
         return original(q, k, cos, sin, *args, **kwargs)
+
     apply_rotary_pos_emb.__wrapped__ = original
     return apply_rotary_pos_emb
 
@@ -138,7 +241,7 @@ def fuse_rotary(model: torch.nn.Module) -> int:
             continue
         try:
             ok = _agrees(current, param.device, param.dtype, heads, kv_heads, dim)
-        except Exception as exc:  # noqa: BLE001 - any failure keeps the model's own function
+        except Exception as exc:
             logger.info("rotary fusion skipped for %s (%s: %s)", name, type(exc).__name__, exc)
             continue
         if not ok:

@@ -13,6 +13,7 @@
 
 xgrammar is imported when the first constrained request arrives, not with the engine.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,7 @@ import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -39,8 +40,9 @@ def _xgrammar() -> Any:
     try:
         import xgrammar
     except ImportError as exc:  # a broken or partial install: say what to do instead of a traceback
-        raise UnsupportedError(f"structured outputs on the pt backend need the xgrammar package ({exc}); "
-                               "pip install xgrammar") from None
+        raise UnsupportedError(
+            f"structured outputs on the pt backend need the xgrammar package ({exc}); pip install xgrammar"
+        ) from None
     return xgrammar
 
 
@@ -55,7 +57,7 @@ class GrammarCompiler:
         self._stop_token_ids = sorted(stop_token_ids)
         self._compiler: Any = None
         self._info: Any = None
-        self._rows: Optional[TokenRows] = None
+        self._rows: TokenRows | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="swiftops-grammar")
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str, bool], Future] = OrderedDict()
@@ -65,8 +67,9 @@ class GrammarCompiler:
         with self._lock:  # the first requests may arrive together: build the tokenizer's tables once
             if self._compiler is None:
                 xgr = _xgrammar()
-                self._info = xgr.TokenizerInfo.from_huggingface(self._tokenizer, vocab_size=self.vocab_size,
-                                                                stop_token_ids=self._stop_token_ids)
+                self._info = xgr.TokenizerInfo.from_huggingface(
+                    self._tokenizer, vocab_size=self.vocab_size, stop_token_ids=self._stop_token_ids
+                )
                 self._compiler = xgr.GrammarCompiler(self._info, max_threads=4, cache_enabled=False)
                 self._rows = TokenRows(self._info.decoded_vocab, self.vocab_size, self._stop_token_ids)
             return self._compiler
@@ -78,8 +81,11 @@ class GrammarCompiler:
         kind = constraint.kind
         if kind in ("json_schema", "json_object"):
             # Compact JSON (no free whitespace): a model allowed any whitespace may emit it until max_tokens.
-            return compiler.compile_json_schema(constraint.source if kind == "json_schema" else '{"type": "object"}',
-                                                any_whitespace=False, strict_mode=constraint.strict)
+            return compiler.compile_json_schema(
+                constraint.source if kind == "json_schema" else '{"type": "object"}',
+                any_whitespace=False,
+                strict_mode=constraint.strict,
+            )
         if kind == "regex":
             return compiler.compile_regex(constraint.source)
         if kind == "choice":
@@ -109,26 +115,33 @@ class GrammarCompiler:
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), COMPILE_TIMEOUT_S)
         except asyncio.TimeoutError:
-            raise BadRequestError(f"{constraint.param} took longer than {COMPILE_TIMEOUT_S:.0f} s to compile into a "
-                                  "grammar; send a smaller or less deeply nested one", param=constraint.param) from None
+            raise BadRequestError(
+                f"{constraint.param} took longer than {COMPILE_TIMEOUT_S:.0f} s to compile into a "
+                "grammar; send a smaller or less deeply nested one",
+                param=constraint.param,
+            ) from None
         except UnsupportedError:
             self._forget(constraint, future)
             raise
-        except Exception as exc:  # noqa: BLE001 - xgrammar's errors (RuntimeError, ValueError, its own types)
+        except Exception as exc:
             self._forget(constraint, future)  # not cached: the same bad schema is reported again, not stuck
             reason = _LOG_PREFIX.sub("", " ".join(str(exc).split()))[:800] or type(exc).__name__
-            raise BadRequestError(f"{constraint.param} cannot be compiled into a grammar: {reason}",
-                                  param=constraint.param) from None
+            raise BadRequestError(
+                f"{constraint.param} cannot be compiled into a grammar: {reason}", param=constraint.param
+            ) from None
 
     def compile_sync(self, constraint: OutputConstraint) -> Any:
         """`compile` for callers without an event loop (tests, benchmarks)."""
         return asyncio.run(self.compile(constraint))
 
-    def matcher(self, compiled: Any, constraint: OutputConstraint) -> "SequenceGrammar":
+    def matcher(self, compiled: Any, constraint: OutputConstraint) -> SequenceGrammar:
         """A fresh matcher over `compiled`, for one sequence (each of a request's n choices gets its own)."""
         self._xgr_compiler()
-        return SequenceGrammar(_xgrammar().GrammarMatcher(compiled), self._rows,
-                               json_output=constraint.kind in ("json_schema", "json_object"))
+        return SequenceGrammar(
+            _xgrammar().GrammarMatcher(compiled),
+            self._rows,
+            json_output=constraint.kind in ("json_schema", "json_object"),
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -159,7 +172,7 @@ class TokenRows:
         # Lists first, one tensor each: a per-element tensor write is ~100x slower over 150k tokens.
         valid = [_SURROGATE.search(p) is None for p in pieces]
         text_ok = torch.tensor(valid + pad)
-        json_ok = torch.tensor([v and _CONTROL.search(p) is None for v, p in zip(valid, pieces)] + pad)
+        json_ok = torch.tensor([v and _CONTROL.search(p) is None for v, p in zip(valid, pieces, strict=False)] + pad)
         after_ed_ok = torch.tensor([not p or not 0xA0 <= p[0] <= 0xBF for p in pieces] + pad)
         json_ok[stop_token_ids] = True  # EOS is the grammar's to allow
         self.ends_with_ed = frozenset(i for i, p in enumerate(pieces) if p.endswith(b"\xed"))
@@ -211,7 +224,7 @@ def _bitmask(seqs: list[Any], rows: list[int], vocab_size: int, pin: bool) -> to
     return mask
 
 
-_BATCH_MATCHER: Optional[Any] = None
+_BATCH_MATCHER: Any | None = None
 
 
 def _batch_matcher() -> Any:
@@ -236,5 +249,6 @@ def constrain(logits: torch.Tensor, seqs: list[Any]) -> None:
         mask = mask.to(logits.device, non_blocking=True)
     # xgrammar's kernel: Triton on CUDA (one launch for the whole batch; free rows' all-ones words leave them as they
     # are), a C++ loop on CPU, which is told the constrained rows (a list there costs no copy to a device).
-    _xgrammar().apply_token_bitmask_inplace(logits, mask, vocab_size=logits.shape[-1],
-                                            indices=rows if on_cpu and len(rows) < len(seqs) else None)
+    _xgrammar().apply_token_bitmask_inplace(
+        logits, mask, vocab_size=logits.shape[-1], indices=rows if on_cpu and len(rows) < len(seqs) else None
+    )

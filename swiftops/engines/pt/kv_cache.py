@@ -2,6 +2,7 @@
 
 Which blocks belong to which sequence is `BlockManager`'s business; this module only holds the memory.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ class PagedKVCache:
         self.num_blocks = num_blocks
         slots = num_blocks * block_size
         # keys[layer]: [slots, kv_heads, head_dim]; zero-filled so never-written slots stay finite.
-        self.keys = [torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=shape.dtype, device=device)
-                     for _ in range(shape.num_layers)]
+        self.keys = [
+            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=shape.dtype, device=device)
+            for _ in range(shape.num_layers)
+        ]
         self.values = [torch.zeros_like(k) for k in self.keys]
 
     @staticmethod

@@ -1,4 +1,5 @@
 """Loading a transformers causal LM and its tokenizer from a local path or a hub id."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,9 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 
@@ -41,10 +43,12 @@ def _looks_like_hub_id(model: str) -> bool:
     return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
 
 
-def check_model_source(model: Optional[str]) -> str:
+def check_model_source(model: str | None) -> str:
     if not model:
-        raise ConfigError("no model given: pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local path "
-                          "(`swiftops tiny-model ./tiny-model` makes an offline test model)")
+        raise ConfigError(
+            "no model given: pass --model with a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local path "
+            "(`swiftops tiny-model ./tiny-model` makes an offline test model)"
+        )
     if gguf_source(model) is not None:
         raise ConfigError(f"{model} is a GGUF checkpoint, which loads as a chat/causal LM only; drop --task_type")
     if os.path.exists(model):
@@ -62,8 +66,10 @@ def resolve_dtype(torch_dtype: Any, device: torch.device, config: Any) -> torch.
         return torch_dtype
     if torch_dtype and torch_dtype != "auto":
         if torch_dtype not in _DTYPES:
-            raise ConfigError(f"torch_dtype {torch_dtype!r} is not one of auto, {', '.join(_DTYPES)} "
-                              f"(or a torch.dtype such as torch.bfloat16)")
+            raise ConfigError(
+                f"torch_dtype {torch_dtype!r} is not one of auto, {', '.join(_DTYPES)} "
+                f"(or a torch.dtype such as torch.bfloat16)"
+            )
         return _DTYPES[torch_dtype]
     if device.type == "cpu":
         return torch.float32  # half precision on CPU is slow and lossy
@@ -87,8 +93,9 @@ def parse_max_memory(max_memory: str) -> dict[Any, str]:
     try:
         budget = json.loads(max_memory)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--max_memory is not valid JSON ({exc.msg}); give e.g. "
-                          f"'{{\"0\": \"20GiB\", \"cpu\": \"64GiB\"}}'") from None
+        raise ConfigError(
+            f'--max_memory is not valid JSON ({exc.msg}); give e.g. \'{{"0": "20GiB", "cpu": "64GiB"}}\''
+        ) from None
     if not isinstance(budget, dict):
         raise ConfigError('--max_memory must be a JSON object of device -> size, e.g. {"0": "20GiB"}')
     return {int(k) if str(k).isdigit() else str(k): v for k, v in budget.items()}
@@ -121,8 +128,11 @@ def _gguf_parsed_once() -> Iterator[None]:
 
 
 def _unloadable(model: str, exc: BaseException) -> ConfigError:
-    hint = (" (check the hub id and revision, the network, and HF_TOKEN for gated models; or pass a local "
-            "directory)" if not os.path.exists(os.path.expanduser(model)) else "")
+    hint = (
+        " (check the hub id and revision, the network, and HF_TOKEN for gated models; or pass a local directory)"
+        if not os.path.exists(os.path.expanduser(model))
+        else ""
+    )
     return ConfigError(f"cannot load {model}: {_first_line(exc)}{hint}")
 
 
@@ -134,22 +144,31 @@ def _gguf_architectures() -> str:
     return ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
 
 
-def _gguf_common(source: GgufSource, revision: Optional[str], trust_remote_code: bool) -> dict[str, Any]:
+def _gguf_common(source: GgufSource, revision: str | None, trust_remote_code: bool) -> dict[str, Any]:
     try:
         import gguf  # noqa: F401  (transformers reads GGUF through it)
     except ImportError:
-        raise ConfigError(f"{source.path} is a GGUF checkpoint: reading it needs the gguf package; "
-                          f"run {GGUF_EXTRA}") from None
+        raise ConfigError(
+            f"{source.path} is a GGUF checkpoint: reading it needs the gguf package; run {GGUF_EXTRA}"
+        ) from None
     if source.is_local and not os.path.isfile(os.path.expanduser(source.path)):
         raise ConfigError(f"GGUF file {source.path} does not exist; pass --model path/to/model.gguf")
     return {"revision": revision, "trust_remote_code": trust_remote_code, "gguf_file": source.file_name}
 
 
-def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optional[str] = None,
-               device_map: Optional[str] = None, max_model_len: Optional[int] = None,
-               trust_remote_code: bool = False, attn_implementation: Optional[str] = None,
-               quant_method: Optional[str] = None, quant_bits: Optional[int] = None,
-               max_memory: Optional[str] = None) -> LoadedModel:
+def load_model(
+    model: str,
+    *,
+    revision: str | None = None,
+    torch_dtype: str | None = None,
+    device_map: str | None = None,
+    max_model_len: int | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    quant_method: str | None = None,
+    quant_bits: int | None = None,
+    max_memory: str | None = None,
+) -> LoadedModel:
     from swiftops.template.processor_loader import is_multimodal_model
 
     gguf = gguf_source(model)
@@ -166,16 +185,44 @@ def load_model(model: str, *, revision: Optional[str] = None, torch_dtype: Optio
         except OSError as exc:
             raise _unloadable(model, exc) from exc
     with _gguf_parsed_once() if gguf is not None else contextlib.nullcontext():
-        return _load(model, source, common, multimodal, gguf is not None, torch_dtype=torch_dtype,
-                     device_map=device_map, max_model_len=max_model_len, attn_implementation=attn_implementation,
-                     quant_method=quant_method, quant_bits=quant_bits, max_memory=max_memory)
+        return _load(
+            model,
+            source,
+            common,
+            multimodal,
+            gguf is not None,
+            torch_dtype=torch_dtype,
+            device_map=device_map,
+            max_model_len=max_model_len,
+            attn_implementation=attn_implementation,
+            quant_method=quant_method,
+            quant_bits=quant_bits,
+            max_memory=max_memory,
+        )
 
 
-def _load(model: str, source: str, common: dict[str, Any], multimodal: bool, is_gguf: bool, *,
-          torch_dtype: Optional[str], device_map: Optional[str], max_model_len: Optional[int],
-          attn_implementation: Optional[str], quant_method: Optional[str], quant_bits: Optional[int],
-          max_memory: Optional[str]) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+def _load(
+    model: str,
+    source: str,
+    common: dict[str, Any],
+    multimodal: bool,
+    is_gguf: bool,
+    *,
+    torch_dtype: str | None,
+    device_map: str | None,
+    max_model_len: int | None,
+    attn_implementation: str | None,
+    quant_method: str | None,
+    quant_bits: int | None,
+    max_memory: str | None,
+) -> LoadedModel:
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoTokenizer,
+        GenerationConfig,
+    )
 
     from swiftops.template.processor_loader import load_processor
 
@@ -195,8 +242,10 @@ def _load(model: str, source: str, common: dict[str, Any], multimodal: bool, is_
         if not is_gguf:
             raise
         # e.g. "GGUF model with architecture rwkv6 is not supported yet."
-        raise ConfigError(f"cannot load {model}: {_first_line(exc)} Transformers reads GGUF files of "
-                          f"{_gguf_architectures()}; use the model's transformers checkpoint instead") from exc
+        raise ConfigError(
+            f"cannot load {model}: {_first_line(exc)} Transformers reads GGUF files of "
+            f"{_gguf_architectures()}; use the model's transformers checkpoint instead"
+        ) from exc
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(torch_dtype, device, config)
     kwargs: dict[str, Any] = {"dtype": dtype, **common}
@@ -212,18 +261,25 @@ def _load(model: str, source: str, common: dict[str, Any], multimodal: bool, is_
         kwargs["max_memory"] = parse_max_memory(max_memory)
     if quant_method == "bnb":
         from transformers import BitsAndBytesConfig
+
         bits = quant_bits or 4
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+            load_in_4bit=bits == 4,
+            load_in_8bit=bits == 8,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+        )
         # under torchrun each rank has set its own device: quantize onto that one, not GPU 0
         kwargs.setdefault("device_map", {"": torch.cuda.current_device()} if device.type == "cuda" else None)
     try:
         auto_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
         net = auto_class.from_pretrained(source, **kwargs)
     except ImportError as exc:  # a quantization kernel package (bitsandbytes, gptqmodel, autoawq...) is missing
-        raise ConfigError(f"cannot load {model}: {_first_line(exc)} (install the package named above, e.g. "
-                          f"`pip install bitsandbytes` for bnb checkpoints)") from exc
+        raise ConfigError(
+            f"cannot load {model}: {_first_line(exc)} (install the package named above, e.g. "
+            f"`pip install bitsandbytes` for bnb checkpoints)"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load {model} as a causal LM: {_first_line(exc)}") from exc
     if "device_map" not in kwargs or kwargs["device_map"] is None:
@@ -233,10 +289,8 @@ def _load(model: str, source: str, common: dict[str, Any], multimodal: bool, is_
     net.eval()
     generation_config = None
     if not is_gguf:  # a GGUF file carries its special tokens in its metadata, which the config holds
-        try:
+        with contextlib.suppress(OSError):
             generation_config = GenerationConfig.from_pretrained(source, **common)
-        except OSError:
-            pass
     if generation_config is None:
         generation_config = GenerationConfig.from_model_config(config)
     context = _context_length(config)

@@ -6,6 +6,7 @@ each packed token uses; the wrapper adds `scale * B @ A @ x` per token, so a tok
 on its own adapter, never on its batch neighbours. Adapters load on first use into free slots and the
 least recently used idle one is unloaded when `max_loras` are resident.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ class LoraWeights:
     rank: int
     scale: float
     target_modules: list[str]
-    base_model: Optional[str]
+    base_model: str | None
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A [r, in], B [out, r])
     digest: bytes = b""  # of the weights and scale: the adapter's identity in the prefix cache
 
@@ -46,16 +46,19 @@ def read_adapter(name: str, path: str, max_rank: int) -> LoraWeights:
     with open(config_path) as f:
         cfg = json.load(f)
     if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_dora") or cfg.get("modules_to_save"):
-        raise ConfigError(f"adapter {name!r}: only plain LoRA can be served unmerged (this one uses "
-                          f"{cfg.get('peft_type')}, DoRA or modules_to_save); pass it with --merge_lora true")
+        raise ConfigError(
+            f"adapter {name!r}: only plain LoRA can be served unmerged (this one uses "
+            f"{cfg.get('peft_type')}, DoRA or modules_to_save); pass it with --merge_lora true"
+        )
     rank = int(cfg["r"])
     if rank > max_rank:
         raise ConfigError(f"adapter {name!r} has rank {rank} > --max_lora_rank {max_rank}; raise --max_lora_rank")
     alpha = float(cfg.get("lora_alpha", rank))
-    scale = alpha / (rank ** 0.5) if cfg.get("use_rslora") else alpha / rank
+    scale = alpha / (rank**0.5) if cfg.get("use_rslora") else alpha / rank
     weights_file = os.path.join(path, "adapter_model.safetensors")
     if os.path.exists(weights_file):
         from safetensors.torch import load_file
+
         state = load_file(weights_file)
     else:
         state = torch.load(os.path.join(path, "adapter_model.bin"), map_location="cpu", weights_only=True)
@@ -65,18 +68,26 @@ def read_adapter(name: str, path: str, max_rank: int) -> LoraWeights:
             marker = f".{part}."
             if marker in key:
                 module = key.split(marker)[0]
-                module = module[len(_PREFIX):] if module.startswith(_PREFIX) else module
+                module = module[len(_PREFIX) :] if module.startswith(_PREFIX) else module
                 pairs.setdefault(module, {})[part] = tensor
     if not pairs:
         raise ConfigError(f"adapter {name!r}: no LoRA weights found in {path}")
     tensors = {m: (p["lora_A"], p["lora_B"]) for m, p in pairs.items() if "lora_A" in p and "lora_B" in p}
     targets = cfg.get("target_modules") or []
-    return LoraWeights(name, path, rank, scale, targets if isinstance(targets, list) else [targets],
-                       cfg.get("base_model_name_or_path"), tensors, weights_digest(tensors, scale))
+    return LoraWeights(
+        name,
+        path,
+        rank,
+        scale,
+        targets if isinstance(targets, list) else [targets],
+        cfg.get("base_model_name_or_path"),
+        tensors,
+        weights_digest(tensors, scale),
+    )
 
 
 class LoraLinear(nn.Module):
-    def __init__(self, base: nn.Linear, manager: "LoraManager", slots: int, rank: int) -> None:
+    def __init__(self, base: nn.Linear, manager: LoraManager, slots: int, rank: int) -> None:
         super().__init__()
         self.base = base
         self.manager = manager
@@ -108,13 +119,14 @@ class LoraLinear(nn.Module):
 class LoraManager:
     """Resident adapters by slot, LRU unloading, and the per-token slot map of the current step."""
 
-    def __init__(self, model: nn.Module, adapters: dict[str, str], max_loras: int, max_rank: int,
-                 model_source: str) -> None:
+    def __init__(
+        self, model: nn.Module, adapters: dict[str, str], max_loras: int, max_rank: int, model_source: str
+    ) -> None:
         self.model = model
         self.max_rank = max_rank
         self.paths = dict(adapters)
         self.model_source = model_source
-        self.slots: "OrderedDict[str, int]" = OrderedDict()  # resident name -> slot, least recent first
+        self.slots: OrderedDict[str, int] = OrderedDict()  # resident name -> slot, least recent first
         self.free_slots = list(range(max_loras, 0, -1))
         # The per-token slot map belongs to the thread running the step: beam search runs transformers' generate
         # on a worker thread beside the engine loop and must see the base model, not the loop's last batch.
@@ -141,22 +153,29 @@ class LoraManager:
     def _check(self, w: LoraWeights) -> None:
         missing = [m for m in w.tensors if m not in self.modules]
         if missing:
-            raise ConfigError(f"adapter {w.name!r} targets modules this model does not have or that no adapter given "
-                              f"at start-up targets: {missing[:3]}; is it for another base model ({w.base_model})?")
+            raise ConfigError(
+                f"adapter {w.name!r} targets modules this model does not have or that no adapter given "
+                f"at start-up targets: {missing[:3]}; is it for another base model ({w.base_model})?"
+            )
         for module, (a, b) in w.tensors.items():
             lin = self.modules[module]
             if a.shape[1] != lin.in_features or b.shape[0] != lin.out_features:
-                raise ConfigError(f"adapter {w.name!r} does not fit this model: {module} is "
-                                  f"{lin.in_features}->{lin.out_features} but the adapter expects "
-                                  f"{a.shape[1]}->{b.shape[0]} (trained for {w.base_model or 'another model'}?)")
+                raise ConfigError(
+                    f"adapter {w.name!r} does not fit this model: {module} is "
+                    f"{lin.in_features}->{lin.out_features} but the adapter expects "
+                    f"{a.shape[1]}->{b.shape[0]} (trained for {w.base_model or 'another model'}?)"
+                )
 
-    def register(self, name: str, path: Optional[str]) -> None:
+    def register(self, name: str, path: str | None) -> None:
         """Make an adapter known (a request may name a new one with its path); loaded on first use."""
         if name in self.paths:
             return
         if not path:
-            raise ModelNotFoundError(f"adapter {name!r} is not loaded; known adapters: {sorted(self.paths)}",
-                                     param="model", code="model_not_found")
+            raise ModelNotFoundError(
+                f"adapter {name!r} is not loaded; known adapters: {sorted(self.paths)}",
+                param="model",
+                code="model_not_found",
+            )
         if not self.modules:
             raise BadRequestError("this engine was started without LoRA support; start it with --adapters")
         weights = read_adapter(name, path, self.max_rank)
@@ -168,7 +187,7 @@ class LoraManager:
     def is_resident(self, name: str) -> bool:
         return name in self.slots
 
-    def acquire(self, name: str, busy: set[str]) -> Optional[int]:
+    def acquire(self, name: str, busy: set[str]) -> int | None:
         """The slot holding `name`, loading it (and unloading an idle one) if needed; None if all are busy."""
         if name in self.slots:
             self.slots.move_to_end(name)
@@ -186,19 +205,19 @@ class LoraManager:
             lin.lora_b[slot].zero_()
             if module in weights.tensors:
                 a, b = weights.tensors[module]
-                lin.lora_a[slot, :weights.rank].copy_(a.to(lin.lora_a.dtype))
-                lin.lora_b[slot, :, :weights.rank].copy_((b * weights.scale).to(lin.lora_b.dtype))
+                lin.lora_a[slot, : weights.rank].copy_(a.to(lin.lora_a.dtype))
+                lin.lora_b[slot, :, : weights.rank].copy_((b * weights.scale).to(lin.lora_b.dtype))
         self._pending.pop(name, None)
         self.slots[name] = slot
         logger.info("loaded LoRA adapter %s into slot %d", name, slot)
         return slot
 
-    def set_step(self, token_slots: Optional[torch.Tensor], active: list[int]) -> None:
+    def set_step(self, token_slots: torch.Tensor | None, active: list[int]) -> None:
         self._step.token_slots = token_slots
         self._step.active_slots = active
 
     @property
-    def token_slots(self) -> Optional[torch.Tensor]:
+    def token_slots(self) -> torch.Tensor | None:
         """This thread's step's adapter slot of each token (None: the base model)."""
         return getattr(self._step, "token_slots", None)
 
@@ -210,6 +229,7 @@ class LoraManager:
 def merge_adapter(model: nn.Module, path: str) -> nn.Module:
     """Fold one adapter into the base weights (`--merge_lora true`) with peft."""
     from peft import PeftModel
+
     try:
         return PeftModel.from_pretrained(model, path).merge_and_unload()
     except (ValueError, RuntimeError, OSError) as exc:

@@ -5,6 +5,7 @@ sequence, so a chunk may end in the middle of an image. Models with 3-D rotary p
 Qwen2.5-VL) get `position_ids` of shape [4, 1, T]: row 0 the plain index (the cache position), rows
 1-3 the (t, h, w) positions; a token after the prompt sits at index + rope_delta on all three axes.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,6 +24,7 @@ def prepare(model: Any, seq: Sequence) -> None:
     if seq.mm_inputs is None or seq.mm_embeds is not None:
         return
     from swiftops.template.multimodal import prompt_embeddings, rope_positions
+
     seq.mm_embeds = prompt_embeddings(model, seq.mm_inputs)  # [S, hidden]
     positions, delta = rope_positions(model, seq.mm_inputs)
     seq.mrope = positions[:, 0, :].to(seq.mm_embeds.device)  # [3, S]
@@ -40,12 +42,13 @@ def rope_columns(seq: Sequence, start: int, end: int, device: torch.device) -> t
     inside = min(end, prompt_len) - start
     if inside > 0:
         cols = cols.clone()
-        cols[:, :inside] = seq.mrope[:, start:start + inside]
+        cols[:, :inside] = seq.mrope[:, start : start + inside]
     return cols
 
 
-def packed_embeddings(model: Any, ids: list[int], spans: list[tuple[Sequence, int, int, int]],
-                      device: torch.device) -> torch.Tensor:
+def packed_embeddings(
+    model: Any, ids: list[int], spans: list[tuple[Sequence, int, int, int]], device: torch.device
+) -> torch.Tensor:
     """inputs_embeds [1, T, hidden] of a packed prefill: token embeddings, with each multimodal sequence's
     prompt slice taken from its precomputed embeddings. spans: (sequence, packed offset, start, end)."""
     embeds = model.get_input_embeddings()(torch.tensor([ids], device=device))
@@ -54,5 +57,5 @@ def packed_embeddings(model: Any, ids: list[int], spans: list[tuple[Sequence, in
             continue
         inside = min(end, seq.mm_embeds.shape[0]) - start
         if inside > 0:
-            embeds[0, offset:offset + inside] = seq.mm_embeds[start:start + inside].to(embeds.dtype)
+            embeds[0, offset : offset + inside] = seq.mm_embeds[start : start + inside].to(embeds.dtype)
     return embeds

@@ -5,11 +5,12 @@ logits only where a token is sampled. `FallbackRunner` runs each sequence alone 
 `DynamicCache` (what `generate` does): slower, but right for any causal LM; it is chosen automatically
 when the fast path fails its start-up self-check.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -34,8 +35,15 @@ class RunnerOutput:
 class PagedRunner:
     name = "paged"
 
-    def __init__(self, model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device,
-                 graphs: Any = None, lora: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        cache: PagedKVCache,
+        blocks: BlockManager,
+        device: torch.device,
+        graphs: Any = None,
+        lora: Any = None,
+    ) -> None:
         self.model = model
         self.cache = cache
         self.blocks = blocks
@@ -52,18 +60,26 @@ class PagedRunner:
         active = sorted(set(per_token) - {0})
         self.lora.set_step(torch.tensor(per_token, device=self.device) if active else None, active)
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, keep: torch.Tensor,
-                 rope: Optional[torch.Tensor] = None, embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        ctx: StepContext,
+        keep: torch.Tensor,
+        rope: torch.Tensor | None = None,
+        embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         position_ids = positions[None]
         if self.mrope:  # [4, 1, T]: the plain index, then (t, h, w); text tokens use their index on all axes
             rope = rope if rope is not None else position_ids.expand(3, -1)
             position_ids = torch.cat([position_ids, rope]).unsqueeze(1)
         inputs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": ids[None]}
-        out = self.model(**inputs, position_ids=position_ids, use_cache=False, logits_to_keep=keep,
-                         **{CONTEXT_KWARG: ctx})
+        out = self.model(
+            **inputs, position_ids=position_ids, use_cache=False, logits_to_keep=keep, **{CONTEXT_KWARG: ctx}
+        )
         return out.logits[0]
 
-    def decode(self, seqs: list[Sequence], tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(self, seqs: list[Sequence], tokens: torch.Tensor | None = None) -> torch.Tensor:
         """One token of each sequence: its last one, or `tokens` [len(seqs)] still on the device (the step in
         flight sampled them and the host has not appended them yet: pipelined decode)."""
         self.blocks.sync()  # blocks appended since the last step, onto the device tables
@@ -71,7 +87,9 @@ class PagedRunner:
         positions = [s.num_tokens - offset for s in seqs]
         rope = None
         if self.mrope:
-            rope = torch.tensor([[p + s.rope_delta for s, p in zip(seqs, positions)]] * 3, device=self.device)
+            rope = torch.tensor(
+                [[p + s.rope_delta for s, p in zip(seqs, positions, strict=False)]] * 3, device=self.device
+            )
         ids = [s.last_token for s in seqs] if tokens is None else tokens
         rows = [s.table_row for s in seqs]
         if self.graphs is not None and len(seqs) <= self.graphs.buckets[-1]:
@@ -82,8 +100,15 @@ class PagedRunner:
         else:
             ids_t = tokens
             pos_t, rows_t = torch.tensor([positions, rows], dtype=torch.long).to(self.device, non_blocking=True)
-        ctx = decode_context(self.cache, self.blocks, pos_t, rows_t, use_triton=self.use_triton,
-                             num_splits=self._splits(len(seqs)), host_ctx_lens=[p + 1 for p in positions])
+        ctx = decode_context(
+            self.cache,
+            self.blocks,
+            pos_t,
+            rows_t,
+            use_triton=self.use_triton,
+            num_splits=self._splits(len(seqs)),
+            host_ctx_lens=[p + 1 for p in positions],
+        )
         self._set_lora([s.lora_slot for s in seqs])
         return self._forward(ids_t, pos_t, ctx, torch.arange(len(seqs), device=self.device), rope)
 
@@ -96,6 +121,7 @@ class PagedRunner:
         if not self.use_triton:
             return 1
         from swiftops.engines.pt.triton_attention import decode_splits
+
         return decode_splits(batch * self.cache.shape.num_kv_heads, self.num_sms)
 
     def prefill(self, items: list[tuple[Sequence, int]]) -> RunnerOutput:
@@ -129,14 +155,26 @@ class PagedRunner:
         host = torch.tensor(ids + positions, dtype=torch.long)
         meta = torch.tensor([rows, q_lens, ctx_lens], dtype=torch.int32)
         host, meta = host.to(self.device, non_blocking=True), meta.to(self.device, non_blocking=True)
-        ids_t, pos_t = host[:len(ids)], host[len(ids):]
+        ids_t, pos_t = host[: len(ids)], host[len(ids) :]
         rows_t, q_lens_t, ctx_lens_t = meta
         token_rows = torch.repeat_interleave(rows_t.long(), q_lens_t.long(), output_size=len(ids))
         bs = self.blocks.block_size
         slots = self.blocks.tables[token_rows, pos_t // bs].long() * bs + pos_t % bs
         q_starts = torch.nn.functional.pad(torch.cumsum(q_lens_t, 0, dtype=torch.int32), (1, 0))
-        ctx = StepContext(self.cache.keys, self.cache.values, bs, self.blocks.tables, rows_t, ctx_lens_t, q_starts,
-                          slots, max(q_lens), self.use_triton, host_q_lens=q_lens, host_ctx_lens=ctx_lens)
+        ctx = StepContext(
+            self.cache.keys,
+            self.cache.values,
+            bs,
+            self.blocks.tables,
+            rows_t,
+            ctx_lens_t,
+            q_starts,
+            slots,
+            max(q_lens),
+            self.use_triton,
+            host_q_lens=q_lens,
+            host_ctx_lens=ctx_lens,
+        )
         self._set_lora(lora_slots)
         embeds = packed_embeddings(self.model, ids, mm_spans, self.device) if mm_spans else None
         keep_t = torch.tensor(keep or [len(ids) - 1], device=self.device)
@@ -154,17 +192,35 @@ class PagedRunner:
         """Nothing to do: the scheduler frees the sequence's blocks."""
 
 
-def decode_context(cache: PagedKVCache, blocks: BlockManager, positions: torch.Tensor, rows: torch.Tensor,
-                   use_triton: bool, num_splits: int = 1,
-                   host_ctx_lens: Optional[list[int]] = None) -> StepContext:
+def decode_context(
+    cache: PagedKVCache,
+    blocks: BlockManager,
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+    use_triton: bool,
+    num_splits: int = 1,
+    host_ctx_lens: list[int] | None = None,
+) -> StepContext:
     """The StepContext of a decode step, from device tensors of positions and table rows ([B] long each): slots
     are looked up in the block table on the device, so a CUDA graph replays it with new inputs."""
     bs = blocks.block_size
     slots = blocks.tables[rows, positions // bs].long() * bs + positions % bs
     q_starts = torch.arange(rows.shape[0] + 1, dtype=torch.int32, device=rows.device)
-    return StepContext(cache.keys, cache.values, bs, blocks.tables, rows.to(torch.int32),
-                       (positions + 1).to(torch.int32), q_starts, slots, 1, use_triton, num_splits,
-                       host_q_lens=None, host_ctx_lens=host_ctx_lens)
+    return StepContext(
+        cache.keys,
+        cache.values,
+        bs,
+        blocks.tables,
+        rows.to(torch.int32),
+        (positions + 1).to(torch.int32),
+        q_starts,
+        slots,
+        1,
+        use_triton,
+        num_splits,
+        host_q_lens=None,
+        host_ctx_lens=host_ctx_lens,
+    )
 
 
 class FallbackRunner:
@@ -174,6 +230,7 @@ class FallbackRunner:
 
     def __init__(self, model: Any, device: torch.device, lora: Any = None) -> None:
         from transformers import DynamicCache
+
         self._cache_cls = DynamicCache
         self.model = model
         self.device = device
@@ -188,8 +245,9 @@ class FallbackRunner:
         new = seq.ids_between(start, end)
         if self.lora is not None:
             slot = seq.lora_slot
-            self.lora.set_step(torch.full((len(new),), slot, device=self.device) if slot else None,
-                               [slot] if slot else [])
+            self.lora.set_step(
+                torch.full((len(new),), slot, device=self.device) if slot else None, [slot] if slot else []
+            )
         kwargs: dict[str, Any] = {"input_ids": torch.tensor([new], device=self.device)}
         if uses_mrope(self.model):  # explicit positions: the model's own rope-delta state is per call, not per sequence
             prepare(self.model, seq)
@@ -197,8 +255,10 @@ class FallbackRunner:
             rope = rope_columns(seq, start, end, self.device).unsqueeze(1)
             kwargs["position_ids"] = torch.cat([index, rope])
             if seq.mm_embeds is not None:
-                kwargs = {"inputs_embeds": packed_embeddings(self.model, new, [(seq, 0, start, end)],
-                                                             self.device), "position_ids": kwargs["position_ids"]}
+                kwargs = {
+                    "inputs_embeds": packed_embeddings(self.model, new, [(seq, 0, start, end)], self.device),
+                    "position_ids": kwargs["position_ids"],
+                }
         out = self.model(**kwargs, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
@@ -216,14 +276,16 @@ class FallbackRunner:
         self._caches.pop(seq.seq_id, None)
 
 
-def paged_path_agrees(model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device,
-                      vocab_size: int) -> tuple[bool, Optional[float]]:
+def paged_path_agrees(
+    model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device, vocab_size: int
+) -> tuple[bool, float | None]:
     """Self-check at start-up: chunked prefill and decode through the paged path must reproduce a plain forward.
 
     Any exception or mismatch means this architecture does something our attention path does not model
     (non-standard caches, attention variants...), and the engine falls back to `FallbackRunner`.
     """
     from swiftops.engines.pt.sequence import SamplingParams
+
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, max(2, min(vocab_size, 1000)), (13,), generator=gen).tolist()
     seq = Sequence(prompt_ids=ids[:10], params=SamplingParams(max_tokens=4), sink=lambda out: None)
@@ -256,7 +318,7 @@ def paged_path_agrees(model: Any, cache: PagedKVCache, blocks: BlockManager, dev
             logger.warning("paged attention disagrees with the model's own forward (relative error %.2e)", err)
             return False, err
         return True, err
-    except Exception as exc:  # noqa: BLE001 - any failure means "use the fallback"
+    except Exception as exc:
         logger.warning("paged attention cannot run this model (%s: %s)", type(exc).__name__, exc)
         return False, None
     finally:

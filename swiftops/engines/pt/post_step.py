@@ -4,9 +4,10 @@ The scheduler decides what runs and the runner computes; this stage alone advanc
 count, appends its sampled token, decides whether it ends (EOS, a stop token id, `max_tokens`, the context
 length, a stop string found by its detokenizer) and builds what its caller receives.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import token_bytes
@@ -30,7 +31,7 @@ class PostStep:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
 
-    def _finish_reason(self, seq: Sequence, token: int) -> Optional[str]:
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params
         if (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
             return "stop"
@@ -45,7 +46,7 @@ class PostStep:
             return "length"
         return None
 
-    def append(self, seq: Sequence, token: int, logprob: Any) -> Optional[SequenceOutput]:
+    def append(self, seq: Sequence, token: int, logprob: Any) -> SequenceOutput | None:
         """Record `token` for `seq`; returns what to hand over now (None: nothing yet). An output with a
         finish_reason means the sequence is done and must be retired."""
         seq.output_ids.append(token)
@@ -53,12 +54,22 @@ class PostStep:
             try:
                 accept(seq.grammar, token)
             except EngineError as exc:
-                return SequenceOutput(index=seq.index, finish_reason="error", error=exc,
-                                      prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids))
+                return SequenceOutput(
+                    index=seq.index,
+                    finish_reason="error",
+                    error=exc,
+                    prompt_tokens=len(seq.prompt_ids),
+                    completion_tokens=len(seq.output_ids),
+                )
         if seq.params.token_ids_only:  # `incremental` is off with it: the finish check decodes nothing
-            return SequenceOutput(index=seq.index, token_ids=[token], logprobs=[] if logprob is None else [logprob],
-                                  finish_reason=self._finish_reason(seq, token), prompt_tokens=len(seq.prompt_ids),
-                                  completion_tokens=len(seq.output_ids))
+            return SequenceOutput(
+                index=seq.index,
+                token_ids=[token],
+                logprobs=[] if logprob is None else [logprob],
+                finish_reason=self._finish_reason(seq, token),
+                prompt_tokens=len(seq.prompt_ids),
+                completion_tokens=len(seq.output_ids),
+            )
         if logprob is not None:
             seq.pending_logprobs.append(self._logprob_entry(seq, token, logprob))
         finish = self._finish_reason(seq, token)
@@ -69,9 +80,15 @@ class PostStep:
             if not seq.params.incremental:
                 detok.add_all(seq.output_ids[:-1] if finish == "stop" else seq.output_ids)
             detok.flush()
-        out = SequenceOutput(index=seq.index, text=detok.take(final=finish is not None), token_ids=[token],
-                             logprobs=seq.pending_logprobs, finish_reason=finish,
-                             prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids))
+        out = SequenceOutput(
+            index=seq.index,
+            text=detok.take(final=finish is not None),
+            token_ids=[token],
+            logprobs=seq.pending_logprobs,
+            finish_reason=finish,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=len(seq.output_ids),
+        )
         seq.pending_logprobs = []
         return out
 

@@ -10,22 +10,31 @@ media's into the block holding the first media token: tokens before any image ar
 SHA-256 rather than Python's `hash`: a collision would hand one request another's cache, and requests come from
 different users.
 """
+
 from __future__ import annotations
 
 import hashlib
 from array import array
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from swiftops.engines.pt.sequence import Sequence
 
 
-def prompt_block_hashes(prompt_ids: list[int], block_size: int, salt: bytes = b"",
-                        media: Optional[tuple[int, bytes]] = None) -> list[bytes]:
+def prompt_block_hashes(
+    prompt_ids: list[int], block_size: int, salt: bytes = b"", media: tuple[int, bytes] | None = None
+) -> list[bytes]:
     """The chained hashes of a prompt's full blocks: computed where the request is prepared, off the engine loop."""
-    return _chain([], array("q", prompt_ids).tobytes(), len(prompt_ids) // block_size, 8 * block_size, salt,
-                  media[0] // block_size if media is not None else -1, media[1] if media is not None else b"")
+    return _chain(
+        [],
+        array("q", prompt_ids).tobytes(),
+        len(prompt_ids) // block_size,
+        8 * block_size,
+        salt,
+        media[0] // block_size if media is not None else -1,
+        media[1] if media is not None else b"",
+    )
 
 
 def extend_block_hashes(seq: Sequence, num_blocks: int, block_size: int) -> list[bytes]:
@@ -36,13 +45,26 @@ def extend_block_hashes(seq: Sequence, num_blocks: int, block_size: int) -> list
     ids = seq.prompt_ids if num_blocks * block_size <= len(seq.prompt_ids) else seq.all_ids
     start = len(hashes) * block_size
     media = seq.media_key
-    return _chain(hashes, array("q", ids[start:num_blocks * block_size]).tobytes(), num_blocks, 8 * block_size,
-                  seq.cache_salt, media[0] // block_size if media is not None else -1,
-                  media[1] if media is not None else b"")
+    return _chain(
+        hashes,
+        array("q", ids[start : num_blocks * block_size]).tobytes(),
+        num_blocks,
+        8 * block_size,
+        seq.cache_salt,
+        media[0] // block_size if media is not None else -1,
+        media[1] if media is not None else b"",
+    )
 
 
-def _chain(hashes: list[bytes], data: bytes, num_blocks: int, width: int, salt: bytes, media_block: int = -1,
-           media_digest: bytes = b"") -> list[bytes]:
+def _chain(
+    hashes: list[bytes],
+    data: bytes,
+    num_blocks: int,
+    width: int,
+    salt: bytes,
+    media_block: int = -1,
+    media_digest: bytes = b"",
+) -> list[bytes]:
     """Append the hashes of blocks len(hashes)..num_blocks - 1 to `hashes`; `data` holds those blocks' tokens
     (int64, `width` bytes a block). The salt goes into block 0, the media digest into block `media_block`."""
     first = len(hashes)
@@ -51,12 +73,12 @@ def _chain(hashes: list[bytes], data: bytes, num_blocks: int, width: int, salt: 
     for i in range(first, num_blocks):  # one call per block: this runs for every prompt token / block_size
         extra = (salt if i == 0 else b"") + (media_digest if i == media_block else b"")
         offset = (i - first) * width
-        parent = sha256(parent + extra + data[offset:offset + width]).digest()
+        parent = sha256(parent + extra + data[offset : offset + width]).digest()
         append(parent)
     return hashes
 
 
-def media_key(tensors: dict[str, Any]) -> Optional[tuple[int, bytes]]:
+def media_key(tensors: dict[str, Any]) -> tuple[int, bytes] | None:
     """(position of the first media token, digest of every media tensor) of a processor's output; None for text.
 
     `tensors` is `MultimodalInputs.tensors`: input_ids [1, S] and attention_mask besides the pixel values, grids,
@@ -66,8 +88,11 @@ def media_key(tensors: dict[str, Any]) -> Optional[tuple[int, bytes]]:
     for name in sorted(tensors):
         value = tensors[name]
         # input_ids are hashed as tokens, and token types follow from them (and vary with the text's length)
-        if name in ("input_ids", "attention_mask") or name.endswith("token_type_ids") or \
-                not isinstance(value, torch.Tensor):
+        if (
+            name in ("input_ids", "attention_mask")
+            or name.endswith("token_type_ids")
+            or not isinstance(value, torch.Tensor)
+        ):
             continue
         media = True
         h.update(name.encode())

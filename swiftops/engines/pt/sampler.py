@@ -8,10 +8,10 @@ whole vocabulary, so its tokens do not depend on its batch neighbours.
 Logprobs are the model's own distribution (log-softmax of the raw logits, before penalties and temperature), as
 vLLM and OpenAI report them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -26,7 +26,7 @@ _TOPK_FAST = 1024
 class SampleResult:
     token_ids: list[int]
     # per row: (chosen logprob, [(token_id, logprob), ...] top alternatives) or None when not asked
-    logprobs: list[Optional[tuple[float, list[tuple[int, float]]]]]
+    logprobs: list[tuple[float, list[tuple[int, float]]] | None]
 
 
 def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
@@ -70,8 +70,11 @@ def _filter(logits: torch.Tensor, top_k: list[int], top_p: list[float], min_p: l
     if limited:
         # Threshold of each row's k-th largest logit (rows without top-k keep every token).
         width = max(limited)
-        top = torch.topk(logits, width, dim=-1).values if width <= _TOPK_FAST else \
-            torch.sort(logits, dim=-1, descending=True).values[:, :width]
+        top = (
+            torch.topk(logits, width, dim=-1).values
+            if width <= _TOPK_FAST
+            else torch.sort(logits, dim=-1, descending=True).values[:, :width]
+        )
         kth = top.gather(1, torch.tensor([[min(t, width) - 1] for t in k], device=device))
         kth = torch.where(torch.tensor([[t >= vocab] for t in k], device=device), float("-inf"), kth)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -111,8 +114,9 @@ class HostCopy:
         self._done = None
         if values and values[0].device.type == "cuda":
             # from torch's caching host allocator
-            self._values = tuple(torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
-                                 for v in values)
+            self._values = tuple(
+                torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True) for v in values
+            )
             self._done = torch.cuda.Event()
             self._done.record()
 
@@ -134,12 +138,12 @@ class PendingSample:
     def collect(self) -> SampleResult:
         values = self.copy.result()
         token_ids = values[0]
-        infos: list[Optional[tuple[float, list[tuple[int, float]]]]] = [None] * len(token_ids)
+        infos: list[tuple[float, list[tuple[int, float]]] | None] = [None] * len(token_ids)
         if self.logprob_rows:
             chosen_lp = values[1]
             top_values, top_ids = (values[2], values[3]) if len(values) > 2 else (None, None)
-            for j, (i, n) in enumerate(zip(self.logprob_rows, self.top_counts)):
-                top = list(zip(top_ids[j][:n], top_values[j][:n])) if n else []
+            for j, (i, n) in enumerate(zip(self.logprob_rows, self.top_counts, strict=False)):
+                top = list(zip(top_ids[j][:n], top_values[j][:n], strict=False)) if n else []
                 infos[i] = (chosen_lp[j], top)
         return SampleResult(token_ids, infos)
 
@@ -164,8 +168,9 @@ def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSampl
         rows = torch.tensor(sampled, device=logits.device)
         picked = [params[i] for i in sampled]
         temperature = torch.tensor([p.temperature for p in picked], device=logits.device)[:, None]
-        sub = _filter(logits[rows] / temperature, [p.top_k for p in picked], [p.top_p for p in picked],
-                      [p.min_p for p in picked])
+        sub = _filter(
+            logits[rows] / temperature, [p.top_k for p in picked], [p.top_p for p in picked], [p.min_p for p in picked]
+        )
         probs = torch.softmax(sub, dim=-1)
         noise = _exponential_noise([seqs[i] for i in sampled], logits.shape[1], logits.device)
         chosen[rows] = torch.argmax(probs / noise, dim=-1)

@@ -13,14 +13,15 @@ The scheduler decides; it never touches a sequence's tokens, and its computed co
 admission (the cached prefix) and at preemption (zero). The post-step stage advances it.
 Every pass is linear in the number of running sequences.
 """
+
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from swiftops.engines.pt.block_manager import BlockManager
-from swiftops.engines.pt.sequence import Sequence, SeqStatus
+from swiftops.engines.pt.sequence import SeqStatus, Sequence
 
 
 @dataclass
@@ -35,8 +36,13 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, blocks: Optional[BlockManager], max_num_seqs: int, max_num_batched_tokens: int,
-                 admit: Optional[Callable[[Sequence, list[Sequence]], bool]] = None) -> None:
+    def __init__(
+        self,
+        blocks: BlockManager | None,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        admit: Callable[[Sequence, list[Sequence]], bool] | None = None,
+    ) -> None:
         self.blocks = blocks  # None: the fallback runner keeps its own caches
         self.admit = admit  # extra admission check (a LoRA slot for the sequence's adapter)
         self.max_num_seqs = max_num_seqs

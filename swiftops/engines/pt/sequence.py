@@ -1,10 +1,12 @@
 """A sequence being generated: its tokens, sampling settings, KV blocks and where its output goes."""
+
 from __future__ import annotations
 
 import enum
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 
@@ -23,7 +25,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    seed: Optional[int] = None
+    seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
@@ -43,8 +45,11 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "greedy", self.temperature < 1e-5)
-        object.__setattr__(self, "penalized", self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                           or self.frequency_penalty != 0.0)
+        object.__setattr__(
+            self,
+            "penalized",
+            self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0,
+        )
 
 
 class SeqStatus(enum.Enum):
@@ -80,7 +85,7 @@ class Sequence:
     params: SamplingParams
     sink: Callable[[SequenceOutput], None]
     index: int = 0  # choice index within its request (n > 1)
-    adapter: Optional[str] = None  # LoRA adapter name (None: the base model)
+    adapter: str | None = None  # LoRA adapter name (None: the base model)
     lora_slot: int = 0  # where the adapter is resident while the sequence runs (0: none)
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
@@ -91,7 +96,7 @@ class Sequence:
     # weights digest; the media's first position and digest), the chained hashes of its full blocks so far, and
     # how many of its leading blocks were offered to the cache (or taken from it).
     cache_salt: bytes = b""
-    media_key: Optional[tuple[int, bytes]] = None
+    media_key: tuple[int, bytes] | None = None
     block_hashes: list[bytes] = field(default_factory=list)
     num_cached_blocks: int = 0
     status: SeqStatus = SeqStatus.WAITING
@@ -119,8 +124,8 @@ class Sequence:
         if end <= prompt_len:
             return self.prompt_ids[start:end]
         if start >= prompt_len:
-            return self.output_ids[start - prompt_len:end - prompt_len]
-        return self.prompt_ids[start:] + self.output_ids[:end - prompt_len]
+            return self.output_ids[start - prompt_len : end - prompt_len]
+        return self.prompt_ids[start:] + self.output_ids[: end - prompt_len]
 
     @property
     def last_token(self) -> int:

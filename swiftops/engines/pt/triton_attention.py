@@ -13,20 +13,46 @@ CUDA graph captured once serves every context length.
 
 Nothing here is sized by max_model_len: block tables are read only up to each sequence's context.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+
 @triton.jit
-def _attend_tile(q, m_i, l_i, acc, tile, kv_begin, kv_end, q_pos, table, k_ptr, v_ptr, kv_head,
-                 stride_ks, stride_kh, stride_vs, stride_vh, offs_d, d_valid, scale, softcap,
-                 BLOCK_N: tl.constexpr, PAGE: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-                 PRECISION: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr):
+def _attend_tile(
+    q,
+    m_i,
+    l_i,
+    acc,
+    tile,
+    kv_begin,
+    kv_end,
+    q_pos,
+    table,
+    k_ptr,
+    v_ptr,
+    kv_head,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    offs_d,
+    d_valid,
+    scale,
+    softcap,
+    BLOCK_N: tl.constexpr,
+    PAGE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr,
+):
     """One tile of keys and values into the online softmax of the program's rows."""
     offs_n = tl.arange(0, BLOCK_N)
     k_pos = kv_begin + tile * BLOCK_N + offs_n
@@ -37,13 +63,17 @@ def _attend_tile(q, m_i, l_i, acc, tile, kv_begin, kv_end, q_pos, table, k_ptr, 
         page = tl.load(table + k_pos // PAGE).to(tl.int64)
     slot = page * PAGE + k_pos % PAGE
     if MASKED:
-        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
-                    mask=n_valid[None, :] & d_valid[:, None], other=0.0)
+        k = tl.load(
+            k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
+            mask=n_valid[None, :] & d_valid[:, None],
+            other=0.0,
+        )
     elif EVEN_D:
         k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None])
     else:
-        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
-                    mask=d_valid[:, None], other=0.0)
+        k = tl.load(
+            k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None], mask=d_valid[:, None], other=0.0
+        )
     s = tl.dot(q, k, input_precision=PRECISION)
     if SOFTCAP:  # softcap * tanh(s / softcap), with tanh(x) = 2 sigmoid(2x) - 1
         s = s * scale
@@ -62,27 +92,60 @@ def _attend_tile(q, m_i, l_i, acc, tile, kv_begin, kv_end, q_pos, table, k_ptr, 
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     if MASKED:
-        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :],
-                    mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+        v = tl.load(
+            v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :],
+            mask=n_valid[:, None] & d_valid[None, :],
+            other=0.0,
+        )
     elif EVEN_D:
         v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :])
     else:
-        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :],
-                    mask=d_valid[None, :], other=0.0)
+        v = tl.load(
+            v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :], mask=d_valid[None, :], other=0.0
+        )
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
 
 
 @triton.jit
 def _paged_attention_kernel(
-        out_ptr, q_ptr, k_ptr, v_ptr, tables_ptr, rows_ptr, ctx_lens_ptr, q_starts_ptr,
-        part_out_ptr, part_max_ptr, part_sum_ptr,
-        scale, softcap,
-        stride_qt, stride_qh, stride_ot, stride_oh, stride_ks, stride_kh, stride_vs, stride_vh, stride_table,
-        stride_ps, stride_pt, stride_ph,
-        GROUP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr, WINDOW: tl.constexpr,
-        SOFTCAP: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr):
+    out_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    tables_ptr,
+    rows_ptr,
+    ctx_lens_ptr,
+    q_starts_ptr,
+    part_out_ptr,
+    part_max_ptr,
+    part_sum_ptr,
+    scale,
+    softcap,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    stride_table,
+    stride_ps,
+    stride_pt,
+    stride_ph,
+    GROUP: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PAGE: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     q_block = tl.program_id(0)
     seq = tl.program_id(1)
     kv_head = tl.program_id(2) // NUM_SPLITS
@@ -102,8 +165,11 @@ def _paged_attention_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_valid = offs_d < HEAD_DIM
     q_rows = (q_start + token).to(tl.int64)
-    q = tl.load(q_ptr + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
-                mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+        mask=m_valid[:, None] & d_valid[None, :],
+        other=0.0,
+    )
 
     # Keys this tile can see: causal up to its last token; from the window's start when there is one.
     last_token = tl.minimum(q_block * BLOCK_Q + BLOCK_Q, q_len) - 1
@@ -129,19 +195,74 @@ def _paged_attention_kernel(
         first_pos = ctx_len - q_len + q_block * BLOCK_Q
         full_tiles = tl.minimum((first_pos + 1) // BLOCK_N, num_tiles)
     for tile in range(tile_lo, tl.minimum(tile_hi, full_tiles)):
-        m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, tile, kv_begin, kv_end, q_pos, table, k_ptr, v_ptr, kv_head,
-                                     stride_ks, stride_kh, stride_vs, stride_vh, offs_d, d_valid, scale, softcap,
-                                     BLOCK_N, PAGE, WINDOW, SOFTCAP, PRECISION, False, BLOCK_D == HEAD_DIM)
+        m_i, l_i, acc = _attend_tile(
+            q,
+            m_i,
+            l_i,
+            acc,
+            tile,
+            kv_begin,
+            kv_end,
+            q_pos,
+            table,
+            k_ptr,
+            v_ptr,
+            kv_head,
+            stride_ks,
+            stride_kh,
+            stride_vs,
+            stride_vh,
+            offs_d,
+            d_valid,
+            scale,
+            softcap,
+            BLOCK_N,
+            PAGE,
+            WINDOW,
+            SOFTCAP,
+            PRECISION,
+            False,
+            BLOCK_D == HEAD_DIM,
+        )
     for tile in range(tl.maximum(tile_lo, full_tiles), tile_hi):
-        m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, tile, kv_begin, kv_end, q_pos, table, k_ptr, v_ptr, kv_head,
-                                     stride_ks, stride_kh, stride_vs, stride_vh, offs_d, d_valid, scale, softcap,
-                                     BLOCK_N, PAGE, WINDOW, SOFTCAP, PRECISION, True, BLOCK_D == HEAD_DIM)
+        m_i, l_i, acc = _attend_tile(
+            q,
+            m_i,
+            l_i,
+            acc,
+            tile,
+            kv_begin,
+            kv_end,
+            q_pos,
+            table,
+            k_ptr,
+            v_ptr,
+            kv_head,
+            stride_ks,
+            stride_kh,
+            stride_vs,
+            stride_vh,
+            offs_d,
+            d_valid,
+            scale,
+            softcap,
+            BLOCK_N,
+            PAGE,
+            WINDOW,
+            SOFTCAP,
+            PRECISION,
+            True,
+            BLOCK_D == HEAD_DIM,
+        )
 
     store_mask = m_valid[:, None] & d_valid[None, :]
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=store_mask)
+        tl.store(
+            out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=store_mask,
+        )
     else:
         part = split * stride_ps + q_rows * stride_pt + head * stride_ph
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=store_mask)
@@ -150,23 +271,36 @@ def _paged_attention_kernel(
 
 
 @triton.jit
-def _merge_splits_kernel(out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, stride_ot, stride_oh,
-                         stride_ps, stride_pt, stride_ph, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         NUM_SPLITS: tl.constexpr):
+def _merge_splits_kernel(
+    out_ptr,
+    part_out_ptr,
+    part_max_ptr,
+    part_sum_ptr,
+    stride_ot,
+    stride_oh,
+    stride_ps,
+    stride_pt,
+    stride_ph,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+):
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     splits = tl.arange(0, NUM_SPLITS)
     offs_d = tl.arange(0, BLOCK_D)
     part = splits * stride_ps + token * stride_pt + head * stride_ph
     m = tl.load(part_max_ptr + part)
-    l = tl.load(part_sum_ptr + part)
+    seg_sum = tl.load(part_sum_ptr + part)
     m_max = tl.max(m, 0)
     weight = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))  # empty segments weigh nothing
-    acc = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_d[None, :] < HEAD_DIM,
-                  other=0.0)
-    out = tl.sum(acc * weight[:, None], 0) / tl.sum(l * weight, 0)
-    tl.store(out_ptr + token * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
-             mask=offs_d < HEAD_DIM)
+    acc = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    out = tl.sum(acc * weight[:, None], 0) / tl.sum(seg_sum * weight, 0)
+    tl.store(
+        out_ptr + token * stride_ot + head * stride_oh + offs_d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=offs_d < HEAD_DIM,
+    )
 
 
 def _next_pow2(n: int) -> int:
@@ -180,10 +314,22 @@ def decode_splits(num_programs: int, num_sms: int) -> int:
     return min(16, _next_pow2(math.ceil(2 * num_sms / num_programs)))
 
 
-def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, tables: torch.Tensor,
-                    rows: torch.Tensor, ctx_lens: torch.Tensor, q_starts: torch.Tensor, max_q_len: int,
-                    block_size: int, scale: float, window: Optional[int] = None, softcap: Optional[float] = None,
-                    num_splits: int = 1, tiles: Optional[tuple[int, int, int]] = None) -> torch.Tensor:
+def paged_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    tables: torch.Tensor,
+    rows: torch.Tensor,
+    ctx_lens: torch.Tensor,
+    q_starts: torch.Tensor,
+    max_q_len: int,
+    block_size: int,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+    num_splits: int = 1,
+    tiles: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
     """Attention of every sequence's new tokens over its paged context (the new tokens' keys already written).
 
     query: [T, H, D] packed new tokens (last dim contiguous); key_cache / value_cache: [slots, Hkv, D];
@@ -220,16 +366,59 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         part_out = part_max = part_sum = out  # unused
     grid = (triton.cdiv(max_q_len, block_q), batch, kv_heads * num_splits)
     _paged_attention_kernel[grid](
-        out, query, key_cache, value_cache, tables, rows, ctx_lens, q_starts, part_out, part_max, part_sum,
-        float(scale), float(softcap or 0.0),
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1), key_cache.stride(0), key_cache.stride(1),
-        value_cache.stride(0), value_cache.stride(1), tables.stride(0),
-        tokens * heads, heads, 1,
-        GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        PAGE=block_size, WINDOW=int(window or 0), SOFTCAP=bool(softcap), NUM_SPLITS=num_splits,
-        PRECISION=precision, num_warps=warps, num_stages=stages)
+        out,
+        query,
+        key_cache,
+        value_cache,
+        tables,
+        rows,
+        ctx_lens,
+        q_starts,
+        part_out,
+        part_max,
+        part_sum,
+        float(scale),
+        float(softcap or 0.0),
+        query.stride(0),
+        query.stride(1),
+        out.stride(0),
+        out.stride(1),
+        key_cache.stride(0),
+        key_cache.stride(1),
+        value_cache.stride(0),
+        value_cache.stride(1),
+        tables.stride(0),
+        tokens * heads,
+        heads,
+        1,
+        GROUP=group,
+        BLOCK_Q=block_q,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        PAGE=block_size,
+        WINDOW=int(window or 0),
+        SOFTCAP=bool(softcap),
+        NUM_SPLITS=num_splits,
+        PRECISION=precision,
+        num_warps=warps,
+        num_stages=stages,
+    )
     if num_splits > 1:
         _merge_splits_kernel[(tokens, heads)](
-            out, part_out, part_max, part_sum, out.stride(0), out.stride(1), tokens * heads, heads, 1,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4)
+            out,
+            part_out,
+            part_max,
+            part_sum,
+            out.stride(0),
+            out.stride(1),
+            tokens * heads,
+            heads,
+            1,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            NUM_SPLITS=num_splits,
+            num_warps=4,
+        )
     return out

@@ -3,11 +3,13 @@
 Each fused kernel (RMSNorm, the gated MLP) checks one module of a class on random inputs; a class whose forward is
 another formula (Gemma's 1 + weight norm, a different activation) or that fails to run keeps its own forward.
 """
+
 from __future__ import annotations
 
 import logging
 import types
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -21,8 +23,13 @@ def agrees_within(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, fp3
     return bool(((got - want).abs() <= tolerance * (1 + want.abs())).all())
 
 
-def switch_forwards(model: torch.nn.Module, eligible: Callable[[Any], bool], agrees: Callable[[Any], bool],
-                    fused_forward: Callable, prepare: Optional[Callable[[Any], None]] = None) -> int:
+def switch_forwards(
+    model: torch.nn.Module,
+    eligible: Callable[[Any], bool],
+    agrees: Callable[[Any], bool],
+    fused_forward: Callable,
+    prepare: Callable[[Any], None] | None = None,
+) -> int:
     """Give every eligible module whose class passes `agrees` the forward `fused_forward`; returns how many."""
     verdicts: dict[type, bool] = {}
     switched = 0
@@ -35,7 +42,7 @@ def switch_forwards(model: torch.nn.Module, eligible: Callable[[Any], bool], agr
         if cls not in verdicts:
             try:
                 verdicts[cls] = agrees(module)
-            except Exception as exc:  # noqa: BLE001 - any failure keeps the module's own forward
+            except Exception as exc:
                 logger.info("fused %s skipped (%s: %s)", cls.__name__, type(exc).__name__, exc)
                 verdicts[cls] = False
             if not verdicts[cls]:

@@ -3,6 +3,7 @@
 The engine module loads lazily, so `swiftops.engines.vllm.args` (pure mappings) imports neither
 torch nor vllm; vllm itself is imported only when an engine is built.
 """
+
 from typing import Any
 
 __all__ = ["VllmEngine"]

@@ -5,9 +5,10 @@ Nothing here imports vllm: these functions return plain dicts that the engine ha
 values; contract tests (tests/contract/, run in a venv with vLLM) build the real classes from them,
 so a renamed or removed vLLM argument fails there rather than on a GPU node.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from swiftops.engines.engine_options import resolve_sampling
 from swiftops.engines.gguf_source import gguf_source
@@ -26,8 +27,9 @@ _QUANTIZATION = {"bnb": "bitsandbytes"}
 _OWNED_ENGINE_ARGS = ("model", "enable_lora")
 
 
-def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
-                       generation: Optional[GenerationSettings] = None) -> dict[str, Any]:
+def engine_args_kwargs(
+    model: ModelSettings, engine: EngineSettings, generation: GenerationSettings | None = None
+) -> dict[str, Any]:
     """Keyword arguments of vLLM's `AsyncEngineArgs` for these settings.
 
     Fields the user did not set that have a swiftops default unlike vLLM's (block_size,
@@ -38,8 +40,10 @@ def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
     if model.device_map:
         raise ConfigError(unsupported_reason("vllm", "device_map"), param="device_map")
     if model.quant_bits not in (None, 4) and model.quant_method == "bnb":
-        raise ConfigError("vLLM loads bitsandbytes models in 4 bits only; use --quant_bits 4 or --infer_backend pt",
-                          param="quant_bits")
+        raise ConfigError(
+            "vLLM loads bitsandbytes models in 4 bits only; use --quant_bits 4 or --infer_backend pt",
+            param="quant_bits",
+        )
     kwargs: dict[str, Any] = {
         "model": gguf_model_path(model) or model.model,
         "dtype": _DTYPES[model.torch_dtype],
@@ -77,22 +81,27 @@ def engine_args_kwargs(model: ModelSettings, engine: EngineSettings,
         kwargs["seed"] = generation.seed
     for key in _OWNED_ENGINE_ARGS:
         if key in engine.engine_kwargs:
-            raise ConfigError(f"engine_kwargs must not set {key!r}: swiftops sets it from "
-                              f"{'--model' if key == 'model' else '--adapters'}", param="engine_kwargs")
+            raise ConfigError(
+                f"engine_kwargs must not set {key!r}: swiftops sets it from "
+                f"{'--model' if key == 'model' else '--adapters'}",
+                param="engine_kwargs",
+            )
     kwargs.update(engine.engine_kwargs)
     return kwargs
 
 
-def gguf_model_path(model: ModelSettings) -> Optional[str]:
+def gguf_model_path(model: ModelSettings) -> str | None:
     """vLLM's `model` for a GGUF checkpoint: the path of the one local file (vLLM reads single-file GGUF;
     recent releases need the vllm-gguf-plugin package). None when the model is not GGUF."""
     gguf = gguf_source(model.model, model.gguf_file)
     if gguf is None:
         return None
     if not gguf.is_local:
-        raise ConfigError(f"vLLM reads a local GGUF file: download {gguf.file_name} from {gguf.location} and pass "
-                          f"--model path/to/{gguf.file_name} (with --tokenizer set to the base model's hub id)",
-                          param="model")
+        raise ConfigError(
+            f"vLLM reads a local GGUF file: download {gguf.file_name} from {gguf.location} and pass "
+            f"--model path/to/{gguf.file_name} (with --tokenizer set to the base model's hub id)",
+            param="model",
+        )
     return gguf.path
 
 
@@ -129,9 +138,14 @@ def lora_request_kwargs(name: str, path: str, lora_int_id: int) -> dict[str, Any
     return {"lora_name": name, "lora_int_id": lora_int_id, "lora_path": path}
 
 
-def sampling_params_kwargs(config: RequestConfig, generation: GenerationSettings, prompt_len: int,
-                           max_model_len: int, model_defaults: Optional[dict[str, Any]] = None,
-                           constraint: Optional[OutputConstraint] = None) -> dict[str, Any]:
+def sampling_params_kwargs(
+    config: RequestConfig,
+    generation: GenerationSettings,
+    prompt_len: int,
+    max_model_len: int,
+    model_defaults: dict[str, Any] | None = None,
+    constraint: OutputConstraint | None = None,
+) -> dict[str, Any]:
     """Keyword arguments of vLLM's `SamplingParams` for one request.
 
     Precedence per field: the request, then the engine's generation defaults (--temperature ...),

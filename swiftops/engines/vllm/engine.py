@@ -7,24 +7,36 @@ model's own chat template here (the same code as the pt engine), so both backend
 token ids; vLLM does scheduling, sampling, stop strings and LoRA. Data parallelism
 (`data_parallel_size`) is vLLM's own: one AsyncLLM front-end balancing requests over engine replicas.
 """
+
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any
 
 from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.vllm import args as vllm_args
 from swiftops.engines.vllm.outputs import OutputTracker
 from swiftops.engines.vllm.prompt import has_media, load_media, split_media
-from swiftops.protocol import (AdapterRequest, BadRequestError, EngineError, InferRequest, ModelNotFoundError,
-                               PromptTooLongError, RequestConfig, SwiftopsError, UnsupportedError)
+from swiftops.protocol import (
+    AdapterRequest,
+    BadRequestError,
+    EngineError,
+    InferRequest,
+    ModelNotFoundError,
+    PromptTooLongError,
+    RequestConfig,
+    SwiftopsError,
+    UnsupportedError,
+)
 from swiftops.protocol.capabilities import require
-from swiftops.protocol.structured_output import output_constraint
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.structured_output import output_constraint
 from swiftops.template.chat_template import encode_prompt, render_prompt
 
 logger = logging.getLogger(__name__)
@@ -37,27 +49,37 @@ def import_vllm() -> Any:
     try:
         import vllm
     except ImportError as exc:
-        raise ConfigError(f"the vllm backend needs the vllm library, which is not installed ({exc}); "
-                          f"run {INSTALL_HINT} on a machine with an NVIDIA GPU, or use --infer_backend pt") from None
+        raise ConfigError(
+            f"the vllm backend needs the vllm library, which is not installed ({exc}); "
+            f"run {INSTALL_HINT} on a machine with an NVIDIA GPU, or use --infer_backend pt"
+        ) from None
     try:  # vllm's top level is lazy: a broken install (mismatched torch, CUDA-only extensions) fails here
-        vllm.AsyncEngineArgs, vllm.AsyncLLMEngine, vllm.SamplingParams
+        _ = vllm.AsyncEngineArgs, vllm.AsyncLLMEngine, vllm.SamplingParams
         import vllm.lora.request
         import vllm.sampling_params
     except (ImportError, OSError, RuntimeError) as exc:
-        raise ConfigError(f"vllm {getattr(vllm, '__version__', '')} is installed but does not load: "
-                          f"{type(exc).__name__}: {exc}; reinstall it with {INSTALL_HINT} (it pins its own torch)") \
-            from None
+        raise ConfigError(
+            f"vllm {getattr(vllm, '__version__', '')} is installed but does not load: "
+            f"{type(exc).__name__}: {exc}; reinstall it with {INSTALL_HINT} (it pins its own torch)"
+        ) from None
     return vllm
 
 
 class VllmEngine(SettingsEngine):
-    """vLLM behind swiftops' interface; keyword arguments are the settings' field names (see `swiftops infer --help`)."""
+    """vLLM behind swiftops' interface.
+
+    Keyword arguments are the settings' field names (see `swiftops infer --help`)."""
 
     backend = "vllm"
     library = "vLLM"
 
-    def _setup(self, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings,
-               served_model_name: Optional[str]) -> None:
+    def _setup(
+        self,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings,
+        served_model_name: str | None,
+    ) -> None:
         vllm = import_vllm()
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import RequestOutputKind
@@ -77,13 +99,19 @@ class VllmEngine(SettingsEngine):
         try:
             engine_args = vllm.AsyncEngineArgs(**engine_kwargs)
         except TypeError as exc:  # engine_kwargs naming an argument this vLLM release does not have
-            raise ConfigError(f"vLLM {getattr(vllm, '__version__', '')} rejected the engine arguments: {exc}; "
-                              f"check engine_kwargs against this release's AsyncEngineArgs",
-                              param="engine_kwargs") from None
+            raise ConfigError(
+                f"vLLM {getattr(vllm, '__version__', '')} rejected the engine arguments: {exc}; "
+                f"check engine_kwargs against this release's AsyncEngineArgs",
+                param="engine_kwargs",
+            ) from None
         self._llm = vllm.AsyncLLMEngine.from_engine_args(engine_args)
         model_config = getattr(self._llm, "model_config", None)
-        self.max_model_len = int(getattr(model_config, "max_model_len", 0) or model.max_model_len or
-                                 getattr(self.tokenizer, "model_max_length", 0) or 2048)
+        self.max_model_len = int(
+            getattr(model_config, "max_model_len", 0)
+            or model.max_model_len
+            or getattr(self.tokenizer, "model_max_length", 0)
+            or 2048
+        )
         self._active: set[str] = set()
 
     @staticmethod
@@ -94,10 +122,9 @@ class VllmEngine(SettingsEngine):
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         generation_config = None
         if vllm_args.gguf_model_path(model) is None:  # a GGUF file has no generation_config.json
-            try:
+            # no generation_config.json: greedy unless the request samples
+            with contextlib.suppress(OSError):
                 generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
-            except OSError:  # no generation_config.json: greedy unless the request samples
-                pass
         return tokenizer, model_sampling_defaults(generation_config)
 
     # ---- adapters --------------------------------------------------------------------------------
@@ -110,21 +137,26 @@ class VllmEngine(SettingsEngine):
     def adapter_names(self) -> list[str]:
         return list(self._adapters)
 
-    def _lora_request(self, adapter_request: Optional[AdapterRequest]) -> Any:
+    def _lora_request(self, adapter_request: AdapterRequest | None) -> Any:
         if adapter_request is None or adapter_request.name == self.model_name:
             return self._adapters.get(self._default_adapter) if self._default_adapter else None
         known = self._adapters.get(adapter_request.name)
         if known is not None and (adapter_request.path is None or adapter_request.path == known.lora_path):
             return known
         if adapter_request.path is None:
-            raise ModelNotFoundError(f"adapter {adapter_request.name!r} is not loaded; this engine serves "
-                                     f"{', '.join(self.models)}")
+            raise ModelNotFoundError(
+                f"adapter {adapter_request.name!r} is not loaded; this engine serves {', '.join(self.models)}"
+            )
         if not self._lora_enabled:
-            raise UnsupportedError("this vLLM engine was started without adapters, so LoRA is off; start it with "
-                                   "--adapters name=path to serve adapters")
+            raise UnsupportedError(
+                "this vLLM engine was started without adapters, so LoRA is off; start it with "
+                "--adapters name=path to serve adapters"
+            )
         if known is not None:
-            raise BadRequestError(f"adapter name {adapter_request.name!r} is taken by {known.lora_path}; "
-                                  f"pick another name", param="adapter")
+            raise BadRequestError(
+                f"adapter name {adapter_request.name!r} is taken by {known.lora_path}; pick another name",
+                param="adapter",
+            )
         return self._register_adapter(adapter_request.name, adapter_request.path)
 
     # ---- requests ----------------------------------------------------------------------------------
@@ -144,15 +176,18 @@ class VllmEngine(SettingsEngine):
         messages, media = split_media(request)
         for kind in set(media) - {"image"}:
             require("vllm", f"{kind}_input")
-        text = render_prompt(self.tokenizer, request.model_copy(update={"messages": messages, "images": [],
-                                                                        "videos": [], "audios": []}),
-                             self.generation.system)
+        text = render_prompt(
+            self.tokenizer,
+            request.model_copy(update={"messages": messages, "images": [], "videos": [], "audios": []}),
+            self.generation.system,
+        )
         # The rendered template already holds the BOS it wants: vLLM must not add another (see _generate).
         length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return {"prompt": text, "multi_modal_data": load_media(media)}, length
 
-    def _start(self, request: InferRequest, config: RequestConfig, adapter_request: Optional[AdapterRequest]
-               ) -> tuple[AsyncIterator[SequenceOutput], bool]:
+    def _start(
+        self, request: InferRequest, config: RequestConfig, adapter_request: AdapterRequest | None
+    ) -> tuple[AsyncIterator[SequenceOutput], bool]:
         """The request's outputs (generation starts as they are read) and whether they carry logprobs."""
         if config.num_beams > 1:
             require("vllm", "beam_search")
@@ -162,8 +197,14 @@ class VllmEngine(SettingsEngine):
             raise BadRequestError("the prompt is empty", param="prompt")
         if prompt_len >= self.max_model_len:
             raise PromptTooLongError(prompt_len, self.max_model_len)
-        sampling = vllm_args.sampling_params_kwargs(config, self.generation, prompt_len, self.max_model_len,
-                                                    self._model_defaults, output_constraint(config, request))
+        sampling = vllm_args.sampling_params_kwargs(
+            config,
+            self.generation,
+            prompt_len,
+            self.max_model_len,
+            self._model_defaults,
+            output_constraint(config, request),
+        )
         params = self._sampling_params(sampling)
         top = sampling.get("logprobs")
         tracker = OutputTracker(config.n, prompt_len, top, lambda t: self.tokenizer.decode([t]))
@@ -180,14 +221,16 @@ class VllmEngine(SettingsEngine):
         except (ValueError, TypeError) as exc:  # vLLM validates ranges (e.g. logprobs above max_logprobs)
             raise BadRequestError(f"vLLM rejected the sampling settings: {exc}") from exc
 
-    async def _generate(self, prompt: Any, params: Any, lora_request: Any,
-                        tracker: OutputTracker) -> AsyncIterator[SequenceOutput]:
+    async def _generate(
+        self, prompt: Any, params: Any, lora_request: Any, tracker: OutputTracker
+    ) -> AsyncIterator[SequenceOutput]:
         request_id = f"swiftops-{next(_request_ids)}"
         self._active.add(request_id)
         try:
             extra = {"tokenization_kwargs": {"add_special_tokens": False}} if "prompt" in prompt else {}
-            async for request_output in self._llm.generate(prompt, params, request_id, lora_request=lora_request,
-                                                           **extra):
+            async for request_output in self._llm.generate(
+                prompt, params, request_id, lora_request=lora_request, **extra
+            ):
                 for out in tracker.convert(request_output):
                     yield out
                 if tracker.done:

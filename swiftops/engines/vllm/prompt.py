@@ -6,6 +6,7 @@ Either way the messages handed to the chat template get `{"type": "image"}`-styl
 multimodal templates turn into the model's placeholder tokens; the items themselves are loaded here
 and passed beside the prompt (vLLM's `multi_modal_data`), in order.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,15 +20,24 @@ from swiftops.protocol import BadRequestError, InferRequest
 MEDIA_KINDS = ("image", "video", "audio")
 _TAG = re.compile(r"<(image|video|audio)>")
 # OpenAI content-part types -> (media kind, key holding the item)
-_PART_TYPES = {"image_url": ("image", "image_url"), "image": ("image", "image"), "video_url": ("video", "video_url"),
-               "video": ("video", "video"), "input_audio": ("audio", "input_audio"), "audio": ("audio", "audio")}
+_PART_TYPES = {
+    "image_url": ("image", "image_url"),
+    "image": ("image", "image"),
+    "video_url": ("video", "video_url"),
+    "video": ("video", "video"),
+    "input_audio": ("audio", "input_audio"),
+    "audio": ("audio", "audio"),
+}
 
 
 def has_media(request: InferRequest) -> bool:
     if request.images or request.videos or request.audios:
         return True
-    return any(isinstance(m.get("content"), list) and any(
-        isinstance(p, dict) and p.get("type") in _PART_TYPES for p in m["content"]) for m in request.messages)
+    return any(
+        isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") in _PART_TYPES for p in m["content"])
+        for m in request.messages
+    )
 
 
 def split_media(request: InferRequest) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
@@ -46,8 +56,9 @@ def split_media(request: InferRequest) -> tuple[list[dict[str, Any]], dict[str, 
                         parts.append({"type": "text", "text": piece})
                     continue
                 if not queues[piece]:
-                    raise BadRequestError(f"the messages have more <{piece}> tags than {piece}s given",
-                                          param=f"{piece}s")
+                    raise BadRequestError(
+                        f"the messages have more <{piece}> tags than {piece}s given", param=f"{piece}s"
+                    )
                 media[piece].append(queues[piece].pop(0))
                 parts.append({"type": piece})
         elif isinstance(content, list):
@@ -69,8 +80,10 @@ def split_media(request: InferRequest) -> tuple[list[dict[str, Any]], dict[str, 
         messages.append({**message, "content": parts if has_media_part else "".join(p.get("text", "") for p in parts)})
     for kind, left in queues.items():
         if left:
-            raise BadRequestError(f"{len(left)} {kind}(s) have no <{kind}> tag in the messages; add one tag per "
-                                  f"{kind} where it belongs", param=f"{kind}s")
+            raise BadRequestError(
+                f"{len(left)} {kind}(s) have no <{kind}> tag in the messages; add one tag per {kind} where it belongs",
+                param=f"{kind}s",
+            )
     return messages, {kind: items for kind, items in media.items() if items}
 
 
@@ -81,15 +94,16 @@ def load_image(item: Any) -> Any:
     if isinstance(item, Image.Image):
         return item.convert("RGB")
     if not isinstance(item, str):
-        raise BadRequestError(f"an image must be a path, URL or base64 string, not {type(item).__name__}",
-                              param="images")
+        raise BadRequestError(
+            f"an image must be a path, URL or base64 string, not {type(item).__name__}", param="images"
+        )
     try:
         if item.startswith("data:"):
             data = base64.b64decode(item.partition(",")[2])
         elif item.startswith(("http://", "https://")):
             import urllib.request
 
-            with urllib.request.urlopen(item, timeout=30) as response:  # noqa: S310 - user-given media URL
+            with urllib.request.urlopen(item, timeout=30) as response:
                 data = response.read()
         elif Path(item).expanduser().is_file():
             data = Path(item).expanduser().read_bytes()
