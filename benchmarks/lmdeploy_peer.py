@@ -77,7 +77,9 @@ def _build(args: argparse.Namespace, record: RunRecord) -> tuple[Any, Any]:
     from lmdeploy.serve.core.async_engine import AsyncEngine
 
     logging.getLogger("lmdeploy").setLevel(logging.WARNING)  # not two INFO lines per request
-    config_kwargs: dict[str, Any] = {"max_batch_size": args.max_batch_size}
+    config_kwargs: dict[str, Any] = {}
+    if args.max_batch_size:  # 0: the library's own default, as `swiftops deploy --infer_backend lmdeploy` leaves it
+        config_kwargs["max_batch_size"] = args.max_batch_size
     if args.dtype:
         config_kwargs["dtype"] = args.dtype
     if args.session_len:

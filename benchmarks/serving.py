@@ -260,8 +260,10 @@ class Run:
     def served(self, backend: str, model_dir: str, sets: dict[str, list[list[int]]], max_len: int) -> dict[str, Any]:
         from swiftops.server.launcher import ServerProcess
 
-        flags = ["--model", model_dir, "--max_model_len", str(max_len), "--max_queue", "4096",
-                 "--infer_backend", backend]
+        # engine defaults: no --max_model_len, batch or memory flag (the default --max_queue, 256, holds 128 clients)
+        flags = ["--model", model_dir, "--infer_backend", backend]
+        if max_len:
+            flags += ["--max_model_len", str(max_len)]
         t0 = time.perf_counter()
         server = ServerProcess(flags, ready_timeout=min(600.0, self.left())).start()
         entry: dict[str, Any] = {"command": "swiftops deploy " + " ".join(flags),
@@ -297,10 +299,12 @@ class Run:
                    "warmup": [everything[0]], "warmup_output_len": 4}
         prompt_file, result_file = self.work / "direct-prompts.json", self.work / "direct.json"
         prompt_file.write_text(json.dumps(prompts))
-        code = _run_child([sys.executable, "-m", "benchmarks.lmdeploy_peer", "--model", model_dir, "--prompts",
-                           str(prompt_file), "--out", str(result_file), "--max_batch_size", "256",
-                           "--session_len", str(self.args.prompt_len + self.args.output_len)],
-                          self.left(), self.work / "direct.log")
+        # LMDeploy at its own defaults, as our wrapper starts it (no max_batch_size or session_len)
+        cmd = [sys.executable, "-m", "benchmarks.lmdeploy_peer", "--model", model_dir, "--prompts", str(prompt_file),
+               "--out", str(result_file), "--max_batch_size", "0"]
+        if self.args.max_model_len:
+            cmd += ["--session_len", str(self.args.max_model_len)]
+        code = _run_child(cmd, self.left(), self.work / "direct.log")
         if not result_file.exists():
             return {"ok": False, "returncode": code, "log_tail": (self.work / "direct.log").read_text()[-1500:]}
         return {"returncode": code, **json.loads(result_file.read_text())}
@@ -355,6 +359,8 @@ def main() -> None:
     parser.add_argument("--requests_per_client", type=int, default=2)
     parser.add_argument("--prompt_len", type=int, default=128)
     parser.add_argument("--output_len", type=int, default=256)
+    parser.add_argument("--max_model_len", type=int, default=None,
+                        help="pass this context to every engine (default: none, each engine's own default)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"any of {', '.join(PARTS)}")
     parser.add_argument("--client_processes", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)))
     parser.add_argument("--deadline_s", type=float, default=540.0, help="stop starting parts after this long")
@@ -383,7 +389,7 @@ def main() -> None:
         print(json.dumps(run.doc, indent=2))
         return
     model_dir, vocab = _model(args)
-    max_len = args.prompt_len + args.output_len
+    max_len = args.max_model_len  # None: each engine's default context (the headline figures)
     sets = {str(c): random_prompts(c * args.requests_per_client, args.prompt_len, vocab, seed=c) for c in levels}
     run.doc.update(shape=args.shape, dtype=args.dtype, model=model_dir, prompt_len=args.prompt_len,
                    output_len=args.output_len, concurrency=levels, requests_per_client=args.requests_per_client,
