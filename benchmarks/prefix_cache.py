@@ -15,7 +15,8 @@ Workloads:
 
 Engines, each in its own process one after another: `pt` (PtEngine(path, torch_dtype) at its defaults: prefix
 caching on), `pt_nocache` (enable_prefix_caching=False), `lmdeploy` (AsyncEngine on the PyTorch backend,
-PytorchEngineConfig(max_batch_size=256, dtype, enable_prefix_caching=True)). Every request streams, as a chat
+PytorchEngineConfig(max_batch_size=256, dtype, enable_prefix_caching=True)), and only with --engines
+`lmdeploy_nocache` (the same, caching off: LMDeploy's own on/off ratio). Every request streams, as a chat
 server's do: TTFT is the time from submitting the phase to a request's first output; throughput is the completion
 tokens produced (checked) over the phase's wall time. A warm-up on another system prompt runs first (it shares
 nothing with the timed prompts). The JSON holds every engine's figures, TTFT percentiles, the pt engine's
@@ -52,7 +53,8 @@ class Workload:
     output_len: int
     turns: int = 1  # > 1: a multi-turn replay, one phase per turn
     answer_len: int = 128  # the logged answer put back into the next turn's prompt
-    engines: tuple[str, ...] = ("pt", "pt_nocache", "lmdeploy")
+    # lmdeploy_nocache runs only when asked (--engines): LMDeploy's own on/off ratio on the same workload
+    engines: tuple[str, ...] = ("pt", "pt_nocache", "lmdeploy", "lmdeploy_nocache")
     device: str = "cuda"
     engine_timeout_s: int = 240
 
@@ -188,7 +190,8 @@ def run_lmdeploy(args: argparse.Namespace, prompts: dict[str, Any], record: Any)
     from lmdeploy.serve.core.async_engine import AsyncEngine
 
     logging.getLogger("lmdeploy").setLevel(logging.WARNING)
-    config_kwargs = {"max_batch_size": 256, "dtype": args.dtype, "enable_prefix_caching": True}
+    config_kwargs = {"max_batch_size": 256, "dtype": args.dtype,
+                     "enable_prefix_caching": args.engine == "lmdeploy"}
     record.set(lmdeploy=lmdeploy.__version__, engine_config_kwargs=config_kwargs, api="AsyncEngine")
     t0 = time.perf_counter()
     engine = AsyncEngine(args.model, backend="pytorch", backend_config=lmdeploy.PytorchEngineConfig(**config_kwargs))
@@ -232,7 +235,7 @@ def child(args: argparse.Namespace) -> int:
     warnings = WarningLog()
     logging.getLogger().addHandler(warnings)
     record = RunRecord(args.out, args.engine, **device_info())
-    work = run_lmdeploy if args.engine == "lmdeploy" else run_pt
+    work = run_lmdeploy if args.engine.startswith("lmdeploy") else run_pt
     return record.capture(lambda: work(args, load_prompts(args.prompts), record), warnings)
 
 
@@ -245,7 +248,7 @@ def ratios(engines: dict[str, dict[str, Any]]) -> dict[str, float]:
         return (rec.get("all_turns") or {}).get("tok_s") or ((rec.get("runs") or {}).get("main") or {}).get("tok_s")
 
     found = {}
-    for a, b in (("pt", "pt_nocache"), ("pt", "lmdeploy")):
+    for a, b in (("pt", "pt_nocache"), ("pt", "lmdeploy"), ("lmdeploy", "lmdeploy_nocache")):
         x, y = tok_s(a), tok_s(b)
         if x and y:
             found[f"{a}/{b}"] = round(x / y, 3)
@@ -283,7 +286,7 @@ def run_workload(work: Workload, args: argparse.Namespace, doc: dict[str, Any], 
     save()
     wanted = set(args.engines.split(",")) if args.engines else None
     for label in work.engines:
-        if wanted is not None and label not in wanted:
+        if (label not in wanted) if wanted is not None else label == "lmdeploy_nocache":
             continue
         if remaining() < 30:
             entry["engines"][label] = {"ok": False, "skipped": f"not started: {remaining():.0f} s left"}
@@ -291,7 +294,7 @@ def run_workload(work: Workload, args: argparse.Namespace, doc: dict[str, Any], 
         out = tmp / f"{label}.json"
         cmd = [sys.executable, "-m", "benchmarks.prefix_cache", "--child", label, "--model", str(model),
                "--prompts", str(prompts_file), "--out", str(out), "--dtype", work.dtype]
-        if args.pt_kwargs and label != "lmdeploy":
+        if args.pt_kwargs and not label.startswith("lmdeploy"):
             cmd += ["--engine_kwargs", args.pt_kwargs]
         timeout = min(float(args.engine_timeout_s or work.engine_timeout_s), remaining() - 5)
         result = run_child(cmd, timeout, f"{work.name}/{label}")
@@ -330,12 +333,14 @@ def main() -> None:
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
     parser.add_argument("--out", default=None, help="JSON file, rewritten after every engine")
     parser.add_argument("--model_dir", default=str(REPO / ".bench-models"))
-    parser.add_argument("--engines", default=None, help="only these, comma-separated (pt,pt_nocache,lmdeploy)")
+    parser.add_argument("--engines", default=None,
+                        help="only these, comma-separated (pt,pt_nocache,lmdeploy,lmdeploy_nocache)")
     parser.add_argument("--deadline_s", type=float, default=None, help="start no engine after this many seconds")
     parser.add_argument("--engine_timeout_s", type=float, default=None)
     parser.add_argument("--pt_kwargs", default=None, help="JSON merged into the pt engines' keyword arguments")
     # the engine processes
-    parser.add_argument("--child", dest="engine", choices=["pt", "pt_nocache", "lmdeploy"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", dest="engine", choices=["pt", "pt_nocache", "lmdeploy", "lmdeploy_nocache"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--prompts", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
