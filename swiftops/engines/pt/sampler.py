@@ -35,6 +35,11 @@ def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tens
     return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long).to(device, non_blocking=True)
 
 
+# Penalized logits are clipped to this magnitude: far beyond any model's logits, and finite after a division by
+# the smallest temperature.
+_LOGIT_BOUND = 1e4
+
+
 def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     """Repetition penalty over prompt and output (transformers' and vLLM's rule), presence and frequency penalties
     over the output (OpenAI's), for the penalized rows of the batch at once."""
@@ -49,7 +54,11 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
         seen.scatter_(1, ids, True)
         seen = seen[:, :vocab]
         penalty = torch.tensor([p.repetition_penalty for p in params], device=logits.device)[:, None]
-        sub = torch.where(seen, torch.where(sub > 0, sub / penalty, sub * penalty), sub)
+        # A penalty too small for float32 (5e-324 is valid JSON and > 0) would be 0: x / 0 = inf, and softmax
+        # over inf is NaN. Kept normal, and the scaled logits bounded, every row stays a distribution.
+        penalty = penalty.clamp_min(torch.finfo(torch.float32).tiny)
+        scaled = torch.where(sub > 0, sub / penalty, sub * penalty).clamp(-_LOGIT_BOUND, _LOGIT_BOUND)
+        sub = torch.where(seen, scaled, sub)
     if any(p.presence_penalty or p.frequency_penalty for p in params):
         ids = _padded([seqs[i].output_ids for i in rows], vocab, logits.device)
         counts = torch.zeros(len(rows), vocab + 1, dtype=sub.dtype, device=logits.device)
@@ -158,11 +167,13 @@ def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSampl
         penalized = any(p.penalized for p in params)
         logits = logits.float()  # greedy alone needs no float32 copy of the batch's logits
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-    if any(s.grammar is not None for s in seqs):  # structured output: grammar masks, all rows in one kernel
-        constrain(logits, seqs)
     if penalized:
         logits = logits.clone()
         _apply_penalties(logits, seqs)
+    # Structured output: grammar masks, all rows in one kernel. Last, so nothing after it can bring a disallowed
+    # token back (a penalty's arithmetic on a masked -inf could give NaN, which argmax picks).
+    if any(s.grammar is not None for s in seqs):
+        constrain(logits, seqs)
     chosen = torch.argmax(logits, dim=-1)
     if sampled:
         rows = torch.tensor(sampled, device=logits.device)

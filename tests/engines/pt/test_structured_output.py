@@ -215,3 +215,17 @@ def test_padded_vocabulary_ids_are_never_allowed(tiny_model_dir):
     assert all(tokenizer.decode([t]) and ("yes".startswith(tokenizer.decode([t])) or
                                           "no".startswith(tokenizer.decode([t]))) for t in allowed)
     compiler.close()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_penalty_too_small_for_float32_keeps_the_grammar(engine, temperature):
+    # Found by the OpenAPI fuzzer: repetition_penalty 5e-324 is 0 in float32; applied after the mask, -inf * 0 was
+    # NaN, argmax took a masked token and the request failed with a 500. The mask is now the last word.
+    config = RequestConfig(max_tokens=8, temperature=temperature, guided_choice=["0", "yes"],
+                           repetition_penalty=5e-324)
+    responses = engine.infer([REQUEST] * 4, config, use_tqdm=False)
+    assert [r.choices[0].finish_reason for r in responses] == ["stop"] * 4
+    assert {_text(r) for r in responses} <= {"0", "yes"}
+    free = engine.infer([REQUEST] * 2, RequestConfig(max_tokens=6, temperature=temperature, ignore_eos=True,
+                                                     repetition_penalty=5e-324), use_tqdm=False)
+    assert all(r.usage.completion_tokens == 6 for r in free)  # a sampled row stays a distribution: no NaN
