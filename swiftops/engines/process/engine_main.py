@@ -269,6 +269,17 @@ def _build(spec: EngineSpec) -> Any:
     return build_engine(model, engine, generation, media, serving=True)
 
 
+def _quiet_cpu_threads(engine: Any) -> None:
+    """A GPU engine's host work is launching kernels and small tensors: one intra-op thread. torch's default
+    (a thread per core) spins OpenMP workers after each parallel CPU op, taking the cores that the API server
+    and its clients on the same host need (vLLM's workers do the same). OMP_NUM_THREADS, when set, wins."""
+    device = getattr(engine, "device", None)
+    if getattr(device, "type", None) == "cuda" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def run(spec: EngineSpec) -> None:
     """The engine process's entry point (multiprocessing, spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server drains first
@@ -292,6 +303,7 @@ def run(spec: EngineSpec) -> None:
         status.close()
         context.term()
         sys.exit(2 if isinstance(exc, SwiftopsError) else 1)
+    _quiet_cpu_threads(engine)
     server = EngineServer(engine, context, spec.outputs_address)
     info = EngineInfo(
         engine.model_name,

@@ -416,6 +416,11 @@ class PtEngine(InferEngine):
     def num_waiting(self) -> int:
         return self._core.num_waiting if self._core is not None else 0
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (the first parameter's device under a device_map)."""
+        return self._loaded.device
+
     def _sampling_params(self, config: RequestConfig, prompt_len: int) -> SamplingParams:
         g, gc = self.generation, self._loaded.generation_config
         room = self.max_model_len - prompt_len

@@ -161,3 +161,25 @@ def test_a_dead_engine_process_fails_requests_in_flight_and_later_ones(tiny_mode
             asyncio.run(engine.infer_async(_ask("hi"), GREEDY))
     finally:
         engine.close()
+
+
+def test_a_gpu_engine_process_keeps_one_cpu_thread(monkeypatch):
+    import types
+
+    import torch
+
+    from swiftops.engines.process.engine_main import _quiet_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        _quiet_cpu_threads(types.SimpleNamespace(device=torch.device("cpu")))
+        assert torch.get_num_threads() == before  # a CPU engine computes on those threads
+        _quiet_cpu_threads(types.SimpleNamespace(device=torch.device("cuda", 0)))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+        _quiet_cpu_threads(types.SimpleNamespace(device=torch.device("cuda", 0)))
+        assert torch.get_num_threads() == before  # the operator's OMP_NUM_THREADS wins
+    finally:
+        torch.set_num_threads(before)
