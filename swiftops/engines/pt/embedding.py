@@ -154,6 +154,8 @@ class PtEmbeddingEngine(InferEngine):
     models): the embedding of the raw prompt, or of the last message's text.
     """
 
+    task_type = "embedding"
+
     def __init__(
         self,
         model: str,
