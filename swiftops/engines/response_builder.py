@@ -140,7 +140,8 @@ class _StreamState:
         if out.finish_reason is not None:
             c.finish_reason = out.finish_reason
             message, finish = final_message(c, self.tools)
-            if message.tool_calls:
+            calls = out.tool_calls or message.tool_calls
+            if calls:
                 tool_deltas = [
                     DeltaToolCall(
                         index=k,
@@ -148,7 +149,7 @@ class _StreamState:
                         type="function",
                         function={"name": call.function.name, "arguments": call.function.arguments},
                     )
-                    for k, call in enumerate(message.tool_calls)
+                    for k, call in enumerate(calls)
                 ]
             self.finished += 1
         content = c.streamable(self.tools) or None

@@ -41,7 +41,8 @@ class ChatStreamShaper:
             c.finish_reason = out.finish_reason
             message, finish = final_message(c, self.tools)
             self.finish[out.index] = finish
-            if message.tool_calls:
+            calls = out.tool_calls or message.tool_calls
+            if calls:
                 tool_deltas = [
                     {
                         "index": k,
@@ -49,9 +50,9 @@ class ChatStreamShaper:
                         "type": "function",
                         "function": {"name": call.function.name, "arguments": call.function.arguments},
                     }
-                    for k, call in enumerate(message.tool_calls)
+                    for k, call in enumerate(calls)
                 ]
-                self.tool_calls[out.index] = [call.model_dump() for call in message.tool_calls]
+                self.tool_calls[out.index] = [call.model_dump() for call in calls]
         content = c.streamable(self.tools) or None
         delta: dict[str, Any] = {}
         if out.index not in self.started:
