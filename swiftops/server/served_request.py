@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from swiftops.media.budget import MediaBudget, request_media_budget
 from swiftops.protocol import SwiftopsError, UsageInfo
+from swiftops.protocol.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected, error_body, logger
 from swiftops.server.request_log import log_body
@@ -46,7 +46,14 @@ def media_budget(ctx: ServerContext) -> MediaBudget:
 
 
 class ServedRequest:
-    def __init__(self, ctx: ServerContext, request: Request, route: str, body: BaseModel, weight: int = 1) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        request: Request,
+        route: str,
+        body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        weight: int = 1,
+    ) -> None:
         self.weight = weight  # sequences (prompts x n): what admission counts
         self.ctx = ctx
         self.request = request
@@ -57,7 +64,7 @@ class ServedRequest:
         self.arrival = time.perf_counter()
         self._last_token_at: float | None = None
         self._holds_slot = False
-        self.state.user = getattr(body, "user", None)
+        self.state.user = body.user
         if ctx.settings.verbose:
             log_body(self.request_id, "request", body.model_dump(exclude_none=True))
 

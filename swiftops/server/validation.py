@@ -85,10 +85,12 @@ def validate_embedding(ctx: ServerContext, body: EmbeddingRequest) -> ValidatedR
     return ValidatedRequest(model_name, adapter, 1)
 
 
-def _check_common(ctx: ServerContext, body: BaseModel) -> tuple[str, AdapterRequest | None]:
+def _check_common(
+    ctx: ServerContext, body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+) -> tuple[str, AdapterRequest | None]:
     check_accepting(ctx.lifecycle)
     check_encodable(body)
-    return resolve_model(ctx.models, getattr(body, "model", None))
+    return resolve_model(ctx.models, body.model)
 
 
 # ---- size, before anything is tokenized --------------------------------------------------------------------
