@@ -24,7 +24,6 @@ from swiftops.protocol import (
     RequestConfig,
     UnsupportedError,
 )
-from swiftops.protocol.settings import GenerationSettings
 
 if TYPE_CHECKING:
     from swiftops.template.multimodal import MultimodalEncoder
@@ -86,8 +85,6 @@ class InferEngine(ABC):
     max_model_len: int | None = None
     #: Most sequences generated at once, or None where the backend does not say (the server then admits 64).
     max_batch_size: int | None = None
-    #: Generation defaults of the engine (--system, --max_new_tokens, ...); None where each request carries its own.
-    generation: GenerationSettings | None = None
     #: A multimodal model's media encoder (processor and media limits), which sizes a request's media budget.
     encoder: MultimodalEncoder | None = None
     _loop_thread: _LoopThread | None = None
@@ -119,8 +116,9 @@ class InferEngine(ABC):
         """Why the engine can serve no more (its process died), or None while it can: /health reports it."""
         return None
 
-    def on_death(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook: in-process engines die with the server
+    def on_death(self, callback: Callable[[str], object]) -> None:
         """`callback(reason)` runs once the engine can serve no more (an engine in its own process that died)."""
+        del callback  # an in-process engine dies with the server: nothing to watch
 
     @property
     def num_running(self) -> int:
@@ -164,16 +162,17 @@ class InferEngine(ABC):
         if template is None:
             from swiftops.template.template import Template
 
-            system = self.generation.system if self.generation is not None else None
-            template = Template(processor=self.processor, default_system=system)
+            generation = getattr(self, "generation", None)  # the generating engines' defaults; not every engine's
+            template = Template(processor=self.processor, default_system=getattr(generation, "system", None))
             self._default_template = template
         return template
 
     @default_template.setter
     def default_template(self, template: Any) -> None:
         """Later requests get its default system prompt (when they have no system turn) and its chat template."""
-        if self.generation is not None:
-            self.generation = self.generation.model_copy(update={"system": template.default_system})
+        generation = getattr(self, "generation", None)
+        if generation is not None:
+            self.generation = generation.model_copy(update={"system": template.default_system})
         if self.encoder is not None:
             self.encoder.default_system = template.default_system
         if template.chat_template:

@@ -201,7 +201,10 @@ async def stream_response(
             # (model_construct), which is most of a chunk's cost on a busy server.
             delta = DeltaMessage.model_construct(role=d.role, content=d.content, tool_calls=tool_deltas)
             choice = ChatCompletionResponseStreamChoice.model_construct(
-                index=d.index, delta=delta, finish_reason=d.finish_reason, logprobs=logprobs
+                index=d.index,
+                delta=delta,
+                finish_reason=d.finish_reason,  # type: ignore[arg-type]  # engines finish with FinishReason's values
+                logprobs=logprobs,
             )
             # Every field given: pydantic inspects a default_factory's signature on each use (slow per token).
             yield ChatCompletionStreamResponse.model_construct(
@@ -213,4 +216,4 @@ async def stream_response(
                 choices=[choice],
             )
     finally:
-        await outputs.aclose()  # a consumer that stops early aborts the generation now, not at GC
+        await outputs.aclose()  # type: ignore[attr-defined]  # an async generator: stopping early aborts the generation

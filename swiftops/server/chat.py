@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from swiftops.protocol import ChatCompletionResponse, RequestConfig, new_id
+from swiftops.protocol import ChatCompletionResponse, new_id
 from swiftops.protocol.openai_api import ChatCompletionRequest
 from swiftops.server.chat_stream import ChatStreamShaper
 from swiftops.server.context import ServerContext
@@ -45,7 +45,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 async def _stream(
     ctx: ServerContext, served: ServedRequest, body: ChatCompletionRequest, valid: ValidatedRequest
 ) -> Response:
-    infer_request, config = valid.request, valid.config or RequestConfig()
+    infer_request, config = valid.request, valid.config
 
     async def start() -> tuple[Any, Any]:
         outputs = await ctx.engine.generate(infer_request, config, adapter_request=valid.adapter)

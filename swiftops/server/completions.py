@@ -71,7 +71,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 
 
 async def _first_output(
-    ctx: ServerContext, request: InferRequest, config: RequestConfig | None, adapter: AdapterRequest | None
+    ctx: ServerContext, request: InferRequest, config: RequestConfig, adapter: AdapterRequest | None
 ) -> AsyncIterator[SequenceOutput]:
     """The prompt's outputs, with the first one already awaited: errors of the request itself (a prompt too
     long, an unknown adapter) get their own status code before the 200 goes out."""

@@ -45,7 +45,7 @@ class ValidatedRequest:
     adapter: AdapterRequest | None
     weight: int  # admission slots: prompts x n
     requests: list[InferRequest] = field(default_factory=list)  # one per prompt
-    config: RequestConfig | None = None
+    config: RequestConfig = field(default_factory=RequestConfig)
     echoes: list[str] = field(default_factory=list)  # completions' echo=true: each prompt's text
 
     @property

@@ -91,6 +91,7 @@ class LmdeployEngine(SettingsEngine):
 
     backend = "lmdeploy"
     library = "LMDeploy"
+    max_model_len: int  # known once the engine is built (the interface allows None for backends that do not know it)
 
     def _setup(
         self,

@@ -128,6 +128,10 @@ def _push_all(items: list[tuple[_Stream, Any]]) -> None:
 class EngineProcessClient(InferEngine):
     """The pt engine in a process of its own, behind the same interface as `PtEngine`."""
 
+    # Known once the model is loaded (the interface allows None for backends that do not know them).
+    max_model_len: int
+    max_batch_size: int
+
     def __init__(
         self,
         model: ModelSettings,
@@ -141,7 +145,7 @@ class EngineProcessClient(InferEngine):
         self.generation = generation or GenerationSettings()
         self.failure: str | None = None
         self._closing = False
-        self._death_callbacks: list[Callable[[str], None]] = []
+        self._death_callbacks: list[Callable[[str], object]] = []
         self._streams: dict[int, _Stream] = {}
         self._rids = itertools.count(1)
         self._send_lock = threading.Lock()
@@ -235,7 +239,7 @@ class EngineProcessClient(InferEngine):
     def health_error(self) -> str | None:
         return self.failure
 
-    def on_death(self, callback: Callable[[str], None]) -> None:
+    def on_death(self, callback: Callable[[str], object]) -> None:
         """`callback(reason)` runs (on the receiver thread) once the engine process is found dead."""
         self._death_callbacks.append(callback)
         if self.failure is not None:

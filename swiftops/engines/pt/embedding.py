@@ -155,6 +155,9 @@ class PtEmbeddingEngine(InferEngine):
     """
 
     task_type = "embedding"
+    # Known once the model is loaded (the interface allows None for backends that do not know them).
+    max_model_len: int
+    max_batch_size: int
 
     def __init__(
         self,

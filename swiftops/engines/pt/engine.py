@@ -100,6 +100,10 @@ class PtEngine(InferEngine):
     request that names no adapter (`default_adapter` picks one by name). An embedding, reward or classifier
     checkpoint gets its own engine (PtEmbeddingEngine, PtClassifierEngine), as in ms-swift."""
 
+    # Known once the model is loaded (the interface allows None for backends that do not know them).
+    max_model_len: int
+    max_batch_size: int
+
     def __new__(cls, model: Any = None, *args: Any, task_type: str | None = None, **kwargs: Any) -> Any:
         if cls is PtEngine and isinstance(model, str) and model:
             from swiftops.engines.pt.task import model_task, task_engine_class

@@ -72,6 +72,7 @@ class VllmEngine(SettingsEngine):
 
     backend = "vllm"
     library = "vLLM"
+    max_model_len: int  # known once the engine is built (the interface allows None for backends that do not know it)
 
     def _setup(
         self,
