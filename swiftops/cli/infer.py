@@ -268,7 +268,7 @@ def run_dataset_mode(
                     writer,
                     boxes=box_drawer(draw_boxes, media),
                     system=generation.system,
-                    max_in_flight=2 * (getattr(engine, "max_batch_size", None) or 32),
+                    max_in_flight=2 * (engine.max_batch_size or 32),
                     stats=stats,
                     progress=bar,
                     echo=bool(stream) and show_progress,

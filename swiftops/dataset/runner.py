@@ -115,7 +115,7 @@ class DatasetRun:
         # does); generating models answer the conversation without it (it is the row's label).
         from swiftops.engines.pt.task import SCORING_TASKS
 
-        self.whole = getattr(engine, "task_type", None) in SCORING_TASKS
+        self.whole = engine.task_type in SCORING_TASKS
 
     def run(self, rows: list[DatasetRow]) -> list[tuple[DatasetRow, BaseException]]:
         asyncio.run(self.run_async(rows))

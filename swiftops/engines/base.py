@@ -11,8 +11,8 @@ import asyncio
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.metrics.stats import InferStats
@@ -24,6 +24,9 @@ from swiftops.protocol import (
     RequestConfig,
     UnsupportedError,
 )
+
+if TYPE_CHECKING:
+    from swiftops.template.multimodal import MultimodalEncoder
 
 InferResult = ChatCompletionResponse | AsyncIterator[ChatCompletionStreamResponse]
 _END = object()
@@ -65,10 +68,25 @@ class _LoopThread:
 
 
 class InferEngine(ABC):
-    """Base of `PtEngine`, `VllmEngine`, `LmdeployEngine` and `InferClient`."""
+    """Base of `PtEngine`, `VllmEngine`, `LmdeployEngine` and `InferClient`.
+
+    The facts below are all the server, the CLI and the dataset runner read from an engine; each backend sets
+    those it knows and keeps these defaults for the rest (InferClient, for one, has no tokenizer)."""
 
     #: Name put in responses' `model` field when the caller does not name one.
     model_name: str = "model"
+    #: What the model does (ModelSettings.task_type's values): the dataset runner scores whole rows for
+    #: "seq_cls", "reward" and "prm".
+    task_type: str = "causal_lm"
+    #: The model's tokenizer, or None where the backend does not expose one (the server then skips the checks
+    #: and counts that need it: vocabulary range of token-id prompts, characters per token, embedding usage).
+    tokenizer: Any = None
+    #: Context length in tokens (prompt + output), or None where unknown.
+    max_model_len: int | None = None
+    #: Most sequences generated at once, or None where the backend does not say (the server then admits 64).
+    max_batch_size: int | None = None
+    #: A multimodal model's media encoder (processor and media limits), which sizes a request's media budget.
+    encoder: MultimodalEncoder | None = None
     _loop_thread: _LoopThread | None = None
 
     # ---- what backends implement -------------------------------------------------------------
@@ -98,6 +116,20 @@ class InferEngine(ABC):
         """Why the engine can serve no more (its process died), or None while it can: /health reports it."""
         return None
 
+    def on_death(self, callback: Callable[[str], object]) -> None:
+        """`callback(reason)` runs once the engine can serve no more (an engine in its own process that died)."""
+        del callback  # an in-process engine dies with the server: nothing to watch
+
+    @property
+    def num_running(self) -> int:
+        """Sequences generating now (the server's /metrics); 0 where the backend does not count them."""
+        return 0
+
+    @property
+    def num_waiting(self) -> int:
+        """Sequences queued in the engine, not yet generating (/metrics); 0 where not counted."""
+        return 0
+
     async def embed_async(self, inputs: list[Any]) -> list[list[float]]:
         """Embeddings of texts (embedding models only)."""
         raise UnsupportedError(
@@ -121,7 +153,7 @@ class InferEngine(ABC):
     @property
     def processor(self) -> Any:
         """The tokenizer, or a multimodal model's processor (what ms-swift's `get_template` takes)."""
-        return getattr(self, "tokenizer", None)
+        return self.tokenizer
 
     @property
     def default_template(self) -> Any:
@@ -130,7 +162,7 @@ class InferEngine(ABC):
         if template is None:
             from swiftops.template.template import Template
 
-            generation = getattr(self, "generation", None)
+            generation = getattr(self, "generation", None)  # the generating engines' defaults; not every engine's
             template = Template(processor=self.processor, default_system=getattr(generation, "system", None))
             self._default_template = template
         return template
@@ -141,13 +173,10 @@ class InferEngine(ABC):
         generation = getattr(self, "generation", None)
         if generation is not None:
             self.generation = generation.model_copy(update={"system": template.default_system})
-        encoder = getattr(self, "encoder", None)
-        if encoder is not None:
-            encoder.default_system = template.default_system
+        if self.encoder is not None:
+            self.encoder.default_system = template.default_system
         if template.chat_template:
-            for holder in {
-                id(h): h for h in (getattr(self, "tokenizer", None), self.processor) if h is not None
-            }.values():
+            for holder in {id(h): h for h in (self.tokenizer, self.processor) if h is not None}.values():
                 holder.chat_template = template.chat_template
         self._default_template = template
 

@@ -3,9 +3,10 @@
     engine = InferClient(host="127.0.0.1", port=8000)          # same calls as PtEngine
     engine.infer([InferRequest(messages=[...])], RequestConfig(max_tokens=64), metrics=[InferStats()])
 
-Responses are the local engines' types (a streamed usage arrives on the last chunk, as with PtEngine),
-local image/video/audio paths are sent as base64 data URIs, one connection pool is reused per event
-loop, and a server error raises `InferClientError` carrying the server's message and HTTP status.
+Responses are the local engines' types: a stream is read back into engine outputs (swiftops.engines.client_stream)
+and shaped by the same code as PtEngine's, so usage arrives on its last chunk. Local image/video/audio paths are
+sent as base64 data URIs, one connection pool is reused per event loop, and a server error raises
+`InferClientError` carrying the server's message and HTTP status.
 """
 
 from __future__ import annotations
@@ -24,23 +25,20 @@ from urllib.parse import urlparse
 import httpx
 
 from swiftops.engines.base import InferEngine
+from swiftops.engines.client_stream import chat_logprobs, read_outputs
+from swiftops.engines.outputs import SequenceOutput
+from swiftops.engines.response_builder import stream_response
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol import (
     AdapterRequest,
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
-    ChatCompletionResponseStreamChoice,
     ChatCompletionStreamResponse,
-    ChatCompletionTokenLogprob,
     ChatMessage,
-    ChoiceLogprobs,
-    CompletionLogprobs,
     CompletionResponse,
-    DeltaMessage,
     InferRequest,
     RequestConfig,
     SwiftopsError,
-    TopLogprob,
     UsageInfo,
 )
 
@@ -112,21 +110,24 @@ def _sampling_fields(config: RequestConfig) -> dict[str, Any]:
     return fields
 
 
-def chat_logprobs(legacy: CompletionLogprobs | None) -> ChoiceLogprobs | None:
-    """The completions API's parallel lists -> chat-style logprobs (what the local engines return)."""
-    if legacy is None:
-        return None
-    content = []
-    for i, token in enumerate(legacy.tokens):
-        top = (legacy.top_logprobs[i] if i < len(legacy.top_logprobs) else None) or {}
-        content.append(
-            ChatCompletionTokenLogprob(
-                token=token,
-                logprob=legacy.token_logprobs[i] or 0.0,
-                top_logprobs=[TopLogprob(token=t, logprob=lp) for t, lp in top.items()],
-            )
+def _wants_logprobs(config: RequestConfig) -> bool:
+    return config.logprobs or bool(config.top_logprobs)
+
+
+def _as_chat_response(completion: CompletionResponse) -> ChatCompletionResponse:
+    """A /v1/completions answer in the chat shape the local engines return for a raw prompt."""
+    choices = [
+        ChatCompletionResponseChoice(
+            index=c.index,
+            message=ChatMessage(content=c.text),
+            finish_reason=c.finish_reason,
+            logprobs=chat_logprobs(c.logprobs),
         )
-    return ChoiceLogprobs(content=content)
+        for c in completion.choices
+    ]
+    return ChatCompletionResponse(
+        id=completion.id, model=completion.model, choices=choices, usage=completion.usage or UsageInfo()
+    )
 
 
 class InferClient(InferEngine):
@@ -287,15 +288,47 @@ class InferClient(InferEngine):
     ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionStreamResponse]:
         """`model` (or `adapter_request.name`) picks the served model or adapter; default: the base model."""
         config = request_config or RequestConfig()
-        if model is None:
-            model = adapter_request.name if adapter_request is not None else await self._base_model()
+        model = await self._model_for(adapter_request, model)
+        path, body = self._body(request, config, model)
+        if config.stream:  # chunks shaped as every local engine shapes them: usage on the last one
+            outputs = read_outputs(self._events(path, body), config.n, completion=path == "/completions")
+            return stream_response(outputs, config.n, model, tools=False, want_logprobs=_wants_logprobs(config))
+        response = await self._open(path, body, stream=False)
+        if path == "/completions":
+            return _as_chat_response(CompletionResponse.model_validate_json(response.content))
+        return ChatCompletionResponse.model_validate_json(response.content)
+
+    async def generate(
+        self, request: InferRequest, config: RequestConfig, *, adapter_request: AdapterRequest | None = None
+    ) -> AsyncIterator[SequenceOutput]:
+        path, body = self._body(
+            request, config.model_copy(update={"stream": True}), await self._model_for(adapter_request, None)
+        )
+        return read_outputs(self._events(path, body), config.n, completion=path == "/completions")
+
+    async def _model_for(self, adapter_request: AdapterRequest | None, model: str | None) -> str:
+        if model is not None:
+            return model
+        return adapter_request.name if adapter_request is not None else await self._base_model()
+
+    async def _base_model(self) -> str:
+        if self._models is None:
+            return await asyncio.to_thread(lambda: self.model_name)
+        return self._models[0]
+
+    @staticmethod
+    def _body(request: InferRequest, config: RequestConfig, model: str) -> tuple[str, dict[str, Any]]:
+        """The route and body for a request: messages go to /v1/chat/completions, a raw prompt to /v1/completions
+        (no chat template)."""
         if request.prompt is not None:
-            return await self._complete(request, config, model)
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [_encode_message(m) for m in request.messages],
-            **_sampling_fields(config),
-        }
+            # An explicit null: /v1/completions defaults to 16 tokens (OpenAI's rule), the local engines to
+            # the context; null asks the server for the engine's default, as locally.
+            body: dict[str, Any] = {"model": model, "prompt": request.prompt, "max_tokens": None}
+            body.update(_sampling_fields(config))
+            if _wants_logprobs(config):
+                body["logprobs"] = config.top_logprobs or 0
+            return "/completions", body
+        body = {"model": model, "messages": [_encode_message(m) for m in request.messages], **_sampling_fields(config)}
         for key in ("images", "videos", "audios"):
             items = getattr(request, key)
             if items:
@@ -304,101 +337,11 @@ class InferClient(InferEngine):
             body["tools"] = request.tools
         if request.tool_choice is not None:
             body["tool_choice"] = request.tool_choice
-        if config.logprobs or config.top_logprobs:
+        if _wants_logprobs(config):
             body["logprobs"] = True
             if config.top_logprobs is not None:
                 body["top_logprobs"] = config.top_logprobs
-        if config.stream:
-            return self._chat_stream(body)
-        response = await self._open("/chat/completions", body, stream=False)
-        return ChatCompletionResponse.model_validate_json(response.content)
-
-    async def _base_model(self) -> str:
-        if self._models is None:
-            return await asyncio.to_thread(lambda: self.model_name)
-        return self._models[0]
-
-    def _chat_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionStreamResponse]:
-        return self._hold_for_usage(self._events("/chat/completions", body))
-
-    async def _complete(
-        self, request: InferRequest, config: RequestConfig, model: str
-    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionStreamResponse]:
-        """A raw prompt goes to /v1/completions (no chat template); answers come back in chat shape."""
-        # An explicit null: /v1/completions defaults to 16 tokens (OpenAI's rule), the local engines to
-        # the context; null asks the server for the engine's default, as locally.
-        body: dict[str, Any] = {
-            "model": model,
-            "prompt": request.prompt,
-            "max_tokens": None,
-            **_sampling_fields(config),
-        }
-        if config.logprobs or config.top_logprobs:
-            body["logprobs"] = config.top_logprobs or 0
-        if config.stream:
-            return self._completion_stream(body)
-        response = await self._open("/completions", body, stream=False)
-        completion = CompletionResponse.model_validate_json(response.content)
-        choices = [
-            ChatCompletionResponseChoice(
-                index=c.index,
-                message=ChatMessage(content=c.text),
-                finish_reason=c.finish_reason,
-                logprobs=chat_logprobs(c.logprobs),
-            )
-            for c in completion.choices
-        ]
-        return ChatCompletionResponse(
-            id=completion.id, model=completion.model, choices=choices, usage=completion.usage or UsageInfo()
-        )
-
-    async def _completion_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionStreamResponse]:
-        started: set[int] = set()
-
-        async def as_chat() -> AsyncIterator[dict[str, Any]]:
-            async for event in self._events("/completions", body):
-                chunk = CompletionResponse.model_validate(event)
-                choices = []
-                for c in chunk.choices:
-                    delta = DeltaMessage(content=c.text)
-                    if c.index not in started:
-                        started.add(c.index)
-                        delta.role = "assistant"
-                    choices.append(
-                        ChatCompletionResponseStreamChoice(
-                            index=c.index,
-                            delta=delta,
-                            finish_reason=c.finish_reason,
-                            logprobs=chat_logprobs(c.logprobs),
-                        )
-                    )
-                yield ChatCompletionStreamResponse(
-                    id=chunk.id, model=chunk.model, choices=choices, usage=chunk.usage
-                ).model_dump()
-
-        async for chunk in self._hold_for_usage(as_chat()):
-            yield chunk
-
-    @staticmethod
-    async def _hold_for_usage(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ChatCompletionStreamResponse]:
-        """The server sends usage in an extra chunk with no choices; the local engines put it on the last
-        chunk. Finishing chunks are held back until that usage (or the end) arrives."""
-        held: ChatCompletionStreamResponse | None = None
-        async for event in events:
-            chunk = ChatCompletionStreamResponse.model_validate(event)
-            if not chunk.choices:
-                if held is not None:
-                    held.usage = chunk.usage
-                continue
-            if held is not None:
-                yield held
-                held = None
-            if any(c.finish_reason is not None for c in chunk.choices):
-                held = chunk
-            else:
-                yield chunk
-        if held is not None:
-            yield held
+        return "/chat/completions", body
 
     async def embed_async(self, inputs: list[Any]) -> list[list[float]]:
         response = await self._open("/embeddings", {"model": await self._base_model(), "input": inputs}, stream=False)

@@ -1,7 +1,8 @@
 """What a generating backend produces per choice and step, before it becomes an OpenAI response.
 
-Shared by the pt, vllm and lmdeploy engines and by `response_builder`, which turns these into
-`ChatCompletionResponse` / stream chunks.
+Shared by the pt, vllm and lmdeploy engines (and InferClient, reading a server's stream back), by
+`response_builder`, which turns these into `ChatCompletionResponse` / stream chunks, and by the server's chunk
+shapers (swiftops.server.chat_stream, completion_stream).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class SequenceOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: BaseException | None = None
+    tool_calls: list[Any] | None = None  # ToolCalls a server already parsed (InferClient); engines leave it None
 
 
 def merge_outputs(first: SequenceOutput, later: SequenceOutput) -> SequenceOutput:
@@ -35,4 +37,5 @@ def merge_outputs(first: SequenceOutput, later: SequenceOutput) -> SequenceOutpu
         prompt_tokens=later.prompt_tokens,
         completion_tokens=later.completion_tokens,
         error=later.error,
+        tool_calls=later.tool_calls,
     )

@@ -20,6 +20,7 @@ from swiftops.protocol import (
     ChoiceLogprobs,
     DeltaMessage,
     DeltaToolCall,
+    ToolCall,
     UsageInfo,
     new_id,
 )
@@ -105,80 +106,114 @@ async def collect_response(
     )
 
 
-async def stream_response(
-    outputs: AsyncIterator[SequenceOutput], n: int, model: str, tools: bool, want_logprobs: bool
-) -> AsyncIterator[ChatCompletionStreamResponse]:
-    """Chunks as OpenAI streams them: the first per choice carries the role; the last one carries usage."""
-    state = _StreamState(new_id("chatcmpl"), [ChoiceText() for _ in range(n)], model, tools, want_logprobs)
-    try:
-        async for out in outputs:
-            chunk = state.chunk_for(out)
-            if chunk is not None:
-                yield chunk
-    finally:
-        await outputs.aclose()  # a consumer that stops early aborts the generation now, not at GC
-
-
 @dataclass
-class _StreamState:
-    response_id: str
-    choices: list[ChoiceText]
-    model: str
-    tools: bool
-    want_logprobs: bool
-    started: set[int] = field(default_factory=set)
-    finished: int = 0
-    created: int = field(default_factory=lambda: int(time.time()))
+class ChunkDelta:
+    """What one output shows of its choice in a chat stream, before either chat chunk format renders it."""
 
-    def chunk_for(self, out: SequenceOutput) -> ChatCompletionStreamResponse | None:
+    index: int
+    role: str | None
+    content: str | None
+    tool_calls: list[ToolCall] | None
+    finish_reason: str | None
+    logprobs: list[Any]  # this output's ChatCompletionTokenLogprob entries
+
+
+class ChatStreamState:
+    """A chat stream's choices so far, and what each output shows of them: the one place that decides a chat
+    chunk's content, for both of its formats (the Python API's chunk objects here, the server's SSE events in
+    swiftops.server.chat_stream). The first chunk of a choice carries the role; text that may turn out to be a
+    tool call is held back, and the tool calls go out whole in the choice's last chunk."""
+
+    def __init__(self, n: int, tools: bool) -> None:
+        self.tools = tools
+        self.choices = [ChoiceText() for _ in range(n)]
+        self.started: set[int] = set()
+        self.finish: dict[int, str | None] = {}  # per finished choice: its finish reason
+        self.tool_calls: dict[int, list[ToolCall]] = {}
+        self.prompt_tokens = 0
+
+    @property
+    def all_finished(self) -> bool:
+        return len(self.finish) == len(self.choices)
+
+    def delta(self, out: SequenceOutput) -> ChunkDelta | None:
+        """The chunk content for one output, or None when it shows nothing yet (a held-back stop-string prefix)."""
         _raise_error(out)
         c = self.choices[out.index]
         c.text += out.text
         c.completion_tokens = out.completion_tokens
+        self.prompt_tokens = out.prompt_tokens
         finish: str | None = None
-        tool_deltas = None
+        calls: list[ToolCall] | None = None
         if out.finish_reason is not None:
             c.finish_reason = out.finish_reason
             message, finish = final_message(c, self.tools)
-            if message.tool_calls:
-                tool_deltas = [
+            self.finish[out.index] = finish
+            calls = out.tool_calls or message.tool_calls or None
+            if calls:
+                self.tool_calls[out.index] = calls
+        content = c.streamable(self.tools) or None
+        role = None
+        if out.index not in self.started:
+            self.started.add(out.index)
+            role, content = "assistant", content or ""
+        elif content is None and calls is None and finish is None and not out.logprobs:
+            return None
+        return ChunkDelta(out.index, role, content, calls, finish, out.logprobs)
+
+    def usage(self) -> dict[str, int]:
+        completion = sum(c.completion_tokens for c in self.choices)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+
+async def stream_response(
+    outputs: AsyncIterator[SequenceOutput], n: int, model: str, tools: bool, want_logprobs: bool
+) -> AsyncIterator[ChatCompletionStreamResponse]:
+    """The Python API's chunks, as ms-swift streams them: the last one carries usage (OpenAI's wire format sends
+    it in an extra chunk instead: swiftops.server.chat_stream)."""
+    state = ChatStreamState(n, tools)
+    response_id, created = new_id("chatcmpl"), int(time.time())
+    try:
+        async for out in outputs:
+            d = state.delta(out)
+            if d is None:
+                continue
+            tool_deltas = (
+                [
                     DeltaToolCall(
                         index=k,
                         id=call.id,
                         type="function",
                         function={"name": call.function.name, "arguments": call.function.arguments},
                     )
-                    for k, call in enumerate(message.tool_calls)
+                    for k, call in enumerate(d.tool_calls)
                 ]
-            self.finished += 1
-        content = c.streamable(self.tools) or None
-        role = None
-        if out.index not in self.started:
-            self.started.add(out.index)
-            role, content = "assistant", content or ""
-        elif content is None and tool_deltas is None and finish is None and not out.logprobs:
-            return None  # nothing visible yet (e.g. a held-back stop-string prefix)
-        usage = None
-        if finish is not None and self.finished == len(self.choices):
-            completion = sum(ch.completion_tokens for ch in self.choices)
-            usage = UsageInfo(
-                prompt_tokens=out.prompt_tokens,
-                completion_tokens=completion,
-                total_tokens=out.prompt_tokens + completion,
+                if d.tool_calls
+                else None
             )
-        logprobs = ChoiceLogprobs(content=out.logprobs) if self.want_logprobs and out.logprobs else None
-        # One chunk per token and stream: built without re-validating values we produced ourselves
-        # (model_construct), which is most of a chunk's cost on a busy server.
-        delta = DeltaMessage.model_construct(role=role, content=content, tool_calls=tool_deltas)
-        choice = ChatCompletionResponseStreamChoice.model_construct(
-            index=out.index, delta=delta, finish_reason=finish, logprobs=logprobs
-        )
-        # Every field given: pydantic inspects a default_factory's signature on each use (slow per token).
-        return ChatCompletionStreamResponse.model_construct(
-            id=self.response_id,
-            object="chat.completion.chunk",
-            created=self.created,
-            model=self.model,
-            usage=usage,
-            choices=[choice],
-        )
+            usage = UsageInfo(**state.usage()) if d.finish_reason is not None and state.all_finished else None
+            logprobs = ChoiceLogprobs(content=d.logprobs) if want_logprobs and d.logprobs else None
+            # One chunk per token and stream: built without re-validating values we produced ourselves
+            # (model_construct), which is most of a chunk's cost on a busy server.
+            delta = DeltaMessage.model_construct(role=d.role, content=d.content, tool_calls=tool_deltas)
+            choice = ChatCompletionResponseStreamChoice.model_construct(
+                index=d.index,
+                delta=delta,
+                finish_reason=d.finish_reason,  # type: ignore[arg-type]  # engines finish with FinishReason's values
+                logprobs=logprobs,
+            )
+            # Every field given: pydantic inspects a default_factory's signature on each use (slow per token).
+            yield ChatCompletionStreamResponse.model_construct(
+                id=response_id,
+                object="chat.completion.chunk",
+                created=created,
+                model=model,
+                usage=usage,
+                choices=[choice],
+            )
+    finally:
+        await outputs.aclose()  # type: ignore[attr-defined]  # an async generator: stopping early aborts the generation

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from swiftops.protocol.errors import BadRequestError
 from swiftops.protocol.request import InferRequest, RequestConfig
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -246,16 +245,6 @@ class ChatCompletionRequest(_SamplingParams):
                 "json_object, json_schema"
             )
         return self
-
-    def check_messages(self) -> None:
-        """A user message needs content (OpenAI answers 400 for a missing, null or empty one); other roles may
-        leave it out (an assistant turn with tool calls)."""
-        for i, message in enumerate(self.messages):
-            if message.role == "user" and (message.content is None or message.content == []):
-                raise BadRequestError(
-                    f"messages[{i}] is a user message without content; give its text or content parts",
-                    param=f"messages[{i}].content",
-                )
 
     def to_infer_request(self) -> InferRequest:
         return InferRequest(

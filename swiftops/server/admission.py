@@ -3,7 +3,7 @@
 
 Counting requests let one /v1/completions body of 100,000 prompts x n=128 (12.8 M sequences) in under a
 single slot while everyone else waited; now that body weighs what it asks for (and the server caps a
-request's weight before anything is tokenized: see swiftops.server.request_limits).
+request's weight before anything is tokenized: see swiftops.server.validation).
 
 The queue is bounded on purpose: an unbounded one turns overload into ever-growing latency and
 memory, where a 429 with Retry-After lets a load balancer or client back off.

@@ -66,10 +66,6 @@ class _GatedApp(FastAPI):
         return RequestGate(inner, **self.gate_options)
 
 
-def _engine_count(engine: InferEngine, name: str) -> float:
-    return float(getattr(engine, name, 0) or 0)
-
-
 def create_app(
     engine: InferEngine,
     settings: ServerSettings | None = None,
@@ -81,15 +77,15 @@ def create_app(
     page that asks for the key itself); every other route, present or added later, requires it."""
     settings = settings or ServerSettings()
     # As many requests generate at once as the engine batches (256 for the pt engine on a GPU).
-    concurrency = settings.max_concurrency or getattr(engine, "max_batch_size", None) or 64
+    concurrency = settings.max_concurrency or engine.max_batch_size or 64
     admission = AdmissionController(concurrency, settings.max_queue)
     worker_pools.configure(settings.media_workers, settings.media_queue)
     metrics = ServerMetrics(
         running=lambda: admission.running,
         waiting=lambda: admission.waiting,
-        engine_running=lambda: _engine_count(engine, "num_running"),
-        engine_waiting=lambda: _engine_count(engine, "num_waiting"),
-        prefix_cache=getattr(engine, "prefix_cache_stats", None),
+        engine_running=lambda: float(engine.num_running),
+        engine_waiting=lambda: float(engine.num_waiting),
+        prefix_cache=engine.prefix_cache_stats,
     )
     lifecycle = Lifecycle()
     ctx = ServerContext(

@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from swiftops.protocol import ChatCompletionResponse, InferRequest, RequestConfig, new_id
+from swiftops.protocol import ChatCompletionResponse, new_id
 from swiftops.protocol.openai_api import ChatCompletionRequest
 from swiftops.server.chat_stream import ChatStreamShaper
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected
 from swiftops.server.served_request import ServedRequest
 from swiftops.server.sse import STREAM_DOC
-from swiftops.server.validation import validate_chat
+from swiftops.server.validation import ValidatedRequest, validate_chat
 
 ROUTE = "/v1/chat/completions"
 router = APIRouter()
@@ -29,7 +29,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     valid = validate_chat(ctx, body)
     served = ServedRequest(ctx, request, ROUTE, body, weight=valid.weight)
     if body.stream:
-        return await _stream(ctx, served, body, valid.model_name, valid.request, valid.config, valid.adapter)
+        return await _stream(ctx, served, body, valid)
     try:
         response: ChatCompletionResponse = await served.run(
             lambda: ctx.engine.infer_async(valid.request, valid.config, adapter_request=valid.adapter)
@@ -43,16 +43,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 
 
 async def _stream(
-    ctx: ServerContext,
-    served: ServedRequest,
-    body: ChatCompletionRequest,
-    model_name: str,
-    infer_request: InferRequest,
-    config: RequestConfig,
-    adapter: Any,
+    ctx: ServerContext, served: ServedRequest, body: ChatCompletionRequest, valid: ValidatedRequest
 ) -> Response:
+    infer_request, config = valid.request, valid.config
+
     async def start() -> tuple[Any, Any]:
-        outputs = await ctx.engine.generate(infer_request, config, adapter_request=adapter)
+        outputs = await ctx.engine.generate(infer_request, config, adapter_request=valid.adapter)
         # The first output is awaited before the 200 goes out, so errors of the request itself
         # (a prompt too long, an unknown adapter) still get their own status code.
         return outputs, await anext(outputs, None)
@@ -62,7 +58,7 @@ async def _stream(
     except ClientDisconnected:
         return served.client_closed()
     tools = bool(infer_request.tools) and infer_request.tool_choice != "none"
-    shaper = ChatStreamShaper(new_id("chatcmpl"), model_name, config.n, tools)
+    shaper = ChatStreamShaper(new_id("chatcmpl"), valid.model_name, config.n, tools)
 
     async def events() -> AsyncIterator[bytes]:
         out = first

@@ -14,7 +14,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from swiftops.engines.outputs import SequenceOutput
-from swiftops.protocol import CompletionChoice, CompletionResponse, UsageInfo, new_id
+from swiftops.protocol import (
+    AdapterRequest,
+    CompletionChoice,
+    CompletionResponse,
+    InferRequest,
+    RequestConfig,
+    UsageInfo,
+    new_id,
+)
 from swiftops.protocol.openai_api import CompletionRequest
 from swiftops.server.completion_stream import CompletionStreamShaper, legacy_logprobs
 from swiftops.server.context import ServerContext
@@ -62,7 +70,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     return _respond(served, body, valid.model_name, started, valid.echoes)
 
 
-async def _first_output(ctx: ServerContext, request: Any, config: Any, adapter: Any) -> AsyncIterator[SequenceOutput]:
+async def _first_output(
+    ctx: ServerContext, request: InferRequest, config: RequestConfig, adapter: AdapterRequest | None
+) -> AsyncIterator[SequenceOutput]:
     """The prompt's outputs, with the first one already awaited: errors of the request itself (a prompt too
     long, an unknown adapter) get their own status code before the 200 goes out."""
     outputs = await ctx.engine.generate(request, config, adapter_request=adapter)

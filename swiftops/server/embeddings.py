@@ -8,12 +8,12 @@ import struct
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from swiftops.protocol import BadRequestError, EmbeddingData, EmbeddingResponse, UsageInfo
+from swiftops.protocol import EmbeddingData, EmbeddingResponse, UsageInfo
 from swiftops.protocol.openai_api import EmbeddingRequest
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected
 from swiftops.server.served_request import ServedRequest
-from swiftops.server.validation import validate_embedding
+from swiftops.server.validation import check_dimensions, validate_embedding
 
 ROUTE = "/v1/embeddings"
 router = APIRouter()
@@ -26,7 +26,7 @@ def _encode(vector: list[float], encoding_format: str) -> object:
 
 
 def _prompt_tokens(ctx: ServerContext, inputs: list) -> int:
-    tokenizer = getattr(ctx.engine, "tokenizer", None)
+    tokenizer = ctx.engine.tokenizer
     if tokenizer is None:
         return 0
     return sum(len(i) if isinstance(i, list) else len(tokenizer.encode(i)) for i in inputs)
@@ -44,11 +44,8 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Response
     data = []
     for i, vector in enumerate(vectors):
         vector = list(vector)
+        check_dimensions(body.dimensions, len(vector))
         if body.dimensions is not None:
-            if body.dimensions > len(vector):
-                raise BadRequestError(
-                    f"dimensions={body.dimensions} is more than the model's {len(vector)}", param="dimensions"
-                )
             vector = vector[: body.dimensions]
         data.append(EmbeddingData(index=i, embedding=_encode(vector, body.encoding_format)))
     prompt_tokens = _prompt_tokens(ctx, body.inputs)

@@ -20,7 +20,7 @@ from types import FrameType
 import uvicorn
 
 from swiftops.engines.base import InferEngine
-from swiftops.protocol import InferRequest, NotReadyError, RequestConfig, SwiftopsError
+from swiftops.protocol import InferRequest, RequestConfig, SwiftopsError
 
 logger = logging.getLogger("swiftops.server")
 _FATAL_EXIT_SECONDS = 8.0  # after the engine died: within Kubernetes' patience and the 10 s we promise
@@ -37,9 +37,7 @@ class Lifecycle:
     def watch(self, engine: InferEngine, loop: asyncio.AbstractEventLoop) -> None:
         """Follow an engine that can die apart from the server (its own process): on death, fail /health and
         /ready and stop the server at once (exit status 1), so Kubernetes restarts the pod."""
-        on_death = getattr(engine, "on_death", None)
-        if on_death is not None:
-            on_death(lambda reason: loop.call_soon_threadsafe(self.engine_died, reason))
+        engine.on_death(lambda reason: loop.call_soon_threadsafe(self.engine_died, reason))
 
     def engine_died(self, reason: str) -> None:
         self.engine_failure = reason
@@ -47,16 +45,6 @@ class Lifecycle:
         logger.error("%s: /health now fails; exiting", reason)
         if self.on_fatal is not None:
             self.on_fatal()
-
-    def check_accepting(self) -> None:
-        """Raise 503 unless new generation requests are taken now."""
-        if self.draining:
-            raise NotReadyError(
-                "the server is shutting down and takes no new requests; send it to another replica",
-                code="shutting_down",
-            )
-        if not self.ready:
-            raise NotReadyError(self.not_ready_reason(), code="not_ready")
 
     def not_ready_reason(self) -> str:
         if self.engine_failure:

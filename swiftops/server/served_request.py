@@ -1,6 +1,6 @@
 """`ServedRequest`: the bookkeeping of one request that passed validation (swiftops.server.validation), shared by
-chat, completions and embeddings: its admission slot, latency metrics, token counts for the access log, verbose
-body logs and --result_path.
+chat, completions and embeddings: its admission slot, its media budget, latency metrics, token counts for the
+access log, verbose body logs and --result_path.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
-from swiftops.media.budget import request_media_budget
+from swiftops.media.budget import MediaBudget, request_media_budget
 from swiftops.protocol import SwiftopsError, UsageInfo
-from swiftops.server import request_limits
+from swiftops.protocol.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from swiftops.server.context import ServerContext
 from swiftops.server.errors import ClientDisconnected, error_body, logger
 from swiftops.server.request_log import log_body
@@ -27,8 +26,34 @@ T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
 
 
+def media_budget(ctx: ServerContext) -> MediaBudget:
+    """A fresh per-request budget for the decoded size and tokens of the request's media (the media loader holds
+    each request to it), with a token estimate where the model's processor is Qwen-style."""
+    budget = MediaBudget(max_decoded_bytes=ctx.settings.max_media_bytes_decoded, max_tokens=ctx.engine.max_model_len)
+    encoder = ctx.engine.encoder
+    if encoder is None:
+        return budget
+    # Processors differ by model: read the Qwen-VL image processor's geometry where it has one.
+    image_processor = getattr(encoder.processor, "image_processor", None)
+    patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
+    if isinstance(patch, int) and isinstance(merge, int):
+        size = dict(getattr(image_processor, "size", None) or {})
+        budget.pixels_per_token = (patch * merge) ** 2
+        budget.image_max_pixels = encoder.limits.max_pixels or size.get("longest_edge")
+        budget.video_max_pixels = encoder.limits.video_max_pixels or size.get("longest_edge")
+        budget.frames_per_token = int(getattr(image_processor, "temporal_patch_size", 2) or 2)
+    return budget
+
+
 class ServedRequest:
-    def __init__(self, ctx: ServerContext, request: Request, route: str, body: BaseModel, weight: int = 1) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        request: Request,
+        route: str,
+        body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        weight: int = 1,
+    ) -> None:
         self.weight = weight  # sequences (prompts x n): what admission counts
         self.ctx = ctx
         self.request = request
@@ -39,7 +64,7 @@ class ServedRequest:
         self.arrival = time.perf_counter()
         self._last_token_at: float | None = None
         self._holds_slot = False
-        self.state.user = getattr(body, "user", None)
+        self.state.user = body.user
         if ctx.settings.verbose:
             log_body(self.request_id, "request", body.model_dump(exclude_none=True))
 
@@ -62,7 +87,7 @@ class ServedRequest:
         answer it with `client_closed()`. `work()` runs with this request's media budget and special-token
         policy (context variables the engine's worker threads see).
         """
-        request_media_budget.set(request_limits.media_budget(self.ctx))
+        request_media_budget.set(media_budget(self.ctx))
         split_special_tokens.set(self.ctx.settings.split_special_tokens)
         try:
             await self.admit()

@@ -85,6 +85,20 @@ def test_logprobs_and_n_like_pt_engine(client, local):
                                                                              abs=1e-4)
 
 
+def test_streamed_n_and_logprobs_like_pt_engine(client, local):
+    config = RequestConfig(max_tokens=4, temperature=0, logprobs=True, top_logprobs=2, n=2, stream=True)
+    for request in (REQUESTS[0], REQUESTS[3]):
+        (remote,) = client.infer([request], config)
+        (local_stream,) = local.infer([request], config)
+        remote_chunks, local_chunks = list(remote), list(local_stream)
+        for i in range(2):
+            def tokens(chunks):
+                return [t.token for c in chunks if c.choices[0].index == i for t in c.choices[0].logprobs.content]
+            assert tokens(remote_chunks) == tokens(local_chunks)
+        assert remote_chunks[-1].usage == local_chunks[-1].usage
+        assert [c.usage for c in remote_chunks[:-1]] == [None] * (len(remote_chunks) - 1)
+
+
 def test_infer_async_and_typed_errors(client):
     async def run():
         ok = await client.infer_async(REQUESTS[0], GREEDY)

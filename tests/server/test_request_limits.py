@@ -93,7 +93,7 @@ def test_prompts_times_n_over_the_cap_is_a_400_before_tokenizing(client):
 
 
 def test_text_longer_than_the_context_can_hold_is_refused_before_tokenizing(client, engine):
-    from swiftops.server.request_limits import max_chars_per_token
+    from swiftops.server.validation import max_chars_per_token
 
     limit = engine.max_model_len * max_chars_per_token(engine.tokenizer)
     text = "x" * (limit + 1)

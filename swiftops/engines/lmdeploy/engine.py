@@ -24,6 +24,7 @@ from swiftops.engines.engine_options import SettingsEngine, model_sampling_defau
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
 from swiftops.engines.outputs import SequenceOutput
+from swiftops.engines.prompt_checks import check_prompt_length
 from swiftops.engines.vllm.prompt import has_media, load_image, split_media
 from swiftops.protocol import (
     AdapterRequest,
@@ -31,7 +32,6 @@ from swiftops.protocol import (
     EngineError,
     InferRequest,
     ModelNotFoundError,
-    PromptTooLongError,
     RequestConfig,
     SwiftopsError,
 )
@@ -91,6 +91,7 @@ class LmdeployEngine(SettingsEngine):
 
     backend = "lmdeploy"
     library = "LMDeploy"
+    max_model_len: int  # known once the engine is built (the interface allows None for backends that do not know it)
 
     def _setup(
         self,
@@ -219,10 +220,8 @@ class LmdeployEngine(SettingsEngine):
             require("lmdeploy", "beam_search")
         adapter_name = self._adapter_name(adapter_request)
         prompt, prompt_len = self._prompt(request)
-        if not prompt_len and prompt.get("input_ids") is not None:
-            raise BadRequestError("the prompt is empty", param="prompt")
-        if prompt_len >= self.max_model_len:
-            raise PromptTooLongError(prompt_len, self.max_model_len)
+        if prompt_len or prompt.get("input_ids") is not None:  # messages LMDeploy templates itself: no count
+            check_prompt_length(prompt_len, self.max_model_len)
         gen = lm_args.generation_config_kwargs(
             config,
             self.generation,

@@ -44,18 +44,16 @@ from swiftops.engines.process.messages import (
     Submit,
     Whole,
 )
+from swiftops.engines.prompt_checks import check_prompt_length, check_streamable, check_text_only
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.engines.token_decoder import TokenDecoder
 from swiftops.protocol import (
     AdapterRequest,
-    BadRequestError,
     ChatCompletionResponse,
     EngineError,
     InferRequest,
-    PromptTooLongError,
     RequestConfig,
     SwiftopsError,
-    UnsupportedError,
 )
 from swiftops.protocol import errors as error_classes
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
@@ -130,6 +128,10 @@ def _push_all(items: list[tuple[_Stream, Any]]) -> None:
 class EngineProcessClient(InferEngine):
     """The pt engine in a process of its own, behind the same interface as `PtEngine`."""
 
+    # Known once the model is loaded (the interface allows None for backends that do not know them).
+    max_model_len: int
+    max_batch_size: int
+
     def __init__(
         self,
         model: ModelSettings,
@@ -143,7 +145,7 @@ class EngineProcessClient(InferEngine):
         self.generation = generation or GenerationSettings()
         self.failure: str | None = None
         self._closing = False
-        self._death_callbacks: list[Callable[[str], None]] = []
+        self._death_callbacks: list[Callable[[str], object]] = []
         self._streams: dict[int, _Stream] = {}
         self._rids = itertools.count(1)
         self._send_lock = threading.Lock()
@@ -237,7 +239,7 @@ class EngineProcessClient(InferEngine):
     def health_error(self) -> str | None:
         return self.failure
 
-    def on_death(self, callback: Callable[[str], None]) -> None:
+    def on_death(self, callback: Callable[[str], object]) -> None:
         """`callback(reason)` runs (on the receiver thread) once the engine process is found dead."""
         self._death_callbacks.append(callback)
         if self.failure is not None:
@@ -352,19 +354,11 @@ class EngineProcessClient(InferEngine):
     async def _prompt_ids(self, request: InferRequest) -> list[int]:
         from swiftops.media.worker_pools import text_pool
         from swiftops.template.chat_template import encode_prompt
-        from swiftops.template.multimodal import MultimodalEncoder
 
-        if request.prompt is None and MultimodalEncoder.has_media(request):
-            raise UnsupportedError(
-                "this model takes text only; images, videos and audios need a multimodal model "
-                "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)"
-            )
+        check_text_only(request)
         # Off the event loop: a chat template over a megabyte prompt takes seconds.
         ids = await text_pool().run(encode_prompt, self.tokenizer, request, self.generation.system)
-        if not ids:
-            raise BadRequestError("the prompt is empty", param="prompt")
-        if len(ids) >= self.max_model_len:
-            raise PromptTooLongError(len(ids), self.max_model_len)
+        check_prompt_length(len(ids), self.max_model_len)
         return ids
 
     def _stops(self, config: RequestConfig) -> tuple[str, ...]:
@@ -376,8 +370,7 @@ class EngineProcessClient(InferEngine):
     async def generate(
         self, request: InferRequest, config: RequestConfig, *, adapter_request: AdapterRequest | None = None
     ) -> AsyncIterator[SequenceOutput]:
-        if config.num_beams > 1:
-            raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
+        check_streamable(config)
         prompt_ids = await self._prompt_ids(request)
         stops = self._stops(config)
         rid, stream = await self._submit(

@@ -312,7 +312,7 @@ def run(spec: EngineSpec) -> None:
         list(engine.adapter_names),
         engine.default_adapter,
         engine.tokenizer,
-        getattr(engine, "runner_name", "?"),
+        engine.runner_name,
     )
     status.send(_encoder.encode(Ready(pickle.dumps(info))))
     decoder = msgspec.msgpack.Decoder(ToEngine)

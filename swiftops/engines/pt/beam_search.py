@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from swiftops.engines.prompt_checks import check_streamable
 from swiftops.protocol import (
     BadRequestError,
     ChatCompletionResponse,
@@ -25,7 +26,7 @@ from swiftops.protocol import (
 def check_beam_request(config: RequestConfig, adapter: str | None, has_media: bool) -> None:
     """What beam search on the pt backend cannot do, as a 400 that says what to do."""
     if config.stream:
-        raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
+        check_streamable(config)
     if adapter is not None:
         raise UnsupportedError("beam search runs on the base model only; drop num_beams or the adapter")
     if has_media:

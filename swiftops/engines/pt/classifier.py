@@ -51,6 +51,8 @@ PRM_STEP_TOKENS = ("<extra_0>",)
 class PtClassifierEngine(InferEngine):
     """`PtClassifierEngine(path, task_type="reward")`: one score per conversation (or per step with "prm")."""
 
+    max_model_len: int  # known once the model is loaded (the interface allows None for backends that do not know it)
+
     def __init__(
         self,
         model: str,

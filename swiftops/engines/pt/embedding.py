@@ -154,6 +154,11 @@ class PtEmbeddingEngine(InferEngine):
     models): the embedding of the raw prompt, or of the last message's text.
     """
 
+    task_type = "embedding"
+    # Known once the model is loaded (the interface allows None for backends that do not know them).
+    max_model_len: int
+    max_batch_size: int
+
     def __init__(
         self,
         model: str,

@@ -16,6 +16,7 @@ import torch
 from swiftops.engines.base import InferEngine
 from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
+from swiftops.engines.prompt_checks import check_prompt_length, check_streamable, check_text_only
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.core import EngineCore
@@ -39,7 +40,6 @@ from swiftops.protocol import (
     EngineError,
     InferRequest,
     ModelNotFoundError,
-    PromptTooLongError,
     RequestConfig,
     UnsupportedError,
 )
@@ -99,6 +99,10 @@ class PtEngine(InferEngine):
     `adapters`: {name: path}, or ms-swift's list of paths / `name=path` items; a bare path applies to every
     request that names no adapter (`default_adapter` picks one by name). An embedding, reward or classifier
     checkpoint gets its own engine (PtEmbeddingEngine, PtClassifierEngine), as in ms-swift."""
+
+    # Known once the model is loaded (the interface allows None for backends that do not know them).
+    max_model_len: int
+    max_batch_size: int
 
     def __new__(cls, model: Any = None, *args: Any, task_type: str | None = None, **kwargs: Any) -> Any:
         if cls is PtEngine and isinstance(model, str) and model:
@@ -487,8 +491,7 @@ class PtEngine(InferEngine):
     async def generate(
         self, request: InferRequest, config: RequestConfig, *, adapter_request: AdapterRequest | None = None
     ) -> AsyncIterator[SequenceOutput]:
-        if config.num_beams > 1:
-            raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
+        check_streamable(config)
         return self._outputs(await self.prepare(request, config, adapter_request))
 
     def _outputs(self, prepared: PreparedRequest) -> AsyncIterator[SequenceOutput]:
@@ -523,19 +526,12 @@ class PtEngine(InferEngine):
                 mm_inputs = encoded
                 if self.prefix_caching:  # hashing the pixels takes milliseconds: off the loop, like the encoding
                     media = await pool.run(media_key, encoded.tensors)
-        elif request.prompt is None and MultimodalEncoder.has_media(request):
-            raise UnsupportedError(
-                "this model takes text only; images, videos and audios need a multimodal model "
-                "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)"
-            )
         else:
+            check_text_only(request)
             # Off the event loop: the chat template and tokenizer take seconds on a megabyte prompt (the fast
             # tokenizer releases the GIL), and the server's other clients must not wait for that.
             prompt_ids = await text_pool().run(self.encode, request)
-        if not prompt_ids:
-            raise BadRequestError("the prompt is empty", param="prompt")
-        if len(prompt_ids) >= self.max_model_len:
-            raise PromptTooLongError(len(prompt_ids), self.max_model_len)
+        check_prompt_length(len(prompt_ids), self.max_model_len)
         salt = self.lora.digests.get(adapter, b"") if adapter is not None and self.lora is not None else b""
         hashes: list[bytes] = []
         if self.prefix_caching and config.num_beams <= 1:  # ~0.5 ms for 2,000 tokens: not on the engine thread

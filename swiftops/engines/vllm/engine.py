@@ -19,6 +19,7 @@ from typing import Any
 
 from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
 from swiftops.engines.outputs import SequenceOutput
+from swiftops.engines.prompt_checks import check_prompt_length
 from swiftops.engines.vllm import args as vllm_args
 from swiftops.engines.vllm.outputs import OutputTracker
 from swiftops.engines.vllm.prompt import has_media, load_media, split_media
@@ -28,7 +29,6 @@ from swiftops.protocol import (
     EngineError,
     InferRequest,
     ModelNotFoundError,
-    PromptTooLongError,
     RequestConfig,
     SwiftopsError,
     UnsupportedError,
@@ -72,6 +72,7 @@ class VllmEngine(SettingsEngine):
 
     backend = "vllm"
     library = "vLLM"
+    max_model_len: int  # known once the engine is built (the interface allows None for backends that do not know it)
 
     def _setup(
         self,
@@ -193,10 +194,7 @@ class VllmEngine(SettingsEngine):
             require("vllm", "beam_search")
         lora_request = self._lora_request(adapter_request)
         prompt, prompt_len = self._prompt(request)
-        if not prompt_len:
-            raise BadRequestError("the prompt is empty", param="prompt")
-        if prompt_len >= self.max_model_len:
-            raise PromptTooLongError(prompt_len, self.max_model_len)
+        check_prompt_length(prompt_len, self.max_model_len)
         sampling = vllm_args.sampling_params_kwargs(
             config,
             self.generation,

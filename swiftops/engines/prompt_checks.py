@@ -1,0 +1,32 @@
+"""The request checks only an engine can make, once the prompt is tokenized: shared by the backends, so the Python
+API and the server get the same answer. (The server's checks before tokenizing are swiftops.server.validation's.)
+"""
+
+from __future__ import annotations
+
+from swiftops.protocol import BadRequestError, InferRequest, PromptTooLongError, RequestConfig, UnsupportedError
+
+
+def check_prompt_length(prompt_len: int, max_model_len: int) -> None:
+    """A prompt that is not empty (400) and leaves room for at least one generated token (PromptTooLongError)."""
+    if not prompt_len:
+        raise BadRequestError("the prompt is empty", param="prompt")
+    if prompt_len >= max_model_len:
+        raise PromptTooLongError(prompt_len, max_model_len)
+
+
+def check_text_only(request: InferRequest) -> None:
+    """A chat request with media, for a model without a processor (a raw prompt has no media parts)."""
+    from swiftops.template.multimodal import MultimodalEncoder
+
+    if request.prompt is None and MultimodalEncoder.has_media(request):
+        raise UnsupportedError(
+            "this model takes text only; images, videos and audios need a multimodal model "
+            "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)"
+        )
+
+
+def check_streamable(config: RequestConfig) -> None:
+    """Beam search chooses among whole answers, so it cannot stream."""
+    if config.num_beams > 1:
+        raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
