@@ -45,35 +45,6 @@ def split_options(options: dict[str, Any], library: str) -> tuple[ModelSettings,
         raise ConfigError(f"invalid engine option: {exc}") from None
 
 
-def model_sampling_defaults(generation_config: Any) -> dict[str, Any]:
-    """The sampling defaults a checkpoint's generation_config.json asks for (used when a request sets none)."""
-    if generation_config is None or not getattr(generation_config, "do_sample", False):
-        return {}
-    defaults: dict[str, Any] = {"do_sample": True}
-    for key in ("temperature", "top_k", "top_p"):
-        value = getattr(generation_config, key, None)
-        if value is not None:
-            defaults[key] = value
-    return defaults
-
-
-def resolve_sampling(
-    config: Any, generation: GenerationSettings, model_defaults: dict[str, Any] | None = None
-) -> tuple[float, int | None, float | None]:
-    """(temperature, top_k, top_p) of a request, the same on every backend. Per field: the request, then the
-    engine's generation defaults (--temperature ...), then the checkpoint's generation_config, which applies only
-    when neither sets a temperature (a checkpoint that does not sample is greedy)."""
-    temperature = config.temperature if config.temperature is not None else generation.temperature
-    top_k = config.top_k if config.top_k is not None else generation.top_k
-    top_p = config.top_p if config.top_p is not None else generation.top_p
-    if temperature is None:
-        model_defaults = model_defaults or {}
-        temperature = float(model_defaults.get("temperature", 1.0)) if model_defaults else 0.0
-        top_k = top_k if top_k is not None else model_defaults.get("top_k")
-        top_p = top_p if top_p is not None else model_defaults.get("top_p")
-    return float(temperature), top_k, top_p
-
-
 class SettingsEngine(InferEngine):
     """A backend engine built from swiftops' settings: `Engine(model, adapters, **settings_fields)` in Python,
     `Engine.from_settings(...)` from the CLI and the server. Subclasses name their `backend` and `library`

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from swiftops.engines.base import InferEngine
-from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
@@ -26,6 +25,7 @@ from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
+from swiftops.engines.pt.request_plan import plan_request
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
 from swiftops.engines.response_builder import collect_response, stream_response
@@ -43,6 +43,7 @@ from swiftops.protocol import (
     RequestConfig,
     UnsupportedError,
 )
+from swiftops.protocol.sampling import check_token_ids, effective_config, model_sampling_defaults
 from swiftops.protocol.settings import (
     EngineSettings,
     GenerationSettings,
@@ -50,7 +51,7 @@ from swiftops.protocol.settings import (
     ModelSettings,
     resolve_adapters,
 )
-from swiftops.protocol.structured_output import output_constraint
+from swiftops.protocol.structured_output import OutputConstraint, output_constraint
 from swiftops.template.chat_template import encode_prompt
 from swiftops.template.multimodal import MultimodalEncoder
 from swiftops.template.template import GENERATION_TEMPLATE
@@ -66,6 +67,7 @@ class PreparedRequest:
     """A checked request, ready to launch: its prompt ids, resolved sampling settings and adapter."""
 
     prompt_ids: list[int]
+    config: RequestConfig  # with every default applied (swiftops.protocol.sampling)
     params: SamplingParams
     adapter: str | None
     name: str  # the model name its responses carry
@@ -75,6 +77,8 @@ class PreparedRequest:
     media: Any = None  # the media's key in the prefix cache
     salt: bytes = b""  # the adapter's digest: prefix-cache blocks are per adapter
     hashes: list[bytes] = dataclasses.field(default_factory=list)  # the prompt's block hashes
+    beams: dict[str, Any] | None = None  # transformers' generate() arguments of a beam search (RequestPlan.beams)
+    images_size: bool = False  # the response carries the images' sizes (return_details)
 
 
 def _cache_shape(model: Any, dtype: torch.dtype) -> CacheShape:
@@ -201,6 +205,7 @@ class PtEngine(InferEngine):
         )
         self._lora_limits, self._model_source = (max_loras, max_lora_rank), model
         self._loaded = loaded
+        self._model_defaults = model_sampling_defaults(loaded.generation_config)
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
         self.max_model_len = loaded.max_model_len
@@ -212,7 +217,8 @@ class PtEngine(InferEngine):
         self._eos = self._eos_ids(loaded)
         self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
         # The logits' width (lm_head rows), which may be padded beyond the tokenizer's vocabulary.
-        self._grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.get_text_config().vocab_size, self._eos)
+        self._vocab_size = loaded.model.config.get_text_config().vocab_size
+        self._grammars = GrammarCompiler(loaded.tokenizer, self._vocab_size, self._eos)
         self._core = self._start_core(
             loaded,
             runner,
@@ -416,32 +422,6 @@ class PtEngine(InferEngine):
     def num_waiting(self) -> int:
         return self._core.num_waiting if self._core is not None else 0
 
-    def _sampling_params(self, config: RequestConfig, prompt_len: int) -> SamplingParams:
-        g, gc = self.generation, self._loaded.generation_config
-        room = self.max_model_len - prompt_len
-        max_tokens = min(config.max_tokens or g.max_new_tokens or room, room)
-        temperature, top_k, top_p = resolve_sampling(config, g, model_sampling_defaults(gc))
-        penalty = config.repetition_penalty if config.repetition_penalty is not None else g.repetition_penalty
-        stop = tuple(s for s in (config.stop or g.stop_words or []) if s)
-        top_logprobs = config.top_logprobs if config.top_logprobs is not None else (g.top_logprobs or 0)
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=float(temperature),
-            top_k=int(top_k or 0),
-            top_p=float(top_p or 1.0),
-            min_p=config.min_p,
-            repetition_penalty=float(penalty or 1.0),
-            presence_penalty=config.presence_penalty,
-            frequency_penalty=config.frequency_penalty,
-            seed=config.seed if config.seed is not None else self.generation.seed,
-            stop=stop,
-            stop_token_ids=frozenset(config.stop_token_ids or ()),
-            ignore_eos=config.ignore_eos,
-            logprobs=config.logprobs or bool(config.top_logprobs),
-            top_logprobs=top_logprobs,
-            incremental=config.stream or bool(stop),
-        )
-
     def encode(self, request: InferRequest) -> list[int]:
         return encode_prompt(self.tokenizer, request, self.generation.system)
 
@@ -452,10 +432,9 @@ class PtEngine(InferEngine):
         *,
         adapter_request: AdapterRequest | None = None,
     ):
-        config = request_config or RequestConfig()
-        prepared = await self.prepare(request, config, adapter_request)
-        params = prepared.params
-        if config.num_beams > 1:  # transformers' generate, beside the continuously batched sequences
+        prepared = await self.prepare(request, request_config or RequestConfig(), adapter_request)
+        config, params = prepared.config, prepared.params
+        if prepared.beams is not None:  # transformers' generate, beside the continuously batched sequences
             from swiftops.engines.pt.beam_search import beam_search_response, check_beam_request
 
             check_beam_request(config, prepared.adapter, prepared.mm_inputs is not None)
@@ -463,8 +442,7 @@ class PtEngine(InferEngine):
                 self.model,
                 self.tokenizer,
                 prepared.prompt_ids,
-                config,
-                params.max_tokens,
+                prepared.beams,
                 self._eos,
                 params.stop,
                 self._loaded.device,
@@ -475,7 +453,7 @@ class PtEngine(InferEngine):
         if config.stream:
             return stream_response(outputs, config.n, prepared.name, tools, params.logprobs)
         response = await collect_response(outputs, config.n, prepared.name, tools, params.logprobs)
-        if config.return_details and prepared.mm_inputs is not None:
+        if prepared.images_size and prepared.mm_inputs is not None:
             response.images_size = prepared.mm_inputs.image_sizes(self._loaded.processor)
         return response
 
@@ -503,7 +481,10 @@ class PtEngine(InferEngine):
         API server already tokenized."""
         if self._core is None:
             raise EngineError("this engine was closed; build a new one")
-        compiled = await self._compile_constraint(config, request)  # before queueing: a bad schema is a 400
+        config = effective_config(config, self.generation, self._model_defaults)
+        check_token_ids(config, self._vocab_size)
+        constraint = output_constraint(config, request)
+        compiled = await self._compile_constraint(constraint, config.num_beams)  # a bad schema is a 400 before queueing
         adapter = self._adapter_for(adapter_request)
         name = adapter_request.name if adapter_request is not None else self.model_name
         mm_inputs = media = None
@@ -535,17 +516,21 @@ class PtEngine(InferEngine):
         hashes: list[bytes] = []
         if self.prefix_caching and config.num_beams <= 1:  # ~0.5 ms for 2,000 tokens: not on the engine thread
             hashes = await text_pool().run(prompt_block_hashes, prompt_ids, self.block_manager.block_size, salt, media)
+        plan = plan_request(config, self.max_model_len - len(prompt_ids), constraint)
         return PreparedRequest(
             list(prompt_ids),
-            self._sampling_params(config, len(prompt_ids)),
+            config,
+            plan.params,
             adapter,
             name,
             mm_inputs,
-            config.n,
+            plan.n,
             compiled,
             media,
             salt,
             hashes,
+            plan.beams,
+            plan.images_size,
         )
 
     def launch(self, prepared: PreparedRequest, sinks: list[Any]) -> list[Sequence]:
@@ -579,13 +564,12 @@ class PtEngine(InferEngine):
             seq.aborted = True
             self._core.abort(seq.seq_id)
 
-    async def _compile_constraint(self, config: RequestConfig, request: InferRequest) -> Any:
+    async def _compile_constraint(self, constraint: OutputConstraint | None, num_beams: int) -> Any:
         """(xgrammar's compiled grammar, the constraint) for the request's output constraint (None: free text),
         compiled off the engine loop and cached per constraint."""
-        constraint = output_constraint(config, request)
         if constraint is None:
             return None
-        if config.num_beams > 1:
+        if num_beams > 1:
             raise BadRequestError(
                 "structured outputs (response_format, guided_*, a forced tool_choice) sample one "
                 "token at a time; use num_beams 1 with them",
