@@ -163,6 +163,16 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
             "run PtEngine in-process, or drop it"
         ),
     },
+    "logit_bias": {
+        "pt": YES,
+        "vllm": YES,
+        "lmdeploy:pytorch": YES,  # as a logits processor
+        "lmdeploy:turbomind": no(
+            "LMDeploy's TurboMind engine runs no logits processors, so logit_bias cannot apply; set "
+            "backend.options.lmdeploy_backend: pytorch (--lmdeploy_backend pytorch), or use pt/vllm"
+        ),
+        "client": YES,
+    },
     "video_input": {
         "pt": YES,
         "vllm": no("the vllm backend takes images only in this version; run videos on the pt backend"),
@@ -199,6 +209,7 @@ REQUEST_FIELDS: dict[str, str | None] = {
     "stop": None,
     "stop_token_ids": None,
     "ignore_eos": None,
+    "logit_bias": "logit_bias",
     "seed": None,
     "stream": None,
     "logprobs": "logprobs",

@@ -40,7 +40,7 @@ ENGINE_DEFAULTS = {
 # RequestConfig fields that name token ids the backends index the logits with, and how to read those ids from the
 # field's value. Every engine checks them against its model's vocabulary (`check_token_ids`) before the request
 # runs: an id past the logits' width is a 400 on every backend, never an indexing error on the device.
-LOGIT_INDEX_FIELDS: dict[str, Callable[[Any], Iterable[int]]] = {}
+LOGIT_INDEX_FIELDS: dict[str, Callable[[Any], Iterable[int]]] = {"logit_bias": dict.keys}
 
 
 def model_sampling_defaults(generation_config: Any) -> dict[str, Any]:

@@ -98,6 +98,15 @@ def test_generation_config_accepts_the_mapping(config):
     assert gen.do_sample == (kwargs["temperature"] > 0) and gen.logprobs == kwargs.get("logprobs")
 
 
+def test_logit_bias_processor_is_a_generation_config_logits_processor():
+    import torch
+
+    (kwargs,) = args.generation_config_kwargs(RequestConfig(logit_bias={1: 5.0}), 10, 512, backend="pytorch")
+    gen = GenerationConfig(**kwargs)
+    (processor,) = gen.logits_processors
+    assert processor(torch.tensor([0]), torch.zeros(4)).tolist() == [0.0, 5.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("fields", [
     {"response_format": {"type": "json_object"}},
     {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "strict": True, "schema": {

@@ -95,6 +95,7 @@ SAMPLING_CASES = [
     RequestConfig(logprobs=True),
     RequestConfig(logprobs=True, top_logprobs=5, temperature=0),
     RequestConfig(top_k=-1, temperature=1.5),
+    RequestConfig(logit_bias={5: -100, 9: 2.5}),
 ]
 
 
@@ -106,6 +107,7 @@ def test_sampling_params_accept_the_mapping(config):
     assert params.n == config.n and params.max_tokens == kwargs["max_tokens"]
     assert params.seed == config.seed and params.output_kind == RequestOutputKind.DELTA
     assert params.logprobs == kwargs.get("logprobs")
+    assert params.logit_bias == kwargs.get("logit_bias")
 
 
 @pytest.mark.parametrize("fields", [

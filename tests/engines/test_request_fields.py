@@ -36,6 +36,7 @@ SAMPLES = {
     "stop": ["x"],
     "stop_token_ids": [3],
     "ignore_eos": True,
+    "logit_bias": {3: 5.0},
     "seed": 3,
     "stream": True,
     "logprobs": True,

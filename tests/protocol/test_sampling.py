@@ -3,8 +3,16 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from swiftops.protocol import RequestConfig
-from swiftops.protocol.sampling import ENGINE_DEFAULTS, effective_config, model_sampling_defaults, wants_logprobs
+import pytest
+
+from swiftops.protocol import BadRequestError, RequestConfig
+from swiftops.protocol.sampling import (
+    ENGINE_DEFAULTS,
+    check_token_ids,
+    effective_config,
+    model_sampling_defaults,
+    wants_logprobs,
+)
 from swiftops.protocol.settings import GenerationSettings
 
 SAMPLING_MODEL = {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.8}
@@ -68,3 +76,11 @@ def test_every_generation_setting_is_a_request_default_or_named_otherwise():
     # server-wide default would break streaming requests).
     assert set(GenerationSettings.model_fields) == set(ENGINE_DEFAULTS.values()) | {"system", "num_beams"}
     assert set(ENGINE_DEFAULTS) <= set(RequestConfig.model_fields)
+
+
+def test_token_ids_that_index_the_logits_must_be_in_the_vocabulary():
+    check_token_ids(RequestConfig(logit_bias={0: 1, 99: -1}), vocab_size=100)
+    check_token_ids(RequestConfig(), vocab_size=100)
+    with pytest.raises(BadRequestError, match="vocabulary of 100: 100, 5000") as error:
+        check_token_ids(RequestConfig(logit_bias={100: 1, 5000: 1, 3: 1}), vocab_size=100)
+    assert error.value.param == "logit_bias"

@@ -104,6 +104,7 @@ def generation_config_kwargs(
         ("presence_frequency_penalty", config.presence_penalty or config.frequency_penalty),
         ("beam_search", config.num_beams > 1),
         ("return_details", config.return_details),
+        ("logit_bias", config.logit_bias),
     ):
         if asked:
             require("lmdeploy", feature, backend)
@@ -124,12 +125,27 @@ def generation_config_kwargs(
         "stop_token_ids": list(config.stop_token_ids or []) or None,
         "skip_special_tokens": True,
     }
+    if config.logit_bias:
+        kwargs["logits_processors"] = [LogitBiasProcessor(config.logit_bias)]
     if config.logprobs:
         # LMDeploy returns the sampled token's logprob among the top ones; ask for at least one.
         kwargs["logprobs"] = max(1, int(config.top_logprobs or 0))
     if constraint is not None:
         kwargs["response_format"] = lmdeploy_response_format(constraint, backend)
     return [{**kwargs, "random_seed": choice_seed(config.seed, i)} for i in range(config.n)]
+
+
+class LogitBiasProcessor:
+    """OpenAI's logit_bias as an LMDeploy logits processor (its PyTorch engine calls it per sequence and step with
+    the token ids so far and that sequence's logits [V]). The ids were checked against the vocabulary before."""
+
+    def __init__(self, logit_bias: dict[int, float]) -> None:
+        self.logit_bias = dict(logit_bias)
+
+    def __call__(self, token_ids: Any, logits: Any) -> Any:
+        for token_id, bias in self.logit_bias.items():
+            logits[token_id] += bias
+        return logits
 
 
 @dataclass(frozen=True)

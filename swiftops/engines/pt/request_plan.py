@@ -39,6 +39,7 @@ def sampling_params(config: RequestConfig, room: int) -> SamplingParams:
         stop=tuple(config.stop or ()),
         stop_token_ids=frozenset(config.stop_token_ids or ()),
         ignore_eos=config.ignore_eos,
+        logit_bias=tuple((config.logit_bias or {}).items()),
         logprobs=config.logprobs,
         top_logprobs=config.top_logprobs or 0,
         incremental=config.stream or bool(config.stop),
@@ -47,13 +48,16 @@ def sampling_params(config: RequestConfig, room: int) -> SamplingParams:
 
 def beam_kwargs(config: RequestConfig, room: int) -> dict[str, Any]:
     """transformers' generate() arguments of a beam search (greedy beams, as ms-swift runs them)."""
-    return {
+    kwargs: dict[str, Any] = {
         "num_beams": config.num_beams,
         "num_return_sequences": config.n,
         "max_new_tokens": min(config.max_tokens or room, room),
         "do_sample": False,
         "repetition_penalty": float(config.repetition_penalty or 1.0),
     }
+    if config.logit_bias:  # transformers' bias of one-token sequences is OpenAI's logit_bias
+        kwargs["sequence_bias"] = [[[token_id], bias] for token_id, bias in config.logit_bias.items()]
+    return kwargs
 
 
 def plan_request(config: RequestConfig, room: int, constraint: OutputConstraint | None = None) -> RequestPlan:

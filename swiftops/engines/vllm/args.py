@@ -168,6 +168,8 @@ def sampling_params_kwargs(
         "stop_token_ids": list(config.stop_token_ids or []),
         "ignore_eos": config.ignore_eos,
     }
+    if config.logit_bias:
+        kwargs["logit_bias"] = dict(config.logit_bias)
     if config.logprobs:
         # vLLM's `logprobs=k` returns the sampled token's logprob plus the k most likely ones.
         kwargs["logprobs"] = int(config.top_logprobs or 0)

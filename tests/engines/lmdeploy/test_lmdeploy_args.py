@@ -138,3 +138,15 @@ def test_each_choice_is_one_session_with_its_own_seed():
     choices = args.generation_config_kwargs(RequestConfig(n=3, seed=7, temperature=0.5), 1, 10)
     assert [c["random_seed"] for c in choices] == [7, 8, 9] and {c["n"] for c in choices} == {1}
     assert [c["random_seed"] for c in args.generation_config_kwargs(RequestConfig(n=2), 1, 10)] == [None, None]
+
+
+def test_logit_bias_is_a_logits_processor_on_the_pytorch_engine_and_refused_on_turbomind():
+    import torch
+
+    config = RequestConfig(logit_bias={1: 100, 3: -2.5})
+    (choice,) = args.generation_config_kwargs(config, 1, 10, backend="pytorch")
+    (processor,) = choice["logits_processors"]
+    assert processor(torch.tensor([0]), torch.zeros(5)).tolist() == [0.0, 100.0, 0.0, -2.5, 0.0]
+    assert "logits_processors" not in args.generation_config_kwargs(RequestConfig(), 1, 10, backend="pytorch")[0]
+    with pytest.raises(UnsupportedError, match="lmdeploy_backend: pytorch"):
+        args.generation_config_kwargs(config, 1, 10, backend="turbomind")

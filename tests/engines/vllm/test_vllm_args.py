@@ -156,3 +156,9 @@ def test_the_mapping_imports_neither_vllm_nor_torch():
             "print(sorted(m for m in ('vllm', 'lmdeploy', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_logit_bias_goes_to_sampling_params():
+    kwargs = _sampling(RequestConfig(logit_bias={5: -100, 9: 2.5}), GenerationSettings(), 1, 10)
+    assert kwargs["logit_bias"] == {5: -100.0, 9: 2.5}
+    assert "logit_bias" not in _sampling(RequestConfig(), GenerationSettings(), 1, 10)
