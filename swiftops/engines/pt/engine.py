@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from swiftops.engines.base import InferEngine
+from swiftops.engines.engine_options import split_options
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
@@ -49,7 +50,6 @@ from swiftops.protocol.settings import (
     GenerationSettings,
     MediaSettings,
     ModelSettings,
-    resolve_adapters,
 )
 from swiftops.protocol.structured_output import OutputConstraint, output_constraint
 from swiftops.template.chat_template import encode_prompt
@@ -59,6 +59,40 @@ from swiftops.template.template_file import read_chat_template
 
 logger = logging.getLogger(__name__)
 
+# The settings the pt engine uses (besides every GenerationSettings field, its sampling defaults); a keyword naming
+# another backend's setting (tensor_parallel_size, quant_policy, ...) is refused rather than ignored.
+PT_SETTINGS = frozenset(
+    {
+        *GenerationSettings.model_fields,
+        "model",
+        "adapters",
+        "default_adapter",
+        "torch_dtype",
+        "device_map",
+        "max_model_len",
+        "model_revision",
+        "trust_remote_code",
+        "merge_lora",
+        "quant_method",
+        "quant_bits",
+        "max_memory",
+        "task_type",
+        "template",
+        "use_chat_template",
+        "model_type",  # ms-swift's: accepted, the architecture comes from config.json
+        "infer_backend",
+        "max_batch_size",
+        "max_num_batched_tokens",
+        "gpu_memory_utilization",
+        "kv_cache_memory_gb",
+        "block_size",
+        "enforce_eager",
+        "max_loras",
+        "max_lora_rank",
+        "enable_prefix_caching",
+        "limit_mm_per_prompt",
+    }
+)
 _CPU_CACHE_BYTES = 1 << 30  # default KV cache on CPU: enough for tests and demos without hogging RAM
 
 
@@ -121,58 +155,82 @@ class PtEngine(InferEngine):
         model: str,
         adapters: dict[str, str] | list[str] | str | None = None,
         *,
-        max_batch_size: int | None = None,
-        torch_dtype: str | torch.dtype | None = None,
-        device_map: str | None = None,
-        max_model_len: int | None = None,
-        model_revision: str | None = None,
-        trust_remote_code: bool = False,
-        max_num_batched_tokens: int = 2048,
-        gpu_memory_utilization: float = 0.9,
-        kv_cache_memory_gb: float | None = None,
-        block_size: int = 16,
-        enforce_eager: bool = False,
         generation: GenerationSettings | None = None,
-        served_model_name: str | None = None,
-        runner: str | None = None,
-        max_loras: int = 8,
-        max_lora_rank: int = 64,
-        merge_lora: bool = False,
-        quant_method: str | None = None,
-        quant_bits: int | None = None,
-        enable_lora: bool = False,
-        max_memory: str | None = None,
         media: MediaSettings | None = None,
         media_policy: MediaPolicy | None = None,
-        limit_mm_per_prompt: dict[str, int] | None = None,
-        default_adapter: str | None = None,
-        task_type: str | None = None,
-        template: str | None = None,
-        use_chat_template: bool = True,
+        served_model_name: str | None = None,
+        runner: str | None = None,
+        enable_lora: bool = False,
         attn_impl: str | None = None,
-        enable_prefix_caching: bool | None = None,
+        **options: Any,
     ) -> None:
-        register()
+        """`options`: the settings' field names (`max_batch_size`, `torch_dtype` (a name or a torch.dtype),
+        `max_model_len`, `temperature`, ...: `swiftops infer --help`), validated as the CLI validates its flags.
+        `generation` gives the sampling defaults as one object (keywords like `temperature` override it);
+        `runner` forces the "paged" or "fallback" runner; `enable_lora` makes room for adapters added by path."""
         if attn_impl:  # ms-swift's flash_attention_2/sdpa choice: the pt backend always runs its paged attention
             logger.info(
                 "attn_impl=%s: the pt backend runs its own paged attention (vision towers keep sdpa)", attn_impl
             )
-        self.generation = generation or GenerationSettings()
-        try:
-            adapters, self.default_adapter = resolve_adapters(adapters, default_adapter)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        model_settings, engine_settings, defaults = split_options(
+            {"model": model, "adapters": adapters, **options}, "PtEngine", PT_SETTINGS
+        )
+        if generation is not None:
+            defaults = generation.model_copy(update=defaults.model_dump(exclude_unset=True))
+        self._setup(
+            model_settings, engine_settings, defaults, media, media_policy, served_model_name, runner, enable_lora
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings | None = None,
+        media: MediaSettings | None = None,
+        *,
+        serving: bool = False,
+        served_model_name: str | None = None,
+    ) -> PtEngine:
+        """`serving`: requests come from network clients, so media follow the server's policy (no local paths, no
+        private addresses unless allowed); otherwise the user's own files are read."""
+        media = media or MediaSettings()
+        policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
+        self = cls.__new__(cls)
+        self._setup(model, engine, generation or GenerationSettings(), media, policy, served_model_name, None, False)
+        return self
+
+    def _setup(
+        self,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings,
+        media: MediaSettings | None,
+        media_policy: MediaPolicy | None,
+        served_model_name: str | None,
+        runner: str | None,
+        enable_lora: bool,
+    ) -> None:
+        register()
+        self.generation = generation
+        path = model.model or ""
+        adapters, self.default_adapter = dict(model.adapters), model.default_adapter
+        if self.default_adapter is not None and self.default_adapter not in adapters:
+            raise ConfigError(
+                f"default_adapter {self.default_adapter!r} is not among the adapters ({', '.join(adapters) or 'none'})",
+                param="default_adapter",
+            )
         loaded = load_model(
-            model,
-            revision=model_revision,
-            torch_dtype=torch_dtype,
-            device_map=device_map,
-            max_model_len=max_model_len,
-            trust_remote_code=trust_remote_code,
+            path,
+            revision=model.model_revision,
+            torch_dtype=model.torch_dtype,
+            device_map=model.device_map,
+            max_model_len=model.max_model_len,
+            trust_remote_code=model.trust_remote_code,
             attn_implementation=ATTN_IMPLEMENTATION,
-            quant_method=quant_method,
-            quant_bits=quant_bits,
-            max_memory=max_memory,
+            quant_method=model.quant_method,
+            quant_bits=model.quant_bits,
+            max_memory=model.max_memory,
         )
         self.encoder: MultimodalEncoder | None = None
         if loaded.processor is not None:
@@ -181,10 +239,10 @@ class PtEngine(InferEngine):
                 loaded.processor,
                 limits=MediaLimits.resolve(media),
                 policy=media_policy or MediaPolicy.permissive(media),
-                limit_mm_per_prompt=limit_mm_per_prompt,
+                limit_mm_per_prompt=engine.limit_mm_per_prompt or None,
                 default_system=self.generation.system,
             )
-        if merge_lora and adapters:
+        if model.merge_lora and adapters:
             if len(adapters) != 1:
                 raise ConfigError(
                     "--merge_lora true merges exactly one adapter; pass one, or drop --merge_lora "
@@ -195,24 +253,26 @@ class PtEngine(InferEngine):
             if loaded.processor is not None:
                 _vision_on_sdpa(loaded.model)
             adapters, self.default_adapter = {}, None  # the merged weights are the adapter
+        template, use_chat_template = model.template, model.use_chat_template
         if template or not use_chat_template:
             # use_chat_template=False (ms-swift's flag for base models): the messages' text, no role markers.
             loaded.tokenizer.chat_template = read_chat_template(template) if use_chat_template else GENERATION_TEMPLATE
             if loaded.processor is not None:
                 loaded.processor.chat_template = loaded.tokenizer.chat_template
+        max_loras, max_lora_rank = engine.max_loras, engine.max_lora_rank
         self.lora = (
-            LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model) if adapters or enable_lora else None
+            LoraManager(loaded.model, adapters, max_loras, max_lora_rank, path) if adapters or enable_lora else None
         )
-        self._lora_limits, self._model_source = (max_loras, max_lora_rank), model
+        self._lora_limits, self._model_source = (max_loras, max_lora_rank), path
         self._loaded = loaded
         self._model_defaults = model_sampling_defaults(loaded.generation_config)
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
         self.max_model_len = loaded.max_model_len
-        self.model_name = served_model_name or os.path.basename(os.path.normpath(model))
+        self.model_name = served_model_name or os.path.basename(os.path.normpath(path))
         # vLLM's and LMDeploy's range on a GPU, where a step of 256 sequences costs little more than one of 32;
         # on CPU every sequence of the batch costs its own compute, so a small batch keeps latency sane.
-        max_batch_size = max_batch_size or (256 if loaded.device.type == "cuda" else 32)
+        max_batch_size = engine.max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
         self._eos = self._eos_ids(loaded)
         self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
@@ -222,13 +282,13 @@ class PtEngine(InferEngine):
         self._core = self._start_core(
             loaded,
             runner,
-            block_size,
-            gpu_memory_utilization,
-            kv_cache_memory_gb,
+            engine.block_size,
+            engine.gpu_memory_utilization,
+            engine.kv_cache_memory_gb,
             max_batch_size,
-            max_num_batched_tokens,
-            enforce_eager,
-            enable_prefix_caching is not False,
+            engine.max_num_batched_tokens,
+            engine.enforce_eager,
+            engine.enable_prefix_caching is not False,
         )
 
     def _start_core(
@@ -311,39 +371,6 @@ class PtEngine(InferEngine):
             self.prefix_caching,
         )
         return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
-
-    @classmethod
-    def from_settings(
-        cls, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings | None = None, **kwargs: Any
-    ) -> PtEngine:
-        return cls(
-            model.model,
-            model.adapters or None,
-            default_adapter=model.default_adapter,
-            template=model.template,
-            use_chat_template=model.use_chat_template,
-            max_batch_size=engine.max_batch_size,
-            torch_dtype=model.torch_dtype,
-            device_map=model.device_map,
-            max_model_len=model.max_model_len,
-            model_revision=model.model_revision,
-            trust_remote_code=model.trust_remote_code,
-            max_num_batched_tokens=engine.max_num_batched_tokens,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            kv_cache_memory_gb=engine.kv_cache_memory_gb,
-            block_size=engine.block_size,
-            enforce_eager=engine.enforce_eager,
-            generation=generation,
-            max_loras=engine.max_loras,
-            max_lora_rank=engine.max_lora_rank,
-            merge_lora=model.merge_lora,
-            quant_method=model.quant_method,
-            quant_bits=model.quant_bits,
-            max_memory=model.max_memory,
-            limit_mm_per_prompt=engine.limit_mm_per_prompt or None,
-            enable_prefix_caching=engine.enable_prefix_caching,
-            **kwargs,
-        )
 
     def _admit_lora(self, seq: Sequence, running: list[Sequence]) -> bool:
         """Scheduler hook (engine thread): a sequence runs once its adapter holds a slot."""
