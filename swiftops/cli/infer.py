@@ -24,6 +24,7 @@ from swiftops.engines.model_source import apply_adapter_args, wants_hugging_face
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.request import RequestConfig
+from swiftops.protocol.sampling import wants_logprobs
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, InferSettings, MediaSettings, ModelSettings
 
 if TYPE_CHECKING:
@@ -33,20 +34,12 @@ SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, In
 
 
 def request_config(generation: GenerationSettings, *, stream: bool) -> RequestConfig:
-    """The per-request sampling settings that the generation flags ask for."""
-    return RequestConfig(
-        max_tokens=generation.max_new_tokens,
-        temperature=generation.temperature,
-        top_k=generation.top_k,
-        top_p=generation.top_p,
-        repetition_penalty=generation.repetition_penalty,
-        seed=generation.seed,
-        stop=generation.stop_words or None,
-        stream=stream and generation.num_beams == 1,  # beams: whole answers
-        logprobs=generation.logprobs or generation.top_logprobs is not None,  # top_logprobs implies logprobs
-        top_logprobs=generation.top_logprobs,
-        num_beams=generation.num_beams,
-    )
+    """This run's own choices: streaming (not with beams, which answer whole) and beam search. The sampling
+    defaults in `generation` (--temperature, --max_new_tokens ...) are the engine's, applied by it to every
+    request (swiftops.protocol.sampling); `logprobs` is set here too because the result writer records them."""
+    config = RequestConfig(stream=stream and generation.num_beams == 1, num_beams=generation.num_beams)
+    config.logprobs = wants_logprobs(config, generation)
+    return config
 
 
 @click.command(cls=SettingsCommand, name="infer")

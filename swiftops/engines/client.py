@@ -41,6 +41,7 @@ from swiftops.protocol import (
     SwiftopsError,
     UsageInfo,
 )
+from swiftops.protocol.capabilities import require
 
 # Keys of content parts (and top-level request fields) that hold media.
 _MEDIA_KEYS = ("image", "video", "audio", "image_url", "video_url", "audio_url")
@@ -99,6 +100,9 @@ def _encode_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sampling_fields(config: RequestConfig) -> dict[str, Any]:
+    """The request's fields the server reads (every field it does not take is refused here or by the server)."""
+    if config.return_details:
+        require("client", "return_details")
     fields = config.model_dump(
         exclude={"stream", "logprobs", "top_logprobs", "max_tokens", "return_details"}, exclude_defaults=True
     )

@@ -1,10 +1,17 @@
-"""Python-API keyword arguments of the library-backed engines (`VllmEngine(model, tensor_parallel_size=2)`)
-split into the settings models, so the Python API, the CLI and manifests share one validation."""
+"""Every engine is built the same way from the settings models (swiftops/protocol/settings.py):
+
+    Engine.from_settings(model, engine, generation, media, serving=..., served_model_name=...)  # CLI, server
+    Engine(model, adapters, **settings_fields)                                                 # Python API
+
+The Python API's keywords are the settings' field names (`PtEngine(model, max_batch_size=8)`,
+`VllmEngine(model, tensor_parallel_size=2)`), split here into the settings models, so the Python API, the CLI and
+manifests share one validation; a keyword that is no setting, or a setting the engine does not use, is a
+ConfigError naming it."""
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,25 +21,42 @@ from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.protocol import AdapterRequest, InferRequest, RequestConfig
 from swiftops.protocol.errors import ConfigError
-from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
 # ms-swift's (and the libraries' own) keyword names for the same settings, so ms-swift code runs unchanged.
 ALIASES = {
     "vLLM": {"max_num_seqs": "max_batch_size"},
     "LMDeploy": {"tp": "tensor_parallel_size", "session_len": "max_model_len"},
 }
+SECTIONS = (ModelSettings, EngineSettings, GenerationSettings)
 
 
-def split_options(options: dict[str, Any], library: str) -> tuple[ModelSettings, EngineSettings, GenerationSettings]:
-    """Keyword arguments named like settings fields -> (ModelSettings, EngineSettings, GenerationSettings)."""
-    sections: dict[type, dict[str, Any]] = {ModelSettings: {}, EngineSettings: {}, GenerationSettings: {}}
-    aliases = ALIASES.get(library, {})
+def split_options(
+    options: dict[str, Any], engine_name: str, reads: Collection[str] | None = None, hint: str = ""
+) -> tuple[ModelSettings, EngineSettings, GenerationSettings]:
+    """Keyword arguments named like settings fields -> (ModelSettings, EngineSettings, GenerationSettings).
+
+    `reads`: the fields the engine uses (None: all); another field given a value other than its default is refused,
+    not ignored. A None for a field whose default is not None means "the default" (`torch_dtype=None`)."""
+    sections: dict[type, dict[str, Any]] = {section: {} for section in SECTIONS}
+    aliases = ALIASES.get(engine_name, {})
     for key, value in options.items():
         key = aliases.get(key, key)
-        owner = next((s for s in sections if key in s.model_fields), None)
+        owner = next((s for s in SECTIONS if key in s.model_fields), None)
         if owner is None:
             raise ConfigError(
-                f"unknown engine option {key!r}; options of {library} itself go in engine_kwargs={{...}}", param=key
+                f"{engine_name} has no option {key!r}: its keywords are the settings' field names "
+                f"(`swiftops infer --help` lists them){hint}",
+                param=key,
+            )
+        if key == "torch_dtype" and value is not None and not isinstance(value, str):
+            value = str(value).removeprefix("torch.")  # a torch.dtype, as ms-swift passes it: its name
+        default = owner.model_fields[key].get_default(call_default_factory=True)
+        if value is None and default is not None:
+            continue
+        if reads is not None and key not in reads and value != default:
+            raise ConfigError(
+                f"{engine_name} does not use {key!r} (an option of another backend or task); drop it", param=key
             )
         sections[owner][key] = value
     try:
@@ -42,36 +66,9 @@ def split_options(options: dict[str, Any], library: str) -> tuple[ModelSettings,
             GenerationSettings(**sections[GenerationSettings]),
         )
     except ValidationError as exc:
-        raise ConfigError(f"invalid engine option: {exc}") from None
-
-
-def model_sampling_defaults(generation_config: Any) -> dict[str, Any]:
-    """The sampling defaults a checkpoint's generation_config.json asks for (used when a request sets none)."""
-    if generation_config is None or not getattr(generation_config, "do_sample", False):
-        return {}
-    defaults: dict[str, Any] = {"do_sample": True}
-    for key in ("temperature", "top_k", "top_p"):
-        value = getattr(generation_config, key, None)
-        if value is not None:
-            defaults[key] = value
-    return defaults
-
-
-def resolve_sampling(
-    config: Any, generation: GenerationSettings, model_defaults: dict[str, Any] | None = None
-) -> tuple[float, int | None, float | None]:
-    """(temperature, top_k, top_p) of a request, the same on every backend. Per field: the request, then the
-    engine's generation defaults (--temperature ...), then the checkpoint's generation_config, which applies only
-    when neither sets a temperature (a checkpoint that does not sample is greedy)."""
-    temperature = config.temperature if config.temperature is not None else generation.temperature
-    top_k = config.top_k if config.top_k is not None else generation.top_k
-    top_p = config.top_p if config.top_p is not None else generation.top_p
-    if temperature is None:
-        model_defaults = model_defaults or {}
-        temperature = float(model_defaults.get("temperature", 1.0)) if model_defaults else 0.0
-        top_k = top_k if top_k is not None else model_defaults.get("top_k")
-        top_p = top_p if top_p is not None else model_defaults.get("top_p")
-    return float(temperature), top_k, top_p
+        error = exc.errors()[0]
+        name = ".".join(str(part) for part in error["loc"])
+        raise ConfigError(f"{engine_name} option {name}: {error['msg']}", param=name) from None
 
 
 class SettingsEngine(InferEngine):
@@ -91,7 +88,9 @@ class SettingsEngine(InferEngine):
         **options: Any,
     ) -> None:
         model_settings, engine_settings, generation = split_options(
-            {"model": model, "adapters": adapters or {}, "infer_backend": self.backend, **options}, self.library
+            {"model": model, "adapters": adapters or {}, "infer_backend": self.backend, **options},
+            self.library,
+            hint=f"; options of {self.library} itself go in engine_kwargs={{...}}",
         )
         self._setup(model_settings, engine_settings, generation, served_model_name)
 
@@ -101,8 +100,13 @@ class SettingsEngine(InferEngine):
         model: ModelSettings,
         engine: EngineSettings,
         generation: GenerationSettings | None = None,
+        media: MediaSettings | None = None,
+        *,
+        serving: bool = False,
         served_model_name: str | None = None,
     ) -> SettingsEngine:
+        """The signature every engine shares; `media` limits and `serving` (the server's media policy) are applied
+        by the pt engines' own media loading, not by vLLM's or LMDeploy's."""
         self = cls.__new__(cls)
         self._setup(model, engine, generation or GenerationSettings(), served_model_name)
         return self

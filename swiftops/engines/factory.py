@@ -144,7 +144,8 @@ def build_engine(
     *,
     serving: bool = False,
 ) -> InferEngine:
-    """Validate the settings, then load the model with the chosen backend.
+    """Validate the settings, then load the model with the chosen backend; every engine class is built by its
+    `from_settings` (swiftops.engines.engine_options).
 
     `serving`: requests come from network clients, so media follow the server's policy (no local paths,
     no private addresses unless allowed); the CLI and Python API read the user's own files."""
@@ -173,16 +174,5 @@ def build_engine(
     if engine.infer_backend == "pt":
         model = _gguf_for_pt(model)
     engine_class = _pt_engine_class(model) if engine.infer_backend == "pt" else _engine_class(engine.infer_backend)
-    from_settings = getattr(engine_class, "from_settings", None)
-    if from_settings is None:
-        raise ConfigError(
-            f"--infer_backend {engine.infer_backend} cannot be built from settings yet; use --infer_backend pt"
-        )
-    if engine_class.__name__ != "PtEngine":
-        return from_settings(model, engine, generation)
-    from swiftops.media.policy import MediaPolicy
-
-    media = media or MediaSettings()
-    policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
-    name = {} if served_name == Path(model.model or "").name else {"served_model_name": served_name}
-    return from_settings(model, engine, generation, media=media, media_policy=policy, **name)
+    name = None if served_name == Path(model.model or "").name else served_name
+    return engine_class.from_settings(model, engine, generation, media, serving=serving, served_model_name=name)

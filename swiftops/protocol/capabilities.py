@@ -15,6 +15,8 @@ from typing import Literal
 from swiftops.protocol.errors import UnsupportedError
 
 Backend = Literal["pt", "vllm", "lmdeploy"]
+# Backends that map a request (`RequestConfig`): the engines, and InferClient, which sends it to a server.
+REQUEST_BACKENDS = ("pt", "vllm", "lmdeploy", "client")
 LmdeployBackend = Literal["turbomind", "pytorch"]
 # LMDeploy picks TurboMind when the model supports it; features that only its PyTorch engine has
 # are checked against this unless the manifest/flags name the engine.
@@ -107,7 +109,7 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
         "lmdeploy": no("the lmdeploy backend needs a GPU; set resources.gpu.count >= 1 or use pt on CPU"),
     },
     "multimodal": {"pt": YES, "vllm": YES, "lmdeploy": YES},
-    "logprobs": {"pt": YES, "vllm": YES, "lmdeploy": YES},
+    "logprobs": {"pt": YES, "vllm": YES, "lmdeploy": YES, "client": YES},
     # Rows below were learnt building the vllm/lmdeploy engines against vLLM 0.31 and LMDeploy 0.18.
     "dynamic_lora": {
         "pt": YES,
@@ -127,16 +129,18 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
     },
     "beam_search": {
         "pt": YES,
+        "client": YES,  # the server's backend decides
         "vllm": no("the vllm backend has no beam search in this version; use --infer_backend pt for num_beams > 1"),
         "lmdeploy": no("LMDeploy has no beam search; use --infer_backend pt for num_beams > 1"),
     },
     # Constrained decoding: response_format json_object / json_schema, guided_json, forced tool calls (pt: xgrammar).
-    "structured_output": {"pt": YES, "vllm": YES, "lmdeploy": YES},
-    "guided_regex": {"pt": YES, "vllm": YES, "lmdeploy": YES},
-    "guided_choice": {"pt": YES, "vllm": YES, "lmdeploy": YES},  # lmdeploy: as a regex of the choices
+    "structured_output": {"pt": YES, "vllm": YES, "lmdeploy": YES, "client": YES},
+    "guided_regex": {"pt": YES, "vllm": YES, "lmdeploy": YES, "client": YES},
+    "guided_choice": {"pt": YES, "vllm": YES, "lmdeploy": YES, "client": YES},  # lmdeploy: as a regex of the choices
     "guided_grammar": {
         "pt": YES,
         "vllm": YES,
+        "client": YES,
         "lmdeploy": no(
             "LMDeploy compiles JSON schemas and regexes only, not EBNF grammars; use --infer_backend pt "
             "or vllm for guided_grammar"
@@ -145,7 +149,29 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
     "presence_frequency_penalty": {
         "pt": YES,
         "vllm": YES,
+        "client": YES,
         "lmdeploy": no("LMDeploy has no presence/frequency penalty; use repetition_penalty, or pt/vllm"),
+    },
+    "return_details": {
+        "pt": YES,
+        "vllm": no("return_details (the images' sizes as the model saw them) comes from the pt backend only; drop it"),
+        "lmdeploy": no(
+            "return_details (the images' sizes as the model saw them) comes from the pt backend only; drop it"
+        ),
+        "client": no(
+            "return_details is for the Python API's local engines (OpenAI's wire format has no such field); "
+            "run PtEngine in-process, or drop it"
+        ),
+    },
+    "logit_bias": {
+        "pt": YES,
+        "vllm": YES,
+        "lmdeploy:pytorch": YES,  # as a logits processor
+        "lmdeploy:turbomind": no(
+            "LMDeploy's TurboMind engine runs no logits processors, so logit_bias cannot apply; set "
+            "backend.options.lmdeploy_backend: pytorch (--lmdeploy_backend pytorch), or use pt/vllm"
+        ),
+        "client": YES,
     },
     "video_input": {
         "pt": YES,
@@ -166,6 +192,41 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
 
 FEATURES = tuple(CAPABILITIES)
 
+# Every RequestConfig field, with the feature row whose "no" cells refuse it (None: every backend maps it). Each
+# backend's mapping (pt: swiftops.engines.pt.request_plan; vllm, lmdeploy: their `args` modules; client: the
+# HTTP body) must carry a field of this table or refuse it with `require`: tests/engines/test_request_fields.py
+# sets each field on each backend and fails for a field that is in RequestConfig and not here, or that a backend
+# neither maps nor refuses.
+REQUEST_FIELDS: dict[str, str | None] = {
+    "max_tokens": None,
+    "temperature": None,
+    "top_k": None,
+    "top_p": None,
+    "min_p": None,
+    "repetition_penalty": None,
+    "presence_penalty": "presence_frequency_penalty",
+    "frequency_penalty": "presence_frequency_penalty",
+    "stop": None,
+    "stop_token_ids": None,
+    "ignore_eos": None,
+    "logit_bias": "logit_bias",
+    "seed": None,
+    "stream": None,
+    "logprobs": "logprobs",
+    "top_logprobs": "logprobs",
+    "n": None,
+    "num_beams": "beam_search",
+    "return_details": "return_details",
+    "response_format": "structured_output",
+    "guided_json": "structured_output",
+    "guided_regex": "guided_regex",
+    "guided_choice": "guided_choice",
+    "guided_grammar": "guided_grammar",
+}
+# Read by every engine's response shaping (InferEngine.infer_async: chunks or one response), not by the library: a
+# backend whose mapping shows no trace of them still honours them.
+RESPONSE_FIELDS = ("stream",)
+
 
 def support(backend: str, feature: str, lmdeploy_backend: str | None = None) -> Support:
     """The table cell for `feature` on `backend` (the LMDeploy engine refines lmdeploy's cell)."""
@@ -178,7 +239,7 @@ def support(backend: str, feature: str, lmdeploy_backend: str | None = None) -> 
             return refined
     cell = row.get(backend)
     if cell is None:
-        raise KeyError(f"unknown backend {backend!r}; known: pt, vllm, lmdeploy")
+        raise KeyError(f"unknown backend {backend!r} for {feature}; known: {', '.join(b for b in row if ':' not in b)}")
     return cell
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from swiftops.protocol.request import InferRequest, RequestConfig
+from swiftops.protocol.request import InferRequest, LogitBias, RequestConfig
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -152,7 +152,9 @@ class _SamplingParams(_WireModel):
     stream: bool = Field(False, description="Stream chunks as server-sent events.")
     stream_options: StreamOptions | None = Field(None, description="Streaming options (`include_usage`).")
     user: str | None = Field(None, description="End-user id; recorded in the access log, otherwise ignored.")
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be empty.")
+    logit_bias: LogitBias | None = Field(
+        None, description="Token id (as a string) -> bias from -100 to 100 added to that token's logit."
+    )
     guided_json: dict[str, Any] | str | None = Field(
         None, description="vLLM extension: constrain the output to this JSON Schema."
     )
@@ -166,8 +168,6 @@ class _SamplingParams(_WireModel):
     def _check_common(self) -> _SamplingParams:
         if isinstance(self.stop, list) and len(self.stop) > 16:
             raise ValueError("`stop` takes at most 16 strings")
-        if self.logit_bias:
-            raise ValueError("`logit_bias` is not supported by this server; remove it")
         if self.stream_options is not None and not self.stream:
             raise ValueError("`stream_options` is only allowed with `stream: true`")
         return self
@@ -185,6 +185,7 @@ class _SamplingParams(_WireModel):
             stop=self.stop,
             stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos,
+            logit_bias=self.logit_bias,
             seed=self.seed,
             n=self.n,
             stream=self.stream,

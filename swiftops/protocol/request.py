@@ -6,12 +6,14 @@ written for ms-swift's `PtEngine` runs unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # A media item: a local path, an http(s) URL, a base64 string or `data:` URI, or a PIL image.
 MediaItem = Any
+# OpenAI's logit_bias: token id -> a bias from -100 to 100 added to that token's logit (JSON keys are strings).
+LogitBias = dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]]
 
 
 class RequestConfig(BaseModel):
@@ -38,6 +40,11 @@ class RequestConfig(BaseModel):
     stop: list[str] | None = Field(None, description="Strings that end generation; they are not returned.")
     stop_token_ids: list[int] | None = Field(None, description="Token ids that end generation besides EOS.")
     ignore_eos: bool = Field(False, description="Keep generating past EOS (benchmarks with fixed output lengths).")
+    logit_bias: LogitBias | None = Field(
+        None,
+        description="OpenAI logit_bias: token id -> bias from -100 to 100 added to the token's logit before "
+        "sampling (-100 all but bans the token, 100 all but forces it).",
+    )
     seed: int | None = Field(
         None, ge=-(2**63), le=2**64 - 1, description="Makes sampling reproducible for this request (a 64-bit integer)."
     )

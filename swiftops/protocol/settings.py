@@ -94,21 +94,6 @@ def parse_adapters(value: Any) -> dict[str, str]:
     return adapters
 
 
-def resolve_adapters(value: Any, default_adapter: str | None = None) -> tuple[dict[str, str], str | None]:
-    """The Python API's `adapters=` (ms-swift's list of paths, `name=path` items or a mapping) -> ({name: path},
-    the adapter for requests that name none: `default_adapter`, else the one bare path)."""
-    if len(unnamed_adapters(value)) > 1:
-        raise ValueError(
-            "several adapters without a name: only one can apply to every request; give "
-            "{name: path} (requests pick one with AdapterRequest(name)) and at most one bare path"
-        )
-    adapters = parse_adapters(value)
-    default = default_adapter or next(iter(unnamed_adapters(value)), None)
-    if default is not None and default not in adapters:
-        raise ValueError(f"default_adapter {default!r} is not among the adapters ({', '.join(adapters) or 'none'})")
-    return adapters, default
-
-
 def unnamed_adapters(value: Any) -> list[str]:
     """Names parse_adapters gives to the items of `value` that are bare paths (no `name=`)."""
     if value is None or isinstance(value, dict):

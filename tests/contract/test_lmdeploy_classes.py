@@ -21,6 +21,7 @@ from lmdeploy.archs import autoget_backend_config, get_task  # noqa: E402
 from swiftops.engines.lmdeploy import args  # noqa: E402
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker  # noqa: E402
 from swiftops.protocol import RequestConfig  # noqa: E402
+from swiftops.protocol.sampling import effective_config  # noqa: E402
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings  # noqa: E402
 from swiftops.protocol.structured_output import output_constraint  # noqa: E402
 
@@ -36,6 +37,12 @@ CONFIG_CASES = {
     "passthrough": ({}, {"engine_kwargs": {"max_prefill_token_num": 1024}}),
 }
 CLASSES = {"turbomind": TurbomindEngineConfig, "pytorch": PytorchEngineConfig}
+
+
+def _generation(config, generation, prompt_len, max_model_len, model_defaults=None, constraint=None):
+    """The first choice's mapping of `config` after the engine's defaults (swiftops.protocol.sampling)."""
+    return args.generation_config_kwargs(effective_config(config, generation, model_defaults),
+                                         prompt_len, max_model_len, constraint)[0]
 
 
 def _config_kwargs(case: str, backend: str, model_path: str = "m") -> dict:
@@ -85,10 +92,19 @@ GENERATION_CASES = [
 
 @pytest.mark.parametrize("config", GENERATION_CASES, ids=range(len(GENERATION_CASES)))
 def test_generation_config_accepts_the_mapping(config):
-    kwargs = args.generation_config_kwargs(config, GenerationSettings(), prompt_len=10, max_model_len=512)
+    kwargs = _generation(config, GenerationSettings(), prompt_len=10, max_model_len=512)
     gen = GenerationConfig(**kwargs)
     assert gen.max_new_tokens == kwargs["max_new_tokens"] and gen.random_seed == config.seed
     assert gen.do_sample == (kwargs["temperature"] > 0) and gen.logprobs == kwargs.get("logprobs")
+
+
+def test_logit_bias_processor_is_a_generation_config_logits_processor():
+    import torch
+
+    (kwargs,) = args.generation_config_kwargs(RequestConfig(logit_bias={1: 5.0}), 10, 512, backend="pytorch")
+    gen = GenerationConfig(**kwargs)
+    (processor,) = gen.logits_processors
+    assert processor(torch.tensor([0]), torch.zeros(4)).tolist() == [0.0, 5.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("fields", [

@@ -22,6 +22,7 @@ from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams  # n
 from swiftops.engines.vllm import args  # noqa: E402
 from swiftops.engines.vllm.outputs import OutputTracker  # noqa: E402
 from swiftops.protocol import RequestConfig  # noqa: E402
+from swiftops.protocol.sampling import effective_config  # noqa: E402
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings  # noqa: E402
 from swiftops.protocol.structured_output import output_constraint  # noqa: E402
 
@@ -37,6 +38,12 @@ ENGINE_CASES = {
     "bnb": ({"quant_method": "bnb", "quant_bits": 4}, {}),
     "passthrough": ({}, {"engine_kwargs": {"disable_custom_all_reduce": True, "max_logprobs": 5}}),
 }
+
+
+def _sampling(config, generation, prompt_len, max_model_len, model_defaults=None, constraint=None):
+    """The mapping of `config` after the engine's defaults (swiftops.protocol.sampling), as the engine calls it."""
+    return args.sampling_params_kwargs(effective_config(config, generation, model_defaults),
+                                       prompt_len, max_model_len, constraint)
 
 
 def _kwargs(tiny_model_dir, case: str) -> dict:
@@ -88,17 +95,19 @@ SAMPLING_CASES = [
     RequestConfig(logprobs=True),
     RequestConfig(logprobs=True, top_logprobs=5, temperature=0),
     RequestConfig(top_k=-1, temperature=1.5),
+    RequestConfig(logit_bias={5: -100, 9: 2.5}),
 ]
 
 
 @pytest.mark.parametrize("config", SAMPLING_CASES, ids=range(len(SAMPLING_CASES)))
 def test_sampling_params_accept_the_mapping(config):
-    kwargs = args.sampling_params_kwargs(config, GenerationSettings(stop_words=["###"]), prompt_len=10,
+    kwargs = _sampling(config, GenerationSettings(stop_words=["###"]), prompt_len=10,
                                          max_model_len=512)
     params = SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
     assert params.n == config.n and params.max_tokens == kwargs["max_tokens"]
     assert params.seed == config.seed and params.output_kind == RequestOutputKind.DELTA
     assert params.logprobs == kwargs.get("logprobs")
+    assert params.logit_bias == kwargs.get("logit_bias")
 
 
 @pytest.mark.parametrize("fields", [

@@ -31,7 +31,8 @@ def test_chat_request_conversion():
 @pytest.mark.parametrize("fields", [
     {"top_logprobs": 2},  # needs logprobs
     {"stream_options": {"include_usage": True}},  # needs stream
-    {"logit_bias": {"1": 5}},
+    {"logit_bias": {"1": 101}},  # OpenAI's range is -100..100
+    {"logit_bias": {"x": 5}},  # keys are token ids
     {"response_format": {"type": "xml"}},
     {"stop": ["x"] * 17},
     {"temperature": float("nan")},
@@ -67,3 +68,9 @@ def test_embedding_request_inputs():
     assert EmbeddingRequest(input=[1, 2]).inputs == [[1, 2]]
     with pytest.raises(ValidationError):
         EmbeddingRequest(input=[])
+
+
+def test_logit_bias_reaches_the_request_config_with_int_token_ids():
+    request = ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], logit_bias={"50": -100, "7": 2.5})
+    assert request.to_request_config().logit_bias == {50: -100.0, 7: 2.5}
+    assert CompletionRequest(prompt="a", logit_bias={"3": 1}).to_request_config().logit_bias == {3: 1.0}

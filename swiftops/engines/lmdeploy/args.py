@@ -7,13 +7,13 @@ contract tests (tests/contract/, run in a venv with LMDeploy) build the real cla
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from swiftops.engines.engine_options import resolve_sampling
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
 from swiftops.protocol.capabilities import require, unsupported_reason
 from swiftops.protocol.errors import ConfigError
-from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
+from swiftops.protocol.settings import EngineSettings, ModelSettings
 from swiftops.protocol.structured_output import OutputConstraint
 
 LmdeployBackend = Literal["turbomind", "pytorch"]
@@ -86,54 +86,97 @@ def vision_config_kwargs(engine: EngineSettings) -> dict[str, Any]:
 
 def generation_config_kwargs(
     config: RequestConfig,
-    generation: GenerationSettings,
     prompt_len: int,
     max_model_len: int,
-    model_defaults: dict[str, Any] | None = None,
     constraint: OutputConstraint | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments of LMDeploy's `GenerationConfig` for ONE choice of a request.
+    backend: LmdeployBackend | None = None,
+) -> list[dict[str, Any]]:
+    """Keyword arguments of LMDeploy's `GenerationConfig`, one per choice of a request (each runs as its own
+    session, seeded seed + i); `config` has every default applied (swiftops.protocol.sampling.effective_config),
+    `backend` is the LMDeploy engine that runs it (unset: the capability table's default).
 
-    n > 1 and stop strings are done by the engine (several sessions; text matching), because LMDeploy
-    matches stop words as single tokens only. Precedence as the pt engine: request, settings, checkpoint.
+    Stop strings are matched by the engine on the text, because LMDeploy matches stop words as single tokens only.
     """
     room = max_model_len - prompt_len
     if room < 1:
         raise PromptTooLongError(prompt_len, max_model_len)
-    if config.presence_penalty or config.frequency_penalty:
-        require("lmdeploy", "presence_frequency_penalty")
-    temperature, top_k, top_p = resolve_sampling(config, generation, model_defaults)
+    for feature, asked in (
+        ("presence_frequency_penalty", config.presence_penalty or config.frequency_penalty),
+        ("beam_search", config.num_beams > 1),
+        ("return_details", config.return_details),
+        ("logit_bias", config.logit_bias),
+    ):
+        if asked:
+            require("lmdeploy", feature, backend)
+    temperature = float(config.temperature or 0.0)
     if temperature > 2:
         raise BadRequestError("LMDeploy takes temperatures from 0 to 2", param="temperature")
-    penalty = config.repetition_penalty if config.repetition_penalty is not None else generation.repetition_penalty
     kwargs: dict[str, Any] = {
         "n": 1,
-        "max_new_tokens": min(config.max_tokens or generation.max_new_tokens or room, room),
+        "max_new_tokens": min(config.max_tokens or room, room),
         "do_sample": temperature > 0,
-        "temperature": float(temperature),
-        "top_p": float(top_p or 1.0),
-        "top_k": int(top_k or 0),  # 0: no top-k (LMDeploy's own default is 50)
+        "temperature": temperature,
+        "top_p": float(config.top_p or 1.0),
+        "top_k": int(config.top_k or 0),  # 0: no top-k (LMDeploy's own default is 50)
         "min_p": config.min_p,
-        "repetition_penalty": float(penalty or 1.0),
+        "repetition_penalty": float(config.repetition_penalty or 1.0),
         "ignore_eos": config.ignore_eos,
-        "random_seed": config.seed if config.seed is not None else generation.seed,
+        "random_seed": config.seed,
         "stop_token_ids": list(config.stop_token_ids or []) or None,
         "skip_special_tokens": True,
     }
-    if config.logprobs or config.top_logprobs or generation.logprobs:
-        top = config.top_logprobs if config.top_logprobs is not None else (generation.top_logprobs or 0)
+    if config.logit_bias:
+        kwargs["logits_processors"] = [LogitBiasProcessor(config.logit_bias)]
+    if config.logprobs:
         # LMDeploy returns the sampled token's logprob among the top ones; ask for at least one.
-        kwargs["logprobs"] = max(1, int(top))
+        kwargs["logprobs"] = max(1, int(config.top_logprobs or 0))
     if constraint is not None:
-        kwargs["response_format"] = lmdeploy_response_format(constraint)
-    return kwargs
+        kwargs["response_format"] = lmdeploy_response_format(constraint, backend)
+    return [{**kwargs, "random_seed": choice_seed(config.seed, i)} for i in range(config.n)]
 
 
-def lmdeploy_response_format(constraint: OutputConstraint) -> dict[str, Any]:
+class LogitBiasProcessor:
+    """OpenAI's logit_bias as an LMDeploy logits processor (its PyTorch engine calls it per sequence and step with
+    the token ids so far and that sequence's logits [V]). The ids were checked against the vocabulary before."""
+
+    def __init__(self, logit_bias: dict[int, float]) -> None:
+        self.logit_bias = dict(logit_bias)
+
+    def __call__(self, token_ids: Any, logits: Any) -> Any:
+        for token_id, bias in self.logit_bias.items():
+            logits[token_id] += bias
+        return logits
+
+
+@dataclass(frozen=True)
+class LmdeployRequest:
+    """What the LMDeploy engine runs for one request."""
+
+    choices: list[dict[str, Any]]  # GenerationConfig keyword arguments, one session per choice
+    stops: list[str]  # stop strings, matched by the engine on the text (LMDeploy matches single tokens only)
+    top_logprobs: int | None  # alternatives per token in the response; None: no logprobs
+
+
+def map_request(
+    config: RequestConfig,
+    prompt_len: int,
+    max_model_len: int,
+    constraint: OutputConstraint | None = None,
+    backend: LmdeployBackend | None = None,
+) -> LmdeployRequest:
+    """The LMDeploy backend's mapping of a request (`config` with every default applied)."""
+    return LmdeployRequest(
+        generation_config_kwargs(config, prompt_len, max_model_len, constraint, backend),
+        list(config.stop or []),
+        config.top_logprobs if config.logprobs else None,
+    )
+
+
+def lmdeploy_response_format(constraint: OutputConstraint, backend: LmdeployBackend | None = None) -> dict[str, Any]:
     """A request's output constraint in the shape LMDeploy compiles with xgrammar (json_schema, regex_schema).
     A choice becomes a regex of its escaped alternatives; EBNF grammars are refused (a 400 saying where they run)."""
     if constraint.kind == "grammar":
-        require("lmdeploy", "guided_grammar")
+        require("lmdeploy", "guided_grammar", backend)
     if constraint.kind == "regex":
         return {"type": "regex_schema", "regex_schema": constraint.source}
     if constraint.kind == "choice":

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
-from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
+from swiftops.engines.engine_options import SettingsEngine
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
 from swiftops.engines.outputs import SequenceOutput
@@ -37,6 +37,7 @@ from swiftops.protocol import (
 )
 from swiftops.protocol.capabilities import require
 from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.sampling import check_token_ids, effective_config, model_sampling_defaults
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.protocol.structured_output import output_constraint
 from swiftops.template.chat_template import encode_prompt
@@ -216,30 +217,17 @@ class LmdeployEngine(SettingsEngine):
         self, request: InferRequest, config: RequestConfig, adapter_request: AdapterRequest | None
     ) -> tuple[AsyncIterator[SequenceOutput], bool]:
         """The request's outputs (generation starts as they are read) and whether they carry logprobs."""
-        if config.num_beams > 1:
-            require("lmdeploy", "beam_search")
         adapter_name = self._adapter_name(adapter_request)
         prompt, prompt_len = self._prompt(request)
         if prompt_len or prompt.get("input_ids") is not None:  # messages LMDeploy templates itself: no count
             check_prompt_length(prompt_len, self.max_model_len)
-        gen = lm_args.generation_config_kwargs(
-            config,
-            self.generation,
-            prompt_len,
-            self.max_model_len,
-            self._model_defaults,
-            output_constraint(config, request),
-        )
-        stops = [s for s in (config.stop or self.generation.stop_words or []) if s]
-        top = (
-            (config.top_logprobs if config.top_logprobs is not None else (self.generation.top_logprobs or 0))
-            if "logprobs" in gen
-            else None
-        )
-        outputs = self._generate(
-            prompt, gen, config.n, stops, top, adapter_name, every_step=config.stream or bool(stops)
-        )
-        return outputs, top is not None
+        constraint = output_constraint(config, request)
+        config = effective_config(config, self.generation, self._model_defaults)
+        check_token_ids(config, len(self.tokenizer))
+        mapped = lm_args.map_request(config, prompt_len, self.max_model_len, constraint, self.lmdeploy_backend)
+        every_step = config.stream or bool(mapped.stops)
+        outputs = self._generate(prompt, mapped.choices, mapped.stops, mapped.top_logprobs, adapter_name, every_step)
+        return outputs, mapped.top_logprobs is not None
 
     def _relay(self) -> LoopRelay:
         loop = asyncio.get_running_loop()
@@ -251,8 +239,7 @@ class LmdeployEngine(SettingsEngine):
     async def _generate(
         self,
         prompt: dict[str, Any],
-        gen: dict[str, Any],
-        n: int,
+        choices: list[dict[str, Any]],
         stops: list[str],
         top: int | None,
         adapter_name: str | None,
@@ -264,13 +251,12 @@ class LmdeployEngine(SettingsEngine):
         relay = self._relay()
         prompt_ids = prompt.get("input_ids") or []
         futures = []
-        for i in range(n):
-            kwargs = {**gen, "random_seed": lm_args.choice_seed(gen.get("random_seed"), i)}
+        for i, kwargs in enumerate(choices):
             tracker = ChoiceTracker(i, self.tokenizer, prompt_ids, stops, top)
             futures.append(
                 self._loop().submit(self._run_choice(prompt, kwargs, adapter_name, tracker, relay, queue, every_step))
             )
-        remaining = n
+        remaining = len(choices)
         try:
             while remaining:
                 out = await queue.get()

@@ -56,6 +56,7 @@ from swiftops.protocol import (
     SwiftopsError,
 )
 from swiftops.protocol import errors as error_classes
+from swiftops.protocol.sampling import effective_config, wants_logprobs
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
 logger = logging.getLogger("swiftops.engine_process")
@@ -362,10 +363,10 @@ class EngineProcessClient(InferEngine):
         return ids
 
     def _stops(self, config: RequestConfig) -> tuple[str, ...]:
-        return tuple(s for s in (config.stop or self.generation.stop_words or []) if s)
+        return tuple(effective_config(config, self.generation).stop or ())
 
     def _wants_logprobs(self, config: RequestConfig) -> bool:
-        return config.logprobs or bool(config.top_logprobs)
+        return wants_logprobs(config, self.generation)
 
     async def generate(
         self, request: InferRequest, config: RequestConfig, *, adapter_request: AdapterRequest | None = None

@@ -46,8 +46,7 @@ def _generate(
     model: Any,
     tokenizer: Any,
     prompt_ids: list[int],
-    config: RequestConfig,
-    max_tokens: int,
+    beams: dict[str, Any],
     eos: set[int],
     stops: tuple[str, ...],
     device: Any,
@@ -59,15 +58,7 @@ def _generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
     with torch.inference_mode():
         out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            num_beams=config.num_beams,
-            num_return_sequences=config.n,
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            eos_token_id=sorted(eos) or None,
-            pad_token_id=pad,
-            repetition_penalty=config.repetition_penalty or 1.0,
+            ids, attention_mask=torch.ones_like(ids), eos_token_id=sorted(eos) or None, pad_token_id=pad, **beams
         )
     choices, completion_tokens = [], 0
     for index, row in enumerate(out[:, len(prompt_ids) :].tolist()):
@@ -91,14 +82,12 @@ async def beam_search_response(
     model: Any,
     tokenizer: Any,
     prompt_ids: list[int],
-    config: RequestConfig,
-    max_tokens: int,
+    beams: dict[str, Any],
     eos: set[int],
     stops: tuple[str, ...],
     device: Any,
     name: str,
 ) -> ChatCompletionResponse:
-    """One request's answer by beam search, off the event loop."""
-    return await asyncio.to_thread(
-        _generate, model, tokenizer, prompt_ids, config, max_tokens, eos, stops, device, name
-    )
+    """One request's answer by beam search, off the event loop; `beams`: generate()'s arguments
+    (swiftops.engines.pt.request_plan.beam_kwargs)."""
+    return await asyncio.to_thread(_generate, model, tokenizer, prompt_ids, beams, eos, stops, device, name)

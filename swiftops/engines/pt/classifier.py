@@ -25,6 +25,8 @@ import threading
 from typing import Any
 
 from swiftops.engines.base import InferEngine
+from swiftops.engines.engine_options import split_options
+from swiftops.engines.pt.embedding import EMBEDDING_SETTINGS
 from swiftops.protocol import (
     AdapterRequest,
     BadRequestError,
@@ -41,6 +43,7 @@ from swiftops.protocol import (
     UnsupportedError,
     UsageInfo,
 )
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 from swiftops.template.chat_template import normalize_messages
 
 STEP_SEPARATOR = "\n\n"
@@ -54,41 +57,64 @@ class PtClassifierEngine(InferEngine):
     max_model_len: int  # known once the model is loaded (the interface allows None for backends that do not know it)
 
     def __init__(
-        self,
-        model: str,
-        *,
-        task_type: str | None = None,
-        torch_dtype: str | None = None,
-        device_map: str | None = None,
-        max_model_len: int | None = None,
-        model_revision: str | None = None,
-        trust_remote_code: bool = False,
-        served_model_name: str | None = None,
-        **_: Any,
+        self, model: str, *, served_model_name: str | None = None, attn_impl: str | None = None, **options: Any
     ) -> None:
+        """`options`: the settings' field names this engine uses (EMBEDDING_SETTINGS: dtype, device_map, context,
+        task_type, max_batch_size (requests in flight when served) ...); `attn_impl` (ms-swift's) is accepted."""
+        model_settings, engine_settings, _ = split_options(
+            {"model": model, **options}, "PtClassifierEngine", EMBEDDING_SETTINGS
+        )
+        self._setup(model_settings, engine_settings, served_model_name)
+
+    @classmethod
+    def from_settings(
+        cls,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings | None = None,
+        media: MediaSettings | None = None,
+        *,
+        serving: bool = False,
+        served_model_name: str | None = None,
+    ) -> PtClassifierEngine:
+        """The signature every engine shares; a classifier scores text only and samples nothing."""
+        self = cls.__new__(cls)
+        self._setup(model, engine, served_model_name)
+        return self
+
+    def _setup(self, settings: ModelSettings, engine: EngineSettings, served_model_name: str | None) -> None:
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         from swiftops.engines.pt.embedding import detect_task_type
-        from swiftops.engines.pt.loader import check_model_source, resolve_dtype
+        from swiftops.engines.pt.loader import check_model_source, device_map_arg, resolve_dtype
 
+        model, max_model_len = settings.model or "", settings.max_model_len
         source = check_model_source(model)
-        self.task_type = task_type or detect_task_type(source)
+        self.task_type = settings.task_type or detect_task_type(source)
         if self.task_type not in ("seq_cls", "reward", "prm"):
             raise ConfigError(f"task_type {self.task_type!r} is not a classifier task; use seq_cls, reward or prm")
-        common = {"revision": model_revision, "trust_remote_code": trust_remote_code}
+        common = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
+        placement = {"device_map": device_map_arg(settings.device_map)} if settings.device_map else {}
         try:
             config = AutoConfig.from_pretrained(source, **common)
             self.tokenizer = AutoTokenizer.from_pretrained(source, **common)
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            dtype = resolve_dtype(torch_dtype, self.device, config)
+            dtype = resolve_dtype(settings.torch_dtype, self.device, config)
             if self.task_type == "prm":
-                self.model = self._load_token_classifier(source, config, dtype, common)
+                self.model = self._load_token_classifier(source, config, dtype, {**common, **placement})
             else:
-                self.model = AutoModelForSequenceClassification.from_pretrained(source, dtype=dtype, **common)
+                self.model = AutoModelForSequenceClassification.from_pretrained(
+                    source, dtype=dtype, **common, **placement
+                )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load {model} as a {self.task_type} model: {exc}") from exc
-        self.model.to(self.device).eval()
+        if placement:  # inputs go where the first layers are
+            self.device = next(self.model.parameters()).device
+        else:
+            self.model.to(self.device)
+        self.model.eval()
+        self.max_batch_size = engine.max_batch_size  # the server's default admission limit when set
         self.config = config
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.max_model_len = max_model_len or getattr(text, "max_position_embeddings", None) or 4096
@@ -102,19 +128,6 @@ class PtClassifierEngine(InferEngine):
         if any(a.endswith("ForTokenClassification") for a in (config.architectures or [])):
             return AutoModelForTokenClassification.from_pretrained(source, dtype=dtype, **common)
         return AutoModel.from_pretrained(source, dtype=dtype, **common)  # e.g. Qwen2.5-Math-PRM (remote code)
-
-    @classmethod
-    def from_settings(cls, model, engine, generation=None, **kwargs: Any) -> PtClassifierEngine:
-        return cls(
-            model.model,
-            task_type=model.task_type,
-            torch_dtype=model.torch_dtype,
-            device_map=model.device_map,
-            max_model_len=model.max_model_len,
-            model_revision=model.model_revision,
-            trust_remote_code=model.trust_remote_code,
-            **kwargs,
-        )
 
     # ---- input text ------------------------------------------------------------------------------
     def render(self, request: InferRequest) -> str:

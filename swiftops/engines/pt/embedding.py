@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swiftops.engines.base import InferEngine
+from swiftops.engines.engine_options import split_options
 from swiftops.protocol import (
     AdapterRequest,
     BadRequestError,
@@ -31,9 +32,26 @@ from swiftops.protocol import (
     UnsupportedError,
     UsageInfo,
 )
+from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
 TaskType = str  # one of ModelSettings.task_type's literals
 EMBEDDING_BATCH = 32
+# The settings an embedding (or classifier) engine uses; PtEngine(<embedding checkpoint>, ...) hands its keywords
+# here, and one that only generation uses (kv_cache_memory_gb, temperature, ...) is refused rather than ignored.
+EMBEDDING_SETTINGS = frozenset(
+    {
+        "model",
+        "torch_dtype",
+        "device_map",
+        "max_model_len",
+        "model_revision",
+        "trust_remote_code",
+        "task_type",
+        "model_type",
+        "infer_backend",
+        "max_batch_size",
+    }
+)
 _ENCODER_TYPES = {
     "bert",
     "roberta",
@@ -160,35 +178,55 @@ class PtEmbeddingEngine(InferEngine):
     max_batch_size: int
 
     def __init__(
-        self,
-        model: str,
-        *,
-        torch_dtype: str | None = None,
-        device_map: str | None = None,
-        max_model_len: int | None = None,
-        model_revision: str | None = None,
-        trust_remote_code: bool = False,
-        served_model_name: str | None = None,
-        max_batch_size: int | None = None,
-        **_: Any,
+        self, model: str, *, served_model_name: str | None = None, attn_impl: str | None = None, **options: Any
     ) -> None:
+        """`options`: the settings' field names this engine uses (EMBEDDING_SETTINGS), as PtEngine takes them;
+        `attn_impl` (ms-swift's) is accepted: transformers' default attention runs."""
+        model_settings, engine_settings, _ = split_options(
+            {"model": model, **options}, "PtEmbeddingEngine", EMBEDDING_SETTINGS
+        )
+        self._setup(model_settings, engine_settings, served_model_name)
+
+    @classmethod
+    def from_settings(
+        cls,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings | None = None,
+        media: MediaSettings | None = None,
+        *,
+        serving: bool = False,
+        served_model_name: str | None = None,
+    ) -> PtEmbeddingEngine:
+        """The signature every engine shares; an embedding model takes text only and has no sampling defaults."""
+        self = cls.__new__(cls)
+        self._setup(model, engine, served_model_name)
+        return self
+
+    def _setup(self, settings: ModelSettings, engine: EngineSettings, served_model_name: str | None) -> None:
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        from swiftops.engines.pt.loader import check_model_source, resolve_dtype
+        from swiftops.engines.pt.loader import check_model_source, device_map_arg, resolve_dtype
 
+        model, max_model_len = settings.model or "", settings.max_model_len
         source = check_model_source(model)
-        common = {"revision": model_revision, "trust_remote_code": trust_remote_code}
+        common = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
+        placement = {"device_map": device_map_arg(settings.device_map)} if settings.device_map else {}
         try:
             config = AutoConfig.from_pretrained(source, **common)
             self.tokenizer = AutoTokenizer.from_pretrained(source, **common)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            self.dtype = resolve_dtype(torch_dtype, device, config)
-            self.model = AutoModel.from_pretrained(source, dtype=self.dtype, **common)
+            self.dtype = resolve_dtype(settings.torch_dtype, device, config)
+            self.model = AutoModel.from_pretrained(source, dtype=self.dtype, **common, **placement)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load {model} as an embedding model: {exc}") from exc
+        if placement:  # inputs go where the first layers are
+            device = next(self.model.parameters()).device
+        else:
+            self.model.to(device)
         self.device = device
-        self.model.to(device).eval()
+        self.model.eval()
         is_decoder = bool(getattr(config, "is_decoder", False)) or any(
             a.endswith("ForCausalLM") for a in (config.architectures or [])
         )
@@ -200,21 +238,8 @@ class PtEmbeddingEngine(InferEngine):
         positions = getattr(config, "max_position_embeddings", None) or 512
         self.max_model_len = min(x for x in (max_model_len, self.pooling.max_seq_length, positions) if x)
         self.model_name = served_model_name or os.path.basename(os.path.normpath(model))
-        self.max_batch_size = max_batch_size or EMBEDDING_BATCH
+        self.max_batch_size = engine.max_batch_size or EMBEDDING_BATCH
         self._lock = threading.Lock()  # one forward at a time: the model and the CPU threads are shared
-
-    @classmethod
-    def from_settings(cls, model, engine, generation=None, **kwargs: Any) -> PtEmbeddingEngine:
-        return cls(
-            model.model,
-            torch_dtype=model.torch_dtype,
-            device_map=model.device_map,
-            max_model_len=model.max_model_len,
-            model_revision=model.model_revision,
-            trust_remote_code=model.trust_remote_code,
-            max_batch_size=engine.max_batch_size,
-            **kwargs,
-        )
 
     # ---- embedding --------------------------------------------------------------------------------
     def _batch(self, inputs: list[str | list[int]]):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from swiftops.engines.base import InferEngine
-from swiftops.engines.engine_options import model_sampling_defaults, resolve_sampling
+from swiftops.engines.engine_options import split_options
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
 from swiftops.engines.prompt_checks import check_prompt_length, check_streamable, check_text_only
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
@@ -27,6 +27,7 @@ from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
+from swiftops.engines.pt.request_plan import plan_request
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
 from swiftops.engines.response_builder import collect_response, stream_response
@@ -43,14 +44,14 @@ from swiftops.protocol import (
     RequestConfig,
     UnsupportedError,
 )
+from swiftops.protocol.sampling import check_token_ids, effective_config, model_sampling_defaults
 from swiftops.protocol.settings import (
     EngineSettings,
     GenerationSettings,
     MediaSettings,
     ModelSettings,
-    resolve_adapters,
 )
-from swiftops.protocol.structured_output import output_constraint
+from swiftops.protocol.structured_output import OutputConstraint, output_constraint
 from swiftops.template.chat_template import encode_prompt
 from swiftops.template.multimodal import MultimodalEncoder
 from swiftops.template.template import GENERATION_TEMPLATE
@@ -58,6 +59,40 @@ from swiftops.template.template_file import read_chat_template
 
 logger = logging.getLogger(__name__)
 
+# The settings the pt engine uses (besides every GenerationSettings field, its sampling defaults); a keyword naming
+# another backend's setting (tensor_parallel_size, quant_policy, ...) is refused rather than ignored.
+PT_SETTINGS = frozenset(
+    {
+        *GenerationSettings.model_fields,
+        "model",
+        "adapters",
+        "default_adapter",
+        "torch_dtype",
+        "device_map",
+        "max_model_len",
+        "model_revision",
+        "trust_remote_code",
+        "merge_lora",
+        "quant_method",
+        "quant_bits",
+        "max_memory",
+        "task_type",
+        "template",
+        "use_chat_template",
+        "model_type",  # ms-swift's: accepted, the architecture comes from config.json
+        "infer_backend",
+        "max_batch_size",
+        "max_num_batched_tokens",
+        "gpu_memory_utilization",
+        "kv_cache_memory_gb",
+        "block_size",
+        "enforce_eager",
+        "max_loras",
+        "max_lora_rank",
+        "enable_prefix_caching",
+        "limit_mm_per_prompt",
+    }
+)
 _CPU_CACHE_BYTES = 1 << 30  # default KV cache on CPU: enough for tests and demos without hogging RAM
 
 
@@ -66,6 +101,7 @@ class PreparedRequest:
     """A checked request, ready to launch: its prompt ids, resolved sampling settings and adapter."""
 
     prompt_ids: list[int]
+    config: RequestConfig  # with every default applied (swiftops.protocol.sampling)
     params: SamplingParams
     adapter: str | None
     name: str  # the model name its responses carry
@@ -75,6 +111,8 @@ class PreparedRequest:
     media: Any = None  # the media's key in the prefix cache
     salt: bytes = b""  # the adapter's digest: prefix-cache blocks are per adapter
     hashes: list[bytes] = dataclasses.field(default_factory=list)  # the prompt's block hashes
+    beams: dict[str, Any] | None = None  # transformers' generate() arguments of a beam search (RequestPlan.beams)
+    images_size: bool = False  # the response carries the images' sizes (return_details)
 
 
 def _cache_shape(model: Any, dtype: torch.dtype) -> CacheShape:
@@ -121,58 +159,82 @@ class PtEngine(InferEngine):
         model: str,
         adapters: dict[str, str] | list[str] | str | None = None,
         *,
-        max_batch_size: int | None = None,
-        torch_dtype: str | torch.dtype | None = None,
-        device_map: str | None = None,
-        max_model_len: int | None = None,
-        model_revision: str | None = None,
-        trust_remote_code: bool = False,
-        max_num_batched_tokens: int = 2048,
-        gpu_memory_utilization: float = 0.9,
-        kv_cache_memory_gb: float | None = None,
-        block_size: int = 16,
-        enforce_eager: bool = False,
         generation: GenerationSettings | None = None,
-        served_model_name: str | None = None,
-        runner: str | None = None,
-        max_loras: int = 8,
-        max_lora_rank: int = 64,
-        merge_lora: bool = False,
-        quant_method: str | None = None,
-        quant_bits: int | None = None,
-        enable_lora: bool = False,
-        max_memory: str | None = None,
         media: MediaSettings | None = None,
         media_policy: MediaPolicy | None = None,
-        limit_mm_per_prompt: dict[str, int] | None = None,
-        default_adapter: str | None = None,
-        task_type: str | None = None,
-        template: str | None = None,
-        use_chat_template: bool = True,
+        served_model_name: str | None = None,
+        runner: str | None = None,
+        enable_lora: bool = False,
         attn_impl: str | None = None,
-        enable_prefix_caching: bool | None = None,
+        **options: Any,
     ) -> None:
-        register()
+        """`options`: the settings' field names (`max_batch_size`, `torch_dtype` (a name or a torch.dtype),
+        `max_model_len`, `temperature`, ...: `swiftops infer --help`), validated as the CLI validates its flags.
+        `generation` gives the sampling defaults as one object (keywords like `temperature` override it);
+        `runner` forces the "paged" or "fallback" runner; `enable_lora` makes room for adapters added by path."""
         if attn_impl:  # ms-swift's flash_attention_2/sdpa choice: the pt backend always runs its paged attention
             logger.info(
                 "attn_impl=%s: the pt backend runs its own paged attention (vision towers keep sdpa)", attn_impl
             )
-        self.generation = generation or GenerationSettings()
-        try:
-            adapters, self.default_adapter = resolve_adapters(adapters, default_adapter)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        model_settings, engine_settings, defaults = split_options(
+            {"model": model, "adapters": adapters, **options}, "PtEngine", PT_SETTINGS
+        )
+        if generation is not None:
+            defaults = generation.model_copy(update=defaults.model_dump(exclude_unset=True))
+        self._setup(
+            model_settings, engine_settings, defaults, media, media_policy, served_model_name, runner, enable_lora
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings | None = None,
+        media: MediaSettings | None = None,
+        *,
+        serving: bool = False,
+        served_model_name: str | None = None,
+    ) -> PtEngine:
+        """`serving`: requests come from network clients, so media follow the server's policy (no local paths, no
+        private addresses unless allowed); otherwise the user's own files are read."""
+        media = media or MediaSettings()
+        policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
+        self = cls.__new__(cls)
+        self._setup(model, engine, generation or GenerationSettings(), media, policy, served_model_name, None, False)
+        return self
+
+    def _setup(
+        self,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings,
+        media: MediaSettings | None,
+        media_policy: MediaPolicy | None,
+        served_model_name: str | None,
+        runner: str | None,
+        enable_lora: bool,
+    ) -> None:
+        register()
+        self.generation = generation
+        path = model.model or ""
+        adapters, self.default_adapter = dict(model.adapters), model.default_adapter
+        if self.default_adapter is not None and self.default_adapter not in adapters:
+            raise ConfigError(
+                f"default_adapter {self.default_adapter!r} is not among the adapters ({', '.join(adapters) or 'none'})",
+                param="default_adapter",
+            )
         loaded = load_model(
-            model,
-            revision=model_revision,
-            torch_dtype=torch_dtype,
-            device_map=device_map,
-            max_model_len=max_model_len,
-            trust_remote_code=trust_remote_code,
+            path,
+            revision=model.model_revision,
+            torch_dtype=model.torch_dtype,
+            device_map=model.device_map,
+            max_model_len=model.max_model_len,
+            trust_remote_code=model.trust_remote_code,
             attn_implementation=ATTN_IMPLEMENTATION,
-            quant_method=quant_method,
-            quant_bits=quant_bits,
-            max_memory=max_memory,
+            quant_method=model.quant_method,
+            quant_bits=model.quant_bits,
+            max_memory=model.max_memory,
         )
         self.encoder: MultimodalEncoder | None = None
         if loaded.processor is not None:
@@ -181,10 +243,10 @@ class PtEngine(InferEngine):
                 loaded.processor,
                 limits=MediaLimits.resolve(media),
                 policy=media_policy or MediaPolicy.permissive(media),
-                limit_mm_per_prompt=limit_mm_per_prompt,
+                limit_mm_per_prompt=engine.limit_mm_per_prompt or None,
                 default_system=self.generation.system,
             )
-        if merge_lora and adapters:
+        if model.merge_lora and adapters:
             if len(adapters) != 1:
                 raise ConfigError(
                     "--merge_lora true merges exactly one adapter; pass one, or drop --merge_lora "
@@ -195,38 +257,42 @@ class PtEngine(InferEngine):
             if loaded.processor is not None:
                 _vision_on_sdpa(loaded.model)
             adapters, self.default_adapter = {}, None  # the merged weights are the adapter
+        template, use_chat_template = model.template, model.use_chat_template
         if template or not use_chat_template:
             # use_chat_template=False (ms-swift's flag for base models): the messages' text, no role markers.
             loaded.tokenizer.chat_template = read_chat_template(template) if use_chat_template else GENERATION_TEMPLATE
             if loaded.processor is not None:
                 loaded.processor.chat_template = loaded.tokenizer.chat_template
+        max_loras, max_lora_rank = engine.max_loras, engine.max_lora_rank
         self.lora = (
-            LoraManager(loaded.model, adapters, max_loras, max_lora_rank, model) if adapters or enable_lora else None
+            LoraManager(loaded.model, adapters, max_loras, max_lora_rank, path) if adapters or enable_lora else None
         )
-        self._lora_limits, self._model_source = (max_loras, max_lora_rank), model
+        self._lora_limits, self._model_source = (max_loras, max_lora_rank), path
         self._loaded = loaded
+        self._model_defaults = model_sampling_defaults(loaded.generation_config)
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
         self.max_model_len = loaded.max_model_len
-        self.model_name = served_model_name or os.path.basename(os.path.normpath(model))
+        self.model_name = served_model_name or os.path.basename(os.path.normpath(path))
         # vLLM's and LMDeploy's range on a GPU, where a step of 256 sequences costs little more than one of 32;
         # on CPU every sequence of the batch costs its own compute, so a small batch keeps latency sane.
-        max_batch_size = max_batch_size or (256 if loaded.device.type == "cuda" else 32)
+        max_batch_size = engine.max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
         self._eos = self._eos_ids(loaded)
         self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
         # The logits' width (lm_head rows), which may be padded beyond the tokenizer's vocabulary.
-        self._grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.get_text_config().vocab_size, self._eos)
+        self._vocab_size = loaded.model.config.get_text_config().vocab_size
+        self._grammars = GrammarCompiler(loaded.tokenizer, self._vocab_size, self._eos)
         self._core = self._start_core(
             loaded,
             runner,
-            block_size,
-            gpu_memory_utilization,
-            kv_cache_memory_gb,
+            engine.block_size,
+            engine.gpu_memory_utilization,
+            engine.kv_cache_memory_gb,
             max_batch_size,
-            max_num_batched_tokens,
-            enforce_eager,
-            enable_prefix_caching is not False,
+            engine.max_num_batched_tokens,
+            engine.enforce_eager,
+            engine.enable_prefix_caching is not False,
         )
 
     def _start_core(
@@ -310,39 +376,6 @@ class PtEngine(InferEngine):
         )
         return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
 
-    @classmethod
-    def from_settings(
-        cls, model: ModelSettings, engine: EngineSettings, generation: GenerationSettings | None = None, **kwargs: Any
-    ) -> PtEngine:
-        return cls(
-            model.model,
-            model.adapters or None,
-            default_adapter=model.default_adapter,
-            template=model.template,
-            use_chat_template=model.use_chat_template,
-            max_batch_size=engine.max_batch_size,
-            torch_dtype=model.torch_dtype,
-            device_map=model.device_map,
-            max_model_len=model.max_model_len,
-            model_revision=model.model_revision,
-            trust_remote_code=model.trust_remote_code,
-            max_num_batched_tokens=engine.max_num_batched_tokens,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            kv_cache_memory_gb=engine.kv_cache_memory_gb,
-            block_size=engine.block_size,
-            enforce_eager=engine.enforce_eager,
-            generation=generation,
-            max_loras=engine.max_loras,
-            max_lora_rank=engine.max_lora_rank,
-            merge_lora=model.merge_lora,
-            quant_method=model.quant_method,
-            quant_bits=model.quant_bits,
-            max_memory=model.max_memory,
-            limit_mm_per_prompt=engine.limit_mm_per_prompt or None,
-            enable_prefix_caching=engine.enable_prefix_caching,
-            **kwargs,
-        )
-
     def _admit_lora(self, seq: Sequence, running: list[Sequence]) -> bool:
         """Scheduler hook (engine thread): a sequence runs once its adapter holds a slot."""
         if seq.adapter is None or self.lora is None:
@@ -425,32 +458,6 @@ class PtEngine(InferEngine):
         """Where the model runs (the first parameter's device under a device_map)."""
         return self._loaded.device
 
-    def _sampling_params(self, config: RequestConfig, prompt_len: int) -> SamplingParams:
-        g, gc = self.generation, self._loaded.generation_config
-        room = self.max_model_len - prompt_len
-        max_tokens = min(config.max_tokens or g.max_new_tokens or room, room)
-        temperature, top_k, top_p = resolve_sampling(config, g, model_sampling_defaults(gc))
-        penalty = config.repetition_penalty if config.repetition_penalty is not None else g.repetition_penalty
-        stop = tuple(s for s in (config.stop or g.stop_words or []) if s)
-        top_logprobs = config.top_logprobs if config.top_logprobs is not None else (g.top_logprobs or 0)
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=float(temperature),
-            top_k=int(top_k or 0),
-            top_p=float(top_p or 1.0),
-            min_p=config.min_p,
-            repetition_penalty=float(penalty or 1.0),
-            presence_penalty=config.presence_penalty,
-            frequency_penalty=config.frequency_penalty,
-            seed=config.seed if config.seed is not None else self.generation.seed,
-            stop=stop,
-            stop_token_ids=frozenset(config.stop_token_ids or ()),
-            ignore_eos=config.ignore_eos,
-            logprobs=config.logprobs or bool(config.top_logprobs),
-            top_logprobs=top_logprobs,
-            incremental=config.stream or bool(stop),
-        )
-
     def encode(self, request: InferRequest) -> list[int]:
         return encode_prompt(self.tokenizer, request, self.generation.system)
 
@@ -461,10 +468,9 @@ class PtEngine(InferEngine):
         *,
         adapter_request: AdapterRequest | None = None,
     ):
-        config = request_config or RequestConfig()
-        prepared = await self.prepare(request, config, adapter_request)
-        params = prepared.params
-        if config.num_beams > 1:  # transformers' generate, beside the continuously batched sequences
+        prepared = await self.prepare(request, request_config or RequestConfig(), adapter_request)
+        config, params = prepared.config, prepared.params
+        if prepared.beams is not None:  # transformers' generate, beside the continuously batched sequences
             from swiftops.engines.pt.beam_search import beam_search_response, check_beam_request
 
             check_beam_request(config, prepared.adapter, prepared.mm_inputs is not None)
@@ -472,8 +478,7 @@ class PtEngine(InferEngine):
                 self.model,
                 self.tokenizer,
                 prepared.prompt_ids,
-                config,
-                params.max_tokens,
+                prepared.beams,
                 self._eos,
                 params.stop,
                 self._loaded.device,
@@ -484,7 +489,7 @@ class PtEngine(InferEngine):
         if config.stream:
             return stream_response(outputs, config.n, prepared.name, tools, params.logprobs)
         response = await collect_response(outputs, config.n, prepared.name, tools, params.logprobs)
-        if config.return_details and prepared.mm_inputs is not None:
+        if prepared.images_size and prepared.mm_inputs is not None:
             response.images_size = prepared.mm_inputs.image_sizes(self._loaded.processor)
         return response
 
@@ -511,7 +516,10 @@ class PtEngine(InferEngine):
         API server already tokenized."""
         if self._core is None:
             raise EngineError("this engine was closed; build a new one")
-        compiled = await self._compile_constraint(config, request)  # before queueing: a bad schema is a 400
+        config = effective_config(config, self.generation, self._model_defaults)
+        check_token_ids(config, self._vocab_size)
+        constraint = output_constraint(config, request)
+        compiled = await self._compile_constraint(constraint, config.num_beams)  # a bad schema is a 400 before queueing
         adapter = self._adapter_for(adapter_request)
         name = adapter_request.name if adapter_request is not None else self.model_name
         mm_inputs = media = None
@@ -536,17 +544,21 @@ class PtEngine(InferEngine):
         hashes: list[bytes] = []
         if self.prefix_caching and config.num_beams <= 1:  # ~0.5 ms for 2,000 tokens: not on the engine thread
             hashes = await text_pool().run(prompt_block_hashes, prompt_ids, self.block_manager.block_size, salt, media)
+        plan = plan_request(config, self.max_model_len - len(prompt_ids), constraint)
         return PreparedRequest(
             list(prompt_ids),
-            self._sampling_params(config, len(prompt_ids)),
+            config,
+            plan.params,
             adapter,
             name,
             mm_inputs,
-            config.n,
+            plan.n,
             compiled,
             media,
             salt,
             hashes,
+            plan.beams,
+            plan.images_size,
         )
 
     def launch(self, prepared: PreparedRequest, sinks: list[Any]) -> list[Sequence]:
@@ -580,13 +592,12 @@ class PtEngine(InferEngine):
             seq.aborted = True
             self._core.abort(seq.seq_id)
 
-    async def _compile_constraint(self, config: RequestConfig, request: InferRequest) -> Any:
+    async def _compile_constraint(self, constraint: OutputConstraint | None, num_beams: int) -> Any:
         """(xgrammar's compiled grammar, the constraint) for the request's output constraint (None: free text),
         compiled off the engine loop and cached per constraint."""
-        constraint = output_constraint(config, request)
         if constraint is None:
             return None
-        if config.num_beams > 1:
+        if num_beams > 1:
             raise BadRequestError(
                 "structured outputs (response_format, guided_*, a forced tool_choice) sample one "
                 "token at a time; use num_beams 1 with them",

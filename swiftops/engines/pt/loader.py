@@ -88,6 +88,11 @@ def _context_length(config: Any) -> int:
     return 4096
 
 
+def device_map_arg(device_map: str) -> Any:
+    """--device_map as transformers' from_pretrained takes it: a name (auto, cpu, cuda:0) or a JSON map, parsed."""
+    return json.loads(device_map) if device_map.strip().startswith("{") else device_map
+
+
 def parse_max_memory(max_memory: str) -> dict[Any, str]:
     """--max_memory JSON -> accelerate's form: GPU indexes as ints ({"0": "20GiB"} -> {0: "20GiB"}), "cpu" kept."""
     try:
@@ -254,7 +259,7 @@ def _load(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map:
-        kwargs["device_map"] = json.loads(device_map) if device_map.strip().startswith("{") else device_map
+        kwargs["device_map"] = device_map_arg(device_map)
     if max_memory:  # accelerate plans the split of device_map auto/balanced within these budgets
         if not device_map:
             raise ConfigError("--max_memory needs --device_map auto (or balanced) to split the model by it")

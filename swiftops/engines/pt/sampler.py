@@ -70,6 +70,16 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     logits[index] = sub
 
 
+def _apply_logit_bias(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """OpenAI's logit_bias: each row's biases added to its tokens' logits, for the whole batch in one kernel."""
+    rows = [i for i, s in enumerate(seqs) for _ in s.params.logit_bias]
+    ids = [token_id for s in seqs for token_id, _ in s.params.logit_bias]
+    biases = [bias for s in seqs for _, bias in s.params.logit_bias]
+    device = logits.device
+    index = (torch.tensor(rows, device=device), torch.tensor(ids, device=device))
+    logits.index_put_(index, torch.tensor(biases, dtype=logits.dtype, device=device), accumulate=True)
+
+
 def _filter(logits: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]) -> torch.Tensor:
     """logits [R, V] with the tokens outside each row's top-k / top-p / min-p set to -inf."""
     vocab = logits.shape[1]
@@ -161,17 +171,21 @@ def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSampl
     """Sample a step's tokens and queue their copy to the host; nothing here waits for the GPU."""
     params = [s.params for s in seqs]
     sampled = [i for i, p in enumerate(params) if not p.greedy]
-    want_logprobs = penalized = False
-    if sampled or not all(p.greedy and not p.logprobs and not p.penalized for p in params):
+    want_logprobs = penalized = biased = False
+    if sampled or not all(p.greedy and not p.logprobs and not p.penalized and not p.logit_bias for p in params):
         want_logprobs = any(p.logprobs for p in params)
         penalized = any(p.penalized for p in params)
+        biased = any(p.logit_bias for p in params)
         logits = logits.float()  # greedy alone needs no float32 copy of the batch's logits
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+    if penalized or biased:
+        logits = logits.clone()  # the runner's logits may be a graph's output buffer: change a copy
     if penalized:
-        logits = logits.clone()
         _apply_penalties(logits, seqs)
+    if biased:
+        _apply_logit_bias(logits, seqs)
     # Structured output: grammar masks, all rows in one kernel. Last, so nothing after it can bring a disallowed
-    # token back (a penalty's arithmetic on a masked -inf could give NaN, which argmax picks).
+    # token back (a penalty's arithmetic on a masked -inf could give NaN, which argmax picks; a bias could lift it).
     if any(s.grammar is not None for s in seqs):
         constrain(logits, seqs)
     chosen = torch.argmax(logits, dim=-1)

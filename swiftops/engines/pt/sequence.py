@@ -29,6 +29,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), OpenAI's logit_bias
     logprobs: bool = False
     top_logprobs: int = 0
     # Stream text as it is generated. Off (non-streaming, no stop strings), text is decoded once at the

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from swiftops.engines.engine_options import resolve_sampling
 from swiftops.engines.gguf_source import gguf_source
 from swiftops.protocol import PromptTooLongError, RequestConfig
-from swiftops.protocol.capabilities import unsupported_reason
+from swiftops.protocol.capabilities import require, unsupported_reason
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.protocol.structured_output import OutputConstraint
@@ -140,45 +139,40 @@ def lora_request_kwargs(name: str, path: str, lora_int_id: int) -> dict[str, Any
 
 def sampling_params_kwargs(
     config: RequestConfig,
-    generation: GenerationSettings,
     prompt_len: int,
     max_model_len: int,
-    model_defaults: dict[str, Any] | None = None,
     constraint: OutputConstraint | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of vLLM's `SamplingParams` for one request.
-
-    Precedence per field: the request, then the engine's generation defaults (--temperature ...),
-    then the checkpoint's generation_config (only when neither sets a temperature), as the pt engine does.
-    `output_kind` is set by the engine (it is an enum of vLLM's).
-    """
+    """Keyword arguments of vLLM's `SamplingParams` for one request; `config` has every default applied
+    (swiftops.protocol.sampling.effective_config). `output_kind` is set by the engine (it is an enum of vLLM's)."""
     room = max_model_len - prompt_len
     if room < 1:
         raise PromptTooLongError(prompt_len, max_model_len)
-    temperature, top_k, top_p = resolve_sampling(config, generation, model_defaults)
-    penalty = config.repetition_penalty if config.repetition_penalty is not None else generation.repetition_penalty
-    stop = [s for s in (config.stop or generation.stop_words or []) if s]
+    if config.num_beams > 1:
+        require("vllm", "beam_search")
+    if config.return_details:
+        require("vllm", "return_details")
     kwargs: dict[str, Any] = {
         "n": config.n,
-        "max_tokens": min(config.max_tokens or generation.max_new_tokens or room, room),
-        "temperature": float(temperature),
-        "top_p": float(top_p or 1.0),
+        "max_tokens": min(config.max_tokens or room, room),
+        "temperature": float(config.temperature or 0.0),
+        "top_p": float(config.top_p or 1.0),
         # vLLM: 0 (or -1 in older releases) disables top-k; 0 is accepted by every release we support.
-        "top_k": int(top_k or 0),
+        "top_k": int(config.top_k or 0),
         "min_p": config.min_p,
-        "repetition_penalty": float(penalty or 1.0),
+        "repetition_penalty": float(config.repetition_penalty or 1.0),
         "presence_penalty": config.presence_penalty,
         "frequency_penalty": config.frequency_penalty,
-        "seed": config.seed if config.seed is not None else generation.seed,
-        "stop": stop,
+        "seed": config.seed,
+        "stop": list(config.stop or []),
         "stop_token_ids": list(config.stop_token_ids or []),
         "ignore_eos": config.ignore_eos,
     }
-    want_logprobs = config.logprobs or bool(config.top_logprobs) or generation.logprobs
-    if want_logprobs:
-        top = config.top_logprobs if config.top_logprobs is not None else (generation.top_logprobs or 0)
+    if config.logit_bias:
+        kwargs["logit_bias"] = dict(config.logit_bias)
+    if config.logprobs:
         # vLLM's `logprobs=k` returns the sampled token's logprob plus the k most likely ones.
-        kwargs["logprobs"] = int(top)
+        kwargs["logprobs"] = int(config.top_logprobs or 0)
     if constraint is not None:
         kwargs["structured_outputs"] = structured_outputs_kwargs(constraint)
     return kwargs

@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from swiftops.engines.engine_options import SettingsEngine, model_sampling_defaults
+from swiftops.engines.engine_options import SettingsEngine
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.prompt_checks import check_prompt_length
 from swiftops.engines.vllm import args as vllm_args
@@ -35,6 +35,7 @@ from swiftops.protocol import (
 )
 from swiftops.protocol.capabilities import require
 from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.sampling import check_token_ids, effective_config, model_sampling_defaults
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.protocol.structured_output import output_constraint
 from swiftops.template.chat_template import encode_prompt, render_prompt
@@ -190,17 +191,15 @@ class VllmEngine(SettingsEngine):
         self, request: InferRequest, config: RequestConfig, adapter_request: AdapterRequest | None
     ) -> tuple[AsyncIterator[SequenceOutput], bool]:
         """The request's outputs (generation starts as they are read) and whether they carry logprobs."""
-        if config.num_beams > 1:
-            require("vllm", "beam_search")
         lora_request = self._lora_request(adapter_request)
         prompt, prompt_len = self._prompt(request)
         check_prompt_length(prompt_len, self.max_model_len)
+        effective = effective_config(config, self.generation, self._model_defaults)
+        check_token_ids(effective, len(self.tokenizer))
         sampling = vllm_args.sampling_params_kwargs(
-            config,
-            self.generation,
+            effective,
             prompt_len,
             self.max_model_len,
-            self._model_defaults,
             output_constraint(config, request),
         )
         params = self._sampling_params(sampling)

@@ -6,8 +6,15 @@ import pytest
 from swiftops.engines.lmdeploy import args
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig, UnsupportedError
 from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.sampling import effective_config
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.protocol.structured_output import output_constraint
+
+
+def _generation(config, generation, prompt_len, max_model_len, model_defaults=None, constraint=None):
+    """The first choice's mapping of `config` after the engine's defaults (swiftops.protocol.sampling)."""
+    return args.generation_config_kwargs(effective_config(config, generation, model_defaults),
+                                         prompt_len, max_model_len, constraint)[0]
 
 
 def test_turbomind_config_carries_tp_dp_session_and_cache():
@@ -67,7 +74,7 @@ def test_vision_batch_size_goes_to_vision_config():
 def test_generation_config_for_one_choice():
     config = RequestConfig(n=3, max_tokens=50, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
                            repetition_penalty=1.1, seed=11, stop=["END"], stop_token_ids=[5], ignore_eos=True, logprobs=True, top_logprobs=3)
-    kwargs = args.generation_config_kwargs(config, GenerationSettings(), prompt_len=10, max_model_len=1000)
+    kwargs = _generation(config, GenerationSettings(), prompt_len=10, max_model_len=1000)
     # n and stop strings are the engine's job (one session per choice; text matching)
     assert kwargs == {"n": 1, "max_new_tokens": 50, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
                       "min_p": 0.05, "repetition_penalty": 1.1, "ignore_eos": True, "random_seed": 11, "stop_token_ids": [5],
@@ -75,28 +82,28 @@ def test_generation_config_for_one_choice():
 
 
 def test_greedy_defaults_and_room_left():
-    kwargs = args.generation_config_kwargs(RequestConfig(), GenerationSettings(), prompt_len=90, max_model_len=100)
+    kwargs = _generation(RequestConfig(), GenerationSettings(), prompt_len=90, max_model_len=100)
     assert kwargs["do_sample"] is False and kwargs["temperature"] == 0.0 and kwargs["max_new_tokens"] == 10
     assert kwargs["top_k"] == 0 and kwargs["stop_token_ids"] is None and "logprobs" not in kwargs
     with pytest.raises(PromptTooLongError):
-        args.generation_config_kwargs(RequestConfig(), GenerationSettings(), 100, 100)
+        _generation(RequestConfig(), GenerationSettings(), 100, 100)
 
 
 def test_checkpoint_sampling_defaults_apply_when_nothing_else_sets_temperature():
-    kwargs = args.generation_config_kwargs(RequestConfig(), GenerationSettings(), 1, 100,
+    kwargs = _generation(RequestConfig(), GenerationSettings(), 1, 100,
                                            {"do_sample": True, "temperature": 0.6, "top_k": 20})
     assert (kwargs["do_sample"], kwargs["temperature"], kwargs["top_k"]) == (True, 0.6, 20)
 
 
 def test_penalties_lmdeploy_lacks_are_refused():
     with pytest.raises(UnsupportedError, match="repetition_penalty"):
-        args.generation_config_kwargs(RequestConfig(presence_penalty=0.5), GenerationSettings(), 1, 100)
+        _generation(RequestConfig(presence_penalty=0.5), GenerationSettings(), 1, 100)
     with pytest.raises(BadRequestError, match="0 to 2"):
-        args.generation_config_kwargs(RequestConfig(temperature=3), GenerationSettings(), 1, 100)
+        _generation(RequestConfig(temperature=3), GenerationSettings(), 1, 100)
 
 
 def test_logprobs_ask_for_at_least_the_sampled_token():
-    assert args.generation_config_kwargs(RequestConfig(logprobs=True), GenerationSettings(), 1, 10)["logprobs"] == 1
+    assert _generation(RequestConfig(logprobs=True), GenerationSettings(), 1, 10)["logprobs"] == 1
 
 
 def _constraint(**fields):
@@ -116,12 +123,30 @@ def test_output_constraints_in_lmdeploys_response_format_shape():
         {"type": "regex_schema", "regex_schema": r"(a\.b|c\|d|x y)"}
     with pytest.raises(UnsupportedError, match="guided_grammar"):
         shape(_constraint(guided_grammar='root ::= "a"'))
-    kwargs = args.generation_config_kwargs(RequestConfig(), GenerationSettings(), 1, 10, None,
+    kwargs = _generation(RequestConfig(), GenerationSettings(), 1, 10, None,
                                            _constraint(guided_regex="a+"))
     assert kwargs["response_format"] == {"type": "regex_schema", "regex_schema": "a+"}
-    assert "response_format" not in args.generation_config_kwargs(RequestConfig(), GenerationSettings(), 1, 10)
+    assert "response_format" not in _generation(RequestConfig(), GenerationSettings(), 1, 10)
 
 
 def test_choice_seeds_differ_per_choice_and_stay_unset_without_a_seed():
     assert [args.choice_seed(7, i) for i in range(3)] == [7, 8, 9]
     assert args.choice_seed(None, 2) is None
+
+
+def test_each_choice_is_one_session_with_its_own_seed():
+    choices = args.generation_config_kwargs(RequestConfig(n=3, seed=7, temperature=0.5), 1, 10)
+    assert [c["random_seed"] for c in choices] == [7, 8, 9] and {c["n"] for c in choices} == {1}
+    assert [c["random_seed"] for c in args.generation_config_kwargs(RequestConfig(n=2), 1, 10)] == [None, None]
+
+
+def test_logit_bias_is_a_logits_processor_on_the_pytorch_engine_and_refused_on_turbomind():
+    import torch
+
+    config = RequestConfig(logit_bias={1: 100, 3: -2.5})
+    (choice,) = args.generation_config_kwargs(config, 1, 10, backend="pytorch")
+    (processor,) = choice["logits_processors"]
+    assert processor(torch.tensor([0]), torch.zeros(5)).tolist() == [0.0, 100.0, 0.0, -2.5, 0.0]
+    assert "logits_processors" not in args.generation_config_kwargs(RequestConfig(), 1, 10, backend="pytorch")[0]
+    with pytest.raises(UnsupportedError, match="lmdeploy_backend: pytorch"):
+        args.generation_config_kwargs(config, 1, 10, backend="turbomind")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from swiftops import InferRequest, InferStats, PtEngine, RequestConfig
-from swiftops.protocol import PromptTooLongError
+from swiftops.protocol import BadRequestError, PromptTooLongError
 
 PROMPTS = ["who are you?", "浙江的省会在哪？这里有什么好玩的地方", "Write a long story about a cat " * 6,
            "hi", "def add(a, b):\n    return a + b\nExplain this code."]
@@ -236,3 +236,20 @@ def test_decode_right_after_a_block_boundary_reads_the_new_block(engine):
                                         do_sample=False, eos_token_id=-1, pad_token_id=0)
         want = engine.tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
         assert _text(response) == want
+
+
+def test_logit_bias_forces_and_bans_tokens_in_batch_and_beam_search(engine):
+    forced = engine.tokenizer.encode("zebra", add_special_tokens=False)[0]
+    config = RequestConfig(max_tokens=4, temperature=0, logit_bias={forced: 100})
+    for resp in (engine.infer([_req("hello")], config)[0],
+                 engine.infer([_req("hello")], config.model_copy(update={"num_beams": 2}))[0]):
+        assert resp.choices[0].message.content == engine.tokenizer.decode([forced] * 4)
+    with torch.inference_mode():
+        prompt = torch.tensor([engine.encode(_req("hello"))], device=engine.model.device)
+        top = int(engine.model(input_ids=prompt).logits[0, -1].argmax())
+    assert _text(engine.infer([_req("hello")], RequestConfig(max_tokens=1, temperature=0))[0]) == \
+        engine.tokenizer.decode([top])
+    banned = engine.infer([_req("hello")], RequestConfig(max_tokens=1, temperature=0, logit_bias={top: -100}))[0]
+    assert _text(banned) != engine.tokenizer.decode([top])
+    with pytest.raises(BadRequestError, match="outside this model's vocabulary"):
+        engine.infer([_req("hello")], RequestConfig(max_tokens=1, logit_bias={10**6: 1}))

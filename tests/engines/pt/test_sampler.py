@@ -86,3 +86,16 @@ def test_logprobs_are_the_raw_distribution_with_top_alternatives():
     assert abs(chosen - float(raw[result.token_ids[0]])) < 1e-6
     assert [t for t, _ in top] == torch.topk(raw, 2).indices.tolist()
     assert result.logprobs[1] is None
+
+
+def test_logit_bias_moves_greedy_and_sampled_rows_but_not_their_logprobs():
+    logits = torch.zeros(3, 10)
+    logits[:, 2] = 5.0  # every row's favourite
+    seqs = [_seq([1], logit_bias=((7, 100.0),)), _seq([1], logit_bias=((2, -100.0),), logprobs=True),
+            _seq([1], temperature=1.0, seed=0, logit_bias=((4, 100.0),))]
+    before = logits.clone()
+    result = sample(logits, seqs)
+    assert result.token_ids[0] == 7 and result.token_ids[2] == 4
+    assert result.token_ids[1] not in (2, 7)  # banned, and row 0's bias is not row 1's
+    assert result.logprobs[1][0] == torch.log_softmax(before[1], -1)[result.token_ids[1]].item()  # the model's own
+    assert torch.equal(logits, before)  # the runner's logits are left as they were

@@ -8,12 +8,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from swiftops.engines.engine_options import model_sampling_defaults
 from swiftops.engines.vllm import args
 from swiftops.protocol import InferRequest, PromptTooLongError, RequestConfig
 from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.sampling import effective_config, model_sampling_defaults
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.protocol.structured_output import output_constraint
+
+
+def _sampling(config, generation, prompt_len, max_model_len, model_defaults=None, constraint=None):
+    """The mapping of `config` after the engine's defaults (swiftops.protocol.sampling), as the engine calls it."""
+    return args.sampling_params_kwargs(effective_config(config, generation, model_defaults),
+                                       prompt_len, max_model_len, constraint)
 
 
 def test_engine_args_carry_parallelism_memory_and_batching():
@@ -79,7 +85,7 @@ def test_sampling_params_from_a_request():
     config = RequestConfig(n=3, max_tokens=50, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
                            repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=-0.5, seed=11, stop=["\n\n"],
                            stop_token_ids=[5], ignore_eos=True, logprobs=True, top_logprobs=3)
-    kwargs = args.sampling_params_kwargs(config, GenerationSettings(), prompt_len=10, max_model_len=1000)
+    kwargs = _sampling(config, GenerationSettings(), prompt_len=10, max_model_len=1000)
     assert kwargs == {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05,
                       "repetition_penalty": 1.1, "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 11,
                       "stop": ["\n\n"], "stop_token_ids": [5], "ignore_eos": True, "logprobs": 3}
@@ -87,26 +93,26 @@ def test_sampling_params_from_a_request():
 
 def test_sampling_defaults_come_from_settings_then_the_checkpoint():
     g = GenerationSettings(max_new_tokens=20, temperature=0.3, seed=5, stop_words=["END"])
-    kwargs = args.sampling_params_kwargs(RequestConfig(), g, prompt_len=10, max_model_len=100)
+    kwargs = _sampling(RequestConfig(), g, prompt_len=10, max_model_len=100)
     assert (kwargs["max_tokens"], kwargs["temperature"], kwargs["seed"], kwargs["stop"]) == (20, 0.3, 5, ["END"])
     assert "logprobs" not in kwargs
     sampling_model = model_sampling_defaults(SimpleNamespace(do_sample=True, temperature=0.6, top_k=20, top_p=0.8))
-    kwargs = args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 10, 100, sampling_model)
+    kwargs = _sampling(RequestConfig(), GenerationSettings(), 10, 100, sampling_model)
     assert (kwargs["temperature"], kwargs["top_k"], kwargs["top_p"]) == (0.6, 20, 0.8)
     greedy_model = model_sampling_defaults(SimpleNamespace(do_sample=False, temperature=0.6))
-    assert args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 10, 100, greedy_model)["temperature"] == 0.0
+    assert _sampling(RequestConfig(), GenerationSettings(), 10, 100, greedy_model)["temperature"] == 0.0
 
 
 def test_max_tokens_never_exceeds_the_room_left_in_the_context():
-    assert args.sampling_params_kwargs(RequestConfig(max_tokens=500), GenerationSettings(), 90, 100)["max_tokens"] == 10
-    assert args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 90, 100)["max_tokens"] == 10
+    assert _sampling(RequestConfig(max_tokens=500), GenerationSettings(), 90, 100)["max_tokens"] == 10
+    assert _sampling(RequestConfig(), GenerationSettings(), 90, 100)["max_tokens"] == 10
     with pytest.raises(PromptTooLongError):
-        args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 100, 100)
+        _sampling(RequestConfig(), GenerationSettings(), 100, 100)
 
 
 def test_logprobs_without_alternatives_ask_for_the_sampled_token_only():
-    assert args.sampling_params_kwargs(RequestConfig(logprobs=True), GenerationSettings(), 1, 10)["logprobs"] == 0
-    assert args.sampling_params_kwargs(RequestConfig(), GenerationSettings(logprobs=True, top_logprobs=2),
+    assert _sampling(RequestConfig(logprobs=True), GenerationSettings(), 1, 10)["logprobs"] == 0
+    assert _sampling(RequestConfig(), GenerationSettings(logprobs=True, top_logprobs=2),
                                        1, 10)["logprobs"] == 2
 
 
@@ -132,10 +138,10 @@ def test_structured_outputs_map_every_constraint_to_vllms_params():
     tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
     forced = structured(_constraint(tools=[tool], tool_choice={"type": "function", "function": {"name": "f"}}))
     assert forced["json"]["properties"] == {"name": {"const": "f"}, "arguments": schema}
-    kwargs = args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 1, 10, None,
+    kwargs = _sampling(RequestConfig(), GenerationSettings(), 1, 10, None,
                                          _constraint(guided_choice=["a"]))
     assert kwargs["structured_outputs"] == {"choice": ["a"]}
-    assert "structured_outputs" not in args.sampling_params_kwargs(RequestConfig(), GenerationSettings(), 1, 10)
+    assert "structured_outputs" not in _sampling(RequestConfig(), GenerationSettings(), 1, 10)
 
 
 def test_lora_requests_get_distinct_ids_from_one():
@@ -150,3 +156,9 @@ def test_the_mapping_imports_neither_vllm_nor_torch():
             "print(sorted(m for m in ('vllm', 'lmdeploy', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_logit_bias_goes_to_sampling_params():
+    kwargs = _sampling(RequestConfig(logit_bias={5: -100, 9: 2.5}), GenerationSettings(), 1, 10)
+    assert kwargs["logit_bias"] == {5: -100.0, 9: 2.5}
+    assert "logit_bias" not in _sampling(RequestConfig(), GenerationSettings(), 1, 10)
