@@ -67,8 +67,8 @@ class PtClassifierEngine(InferEngine):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from swiftops.engines.pt.embedding import detect_task_type
         from swiftops.engines.pt.loader import check_model_source, resolve_dtype
+        from swiftops.engines.pt.task import detect_task_type
 
         source = check_model_source(model)
         self.task_type = task_type or detect_task_type(source)
