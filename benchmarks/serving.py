@@ -258,7 +258,7 @@ class Run:
         return self.deadline - time.monotonic()
 
     def served(self, backend: str, model_dir: str, sets: dict[str, list[list[int]]], max_len: int) -> dict[str, Any]:
-        from swiftops.server.launcher import ServerProcess
+        from tests.server_process import ServerProcess
 
         flags = ["--model", model_dir, "--max_model_len", str(max_len), "--max_queue", "4096",
                  "--infer_backend", backend]
