@@ -22,8 +22,8 @@ def uses_mrope(model: Any) -> bool:
     return hasattr(getattr(model, "model", model), "get_rope_index")
 
 
-def prepare(model: Any, seq: Sequence) -> None:
-    """Run the vision tower and the rope index for a multimodal sequence, once."""
+def embed_prompt_once(model: Any, seq: Sequence) -> None:
+    """Run the vision tower and the rope index of a multimodal sequence, at its first prefill chunk only."""
     if seq.mm_inputs is None or seq.mm_embeds is not None:
         return
     seq.mm_embeds = prompt_embeddings(model, seq.mm_inputs)  # [S, hidden]
