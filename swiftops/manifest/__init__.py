@@ -3,8 +3,8 @@ an entrypoint, a `docker run` line and Helm values. Imports no torch and no engi
 
 from swiftops.manifest.errors import ManifestError, ManifestIssue
 from swiftops.manifest.loader import LoadedManifest, load_manifest, load_text
-from swiftops.manifest.models import API_VERSION, Manifest, manifest_json_schema
 from swiftops.manifest.render import Entrypoint, render_docker, render_entrypoint, render_helm_values
+from swiftops.manifest.schema import API_VERSION, Manifest, manifest_json_schema
 from swiftops.manifest.validation import load_and_validate, validate
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from swiftops.manifest.models import manifest_json_schema
+from swiftops.manifest.schema import manifest_json_schema
 
 
 def _object(properties: dict[str, Any], description: str) -> dict[str, Any]:

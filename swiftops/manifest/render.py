@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from swiftops.manifest.loader import model_at, split_path
-from swiftops.manifest.models import Manifest, SecretRef
+from swiftops.manifest.schema import Manifest, SecretRef
 from swiftops.manifest.settings_map import ENV_MAPPINGS, SECRET_SETTINGS, Command, FlagMapping, mappings_for
 
 MANIFEST_MOUNT_PATH = "/etc/swiftops/manifest.yaml"
