@@ -9,8 +9,8 @@ from swiftops.metrics.prometheus import ServerMetrics
 from swiftops.protocol.settings import ServerSettings
 from swiftops.server.admission import AdmissionController
 from swiftops.server.lifecycle import Lifecycle
-from swiftops.server.models import ModelRegistry
 from swiftops.server.request_log import ResultWriter
+from swiftops.server.served_models import ModelRegistry
 
 
 @dataclass
