@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from swiftops.manifest.loader import model_at, split_path
 from swiftops.manifest.schema import Manifest, SecretRef
 from swiftops.manifest.settings_map import ENV_MAPPINGS, SECRET_SETTINGS, Command, FlagMapping, mappings_for
+from swiftops.manifest.yaml_reader import model_at, split_path
 
 MANIFEST_MOUNT_PATH = "/etc/swiftops/manifest.yaml"
 # What every image and every pod runs: the same code path as `swiftops apply -f FILE` on a laptop.
