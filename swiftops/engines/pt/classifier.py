@@ -67,7 +67,7 @@ class PtClassifierEngine(InferEngine):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from swiftops.engines.pt.loader import check_model_source, resolve_dtype
+        from swiftops.engines.pt.checkpoint import check_model_source, resolve_dtype
         from swiftops.engines.pt.task import detect_task_type
 
         source = check_model_source(model)

@@ -116,7 +116,7 @@ class PtEmbeddingEngine(InferEngine):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        from swiftops.engines.pt.loader import check_model_source, resolve_dtype
+        from swiftops.engines.pt.checkpoint import check_model_source, resolve_dtype
 
         source = check_model_source(model)
         common = {"revision": model_revision, "trust_remote_code": trust_remote_code}
