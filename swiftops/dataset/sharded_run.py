@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from swiftops.dataset.loader import DatasetRow, held_out_rows, load_datasets, sample_rows
 from swiftops.dataset.merge import merge_parts
 from swiftops.dataset.results import ResultWriter
 from swiftops.dataset.sharding import job_shard, write_shard_file
+from swiftops.dataset.sources import DatasetRow, held_out_rows, load_datasets, sample_rows
 from swiftops.dataset.torchrun import TorchrunRank, relaunch_under_torchrun
 from swiftops.engines.factory import build_engine
 from swiftops.engines.model_source import wants_hugging_face

@@ -31,7 +31,7 @@ def dataset(tmp_path_factory) -> Path:
 def one_process_rows(tiny_model_dir, dataset, tmp_path_factory) -> list[dict]:
     """What one process writes for the dataset (the same code path as `swiftops infer`), in input order."""
     from swiftops.cli.infer import request_config
-    from swiftops.dataset.loader import load_datasets
+    from swiftops.dataset.sources import load_datasets
     from swiftops.dataset.sharded_run import run_dataset_mode
     from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
