@@ -30,7 +30,7 @@ from swiftops.server.context import ServerContext
 from swiftops.server.errors import install_error_handlers
 from swiftops.server.gate import RequestGate
 from swiftops.server.lifecycle import Lifecycle
-from swiftops.server.request_log import ResultWriter
+from swiftops.server.request_log import RequestRecorder
 from swiftops.server.served_models import ModelRegistry
 from swiftops.server.ui import UI_PATHS, mount_ui
 
@@ -99,7 +99,7 @@ def create_app(
         admission=admission,
         metrics=metrics,
         lifecycle=lifecycle,
-        results=ResultWriter(settings.result_path) if settings.result_path else None,
+        results=RequestRecorder(settings.result_path) if settings.result_path else None,
     )
 
     @contextlib.asynccontextmanager
