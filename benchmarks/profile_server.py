@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--out", default="server-profile.txt")
     args = parser.parse_args()
     from benchmarks.serving import random_prompts, sweep_point
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     gpu = args.workload == "gpu"
     if gpu:

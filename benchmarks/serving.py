@@ -261,7 +261,7 @@ class Run:
         return self.deadline - time.monotonic()
 
     def served(self, backend: str, model_dir: str, sets: dict[str, list[list[int]]], max_len: int) -> dict[str, Any]:
-        from swiftops.server.launcher import ServerProcess
+        from tests.server_process import ServerProcess
 
         # engine defaults: no --max_model_len, batch or memory flag (the default --max_queue, 256, holds 128 clients)
         flags = ["--model", model_dir, "--infer_backend", backend]

@@ -26,11 +26,11 @@ from swiftops.manifest.chart import (
 )
 from swiftops.manifest.chart_values import values_json_schema
 from swiftops.manifest.errors import ManifestError
-from swiftops.manifest.loader import LoadedManifest
-from swiftops.manifest.models import manifest_json_schema
 from swiftops.manifest.render import entrypoint_document, render_docker, render_entrypoint, render_helm_values
 from swiftops.manifest.rollout import Release, RolloutError, parse_duration, wait_for
+from swiftops.manifest.schema import manifest_json_schema
 from swiftops.manifest.validation import load_and_validate
+from swiftops.manifest.yaml_reader import LoadedManifest
 from swiftops.protocol.errors import ConfigError
 
 TARGETS = ("entrypoint", "docker", "kubernetes", "helm-values")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from swiftops.dataset.loader import DatasetRow, load_datasets, sample_rows
+from swiftops.dataset.sources import DatasetRow, load_datasets, sample_rows
 
 
 def _request_fields(row: DatasetRow) -> dict[str, Any]:

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from swiftops.dataset.loader import DatasetRow
 from swiftops.dataset.results import ResultWriter
+from swiftops.dataset.sources import DatasetRow
 from swiftops.engines.base import InferEngine
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol.errors import SwiftopsError

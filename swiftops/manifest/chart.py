@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from swiftops.manifest.models import Manifest
+from swiftops.manifest.schema import Manifest
 from swiftops.protocol.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

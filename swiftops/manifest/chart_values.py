@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from swiftops.manifest.models import manifest_json_schema
+from swiftops.manifest.schema import manifest_json_schema
 
 
 def _object(properties: dict[str, Any], description: str) -> dict[str, Any]:
@@ -24,18 +24,8 @@ FREE_OBJECT = {"type": "object"}
 
 CHART_PROPERTIES: dict[str, Any] = {
     "image": _object(
-        {
-            "repository": {
-                "type": "string",
-                "description": "Image repository; the image is <repository>:<tag>-<backend>.",
-            },
-            "tag": {
-                "type": "string",
-                "description": "Tag before the backend suffix (default: the chart's appVersion).",
-            },
-            "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"], "description": "Image pull policy."},
-        },
-        "Container image of the backend.",
+        {"pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"], "description": "Image pull policy."}},
+        "Pulling the container image (which image: resolved.image, from the manifest's spec.image or backend).",
     ),
     "imagePullSecrets": {"type": "array", "items": FREE_OBJECT, "description": "Secrets for a private registry."},
     "service": _object(
@@ -120,12 +110,38 @@ CHART_PROPERTIES: dict[str, Any] = {
 }
 
 
+# The values swiftops derives from a manifest (swiftops.manifest.render.resolved_values); the chart reads them
+# and computes none of them itself.
+RESOLVED = _object(
+    {
+        "gpuCount": _integer(
+            "GPUs per pod: spec.resources.gpu.count, else tensor x pipeline x data (x nproc_per_node)."
+        ),
+        "shmSize": {
+            "type": ["string", "null"],
+            "description": "Size of /dev/shm: spec.resources.shm, else 8Gi when more than one process of the pod "
+            "talks over NCCL, else null (the runtime's).",
+        },
+        "image": {
+            "type": "string",
+            "description": "Container image: spec.image, else <repository>:<version>-<backend>.",
+        },
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "The server's port."},
+        "cachePath": {"type": "string", "description": "Where the model cache is mounted."},
+        "shutdownTimeoutSeconds": _integer("The server's drain timeout on SIGTERM (spec.server.shutdown_timeout)."),
+    },
+    "Derived from the manifest by swiftops (swiftops render --target helm-values writes them with it).",
+)
+RESOLVED["required"] = list(RESOLVED["properties"])
+
+
 def values_json_schema() -> dict[str, Any]:
     manifest = manifest_json_schema()
     definitions = manifest.pop("$defs", {})
     for key in ("$schema", "$id"):
         manifest.pop(key, None)
     definitions["Manifest"] = manifest
+    definitions["Resolved"] = RESOLVED
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Values of the swiftops Helm chart",
@@ -139,6 +155,15 @@ def values_json_schema() -> dict[str, Any]:
             "defaultManifest": {
                 "$ref": "#/$defs/Manifest",
                 "description": "What runs when manifest is empty (a plain helm install).",
+            },
+            "resolved": {
+                "anyOf": [{"$ref": "#/$defs/Resolved"}, {"type": "object", "maxProperties": 0}],
+                "description": "Values swiftops derives from `manifest` (swiftops render --target helm-values); "
+                "required with a manifest, empty with none.",
+            },
+            "defaultResolved": {
+                "$ref": "#/$defs/Resolved",
+                "description": "The resolved values of defaultManifest.",
             },
             **CHART_PROPERTIES,
         },

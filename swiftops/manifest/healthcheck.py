@@ -12,8 +12,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from swiftops.manifest.loader import load_manifest
 from swiftops.manifest.render import MANIFEST_MOUNT_PATH
+from swiftops.manifest.yaml_reader import load_manifest
 
 
 def check(manifest_path: str, timeout: float = 5.0) -> bool:

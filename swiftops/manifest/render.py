@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from swiftops.manifest.loader import model_at, split_path
-from swiftops.manifest.models import Manifest, SecretRef
+from swiftops.manifest.schema import Manifest, SecretRef
 from swiftops.manifest.settings_map import ENV_MAPPINGS, SECRET_SETTINGS, Command, FlagMapping, mappings_for
+from swiftops.manifest.yaml_reader import model_at, split_path
 
 MANIFEST_MOUNT_PATH = "/etc/swiftops/manifest.yaml"
 # What every image and every pod runs: the same code path as `swiftops apply -f FILE` on a laptop.
@@ -181,8 +181,7 @@ def render_docker(manifest: Manifest, manifest_file: str, version: str) -> list[
         argv += ["-p", f"{port}:{port}"]
     else:
         argv += ["--no-healthcheck"]
-    p = spec.parallelism
-    shm = spec.resources.shm or ("8Gi" if max(p.tensor, p.pipeline, p.data) > 1 else None)
+    shm = manifest.shm_size
     if shm:
         argv += ["--shm-size", shm.replace("i", "").lower()]  # docker wants 8g, not 8Gi
     if spec.resources.cpu:
@@ -190,7 +189,7 @@ def render_docker(manifest: Manifest, manifest_file: str, version: str) -> list[
     if spec.resources.memory:
         argv += ["--memory", spec.resources.memory.replace("i", "").lower()]
     argv += ["-v", f"{Path(manifest_file).resolve()}:{MANIFEST_MOUNT_PATH}:ro"]
-    cache_path = spec.cache.mount_path if spec.cache else "/cache"
+    cache_path = manifest.cache_path
     argv += [
         "-v",
         f"{Path('~/.cache/huggingface').expanduser()}:{cache_path}/huggingface",
@@ -221,12 +220,29 @@ def manifest_document(manifest: Manifest) -> dict[str, Any]:
     return manifest.model_dump(mode="json", exclude_none=True)
 
 
-def render_helm_values(manifest: Manifest) -> dict[str, Any]:
+def render_helm_values(manifest: Manifest, version: str | None = None) -> dict[str, Any]:
     """Values for helm/swiftops: the whole manifest (mounted into the pod as a ConfigMap, so engine flags
-    are never duplicated in values), with the GPU count resolved from the parallelism."""
+    are never duplicated in values), with the GPU count resolved from the parallelism, and the values derived
+    from it (`resolved`), so that the chart computes none of them a second time."""
     document = manifest_document(manifest)
     document["spec"]["resources"]["gpu"]["count"] = manifest.gpu_count
-    return {"manifest": document, **ops_values(manifest)}
+    return {"manifest": document, "resolved": resolved_values(manifest, version), **ops_values(manifest)}
+
+
+def resolved_values(manifest: Manifest, version: str | None = None) -> dict[str, Any]:
+    """The chart's `resolved` values: what the pod needs that is derived from the manifest, computed here once
+    (the same definitions `docker run` uses). `version`: the image tag's version (default: this swiftops')."""
+    from swiftops import __version__
+
+    server = manifest.server_or_default
+    return {
+        "gpuCount": manifest.gpu_count,
+        "shmSize": manifest.shm_size,
+        "image": default_image(manifest, version or __version__),
+        "port": server.port,
+        "cachePath": manifest.cache_path,
+        "shutdownTimeoutSeconds": int(server.shutdown_timeout),  # the chart adds its preStop sleep and margin
+    }
 
 
 def ops_values(manifest: Manifest) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swiftops.manifest.models import Manifest
+from swiftops.manifest.schema import Manifest
 from swiftops.protocol.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

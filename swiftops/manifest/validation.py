@@ -13,7 +13,7 @@ from typing import Any
 
 from swiftops.manifest import kubernetes_rules as k8s
 from swiftops.manifest.errors import ManifestError, ManifestIssue
-from swiftops.manifest.loader import LoadedManifest, load_manifest
+from swiftops.manifest.yaml_reader import LoadedManifest, load_manifest
 from swiftops.protocol.capabilities import unsupported_reason
 
 Rule = Callable[[LoadedManifest], Iterator[ManifestIssue]]

@@ -7,16 +7,15 @@ frames x frame size, against `--max_media_bytes_decoded`. Where the model's visu
 (Qwen-style processors: one token per (patch x merge)^2 pixels after resizing), the media's token count is
 estimated too, and a prompt whose media alone exceed the context is refused before anything is decoded.
 
-The server sets one budget per request (`use_budget`); the worker thread decoding the request's media sees
-it through a context variable. Without a budget (the CLI, the Python API) nothing is charged.
+The server sets one budget per request (`request_media_budget`, in swiftops.server.served_request); the
+worker thread decoding the request's media sees it through that context variable. Without a budget (the CLI,
+the Python API) nothing is charged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from swiftops.protocol.errors import BadRequestError
@@ -78,12 +77,3 @@ request_media_budget: contextvars.ContextVar[MediaBudget | None] = contextvars.C
 
 def current_budget() -> MediaBudget | None:
     return request_media_budget.get()
-
-
-@contextlib.contextmanager
-def use_budget(budget: MediaBudget | None) -> Iterator[MediaBudget | None]:
-    token = request_media_budget.set(budget)
-    try:
-        yield budget
-    finally:
-        request_media_budget.reset(token)

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 
 from swiftops.protocol.errors import OverloadedError
 
@@ -90,12 +89,3 @@ class AdmissionController:
             self._waiting -= weight
             self.running += weight
             waiter.set_result(None)
-
-    @contextlib.asynccontextmanager
-    async def slot(self, weight: int = 1) -> AsyncIterator[float]:
-        """`async with admission.slot() as queue_time:` runs the body in a slot."""
-        queue_time = await self.acquire(weight)
-        try:
-            yield queue_time
-        finally:
-            self.release(weight)

@@ -1,6 +1,6 @@
 """`create_app(engine, settings)`: the OpenAI-compatible FastAPI app.
 
-One router module per endpoint family (chat, completions, embeddings, models, probes); each route reads the
+One router module per endpoint family (chat, completions, embeddings, served_models, probes); each route reads the
 app's `ServerContext`, validates its body in one step (swiftops.server.validation) and returns JSON or
 server-sent events. One middleware layer (swiftops.server.gate) stands in front of them all.
 """
@@ -22,7 +22,7 @@ from swiftops.media import worker_pools
 from swiftops.metrics.prometheus import ServerMetrics
 from swiftops.protocol import ErrorResponse
 from swiftops.protocol.settings import ServerSettings
-from swiftops.server import chat, completions, embeddings, models, probes
+from swiftops.server import chat, completions, embeddings, probes, served_models
 from swiftops.server.admission import AdmissionController
 from swiftops.server.auth import public_paths, resolve_api_key
 from swiftops.server.body_limit import DEFAULT_MAX_BODY_BYTES
@@ -30,8 +30,8 @@ from swiftops.server.context import ServerContext
 from swiftops.server.errors import install_error_handlers
 from swiftops.server.gate import RequestGate
 from swiftops.server.lifecycle import Lifecycle
-from swiftops.server.models import ModelRegistry
-from swiftops.server.request_log import ResultWriter
+from swiftops.server.request_log import RequestRecorder
+from swiftops.server.served_models import ModelRegistry
 from swiftops.server.ui import UI_PATHS, mount_ui
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -95,7 +95,7 @@ def create_app(
         admission=admission,
         metrics=metrics,
         lifecycle=lifecycle,
-        results=ResultWriter(settings.result_path) if settings.result_path else None,
+        results=RequestRecorder(settings.result_path) if settings.result_path else None,
     )
 
     @contextlib.asynccontextmanager
@@ -117,7 +117,7 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    for family in (probes, models, chat, completions, embeddings):
+    for family in (probes, served_models, chat, completions, embeddings):
         app.router.routes.extend(family.router.routes)  # flat, so `app.routes` lists each route with its path
     if settings.ui:
         mount_ui(app, title=settings.studio_title, lang=settings.lang)

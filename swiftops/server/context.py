@@ -9,8 +9,8 @@ from swiftops.metrics.prometheus import ServerMetrics
 from swiftops.protocol.settings import ServerSettings
 from swiftops.server.admission import AdmissionController
 from swiftops.server.lifecycle import Lifecycle
-from swiftops.server.models import ModelRegistry
-from swiftops.server.request_log import ResultWriter
+from swiftops.server.request_log import RequestRecorder
+from swiftops.server.served_models import ModelRegistry
 
 
 @dataclass
@@ -21,4 +21,4 @@ class ServerContext:
     admission: AdmissionController
     metrics: ServerMetrics
     lifecycle: Lifecycle
-    results: ResultWriter | None
+    results: RequestRecorder | None

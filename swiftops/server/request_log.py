@@ -90,7 +90,7 @@ def record_request(
     )
 
 
-class ResultWriter:
+class RequestRecorder:
     """Appends one JSON line per finished request to --result_path (media elided)."""
 
     def __init__(self, path: str) -> None:

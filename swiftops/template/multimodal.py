@@ -44,9 +44,6 @@ __all__ = [
     "MultimodalInputs",
     "check_media_limits",
     "extract_media",
-    "packed_positions",
-    "prompt_embeddings",
-    "rope_positions",
     "smart_resize",
     "to_processor_messages",
     "video_inputs",
@@ -255,53 +252,3 @@ class MultimodalEncoder:
     async def encode_async(self, request: InferRequest) -> MultimodalInputs:
         """`encode` on a worker thread, so URL fetches and video decoding do not stall the engine's event loop."""
         return await asyncio.to_thread(self.encode, request)
-
-
-def rope_positions(model: Any, inputs: MultimodalInputs) -> tuple[Any, Any]:
-    """Qwen2-VL / Qwen2.5-VL's 3-D (M-RoPE) position ids of a prompt: (position_ids [3, 1, S], rope_delta [1, 1]).
-
-    Token i of the prompt sits at position_ids[:, 0, i]; a generated token at sequence index j >= S sits at
-    j + rope_delta on all three axes. `model` is the *ForConditionalGeneration (or its `.model`).
-    """
-    base = getattr(model, "model", model)
-    t = inputs.tensors
-    kwargs = {k: t[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in t}
-    return base.get_rope_index(
-        t["input_ids"], mm_token_type_ids=t["mm_token_type_ids"], attention_mask=t.get("attention_mask"), **kwargs
-    )
-
-
-def prompt_embeddings(model: Any, inputs: MultimodalInputs) -> Any:
-    """The prompt's input embeddings [S, hidden] with the vision features in place of the image/video tokens.
-
-    Computed once per request (the vision tower runs once), then sliced per prefill chunk: a chunk may
-    end in the middle of an image. Feed `model(inputs_embeds=embeds[None, start:end], position_ids=...)`.
-    """
-    import torch
-
-    base = getattr(model, "model", model)
-    embed = model.get_input_embeddings()
-    t = inputs.tensors
-    device, dtype = embed.weight.device, embed.weight.dtype
-    ids = t["input_ids"].to(device)
-    with torch.inference_mode():
-        embeds = embed(ids)[0]  # [S, hidden]
-        for pixels, grid, token in (
-            ("pixel_values", "image_grid_thw", base.config.image_token_id),
-            ("pixel_values_videos", "video_grid_thw", base.config.video_token_id),
-        ):
-            if pixels not in t:
-                continue
-            getter = base.get_image_features if pixels == "pixel_values" else base.get_video_features
-            features = getter(t[pixels].to(device), t[grid].to(device), return_dict=True).pooler_output
-            embeds[ids[0] == token] = torch.cat(features).to(dtype)
-    return embeds
-
-
-def packed_positions(positions: Any) -> Any:
-    """[3, 1, S] M-RoPE positions -> [4, 1, S]: row 0 the plain token index, which Qwen2-VL's text model reads
-    as "packed" positions (one row holding several sequences), rows 1-3 the (t, h, w) positions."""
-    import torch
-
-    index = torch.arange(positions.shape[-1], device=positions.device).view(1, 1, -1)
-    return torch.cat([index, positions])

@@ -30,14 +30,16 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_process_rows(tiny_model_dir, dataset, tmp_path_factory) -> list[dict]:
     """What one process writes for the dataset (the same code path as `swiftops infer`), in input order."""
-    from swiftops.cli.infer import run_dataset_mode
-    from swiftops.dataset.loader import load_datasets
+    from swiftops.cli.infer import request_config
+    from swiftops.dataset.sources import load_datasets
+    from swiftops.dataset.sharded_run import run_dataset_mode
     from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
     result = tmp_path_factory.mktemp("dp-reference") / "one.jsonl"
+    generation = GenerationSettings(max_new_tokens=32, temperature=0)
     failed = run_dataset_mode(load_datasets([str(dataset)]), ModelSettings(model=str(tiny_model_dir)),
-                              EngineSettings(max_batch_size=4), GenerationSettings(max_new_tokens=32, temperature=0),
-                              MediaSettings(), None, str(result))
+                              EngineSettings(max_batch_size=4), generation, MediaSettings(), None, str(result),
+                              config=request_config(generation, stream=False))
     assert failed == 0
     rows = read_rows(result)
     assert len(rows) == ROWS

@@ -106,7 +106,7 @@ def test_aliases_in_environment_and_config_files(monkeypatch, tmp_path):
 
 
 def test_aliases_in_manifests():
-    from swiftops.manifest.loader import load_text
+    from swiftops.manifest.yaml_reader import load_text
 
     loaded = load_text("apiVersion: swiftops/v1\nkind: Deployment\nmetadata: {name: m}\nspec:\n"
                        "  model: {id: org/m}\n  backend:\n    name: transformers\n"

@@ -48,7 +48,7 @@ def test_openai_chat_client_with_run_deploy(tiny_model_dir, tmp_path):
 
 
 def test_reward_model_client(tiny_reward_dir, tmp_path):
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     with ServerProcess(["--model", str(tiny_reward_dir)]) as server:
         out = run_example("deploy/reward_model/client.py", {"port=8000": f"port={server.port}"}, tmp_path)
@@ -136,7 +136,7 @@ def served_answers(model_dir, adapters: dict, messages, max_tokens=16) -> dict:
 def test_lora_client_against_a_multi_lora_deployment(swift_trained_loras, tiny_model_dir, tmp_path):
     """examples/deploy/lora: server.sh's flags (--adapters lora1=A lora2=B, no --model: args.json names it; pt on
     CPU) and client.py's `engine.infer(..., model=models[i])`."""
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     lora1, lora2 = swift_trained_loras
     with ServerProcess(["--adapters", f"lora1={lora1}", f"lora2={lora2}", "--infer_backend", "pt"]) as server:
@@ -155,7 +155,7 @@ def test_lora_client_against_a_multi_lora_deployment(swift_trained_loras, tiny_m
 def test_bert_client_against_a_classifier_deployment(tiny_bert_dir, tmp_path):
     """examples/deploy/bert/client.py: a sequence-classification deployment answers each text's class index."""
     from swiftops import InferRequest, PtEngine
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     with ServerProcess(["--model", str(tiny_bert_dir), "--served_model_name", "bert-base-chinese",
                         "--infer_backend", "pt", "--max_length", "512"]) as server:

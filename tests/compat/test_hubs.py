@@ -104,7 +104,7 @@ def test_save_to_disk_folder_with_hash_n(tmp_path):
     """A `datasets` folder (save_to_disk), read through the real library: #N picks with the seed."""
     import datasets
 
-    from swiftops.dataset.loader import load_datasets
+    from swiftops.dataset.sources import load_datasets
 
     folder = tmp_path / "saved"
     datasets.Dataset.from_list([{"query": q} for q in QUERIES]).save_to_disk(str(folder))
@@ -130,7 +130,7 @@ def test_hash_n_keeps_only_the_picked_rows_of_a_large_file(tmp_path):
     """`#N` on a large JSONL streams it: memory holds the N picked rows, not the file."""
     import tracemalloc
 
-    from swiftops.dataset.loader import load_datasets
+    from swiftops.dataset.sources import load_datasets
 
     big = tmp_path / "big.jsonl"
     filler = "x" * 2000

@@ -272,7 +272,7 @@ def run_curl(command: str, port: int) -> dict:
 
 
 def test_text_deploy_and_curl(tiny_model_dir, vllm_env):
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     with ServerProcess(deploy_args(TEXT_DEPLOY, "Qwen/Qwen2.5-7B-Instruct", tiny_model_dir)) as server:
         answer = run_curl(TEXT_CURL, server.port)
@@ -285,7 +285,7 @@ def test_text_deploy_and_curl(tiny_model_dir, vllm_env):
 def test_multimodal_deploy_and_curl(tiny_vlm_dir, media_urls, vllm_env, monkeypatch):
     """The chapter's multimodal deploy command (vllm, its flags and environment) and its curl with two images
     (served from loopback, so the server is told that domain is allowed)."""
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     env = {**MLLM_DEPLOY_ENV, "SWIFTOPS_ALLOWED_MEDIA_DOMAINS": "127.0.0.1"}
     with ServerProcess(deploy_args(MLLM_DEPLOY, "Qwen/Qwen2.5-VL-3B-Instruct", tiny_vlm_dir), env=env) as server:
@@ -302,7 +302,7 @@ def test_multimodal_deploy_and_curl(tiny_vlm_dir, media_urls, vllm_env, monkeypa
 def mllm_pt_server(tiny_vlm_dir):
     """The multimodal deployment for the two Python clients, on the pt backend: they send a video, and swiftops'
     vllm backend takes images only (a 400 from the capability table); the flags are the chapter's otherwise."""
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     args = deploy_args(MLLM_DEPLOY, "Qwen/Qwen2.5-VL-3B-Instruct", tiny_vlm_dir)
     args[args.index("vllm")] = "pt"
@@ -335,7 +335,7 @@ def test_infer_command_as_app(tiny_model_dir):
     """界面推理: `swift infer` -> `swift app` with the chapter's flags serves the chat page and the API."""
     import httpx
 
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     server = ServerProcess(["--model", str(tiny_model_dir), "--stream", "true", "--infer_backend", "pt",
                             "--max_new_tokens", "2048"])

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from swiftops.server.launcher import free_port
+from tests.server_process import free_port
 from swiftops.server.ui_text import HTML_ZH, SCRIPT_TEXT
 
 # Words that stay as they are on a Chinese page (names, units, keys).

@@ -66,7 +66,7 @@ def test_cli_bare_adapters_path_answers_like_the_adapter(tiny_model_dir, lora_di
 def test_deploy_applies_a_bare_adapter_to_the_served_name(tiny_model_dir, lora_dir, named_engine):
     import httpx
 
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     want = answers(named_engine, AdapterRequest("my_lora"))[0]
     with ServerProcess(["--model", str(tiny_model_dir), "--adapters", lora_dir, "--served_model_name", "m"]) as server:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from swiftops.dataset.loader import DatasetSpec, held_out_rows, load_datasets
+from swiftops.dataset.sources import DatasetSpec, held_out_rows, load_datasets
 from swiftops.protocol.errors import ConfigError
 
 

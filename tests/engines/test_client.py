@@ -9,7 +9,7 @@ import pytest
 from swiftops import InferClient, InferRequest, InferStats, PtEngine, RequestConfig
 from swiftops.engines.client import InferClientError, media_to_uri
 from swiftops.protocol import AdapterRequest, ChatCompletionResponse
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 API_KEY = "client-test-key"
 REQUESTS = [

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import yaml
 
-from swiftops.manifest.models import Manifest
+from swiftops.manifest.schema import Manifest
 from swiftops.manifest.render import render_helm_values
 
 BASE = {"apiVersion": "swiftops/v1", "kind": "Deployment", "metadata": {"name": "chat"},

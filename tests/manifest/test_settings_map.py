@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from swiftops.cli.options import SettingsCommand, build_settings, settings_options
-from swiftops.manifest.loader import _unwrap, load_text, model_at, split_path
-from swiftops.manifest.models import Manifest
+from swiftops.manifest.yaml_reader import _unwrap, load_text, model_at, split_path
+from swiftops.manifest.schema import Manifest
 from swiftops.manifest.render import render_entrypoint, value_at
 from swiftops.manifest.settings_map import (ALL_SETTINGS, CLUSTER_ONLY_PREFIXES, COMMAND_SETTINGS, ENV_MAPPINGS,
                                             FLAG_MAPPINGS, NOT_IN_MANIFEST, SECRET_SETTINGS, mappings_for,

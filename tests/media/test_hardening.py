@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import threading
 import time
@@ -14,13 +15,23 @@ import numpy as np
 import pytest
 
 from swiftops.media import MediaLimits, MediaPolicy, load_audio, load_image, load_video, read_media
-from swiftops.media.budget import MediaBudget, use_budget
+from swiftops.media.budget import MediaBudget, request_media_budget
 from swiftops.media.container import sniff_container
 from swiftops.media.fetch import check_url, embedded_ipv4, fetch_url
 from swiftops.media.worker_pools import BoundedPool
 from swiftops.protocol import BadRequestError, OverloadedError
 
 SERVER = MediaPolicy.for_server()
+
+
+@contextlib.contextmanager
+def use_budget(budget: MediaBudget):
+    """What the server does for each request (swiftops.server.served_request): the media budget in the context."""
+    token = request_media_budget.set(budget)
+    try:
+        yield budget
+    finally:
+        request_media_budget.reset(token)
 
 
 def _png(width: int, height: int, mode: str = "RGBA") -> bytes:

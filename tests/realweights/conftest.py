@@ -32,7 +32,7 @@ class _ServerInBackground:
     """`swiftops deploy` started on a thread, so its load overlaps this process's own."""
 
     def __init__(self, args: list[str], served_name: str) -> None:
-        from swiftops.server.launcher import ServerProcess
+        from tests.server_process import ServerProcess
 
         self.served_name = served_name
         self.server = ServerProcess([*args, "--served_model_name", served_name], ready_timeout=280)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 API_KEY = "sk-reliability-5b1c0e"
 # A prompt containing one of these makes the engine step holding it raise (see fault_injection.py).

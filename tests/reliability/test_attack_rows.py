@@ -26,7 +26,7 @@ from typing import Any, Optional
 import httpx
 import pytest
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -13,7 +13,7 @@ import pytest
 
 from swiftops import InferRequest, PtEngine, RequestConfig
 from swiftops.protocol import EngineError
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 CHAT = "/v1/chat/completions"
 GREEDY = RequestConfig(max_tokens=8, temperature=0)

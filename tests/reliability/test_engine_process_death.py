@@ -13,7 +13,7 @@ from typing import Optional
 
 import httpx
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 CHAT = "/v1/chat/completions"
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 KEY = "sk-fuzz"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 CHAT = "/v1/chat/completions"
 OK = 'route="/v1/chat/completions",status="200"'

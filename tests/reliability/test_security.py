@@ -26,7 +26,7 @@ from swiftops.engines.client import InferClient
 from swiftops.protocol.settings import ServerSettings
 from swiftops.server import auth
 from swiftops.server.app import create_app
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 from swiftops.server.ui import UI_PATHS
 
 CHAT = "/v1/chat/completions"

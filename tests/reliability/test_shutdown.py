@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 CHAT = "/v1/chat/completions"
 SLOW = "@@slow@@"

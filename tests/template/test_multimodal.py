@@ -12,8 +12,9 @@ from PIL import Image
 from swiftops.media import MediaLimits, MediaPolicy
 from swiftops.protocol import BadRequestError, InferRequest
 from swiftops.protocol.openai_api import ChatCompletionRequest
-from swiftops.template.multimodal import (MultimodalEncoder, check_media_limits, extract_media, rope_positions,
-                                          smart_resize, to_processor_messages)
+from swiftops.engines.pt.mm_prefill import prompt_embeddings, rope_positions
+from swiftops.template.multimodal import (MultimodalEncoder, check_media_limits, extract_media, smart_resize,
+                                          to_processor_messages)
 
 FACTOR = 28  # Qwen2-VL: 14-pixel patches merged 2x2 -> one visual token per 28x28 pixels
 
@@ -251,8 +252,6 @@ def test_chunked_prefill_with_prompt_embeddings_matches_a_full_forward(processor
     cache with sliced embeddings and M-RoPE positions, then a decode step at index + rope_delta."""
     from transformers import DynamicCache
 
-    from swiftops.template.multimodal import packed_positions, prompt_embeddings
-
     picture = Image.new("RGB", (112, 84), (9, 99, 199))
     media = {"images": [picture]} if kind == "image" else {"videos": [[picture, Image.new("RGB", (112, 84))] * 2]}
     request = InferRequest(messages=user(f"<{kind}>What is this?"), **media)
@@ -261,7 +260,8 @@ def test_chunked_prefill_with_prompt_embeddings_matches_a_full_forward(processor
         full = vlm(**inputs.tensors).logits[0]
         embeds = prompt_embeddings(vlm, inputs)
         positions, delta = rope_positions(vlm, inputs)
-        positions4 = packed_positions(positions)
+        # [4, 1, S]: row 0 the plain token index (Qwen2-VL's text model reads it as packed positions), rows 1-3 (t, h, w)
+        positions4 = torch.cat([torch.arange(positions.shape[-1]).view(1, 1, -1), positions])
         cache, n = DynamicCache(config=vlm.config), len(inputs.input_ids)
         token_id = processor.image_token_id if kind == "image" else processor.video_token_id
         image_at = inputs.input_ids.index(token_id)

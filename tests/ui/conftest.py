@@ -10,7 +10,7 @@ import shutil
 import httpx
 import pytest
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 API_KEY = "sk-ui-3f9c1e"
 SERVED_NAME = "tiny-chat"

@@ -241,7 +241,7 @@ def test_page_from_app_base_url_talks_to_another_server(context, ui_server, api,
     import subprocess
     import sys
 
-    from swiftops.server.launcher import free_port
+    from tests.server_process import free_port
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "swiftops.cli.main", "app", "--base_url", ui_server.url + "/v1/",
@@ -283,7 +283,7 @@ def test_page_in_chinese_from_app_lang_zh(context, ui_server, api, api_key):
     import subprocess
     import sys
 
-    from swiftops.server.launcher import free_port
+    from tests.server_process import free_port
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "swiftops.cli.main", "app", "--base_url", ui_server.url,

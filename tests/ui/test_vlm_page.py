@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from swiftops.server.launcher import ServerProcess
+from tests.server_process import ServerProcess
 
 KEY = "sk-ui-vlm"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui-screenshot.png"

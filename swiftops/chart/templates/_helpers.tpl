@@ -3,6 +3,9 @@ defaults) the pod runs `defaultManifest`. Idempotent, so template order does not
 {{- define "swiftops.init" -}}
 {{- if not .Values.manifest -}}
 {{- $_ := set .Values "manifest" (deepCopy .Values.defaultManifest) -}}
+{{- $_ := set .Values "resolved" (deepCopy .Values.defaultResolved) -}}
+{{- else if not .Values.resolved -}}
+{{- fail "values: a `manifest` needs its `resolved` values (GPU count, image, port, cache path, /dev/shm size, drain timeout), which swiftops derives from it: write both with `swiftops render --target helm-values -f MANIFEST.yaml`" -}}
 {{- end -}}
 {{- end }}
 
@@ -42,48 +45,26 @@ app.kubernetes.io/component: {{ ternary "server" "inference-job" (include "swift
 {{- eq .Values.manifest.kind "Deployment" -}}
 {{- end }}
 
-{{/* tensor x pipeline x data (x torchrun processes of a job): the GPUs one pod's processes use */}}
-{{- define "swiftops.parallelSize" -}}
-{{- $p := dig "parallelism" dict .Values.manifest.spec -}}
-{{- $processes := dig "job" "nproc_per_node" 1 .Values.manifest.spec | default 1 | int -}}
-{{- mul (dig "tensor" 1 $p | int) (dig "pipeline" 1 $p | int) (dig "data" 1 $p | int) $processes -}}
-{{- end }}
-
-{{/* GPUs per pod: spec.resources.gpu.count, else derived from the parallelism (one source of truth). */}}
+{{/* Values derived from the manifest come computed, as `resolved` (swiftops.manifest.render.resolved_values):
+the chart computes none of them a second time. */}}
 {{- define "swiftops.gpuCount" -}}
-{{- $count := dig "resources" "gpu" "count" nil .Values.manifest.spec -}}
-{{- if kindIs "invalid" $count -}}
-{{- include "swiftops.parallelSize" . -}}
-{{- else -}}
-{{- $count | int -}}
-{{- end -}}
+{{- .Values.resolved.gpuCount | int -}}
 {{- end }}
 
-{{/* Size of /dev/shm: spec.resources.shm, or 8Gi when GPUs talk over NCCL (parallel size > 1). */}}
 {{- define "swiftops.shmSize" -}}
-{{- $shm := dig "resources" "shm" "" .Values.manifest.spec -}}
-{{- if $shm -}}
-{{- $shm -}}
-{{- else if gt (include "swiftops.parallelSize" . | int) 1 -}}
-8Gi
-{{- end -}}
+{{- .Values.resolved.shmSize | default "" -}}
 {{- end }}
 
 {{- define "swiftops.image" -}}
-{{- $spec := .Values.manifest.spec -}}
-{{- if $spec.image -}}
-{{- $spec.image -}}
-{{- else -}}
-{{- printf "%s:%s-%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) (dig "backend" "name" "pt" $spec) -}}
-{{- end -}}
+{{- .Values.resolved.image -}}
 {{- end }}
 
 {{- define "swiftops.port" -}}
-{{- dig "server" "port" 8000 .Values.manifest.spec | int -}}
+{{- .Values.resolved.port | int -}}
 {{- end }}
 
 {{- define "swiftops.cachePath" -}}
-{{- dig "cache" "mount_path" "/cache" .Values.manifest.spec -}}
+{{- .Values.resolved.cachePath -}}
 {{- end }}
 
 {{- define "swiftops.cacheClaim" -}}
@@ -110,7 +91,7 @@ imagePullSecrets:
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- if $isServer }}
-terminationGracePeriodSeconds: {{ add (dig "server" "shutdown_timeout" 30 $spec | int) .Values.preStopSleepSeconds .Values.terminationGraceExtraSeconds }}
+terminationGracePeriodSeconds: {{ add (.Values.resolved.shutdownTimeoutSeconds | int) .Values.preStopSleepSeconds .Values.terminationGraceExtraSeconds }}
 {{- else }}
 restartPolicy: Never
 {{- end }}

@@ -273,8 +273,7 @@ def _quiet_cpu_threads(engine: Any) -> None:
     """A GPU engine's host work is launching kernels and small tensors: one intra-op thread. torch's default
     (a thread per core) spins OpenMP workers after each parallel CPU op, taking the cores that the API server
     and its clients on the same host need (vLLM's workers do the same). OMP_NUM_THREADS, when set, wins."""
-    device = getattr(engine, "device", None)
-    if getattr(device, "type", None) == "cuda" and "OMP_NUM_THREADS" not in os.environ:
+    if engine.device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
         import torch
 
         torch.set_num_threads(1)

@@ -86,8 +86,8 @@ class PtClassifierEngine(InferEngine):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from swiftops.engines.pt.embedding import detect_task_type
-        from swiftops.engines.pt.loader import check_model_source, device_map_arg, resolve_dtype
+        from swiftops.engines.pt.checkpoint import check_model_source, device_map_arg, resolve_dtype
+        from swiftops.engines.pt.task import detect_task_type
 
         model, max_model_len = settings.model or "", settings.max_model_len
         source = check_model_source(model)

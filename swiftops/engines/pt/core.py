@@ -159,7 +159,7 @@ class EngineCore:
             results = self.runner.run(plan)
             advance(plan)
             for result in results:
-                self._emit(result.seqs, sample(result.logits, result.seqs))
+                self._append_sampled(result.seqs, sample(result.logits, result.seqs))
                 emitted.update(s.seq_id for s in result.seqs)
 
     def _step(self, plan: StepPlan) -> None:
@@ -260,7 +260,7 @@ class EngineCore:
                 else:
                     following = sample_on_device(logits, nxt)
                 self.pipelined_steps += 1
-            self._emit(batch, pending.collect())
+            self._append_sampled(batch, pending.collect())
             self.steps += 1
             if held_logits is not None:
                 following = sample_on_device(held_logits, nxt)
@@ -317,7 +317,8 @@ class EngineCore:
             ),
         )
 
-    def _emit(self, seqs: list[Sequence], result: Any) -> None:
+    def _append_sampled(self, seqs: list[Sequence], result: Any) -> None:
+        """One sampled token per sequence through the post-step stage; finished sequences retire, outputs go out."""
         for seq, token, info in zip(seqs, result.token_ids, result.logprobs, strict=False):
             if seq.aborted or seq.seq_id not in self._by_id:
                 continue

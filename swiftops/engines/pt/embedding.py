@@ -4,9 +4,6 @@ A sentence-transformers checkpoint declares its pipeline in modules.json (Transf
 Normalize) and its pooling in `<pooling dir>/config.json`; all-MiniLM-L6-v2, for instance, is mean pooling
 over real tokens then L2 normalisation, at most 256 tokens (sentence_bert_config.json). Without those
 files: mean pooling for encoders, last-token pooling for decoders, normalised.
-
-Also here: `detect_task_type(model_path)`, which the engine factory uses to pick this engine, the
-classifier engine or the generative `PtEngine`.
 """
 
 from __future__ import annotations
@@ -34,7 +31,6 @@ from swiftops.protocol import (
 )
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
-TaskType = str  # one of ModelSettings.task_type's literals
 EMBEDDING_BATCH = 32
 # The settings an embedding (or classifier) engine uses; PtEngine(<embedding checkpoint>, ...) hands its keywords
 # here, and one that only generation uses (kv_cache_memory_gb, temperature, ...) is refused rather than ignored.
@@ -52,22 +48,6 @@ EMBEDDING_SETTINGS = frozenset(
         "max_batch_size",
     }
 )
-_ENCODER_TYPES = {
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "mpnet",
-    "distilbert",
-    "electra",
-    "deberta",
-    "deberta-v2",
-    "modernbert",
-    "nomic_bert",
-    "camembert",
-    "albert",
-    "e5",
-    "new",
-}
 
 
 def _read_json(path: str) -> dict | None:
@@ -75,40 +55,6 @@ def _read_json(path: str) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def detect_task_type(model_path: str) -> TaskType:
-    """causal_lm, embedding, seq_cls, reward or prm, from a local checkpoint's files and config.json.
-
-    sentence-transformers files -> embedding; *ForSequenceClassification -> reward with one label, else seq_cls;
-    *ProcessRewardModel / *ForTokenClassification -> prm; *RewardModel -> reward; encoder-only base models
-    (BertModel...) -> embedding; anything else (causal LMs, VLMs) -> causal_lm. A hub id that is not
-    downloaded yet is read through transformers' AutoConfig.
-    """
-    if os.path.isfile(os.path.join(model_path, "modules.json")):
-        return "embedding"
-    config = _read_json(os.path.join(model_path, "config.json"))
-    if config is None:
-        try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(model_path).to_dict()
-        except (OSError, ValueError):
-            return "causal_lm"
-    architectures = config.get("architectures") or []
-    for arch in architectures:
-        if arch.endswith("ForSequenceClassification"):
-            labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
-            return "reward" if labels == 1 else "seq_cls"
-        if arch.endswith(("ProcessRewardModel", "ForTokenClassification")):
-            return "prm"
-        if arch.endswith("RewardModel"):
-            return "reward"
-    if config.get("model_type") in _ENCODER_TYPES and not any(
-        a.endswith(("ForMaskedLM", "ForCausalLM")) for a in architectures
-    ):
-        return "embedding"
-    return "causal_lm"
 
 
 @dataclass(frozen=True)
@@ -207,7 +153,7 @@ class PtEmbeddingEngine(InferEngine):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        from swiftops.engines.pt.loader import check_model_source, device_map_arg, resolve_dtype
+        from swiftops.engines.pt.checkpoint import check_model_source, device_map_arg, resolve_dtype
 
         model, max_model_len = settings.model or "", settings.max_model_len
         source = check_model_source(model)

@@ -19,11 +19,11 @@ from swiftops.engines.outputs import SequenceOutput, merge_outputs
 from swiftops.engines.prompt_checks import check_prompt_length, check_streamable, check_text_only
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
+from swiftops.engines.pt.checkpoint import LoadedModel, load_model
 from swiftops.engines.pt.core import EngineCore
 from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
 from swiftops.engines.pt.guided_decoding import GrammarCompiler
 from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
-from swiftops.engines.pt.loader import LoadedModel, load_model
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes

@@ -184,9 +184,6 @@ class LoraManager:
         self._pending[name] = weights
         self.digests[name] = weights.digest
 
-    def is_resident(self, name: str) -> bool:
-        return name in self.slots
-
     def acquire(self, name: str, busy: set[str]) -> int | None:
         """The slot holding `name`, loading it (and unloading an idle one) if needed; None if all are busy."""
         if name in self.slots:

@@ -17,7 +17,7 @@ import torch
 from swiftops.engines.pt.attention import CONTEXT_KWARG, PagedAttentionUnsupported, StepContext, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.kv_cache import PagedKVCache
-from swiftops.engines.pt.mm_prefill import packed_embeddings, prepare, rope_columns, uses_mrope
+from swiftops.engines.pt.mm_prefill import embed_prompt_once, packed_embeddings, rope_columns, uses_mrope
 from swiftops.engines.pt.scheduler import StepPlan
 from swiftops.engines.pt.sequence import Sequence
 
@@ -138,7 +138,7 @@ class PagedRunner:
         mm_spans: list[tuple[Sequence, int, int, int]] = []
         for seq, chunk in items:
             start, end = seq.num_computed, seq.num_computed + chunk
-            prepare(self.model, seq)
+            embed_prompt_once(self.model, seq)
             if seq.mm_embeds is not None:
                 mm_spans.append((seq, len(ids), start, end))
             if self.mrope:
@@ -250,7 +250,7 @@ class FallbackRunner:
             )
         kwargs: dict[str, Any] = {"input_ids": torch.tensor([new], device=self.device)}
         if uses_mrope(self.model):  # explicit positions: the model's own rope-delta state is per call, not per sequence
-            prepare(self.model, seq)
+            embed_prompt_once(self.model, seq)
             index = torch.arange(start, end, device=self.device).view(1, 1, -1)
             rope = rope_columns(seq, start, end, self.device).unsqueeze(1)
             kwargs["position_ids"] = torch.cat([index, rope])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from swiftops.engines.pt.classifier import PtClassifierEngine
-from swiftops.engines.pt.embedding import detect_task_type
+from swiftops.engines.pt.task import detect_task_type
 from swiftops.protocol import BadRequestError, InferRequest
 
 CONVERSATION = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}]

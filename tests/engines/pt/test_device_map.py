@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from swiftops import InferRequest, PtEngine, RequestConfig
-from swiftops.engines.pt.loader import load_model, parse_max_memory
+from swiftops.engines.pt.checkpoint import load_model, parse_max_memory
 from swiftops.protocol import ConfigError
 
 PROMPTS = ["who are you?", "Write a long story about a cat " * 4, "hi"]

@@ -4,7 +4,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from swiftops.engines.pt.embedding import PtEmbeddingEngine, detect_task_type, read_pooling
+from swiftops.engines.pt.embedding import PtEmbeddingEngine, read_pooling
+from swiftops.engines.pt.task import detect_task_type
 from swiftops.metrics.stats import InferStats
 from swiftops.protocol import BadRequestError, EmbeddingResponse, InferRequest
 

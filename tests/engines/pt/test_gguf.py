@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from swiftops.engines.pt.loader import load_model
+from swiftops.engines.pt.checkpoint import load_model
 from swiftops.protocol import ConfigError
 
 

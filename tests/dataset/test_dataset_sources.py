@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from swiftops.dataset.loader import load_datasets, to_conversation
+from swiftops.dataset.sources import load_datasets, to_conversation
 from swiftops.protocol.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from swiftops.manifest.errors import ManifestError, ManifestIssue
-from swiftops.manifest.models import ENV_NESTED_DELIMITER, ENV_PREFIX, NAME_PATTERN, QUANTITY_PATTERN, Manifest
+from swiftops.manifest.schema import ENV_NESTED_DELIMITER, ENV_PREFIX, NAME_PATTERN, QUANTITY_PATTERN, Manifest
 
 PathKey = tuple[str | int, ...]
 

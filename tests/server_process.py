@@ -1,7 +1,8 @@
 """`ServerProcess`: run `swiftops deploy` as a child process on a free loopback port and wait until ready.
 
-For tests (the server suite, the web UI's browser tests, reliability soaks) and scripts that need a
-real server:
+For tests (the server suite, the web UI's browser tests, reliability soaks) and the serving benchmarks
+(benchmarks/serving.py, profile_server.py), which import it from here as `tests.server_process`: a test
+harness, not part of the package.
 
     with ServerProcess(["--model", model_dir, "--api_key", "k"]) as server:
         httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer k"})

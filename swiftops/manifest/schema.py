@@ -40,6 +40,8 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # DNS-1123 label, at most 53 characters (Helm's limit on release names)
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$"
 DEFAULT_CACHE_PATH = "/cache"
+# /dev/shm of a pod whose processes talk over NCCL, unless spec.resources.shm says otherwise.
+DEFAULT_NCCL_SHM = "8Gi"
 
 
 class Spec(BaseModel):
@@ -278,8 +280,9 @@ class Resources(Spec):
     shm: str | None = Field(
         None,
         pattern=QUANTITY_PATTERN,
-        description="Size of /dev/shm (a memory emptyDir); default 8Gi when tensor or "
-        "pipeline parallel size > 1 (NCCL needs it), else the runtime's.",
+        description="Size of /dev/shm (a memory emptyDir); default 8Gi when more than one process of the pod "
+        "talks over NCCL (tensor, pipeline or data parallel size > 1, or a job's nproc_per_node > 1), "
+        "else the runtime's.",
     )
 
 
@@ -473,9 +476,13 @@ class Manifest(BaseSettings):
     def server_or_default(self) -> Any:
         return self.spec.server or ServerSpec()
 
+    # Values derived from the manifest for the pod, defined here once: `docker run` (swiftops.manifest.render)
+    # and the Helm chart (handed to it as the `resolved` values) read them; the chart computes none of them.
+
     @property
     def needed_gpus(self) -> int:
-        """GPUs one pod's parallelism uses: tensor x pipeline x data (x torchrun processes of a job)."""
+        """GPUs one pod's parallelism uses, one process each: tensor x pipeline x data (x torchrun processes of a
+        job)."""
         p = self.spec.parallelism
         processes = (getattr(self.spec.job, "nproc_per_node", None) or 1) if self.kind == "InferenceJob" else 1
         return p.tensor * p.pipeline * p.data * processes
@@ -485,6 +492,17 @@ class Manifest(BaseSettings):
         """GPUs per pod: declared, or derived from the parallelism (one source of truth)."""
         declared = self.spec.resources.gpu.count
         return declared if declared is not None else self.needed_gpus
+
+    @property
+    def shm_size(self) -> str | None:
+        """Size of the pod's /dev/shm: declared, else 8Gi when more than one of its processes talks over NCCL
+        (tensor, pipeline or data parallel, or several torchrun processes of a job), else None (the runtime's)."""
+        return self.spec.resources.shm or (DEFAULT_NCCL_SHM if self.needed_gpus > 1 else None)
+
+    @property
+    def cache_path(self) -> str:
+        """Where the model cache is mounted in the container (HF_HOME and MODELSCOPE_CACHE live inside it)."""
+        return self.spec.cache.mount_path if self.spec.cache else DEFAULT_CACHE_PATH
 
 
 def manifest_json_schema() -> dict[str, Any]:

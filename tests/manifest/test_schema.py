@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from swiftops.manifest.chart_values import values_json_schema
-from swiftops.manifest.loader import load_text
-from swiftops.manifest.models import manifest_json_schema
+from swiftops.manifest.yaml_reader import load_text
+from swiftops.manifest.schema import manifest_json_schema
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from swiftops.manifest.errors import ManifestError
-from swiftops.manifest.loader import load_text
+from swiftops.manifest.yaml_reader import load_text
 
 BROKEN = """\
 apiVersion: swiftops/v1
