@@ -8,6 +8,7 @@ all requests of a call are submitted at once and the backend's scheduler batches
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 from abc import ABC, abstractmethod
@@ -60,7 +61,7 @@ class _LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="swiftops-engine-loop", daemon=True)
         self.thread.start()
 
-    def submit(self, coro) -> asyncio.Future[Any]:
+    def submit(self, coro) -> concurrent.futures.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
@@ -92,6 +93,7 @@ class InferEngine(ABC):
         stream = await self.infer_async(
             request, config.model_copy(update={"stream": True}), adapter_request=adapter_request
         )
+        assert not isinstance(stream, ChatCompletionResponse)  # narrows for mypy: stream=True answers chunks
         return _outputs_of(stream)
 
     def health_error(self) -> str | None:
@@ -180,6 +182,7 @@ class InferEngine(ABC):
         for m in metrics:
             m.start(key)
         response = await self.infer_async(request, config, adapter_request=adapter_request)
+        assert isinstance(response, ChatCompletionResponse)  # narrows for mypy: the caller's config has stream off
         for m in metrics:
             m.finish(key, response.usage.prompt_tokens, response.usage.completion_tokens, len(response.choices))
         return response
@@ -197,6 +200,7 @@ class InferEngine(ABC):
             m.start(key)
         try:
             stream = await self.infer_async(request, config, adapter_request=adapter_request)
+            assert not isinstance(stream, ChatCompletionResponse)  # narrows for mypy: the config has stream on
             prompt_tokens = completion_tokens = 0
             async for chunk in stream:
                 if any(c.delta.content or c.delta.tool_calls for c in chunk.choices):
@@ -213,7 +217,9 @@ class InferEngine(ABC):
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    def _sync_stream(self, sink: queue.Queue[Any], task: asyncio.Future[Any]) -> Iterator[ChatCompletionStreamResponse]:
+    def _sync_stream(
+        self, sink: queue.Queue[Any], task: concurrent.futures.Future[Any]
+    ) -> Iterator[ChatCompletionStreamResponse]:
         try:
             while True:
                 item = sink.get()

@@ -7,7 +7,7 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.outputs import SequenceOutput
@@ -25,7 +25,7 @@ ALIASES = {
 
 def split_options(options: dict[str, Any], library: str) -> tuple[ModelSettings, EngineSettings, GenerationSettings]:
     """Keyword arguments named like settings fields -> (ModelSettings, EngineSettings, GenerationSettings)."""
-    sections: dict[type, dict[str, Any]] = {ModelSettings: {}, EngineSettings: {}, GenerationSettings: {}}
+    sections: dict[type[BaseModel], dict[str, Any]] = {ModelSettings: {}, EngineSettings: {}, GenerationSettings: {}}
     aliases = ALIASES.get(library, {})
     for key, value in options.items():
         key = aliases.get(key, key)

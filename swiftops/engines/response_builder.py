@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.protocol import (
@@ -24,6 +24,9 @@ from swiftops.protocol import (
     new_id,
 )
 from swiftops.template.tool_calls import parse_tool_calls
+
+if TYPE_CHECKING:
+    from swiftops.protocol.response import FinishReason
 
 _TOOL_MARKERS = ("<tool_call>", "[TOOL_CALLS]")
 
@@ -116,7 +119,8 @@ async def stream_response(
             if chunk is not None:
                 yield chunk
     finally:
-        await outputs.aclose()  # a consumer that stops early aborts the generation now, not at GC
+        # A consumer that stops early aborts the generation now, not at GC.
+        await outputs.aclose()  # type: ignore[attr-defined]  # every engine's outputs are an async generator
 
 
 @dataclass
@@ -168,10 +172,11 @@ class _StreamState:
             )
         logprobs = ChoiceLogprobs(content=out.logprobs) if self.want_logprobs and out.logprobs else None
         # One chunk per token and stream: built without re-validating values we produced ourselves
-        # (model_construct), which is most of a chunk's cost on a busy server.
+        # (model_construct), which is most of a chunk's cost on a busy server. The engines' finish reasons are
+        # FinishReason values (the cast says so to mypy).
         delta = DeltaMessage.model_construct(role=role, content=content, tool_calls=tool_deltas)
         choice = ChatCompletionResponseStreamChoice.model_construct(
-            index=out.index, delta=delta, finish_reason=finish, logprobs=logprobs
+            index=out.index, delta=delta, finish_reason=cast("FinishReason | None", finish), logprobs=logprobs
         )
         # Every field given: pydantic inspects a default_factory's signature on each use (slow per token).
         return ChatCompletionStreamResponse.model_construct(
