@@ -52,7 +52,7 @@ _ENCODER_TYPES = {
 }
 
 
-def _read_json(path: str) -> dict | None:
+def _read_json(path: str) -> Any:  # the JSON file's value (modules.json is a list), or None without the file
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -173,7 +173,7 @@ class PtEmbeddingEngine(InferEngine):
         from swiftops.engines.pt.loader import check_model_source, resolve_dtype
 
         source = check_model_source(model)
-        common = {"revision": model_revision, "trust_remote_code": trust_remote_code}
+        common: dict[str, Any] = {"revision": model_revision, "trust_remote_code": trust_remote_code}
         try:
             config = AutoConfig.from_pretrained(source, **common)
             self.tokenizer = AutoTokenizer.from_pretrained(source, **common)
@@ -264,7 +264,7 @@ class PtEmbeddingEngine(InferEngine):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
         return content or ""
 
-    async def infer_async(
+    async def infer_async(  # type: ignore[override]  # ms-swift's embedding engines answer infer() with embeddings
         self,
         request: InferRequest,
         request_config: RequestConfig | None = None,
