@@ -47,7 +47,7 @@ demo-app: install-demo
 browser:
 	@scripts/ensure-chromium.sh
 
-# Lint, format and types first (seconds with a warm .mypy_cache; about a minute cold): a style or type error fails
+# Lint, format and types first (3 s with a warm .mypy_cache, 1-2 min cold): a style or type error fails
 # before the test suite starts. ruff and mypy are pinned in the test extra.
 lint: install
 	$(VENV)/bin/ruff check swiftops
