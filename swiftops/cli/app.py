@@ -96,6 +96,7 @@ def command(base_url: str | None, stream: bool | None, is_multimodal: bool | Non
     if base_url is None:
         (server,) = build_settings(values, ServerSettings)
         click.echo(f"chat page: http://{_browsable(server.host)}:{server.port}/ (once the model has loaded)", err=True)
+        assert deploy.command.callback is not None  # narrows for mypy: a @click.command function is its callback
         deploy.command.callback(**{**values, "ui": True})
         return
     if values.get("model") or values.get("adapters"):

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from swiftops.dataset.results import ResultWriter
 from swiftops.dataset.runner import describe_failure, result_row
@@ -172,7 +172,7 @@ class ChatSession:
                 messages,
                 response,
                 with_logprobs=self.config.logprobs,
-                **{kind: items for kind, items in media.items() if items},
+                **cast(dict[str, Any], {kind: items for kind, items in media.items() if items}),  # media kinds: **extra
             )
         )
         if self.boxes is not None:

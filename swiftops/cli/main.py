@@ -6,6 +6,7 @@ User errors (`SwiftopsError`, click usage errors) print one line and exit 2; `--
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 

@@ -88,7 +88,8 @@ def _click_type(name: str, field: FieldInfo) -> click.ParamType:
     annotation = _unwrap_optional(field.annotation)
     if typing.get_origin(annotation) is Literal:
         return LiteralChoice(typing.get_args(annotation), _VALUE_ALIASES.get(name, ()))
-    return {int: click.INT, float: click.FLOAT}.get(annotation, click.STRING)
+    scalar_types: dict[Any, click.ParamType] = {int: click.INT, float: click.FLOAT}
+    return scalar_types.get(annotation, click.STRING)
 
 
 def field_aliases(name: str, field: FieldInfo) -> list[str]:

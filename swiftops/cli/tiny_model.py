@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import click
+
+if TYPE_CHECKING:
+    from swiftops.models.tiny import Arch
+    from swiftops.models.tiny_vlm import VlmArch
 
 
 @click.command("tiny-model")
@@ -21,11 +27,11 @@ def command(out_dir: str, arch: str, seed: int) -> None:
     if arch in ("qwen2_vl", "qwen2_5_vl"):
         from swiftops.models.tiny_vlm import build_tiny_vlm
 
-        path = build_tiny_vlm(out_dir, arch=arch, seed=seed)
+        path = build_tiny_vlm(out_dir, arch=cast("VlmArch", arch), seed=seed)  # click.Choice checked it
     else:
         from swiftops.models.tiny import build_tiny_model
 
-        path = build_tiny_model(out_dir, arch=arch, seed=seed)
+        path = build_tiny_model(out_dir, arch=cast("Arch", arch), seed=seed)  # click.Choice checked it
     click.echo(str(path))
     click.echo(
         "note: its output is gibberish by design; pass any hub id or local path as --model for real output.", err=True

@@ -140,6 +140,7 @@ class DatasetRun:
         self.stats.start(row.key)
         try:
             response = await self.engine.infer_async(request, self.config)
+            assert isinstance(response, ChatCompletionResponse)  # narrows for mypy: the dataset config has stream off
         except Exception as exc:  # one bad row must not lose the rest of the run
             self.failures.append((row, exc))
             self._note(

@@ -8,6 +8,7 @@ all requests of a call are submitted at once and the backend's scheduler batches
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 from abc import ABC, abstractmethod
@@ -26,6 +27,7 @@ from swiftops.protocol import (
 )
 
 if TYPE_CHECKING:
+    from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
     from swiftops.template.multimodal import MultimodalEncoder
 
 InferResult = ChatCompletionResponse | AsyncIterator[ChatCompletionStreamResponse]
@@ -63,7 +65,7 @@ class _LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="swiftops-engine-loop", daemon=True)
         self.thread.start()
 
-    def submit(self, coro) -> asyncio.Future[Any]:
+    def submit(self, coro) -> concurrent.futures.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
@@ -90,6 +92,20 @@ class InferEngine(ABC):
     _loop_thread: _LoopThread | None = None
 
     # ---- what backends implement -------------------------------------------------------------
+    @classmethod
+    def from_settings(
+        cls,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings | None = None,
+        media: MediaSettings | None = None,
+        *,
+        serving: bool = False,
+        served_model_name: str | None = None,
+    ) -> InferEngine:
+        """The engine the settings models describe: how `swiftops.engines.factory.build_engine` builds every backend."""
+        raise NotImplementedError(f"{cls.__name__} is not built from settings")
+
     @abstractmethod
     async def infer_async(
         self,
@@ -110,6 +126,7 @@ class InferEngine(ABC):
         stream = await self.infer_async(
             request, config.model_copy(update={"stream": True}), adapter_request=adapter_request
         )
+        assert not isinstance(stream, ChatCompletionResponse)  # narrows for mypy: stream=True answers chunks
         return _outputs_of(stream)
 
     def health_error(self) -> str | None:
@@ -209,6 +226,7 @@ class InferEngine(ABC):
         for m in metrics:
             m.start(key)
         response = await self.infer_async(request, config, adapter_request=adapter_request)
+        assert isinstance(response, ChatCompletionResponse)  # narrows for mypy: the caller's config has stream off
         for m in metrics:
             m.finish(key, response.usage.prompt_tokens, response.usage.completion_tokens, len(response.choices))
         return response
@@ -226,6 +244,7 @@ class InferEngine(ABC):
             m.start(key)
         try:
             stream = await self.infer_async(request, config, adapter_request=adapter_request)
+            assert not isinstance(stream, ChatCompletionResponse)  # narrows for mypy: the config has stream on
             prompt_tokens = completion_tokens = 0
             async for chunk in stream:
                 if any(c.delta.content or c.delta.tool_calls for c in chunk.choices):
@@ -242,7 +261,9 @@ class InferEngine(ABC):
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    def _sync_stream(self, sink: queue.Queue[Any], task: asyncio.Future[Any]) -> Iterator[ChatCompletionStreamResponse]:
+    def _sync_stream(
+        self, sink: queue.Queue[Any], task: concurrent.futures.Future[Any]
+    ) -> Iterator[ChatCompletionStreamResponse]:
         try:
             while True:
                 item = sink.get()

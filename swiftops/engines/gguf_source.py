@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from swiftops.protocol.errors import ConfigError
 
@@ -27,8 +28,8 @@ class GgufSource:
         return os.path.isdir(os.path.expanduser(self.location))
 
 
-def is_gguf_path(model: str | None) -> bool:
-    return bool(model) and model.lower().endswith(GGUF_SUFFIX)
+def is_gguf_path(model: str | None) -> TypeGuard[str]:
+    return model is not None and model.lower().endswith(GGUF_SUFFIX)
 
 
 def gguf_source(model: str | None, gguf_file: str | None = None) -> GgufSource | None:

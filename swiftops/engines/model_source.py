@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import GenerationSettings, ModelSettings
@@ -33,6 +33,13 @@ def adapter_base_model(adapter_dir: str) -> tuple[str | None, dict[str, Any]]:
     return (str(base) if base else None), args
 
 
+# Generation settings in, generation settings out (the overloads tell mypy; the third definition runs).
+@overload
+def apply_adapter_args(
+    model: ModelSettings, generation: GenerationSettings
+) -> tuple[ModelSettings, GenerationSettings]: ...
+@overload
+def apply_adapter_args(model: ModelSettings, generation: None = None) -> tuple[ModelSettings, None]: ...
 def apply_adapter_args(
     model: ModelSettings, generation: GenerationSettings | None = None
 ) -> tuple[ModelSettings, GenerationSettings | None]:

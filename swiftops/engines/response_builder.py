@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.protocol import (
@@ -25,6 +25,9 @@ from swiftops.protocol import (
     new_id,
 )
 from swiftops.template.tool_calls import parse_tool_calls
+
+if TYPE_CHECKING:
+    pass
 
 _TOOL_MARKERS = ("<tool_call>", "[TOOL_CALLS]")
 

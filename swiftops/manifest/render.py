@@ -49,7 +49,7 @@ def value_at(manifest: Manifest, path: str) -> Any:
     for part in split_path(path):
         if current is None:
             return None
-        current = current.get(part) if isinstance(current, dict) else getattr(current, part, None)
+        current = current.get(part) if isinstance(current, dict) else getattr(current, str(part), None)
     return current
 
 
@@ -59,7 +59,7 @@ def default_of(mapping: FlagMapping) -> Any:
         return mapping.settings.model_fields[mapping.flag].get_default(call_default_factory=True)
     parts = split_path(mapping.path)
     holder = model_at(parts[:-1])
-    info = holder.model_fields[parts[-1]] if holder else None
+    info = holder.model_fields[str(parts[-1])] if holder else None
     return info.get_default(call_default_factory=True) if info else None
 
 

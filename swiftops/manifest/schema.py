@@ -105,7 +105,7 @@ class Quantization(Spec):
     bits: Literal[4, 8] | None = Field(None, description="Bits per weight for bnb (4 or 8).")
 
 
-ModelSpec = section_from_settings(
+ModelSpec: Any = section_from_settings(  # built at run time: its fields are Any to mypy
     "ModelSpec",
     ModelSettings,
     "The model to load; besides id/revision/dtype/quantization, the same names as the model flags.",
@@ -133,7 +133,7 @@ ModelSpec = section_from_settings(
 )
 
 
-BackendOptions = section_from_settings(
+BackendOptions: Any = section_from_settings(  # built at run time: its fields are Any to mypy
     "BackendOptions",
     EngineSettings,
     "Engine options; the same names as `swiftops deploy|infer` flags.",
@@ -199,7 +199,7 @@ class Parallelism(Spec):
     )
 
 
-Multimodal = section_from_settings(
+Multimodal: Any = section_from_settings(  # built at run time: its fields are Any to mypy
     "Multimodal",
     MediaSettings,
     "Limits on images, video and audio; the same names as the `swiftops deploy` / `infer` flags "
@@ -215,7 +215,7 @@ Multimodal = section_from_settings(
 )
 
 
-ServerSpec = section_from_settings(
+ServerSpec: Any = section_from_settings(  # built at run time: its fields are Any to mypy
     "ServerSpec",
     ServerSettings,
     "The OpenAI-compatible server of a Deployment; the same names as `swiftops deploy` flags.",
@@ -230,7 +230,7 @@ ServerSpec = section_from_settings(
     ),
 )
 
-JobSpec = section_from_settings(
+JobSpec: Any = section_from_settings(  # built at run time: its fields are Any to mypy
     "JobSpec",
     InferSettings,
     "Batch inference of an InferenceJob; the same names as `swiftops infer` flags.",

@@ -13,6 +13,7 @@ from typing import Any, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from swiftops.manifest.errors import ManifestError, ManifestIssue
 from swiftops.manifest.schema import ENV_NESTED_DELIMITER, ENV_PREFIX, NAME_PATTERN, QUANTITY_PATTERN, Manifest
@@ -214,7 +215,7 @@ def _clean_loc(loc: tuple) -> PathKey:
     return tuple(part for part in loc if isinstance(part, int) or (isinstance(part, str) and "[" not in part))
 
 
-def explain(error: dict[str, Any]) -> str:
+def explain(error: ErrorDetails) -> str:
     path = _clean_loc(error["loc"])
     if error["type"] == "extra_forbidden" and str(path[-1]).lower() in PLAIN_SECRET_KEYS:
         return (

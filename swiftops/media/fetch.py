@@ -13,12 +13,12 @@ from swiftops.protocol.errors import BadRequestError
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
-def _addresses(host: str, port: int) -> list[ipaddress._BaseAddress]:
+def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise BadRequestError(f"cannot resolve the media URL's host {host!r}: {exc.strerror}", param="media") from None
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]  # an IP sockaddr: str host
 
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
@@ -41,7 +41,7 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
     return None
 
 
-def _is_public(address: ipaddress._BaseAddress) -> bool:
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address):
         inner = embedded_ipv4(address)
         if inner is not None and not _is_public(inner):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from typing import Any, cast
 
 from swiftops.media.budget import current_budget
 from swiftops.media.policy import MediaPolicy
@@ -52,7 +52,8 @@ def _open(item: Any, policy: MediaPolicy):
         return item
     source = read_media(item, policy, "image")
     try:
-        image = Image.open(source.path if source.path else io.BytesIO(source.data))
+        # A MediaSource holds a local path or the bytes.
+        image = Image.open(source.path if source.path else io.BytesIO(cast(bytes, source.data)))
         if image.width * image.height > MAX_DECODED_PIXELS:
             raise BadRequestError(
                 f"the image is {image.width}x{image.height} pixels, too large to decode", param="images"

@@ -105,7 +105,7 @@ def build_vlm_config(arch: VlmArch, tokenizer):
             fullatt_block_indexes=[1],
             tokens_per_second=2,
         )
-        config_class = Qwen2_5_VLConfig
+        config_class: type[Qwen2_5_VLConfig] | type[Qwen2VLConfig] = Qwen2_5_VLConfig
     else:
         vision = dict(VISION_SHAPE, embed_dim=32, mlp_ratio=2)
         vision["hidden_size"] = TEXT_SHAPE["hidden_size"]  # Qwen2-VL's merger projects embed_dim to hidden_size

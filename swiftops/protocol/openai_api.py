@@ -9,7 +9,7 @@ guided_grammar), and ms-swift's top-level `images`, `videos` and `audios` lists.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -296,8 +296,8 @@ class CompletionRequest(_SamplingParams):
         if isinstance(self.prompt, str):
             return [self.prompt]
         if all(isinstance(p, int) for p in self.prompt):
-            return [list(self.prompt)]  # one prompt of token ids
-        return list(self.prompt)
+            return [list(cast("list[int]", self.prompt))]  # one prompt of token ids (the all() check narrows it)
+        return list(cast("list[str] | list[list[int]]", self.prompt))
 
     def to_infer_requests(self) -> list[InferRequest]:
         return [InferRequest(prompt=p) for p in self.prompts]
@@ -329,5 +329,5 @@ class EmbeddingRequest(_WireModel):
         if isinstance(self.input, str):
             return [self.input]
         if all(isinstance(p, int) for p in self.input):
-            return [list(self.input)]
-        return list(self.input)
+            return [list(cast("list[int]", self.input))]  # one input of token ids (the all() check narrows it)
+        return list(cast("list[str] | list[list[int]]", self.input))

@@ -133,7 +133,7 @@ async def _merge(streams: list[AsyncIterator[SequenceOutput]]) -> AsyncIterator[
             async for chunk in streams[0]:
                 yield 0, chunk
         finally:
-            await streams[0].aclose()  # closing the merge aborts the generation at once
+            await streams[0].aclose()  # type: ignore[attr-defined]  # _prepend's generator; closing aborts at once
         return
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
@@ -162,6 +162,7 @@ def _stream(
     shaper = CompletionStreamShaper(new_id("cmpl"), model_name, body.n, echoes)
 
     async def events() -> AsyncIterator[bytes]:
+        event: bytes | None
         for event in shaper.echo_events():
             yield event
         async for i, out in _merge(streams):
@@ -176,4 +177,4 @@ def _stream(
     def finished() -> None:
         served.finish(shaper.usage(), shaper.transcript())
 
-    return served.event_stream(events(), finished, streams)  # type: ignore[return-value]
+    return served.event_stream(events(), finished, streams)

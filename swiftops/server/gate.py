@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swiftops.metrics.prometheus import ServerMetrics
+from swiftops.protocol.errors import SwiftopsError
 from swiftops.server.auth import ApiKeyCheck
 from swiftops.server.body_limit import too_large
 from swiftops.server.errors import error_body, error_response
@@ -77,7 +78,7 @@ class RequestGate:
             await send(message)
 
         try:
-            refusal = self.key.refusal(scope, headers)
+            refusal: SwiftopsError | None = self.key.refusal(scope, headers)
             if refusal is None and length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 refusal = too_large(self.max_body_bytes)
             if refusal is not None:

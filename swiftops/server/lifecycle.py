@@ -64,7 +64,7 @@ class Lifecycle:
             lambda: engine.infer_async(InferRequest(prompt="hi"), one_token),
             lambda: engine.embed_async(["hi"]),
         )
-        errors = []
+        errors: list[Exception] = []
         for attempt in attempts:
             try:
                 await attempt()

@@ -34,7 +34,7 @@ from swiftops.protocol.openai_api import ChatCompletionRequest, CompletionReques
 if TYPE_CHECKING:  # types only: the context holds the registry and lifecycle, whose routes call in here
     from swiftops.server.context import ServerContext
     from swiftops.server.lifecycle import Lifecycle
-    from swiftops.server.models import ModelRegistry
+    from swiftops.server.served_models import ModelRegistry
 
 _chars_per_token: dict[int, int] = {}
 

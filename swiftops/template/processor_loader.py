@@ -29,11 +29,11 @@ def _video_processor_optional() -> Iterator[None]:
             return None
         return original(self, argument_name, argument)
 
-    ProcessorMixin.check_argument_for_proper_class = check
+    ProcessorMixin.check_argument_for_proper_class = check  # type: ignore[method-assign]  # for one constructor call
     try:
         yield
     finally:
-        ProcessorMixin.check_argument_for_proper_class = original
+        ProcessorMixin.check_argument_for_proper_class = original  # type: ignore[method-assign]  # restores it
 
 
 def torchvision_available() -> bool:
@@ -78,7 +78,7 @@ def load_processor(path: str, *, trust_remote_code: bool = False, revision: str 
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    common = {"trust_remote_code": trust_remote_code, "revision": revision}
+    common: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision}
     if torchvision_available():
         return AutoProcessor.from_pretrained(path, **common)
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from swiftops.protocol import BadRequestError, PromptTooLongError, RequestConfig
-from swiftops.protocol.capabilities import require, unsupported_reason
+from swiftops.protocol.capabilities import require, support
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, ModelSettings
 from swiftops.protocol.structured_output import OutputConstraint
@@ -26,7 +26,7 @@ def choose_backend(model: ModelSettings, engine: EngineSettings) -> LmdeployBack
     LoRA), else turbomind (LMDeploy itself falls back to pytorch for models TurboMind cannot run)."""
     if engine.lmdeploy_backend is not None:
         if engine.lmdeploy_backend == "turbomind" and model.adapters:
-            raise ConfigError(unsupported_reason("lmdeploy", "lora", "turbomind"), param="lmdeploy_backend")
+            raise ConfigError(support("lmdeploy", "lora", "turbomind").reason, param="lmdeploy_backend")
         return engine.lmdeploy_backend
     return "pytorch" if model.adapters else "turbomind"
 
@@ -34,15 +34,15 @@ def choose_backend(model: ModelSettings, engine: EngineSettings) -> LmdeployBack
 def backend_config_kwargs(model: ModelSettings, engine: EngineSettings, backend: LmdeployBackend) -> dict[str, Any]:
     """Keyword arguments of `TurbomindEngineConfig` (backend="turbomind") or `PytorchEngineConfig`."""
     if model.device_map:
-        raise ConfigError(unsupported_reason("lmdeploy", "device_map"), param="device_map")
+        raise ConfigError(support("lmdeploy", "device_map").reason, param="device_map")
     if engine.pipeline_parallel_size > 1:
-        raise ConfigError(unsupported_reason("lmdeploy", "pipeline_parallel"), param="pipeline_parallel_size")
+        raise ConfigError(support("lmdeploy", "pipeline_parallel").reason, param="pipeline_parallel_size")
     if model.quant_method == "bnb":
-        raise ConfigError(unsupported_reason("lmdeploy", "quant:bnb"), param="quant_method")
+        raise ConfigError(support("lmdeploy", "quant:bnb").reason, param="quant_method")
     if model.torch_dtype not in _DTYPES:
-        raise ConfigError(unsupported_reason("lmdeploy", "float32"), param="torch_dtype")
+        raise ConfigError(support("lmdeploy", "float32").reason, param="torch_dtype")
     if model.merge_lora:
-        raise ConfigError(unsupported_reason("lmdeploy", "merge_lora"), param="merge_lora")
+        raise ConfigError(support("lmdeploy", "merge_lora").reason, param="merge_lora")
     kwargs: dict[str, Any] = {
         "dtype": _DTYPES[model.torch_dtype],
         "tp": engine.tensor_parallel_size,

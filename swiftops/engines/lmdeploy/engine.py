@@ -158,8 +158,12 @@ class LmdeployEngine(SettingsEngine):
         tokenizer = AutoTokenizer.from_pretrained(
             model.model, revision=model.model_revision, trust_remote_code=model.trust_remote_code
         )
+        assert model.model is not None  # narrows for mypy: LMDeploy's engine was built from it above
         try:
-            generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
+            generation_config = GenerationConfig.from_pretrained(
+                model.model,
+                revision=model.model_revision,  # type: ignore[arg-type]  # transformers reads None as the default branch
+            )
         except OSError:
             generation_config = None
         return tokenizer, model_sampling_defaults(generation_config)
@@ -279,6 +283,7 @@ class LmdeployEngine(SettingsEngine):
     ) -> None:
         self._running += 1
         task = asyncio.current_task()
+        assert task is not None  # narrows for mypy: a coroutine awaited on a loop runs inside a task
         self._choice_tasks.add(task)
         stream = None
         last: SequenceOutput | None = None  # held until the session is closed (a stop string ended it)

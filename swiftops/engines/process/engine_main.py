@@ -228,17 +228,17 @@ class EngineServer:
             self._send(Failed(submit.rid, error_info(exc)))
             return
         prepared.params = dataclasses.replace(prepared.params, token_ids_only=True, incremental=False)
-        request = _Request(prepared.n)
+        tracked = _Request(prepared.n)
         sinks = [
-            self._sink_class(self.relay, _Choice(submit.rid, i, submit.every_step, request)) for i in range(prepared.n)
+            self._sink_class(self.relay, _Choice(submit.rid, i, submit.every_step, tracked)) for i in range(prepared.n)
         ]
         with self._lock:  # launched and registered at once: an abort sees either nothing or all of it
             self._pending.discard(submit.rid)
             if submit.rid in self._aborted:
                 self._aborted.discard(submit.rid)
                 return
-            self.requests[submit.rid] = request
-            request.seqs = self.engine.launch(prepared, sinks)
+            self.requests[submit.rid] = tracked
+            tracked.seqs = self.engine.launch(prepared, sinks)
 
     def _forget(self, rid: int) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: flo
     # query: [1, H, B, D] -> [B, H, 1, D]; keys gathered up to the batch's longest context: [B, Hkv, L, D]
     q = query[0].transpose(0, 1).unsqueeze(2)
     kv_heads, head_dim = ctx.keys[layer].shape[1:]
+    assert ctx.host_ctx_lens is not None  # narrows for mypy: the runner sets the host copies when Triton is off
     width = -(-max(ctx.host_ctx_lens) // ctx.block_size)
     blocks = ctx.tables[ctx.rows.long(), :width].long()  # [B, width]
     batch = blocks.shape[0]
@@ -78,6 +80,7 @@ def _sdpa_prefill(ctx: StepContext, layer: int, query, key, value, scaling: floa
     gqa = query.shape[1] != key.shape[1]
     start = 0
     rows = ctx.rows.tolist()
+    assert ctx.host_q_lens is not None and ctx.host_ctx_lens is not None  # set when Triton is off (as above)
     for row, length, context in zip(rows, ctx.host_q_lens, ctx.host_ctx_lens, strict=False):
         q = query[:, :, start : start + length]
         cached = context - length
@@ -155,7 +158,7 @@ def paged_attention_forward(
         raise PagedAttentionUnsupported(
             "paged attention: unpacked batches (and soft-capping without Triton) are not supported"
         )
-    layer = module.layer_idx
+    layer = cast(int, module.layer_idx)  # transformers' attention modules carry their layer's index
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     # Write this step's keys/values ([T, Hkv, D]) into their cache slots.
     ctx.keys[layer].index_copy_(0, ctx.slot_mapping, key[0].transpose(0, 1).to(ctx.keys[layer].dtype))

@@ -17,6 +17,7 @@ and no never-cached block is left; only then is it evicted (its hash forgotten) 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 import torch
 
@@ -142,7 +143,7 @@ class BlockManager:
         return min(count * self.block_size, max(0, seq.num_computed))
 
     # ---- holding blocks ------------------------------------------------------------------------------------
-    def can_admit(self, seq: Sequence, num_tokens: int, found: list[int] = ()) -> bool:
+    def can_admit(self, seq: Sequence, num_tokens: int, found: list[int] | tuple[int, ...] = ()) -> bool:
         """Blocks for `num_tokens` (after the cached blocks `found`) and a table row are free (nothing is taken)."""
         revived = sum(1 for block in found if self._refs[block] == 0)  # cached but free: taking them uses free room
         missing = self.blocks_needed(num_tokens) - len(seq.block_table) - len(found)
@@ -153,7 +154,7 @@ class BlockManager:
             block = self._empty.pop()
         else:  # evict the least recently freed cached block
             block, _ = self._evictable.popitem(last=False)
-            del self._cached[self._hash_of[block]]
+            del self._cached[cast(bytes, self._hash_of[block])]  # an evictable block is a cached one: it has a hash
             self._hash_of[block] = None
         self._refs[block] = 1
         return block

@@ -165,7 +165,7 @@ def load_model(
     model: str,
     *,
     revision: str | None = None,
-    torch_dtype: str | None = None,
+    torch_dtype: str | torch.dtype | None = None,
     device_map: str | None = None,
     max_model_len: int | None = None,
     trust_remote_code: bool = False,
@@ -213,7 +213,7 @@ def _load(
     multimodal: bool,
     is_gguf: bool,
     *,
-    torch_dtype: str | None,
+    torch_dtype: str | torch.dtype | None,
     device_map: str | None,
     max_model_len: int | None,
     attn_implementation: str | None,
@@ -288,7 +288,7 @@ def _load(
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load {model} as a causal LM: {_first_line(exc)}") from exc
     if "device_map" not in kwargs or kwargs["device_map"] is None:
-        net.to(device)
+        net.to(device)  # type: ignore[arg-type]  # transformers wraps Module.to with functools.wraps; mypy misreads it
     else:
         device = next(net.parameters()).device
     net.eval()

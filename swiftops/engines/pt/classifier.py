@@ -22,7 +22,7 @@ import asyncio
 import json
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.engine_options import split_options
@@ -94,7 +94,7 @@ class PtClassifierEngine(InferEngine):
         self.task_type = settings.task_type or detect_task_type(source)
         if self.task_type not in ("seq_cls", "reward", "prm"):
             raise ConfigError(f"task_type {self.task_type!r} is not a classifier task; use seq_cls, reward or prm")
-        common = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
+        common: dict[str, Any] = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
         placement = {"device_map": device_map_arg(settings.device_map)} if settings.device_map else {}
         try:
             config = AutoConfig.from_pretrained(source, **common)
@@ -132,13 +132,17 @@ class PtClassifierEngine(InferEngine):
     # ---- input text ------------------------------------------------------------------------------
     def render(self, request: InferRequest) -> str:
         if request.prompt is not None:
-            return request.prompt if isinstance(request.prompt, str) else self.tokenizer.decode(request.prompt)
+            # decode of one list of ids is one text (the tokenizer's annotation also allows batches).
+            return (
+                request.prompt if isinstance(request.prompt, str) else cast(str, self.tokenizer.decode(request.prompt))
+            )
         messages = normalize_messages(request.messages)
         if self.task_type == "prm":
             messages = self._mark_steps(messages)
         if getattr(self.tokenizer, "chat_template", None):
             try:
-                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+                return cast(str, text)  # tokenize=False: the rendered text
             except Exception as exc:
                 raise BadRequestError(
                     f"the model's chat template rejected the conversation: {exc}", param="messages"

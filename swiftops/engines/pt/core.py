@@ -104,9 +104,9 @@ class EngineCore:
             self._by_id[seq.seq_id] = seq
             self.scheduler.add(seq)
         for seq_id in aborts:
-            seq = self._by_id.pop(seq_id, None)
-            if seq is not None:
-                self._retire(seq)
+            aborted = self._by_id.pop(seq_id, None)
+            if aborted is not None:
+                self._retire(aborted)
 
     def _retire(self, seq: Sequence) -> None:
         self.scheduler.remove(seq)
@@ -211,6 +211,7 @@ class EngineCore:
             return None
         limit = self.post_step.max_model_len
         blocks = self.scheduler.blocks
+        assert blocks is not None  # narrows for mypy: pipelined steps run on the paged cache
         page = blocks.block_size
         nxt = []
         for seq in seqs:  # one pass: this runs for every sequence at every step
@@ -262,11 +263,12 @@ class EngineCore:
                 self.pipelined_steps += 1
             self._append_sampled(batch, pending.collect())
             self.steps += 1
-            if held_logits is not None:
+            if held_logits is not None and nxt is not None:  # (held logits are nxt's)
                 following = sample_on_device(held_logits, nxt)
             self._flush()
             if following is None:
                 return
+            assert nxt is not None  # narrows for mypy: `following` samples nxt's step
             for seq in nxt:  # the step launched above computes each one's last sampled token
                 seq.num_computed = seq.num_tokens - 1
             batch, pending = [s for s in nxt if s.seq_id in self._by_id], following

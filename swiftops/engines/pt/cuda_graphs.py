@@ -53,7 +53,7 @@ class CudaGraphDecoder:
         self.rope = torch.zeros(3, n, dtype=torch.long, device=device)  # (t, h, w) positions for M-RoPE models
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = None
+        self.pool: Any = None  # the first graph's memory pool (torch's handle), shared by the later graphs
 
     def _forward(self, batch: int) -> torch.Tensor:
         ids, positions, rows, lora_slots = self.inputs[:, :batch]

@@ -50,7 +50,7 @@ EMBEDDING_SETTINGS = frozenset(
 )
 
 
-def _read_json(path: str) -> dict | None:
+def _read_json(path: str) -> Any:  # the JSON file's value (modules.json is a list), or None without the file
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -157,7 +157,7 @@ class PtEmbeddingEngine(InferEngine):
 
         model, max_model_len = settings.model or "", settings.max_model_len
         source = check_model_source(model)
-        common = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
+        common: dict[str, Any] = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
         placement = {"device_map": device_map_arg(settings.device_map)} if settings.device_map else {}
         try:
             config = AutoConfig.from_pretrained(source, **common)
@@ -240,7 +240,7 @@ class PtEmbeddingEngine(InferEngine):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
         return content or ""
 
-    async def infer_async(
+    async def infer_async(  # type: ignore[override]  # ms-swift's embedding engines answer infer() with embeddings
         self,
         request: InferRequest,
         request_config: RequestConfig | None = None,

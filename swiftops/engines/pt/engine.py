@@ -9,7 +9,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -260,7 +260,10 @@ class PtEngine(InferEngine):
         template, use_chat_template = model.template, model.use_chat_template
         if template or not use_chat_template:
             # use_chat_template=False (ms-swift's flag for base models): the messages' text, no role markers.
-            loaded.tokenizer.chat_template = read_chat_template(template) if use_chat_template else GENERATION_TEMPLATE
+            # (use_chat_template on: this branch runs for a --template, so template is set)
+            loaded.tokenizer.chat_template = (
+                read_chat_template(cast(str, template)) if use_chat_template else GENERATION_TEMPLATE
+            )
             if loaded.processor is not None:
                 loaded.processor.chat_template = loaded.tokenizer.chat_template
         max_loras, max_lora_rank = engine.max_loras, engine.max_lora_rank
@@ -283,7 +286,7 @@ class PtEngine(InferEngine):
         # The logits' width (lm_head rows), which may be padded beyond the tokenizer's vocabulary.
         self._vocab_size = loaded.model.config.get_text_config().vocab_size
         self._grammars = GrammarCompiler(loaded.tokenizer, self._vocab_size, self._eos)
-        self._core = self._start_core(
+        self._core: EngineCore | None = self._start_core(  # None once closed
             loaded,
             runner,
             engine.block_size,
@@ -335,7 +338,7 @@ class PtEngine(InferEngine):
         if choice == "fallback" or not agrees:
             logger.warning("pt engine: using the fallback runner (one sequence per forward) for %s", self.model_name)
             loaded.model.set_attn_implementation("sdpa")
-            run = FallbackRunner(loaded.model, loaded.device, self.lora)
+            run: FallbackRunner | PagedRunner = FallbackRunner(loaded.model, loaded.device, self.lora)
             scheduler = Scheduler(None, max_batch_size, max_num_batched_tokens, self._admit_lora)
             del cache, blocks
         else:
@@ -360,7 +363,7 @@ class PtEngine(InferEngine):
             self.kv_cache = cache
             self.block_manager = blocks
         self.runner_name = run.name
-        self.cuda_graphs = run.name == "paged" and run.graphs is not None
+        self.cuda_graphs = isinstance(run, PagedRunner) and run.graphs is not None
         logger.info(
             "pt engine ready: %s on %s (%s), runner=%s, cuda_graphs=%s, max_model_len=%d, "
             "max_batch_size=%d, kv_cache_blocks=%d, prefix_caching=%s",
@@ -583,6 +586,7 @@ class PtEngine(InferEngine):
                     grammar=self._grammars.matcher(*prepared.compiled) if prepared.compiled is not None else None,
                 )
             )
+        assert self._core is not None  # narrows for mypy: prepare() refused a closed engine
         self._core.submit(seqs)
         return seqs
 
@@ -590,6 +594,7 @@ class PtEngine(InferEngine):
         """Stop generating these sequences (their consumer is gone); they produce nothing more."""
         for seq in seqs:
             seq.aborted = True
+            assert self._core is not None  # narrows for mypy: an engine aborts only what it launched while open
             self._core.abort(seq.seq_id)
 
     async def _compile_constraint(self, constraint: OutputConstraint | None, num_beams: int) -> Any:
@@ -614,6 +619,7 @@ class PtEngine(InferEngine):
             self.lora = LoraManager(
                 self.model, {adapter_request.name: adapter_request.path}, *self._lora_limits, self._model_source
             )
+            assert self._core is not None  # narrows for mypy: prepare() refused a closed engine
             self._core.runner.lora = self.lora
             logger.info("LoRA support added for adapter %s", adapter_request.name)
         if self.lora is None:
@@ -633,6 +639,7 @@ class PtEngine(InferEngine):
     def _can_add_lora(self) -> bool:
         """LoRA layers can go in later only on an idle engine without CUDA graphs (captured graphs would skip
         them); otherwise the engine must start with adapters=... or enable_lora=True."""
+        assert self._core is not None  # narrows for mypy: called from prepare(), which refused a closed engine
         runner = self._core.runner
         return getattr(runner, "graphs", None) is None and not self.num_running and not self.num_waiting
 

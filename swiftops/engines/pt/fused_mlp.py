@@ -57,6 +57,8 @@ def _fused_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _fusable(module: nn.Module) -> bool:
+    gate: Any  # an nn.Linear once the all() below holds (mypy cannot follow that check)
+    up: Any
     gate, up, down = (getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
     act = getattr(module, "act_fn", None)
     return (
@@ -69,7 +71,7 @@ def _fusable(module: nn.Module) -> bool:
     )
 
 
-def _share_weights(module: nn.Module) -> None:
+def _share_weights(module: Any) -> None:
     """One [2I, H] tensor for gate and up; their modules keep views of it (state dicts and LoRA-free reads agree)."""
     gate, up = module.gate_proj, module.up_proj
     with torch.no_grad():
@@ -80,7 +82,7 @@ def _share_weights(module: nn.Module) -> None:
     module.gate_up_weight = fused
 
 
-def _agrees(module: nn.Module) -> bool:
+def _agrees(module: Any) -> bool:
     weight = module.gate_proj.weight
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, weight.shape[1], generator=gen).to(weight.device, weight.dtype)

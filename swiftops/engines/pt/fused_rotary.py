@@ -195,7 +195,7 @@ def _fused(original: Callable) -> Callable:
             return rotary(q, k, cos, sin)
         return original(q, k, cos, sin, *args, **kwargs)
 
-    apply_rotary_pos_emb.__wrapped__ = original
+    apply_rotary_pos_emb.__wrapped__ = original  # type: ignore[attr-defined]  # functools' marker, set by hand
     return apply_rotary_pos_emb
 
 
@@ -222,6 +222,7 @@ def fuse_rotary(model: torch.nn.Module) -> int:
     heads = getattr(text, "num_attention_heads", None)
     if not heads:
         return 0
+    assert text is not None  # narrows for mypy: heads came from it
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     param = next(model.parameters())

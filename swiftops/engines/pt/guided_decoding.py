@@ -137,6 +137,7 @@ class GrammarCompiler:
     def matcher(self, compiled: Any, constraint: OutputConstraint) -> SequenceGrammar:
         """A fresh matcher over `compiled`, for one sequence (each of a request's n choices gets its own)."""
         self._xgr_compiler()
+        assert self._rows is not None  # narrows for mypy: _xgr_compiler() built the token rows
         return SequenceGrammar(
             _xgrammar().GrammarMatcher(compiled),
             self._rows,

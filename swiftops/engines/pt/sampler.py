@@ -160,7 +160,7 @@ class PendingSample:
         infos: list[tuple[float, list[tuple[int, float]]] | None] = [None] * len(token_ids)
         if self.logprob_rows:
             chosen_lp = values[1]
-            top_values, top_ids = (values[2], values[3]) if len(values) > 2 else (None, None)
+            top_values, top_ids = (values[2], values[3]) if len(values) > 2 else ([], [])  # no top_logprobs asked
             for j, (i, n) in enumerate(zip(self.logprob_rows, self.top_counts, strict=False)):
                 top = list(zip(top_ids[j][:n], top_values[j][:n], strict=False)) if n else []
                 infos[i] = (chosen_lp[j], top)
@@ -201,6 +201,7 @@ def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSampl
         chosen[rows] = torch.argmax(probs / noise, dim=-1)
     if not want_logprobs:
         return PendingSample(chosen, HostCopy(chosen), [], [])
+    assert raw_logprobs is not None  # narrows for mypy: computed whenever want_logprobs
     rows_lp = [i for i, p in enumerate(params) if p.logprobs]
     counts = [params[i].top_logprobs for i in rows_lp]
     index = torch.tensor(rows_lp, device=logits.device)

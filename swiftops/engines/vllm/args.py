@@ -12,7 +12,7 @@ from typing import Any
 
 from swiftops.engines.gguf_source import gguf_source
 from swiftops.protocol import PromptTooLongError, RequestConfig
-from swiftops.protocol.capabilities import require, unsupported_reason
+from swiftops.protocol.capabilities import require, support
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.protocol.structured_output import OutputConstraint
@@ -37,7 +37,7 @@ def engine_args_kwargs(
     if not model.model:
         raise ConfigError("no model given; pass --model", param="model")
     if model.device_map:
-        raise ConfigError(unsupported_reason("vllm", "device_map"), param="device_map")
+        raise ConfigError(support("vllm", "device_map").reason, param="device_map")
     if model.quant_bits not in (None, 4) and model.quant_method == "bnb":
         raise ConfigError(
             "vLLM loads bitsandbytes models in 4 bits only; use --quant_bits 4 or --infer_backend pt",
@@ -118,9 +118,9 @@ def tokenizer_source(model: ModelSettings) -> tuple[str, dict[str, Any]]:
 def lora_kwargs(model: ModelSettings, engine: EngineSettings) -> dict[str, Any]:
     """LoRA part of the engine arguments: room for every named adapter (vLLM serves them all in one batch)."""
     if model.quant_method == "bnb":
-        raise ConfigError(unsupported_reason("vllm", "qlora"), param="adapters")
+        raise ConfigError(support("vllm", "qlora").reason, param="adapters")
     if model.merge_lora:
-        raise ConfigError(unsupported_reason("vllm", "merge_lora"), param="merge_lora")
+        raise ConfigError(support("vllm", "merge_lora").reason, param="merge_lora")
     return {
         "enable_lora": True,
         "max_lora_rank": engine.max_lora_rank,

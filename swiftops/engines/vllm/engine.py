@@ -125,8 +125,12 @@ class VllmEngine(SettingsEngine):
         generation_config = None
         if vllm_args.gguf_model_path(model) is None:  # a GGUF file has no generation_config.json
             # no generation_config.json: greedy unless the request samples
+            assert model.model is not None  # narrows for mypy: engine_args_kwargs refused a missing --model
             with contextlib.suppress(OSError):
-                generation_config = GenerationConfig.from_pretrained(model.model, revision=model.model_revision)
+                generation_config = GenerationConfig.from_pretrained(
+                    model.model,
+                    revision=model.model_revision,  # type: ignore[arg-type]  # transformers reads None as the default branch
+                )
         return tokenizer, model_sampling_defaults(generation_config)
 
     # ---- adapters --------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def split_media(request: InferRequest) -> tuple[list[dict[str, Any]], dict[str, 
                 parts.append({"type": piece})
         elif isinstance(content, list):
             for part in content:
-                kind_key = _PART_TYPES.get(part.get("type")) if isinstance(part, dict) else None
+                kind_key = _PART_TYPES.get(part.get("type", "")) if isinstance(part, dict) else None
                 if kind_key is None:
                     parts.append(part)
                     continue
