@@ -24,9 +24,7 @@ import os
 import threading
 from typing import Any, cast
 
-from swiftops.engines.base import InferEngine
-from swiftops.engines.engine_options import split_options
-from swiftops.engines.pt.embedding import EMBEDDING_SETTINGS
+from swiftops.engines.pt.embedding import TextEncoderEngine
 from swiftops.protocol import (
     AdapterRequest,
     BadRequestError,
@@ -43,7 +41,7 @@ from swiftops.protocol import (
     UnsupportedError,
     UsageInfo,
 )
-from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
+from swiftops.protocol.settings import EngineSettings, ModelSettings
 from swiftops.template.chat_template import normalize_messages
 
 STEP_SEPARATOR = "\n\n"
@@ -51,36 +49,10 @@ STEP_SEPARATOR = "\n\n"
 PRM_STEP_TOKENS = ("<extra_0>",)
 
 
-class PtClassifierEngine(InferEngine):
+class PtClassifierEngine(TextEncoderEngine):
     """`PtClassifierEngine(path, task_type="reward")`: one score per conversation (or per step with "prm")."""
 
     max_model_len: int  # known once the model is loaded (the interface allows None for backends that do not know it)
-
-    def __init__(
-        self, model: str, *, served_model_name: str | None = None, attn_impl: str | None = None, **options: Any
-    ) -> None:
-        """`options`: the settings' field names this engine uses (EMBEDDING_SETTINGS: dtype, device_map, context,
-        task_type, max_batch_size (requests in flight when served) ...); `attn_impl` (ms-swift's) is accepted."""
-        model_settings, engine_settings, _ = split_options(
-            {"model": model, **options}, "PtClassifierEngine", EMBEDDING_SETTINGS
-        )
-        self._setup(model_settings, engine_settings, served_model_name)
-
-    @classmethod
-    def from_settings(
-        cls,
-        model: ModelSettings,
-        engine: EngineSettings,
-        generation: GenerationSettings | None = None,
-        media: MediaSettings | None = None,
-        *,
-        serving: bool = False,
-        served_model_name: str | None = None,
-    ) -> PtClassifierEngine:
-        """The signature every engine shares; a classifier scores text only and samples nothing."""
-        self = cls.__new__(cls)
-        self._setup(model, engine, served_model_name)
-        return self
 
     def _setup(self, settings: ModelSettings, engine: EngineSettings, served_model_name: str | None) -> None:
         import torch

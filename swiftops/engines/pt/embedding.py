@@ -13,7 +13,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.engine_options import split_options
@@ -30,6 +30,9 @@ from swiftops.protocol import (
     UsageInfo,
 )
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 EMBEDDING_BATCH = 32
 # The settings an embedding (or classifier) engine uses; PtEngine(<embedding checkpoint>, ...) hands its keywords
@@ -55,6 +58,40 @@ def _read_json(path: str) -> Any:  # the JSON file's value (modules.json is a li
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+class TextEncoderEngine(InferEngine):
+    """The construction the embedding and classifier engines share: text in, one forward, nothing sampled. Built
+    from keyword arguments (PtEngine's names for the settings in EMBEDDING_SETTINGS; any other is refused) or
+    from the settings models, as every engine is; each subclass loads its model in `_setup`."""
+
+    def __init__(
+        self, model: str, *, served_model_name: str | None = None, attn_impl: str | None = None, **options: Any
+    ) -> None:
+        """`attn_impl` (ms-swift's) is accepted: transformers' default attention runs."""
+        model_settings, engine_settings, _ = split_options(
+            {"model": model, **options}, type(self).__name__, EMBEDDING_SETTINGS
+        )
+        self._setup(model_settings, engine_settings, served_model_name)
+
+    @classmethod
+    def from_settings(
+        cls,
+        model: ModelSettings,
+        engine: EngineSettings,
+        generation: GenerationSettings | None = None,
+        media: MediaSettings | None = None,
+        *,
+        serving: bool = False,
+        served_model_name: str | None = None,
+    ) -> Self:
+        """The signature every engine shares; these take text only and have no sampling defaults."""
+        self = cls.__new__(cls)
+        self._setup(model, engine, served_model_name)
+        return self
+
+    def _setup(self, settings: ModelSettings, engine: EngineSettings, served_model_name: str | None) -> None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -111,7 +148,7 @@ def pool(hidden, mask, mode: str):
     return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
 
 
-class PtEmbeddingEngine(InferEngine):
+class PtEmbeddingEngine(TextEncoderEngine):
     """`PtEmbeddingEngine("path/to/all-MiniLM-L6-v2")`; `await engine.embed_async(["a", "b"])` -> 2 vectors.
 
     `infer` / `infer_async` answer an `EmbeddingResponse` per request (ms-swift's behaviour for embedding
@@ -122,32 +159,6 @@ class PtEmbeddingEngine(InferEngine):
     # Known once the model is loaded (the interface allows None for backends that do not know them).
     max_model_len: int
     max_batch_size: int
-
-    def __init__(
-        self, model: str, *, served_model_name: str | None = None, attn_impl: str | None = None, **options: Any
-    ) -> None:
-        """`options`: the settings' field names this engine uses (EMBEDDING_SETTINGS), as PtEngine takes them;
-        `attn_impl` (ms-swift's) is accepted: transformers' default attention runs."""
-        model_settings, engine_settings, _ = split_options(
-            {"model": model, **options}, "PtEmbeddingEngine", EMBEDDING_SETTINGS
-        )
-        self._setup(model_settings, engine_settings, served_model_name)
-
-    @classmethod
-    def from_settings(
-        cls,
-        model: ModelSettings,
-        engine: EngineSettings,
-        generation: GenerationSettings | None = None,
-        media: MediaSettings | None = None,
-        *,
-        serving: bool = False,
-        served_model_name: str | None = None,
-    ) -> PtEmbeddingEngine:
-        """The signature every engine shares; an embedding model takes text only and has no sampling defaults."""
-        self = cls.__new__(cls)
-        self._setup(model, engine, served_model_name)
-        return self
 
     def _setup(self, settings: ModelSettings, engine: EngineSettings, served_model_name: str | None) -> None:
         import torch
