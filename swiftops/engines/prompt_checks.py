@@ -5,6 +5,7 @@ API and the server get the same answer. (The server's checks before tokenizing a
 from __future__ import annotations
 
 from swiftops.protocol import BadRequestError, InferRequest, PromptTooLongError, RequestConfig, UnsupportedError
+from swiftops.protocol.sampling import LOGIT_INDEX_FIELDS
 
 
 def check_prompt_length(prompt_len: int, max_model_len: int) -> None:
@@ -30,3 +31,19 @@ def check_streamable(config: RequestConfig) -> None:
     """Beam search chooses among whole answers, so it cannot stream."""
     if config.num_beams > 1:
         raise BadRequestError("beam search returns whole answers: use num_beams with stream false", param="stream")
+
+
+def check_logit_token_ids(config: RequestConfig, vocab_size: int) -> None:
+    """A 400 for a token id (in the fields of LOGIT_INDEX_FIELDS, such as logit_bias) that is not below the model's
+    vocabulary size (the logits' width)."""
+    for name, ids_of in LOGIT_INDEX_FIELDS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        bad = sorted(i for i in ids_of(value) if not 0 <= i < vocab_size)
+        if bad:
+            raise BadRequestError(
+                f"{name} names token ids outside this model's vocabulary of {vocab_size}: "
+                f"{', '.join(map(str, bad[:5]))}",
+                param=name,
+            )

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from swiftops.protocol.errors import BadRequestError
 from swiftops.protocol.request import RequestConfig
 from swiftops.protocol.settings import GenerationSettings
 
@@ -91,18 +90,3 @@ def effective_config(
         "top_logprobs": int(_first(config.top_logprobs, g.top_logprobs) or 0),
     }
     return config.model_copy(update=update)
-
-
-def check_token_ids(config: RequestConfig, vocab_size: int) -> None:
-    """A 400 for a token id (in the fields of LOGIT_INDEX_FIELDS) that is not below the model's vocabulary size."""
-    for name, ids_of in LOGIT_INDEX_FIELDS.items():
-        value = getattr(config, name)
-        if value is None:
-            continue
-        bad = sorted(i for i in ids_of(value) if not 0 <= i < vocab_size)
-        if bad:
-            raise BadRequestError(
-                f"{name} names token ids outside this model's vocabulary of {vocab_size}: "
-                f"{', '.join(map(str, bad[:5]))}",
-                param=name,
-            )

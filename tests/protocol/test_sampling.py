@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from swiftops.engines.prompt_checks import check_logit_token_ids
 from swiftops.protocol import BadRequestError, RequestConfig
 from swiftops.protocol.sampling import (
     ENGINE_DEFAULTS,
-    check_token_ids,
     effective_config,
     model_sampling_defaults,
     wants_logprobs,
@@ -79,8 +79,8 @@ def test_every_generation_setting_is_a_request_default_or_named_otherwise():
 
 
 def test_token_ids_that_index_the_logits_must_be_in_the_vocabulary():
-    check_token_ids(RequestConfig(logit_bias={0: 1, 99: -1}), vocab_size=100)
-    check_token_ids(RequestConfig(), vocab_size=100)
+    check_logit_token_ids(RequestConfig(logit_bias={0: 1, 99: -1}), vocab_size=100)
+    check_logit_token_ids(RequestConfig(), vocab_size=100)
     with pytest.raises(BadRequestError, match="vocabulary of 100: 100, 5000") as error:
-        check_token_ids(RequestConfig(logit_bias={100: 1, 5000: 1, 3: 1}), vocab_size=100)
+        check_logit_token_ids(RequestConfig(logit_bias={100: 1, 5000: 1, 3: 1}), vocab_size=100)
     assert error.value.param == "logit_bias"

@@ -24,7 +24,7 @@ from swiftops.engines.engine_options import SettingsEngine
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
 from swiftops.engines.outputs import SequenceOutput
-from swiftops.engines.prompt_checks import check_prompt_length
+from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length
 from swiftops.engines.vllm.prompt import has_media, load_image, split_media
 from swiftops.protocol import (
     AdapterRequest,
@@ -37,7 +37,7 @@ from swiftops.protocol import (
 )
 from swiftops.protocol.capabilities import require
 from swiftops.protocol.errors import ConfigError
-from swiftops.protocol.sampling import check_token_ids, effective_config, model_sampling_defaults
+from swiftops.protocol.sampling import effective_config, model_sampling_defaults
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.protocol.structured_output import output_constraint
 from swiftops.template.chat_template import encode_prompt
@@ -227,7 +227,7 @@ class LmdeployEngine(SettingsEngine):
             check_prompt_length(prompt_len, self.max_model_len)
         constraint = output_constraint(config, request)
         config = effective_config(config, self.generation, self._model_defaults)
-        check_token_ids(config, len(self.tokenizer))
+        check_logit_token_ids(config, len(self.tokenizer))
         mapped = lm_args.map_request(config, prompt_len, self.max_model_len, constraint, self.lmdeploy_backend)
         every_step = config.stream or bool(mapped.stops)
         outputs = self._generate(prompt, mapped.choices, mapped.stops, mapped.top_logprobs, adapter_name, every_step)

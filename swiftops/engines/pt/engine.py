@@ -16,7 +16,7 @@ import torch
 from swiftops.engines.base import InferEngine
 from swiftops.engines.engine_options import split_options
 from swiftops.engines.outputs import SequenceOutput, merge_outputs
-from swiftops.engines.prompt_checks import check_prompt_length, check_streamable, check_text_only
+from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length, check_streamable, check_text_only
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.checkpoint import LoadedModel, load_model
@@ -44,7 +44,7 @@ from swiftops.protocol import (
     RequestConfig,
     UnsupportedError,
 )
-from swiftops.protocol.sampling import check_token_ids, effective_config, model_sampling_defaults
+from swiftops.protocol.sampling import effective_config, model_sampling_defaults
 from swiftops.protocol.settings import (
     EngineSettings,
     GenerationSettings,
@@ -520,7 +520,7 @@ class PtEngine(InferEngine):
         if self._core is None:
             raise EngineError("this engine was closed; build a new one")
         config = effective_config(config, self.generation, self._model_defaults)
-        check_token_ids(config, self._vocab_size)
+        check_logit_token_ids(config, self._vocab_size)
         constraint = output_constraint(config, request)
         compiled = await self._compile_constraint(constraint, config.num_beams)  # a bad schema is a 400 before queueing
         adapter = self._adapter_for(adapter_request)

@@ -19,7 +19,7 @@ from typing import Any
 
 from swiftops.engines.engine_options import SettingsEngine
 from swiftops.engines.outputs import SequenceOutput
-from swiftops.engines.prompt_checks import check_prompt_length
+from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length
 from swiftops.engines.vllm import args as vllm_args
 from swiftops.engines.vllm.outputs import OutputTracker
 from swiftops.engines.vllm.prompt import has_media, load_media, split_media
@@ -35,7 +35,7 @@ from swiftops.protocol import (
 )
 from swiftops.protocol.capabilities import require
 from swiftops.protocol.errors import ConfigError
-from swiftops.protocol.sampling import check_token_ids, effective_config, model_sampling_defaults
+from swiftops.protocol.sampling import effective_config, model_sampling_defaults
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, ModelSettings
 from swiftops.protocol.structured_output import output_constraint
 from swiftops.template.chat_template import encode_prompt, render_prompt
@@ -199,7 +199,7 @@ class VllmEngine(SettingsEngine):
         prompt, prompt_len = self._prompt(request)
         check_prompt_length(prompt_len, self.max_model_len)
         effective = effective_config(config, self.generation, self._model_defaults)
-        check_token_ids(effective, len(self.tokenizer))
+        check_logit_token_ids(effective, len(self.tokenizer))
         sampling = vllm_args.sampling_params_kwargs(
             effective,
             prompt_len,
