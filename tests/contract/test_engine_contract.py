@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -166,6 +167,10 @@ def test_the_server_answers_the_openai_client_the_same_way(engine):
 
     messages = [{"role": "user", "content": "Tell me about the sea."}]
     with TestClient(create_app(engine, ServerSettings(served_model_name="chat"))) as http:
+        deadline = time.monotonic() + 60
+        while http.get("/ready").status_code != 200:  # the warm-up generation runs first (a 503 until then)
+            assert time.monotonic() < deadline, http.get("/ready").text
+            time.sleep(0.05)
         client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
         assert [m.id for m in client.models.list().data] == ["chat", *engine.adapter_names]
         whole = client.chat.completions.create(model="chat", messages=messages, max_tokens=5, temperature=0)
