@@ -37,8 +37,9 @@ ENGINE_DEFAULTS = {
 
 
 # RequestConfig fields that name token ids the backends index the logits with, and how to read those ids from the
-# field's value. Every engine checks them against its model's vocabulary (`check_token_ids`) before the request
-# runs: an id past the logits' width is a 400 on every backend, never an indexing error on the device.
+# field's value. Every engine checks them against its model's vocabulary before the request runs
+# (`swiftops.engines.prompt_checks.check_logit_token_ids`): an id past the logits' width is a 400 on every
+# backend, never an indexing error on the device.
 LOGIT_INDEX_FIELDS: dict[str, Callable[[Any], Iterable[int]]] = {"logit_bias": dict.keys}
 
 
