@@ -103,8 +103,9 @@ class InferEngine(ABC):
         serving: bool = False,
         served_model_name: str | None = None,
     ) -> InferEngine:
-        """The engine the settings models describe: how `swiftops.engines.factory.build_engine` builds every backend."""
-        raise NotImplementedError(f"{cls.__name__} is not built from settings")
+        """The engine the settings models describe: how `swiftops.engines.factory.build_engine` builds every backend.
+        Only InferClient keeps this refusal: it runs no model and connects to a server instead."""
+        raise TypeError(f"{cls.__name__} runs no model and is not built from settings; give it a server's address")
 
     @abstractmethod
     async def infer_async(

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import threading
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,8 +91,9 @@ class TextEncoderEngine(InferEngine):
         self._setup(model, engine, served_model_name)
         return self
 
+    @abstractmethod
     def _setup(self, settings: ModelSettings, engine: EngineSettings, served_model_name: str | None) -> None:
-        raise NotImplementedError
+        """Load the model the settings name (each engine its own kind)."""
 
 
 @dataclass(frozen=True)
