@@ -20,7 +20,7 @@ PytorchEngineConfig(max_batch_size=256, dtype, enable_prefix_caching=True)), and
 server's do: TTFT is the time from submitting the phase to a request's first output; throughput is the completion
 tokens produced (checked) over the phase's wall time. A warm-up on another system prompt runs first (it shares
 nothing with the timed prompts). The JSON holds every engine's figures, TTFT percentiles, the pt engine's
-prefix-cache counters, the ratios pt / pt_nocache and pt / lmdeploy, and is rewritten after every engine.
+prefix-cache counters and step timeline (benchmarks/step_trace.py), the ratios pt / pt_nocache and pt / lmdeploy, and is rewritten after every engine.
 Models are built once under --model_dir (the same ones benchmarks/throughput.py uses) and reused.
 """
 from __future__ import annotations
@@ -169,9 +169,18 @@ def run_pt(args: argparse.Namespace, prompts: dict[str, Any], record: Any) -> No
                 produced = chunk.usage.completion_tokens
         return first, produced
 
+    from benchmarks.step_trace import StepTrace
+
+    trace = StepTrace(engine)
     counts = []  # the prefix cache's (queried, hit) tokens after the warm-up and at the end: the timed phases'
+
+    def warmed() -> None:
+        counts.append(engine.prefix_cache_stats())
+        trace.start()
+
     try:
-        asyncio.run(_phases(prompts, record, one, lambda: counts.append(engine.prefix_cache_stats())))
+        asyncio.run(_phases(prompts, record, one, warmed))
+        record.set(step_trace=trace.stop())
         before, after = counts[0], engine.prefix_cache_stats()
         if before is not None and after is not None:
             queries, hits = after[0] - before[0], after[1] - before[1]

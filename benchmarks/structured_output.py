@@ -6,7 +6,8 @@
 
 The workload is issue 20's: the Qwen2.5-0.5B shape (random weights), 64 requests of 128 prompt tokens at once,
 max_tokens 256, sampled at temperature 1, and the schema of the structured-output tests (a nested object, an
-array with maxItems, an enum, a string with maxLength). Three runs, each timed `--repeats` times (median kept):
+array with maxItems, an enum, a string with maxLength). Three runs, each timed `--repeats` times (median kept;
+the ratio json_schema / free_matched is also taken per repeat, and its median reported):
 
   free          free decoding, EOS ignored: every request produces max_tokens tokens.
   json_schema   the same requests under response_format json_schema (strict): each stops when its JSON is whole.
@@ -15,8 +16,9 @@ array with maxItems, an enum, a string with maxLength). Three runs, each timed `
                 (bitmask fill, its copy and kernel, the matchers' advance), not of the batch thinning out as JSON
                 requests finish early.
 
-tok/s = completion tokens the requests actually produced / wall seconds. The JSON outputs are parsed and checked
-against the schema (with jsonschema where installed). The random model needs a real byte-level BPE tokenizer for
+tok/s = completion tokens the requests actually produced / wall seconds. The step timeline of the last repeat's
+json_schema and free_matched runs (benchmarks/step_trace.py) shows the per-step cost. The JSON outputs are parsed
+and checked against the schema (with jsonschema where installed). The random model needs a real byte-level BPE tokenizer for
 JSON to be writable at all, so the built model gets one trained on the spot from Python's standard library
 sources and transformers' (151,665 tokens, as Qwen2.5's; the logits keep the 0.5B shape's 151,936 columns, as
 Qwen pads its lm_head past its tokenizer; ~1.5 min to train on one core). The model and its tokenizer are built
@@ -196,10 +198,11 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt_len", type=int, default=128)
     parser.add_argument("--max_tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
 
     from benchmarks.run_record import device_info
+    from benchmarks.step_trace import StepTrace
     from swiftops import PtEngine
 
     result: dict[str, Any] = {"benchmark": "structured_output", "batch": args.batch, "prompt_len": args.prompt_len,
@@ -226,12 +229,18 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
         bench = Bench(engine, _prompts(args.batch, args.prompt_len, vocab, seed=0), args.max_tokens)
         runs: dict[str, list[tuple[float, list[Any]]]] = {"free": [], "json_schema": [], "free_matched": []}
         pipelined = engine._core.pipelined_steps
+        trace, traces = StepTrace(engine), {}
         for _ in range(args.repeats):  # interleaved, so that drift (clocks, heat) hits all three alike
             runs["free"].append(bench.free())
+            trace.start()
             runs["json_schema"].append(bench.json_schema())
+            traces["json_schema"] = trace.stop()
             lengths = [r.usage.completion_tokens for r in runs["json_schema"][-1][1]]
+            trace.start()
             runs["free_matched"].append(bench.free(lengths))
+            traces["free_matched"] = trace.stop()
         result["pipelined_steps"] = engine._core.pipelined_steps - pipelined
+        result["step_trace_last_repeat"] = traces
     finally:
         engine.close()
     result["runs"] = {name: _summary(timed) for name, timed in runs.items()}
@@ -242,8 +251,14 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
                            for reason in sorted({c.finish_reason for c in outputs})},
         "example": outputs[0].message.content}
     free, constrained, matched = (result["runs"][k]["tok_s"] for k in ("free", "json_schema", "free_matched"))
+    # Each repeat's json_schema run against the free_matched run right after it, on the same tokens: the median of
+    # these pairs is the least sensitive to drift between repeats (each run is a fraction of a second).
+    pairs = [(sum(r.usage.completion_tokens for r in a) / sa) / (sum(r.usage.completion_tokens for r in b) / sb)
+             for (sa, a), (sb, b) in zip(runs["json_schema"], runs["free_matched"], strict=True)]
     result["ratios"] = {"json_schema_vs_free": round(constrained / free, 3),
-                        "json_schema_vs_free_matched": round(constrained / matched, 3)}
+                        "json_schema_vs_free_matched": round(constrained / matched, 3),
+                        "json_schema_vs_free_matched_paired": round(statistics.median(pairs), 3),
+                        "paired_runs": [round(p, 3) for p in pairs]}
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))

@@ -54,3 +54,9 @@ def test_pt_with_and_without_its_cache_in_separate_processes(tmp_path, monkeypat
     assert cached["prefix_cache"]["queried_tokens"] == prompt_tokens
     assert cached["prefix_cache"]["hit_tokens"] == 3 * 64 + 4 * 64
     assert "pt/pt_nocache" in entry["ratios"] and plain.get("prefix_cache") is None
+    # The step timeline: every prompt token not found in the cache is prefilled once, every later token decoded once
+    for record, computed in ((cached, prompt_tokens - cached["prefix_cache"]["hit_tokens"]), (plain, prompt_tokens)):
+        kinds = record["step_trace"]["by_kind"].values()
+        assert sum(k["prefill_tokens"] for k in kinds) == computed
+        assert sum(k["decode_rows"] for k in kinds) == 8 * (3 - 1)
+        assert sum(k["steps"] for k in kinds) == record["step_trace"]["steps"] > 0

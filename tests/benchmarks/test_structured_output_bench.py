@@ -19,3 +19,10 @@ def test_benchmark_writes_its_json(tiny_model_dir, tmp_path):
     assert runs["free_matched"]["completion_tokens"] == runs["json_schema"]["completion_tokens"] < 4 * 160
     assert result["ratios"]["json_schema_vs_free"] == round(runs["json_schema"]["tok_s"] / runs["free"]["tok_s"], 3)
     assert result["first_compile_s"] > 0 and result["logits_width"] == result["tokenizer_size"]
+    paired = result["ratios"]["paired_runs"]
+    assert len(paired) == 1 and result["ratios"]["json_schema_vs_free_matched_paired"] == paired[0]
+    # the traced json_schema run decoded the tokens it produced (each request's first came from prefill), plus at
+    # most one row per request that a pipelined step computed after the request's EOS (dropped)
+    trace = result["step_trace_last_repeat"]["json_schema"]["by_kind"]
+    produced = runs["json_schema"]["completion_tokens"]
+    assert produced - 4 <= sum(k["decode_rows"] for k in trace.values()) <= produced

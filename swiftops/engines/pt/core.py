@@ -21,6 +21,7 @@ import torch
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
 from swiftops.engines.pt.fault_injection import FaultInjector
+from swiftops.engines.pt.guided_decoding import take_ahead
 from swiftops.engines.pt.post_step import PostStep, advance
 from swiftops.engines.pt.sampler import PendingSample, sample, sample_on_device
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
@@ -254,17 +255,21 @@ class EngineCore:
                 )
                 logits = self.runner.decode(nxt, tokens)
                 # A grammar's mask for the step launched here depends on the token of the step in flight: the
-                # forward runs now, its sampling is queued once that token is accepted (below), still ahead of
-                # the step after.
+                # forward runs now, its sampling is queued once that token is taken (below), still ahead of the
+                # step after.
                 if any(s.grammar is not None for s in nxt):
                     held_logits = logits
                 else:
                     following = sample_on_device(logits, nxt)
                 self.pipelined_steps += 1
-            self._append_sampled(batch, pending.collect())
-            self.steps += 1
+            sampled = pending.collect()
             if held_logits is not None and nxt is not None:  # (held logits are nxt's)
+                # The matchers take the tokens just read first: the mask needs them, and the post-step below then
+                # runs while the GPU samples.
+                take_ahead(batch, sampled.token_ids)
                 following = sample_on_device(held_logits, nxt)
+            self._append_sampled(batch, sampled)
+            self.steps += 1
             self._flush()
             if following is None:
                 return

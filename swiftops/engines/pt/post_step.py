@@ -11,7 +11,6 @@ from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import token_bytes
-from swiftops.engines.pt.guided_decoding import accept
 from swiftops.engines.pt.scheduler import StepPlan
 from swiftops.engines.pt.sequence import Sequence
 from swiftops.protocol import ChatCompletionTokenLogprob, EngineError, TopLogprob
@@ -52,7 +51,7 @@ class PostStep:
         seq.output_ids.append(token)
         if seq.grammar is not None:
             try:
-                accept(seq.grammar, token)
+                seq.grammar.catch_up(seq.output_ids)
             except EngineError as exc:
                 return SequenceOutput(
                     index=seq.index,

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.structured_output import RESPONSE_FORMAT, SCHEMA
 from swiftops import InferRequest, PtEngine, RequestConfig
-from swiftops.engines.pt.guided_decoding import GrammarCompiler, constrain
+from swiftops.engines.pt.guided_decoding import GrammarCompiler, TokenRows, constrain
 from swiftops.engines.pt.sequence import SamplingParams, Sequence
 from swiftops.protocol import BadRequestError
 from swiftops.protocol.structured_output import OutputConstraint
@@ -215,6 +215,24 @@ def test_padded_vocabulary_ids_are_never_allowed(tiny_model_dir):
     assert all(tokenizer.decode([t]) and ("yes".startswith(tokenizer.decode([t])) or
                                           "no".startswith(tokenizer.decode([t]))) for t in allowed)
     compiler.close()
+
+
+def test_token_rows_forbid_surrogates_and_control_characters_in_json():
+    """The sets ANDed into constrained rows: no surrogate bytes (ED A0-BF) inside a token, none across two (after a
+    token ending in ED, no token may start with A0-BF), no control characters in JSON; EOS stays the grammar's."""
+    vocab = [b"a", b"\xed", b"\xed\xa0\x80", b"\x01", b"\xa5x", b"<eos>"]
+    rows = TokenRows(vocab, len(vocab), stop_token_ids=[5])
+
+    def allowed(kind: int) -> set[int]:
+        word = int(rows.table[kind, 0])
+        return {i for i in range(len(vocab)) if word >> i & 1}
+
+    assert allowed(TokenRows.kind(json_output=False, after_ed=False)) == {0, 1, 3, 4, 5}
+    assert allowed(TokenRows.kind(json_output=False, after_ed=True)) == {0, 1, 3, 5}
+    assert allowed(TokenRows.kind(json_output=True, after_ed=False)) == {0, 1, 4, 5}
+    assert allowed(TokenRows.kind(json_output=True, after_ed=True)) == {0, 1, 5}
+    assert allowed(rows.free_kind) == set(range(len(vocab)))
+    assert rows.ends_with_ed == {1}
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

@@ -1,0 +1,74 @@
+"""Where a pt-engine run's wall time goes, step by step: a timeline of the runner's launches.
+
+`StepTrace(engine)` wraps the engine's model runner (`run` for mixed prefill steps, `decode` for decode steps,
+pipelined or not) and records the host time at which each step is launched, with its shape. A step's duration is
+the time to the next launch: the engine launches step N + 1 only once it has handled step N (or, pipelined, once
+it has handled N - 1 while N runs), so launch-to-launch intervals are the pace the GPU and the host together
+keep, without a synchronisation that would change it. `summary()` groups the steps by kind and by prefill size.
+
+Benchmark-only instrumentation: it wraps the runner's methods on one engine object and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+# prefill tokens of a mixed step, by bucket upper bound
+_BUCKETS = (128, 512, 1024, 2048, 4096, 8192, 1 << 30)
+
+
+class StepTrace:
+    def __init__(self, engine: Any) -> None:
+        self.runner = engine._core.runner
+        self.events: list[tuple[str, float, int, int, int]] = []  # (kind, launched at, prefill tokens, seqs, decode)
+        self._run, self._decode = self.runner.run, self.runner.decode
+        self._active = False
+
+        def run(plan: Any) -> Any:
+            if self._active and plan.prefill:
+                tokens = sum(chunk for _, chunk in plan.prefill)
+                self.events.append(("mixed", time.perf_counter(), tokens, len(plan.prefill), len(plan.decode)))
+            return self._run(plan)
+
+        def decode(seqs: list[Any], tokens: Any = None) -> Any:
+            if self._active:
+                kind = "decode_pipelined" if tokens is not None else "decode"
+                self.events.append((kind, time.perf_counter(), 0, 0, len(seqs)))
+            return self._decode(seqs, tokens)
+
+        self.runner.run, self.runner.decode = run, decode
+
+    def start(self) -> None:
+        self.events.clear()
+        self._active = True
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> dict[str, Any]:
+        self._active = False
+        return self.summary(time.perf_counter())
+
+    def summary(self, end: float) -> dict[str, Any]:
+        """Steps by kind: count, seconds, mean ms, and for mixed steps the prefill tokens per bucket."""
+        groups: dict[str, dict[str, Any]] = {}
+        launches = [e[1] for e in self.events] + [end]
+        for (kind, at, tokens, _, decoding), following in zip(self.events, launches[1:], strict=True):
+            seconds = following - at
+            if kind == "mixed":
+                bound = next(b for b in _BUCKETS if tokens <= b)
+                kind = f"mixed<={bound}" if bound < _BUCKETS[-1] else f"mixed>{_BUCKETS[-2]}"
+            group = groups.setdefault(kind, {"steps": 0, "seconds": 0.0, "prefill_tokens": 0, "decode_rows": 0})
+            group["steps"] += 1
+            group["seconds"] += seconds
+            group["prefill_tokens"] += tokens
+            group["decode_rows"] += decoding
+        for group in groups.values():
+            group["mean_ms"] = round(group["seconds"] / group["steps"] * 1000, 2)
+            group["seconds"] = round(group["seconds"], 3)
+        first = self.events[0][1] if self.events else end
+        return {
+            "steps": len(self.events),
+            "before_first_step_s": round(first - self._t0, 3),
+            "traced_s": round(end - first, 3),
+            "by_kind": dict(sorted(groups.items())),
+        }

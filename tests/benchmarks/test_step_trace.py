@@ -1,0 +1,25 @@
+"""The step timeline benchmarks use (benchmarks/step_trace.py), on the tiny model: what it counts is what ran."""
+from __future__ import annotations
+
+from benchmarks.step_trace import StepTrace
+from swiftops import InferRequest, PtEngine, RequestConfig
+
+
+def test_the_trace_counts_every_prefill_token_and_decode_row(tiny_model_dir):
+    engine = PtEngine(str(tiny_model_dir), max_batch_size=4, max_model_len=256)
+    try:
+        trace = StepTrace(engine)
+        engine.infer([InferRequest(prompt=[5, 6, 7])], RequestConfig(max_tokens=2, temperature=0))  # not traced
+        trace.start()
+        prompts = [[10 + i] * (20 + i) for i in range(3)]
+        config = RequestConfig(max_tokens=5, temperature=0, ignore_eos=True)
+        engine.infer([InferRequest(prompt=p) for p in prompts], config)
+        summary = trace.stop()
+    finally:
+        engine.close()
+    kinds = summary["by_kind"]
+    assert sum(k["prefill_tokens"] for k in kinds.values()) == sum(map(len, prompts))
+    assert sum(k["decode_rows"] for k in kinds.values()) == 3 * (5 - 1)
+    assert summary["steps"] == sum(k["steps"] for k in kinds.values())
+    assert all(k["seconds"] >= 0 and k["mean_ms"] >= 0 for k in kinds.values())
+    assert any(name.startswith("mixed<=") for name in kinds) and summary["traced_s"] > 0
