@@ -21,8 +21,8 @@ json_schema and free_matched runs (benchmarks/step_trace.py) shows the per-step 
 and checked against the schema (with jsonschema where installed). The random model needs a real byte-level BPE tokenizer for
 JSON to be writable at all, so the built model gets one trained on the spot from Python's standard library
 sources and transformers' (151,665 tokens, as Qwen2.5's; the logits keep the 0.5B shape's 151,936 columns, as
-Qwen pads its lm_head past its tokenizer; ~1.5 min to train on one core). The model and its tokenizer are built
-once under --model_dir and reused.
+Qwen pads its lm_head past its tokenizer; ~1.5 min to train on one core). The model is built once under --model_dir, the tokenizer trained once
+under --tokenizer_dir; both are reused.
 """
 from __future__ import annotations
 
@@ -76,12 +76,12 @@ def _corpus() -> list[str]:
     return [str(f) for f in files]
 
 
-def with_bpe_tokenizer(model_dir: pathlib.Path, vocab_size: int) -> int:
-    """Give the model at `model_dir` a byte-level BPE tokenizer of up to `vocab_size` - 3 tokens plus the chat
-    specials (the config's special ids rewritten to match); returns the tokenizer's size. Done once per dir."""
-    marker = model_dir / _TOKENIZER_MARKER
-    if marker.exists():
-        return json.loads(marker.read_text())["size"]
+def train_bpe_tokenizer(out: pathlib.Path, vocab_size: int) -> pathlib.Path:
+    """A byte-level BPE tokenizer of up to `vocab_size` - 3 tokens plus the chat specials, trained once into `out`
+    (~1.5 min on one core) and reused from there: copy the folder to skip the training on another machine."""
+    marker = out / _TOKENIZER_MARKER
+    if marker.exists() and json.loads(marker.read_text()).get("vocab_size") == vocab_size:
+        return out
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -96,19 +96,33 @@ def with_bpe_tokenizer(model_dir: pathlib.Path, vocab_size: int) -> int:
     tok.add_special_tokens(SPECIALS)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
                                    additional_special_tokens=["<|im_start|>"])
-    for stale in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (model_dir / stale).unlink(missing_ok=True)
-    fast.save_pretrained(model_dir)
-    ids = {"eos_token_id": fast.convert_tokens_to_ids("<|im_end|>"),
-           "pad_token_id": fast.convert_tokens_to_ids("<|endoftext|>")}
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out)
+    marker.write_text(json.dumps({"vocab_size": vocab_size, "size": len(fast), "files": len(files),
+                                  "train_s": round(time.perf_counter() - t0, 1)}))
+    return out
+
+
+def with_bpe_tokenizer(model_dir: pathlib.Path, tokenizer_dir: pathlib.Path) -> int:
+    """Give the model at `model_dir` the tokenizer trained in `tokenizer_dir` (the config's special ids rewritten to
+    match); returns the tokenizer's size."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model_dir / name).unlink(missing_ok=True)
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, model_dir / name)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = {"eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+           "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>")}
     for name in ("config.json", "generation_config.json"):
         path = model_dir / name
         data = json.loads(path.read_text())
         data.update(ids)
         path.write_text(json.dumps(data, indent=2))
-    size = len(fast)
-    marker.write_text(json.dumps({"size": size, "files": len(files), "train_s": round(time.perf_counter() - t0, 1)}))
-    return size
+    return len(tokenizer)
 
 
 def _prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -195,6 +209,8 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--model", help="an existing model directory (default: build the 0.5B shape)")
     parser.add_argument("--model_dir", default=".bench-models/qwen2.5-0.5b-bf16-bpe")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--tokenizer_dir", default=".bench-models/bpe-tokenizer-151665",
+                        help="the trained BPE tokenizer's folder (trained there once, then reused)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt_len", type=int, default=128)
     parser.add_argument("--max_tokens", type=int, default=256)
@@ -213,7 +229,8 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
         from benchmarks.bench_model import build_model
 
         path = build_model(args.model_dir, "0.5b", args.dtype)
-        result["tokenizer_size"] = with_bpe_tokenizer(path, QWEN25_TOKENIZER_SIZE)
+        tokenizer_dir = train_bpe_tokenizer(pathlib.Path(args.tokenizer_dir), QWEN25_TOKENIZER_SIZE)
+        result["tokenizer_size"] = with_bpe_tokenizer(path, tokenizer_dir)
         model = str(path)
     t0 = time.perf_counter()
     engine = PtEngine(model, torch_dtype=args.dtype)

@@ -21,7 +21,7 @@ import torch
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
 from swiftops.engines.pt.fault_injection import FaultInjector
-from swiftops.engines.pt.guided_decoding import take_ahead
+from swiftops.engines.pt.guided_decoding import fill_mask_async, take_ahead
 from swiftops.engines.pt.post_step import PostStep, advance
 from swiftops.engines.pt.sampler import PendingSample, sample, sample_on_device
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
@@ -264,11 +264,17 @@ class EngineCore:
                 self.pipelined_steps += 1
             sampled = pending.collect()
             if held_logits is not None and nxt is not None:  # (held logits are nxt's)
-                # The matchers take the tokens just read first: the mask needs them, and the post-step below then
-                # runs while the GPU samples.
-                take_ahead(batch, sampled.token_ids)
-                following = sample_on_device(held_logits, nxt)
-            self._append_sampled(batch, sampled)
+                # The matchers take the tokens just read first, since the next mask needs them; its fill (xgrammar,
+                # without the GIL) then runs on a worker thread beside the post-step, which only reads them.
+                if take_ahead(batch, sampled.token_ids):
+                    filling = fill_mask_async(nxt, held_logits.shape[-1], pin=held_logits.is_cuda)
+                    self._append_sampled(batch, sampled)
+                    following = sample_on_device(held_logits, nxt, filling.result())
+                else:  # a rejected token: the post-step reports it before the matchers are read again
+                    self._append_sampled(batch, sampled)
+                    following = sample_on_device(held_logits, nxt)
+            else:
+                self._append_sampled(batch, sampled)
             self.steps += 1
             self._flush()
             if following is None:

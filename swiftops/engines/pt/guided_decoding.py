@@ -4,11 +4,15 @@
   pool and cached per constraint, before the request is queued: the engine loop never compiles, a request waits only
   for its own grammar, and a grammar xgrammar refuses is a 400 with xgrammar's reason.
 - Each constrained sequence holds a `SequenceGrammar` (`Sequence.grammar`: xgrammar's matcher and the token rows
-  that work around what xgrammar lets through, see `TokenRows`). At sampling time `constrain` fills the
-  constrained rows of a [B, ceil(V / 32)] bitmask on the host (xgrammar's batch fill, multithreaded), copies it to
+  that work around what xgrammar lets through, see `TokenRows`). Each step `fill_mask` fills the constrained rows
+  of a [B, ceil(V / 32)] bitmask on the host (xgrammar's batch fill, multithreaded), and `constrain` copies it to
   the device, ANDs each row's `TokenRows` set into it there and masks the whole batch's logits in one kernel; free
   rows get an all-ones row, so constrained and free requests share one batch. The post-step advances the matcher
-  by each accepted token (`SequenceGrammar.catch_up`; pipelined decode takes them ahead, `take_ahead`).
+  by each accepted token (`SequenceGrammar.catch_up`).
+- Pipelined decode (swiftops.engines.pt.core) hides most of that host work: the matchers take step N's tokens as
+  soon as they reach the host (`take_ahead`), step N + 1's mask is filled on a worker thread (`fill_mask_async`;
+  xgrammar releases the GIL) while the engine thread does step N's post-step, and step N + 1's forward has been
+  running on the GPU all along.
 - The end: the grammar allows EOS only once its root rule is complete, and accepting EOS terminates the matcher,
   so a constrained sequence ends with finish_reason "stop" as soon as its output is whole.
 
@@ -18,11 +22,11 @@ xgrammar is imported when the first constrained request arrives, not with the en
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -232,28 +236,64 @@ class SequenceGrammar:
             self.take(output_ids[self.accepted])
 
 
-def take_ahead(seqs: list[Any], token_ids: list[int]) -> None:
-    """Advance the constrained sequences' matchers by their sampled tokens before the post-step, so that the next
-    step's mask (which needs them) is filled and its sampling queued first, and the post-step's host work runs while
-    the GPU samples. A rejected token is left for the post-step to report."""
+def take_ahead(seqs: list[Any], token_ids: list[int]) -> bool:
+    """Advance the constrained sequences' matchers by their sampled tokens before the post-step: the next step's
+    mask needs them, and its fill can then run beside the post-step. True when every matcher took its token (the
+    post-step only reads them then); a rejected token is left for the post-step to report."""
+    caught_up = True
     for seq, token in zip(seqs, token_ids, strict=False):
         grammar = seq.grammar
         if grammar is not None and grammar.accepted == len(seq.output_ids) and not grammar.is_terminated():
-            with contextlib.suppress(EngineError):  # left to the post-step, which reports it
+            try:
                 grammar.take(token)
+            except EngineError:
+                caught_up = False
+    return caught_up
 
 
-def _bitmask(seqs: list[Any], rows: list[int], vocab_size: int, pin: bool) -> torch.Tensor:
-    """[B, ceil(V / 32)] int32 on the host, xgrammar's masks alone: bit j of word w allows token 32 w + j; free rows
-    allow everything. Pinned for a GPU, so that its copy is queued rather than waited for (torch's caching host
-    allocator keeps the buffer until the copy is done)."""
-    mask = torch.full((len(seqs), (vocab_size + 31) // 32), -1, dtype=torch.int32, pin_memory=pin)
+@dataclass
+class HostMask:
+    """xgrammar's masks of one step's batch, filled on the host: `rows` are the constrained rows of `words`
+    [B, ceil(V / 32)] int32 (bit j of word w allows token 32 w + j), every other row all ones; `kinds` is each row's
+    row of `TokenRows.table`."""
+
+    rows: list[int]
+    words: torch.Tensor
+    kinds: list[int]
+    token_rows: TokenRows
+
+
+def fill_mask(seqs: list[Any], vocab_size: int, pin: bool) -> HostMask | None:
+    """The batch's mask on the host (None: no row is constrained). Rows whose matcher has terminated (a sequence
+    that ended at the step before, whose row of a pipelined step is dropped) are left free. The words cover the
+    logits' width: ids past the tokenizer's vocabulary (a padded lm_head) are never allowed in a constrained row.
+    Pinned for a GPU, so that its copy is queued rather than waited for (torch's caching host allocator keeps the
+    buffer until the copy is done). xgrammar's fill releases the GIL: this may run on a worker thread."""
+    rows = [i for i, s in enumerate(seqs) if s.grammar is not None and not s.grammar.is_terminated()]
+    if not rows:
+        return None
+    words = torch.full((len(seqs), (vocab_size + 31) // 32), -1, dtype=torch.int32, pin_memory=pin)
     matchers = [seqs[i].grammar.matcher for i in rows]
     if len(rows) == 1:
-        matchers[0].fill_next_token_bitmask(mask, rows[0])
+        matchers[0].fill_next_token_bitmask(words, rows[0])
     else:
-        _batch_matcher().batch_fill_next_token_bitmask(matchers, mask, rows)
-    return mask
+        _batch_matcher().batch_fill_next_token_bitmask(matchers, words, rows)
+    token_rows = seqs[rows[0]].grammar.token_rows  # one per engine: every matcher of the batch shares it
+    kinds = [token_rows.free_kind] * len(seqs)
+    for i in rows:
+        kinds[i] = seqs[i].grammar.row_kind
+    return HostMask(rows, words, kinds, token_rows)
+
+
+_FILL_POOL: ThreadPoolExecutor | None = None
+
+
+def fill_mask_async(seqs: list[Any], vocab_size: int, pin: bool) -> Future:
+    """`fill_mask` on a worker thread, while the engine thread does the post-step of the step before."""
+    global _FILL_POOL
+    if _FILL_POOL is None:
+        _FILL_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swiftops-grammar-mask")
+    return _FILL_POOL.submit(fill_mask, seqs, vocab_size, pin)
 
 
 _BATCH_MATCHER: Any | None = None
@@ -266,31 +306,26 @@ def _batch_matcher() -> Any:
     return _BATCH_MATCHER
 
 
-def constrain(logits: torch.Tensor, seqs: list[Any]) -> None:
-    """Mask, in place, the logits [B, V] of every constrained row to the tokens its grammar allows next.
-
-    Rows whose matcher has terminated (a sequence that ended at the step before, whose row of a pipelined step is
-    dropped) are left free. The bitmask is as wide as the logits: ids past the tokenizer's vocabulary (a padded
-    lm_head) are never allowed in a constrained row."""
-    rows = [i for i, s in enumerate(seqs) if s.grammar is not None and not s.grammar.is_terminated()]
-    if not rows:
-        return
+def constrain(logits: torch.Tensor, seqs: list[Any], filled: HostMask | None = None) -> None:
+    """Mask, in place, the logits [B, V] of every constrained row to the tokens its grammar allows next. `filled`:
+    the batch's mask already filled (`fill_mask_async`); otherwise it is filled here."""
+    if filled is None:
+        filled = fill_mask(seqs, logits.shape[-1], pin=logits.device.type == "cuda")
+        if filled is None:
+            return
     on_cpu = logits.device.type == "cpu"
-    mask = _bitmask(seqs, rows, logits.shape[-1], pin=logits.device.type == "cuda")
-    token_rows = seqs[rows[0]].grammar.token_rows  # one per engine: every matcher of the batch shares it
-    kinds = [token_rows.free_kind] * len(seqs)
-    for i in rows:
-        kinds[i] = seqs[i].grammar.row_kind
+    words = filled.words
     if not on_cpu:
-        mask = mask.to(logits.device, non_blocking=True)
-        kinds_t = torch.tensor(kinds, dtype=torch.int32, pin_memory=True).to(logits.device, non_blocking=True)
+        words = words.to(logits.device, non_blocking=True)
+        kinds_t = torch.tensor(filled.kinds, dtype=torch.int32, pin_memory=True).to(logits.device, non_blocking=True)
     else:
-        kinds_t = torch.tensor(kinds)
+        kinds_t = torch.tensor(filled.kinds)
     # TokenRows' sets, one gather and AND for the batch where the logits are (on the host it took ~1 ms a step
     # at batch 64 with Qwen's vocabulary, time the GPU waits for when the step is short).
-    mask &= token_rows.table_on(mask.device)[kinds_t]
+    words &= filled.token_rows.table_on(words.device)[kinds_t]
     # xgrammar's kernel: Triton on CUDA (one launch for the whole batch; free rows' all-ones words leave them as they
     # are), a C++ loop on CPU, which is told the constrained rows (a list there costs no copy to a device).
+    rows = filled.rows
     _xgrammar().apply_token_bitmask_inplace(
-        logits, mask, vocab_size=logits.shape[-1], indices=rows if on_cpu and len(rows) < len(seqs) else None
+        logits, words, vocab_size=logits.shape[-1], indices=rows if on_cpu and len(rows) < len(seqs) else None
     )

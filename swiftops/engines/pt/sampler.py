@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from swiftops.engines.pt.guided_decoding import constrain
+from swiftops.engines.pt.guided_decoding import HostMask, constrain
 from swiftops.engines.pt.sequence import Sequence
 
 # Top-k up to this many takes torch.topk over each row; beyond it (or top-p / min-p without top-k) a full sort.
@@ -167,8 +167,9 @@ class PendingSample:
         return SampleResult(token_ids, infos)
 
 
-def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSample:
-    """Sample a step's tokens and queue their copy to the host; nothing here waits for the GPU."""
+def sample_on_device(logits: torch.Tensor, seqs: list[Sequence], grammar_mask: HostMask | None = None) -> PendingSample:
+    """Sample a step's tokens and queue their copy to the host; nothing here waits for the GPU. `grammar_mask`: the
+    structured-output rows' masks when already filled (pipelined decode fills them beside the post-step)."""
     params = [s.params for s in seqs]
     sampled = [i for i, p in enumerate(params) if not p.greedy]
     want_logprobs = penalized = biased = False
@@ -187,7 +188,7 @@ def sample_on_device(logits: torch.Tensor, seqs: list[Sequence]) -> PendingSampl
     # Structured output: grammar masks, all rows in one kernel. Last, so nothing after it can bring a disallowed
     # token back (a penalty's arithmetic on a masked -inf could give NaN, which argmax picks; a bias could lift it).
     if any(s.grammar is not None for s in seqs):
-        constrain(logits, seqs)
+        constrain(logits, seqs, grammar_mask)
     chosen = torch.argmax(logits, dim=-1)
     if sampled:
         rows = torch.tensor(sampled, device=logits.device)

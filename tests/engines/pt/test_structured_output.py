@@ -12,7 +12,9 @@ import torch
 
 from benchmarks.structured_output import RESPONSE_FORMAT, SCHEMA
 from swiftops import InferRequest, PtEngine, RequestConfig
-from swiftops.engines.pt.guided_decoding import GrammarCompiler, TokenRows, constrain
+from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
+from swiftops.engines.pt.guided_decoding import GrammarCompiler, TokenRows, constrain, fill_mask, take_ahead
+from swiftops.engines.pt.post_step import PostStep
 from swiftops.engines.pt.sequence import SamplingParams, Sequence
 from swiftops.protocol import BadRequestError
 from swiftops.protocol.structured_output import OutputConstraint
@@ -214,6 +216,33 @@ def test_padded_vocabulary_ids_are_never_allowed(tiny_model_dir):
     assert allowed and max(allowed) < len(tokenizer)
     assert all(tokenizer.decode([t]) and ("yes".startswith(tokenizer.decode([t])) or
                                           "no".startswith(tokenizer.decode([t]))) for t in allowed)
+    compiler.close()
+
+
+def test_tokens_taken_ahead_are_not_taken_twice_and_a_rejected_one_is_reported(tiny_model_dir):
+    """Pipelined decode hands the matchers their tokens before the post-step (`take_ahead`), so the next mask can be
+    filled beside it; the post-step then takes nothing twice. A token the grammar rejects leaves the matcher as it
+    was, makes take_ahead say so, and the post-step reports it as that sequence's error."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), {tokenizer.eos_token_id})
+    constraint = OutputConstraint("choice", json.dumps(["yes", "no"]), param="guided_choice")
+    compiled = compiler.compile_sync(constraint)
+    params = SamplingParams(max_tokens=4)
+    good, bad = (Sequence([1], params, print, grammar=compiler.matcher(compiled, constraint)) for _ in range(2))
+    for seq in (good, bad):
+        seq.detokenizer = IncrementalDetokenizer(tokenizer, seq.prompt_ids, params.stop)
+    first = tokenizer.encode("yes")[0]
+    mask = fill_mask([good, bad], len(tokenizer), pin=False)
+    assert mask is not None and mask.rows == [0, 1] and mask.words[0, first // 32] >> (first % 32) & 1
+    rejected = tokenizer.encode("zebra")[0]
+    assert take_ahead([good, bad], [first, rejected]) is False
+    assert (good.grammar.accepted, bad.grammar.accepted) == (1, 0)
+    post = PostStep({tokenizer.eos_token_id}, max_model_len=64)
+    assert post.append(good, first, None).finish_reason is None and good.grammar.accepted == 1
+    failed = post.append(bad, rejected, None)
+    assert failed.finish_reason == "error" and "rejected the sampled token" in str(failed.error)
     compiler.close()
 
 
