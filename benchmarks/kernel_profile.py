@@ -5,7 +5,8 @@
 Times the whole workload, then prefill alone (every request with max_tokens 1) at the engine's default prefill
 budget and at the budgets given by --prefill_budgets, then records torch.profiler's CUDA kernel times of a short
 run (prefill and a few decode steps) grouped into GEMMs, attention, norms, elementwise and the rest. The engine
-runs in its own thread; CUPTI sees its kernels all the same.
+runs in its own thread; CUPTI sees its kernels all the same. `--shared_prefix N` gives every prompt the same first
+N tokens (with the prefix cache on, the profiled runs find it cached by the timed ones).
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def _kernels(engine: Any, prompts: list[list[int]], output_len: int) -> dict[str
 
 def main() -> None:
     from benchmarks.bench_model import build_model
+    from benchmarks.step_trace import StepTrace
     from swiftops import PtEngine
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +72,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--prompt_len", type=int, default=512)
     parser.add_argument("--output_len", type=int, default=256)
+    parser.add_argument("--shared_prefix", type=int, default=0,
+                        help="the first N tokens of every prompt are the same (a shared system prompt)")
     parser.add_argument("--prefill_budgets", default="8192")
     parser.add_argument("--profile_requests", type=int, default=64)
     parser.add_argument("--profile_output_len", type=int, default=16)
@@ -80,6 +84,7 @@ def main() -> None:
     vocab = json.loads((path / "config.json").read_text())["vocab_size"]
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(10, vocab - 10, (args.requests, args.prompt_len), generator=gen).tolist()
+    prompts = [prompts[0][: args.shared_prefix] + p[args.shared_prefix :] for p in prompts]
     record: dict[str, Any] = {"args": vars(args), "device": torch.cuda.get_device_name()}
     budgets = [None] + [int(b) for b in args.prefill_budgets.split(",") if b]
     for budget in budgets:
@@ -88,9 +93,15 @@ def main() -> None:
             kwargs["max_num_batched_tokens"] = budget
         engine = PtEngine(str(path), torch_dtype="bfloat16", **kwargs)
         _run(engine, prompts[:4], 4)
-        entry: dict[str, Any] = {"kwargs": kwargs, "max_num_batched_tokens": engine._core.scheduler.max_num_batched_tokens}
+        entry: dict[str, Any] = {"kwargs": kwargs,
+                                 "max_num_batched_tokens": engine._core.scheduler.max_num_batched_tokens}
+        trace = StepTrace(engine)
+        trace.start()
         entry["prefill_only_s"] = _run(engine, prompts, 1)
+        entry["prefill_only_steps"] = trace.stop()
+        trace.start()
         entry["whole_s"] = _run(engine, prompts, args.output_len)
+        entry["whole_steps"] = trace.stop()
         entry["whole_tok_s"] = args.requests * args.output_len / entry["whole_s"]
         entry["b1_tok_s"] = args.output_len / _run(engine, prompts[:1], args.output_len)
         entry["steps"] = engine._core.steps
