@@ -38,6 +38,7 @@ class StepContext:
     max_q_len: int  # most new tokens of one sequence (1: a decode step)
     use_triton: bool
     num_splits: int = 1  # decode key segments (split-KV), Triton only
+    decode_tail: int = 0  # the last sequences of a prefill step that are decode rows (one token each), Triton only
     # The SDPA path's host copies (no device sync on CPU): new tokens and context length of each sequence.
     host_q_lens: list[int] | None = None
     host_ctx_lens: list[int] | None = None
@@ -122,6 +123,7 @@ def _triton(
         window,
         softcap,
         ctx.num_splits,
+        decode_tail=ctx.decode_tail,
     )
     return out.unsqueeze(0)  # [1, T, H, D]
 

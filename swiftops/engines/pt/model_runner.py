@@ -124,7 +124,8 @@ class PagedRunner:
 
         return decode_splits(batch * self.cache.shape.num_kv_heads, self.num_sms)
 
-    def prefill(self, items: list[tuple[Sequence, int]]) -> RunnerOutput:
+    def prefill(self, items: list[tuple[Sequence, int]], decode_tail: int = 0) -> RunnerOutput:
+        """`decode_tail`: how many of the last items are decode rows riding along (one token each)."""
         self.blocks.sync()
         ids: list[int] = []
         positions: list[int] = []
@@ -174,6 +175,7 @@ class PagedRunner:
             self.use_triton,
             host_q_lens=q_lens,
             host_ctx_lens=ctx_lens,
+            decode_tail=decode_tail,
         )
         self._set_lora(lora_slots)
         embeds = packed_embeddings(self.model, ids, mm_spans, self.device) if mm_spans else None
@@ -185,7 +187,7 @@ class PagedRunner:
         if plan.prefill:
             # Decoding sequences ride along in the prefill's forward as one-token chunks: the weights are read once
             # for both, where a separate decode forward would cost nearly a full weight read for a few tokens.
-            return [self.prefill([*plan.prefill, *((seq, 1) for seq in plan.decode)])]
+            return [self.prefill([*plan.prefill, *((seq, 1) for seq in plan.decode)], decode_tail=len(plan.decode))]
         return [RunnerOutput(plan.decode, self.decode(plan.decode))] if plan.decode else []
 
     def release(self, seq: Sequence) -> None:

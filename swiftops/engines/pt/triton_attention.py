@@ -329,6 +329,7 @@ def paged_attention(
     softcap: float | None = None,
     num_splits: int = 1,
     tiles: tuple[int, int, int] | None = None,
+    decode_tail: int = 0,
 ) -> torch.Tensor:
     """Attention of every sequence's new tokens over its paged context (the new tokens' keys already written).
 
@@ -337,14 +338,46 @@ def paged_attention(
     length including its new tokens); q_starts: [B + 1] int32 offsets of each sequence's tokens in `query`;
     max_q_len: the most new tokens of any sequence (a host int: it sizes the grid). Returns [T, H, D].
     tiles: (BLOCK_N, num_warps, num_stages) in place of the defaults (benchmarks/attention_tiles.py tries them).
+    decode_tail: how many of the last sequences have one new token each (decode rows riding in a prefill step):
+    they get a launch of their own with the decode tile, where the prefill tile (BLOCK_M rows for BLOCK_Q tokens of
+    one sequence) would fill one token's GROUP rows and compute the rest for nothing over their whole context.
     """
     if query.stride(-1) != 1:
         query = query.contiguous()
+    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    args = (query, key_cache, value_cache, tables, block_size, scale, window, softcap, out)
+    batch = rows.shape[0]
+    if max_q_len > 1 and 0 < decode_tail < batch:
+        head = batch - decode_tail
+        _launch(*args, rows[:head], ctx_lens[:head], q_starts[: head + 1], max_q_len, 1, tiles)
+        _launch(*args, rows[head:], ctx_lens[head:], q_starts[head:], 1, 1, None)
+    else:
+        _launch(*args, rows, ctx_lens, q_starts, max_q_len, num_splits, tiles)
+    return out
+
+
+def _launch(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    tables: torch.Tensor,
+    block_size: int,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+    out: torch.Tensor,
+    rows: torch.Tensor,
+    ctx_lens: torch.Tensor,
+    q_starts: torch.Tensor,
+    max_q_len: int,
+    num_splits: int,
+    tiles: tuple[int, int, int] | None,
+) -> None:
+    """One kernel launch over the sequences `rows` (their tokens' offsets in `q_starts`), writing into `out`."""
     tokens, heads, head_dim = query.shape
     kv_heads = key_cache.shape[1]
     group = heads // kv_heads
     batch = rows.shape[0]
-    out = torch.empty(tokens, heads, head_dim, dtype=query.dtype, device=query.device)
     # Tile settings measured on an H100 with the 7B shape (benchmarks/attention_tiles.py, RESULTS.md): decode gains
     # 18% at 16K contexts from two stages, a 2,048-token chunk over a 16K prefix 19% from four warps.
     if max_q_len == 1:  # decode: one token per sequence, the group's heads fill the rows
@@ -421,4 +454,3 @@ def paged_attention(
             NUM_SPLITS=num_splits,
             num_warps=4,
         )
-    return out

@@ -209,18 +209,30 @@ def test_chunked_prefill_preemption_and_fallback_agree(tiny_model_dir, engine):
 
 def test_triton_kernels_in_the_engine_agree_with_sdpa(tiny_model_dir, engine, monkeypatch):
     """The Triton attention path end to end (on CPU through Triton's interpreter): prefill in chunks of 16 tokens
-    over a paged prefix and decode of a mixed batch give the SDPA path's greedy text."""
+    over a paged prefix, with decode rows riding along (their own launch), and decode of a mixed batch give the
+    SDPA path's greedy text."""
     pytest.importorskip("triton")
+    from swiftops.engines.pt import triton_attention
+
     reqs = [_req(p) for p in PROMPTS]
     config = GREEDY.model_copy(update={"max_tokens": 8})
     want = [_text(r) for r in engine.infer(reqs, config)]
     monkeypatch.setenv("SWIFTOPS_PT_ATTENTION", "triton")
+    tails = []  # decode rows per prefill-step launch: the runner must pass them, or they take the prefill tile
+    kernel = triton_attention.paged_attention
+
+    def recording(*args, **kwargs):
+        tails.append(kwargs.get("decode_tail", 0))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(triton_attention, "paged_attention", recording)
     kernels = PtEngine(str(tiny_model_dir), max_batch_size=8, max_num_batched_tokens=16)
     try:
         assert kernels.runner_name == "paged" and kernels._core.runner.use_triton
         assert [_text(r) for r in kernels.infer(reqs, config)] == want
     finally:
         kernels.close()
+    assert any(tails)
 
 
 def test_decode_right_after_a_block_boundary_reads_the_new_block(engine):

@@ -62,12 +62,12 @@ def _case(q_lens, ctx_lens, heads=4, kv_heads=2, head_dim=16, block_size=4, dtyp
             q_starts.to(DEVICE))
 
 
-def _check(q_lens, ctx_lens, window=None, softcap=None, num_splits=1, tol=2e-5, **shape):
+def _check(q_lens, ctx_lens, window=None, softcap=None, num_splits=1, tol=2e-5, decode_tail=0, **shape):
     q, kc, vc, tables, rows, ctx, starts = _case(q_lens, ctx_lens, **shape)
     block_size = shape.get("block_size", 4)
     scale = q.shape[-1] ** -0.5
     got = paged_attention(q, kc, vc, tables, rows, ctx, starts, max(q_lens), block_size, scale, window, softcap,
-                          num_splits)
+                          num_splits, decode_tail=decode_tail)
     want = _reference(q, kc, vc, tables, rows, ctx, q_lens, block_size, scale, window, softcap)
     assert got.shape == q.shape
     err = (got.cpu().double() - want).abs().max().item()
@@ -99,6 +99,17 @@ def test_chunk_over_a_long_prefix_takes_the_unmasked_tiles():
     _check(q_lens=[40, 1], ctx_lens=[190, 131], heads=7, kv_heads=1, head_dim=32, block_size=16)
     _check(q_lens=[40, 1], ctx_lens=[190, 131], heads=7, kv_heads=1, head_dim=24, block_size=16)
     _check(q_lens=[1, 1], ctx_lens=[190, 131], heads=7, kv_heads=1, head_dim=32, block_size=16, num_splits=4)
+
+
+def test_decode_rows_of_a_prefill_step_in_their_own_launch():
+    # a prefill step's decode rows (the last sequences, one token each) run with the decode tile: the same result;
+    # the prefill sequences before them keep theirs (GQA 7, chunks over cached prefixes, a window, a soft cap)
+    _check(q_lens=[40, 23, 1, 1, 1], ctx_lens=[190, 23, 131, 7, 64], heads=7, kv_heads=1, head_dim=32,
+           block_size=16, decode_tail=3)
+    _check(q_lens=[12, 1, 1], ctx_lens=[30, 45, 9], window=8, decode_tail=2)
+    _check(q_lens=[12, 1], ctx_lens=[12, 33], softcap=5.0, decode_tail=1)
+    # a one-token prefill chunk before the tail stays with the prefill launch
+    _check(q_lens=[5, 1, 1], ctx_lens=[9, 20, 3], decode_tail=1)
 
 
 def test_sliding_window_and_softcap():
