@@ -8,7 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.protocol import (
@@ -173,6 +175,23 @@ class ChatStreamState:
         }
 
 
+_set_attribute = object.__setattr__
+M = TypeVar("M", bound=BaseModel)
+
+
+def trusted(cls: type[M], fields: dict[str, Any]) -> M:
+    """`cls.model_construct(**fields)` for a model without extra or private attributes, given every field in the
+    model's order: the same object (tests/engines/test_response_builder.py holds them equal) at about a third of the
+    cost, since model_construct walks the model's fields and defaults on each call and a stream builds three models
+    per token."""
+    model = cls.__new__(cls)
+    _set_attribute(model, "__dict__", fields)
+    _set_attribute(model, "__pydantic_fields_set__", set(fields))
+    _set_attribute(model, "__pydantic_extra__", None)
+    _set_attribute(model, "__pydantic_private__", None)
+    return model
+
+
 async def stream_response(
     outputs: AsyncIterator[SequenceOutput], n: int, model: str, tools: bool, want_logprobs: bool
 ) -> AsyncIterator[ChatCompletionStreamResponse]:
@@ -200,23 +219,22 @@ async def stream_response(
             )
             usage = UsageInfo(**state.usage()) if d.finish_reason is not None and state.all_finished else None
             logprobs = ChoiceLogprobs(content=d.logprobs) if want_logprobs and d.logprobs else None
-            # One chunk per token and stream: built without re-validating values we produced ourselves
-            # (model_construct), which is most of a chunk's cost on a busy server.
-            delta = DeltaMessage.model_construct(role=d.role, content=d.content, tool_calls=tool_deltas)
-            choice = ChatCompletionResponseStreamChoice.model_construct(
-                index=d.index,
-                delta=delta,
-                finish_reason=d.finish_reason,  # type: ignore[arg-type]  # engines finish with FinishReason's values
-                logprobs=logprobs,
+            # One chunk per token and stream, from values we produced ourselves: nothing to validate.
+            delta = trusted(DeltaMessage, {"role": d.role, "content": d.content, "tool_calls": tool_deltas})
+            choice = trusted(
+                ChatCompletionResponseStreamChoice,
+                {"index": d.index, "delta": delta, "finish_reason": d.finish_reason, "logprobs": logprobs},
             )
-            # Every field given: pydantic inspects a default_factory's signature on each use (slow per token).
-            yield ChatCompletionStreamResponse.model_construct(
-                id=response_id,
-                object="chat.completion.chunk",
-                created=created,
-                model=model,
-                usage=usage,
-                choices=[choice],
+            yield trusted(
+                ChatCompletionStreamResponse,
+                {
+                    "id": response_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage,
+                },
             )
     finally:
         await outputs.aclose()  # type: ignore[attr-defined]  # an async generator: stopping early aborts the generation

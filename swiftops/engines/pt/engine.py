@@ -29,7 +29,7 @@ from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_
 from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
 from swiftops.engines.pt.request_plan import plan_request
 from swiftops.engines.pt.scheduler import Scheduler
-from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
+from swiftops.engines.pt.sequence import AsyncSink, OutputChannel, SamplingParams, Sequence
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
@@ -503,8 +503,9 @@ class PtEngine(InferEngine):
         return self._outputs(await self.prepare(request, config, adapter_request))
 
     def _outputs(self, prepared: PreparedRequest) -> AsyncIterator[SequenceOutput]:
-        queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
-        seqs = self.launch(prepared, [AsyncSink(asyncio.get_running_loop(), queue)] * prepared.n)
+        loop = asyncio.get_running_loop()
+        queue = OutputChannel(loop)
+        seqs = self.launch(prepared, [AsyncSink(loop, queue)] * prepared.n)
         return self._drain(queue, seqs)
 
     async def prepare(
@@ -643,7 +644,7 @@ class PtEngine(InferEngine):
         runner = self._core.runner
         return getattr(runner, "graphs", None) is None and not self.num_running and not self.num_waiting
 
-    async def _drain(self, queue: asyncio.Queue[SequenceOutput], seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
+    async def _drain(self, queue: OutputChannel, seqs: list[Sequence]) -> AsyncIterator[SequenceOutput]:
         """Outputs of a request's sequences until all finish; leaving early (cancel, close) aborts them."""
         remaining = len(seqs)
         held: deque[SequenceOutput] = deque()  # taken from the queue but belonging to another choice
