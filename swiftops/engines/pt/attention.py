@@ -13,7 +13,7 @@ real context. Elsewhere (CPU) torch's SDPA does it, gathering each decode batch'
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -42,6 +42,8 @@ class StepContext:
     # The SDPA path's host copies (no device sync on CPU): new tokens and context length of each sequence.
     host_q_lens: list[int] | None = None
     host_ctx_lens: list[int] | None = None
+    # The SDPA path's gather indices and masks, the same in every layer of a step: built by the first layer.
+    layer_invariant: dict = field(default_factory=dict)
 
 
 class PagedAttentionUnsupported(RuntimeError):
@@ -56,24 +58,44 @@ def _key_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> t
     return mask
 
 
+def _decode_layout(ctx: StepContext, window: int | None) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(key blocks per sequence, their flattened block ids [B * width], the key mask [B, 1, 1, width * block]) of
+    a decode step: keys gathered up to the batch's longest context, each sequence's one query at its last
+    position. The same in every layer (per sliding window), so the first layer builds it."""
+    layout = ctx.layer_invariant.get(("decode", window))
+    if layout is None:
+        assert ctx.host_ctx_lens is not None  # narrows for mypy: the runner sets the host copies when Triton is off
+        width = -(-max(ctx.host_ctx_lens) // ctx.block_size)
+        blocks = ctx.tables[ctx.rows.long(), :width].long().flatten()
+        positions = torch.arange(width * ctx.block_size, device=blocks.device)
+        mask = _key_mask(ctx.ctx_lens.long() - 1, positions, window)[:, None, None, :]
+        layout = ctx.layer_invariant[("decode", window)] = (width, blocks, mask)
+    return layout
+
+
 def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
     # query: [1, H, B, D] -> [B, H, 1, D]; keys gathered up to the batch's longest context: [B, Hkv, L, D]
     q = query[0].transpose(0, 1).unsqueeze(2)
     kv_heads, head_dim = ctx.keys[layer].shape[1:]
-    assert ctx.host_ctx_lens is not None  # narrows for mypy: the runner sets the host copies when Triton is off
-    width = -(-max(ctx.host_ctx_lens) // ctx.block_size)
-    blocks = ctx.tables[ctx.rows.long(), :width].long()  # [B, width]
-    batch = blocks.shape[0]
+    width, blocks, mask = _decode_layout(ctx, window)
+    batch = q.shape[0]
     paged_k = ctx.keys[layer].view(-1, ctx.block_size, kv_heads, head_dim)
     paged_v = ctx.values[layer].view(-1, ctx.block_size, kv_heads, head_dim)
-    k = paged_k[blocks].view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
-    v = paged_v[blocks].view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
-    # each sequence's one query sits at its last position: row b of the mask is sequence b's keys
-    mask = _key_mask(ctx.ctx_lens.long() - 1, torch.arange(width * ctx.block_size, device=q.device), window)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask[:, None, None, :], scale=scaling, enable_gqa=q.shape[1] != kv_heads
-    )
+    # index_select, not paged_k[blocks]: advanced indexing took ~5x as long on CPU for these shapes
+    k = paged_k.index_select(0, blocks).view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
+    v = paged_v.index_select(0, blocks).view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != kv_heads)
     return out.squeeze(2).unsqueeze(0)  # [1, B, H, D]
+
+
+def _context_slots(ctx: StepContext, row: int, context: int) -> torch.Tensor:
+    """Cache slots of a sequence's first `context` positions (the same in every layer: built once a step)."""
+    slots = ctx.layer_invariant.get(("slots", row, context))
+    if slots is None:
+        pos = torch.arange(context, device=ctx.tables.device)
+        slots = ctx.tables[row, pos // ctx.block_size].long() * ctx.block_size + pos % ctx.block_size
+        ctx.layer_invariant[("slots", row, context)] = slots
+    return slots
 
 
 def _sdpa_prefill(ctx: StepContext, layer: int, query, key, value, scaling: float, window: int | None) -> torch.Tensor:
@@ -89,10 +111,9 @@ def _sdpa_prefill(ctx: StepContext, layer: int, query, key, value, scaling: floa
             k = key[:, :, start : start + length]
             v = value[:, :, start : start + length]
         else:  # a chunk after earlier chunks (or a recompute): attend over the whole cached context
-            pos = torch.arange(context, device=query.device)
-            slots = ctx.tables[row, pos // ctx.block_size].long() * ctx.block_size + pos % ctx.block_size
-            k = ctx.keys[layer][slots].transpose(0, 1).unsqueeze(0)
-            v = ctx.values[layer][slots].transpose(0, 1).unsqueeze(0)
+            slots = _context_slots(ctx, row, context)
+            k = ctx.keys[layer].index_select(0, slots).transpose(0, 1).unsqueeze(0)
+            v = ctx.values[layer].index_select(0, slots).transpose(0, 1).unsqueeze(0)
         if cached == 0 and not (window and length > window):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
         else:
