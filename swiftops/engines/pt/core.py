@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent import futures
 from typing import Any
 
 import torch
@@ -268,7 +269,11 @@ class EngineCore:
                 # without the GIL) then runs on a worker thread beside the post-step, which only reads them.
                 if take_ahead(batch, sampled.token_ids):
                     filling = fill_mask_async(nxt, held_logits.shape[-1], pin=held_logits.is_cuda)
-                    self._append_sampled(batch, sampled)
+                    try:
+                        self._append_sampled(batch, sampled)
+                    except BaseException:
+                        futures.wait([filling])  # the worker is done with the matchers before the retries use them
+                        raise
                     following = sample_on_device(held_logits, nxt, filling.result())
                 else:  # a rejected token: the post-step reports it before the matchers are read again
                     self._append_sampled(batch, sampled)
