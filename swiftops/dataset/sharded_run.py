@@ -5,6 +5,7 @@ processes, each process's share answered into its part of the result file, and r
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -97,31 +98,19 @@ def run_dataset_shards(
         if launch is None or launch.rank == 0:
             write_shard_file(target, job, [row.key for row in job_rows], len(rows))
         rows = job_rows
-    if launch is None or launch.world_size == 1:
-        failed = run_dataset_mode(
-            rows,
-            model,
-            engine_settings,
-            generation,
-            media,
-            infer.stream,
-            target,
-            config=config,
-            draw_boxes=infer.draw_boxes,
-        )
-    else:
-        failed = run_dataset_ranks(
-            launch,
-            rows,
-            model,
-            engine_settings,
-            generation,
-            media,
-            infer.stream,
-            target,
-            config=config,
-            draw_boxes=infer.draw_boxes,
-        )
+    # One process runs the rows itself; under torchrun each rank runs its share and rank 0 joins them.
+    run = run_dataset_mode if launch is None or launch.world_size == 1 else functools.partial(run_dataset_ranks, launch)
+    failed = run(
+        rows,
+        model,
+        engine_settings,
+        generation,
+        media,
+        infer.stream,
+        target,
+        config=config,
+        draw_boxes=infer.draw_boxes,
+    )
     if job.count > 1 and not failed and (launch is None or launch.rank == 0):
         click.echo(
             f"shard {job.index} of {job.count} done; once every shard is done, join them with: "

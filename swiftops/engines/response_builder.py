@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,9 +27,6 @@ from swiftops.protocol import (
     new_id,
 )
 from swiftops.template.tool_calls import parse_tool_calls
-
-if TYPE_CHECKING:
-    pass
 
 _TOOL_MARKERS = ("<tool_call>", "[TOOL_CALLS]")
 

@@ -102,7 +102,7 @@ def test_streamed_chunks_are_valid_models_in_field_order():
 
 
 def test_output_channel_hands_outputs_over_in_order_and_survives_a_cancelled_reader():
-    from swiftops.engines.pt.sequence import OutputChannel
+    from swiftops.engines.outputs import OutputChannel
 
     async def scenario():
         channel = OutputChannel(asyncio.get_running_loop())

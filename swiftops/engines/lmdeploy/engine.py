@@ -23,7 +23,7 @@ from typing import Any
 from swiftops.engines.engine_options import SettingsEngine
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
-from swiftops.engines.outputs import SequenceOutput
+from swiftops.engines.outputs import OutputChannel, SequenceOutput
 from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length
 from swiftops.engines.vllm.prompt import has_media, load_image, split_media
 from swiftops.protocol import (
@@ -251,7 +251,7 @@ class LmdeployEngine(SettingsEngine):
     ) -> AsyncIterator[SequenceOutput]:
         """All choices' outputs, relayed from the engine's loop thread; leaving early cancels the sessions.
         Without `every_step` (a whole answer, no stop string to watch) LMDeploy hands over the tokens at the end."""
-        queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
+        queue = OutputChannel(asyncio.get_running_loop())
         relay = self._relay()
         prompt_ids = prompt.get("input_ids") or []
         futures = []
@@ -278,7 +278,7 @@ class LmdeployEngine(SettingsEngine):
         adapter_name: str | None,
         tracker: ChoiceTracker,
         relay: LoopRelay,
-        queue: asyncio.Queue[SequenceOutput],
+        queue: OutputChannel,
         every_step: bool,
     ) -> None:
         self._running += 1

@@ -14,7 +14,7 @@ import asyncio
 import threading
 from typing import Any
 
-from swiftops.engines.outputs import SequenceOutput
+from swiftops.engines.outputs import OutputChannel, SequenceOutput
 from swiftops.engines.token_decoder import TokenDecoder
 
 
@@ -66,11 +66,11 @@ class LoopRelay:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._items: list[tuple[asyncio.Queue, SequenceOutput]] = []
+        self._items: list[tuple[OutputChannel, SequenceOutput]] = []
         self._scheduled = False
         self._lock = threading.Lock()
 
-    def push(self, queue: asyncio.Queue[SequenceOutput], out: SequenceOutput) -> None:
+    def push(self, queue: OutputChannel, out: SequenceOutput) -> None:
         with self._lock:
             self._items.append((queue, out))
             if self._scheduled:

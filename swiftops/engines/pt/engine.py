@@ -15,7 +15,7 @@ import torch
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.engine_options import split_options
-from swiftops.engines.outputs import SequenceOutput, merge_outputs
+from swiftops.engines.outputs import OutputChannel, SequenceOutput, merge_outputs
 from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length, check_streamable, check_text_only
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
@@ -29,7 +29,7 @@ from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_
 from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
 from swiftops.engines.pt.request_plan import plan_request
 from swiftops.engines.pt.scheduler import Scheduler
-from swiftops.engines.pt.sequence import AsyncSink, OutputChannel, SamplingParams, Sequence
+from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy

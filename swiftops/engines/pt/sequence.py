@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +60,8 @@ class SeqStatus(enum.Enum):
 
 
 class AsyncSink:
-    """Hands a sequence's outputs to a queue (an `OutputChannel`) on the event loop that awaits them.
+    """Hands a sequence's outputs to a queue (swiftops.engines.outputs.OutputChannel) on the event loop that awaits
+    them.
 
     The engine thread batches deliveries: one `call_soon_threadsafe` per loop and step, not per
     sequence and token (each wakes the loop through a pipe).
@@ -79,41 +79,6 @@ def deliver_all(items: list[tuple[Any, SequenceOutput]]) -> None:
     """Runs on an event loop: put each output in its queue."""
     for queue, out in items:
         queue.put_nowait(out)
-
-
-class OutputChannel:
-    """A request's outputs on its event loop, for its one reader: the part of asyncio.Queue the engine needs (put
-    and get on the loop, `empty`, `get_nowait`) without the size bound and the getter and putter bookkeeping. Every
-    token of every stream passes through here; an asyncio.Queue cost about a third of the loop's work per token."""
-
-    __slots__ = ("_items", "_waiter", "_loop")
-
-    def __init__(self, loop: Any) -> None:
-        self._items: deque[SequenceOutput] = deque()
-        self._waiter: Any = None  # the reader's future while it waits
-        self._loop = loop
-
-    def put_nowait(self, out: SequenceOutput) -> None:
-        self._items.append(out)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def get_nowait(self) -> SequenceOutput:
-        return self._items.popleft()  # IndexError when empty: callers check `empty()` first
-
-    async def get(self) -> SequenceOutput:
-        while not self._items:
-            waiter = self._waiter = self._loop.create_future()
-            try:
-                await waiter
-            finally:
-                if self._waiter is waiter:  # cancelled while waiting
-                    self._waiter = None
-        return self._items.popleft()
 
 
 @dataclass(eq=False)
