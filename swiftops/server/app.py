@@ -18,6 +18,7 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp
 
 from swiftops.engines.base import InferEngine
+from swiftops.engines.gc_heap import freeze_startup_heap, thaw_heap
 from swiftops.media import worker_pools
 from swiftops.metrics.prometheus import ServerMetrics
 from swiftops.protocol import ErrorResponse
@@ -102,11 +103,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lifecycle.watch(engine, asyncio.get_running_loop())
         warm_up = asyncio.ensure_future(lifecycle.warm_up(engine))
+        freeze_startup_heap()  # every chunk of every stream passes this process's collector: keep it off the app
         try:
             yield
         finally:
             lifecycle.draining = True
             warm_up.cancel()
+            thaw_heap()
 
     app = _GatedApp(
         title="swiftops",

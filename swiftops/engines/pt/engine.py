@@ -15,6 +15,7 @@ import torch
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.engine_options import split_options
+from swiftops.engines.gc_heap import freeze_startup_heap, thaw_heap
 from swiftops.engines.outputs import OutputChannel, SequenceOutput, merge_outputs
 from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length, check_streamable, check_text_only
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
@@ -297,6 +298,9 @@ class PtEngine(InferEngine):
             engine.enforce_eager,
             engine.enable_prefix_caching is not False,
         )
+        # The weights, graphs and libraries now live as long as the engine: no full collection should walk them
+        # again (swiftops.engines.gc_heap; close() undoes it).
+        freeze_startup_heap()
 
     def _start_core(
         self,
@@ -677,6 +681,7 @@ class PtEngine(InferEngine):
         self._grammars.close()
         for name in ("kv_cache", "block_manager", "model", "_loaded", "lora"):
             self.__dict__.pop(name, None)
+        thaw_heap()  # the engine's own objects were frozen at start-up with the rest
         gc.collect()  # the engine's objects reference each other (scheduler hooks, graphs): free them now
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
