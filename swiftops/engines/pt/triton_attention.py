@@ -107,7 +107,11 @@ def _attend_tile(
     return m_new, l_i, acc
 
 
-@triton.jit
+# Arguments that change from step to step are kept out of Triton's specialisation (it compiles a variant per
+# pointer alignment and per integer's divisibility by 16): each new variant is a compile of a second or more in the
+# middle of serving. Seen on an H100: mixed prefill/decode steps of a shared-prefix run took 190 ms instead of
+# 21 ms while the variants for each step's token count and sequence split compiled one after another.
+@triton.jit(do_not_specialize=["seq_base", "stride_qh", "stride_ps"])
 def _paged_attention_kernel(
     out_ptr,
     q_ptr,
@@ -120,6 +124,7 @@ def _paged_attention_kernel(
     part_out_ptr,
     part_max_ptr,
     part_sum_ptr,
+    seq_base,
     scale,
     softcap,
     stride_qt,
@@ -147,7 +152,7 @@ def _paged_attention_kernel(
     PRECISION: tl.constexpr,
 ):
     q_block = tl.program_id(0)
-    seq = tl.program_id(1)
+    seq = seq_base + tl.program_id(1)  # the launch covers sequences seq_base, seq_base + 1, ...
     kv_head = tl.program_id(2) // NUM_SPLITS
     split = tl.program_id(2) % NUM_SPLITS
     q_start = tl.load(q_starts_ptr + seq)
@@ -349,10 +354,10 @@ def paged_attention(
     batch = rows.shape[0]
     if max_q_len > 1 and 0 < decode_tail < batch:
         head = batch - decode_tail
-        _launch(*args, rows[:head], ctx_lens[:head], q_starts[: head + 1], max_q_len, 1, tiles)
-        _launch(*args, rows[head:], ctx_lens[head:], q_starts[head:], 1, 1, None)
+        _launch(*args, rows, ctx_lens, q_starts, 0, head, max_q_len, 1, tiles)
+        _launch(*args, rows, ctx_lens, q_starts, head, decode_tail, 1, 1, None)
     else:
-        _launch(*args, rows, ctx_lens, q_starts, max_q_len, num_splits, tiles)
+        _launch(*args, rows, ctx_lens, q_starts, 0, batch, max_q_len, num_splits, tiles)
     return out
 
 
@@ -369,15 +374,18 @@ def _launch(
     rows: torch.Tensor,
     ctx_lens: torch.Tensor,
     q_starts: torch.Tensor,
+    first: int,
+    batch: int,
     max_q_len: int,
     num_splits: int,
     tiles: tuple[int, int, int] | None,
 ) -> None:
-    """One kernel launch over the sequences `rows` (their tokens' offsets in `q_starts`), writing into `out`."""
+    """One kernel launch over the sequences first .. first + batch - 1 of `rows` (their tokens' offsets in
+    `q_starts`), writing into `out`. The whole index tensors go in with an offset, never slices of them: a slice
+    starts at another alignment, and Triton would compile a variant for it."""
     tokens, heads, head_dim = query.shape
     kv_heads = key_cache.shape[1]
     group = heads // kv_heads
-    batch = rows.shape[0]
     # Tile settings measured on an H100 with the 7B shape (benchmarks/attention_tiles.py, RESULTS.md): decode gains
     # 18% at 16K contexts from two stages, a 2,048-token chunk over a 16K prefix 19% from four warps.
     if max_q_len == 1:  # decode: one token per sequence, the group's heads fill the rows
@@ -410,6 +418,7 @@ def _launch(
         part_out,
         part_max,
         part_sum,
+        first,
         float(scale),
         float(softcap or 0.0),
         query.stride(0),

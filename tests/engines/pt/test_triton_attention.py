@@ -127,3 +127,28 @@ def test_decode_splits_policy():
     assert decode_splits(1024, 132) == 1
     assert decode_splits(64, 132) == 8
     assert decode_splits(2, 132) == 16
+
+
+@pytest.mark.gpu
+def test_steps_of_other_sizes_compile_no_new_variant():
+    # Triton compiles a variant per pointer alignment and per integer's divisibility by 16 unless told not to: a
+    # mixed step of each new token count or decode-row split would stop serving for a compile (seen: 190 ms mixed
+    # steps in a shared-prefix run on an H100). After one step of each kind, other sizes compile nothing.
+    from swiftops.engines.pt.triton_attention import _paged_attention_kernel
+
+    def variants() -> int:
+        return sum(len(caches[0]) for caches in _paged_attention_kernel.device_caches.values())
+
+    shape = dict(heads=14, kv_heads=2, head_dim=64, block_size=16, dtype=torch.bfloat16, tol=2e-2)
+    _check(q_lens=[48, 1, 1, 1, 1], ctx_lens=[300, 90, 91, 92, 93], decode_tail=4, **shape)
+    _check(q_lens=[40, 33], ctx_lens=[240, 33], **shape)
+    before = variants()
+    assert before > 0
+    # token counts of every residue mod 16, decode rows starting at every offset mod 4
+    for extra in range(1, 9):
+        prefills = 1 + extra % 4
+        q_lens = [16 + extra + i for i in range(prefills)] + [1] * extra
+        ctx_lens = [200 + extra + i for i in range(prefills)] + [70 + i for i in range(extra)]
+        _check(q_lens=q_lens, ctx_lens=ctx_lens, decode_tail=extra, **shape)
+        _check(q_lens=q_lens[:prefills], ctx_lens=ctx_lens[:prefills], **shape)
+    assert variants() == before
