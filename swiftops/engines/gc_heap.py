@@ -21,5 +21,6 @@ def freeze_startup_heap() -> None:
 
 def thaw_heap() -> None:
     """Undo `freeze_startup_heap` before a teardown's collection, so that the objects of an engine being closed
-    (whose parts reference each other) are freed too."""
+    (whose parts reference each other) are freed too. Another engine still running in the process then meets full
+    collections again: slower, never wrong."""
     gc.unfreeze()

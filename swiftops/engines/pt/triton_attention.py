@@ -108,9 +108,9 @@ def _attend_tile(
 
 
 # Arguments that change from step to step are kept out of Triton's specialisation (it compiles a variant per
-# pointer alignment and per integer's divisibility by 16): each new variant is a compile of a second or more in the
-# middle of serving. Seen on an H100: mixed prefill/decode steps of a shared-prefix run took 190 ms instead of
-# 21 ms while the variants for each step's token count and sequence split compiled one after another.
+# pointer alignment and per integer's divisibility by 16): each new variant is a compile of about a second in the
+# middle of serving. On an H100, a shared-prefix run's mixed steps took 190 ms (0.5B) and 264 ms (7B) against 21 and
+# 58 without the prefix cache, and 57-61 ms (7B) offline once the variants were compiled (benchmarks/RESULTS.md).
 @triton.jit(do_not_specialize=["seq_base", "stride_qh", "stride_ps"])
 def _paged_attention_kernel(
     out_ptr,
