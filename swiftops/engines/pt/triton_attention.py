@@ -350,14 +350,14 @@ def paged_attention(
     if query.stride(-1) != 1:
         query = query.contiguous()
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
-    args = (query, key_cache, value_cache, tables, block_size, scale, window, softcap, out)
+    args = (query, key_cache, value_cache, tables, rows, ctx_lens, q_starts, block_size, scale, window, softcap, out)
     batch = rows.shape[0]
     if max_q_len > 1 and 0 < decode_tail < batch:
         head = batch - decode_tail
-        _launch(*args, rows, ctx_lens, q_starts, 0, head, max_q_len, 1, tiles)
-        _launch(*args, rows, ctx_lens, q_starts, head, decode_tail, 1, 1, None)
+        _launch(*args, 0, head, max_q_len, 1, tiles)
+        _launch(*args, head, decode_tail, 1, 1, None)
     else:
-        _launch(*args, rows, ctx_lens, q_starts, 0, batch, max_q_len, num_splits, tiles)
+        _launch(*args, 0, batch, max_q_len, num_splits, tiles)
     return out
 
 
@@ -366,14 +366,14 @@ def _launch(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     tables: torch.Tensor,
+    rows: torch.Tensor,
+    ctx_lens: torch.Tensor,
+    q_starts: torch.Tensor,
     block_size: int,
     scale: float,
     window: int | None,
     softcap: float | None,
     out: torch.Tensor,
-    rows: torch.Tensor,
-    ctx_lens: torch.Tensor,
-    q_starts: torch.Tensor,
     first: int,
     batch: int,
     max_q_len: int,
