@@ -39,6 +39,9 @@ class StepContext:
     use_triton: bool
     num_splits: int = 1  # decode key segments (split-KV), Triton only
     decode_tail: int = 0  # the last sequences of a prefill step that are decode rows (one token each), Triton only
+    # A CUDA graph's fixed grid, in place of max_q_len and decode_tail (Triton only): int32 [2, n] maps of the prefill
+    # sequences' and the decode rows' programs (triton_attention.tile_map).
+    tile_maps: tuple[torch.Tensor, torch.Tensor] | None = None
     # The SDPA path's host copies (no device sync on CPU): new tokens and context length of each sequence.
     host_q_lens: list[int] | None = None
     host_ctx_lens: list[int] | None = None
@@ -147,6 +150,7 @@ def _triton(
         softcap,
         ctx.num_splits,
         decode_tail=ctx.decode_tail,
+        tile_maps=ctx.tile_maps,
     )
     return out.unsqueeze(0)  # [1, T, H, D]
 

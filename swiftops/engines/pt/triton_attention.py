@@ -111,7 +111,7 @@ def _attend_tile(
 # pointer alignment and per integer's divisibility by 16): each new variant is a compile of about a second in the
 # middle of serving. On an H100, a shared-prefix run's mixed steps took 190 ms (0.5B) and 264 ms (7B) against 21 and
 # 58 without the prefix cache, and 57-61 ms (7B) offline once the variants were compiled (benchmarks/RESULTS.md).
-@triton.jit(do_not_specialize=["seq_base", "stride_qh", "stride_ps"])
+@triton.jit(do_not_specialize=["seq_base", "stride_qh", "stride_ps", "stride_map"])
 def _paged_attention_kernel(
     out_ptr,
     q_ptr,
@@ -124,6 +124,7 @@ def _paged_attention_kernel(
     part_out_ptr,
     part_max_ptr,
     part_sum_ptr,
+    tile_map_ptr,
     seq_base,
     scale,
     softcap,
@@ -139,6 +140,7 @@ def _paged_attention_kernel(
     stride_ps,
     stride_pt,
     stride_ph,
+    stride_map,
     GROUP: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -150,9 +152,16 @@ def _paged_attention_kernel(
     SOFTCAP: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     PRECISION: tl.constexpr,
+    MAPPED: tl.constexpr,
 ):
-    q_block = tl.program_id(0)
-    seq = seq_base + tl.program_id(1)  # the launch covers sequences seq_base, seq_base + 1, ...
+    if MAPPED:  # a fixed grid (CUDA-graph replay): program i takes the (sequence, query tile) of the map's column i
+        seq = tl.load(tile_map_ptr + tl.program_id(0))
+        q_block = tl.load(tile_map_ptr + stride_map + tl.program_id(0))
+        if seq < 0:  # the map's padding past this step's tiles
+            return
+    else:
+        q_block = tl.program_id(0)
+        seq = seq_base + tl.program_id(1)  # the launch covers sequences seq_base, seq_base + 1, ...
     kv_head = tl.program_id(2) // NUM_SPLITS
     split = tl.program_id(2) % NUM_SPLITS
     q_start = tl.load(q_starts_ptr + seq)
@@ -319,6 +328,30 @@ def decode_splits(num_programs: int, num_sms: int) -> int:
     return min(16, _next_pow2(math.ceil(2 * num_sms / num_programs)))
 
 
+def tile_rows(max_q_len: int, group: int, head_dim: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_Q) of a launch: rows of one program's tile, and how many of a sequence's new tokens they
+    hold (the GROUP query heads of each token share a KV head and fill the rows together)."""
+    # decode: one token per sequence, the group's heads fill the rows
+    rows = 16 if max_q_len == 1 else 64 if head_dim > 128 else 128
+    block_m = max(rows, _next_pow2(group))
+    return block_m, max(1, block_m // group)
+
+
+def tile_map(q_lens: list[int], block_q: int, width: int, first: int = 0) -> list[list[int]]:
+    """[sequence, query tile] of each program of a fixed-grid launch over sequences first, first + 1, ... with
+    `q_lens` new tokens each, padded with [-1, 0] to `width` columns (a CUDA graph's grid cannot follow the step)."""
+    seqs: list[int] = []
+    tiles: list[int] = []
+    for i, q_len in enumerate(q_lens):
+        n = -(-q_len // block_q)
+        seqs.extend([first + i] * n)
+        tiles.extend(range(n))
+    if len(seqs) > width:
+        raise ValueError(f"{len(seqs)} query tiles do not fit a map of {width}")
+    pad = width - len(seqs)
+    return [seqs + [-1] * pad, tiles + [0] * pad]
+
+
 def paged_attention(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -335,6 +368,7 @@ def paged_attention(
     num_splits: int = 1,
     tiles: tuple[int, int, int] | None = None,
     decode_tail: int = 0,
+    tile_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attention of every sequence's new tokens over its paged context (the new tokens' keys already written).
 
@@ -346,13 +380,18 @@ def paged_attention(
     decode_tail: how many of the last sequences have one new token each (decode rows riding in a prefill step):
     they get a launch of their own with the decode tile, where the prefill tile (BLOCK_M rows for BLOCK_Q tokens of
     one sequence) would fill one token's GROUP rows and compute the rest for nothing over their whole context.
+    tile_maps: a fixed grid for a CUDA graph of a mixed step, in place of max_q_len and decode_tail: two int32
+    [2, n] maps from `tile_map`, the prefill sequences' tiles (prefill tile) and the decode rows' (decode tile).
     """
     if query.stride(-1) != 1:
         query = query.contiguous()
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     args = (query, key_cache, value_cache, tables, rows, ctx_lens, q_starts, block_size, scale, window, softcap, out)
     batch = rows.shape[0]
-    if max_q_len > 1 and 0 < decode_tail < batch:
+    if tile_maps is not None:
+        _launch(*args, 0, 0, 2, 1, tiles, tile_maps[0])
+        _launch(*args, 0, 0, 1, 1, None, tile_maps[1])
+    elif max_q_len > 1 and 0 < decode_tail < batch:
         head = batch - decode_tail
         _launch(*args, 0, head, max_q_len, 1, tiles)
         _launch(*args, head, decode_tail, 1, 1, None)
@@ -379,24 +418,24 @@ def _launch(
     max_q_len: int,
     num_splits: int,
     tiles: tuple[int, int, int] | None,
+    programs: torch.Tensor | None = None,
 ) -> None:
     """One kernel launch over the sequences first .. first + batch - 1 of `rows` (their tokens' offsets in
-    `q_starts`), writing into `out`. The whole index tensors go in with an offset, never slices of them: a slice
-    starts at another alignment, and Triton would compile a variant for it."""
+    `q_starts`), or over the programs of `programs`, writing into `out`. The whole index tensors go in with an
+    offset, never slices of them: a slice starts at another alignment, and Triton would compile a variant for it."""
     tokens, heads, head_dim = query.shape
     kv_heads = key_cache.shape[1]
     group = heads // kv_heads
+    block_m, block_q = tile_rows(max_q_len, group, head_dim)
     # Tile settings measured on an H100 with the 7B shape (benchmarks/attention_tiles.py, RESULTS.md): decode gains
     # 18% at 16K contexts from two stages, a 2,048-token chunk over a 16K prefix 19% from four warps.
-    if max_q_len == 1:  # decode: one token per sequence, the group's heads fill the rows
-        block_m, block_n, warps, stages = max(16, _next_pow2(group)), 64, 4, 2
+    if max_q_len == 1:
+        block_n, warps, stages = 64, 4, 2
     else:
-        block_m = max(64 if head_dim > 128 else 128, _next_pow2(group))
         block_n, warps, stages = 64, 4, 3
         num_splits = 1
     if tiles is not None:
         block_n, warps, stages = tiles
-    block_q = max(1, block_m // group)
     block_d = max(16, _next_pow2(head_dim))
     precision = "ieee" if query.dtype == torch.float32 else "tf32"
     if num_splits > 1:
@@ -405,7 +444,10 @@ def _launch(
         part_sum = torch.empty_like(part_max)
     else:
         part_out = part_max = part_sum = out  # unused
-    grid = (triton.cdiv(max_q_len, block_q), batch, kv_heads * num_splits)
+    if programs is not None:
+        grid = (programs.shape[1], 1, kv_heads)
+    else:
+        grid = (triton.cdiv(max_q_len, block_q), batch, kv_heads * num_splits)
     _paged_attention_kernel[grid](
         out,
         query,
@@ -418,6 +460,7 @@ def _launch(
         part_out,
         part_max,
         part_sum,
+        programs if programs is not None else rows,  # unused unless MAPPED
         first,
         float(scale),
         float(softcap or 0.0),
@@ -433,6 +476,7 @@ def _launch(
         tokens * heads,
         heads,
         1,
+        programs.stride(0) if programs is not None else 0,
         GROUP=group,
         BLOCK_Q=block_q,
         BLOCK_M=block_m,
@@ -444,6 +488,7 @@ def _launch(
         SOFTCAP=bool(softcap),
         NUM_SPLITS=num_splits,
         PRECISION=precision,
+        MAPPED=programs is not None,
         num_warps=warps,
         num_stages=stages,
     )

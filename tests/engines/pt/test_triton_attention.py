@@ -10,7 +10,12 @@ import torch
 
 pytest.importorskip("triton", reason="triton is in the test extra")
 
-from swiftops.engines.pt.triton_attention import decode_splits, paged_attention  # noqa: E402
+from swiftops.engines.pt.triton_attention import (  # noqa: E402
+    decode_splits,
+    paged_attention,
+    tile_map,
+    tile_rows,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -110,6 +115,49 @@ def test_decode_rows_of_a_prefill_step_in_their_own_launch():
     _check(q_lens=[12, 1], ctx_lens=[12, 33], softcap=5.0, decode_tail=1)
     # a one-token prefill chunk before the tail stays with the prefill launch
     _check(q_lens=[5, 1, 1], ctx_lens=[9, 20, 3], decode_tail=1)
+
+
+def _check_mapped(q_lens, ctx_lens, decode_tail, padded_seqs=0, spare=3, window=None, softcap=None, **shape):
+    """A mixed step through fixed-size tile maps (as a CUDA graph replays it): the same result as the reference.
+    `padded_seqs` sequences with no new tokens follow the real ones (a graph's batch bucket), and each map has
+    `spare` padding columns past the step's tiles."""
+    q, kc, vc, tables, rows, ctx, starts = _case(q_lens, ctx_lens, **shape)
+    if padded_seqs:  # the scratch row 0, no tokens: its q_starts entries repeat the last offset
+        rows = torch.cat([rows, torch.zeros(padded_seqs, dtype=torch.int32, device=DEVICE)])
+        ctx = torch.cat([ctx, torch.zeros(padded_seqs, dtype=torch.int32, device=DEVICE)])
+        starts = torch.cat([starts, starts[-1:].repeat(padded_seqs)])
+    group, head_dim = q.shape[1] // kc.shape[1], q.shape[2]
+    head = len(q_lens) - decode_tail
+    _, prefill_q = tile_rows(2, group, head_dim)
+    _, decode_q = tile_rows(1, group, head_dim)
+    width = sum(-(-n // prefill_q) for n in q_lens[:head]) + spare
+    maps = (torch.tensor(tile_map(q_lens[:head], prefill_q, width), dtype=torch.int32, device=DEVICE),
+            torch.tensor(tile_map(q_lens[head:], decode_q, decode_tail + spare, first=head), dtype=torch.int32,
+                         device=DEVICE))
+    block_size = shape.get("block_size", 4)
+    scale = q.shape[-1] ** -0.5
+    got = paged_attention(q, kc, vc, tables, rows, ctx, starts, 0, block_size, scale, window, softcap,
+                          tile_maps=maps)
+    want = _reference(q, kc, vc, tables, rows[: len(q_lens)], ctx[: len(q_lens)], q_lens, block_size, scale,
+                      window, softcap)
+    err = (got.cpu().double() - want).abs().max().item()
+    assert err < 2e-5, err
+
+
+def test_fixed_grid_tile_maps_equal_the_reference():
+    # prefill chunks over cached prefixes and decode rows, GQA 7 with an odd head size, a batch padded with empty
+    # sequences and maps padded past the step's tiles (what a CUDA graph of a mixed step replays)
+    _check_mapped([40, 23, 1, 1, 1], [190, 23, 131, 7, 64], decode_tail=3, padded_seqs=2, heads=7, kv_heads=1,
+                  head_dim=24, block_size=16)
+    _check_mapped([12, 1, 1], [30, 45, 9], decode_tail=2, window=8)
+    _check_mapped([12, 5], [12, 33], decode_tail=0, softcap=5.0, padded_seqs=1)
+
+
+def test_tile_map_lists_each_sequences_tiles_then_padding():
+    assert tile_map([5, 1, 3], 2, 7, first=4) == [[4, 4, 4, 5, 6, 6, -1], [0, 1, 2, 0, 0, 1, 0]]
+    assert tile_map([], 2, 2) == [[-1, -1], [0, 0]]
+    with pytest.raises(ValueError, match="do not fit"):
+        tile_map([9], 2, 4)
 
 
 def test_sliding_window_and_softcap():
