@@ -26,6 +26,8 @@ from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
 from swiftops.engines.pt.guided_decoding import GrammarCompiler
 from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
+from swiftops.engines.pt.mixed_graphs import CudaGraphMixedSteps, mixed_steps_agree
+from swiftops.engines.pt.mm_prefill import uses_mrope
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
 from swiftops.engines.pt.request_plan import plan_request
@@ -316,7 +318,9 @@ class PtEngine(InferEngine):
     ) -> EngineCore:
         """The KV cache, the fast or fallback runner (by the self-check), CUDA graphs, and the engine thread."""
         shape = _cache_shape(loaded.model, loaded.dtype)
-        num_blocks = self._num_blocks(loaded, shape, block_size, utilization, cache_gb, max_batch_size)
+        num_blocks = self._num_blocks(
+            loaded, shape, block_size, utilization, cache_gb, max_batch_size, max_num_batched_tokens
+        )
         cache = PagedKVCache(shape, num_blocks, block_size, loaded.device)
         blocks = BlockManager(num_blocks, block_size, max_batch_size, self.max_model_len, loaded.device)
         choice = runner or os.environ.get("SWIFTOPS_PT_RUNNER")
@@ -359,8 +363,11 @@ class PtEngine(InferEngine):
                     )
                     graphs = None
                     torch.cuda.synchronize(loaded.device)
-            run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora)
             scheduler = Scheduler(blocks, max_batch_size, max_num_batched_tokens, self._admit_lora)
+            mixed = None
+            if graphs is not None and self.lora is None and not uses_mrope(loaded.model):
+                mixed = self._mixed_graphs(loaded, cache, blocks, graphs, max_batch_size, scheduler.max_step_tokens)
+            run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
             # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
             # caches and shares nothing.
             blocks.prefix_caching = self.prefix_caching = prefix_caching
@@ -382,6 +389,29 @@ class PtEngine(InferEngine):
             self.prefix_caching,
         )
         return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
+
+    @staticmethod
+    def _mixed_graphs(
+        loaded: LoadedModel,
+        cache: PagedKVCache,
+        blocks: BlockManager,
+        graphs: CudaGraphDecoder,
+        max_batch_size: int,
+        max_tokens: int,
+    ) -> CudaGraphMixedSteps | None:
+        """Mixed prefill/decode steps as CUDA graphs in the decode graphs' pool, kept only if a captured step
+        reproduces the eager one (the start-up check); otherwise those steps run eagerly."""
+        mixed = CudaGraphMixedSteps(loaded.model, cache, blocks, loaded.device, max_batch_size, max_tokens)
+        try:
+            mixed.capture(graphs.pool)
+            agrees, error = mixed_steps_agree(loaded.model, cache, blocks, loaded.device, mixed)
+        except Exception as exc:
+            agrees, error = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        torch.cuda.synchronize(loaded.device)
+        if not agrees:
+            logger.warning("pt engine: mixed prefill/decode steps run eagerly (CUDA graphs: %s)", error)
+            return None
+        return mixed
 
     def _admit_lora(self, seq: Sequence, running: list[Sequence]) -> bool:
         """Scheduler hook (engine thread): a sequence runs once its adapter holds a slot."""
@@ -420,6 +450,7 @@ class PtEngine(InferEngine):
         utilization: float,
         cache_gb: float | None,
         max_batch_size: int,
+        max_num_batched_tokens: int,
     ) -> int:
         if cache_gb:
             budget = int(cache_gb * (1 << 30))
@@ -427,11 +458,16 @@ class PtEngine(InferEngine):
             free, total = torch.cuda.mem_get_info(loaded.device)
             used = total - free
             # Leave room, on top of the weights already loaded, for what is allocated after the cache: the
-            # activations of one prefill step (1 GiB), the decode graphs' pool (logits and hidden states of the
-            # largest batch) and the sampler's working set (a few float32 copies of the batch's logits).
-            vocab = loaded.model.config.get_text_config().vocab_size
-            hidden = loaded.model.config.get_text_config().hidden_size
+            # activations of one eager prefill step (1 GiB), the graphs' pool (the decode graphs' logits and hidden
+            # states of the largest batch; the mixed-step graphs' activations of the largest step and logits of
+            # the largest batch in each of their about four buckets) and the sampler's working set (a few float32
+            # copies of the batch's logits).
+            text = loaded.model.config.get_text_config()
+            vocab, hidden = text.vocab_size, text.hidden_size
+            intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
+            step_tokens = Scheduler(None, max_batch_size, max_num_batched_tokens).max_step_tokens
             graphs = max_batch_size * (vocab * 2 + hidden * 64)
+            graphs += step_tokens * (hidden * 12 + intermediate * 6) + 4 * max_batch_size * vocab * 2
             sampler = 4 * max_batch_size * vocab * 4
             budget = int(total * utilization) - used - (1 << 30) - graphs - sampler
             if budget <= 0:

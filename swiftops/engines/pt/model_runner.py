@@ -43,12 +43,14 @@ class PagedRunner:
         device: torch.device,
         graphs: Any = None,
         lora: Any = None,
+        mixed_graphs: Any = None,
     ) -> None:
         self.model = model
         self.cache = cache
         self.blocks = blocks
         self.device = device
         self.graphs = graphs  # a captured CudaGraphDecoder, or None (CPU, --enforce_eager)
+        self.mixed_graphs = mixed_graphs  # a captured CudaGraphMixedSteps, or None (also: LoRA, M-RoPE)
         self.lora = lora  # a LoraManager, or None
         self.mrope = uses_mrope(model)  # Qwen2-VL-style 3-D rotary positions
         self.use_triton = triton_available(device)
@@ -153,6 +155,11 @@ class PagedRunner:
             if end == seq.num_tokens:
                 keep.append(len(ids) - 1)
                 finishing.append(seq)
+        mixed = self.mixed_graphs
+        if mixed is not None and not mm_spans and mixed.fits(len(ids), len(rows)):
+            row_of_token = [row for row, n in zip(rows, q_lens, strict=True) for _ in range(n)]
+            bucket = mixed.stage(ids, positions, row_of_token, rows, q_lens, ctx_lens, keep, decode_tail)
+            return RunnerOutput(finishing, mixed.replay(bucket, len(finishing)))
         host = torch.tensor(ids + positions, dtype=torch.long)
         meta = torch.tensor([rows, q_lens, ctx_lens], dtype=torch.int32)
         host, meta = host.to(self.device, non_blocking=True), meta.to(self.device, non_blocking=True)
@@ -278,6 +285,18 @@ class FallbackRunner:
         self._caches.pop(seq.seq_id, None)
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest relative L2 error of one position's logits ([positions, V] each)."""
+    return ((got - want).norm(dim=-1) / want.norm(dim=-1).clamp_min(1e-6)).max().item()
+
+
+def within_tolerance(error: float, dtype: torch.dtype) -> bool:
+    """A path that attends to the wrong keys is off by O(1); in half precision two correct attention kernels
+    differ by rounding that grows with depth (the max-abs relative error was 4.6e-2 on a random 28-layer 7B shape
+    in bf16), hence the wider bound there. `dtype`: the model's (its KV cache's)."""
+    return error <= (1e-3 if dtype == torch.float32 else 1e-1)
+
+
 def paged_path_agrees(
     model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device, vocab_size: int
 ) -> tuple[bool, float | None]:
@@ -311,12 +330,8 @@ def paged_path_agrees(
                 seq.num_computed += 1
         got_t = torch.stack(got).float()
         want = ref[9:12]
-        # Relative L2 error of each position's logits. A path that attends to the wrong keys is off by O(1); in
-        # half precision two correct attention kernels differ by rounding that grows with depth (the max-abs
-        # relative error was 4.6e-2 on a random 28-layer 7B shape in bf16), hence the wider bound there.
-        err = ((got_t - want).norm(dim=-1) / want.norm(dim=-1).clamp_min(1e-6)).max().item()
-        tolerance = 1e-3 if want.dtype == torch.float32 and cache.shape.dtype == torch.float32 else 1e-1
-        if err > tolerance:
+        err = relative_error(got_t, want)
+        if not within_tolerance(err, cache.shape.dtype):
             logger.warning("paged attention disagrees with the model's own forward (relative error %.2e)", err)
             return False, err
         return True, err

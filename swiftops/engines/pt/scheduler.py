@@ -51,6 +51,14 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
 
+    def _prefill_budget(self, num_decode: int) -> int:
+        return max(self.max_num_batched_tokens - num_decode, self.max_num_batched_tokens // 4)
+
+    @property
+    def max_step_tokens(self) -> int:
+        """The most tokens one step's forward can hold: a full decode batch and the prefill budget it leaves."""
+        return self.max_num_seqs + self._prefill_budget(self.max_num_seqs)
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -99,7 +107,7 @@ class Scheduler:
         # Decode tokens ride in the prefill's forward, so they count against the step's token budget: a steady
         # forward size during a long prefill phase (the allocator reuses its blocks) and a bounded step time. A
         # quarter of the budget stays for prefill so that a full decode batch never starves it.
-        budget = max(self.max_num_batched_tokens - len(plan.decode), self.max_num_batched_tokens // 4)
+        budget = self._prefill_budget(len(plan.decode))
         for seq in prefilling:
             if budget <= 0 or seq.status is not SeqStatus.RUNNING:
                 continue

@@ -35,6 +35,25 @@ def test_cuda_graph_decode_matches_eager_and_solo(tiny_model_dir):
         eager.close()
 
 
+def test_mixed_prefill_decode_steps_replay_graphs_and_match_eager(tiny_model_dir):
+    # 12 prompts through 4 batch slots: later prompts join running decodes, so most prefills are mixed steps; a
+    # 64-token step budget gives the buckets [64] and chunks the long prompt
+    kwargs = dict(max_batch_size=4, max_num_batched_tokens=64, torch_dtype="float32", kv_cache_memory_gb=0.5)
+    graphs = PtEngine(str(tiny_model_dir), **kwargs)
+    eager = PtEngine(str(tiny_model_dir), enforce_eager=True, **kwargs)
+    prompts = PROMPTS + [f"count to {i}" for i in range(7)]
+    try:
+        mixed = graphs._core.runner.mixed_graphs
+        assert mixed is not None and mixed.buckets == [64] and eager._core.runner.mixed_graphs is None
+        batched = _texts(graphs, prompts)
+        assert mixed.replays >= 5
+        assert batched == _texts(eager, prompts)
+        assert batched == [_texts(graphs, [p])[0] for p in prompts]
+    finally:
+        graphs.close()
+        eager.close()
+
+
 def test_lora_mixed_batch_under_cuda_graphs(tiny_model_dir, tmp_path, make_lora_adapter):
     import asyncio
 

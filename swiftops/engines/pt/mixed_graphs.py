@@ -1,0 +1,251 @@
+"""Mixed prefill/decode steps replayed as CUDA graphs, one graph per token-count bucket.
+
+A step in which new prompts join a decode batch runs every token of the step through one forward. Eager, that
+forward of a small model is a few hundred kernel launches from Python, and the host takes longer to issue them than
+the GPU takes to run them: on an H100 a 0.5B model's 2,048-token mixed step took about 21 ms launch to launch, and
+every decoding stream waited that long for its next token (benchmarks/RESULTS.md). A graph replays the launches in
+one call.
+
+Everything a graph reads is a static device buffer, filled by one host-to-device copy per step: the step's tokens
+padded to the bucket (token ids, positions, table rows), the sequences padded to the largest batch (table rows,
+context lengths, token offsets; padded sequences have no tokens), the token whose logits each sampled sequence
+keeps, and the attention kernel's tile maps, which give each program of the fixed grid its (sequence, query tile)
+or nothing (triton_attention.tile_map). Padded tokens write their keys into the scratch block 0, as the decode graphs'
+padded rows do.
+
+Not graphed (the step runs eagerly): LoRA engines (the graph-friendly LoRA path gathers a [tokens, rank, in] copy of
+the adapters per linear, too much at a prefill's token count), multimodal prompts and M-RoPE models (their inputs
+are embeddings and 3-D positions built per prompt), and steps larger than the largest bucket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import torch
+
+from swiftops.engines.pt.attention import CONTEXT_KWARG, StepContext
+from swiftops.engines.pt.block_manager import BlockManager
+from swiftops.engines.pt.kv_cache import PagedKVCache
+from swiftops.engines.pt.model_runner import PagedRunner, relative_error, within_tolerance
+from swiftops.engines.pt.sequence import SamplingParams, Sequence
+
+logger = logging.getLogger(__name__)
+
+_SMALLEST_BUCKET = 256
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """Token counts of the captured graphs: powers of two from 256, then the largest step itself."""
+    sizes = [_SMALLEST_BUCKET]
+    while sizes[-1] < max_tokens:
+        sizes.append(sizes[-1] * 2)
+    return [s for s in sizes if s < max_tokens] + [max_tokens]
+
+
+class _Layout:
+    """Offsets of one bucket's inputs in its flat int64 buffer (one host-to-device copy per step): per token the
+    id, position and table row; per sequence the table row, context length and kept token, then the token offsets
+    (one more) and the two tile maps."""
+
+    def __init__(self, tokens: int, seqs: int, prefill_tiles: int) -> None:
+        self.tokens, self.seqs, self.prefill_tiles = tokens, seqs, prefill_tiles
+        self.size = 3 * tokens + 4 * seqs + 1 + 2 * prefill_tiles + 2 * seqs
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        t, s, a = self.tokens, self.seqs, self.prefill_tiles
+        token_part = flat[: 3 * t].view(3, t)
+        rest = flat[3 * t :]
+        return {
+            "ids": token_part[0],
+            "positions": token_part[1],
+            "token_rows": token_part[2],
+            "rows": rest[:s],
+            "ctx_lens": rest[s : 2 * s],
+            "keep": rest[2 * s : 3 * s],
+            "q_starts": rest[3 * s : 4 * s + 1],
+            "prefill_map": rest[4 * s + 1 : 4 * s + 1 + 2 * a].view(2, a),
+            "decode_map": rest[4 * s + 1 + 2 * a :].view(2, s),
+        }
+
+
+class CudaGraphMixedSteps:
+    def __init__(
+        self,
+        model: Any,
+        cache: PagedKVCache,
+        blocks: BlockManager,
+        device: torch.device,
+        max_batch: int,
+        max_tokens: int,
+    ) -> None:
+        from swiftops.engines.pt.triton_attention import tile_rows  # Triton: CUDA builds of torch only
+
+        self.model = model
+        self.cache = cache
+        self.blocks = blocks
+        self.device = device
+        self.max_seqs = max_batch
+        self.buckets = token_buckets(max_tokens)
+        shape = cache.shape
+        group = model.config.get_text_config().num_attention_heads // shape.num_kv_heads
+        self.prefill_q = tile_rows(2, group, shape.head_dim)[1]
+        self.decode_q = tile_rows(1, group, shape.head_dim)[1]
+        self.layouts: dict[int, _Layout] = {}
+        self.inputs: dict[int, torch.Tensor] = {}
+        for tokens in self.buckets:
+            # a sequence with n tokens has ceil(n / BLOCK_Q) tiles: at most tokens / BLOCK_Q + one per sequence
+            layout = _Layout(tokens, max_batch, tokens // self.prefill_q + max_batch)
+            self.layouts[tokens] = layout
+            self.inputs[tokens] = torch.zeros(layout.size, dtype=torch.long, device=device)
+            self._idle(tokens)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.replays = 0  # steps run through a graph (tests and benchmarks read it)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.buckets[-1]
+
+    def _idle(self, tokens: int) -> None:
+        """A step with no sequences: every program of the tile maps exits, every token writes the scratch block."""
+        views = self.layouts[tokens].views(self.inputs[tokens])
+        self.inputs[tokens].zero_()
+        views["prefill_map"][0].fill_(-1)
+        views["decode_map"][0].fill_(-1)
+
+    def forward(self, tokens: int) -> torch.Tensor:
+        """The bucket's forward over its static inputs: what a graph captures (and, eagerly, what tests run)."""
+        v = self.layouts[tokens].views(self.inputs[tokens])
+        positions, token_rows = v["positions"], v["token_rows"]
+        bs = self.blocks.block_size
+        slots = self.blocks.tables[token_rows, positions // bs].long() * bs + positions % bs
+        as_int32 = [v[k].to(torch.int32) for k in ("rows", "ctx_lens", "q_starts", "prefill_map", "decode_map")]
+        rows, ctx_lens, q_starts, prefill_map, decode_map = as_int32
+        ctx = StepContext(
+            self.cache.keys,
+            self.cache.values,
+            bs,
+            self.blocks.tables,
+            rows,
+            ctx_lens,
+            q_starts,
+            slots,
+            2,  # not a decode step; the tile maps size the grid
+            True,
+            tile_maps=(prefill_map, decode_map),
+        )
+        out = self.model(
+            input_ids=v["ids"][None],
+            position_ids=positions[None],
+            use_cache=False,
+            logits_to_keep=v["keep"],
+            **{CONTEXT_KWARG: ctx},
+        )
+        return out.logits[0]
+
+    def capture(self, pool: Any = None) -> Any:
+        """Capture every bucket's graph (largest first, sharing `pool`: a replay never overlaps another); returns
+        the pool."""
+        torch.cuda.synchronize(self.device)
+        stream = torch.cuda.Stream(device=self.device)
+        with torch.inference_mode():
+            for tokens in reversed(self.buckets):
+                stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(stream):
+                    for _ in range(2):  # warm-up: Triton compiles its kernels outside the capture
+                        self.forward(tokens)
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self.forward(tokens)
+                if pool is None:
+                    pool = graph.pool()
+                self.graphs[tokens] = (graph, logits)
+        torch.cuda.synchronize(self.device)
+        logger.info("captured CUDA graphs for mixed prefill/decode steps of %s tokens", self.buckets)
+        return pool
+
+    def fits(self, num_tokens: int, num_seqs: int) -> bool:
+        return num_tokens <= self.max_tokens and num_seqs <= self.max_seqs
+
+    def stage(
+        self,
+        ids: list[int],
+        positions: list[int],
+        token_rows: list[int],
+        rows: list[int],
+        q_lens: list[int],
+        ctx_lens: list[int],
+        keep: list[int],
+        decode_tail: int,
+    ) -> int:
+        """Copy one step into the smallest bucket that holds it; returns the bucket. The last `decode_tail`
+        sequences are decode rows (one token each)."""
+        from swiftops.engines.pt.triton_attention import tile_map
+
+        n, seqs = len(ids), len(rows)
+        tokens = next(b for b in self.buckets if b >= n)
+        layout = self.layouts[tokens]
+        pad_t, pad_s = tokens - n, layout.seqs - seqs
+        head = seqs - decode_tail
+        q_starts = [0]
+        for q_len in q_lens:
+            q_starts.append(q_starts[-1] + q_len)
+        prefill_map = tile_map(q_lens[:head], self.prefill_q, layout.prefill_tiles)
+        decode_map = tile_map(q_lens[head:], self.decode_q, layout.seqs, first=head)
+        zeros_t, zeros_s = [0] * pad_t, [0] * pad_s
+        parts = (
+            *(ids, zeros_t, positions, zeros_t, token_rows, zeros_t),  # per token, padded to the bucket
+            *(rows, zeros_s, ctx_lens, zeros_s, keep, [0] * (layout.seqs - len(keep))),  # per sequence, padded
+            *(q_starts, [n] * pad_s),  # padded sequences start (and end) after the last token
+            *prefill_map,
+            *decode_map,
+        )
+        flat = list(itertools.chain.from_iterable(parts))
+        self.inputs[tokens].copy_(torch.tensor(flat, dtype=torch.long), non_blocking=True)
+        return tokens
+
+    def replay(self, tokens: int, num_keep: int) -> torch.Tensor:
+        """The bucket's graph over the staged step; a bucket never captured (CPU, where the tests run the same
+        forward through Triton's interpreter) runs it eagerly."""
+        if tokens not in self.graphs:
+            return self.forward(tokens)[:num_keep]
+        graph, logits = self.graphs[tokens]
+        graph.replay()
+        self.replays += 1
+        return logits[:num_keep]
+
+
+def mixed_steps_agree(
+    model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device, mixed: CudaGraphMixedSteps
+) -> tuple[bool, str | None]:
+    """Start-up check: a mixed step (a 10-token prompt and a decode row over a 6-token context) through the graphs
+    gives the eager step's logits. Returns (agrees, why not)."""
+    gen = torch.Generator().manual_seed(1)
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(0, max(2, min(vocab, 1000)), (16,), generator=gen).tolist()
+    prompt = Sequence(prompt_ids=ids[:10], params=SamplingParams(max_tokens=4), sink=lambda out: None)
+    decoding = Sequence(prompt_ids=ids[10:15], params=SamplingParams(max_tokens=4), sink=lambda out: None)
+    eager = PagedRunner(model, cache, blocks, device)
+    graphed = PagedRunner(model, cache, blocks, device, mixed_graphs=mixed)
+    try:
+        with torch.inference_mode():
+            for seq, n in ((prompt, 10), (decoding, 6)):
+                if not blocks.ensure_capacity(seq, n):
+                    return False, "the KV cache cannot hold the check's 16 tokens"
+            blocks.sync()
+            eager.prefill([(decoding, 5)])
+            decoding.num_computed = 5
+            decoding.output_ids.append(ids[15])
+            step = [(prompt, 10), (decoding, 1)]
+            want = eager.prefill(step, decode_tail=1).logits.float()
+            got = graphed.prefill(step, decode_tail=1).logits.float()
+        error = relative_error(got, want)
+        if not within_tolerance(error, cache.shape.dtype):
+            return False, f"a captured step's logits differ from the eager step's (relative error {error:.2e})"
+        return True, None
+    finally:
+        blocks.release(prompt)
+        blocks.release(decoding)
