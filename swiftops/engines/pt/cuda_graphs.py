@@ -11,6 +11,7 @@ points at the scratch block 0, and their logits are dropped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,22 +74,7 @@ class CudaGraphDecoder:
         return out.logits[0]
 
     def capture(self) -> None:
-        torch.cuda.synchronize(self.device)
-        stream = torch.cuda.Stream(device=self.device)
-        with torch.inference_mode():
-            for batch in reversed(self.buckets):  # largest first, so smaller graphs reuse its memory pool
-                stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(stream):
-                    for _ in range(2):  # warm-up: Triton compiles its kernels outside the capture
-                        self._forward(batch)
-                torch.cuda.current_stream(self.device).wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
-                    logits = self._forward(batch)
-                if self.pool is None:
-                    self.pool = graph.pool()
-                self.graphs[batch] = (graph, logits)
-        torch.cuda.synchronize(self.device)
+        self.graphs, self.pool = capture_graphs(self._forward, self.buckets, self.device)
         if self.lora is not None:
             self.lora.gather = False
             self.lora.set_step(None, [])
@@ -119,6 +105,33 @@ class CudaGraphDecoder:
         graph, logits = self.graphs[bucket]
         graph.replay()
         return logits[:batch]
+
+
+def capture_graphs(
+    forward: Callable[[int], torch.Tensor], sizes: list[int], device: torch.device, pool: Any = None
+) -> tuple[dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]], Any]:
+    """One graph of `forward(size)` per size, each after two warm-up runs on a side stream (Triton compiles its
+    kernels outside the capture). Largest first, all in one memory pool (`pool`, or the first graph's), so the
+    smaller graphs reuse its memory: safe because replays never overlap. Returns the graphs with their output
+    tensors, and the pool."""
+    graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+    torch.cuda.synchronize(device)
+    stream = torch.cuda.Stream(device=device)
+    with torch.inference_mode():
+        for size in sorted(sizes, reverse=True):
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    forward(size)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                output = forward(size)
+            if pool is None:
+                pool = graph.pool()
+            graphs[size] = (graph, output)
+    torch.cuda.synchronize(device)
+    return graphs, pool
 
 
 def can_use_graphs(device: torch.device, enforce_eager: bool) -> bool:

@@ -28,6 +28,7 @@ import torch
 
 from swiftops.engines.pt.attention import CONTEXT_KWARG, StepContext
 from swiftops.engines.pt.block_manager import BlockManager
+from swiftops.engines.pt.cuda_graphs import capture_graphs
 from swiftops.engines.pt.kv_cache import PagedKVCache
 from swiftops.engines.pt.model_runner import PagedRunner, relative_error, within_tolerance
 from swiftops.engines.pt.sequence import SamplingParams, Sequence
@@ -146,24 +147,8 @@ class CudaGraphMixedSteps:
         return out.logits[0]
 
     def capture(self, pool: Any = None) -> Any:
-        """Capture every bucket's graph (largest first, sharing `pool`: a replay never overlaps another); returns
-        the pool."""
-        torch.cuda.synchronize(self.device)
-        stream = torch.cuda.Stream(device=self.device)
-        with torch.inference_mode():
-            for tokens in reversed(self.buckets):
-                stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(stream):
-                    for _ in range(2):  # warm-up: Triton compiles its kernels outside the capture
-                        self.forward(tokens)
-                torch.cuda.current_stream(self.device).wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    logits = self.forward(tokens)
-                if pool is None:
-                    pool = graph.pool()
-                self.graphs[tokens] = (graph, logits)
-        torch.cuda.synchronize(self.device)
+        """Capture every bucket's graph in `pool` (the decode graphs'); returns the pool."""
+        self.graphs, pool = capture_graphs(self.forward, self.buckets, self.device, pool)
         logger.info("captured CUDA graphs for mixed prefill/decode steps of %s tokens", self.buckets)
         return pool
 
