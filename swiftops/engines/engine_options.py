@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from swiftops.engines.base import InferEngine
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import collect_response, stream_response
+from swiftops.media.policy import MediaPolicy
 from swiftops.protocol import AdapterRequest, InferRequest, RequestConfig
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
@@ -92,6 +93,7 @@ class SettingsEngine(InferEngine):
             self.library,
             hint=f"; options of {self.library} itself go in engine_kwargs={{...}}",
         )
+        self.media_policy = MediaPolicy.permissive()  # the Python API: the user's own files and network
         self._setup(model_settings, engine_settings, generation, served_model_name)
 
     @classmethod
@@ -105,9 +107,11 @@ class SettingsEngine(InferEngine):
         serving: bool = False,
         served_model_name: str | None = None,
     ) -> SettingsEngine:
-        """The signature every engine shares; `media` limits and `serving` (the server's media policy) are applied
-        by the pt engines' own media loading, not by vLLM's or LMDeploy's."""
+        """The signature every engine shares. `serving`: requests come from network clients, so the images we load
+        for the library follow the server's media policy (no local paths, no private addresses unless allowed, the
+        size and time caps of `media`); videos and audios are refused before they reach it (`require`)."""
         self = cls.__new__(cls)
+        self.media_policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
         self._setup(model, engine, generation or GenerationSettings(), served_model_name)
         return self
 

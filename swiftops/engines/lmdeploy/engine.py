@@ -202,7 +202,7 @@ class LmdeployEngine(SettingsEngine):
         for message in messages:
             if isinstance(message.get("content"), list):
                 message["content"] = [
-                    {"type": "image_url", "image_url": {"url": _data_uri(load_image(next(images)))}}
+                    {"type": "image_url", "image_url": {"url": _data_uri(load_image(next(images), self.media_policy))}}
                     if part.get("type") == "image"
                     else part
                     for part in message["content"]

@@ -189,7 +189,7 @@ class VllmEngine(SettingsEngine):
         )
         # The rendered template already holds the BOS it wants: vLLM must not add another (see _generate).
         length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return {"prompt": text, "multi_modal_data": load_media(media)}, length
+        return {"prompt": text, "multi_modal_data": load_media(media, self.media_policy)}, length
 
     def _start(
         self, request: InferRequest, config: RequestConfig, adapter_request: AdapterRequest | None

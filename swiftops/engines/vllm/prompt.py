@@ -9,12 +9,11 @@ and passed beside the prompt (vLLM's `multi_modal_data`), in order.
 
 from __future__ import annotations
 
-import base64
-import io
 import re
-from pathlib import Path
 from typing import Any
 
+from swiftops.media import image as media_image
+from swiftops.media.policy import MediaPolicy
 from swiftops.protocol import BadRequestError, InferRequest
 
 MEDIA_KINDS = ("image", "video", "audio")
@@ -87,38 +86,16 @@ def split_media(request: InferRequest) -> tuple[list[dict[str, Any]], dict[str, 
     return messages, {kind: items for kind, items in media.items() if items}
 
 
-def load_image(item: Any) -> Any:
-    """A PIL image from a PIL image, a local path, a `data:` URI, raw base64 or an http(s) URL."""
-    from PIL import Image
-
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    if not isinstance(item, str):
-        raise BadRequestError(
-            f"an image must be a path, URL or base64 string, not {type(item).__name__}", param="images"
-        )
-    try:
-        if item.startswith("data:"):
-            data = base64.b64decode(item.partition(",")[2])
-        elif item.startswith(("http://", "https://")):
-            import urllib.request
-
-            with urllib.request.urlopen(item, timeout=30) as response:
-                data = response.read()
-        elif Path(item).expanduser().is_file():
-            data = Path(item).expanduser().read_bytes()
-        else:
-            data = base64.b64decode(item, validate=True)
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    except BadRequestError:
-        raise
-    except Exception as exc:
-        raise BadRequestError(f"could not load image {str(item)[:80]!r}: {exc}", param="images") from exc
+def load_image(item: Any, policy: MediaPolicy) -> Any:
+    """An RGB PIL image from a PIL image, a local path, a `data:` URI, raw base64 or an http(s) URL, read under
+    `policy` (a server's: no local files and no private addresses unless allowed; size and time caps)."""
+    return media_image.load_image(item, policy)
 
 
-def load_media(media: dict[str, list[Any]]) -> dict[str, Any]:
-    """Images are decoded here; videos and audios are passed as given (paths/URLs) for the library to decode."""
+def load_media(media: dict[str, list[Any]], policy: MediaPolicy) -> dict[str, Any]:
+    """Images are decoded here, under `policy`; videos and audios are passed as given (paths/URLs) for the library
+    to decode."""
     loaded: dict[str, Any] = {}
     for kind, items in media.items():
-        loaded[kind] = [load_image(i) for i in items] if kind == "image" else list(items)
+        loaded[kind] = [load_image(i, policy) for i in items] if kind == "image" else list(items)
     return loaded

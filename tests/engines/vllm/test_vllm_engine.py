@@ -174,6 +174,48 @@ def test_images_go_to_multi_modal_data(vl_engine):
                                                     videos=["/v.mp4"])))
 
 
+def test_a_served_engine_loads_images_under_the_servers_media_policy(fake_vllm, tiny_model_dir, tmp_path,
+                                                                      media_server):
+    """Images reach vLLM through swiftops' loader: behind `swiftops deploy` a client cannot make the server read
+    its files or fetch from private addresses; the Python API still reads the user's own files."""
+    import shutil
+
+    from PIL import Image
+
+    from swiftops.engines.vllm import VllmEngine
+    from swiftops.protocol.settings import EngineSettings, MediaSettings, ModelSettings
+
+    model_dir = tmp_path / "tiny-vl"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "chat_template.jinja").write_text(VL_TEMPLATE)
+    picture = tmp_path / "secret.png"
+    Image.new("RGB", (4, 3), "red").save(picture)
+    buffer = io.BytesIO()
+    Image.new("RGB", (5, 2), "blue").save(buffer, format="PNG")
+    media_server.routes["/pic.png"] = (200, {"Content-Type": "image/png"}, buffer.getvalue())
+
+    def ask(engine, image):
+        request = InferRequest(messages=[{"role": "user", "content": "<image>What is this?"}], images=[image])
+        asyncio.run(engine.infer_async(request, RequestConfig(max_tokens=1)))
+        return _llm(engine).calls[-1]["prompt"]["multi_modal_data"]["image"][0].size
+
+    served = VllmEngine.from_settings(ModelSettings(model=str(model_dir)), EngineSettings(infer_backend="vllm"),
+                                      media=MediaSettings(), serving=True)
+    local = VllmEngine(str(model_dir))
+    try:
+        calls = len(_llm(served).calls)
+        with pytest.raises(BadRequestError, match="local"):
+            ask(served, str(picture))
+        with pytest.raises(BadRequestError, match="private|loopback|not allowed"):
+            ask(served, media_server.url("/pic.png"))
+        assert len(_llm(served).calls) == calls  # refused before anything reached vLLM
+        assert ask(local, str(picture)) == (4, 3)
+        assert ask(local, media_server.url("/pic.png")) == (5, 2)
+    finally:
+        served.close()
+        local.close()
+
+
 def test_unknown_python_options_say_where_library_options_go(fake_vllm, tiny_model_dir):
     from swiftops.engines.vllm import VllmEngine
 
