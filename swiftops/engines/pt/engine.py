@@ -365,7 +365,9 @@ class PtEngine(InferEngine):
                     torch.cuda.synchronize(loaded.device)
             scheduler = Scheduler(blocks, max_batch_size, max_num_batched_tokens, self._admit_lora)
             mixed = None
-            if graphs is not None and self.lora is None and not uses_mrope(loaded.model):
+            # SWIFTOPS_PT_MIXED_GRAPHS=0 keeps prefill steps eager while decode steps still replay their graphs.
+            mixed_wanted = os.environ.get("SWIFTOPS_PT_MIXED_GRAPHS", "1") != "0"
+            if mixed_wanted and graphs is not None and self.lora is None and not uses_mrope(loaded.model):
                 mixed = self._mixed_graphs(loaded, cache, blocks, graphs, max_batch_size, scheduler.max_step_tokens)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
             # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
@@ -459,15 +461,15 @@ class PtEngine(InferEngine):
             used = total - free
             # Leave room, on top of the weights already loaded, for what is allocated after the cache: the
             # activations of one eager prefill step (1 GiB), the graphs' pool (the decode graphs' logits and hidden
-            # states of the largest batch; the mixed-step graphs' activations of the largest step and logits of
-            # the largest batch in each of their about four buckets) and the sampler's working set (a few float32
+            # states of the largest batch; the mixed-step graphs' activations of the largest step and their
+            # logits, in the pool and in the buffer they share) and the sampler's working set (a few float32
             # copies of the batch's logits).
             text = loaded.model.config.get_text_config()
             vocab, hidden = text.vocab_size, text.hidden_size
             intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
             step_tokens = Scheduler(None, max_batch_size, max_num_batched_tokens).max_step_tokens
             graphs = max_batch_size * (vocab * 2 + hidden * 64)
-            graphs += step_tokens * (hidden * 12 + intermediate * 6) + 4 * max_batch_size * vocab * 2
+            graphs += step_tokens * (hidden * 12 + intermediate * 6) + 2 * max_batch_size * vocab * 2
             sampler = 4 * max_batch_size * vocab * 4
             budget = int(total * utilization) - used - (1 << 30) - graphs - sampler
             if budget <= 0:

@@ -35,13 +35,17 @@ from swiftops.engines.pt.sequence import SamplingParams, Sequence
 
 logger = logging.getLogger(__name__)
 
-_SMALLEST_BUCKET = 256
+_BUCKET_STEP = 256  # buckets every 256 tokens up to _DENSE_UP_TO, then doubling
+_DENSE_UP_TO = 2048
 
 
 def token_buckets(max_tokens: int) -> list[int]:
-    """Token counts of the captured graphs: powers of two from 256, then the largest step itself."""
-    sizes = [_SMALLEST_BUCKET]
-    while sizes[-1] < max_tokens:
+    """Token counts of the captured graphs. A step runs as its bucket's size, so padding is computed for nothing:
+    for a model whose steps are GPU-bound (7B), a 1,100-token step padded to 2,048 would cost more than it
+    saves in launches. Hence a bucket every 256 tokens up to 2,048 (the default step budget), then doubling, and the
+    largest step itself."""
+    sizes = list(range(_BUCKET_STEP, min(max_tokens, _DENSE_UP_TO) + 1, _BUCKET_STEP))
+    while sizes and sizes[-1] < max_tokens:
         sizes.append(sizes[-1] * 2)
     return [s for s in sizes if s < max_tokens] + [max_tokens]
 
@@ -104,6 +108,7 @@ class CudaGraphMixedSteps:
             self._idle(tokens)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.replays = 0  # steps run through a graph (tests and benchmarks read it)
+        self.logits: torch.Tensor | None = None
 
     @property
     def max_tokens(self) -> int:
@@ -144,7 +149,12 @@ class CudaGraphMixedSteps:
             logits_to_keep=v["keep"],
             **{CONTEXT_KWARG: ctx},
         )
-        return out.logits[0]
+        # Every bucket's graph leaves its logits in one buffer (allocated by the first, uncaptured, warm-up run):
+        # one [max_seqs, vocab] tensor instead of one per bucket held by the pool.
+        logits = out.logits[0]
+        if self.logits is None:
+            self.logits = torch.empty_like(logits)
+        return self.logits.copy_(logits)
 
     def capture(self, pool: Any = None) -> Any:
         """Capture every bucket's graph in `pool` (the decode graphs'); returns the pool."""

@@ -95,8 +95,10 @@ def test_a_step_larger_than_the_largest_bucket_runs_eagerly(paged):
 
 
 def test_token_buckets():
-    assert token_buckets(2048) == [256, 512, 1024, 2048]
-    assert token_buckets(3000) == [256, 512, 1024, 2048, 3000]
+    assert token_buckets(2048) == [256, 512, 768, 1024, 1280, 1536, 1792, 2048]
+    assert token_buckets(8192)[-4:] == [1792, 2048, 4096, 8192]
+    assert token_buckets(3000)[-3:] == [1792, 2048, 3000]
+    assert token_buckets(300) == [256, 300]
     assert token_buckets(100) == [100]
 
 
