@@ -365,8 +365,9 @@ class PtEngine(InferEngine):
                     torch.cuda.synchronize(loaded.device)
             scheduler = Scheduler(blocks, max_batch_size, max_num_batched_tokens, self._admit_lora)
             mixed = None
-            # SWIFTOPS_PT_MIXED_GRAPHS=0 keeps prefill steps eager while decode steps still replay their graphs.
-            mixed_wanted = os.environ.get("SWIFTOPS_PT_MIXED_GRAPHS", "1") != "0"
+            # Opt-in (SWIFTOPS_PT_MIXED_GRAPHS=1) until a GPU run has measured them: checked on CPU through Triton's
+            # interpreter and guarded by the start-up check, but never yet replayed on a GPU.
+            mixed_wanted = os.environ.get("SWIFTOPS_PT_MIXED_GRAPHS", "0") == "1"
             if mixed_wanted and graphs is not None and self.lora is None and not uses_mrope(loaded.model):
                 mixed = self._mixed_graphs(loaded, cache, blocks, graphs, max_batch_size, scheduler.max_step_tokens)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
