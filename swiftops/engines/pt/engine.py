@@ -635,11 +635,13 @@ class PtEngine(InferEngine):
         return seqs
 
     def abort(self, seqs: list[Sequence]) -> None:
-        """Stop generating these sequences (their consumer is gone); they produce nothing more."""
+        """Stop generating these sequences (their consumer is gone); they produce nothing more. After close() there
+        is nothing to stop: a stream read to its end or dropped after the engine closed lands here."""
+        core = self._core
         for seq in seqs:
             seq.aborted = True
-            assert self._core is not None  # narrows for mypy: an engine aborts only what it launched while open
-            self._core.abort(seq.seq_id)
+            if core is not None:
+                core.abort(seq.seq_id)
 
     async def _compile_constraint(self, constraint: OutputConstraint | None, num_beams: int) -> Any:
         """(xgrammar's compiled grammar, the constraint) for the request's output constraint (None: free text),

@@ -265,3 +265,20 @@ def test_logit_bias_forces_and_bans_tokens_in_batch_and_beam_search(engine):
     assert _text(banned) != engine.tokenizer.decode([top])
     with pytest.raises(BadRequestError, match="outside this model's vocabulary"):
         engine.infer([_req("hello")], RequestConfig(max_tokens=1, logit_bias={10**6: 1}))
+
+
+def test_a_stream_dropped_after_close_is_no_error(tiny_model_dir):
+    import asyncio
+
+    from swiftops import PtEngine
+
+    async def drop_after_close() -> None:
+        closing = PtEngine(str(tiny_model_dir), max_batch_size=2)
+        stream = await closing.infer_async(_req("a long answer please"), RequestConfig(
+            max_tokens=400, temperature=0, ignore_eos=True, stream=True))
+        await stream.__anext__()
+        closing.close()
+        await stream.aclose()  # the consumer goes after the engine: its abort finds nothing to stop, and says nothing
+        assert closing.num_running == 0
+
+    asyncio.run(drop_after_close())
