@@ -118,6 +118,13 @@ class PreparedRequest:
     images_size: bool = False  # the response carries the images' sizes (return_details)
 
 
+def _mixed_graphs_wanted() -> bool:
+    """Mixed prefill/decode steps as CUDA graphs are opt-in (SWIFTOPS_PT_MIXED_GRAPHS=1) until a GPU run has
+    measured them: checked on CPU through Triton's interpreter and guarded by a start-up check, but never yet
+    replayed on a GPU."""
+    return os.environ.get("SWIFTOPS_PT_MIXED_GRAPHS", "0") == "1"
+
+
 def _cache_shape(model: Any, dtype: torch.dtype) -> CacheShape:
     text = model.config.get_text_config()
     heads = text.num_attention_heads
@@ -365,10 +372,7 @@ class PtEngine(InferEngine):
                     torch.cuda.synchronize(loaded.device)
             scheduler = Scheduler(blocks, max_batch_size, max_num_batched_tokens, self._admit_lora)
             mixed = None
-            # Opt-in (SWIFTOPS_PT_MIXED_GRAPHS=1) until a GPU run has measured them: checked on CPU through Triton's
-            # interpreter and guarded by the start-up check, but never yet replayed on a GPU.
-            mixed_wanted = os.environ.get("SWIFTOPS_PT_MIXED_GRAPHS", "0") == "1"
-            if mixed_wanted and graphs is not None and self.lora is None and not uses_mrope(loaded.model):
+            if _mixed_graphs_wanted() and graphs is not None and self.lora is None and not uses_mrope(loaded.model):
                 mixed = self._mixed_graphs(loaded, cache, blocks, graphs, max_batch_size, scheduler.max_step_tokens)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
             # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
@@ -470,7 +474,8 @@ class PtEngine(InferEngine):
             intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
             step_tokens = Scheduler(None, max_batch_size, max_num_batched_tokens).max_step_tokens
             graphs = max_batch_size * (vocab * 2 + hidden * 64)
-            graphs += step_tokens * (hidden * 12 + intermediate * 6) + 2 * max_batch_size * vocab * 2
+            if _mixed_graphs_wanted():
+                graphs += step_tokens * (hidden * 12 + intermediate * 6) + 2 * max_batch_size * vocab * 2
             sampler = 4 * max_batch_size * vocab * 4
             budget = int(total * utilization) - used - (1 << 30) - graphs - sampler
             if budget <= 0:
