@@ -25,7 +25,8 @@ from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
 from swiftops.engines.outputs import OutputChannel, SequenceOutput
 from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length
-from swiftops.engines.vllm.prompt import has_media, load_image, split_media
+from swiftops.engines.vllm.prompt import has_media, split_media
+from swiftops.media.image import load_image
 from swiftops.protocol import (
     AdapterRequest,
     BadRequestError,

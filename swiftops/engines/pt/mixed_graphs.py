@@ -187,9 +187,7 @@ class CudaGraphMixedSteps:
         layout = self.layouts[tokens]
         pad_t, pad_s = tokens - n, layout.seqs - seqs
         head = seqs - decode_tail
-        q_starts = [0]
-        for q_len in q_lens:
-            q_starts.append(q_starts[-1] + q_len)
+        q_starts = [0, *itertools.accumulate(q_lens)]
         prefill_map = tile_map(q_lens[:head], self.prefill_q, layout.prefill_tiles)
         decode_map = tile_map(q_lens[head:], self.decode_q, layout.seqs, first=head)
         zeros_t, zeros_s = [0] * pad_t, [0] * pad_s

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from swiftops.media import image as media_image
+from swiftops.media.image import load_image
 from swiftops.media.policy import MediaPolicy
 from swiftops.protocol import BadRequestError, InferRequest
 
@@ -86,15 +86,10 @@ def split_media(request: InferRequest) -> tuple[list[dict[str, Any]], dict[str, 
     return messages, {kind: items for kind, items in media.items() if items}
 
 
-def load_image(item: Any, policy: MediaPolicy) -> Any:
-    """An RGB PIL image from a PIL image, a local path, a `data:` URI, raw base64 or an http(s) URL, read under
-    `policy` (a server's: no local files and no private addresses unless allowed; size and time caps)."""
-    return media_image.load_image(item, policy)
-
-
 def load_media(media: dict[str, list[Any]], policy: MediaPolicy) -> dict[str, Any]:
-    """Images are decoded here, under `policy`; videos and audios are passed as given (paths/URLs) for the library
-    to decode."""
+    """Images are decoded here by swiftops' media loader, under `policy` (a server's: no local files and no private
+    addresses unless allowed; size and time caps); videos and audios are passed as given (paths/URLs) for the
+    library to decode."""
     loaded: dict[str, Any] = {}
     for kind, items in media.items():
         loaded[kind] = [load_image(i, policy) for i in items] if kind == "image" else list(items)
