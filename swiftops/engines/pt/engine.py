@@ -471,10 +471,10 @@ class PtEngine(InferEngine):
             # copies of the batch's logits).
             text = loaded.model.config.get_text_config()
             vocab, hidden = text.vocab_size, text.hidden_size
-            intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
-            step_tokens = Scheduler(None, max_batch_size, max_num_batched_tokens).max_step_tokens
             graphs = max_batch_size * (vocab * 2 + hidden * 64)
             if _mixed_graphs_wanted():
+                intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
+                step_tokens = Scheduler(None, max_batch_size, max_num_batched_tokens).max_step_tokens
                 graphs += step_tokens * (hidden * 12 + intermediate * 6) + 2 * max_batch_size * vocab * 2
             sampler = 4 * max_batch_size * vocab * 4
             budget = int(total * utilization) - used - (1 << 30) - graphs - sampler
