@@ -66,8 +66,11 @@ class StepTrace:
             group["mean_ms"] = round(group["seconds"] / group["steps"] * 1000, 2)
             group["seconds"] = round(group["seconds"], 3)
         first = self.events[0][1] if self.events else end
+        mixed_graphs = getattr(self.runner, "mixed_graphs", None)
         return {
             "steps": len(self.events),
+            # None: mixed steps run eagerly (off, or the start-up check refused the graphs); else graph replays so far
+            "mixed_graph_replays": None if mixed_graphs is None else mixed_graphs.replays,
             "before_first_step_s": round(first - self._t0, 3),
             "traced_s": round(end - first, 3),
             "by_kind": dict(sorted(groups.items())),

@@ -23,3 +23,4 @@ def test_the_trace_counts_every_prefill_token_and_decode_row(tiny_model_dir):
     assert summary["steps"] == sum(k["steps"] for k in kinds.values())
     assert all(k["seconds"] >= 0 and k["mean_ms"] >= 0 for k in kinds.values())
     assert any(name.startswith("mixed<=") for name in kinds) and summary["traced_s"] > 0
+    assert summary["mixed_graph_replays"] is None  # CPU: no CUDA graphs, mixed steps run eagerly
