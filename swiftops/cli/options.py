@@ -32,7 +32,7 @@ from pydantic import AliasChoices, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from swiftops.protocol.errors import ConfigError
-from swiftops.protocol.settings import BACKEND_VALUE_ALIASES, REFUSED_SETTINGS, REFUSED_VALUES
+from swiftops.protocol.settings import BACKEND_VALUE_ALIASES, BEHAVIOUR_VALUES, REFUSED_SETTINGS, REFUSED_VALUES
 
 ENV_PREFIX = "SWIFTOPS_"
 CONFIG_PARAM = "config"
@@ -189,8 +189,30 @@ class SettingsCommand(click.Command):
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = self.drop_behaviour_values(args)
         self.refuse_unsupported(args)
         return super().parse_args(ctx, self.spread_multi_values(args))
+
+    @staticmethod
+    def drop_behaviour_values(args: list[str]) -> list[str]:
+        """`--truncation_strategy delete` (or `=delete`) asks for what swiftops does: taken, and dropped here."""
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                return out + args[i:]
+            flag, eq, inline = arg.partition("=")
+            wanted = BEHAVIOUR_VALUES.get(flag.lstrip("-").replace("-", "_")) if flag.startswith("--") else None
+            if wanted is not None and eq and inline == wanted:
+                i += 1
+                continue
+            if wanted is not None and not eq and i + 1 < len(args) and args[i + 1] == wanted:
+                i += 2
+                continue
+            out.append(arg)
+            i += 1
+        return out
 
     def refuse_unsupported(self, args: list[str]) -> None:
         """An ms-swift flag swiftops does not take fails with its reason, not click's "No such option"."""
@@ -269,6 +291,8 @@ def read_config_file(path: str, fields: dict[str, FieldInfo]) -> dict[str, Any]:
         name = other_names.get(name, name)
         if name in fields:
             values[name] = value
+        elif BEHAVIOUR_VALUES.get(name) == value:
+            continue  # what swiftops does anyway (ms-swift's default, written out)
         elif name in REFUSED_SETTINGS:
             raise ConfigError(f"config file {path}: {key!r} is not supported: {REFUSED_SETTINGS[name]}")
         elif name not in known:

@@ -55,11 +55,16 @@ REFUSED_SETTINGS: dict[str, str] = {
     "attn_impl": "the pt backend installs its own paged attention (vision towers keep sdpa); vllm and lmdeploy "
     "pick theirs; drop the flag",
     "truncation_strategy": "swiftops never cuts a prompt: one longer than --max_model_len (--max_length) is "
-    "refused, as ms-swift's delete does; drop the flag, or shorten the input",
+    "refused, as ms-swift's delete does (the one value taken); drop the flag, or shorten the input",
     "sglang_tp_size": "swiftops has no sglang backend; use --infer_backend vllm --tensor_parallel_size N",
     "sglang_context_length": "swiftops has no sglang backend; use --infer_backend vllm --max_model_len N",
     "sglang_mem_fraction_static": "swiftops has no sglang backend; use --infer_backend vllm --gpu_memory_utilization F",
 }
+
+
+# Refused settings whose value names what swiftops does anyway (ms-swift's default, which its scripts and saved
+# configs spell out): taken and dropped instead of refused.
+BEHAVIOUR_VALUES: dict[str, str] = {"truncation_strategy": "delete"}
 
 
 def aliases(*names: str) -> AliasChoices:

@@ -126,6 +126,24 @@ def test_refused_flags_say_why(argv, reason):
         parse(*argv)
 
 
+@pytest.mark.parametrize("argv", [
+    ("--truncation_strategy", "delete"), ("--truncation_strategy=delete",), ("--truncation-strategy", "delete"),
+])
+def test_truncation_strategy_delete_is_what_swiftops_does_and_is_taken(argv):
+    # ms-swift's default value, spelled out in its scripts: the flag is dropped, the flags around it still parse
+    model, _, _, _ = parse(*argv, "--max_model_len", "123")
+    assert model.max_model_len == 123
+
+
+def test_truncation_strategy_delete_in_a_config_file_is_taken_and_right_refused(tmp_path):
+    config = tmp_path / "swift.yaml"
+    config.write_text("truncation_strategy: delete\nmax_length: 321\n")
+    assert parse("--config", str(config))[0].max_model_len == 321
+    config.write_text("truncation_strategy: right\n")
+    with pytest.raises(ConfigError, match="'truncation_strategy' is not supported: swiftops never cuts a prompt"):
+        parse("--config", str(config))
+
+
 def test_refused_flag_on_the_real_cli_is_one_line_and_exit_2(run_swiftops):
     done = run_swiftops("infer", "--model", "org/m", "--infer_backend", "sglang")
     assert done.returncode == 2
