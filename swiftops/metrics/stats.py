@@ -110,6 +110,7 @@ class InferStats:
                 "num_prompt_tokens": self.num_prompt_tokens,
                 "num_generated_tokens": self.num_generated_tokens,
                 "num_samples": self.num_samples,
+                "num_requests": self.num_requests,  # num_samples counts each of a request's n choices
                 "runtime": round(runtime, 6),
                 "samples/s": round(self.num_samples / runtime, 4) if runtime > 0 else 0.0,
                 "tokens/s": round(self.num_generated_tokens / runtime, 4) if runtime > 0 else 0.0,

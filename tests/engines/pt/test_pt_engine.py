@@ -141,7 +141,9 @@ def test_infer_async_and_metrics(engine):
     stats = InferStats()
     engine.infer([_req(p) for p in PROMPTS], GREEDY, metrics=[stats])
     summary = stats.compute()
-    assert summary["num_samples"] == len(PROMPTS)
+    assert summary["num_samples"] == summary["num_requests"] == len(PROMPTS)
+    engine.infer([_req(PROMPTS[0])], RequestConfig(max_tokens=3, temperature=1.0, n=2), metrics=[stats])
+    assert (stats.compute()["num_requests"], stats.compute()["num_samples"]) == (len(PROMPTS) + 1, len(PROMPTS) + 2)
     assert summary["num_generated_tokens"] > 0 and summary["tokens/s"] > 0
     assert 0 < summary["ttft_p50"] <= summary["latency_p99"]
 
