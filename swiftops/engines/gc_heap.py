@@ -6,21 +6,36 @@ engine loaded it took 180-260 ms on the 2-core development machine, every few se
 every thread (the engine's step, the event loop) for that long: an inter-token latency spike and a throughput
 loss. Moving the start-up heap to the permanent generation (`gc.freeze`) leaves collections only the objects made
 since (6 ms for the same collection). vLLM's engine core and API server and SGLang's scheduler do the same.
+
+Each engine or server that froze the heap holds it frozen; `release_heap` at its teardown unfreezes, collects what
+it left (its parts reference each other), and freezes again while another holder still runs in the process.
 """
 
 from __future__ import annotations
 
 import gc
+import threading
+
+_lock = threading.Lock()
+_holders = 0  # engines and servers running with the heap frozen
 
 
 def freeze_startup_heap() -> None:
     """Collect what start-up left behind, then exempt every object alive now from later collections."""
-    gc.collect()
-    gc.freeze()
+    global _holders
+    with _lock:
+        gc.collect()
+        gc.freeze()
+        _holders += 1
 
 
-def thaw_heap() -> None:
-    """Undo `freeze_startup_heap` before a teardown's collection, so that the objects of an engine being closed
-    (whose parts reference each other) are freed too. Another engine still running in the process then meets full
-    collections again: slower, never wrong."""
-    gc.unfreeze()
+def release_heap() -> None:
+    """One holder's teardown: unfreeze so that its objects (frozen at start-up with the rest) can be freed, collect
+    them, and freeze the survivors again if another engine or server still runs here."""
+    global _holders
+    with _lock:
+        _holders = max(0, _holders - 1)
+        gc.unfreeze()
+        gc.collect()
+        if _holders:
+            gc.freeze()

@@ -18,7 +18,7 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp
 
 from swiftops.engines.base import InferEngine
-from swiftops.engines.gc_heap import freeze_startup_heap, thaw_heap
+from swiftops.engines.gc_heap import freeze_startup_heap, release_heap
 from swiftops.media import worker_pools
 from swiftops.metrics.prometheus import ServerMetrics
 from swiftops.protocol import ErrorResponse
@@ -109,7 +109,7 @@ def create_app(
         finally:
             lifecycle.draining = True
             warm_up.cancel()
-            thaw_heap()
+            release_heap()
 
     app = _GatedApp(
         title="swiftops",

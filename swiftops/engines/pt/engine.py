@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import os
 from collections import deque
@@ -15,7 +14,7 @@ import torch
 
 from swiftops.engines.base import InferEngine
 from swiftops.engines.engine_options import split_options
-from swiftops.engines.gc_heap import freeze_startup_heap, thaw_heap
+from swiftops.engines.gc_heap import freeze_startup_heap, release_heap
 from swiftops.engines.outputs import OutputChannel, SequenceOutput, merge_outputs
 from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length, check_streamable, check_text_only
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
@@ -727,7 +726,6 @@ class PtEngine(InferEngine):
         self._grammars.close()
         for name in ("kv_cache", "block_manager", "model", "_loaded", "lora"):
             self.__dict__.pop(name, None)
-        thaw_heap()  # the engine's own objects were frozen at start-up with the rest
-        gc.collect()  # the engine's objects reference each other (scheduler hooks, graphs): free them now
+        release_heap()  # the engine's objects, frozen at start-up and referencing each other, are freed now
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
