@@ -65,6 +65,7 @@ class GrammarCompiler:
         self._info: Any = None
         self._rows: TokenRows | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="swiftops-grammar")
+        self.filler = MaskFiller()
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str, bool], Future] = OrderedDict()
         self.compiles = 0  # grammars actually compiled (cache misses), for tests and logs
@@ -147,11 +148,13 @@ class GrammarCompiler:
         return SequenceGrammar(
             _xgrammar().GrammarMatcher(compiled),
             self._rows,
+            self.filler,
             json_output=constraint.kind in ("json_schema", "json_object"),
         )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.filler.close()
 
 
 _CONTROL = re.compile(rb"[\x00-\x1f]")
@@ -205,11 +208,12 @@ class SequenceGrammar:
     """One sequence's place in its grammar: xgrammar's matcher, how many output tokens it has taken, and which of
     `TokenRows` applies next."""
 
-    __slots__ = ("matcher", "token_rows", "json_output", "after_ed", "accepted")
+    __slots__ = ("matcher", "token_rows", "filler", "json_output", "after_ed", "accepted")
 
-    def __init__(self, matcher: Any, token_rows: TokenRows, json_output: bool) -> None:
+    def __init__(self, matcher: Any, token_rows: TokenRows, filler: MaskFiller, json_output: bool) -> None:
         self.matcher = matcher
         self.token_rows = token_rows
+        self.filler = filler  # the engine's: every matcher of a batch shares it
         self.json_output = json_output
         self.after_ed = False
         self.accepted = 0  # output tokens the matcher has taken
@@ -277,7 +281,7 @@ def fill_mask(seqs: list[Any], vocab_size: int, pin: bool) -> HostMask | None:
     if len(rows) == 1:
         matchers[0].fill_next_token_bitmask(words, rows[0])
     else:
-        _batch_matcher().batch_fill_next_token_bitmask(matchers, words, rows)
+        seqs[rows[0]].grammar.filler.batch_matcher().batch_fill_next_token_bitmask(matchers, words, rows)
     token_rows = seqs[rows[0]].grammar.token_rows  # one per engine: every matcher of the batch shares it
     kinds = [token_rows.free_kind] * len(seqs)
     for i in rows:
@@ -285,25 +289,39 @@ def fill_mask(seqs: list[Any], vocab_size: int, pin: bool) -> HostMask | None:
     return HostMask(rows, words, kinds, token_rows)
 
 
-_FILL_POOL: ThreadPoolExecutor | None = None
+class MaskFiller:
+    """One engine's means of filling a batch's mask: xgrammar's batch matcher (its own threads) and the worker that
+    fills step N + 1's mask beside step N's post-step. Per engine, so that two engines in a process never share a
+    matcher from two threads, and closing one stops only its worker."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._matcher: Any = None
+        self._lock = threading.Lock()
+
+    def batch_matcher(self) -> Any:
+        with self._lock:
+            if self._matcher is None:
+                self._matcher = _xgrammar().BatchGrammarMatcher(max_threads="auto")
+            return self._matcher
+
+    def submit(self, seqs: list[Any], vocab_size: int, pin: bool) -> Future:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swiftops-grammar-mask")
+            return self._pool.submit(fill_mask, seqs, vocab_size, pin)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
 
 
 def fill_mask_async(seqs: list[Any], vocab_size: int, pin: bool) -> Future:
-    """`fill_mask` on a worker thread, while the engine thread does the post-step of the step before."""
-    global _FILL_POOL
-    if _FILL_POOL is None:
-        _FILL_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swiftops-grammar-mask")
-    return _FILL_POOL.submit(fill_mask, seqs, vocab_size, pin)
-
-
-_BATCH_MATCHER: Any | None = None
-
-
-def _batch_matcher() -> Any:
-    global _BATCH_MATCHER
-    if _BATCH_MATCHER is None:
-        _BATCH_MATCHER = _xgrammar().BatchGrammarMatcher(max_threads="auto")
-    return _BATCH_MATCHER
+    """`fill_mask` on the engine's worker thread, while the engine thread does the post-step of the step before."""
+    grammar = next(s.grammar for s in seqs if s.grammar is not None)
+    return grammar.filler.submit(seqs, vocab_size, pin)
 
 
 def constrain(logits: torch.Tensor, seqs: list[Any], filled: HostMask | None = None) -> None:

@@ -13,7 +13,14 @@ import torch
 from benchmarks.structured_output import RESPONSE_FORMAT, SCHEMA
 from swiftops import InferRequest, PtEngine, RequestConfig
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
-from swiftops.engines.pt.guided_decoding import GrammarCompiler, TokenRows, constrain, fill_mask, take_ahead
+from swiftops.engines.pt.guided_decoding import (
+    GrammarCompiler,
+    TokenRows,
+    constrain,
+    fill_mask,
+    fill_mask_async,
+    take_ahead,
+)
 from swiftops.engines.pt.post_step import PostStep
 from swiftops.engines.pt.sequence import SamplingParams, Sequence
 from swiftops.protocol import BadRequestError
@@ -244,6 +251,28 @@ def test_tokens_taken_ahead_are_not_taken_twice_and_a_rejected_one_is_reported(t
     failed = post.append(bad, rejected, None)
     assert failed.finish_reason == "error" and "rejected the sampled token" in str(failed.error)
     compiler.close()
+
+
+def test_each_engine_fills_masks_with_its_own_worker_and_closing_one_leaves_the_other(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    first, second = (GrammarCompiler(tokenizer, len(tokenizer), {tokenizer.eos_token_id}) for _ in range(2))
+    constraint = OutputConstraint("choice", json.dumps(["yes", "no"]), param="guided_choice")
+    params = SamplingParams(max_tokens=4)
+
+    def batch(compiler):
+        compiled = compiler.compile_sync(constraint)
+        return [Sequence([1], params, print, grammar=compiler.matcher(compiled, constraint)) for _ in range(3)]
+
+    ours, theirs = batch(first), batch(second)
+    assert ours[0].grammar.filler is first.filler and theirs[0].grammar.filler is second.filler
+    assert first.filler is not second.filler
+    want = fill_mask(theirs, len(tokenizer), pin=False).words
+    first.close()
+    filled = fill_mask_async(theirs, len(tokenizer), pin=False).result(timeout=30)  # the other's worker still runs
+    assert filled.rows == [0, 1, 2] and torch.equal(filled.words, want)
+    second.close()
 
 
 def test_token_rows_forbid_surrogates_and_control_characters_in_json():
