@@ -23,6 +23,7 @@ from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
 from swiftops.engines.pt.fault_injection import FaultInjector
 from swiftops.engines.pt.guided_decoding import fill_mask_async, take_ahead
+from swiftops.engines.pt.openmp_pool import release_calling_thread_pool
 from swiftops.engines.pt.post_step import PostStep, advance
 from swiftops.engines.pt.sampler import PendingSample, sample, sample_on_device
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
@@ -60,6 +61,10 @@ class EngineCore:
         # next step. With Python's default 5 ms switch interval a busy thread beside it (the server's event loop
         # streaming tokens) keeps the GIL for up to 5 ms per step; 0.5 ms bounds that wait.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+        if device.type == "cpu":
+            # Every step's CPU ops run on the engine thread: the loading thread's OpenMP workers would only compete
+            # with the engine thread's for the cores (swiftops.engines.pt.openmp_pool).
+            release_calling_thread_pool()
         self._thread = threading.Thread(target=self._loop, name="swiftops-pt-engine", daemon=True)
         self._thread.start()
 

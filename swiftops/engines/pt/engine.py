@@ -344,6 +344,10 @@ class PtEngine(InferEngine):
             logger.info(
                 "pt engine: Triton kernels replace %s (modules, or modeling modules for rotary)", self.fused_kernels
             )
+        elif loaded.device.type == "cpu":
+            from swiftops.engines.pt.cpu_linears import pack_linears
+
+            self.fused_kernels = {"packed_linear": pack_linears(loaded.model)}
         agrees, self.paged_check_error = (
             (True, None)
             if choice in ("fallback", "paged")
