@@ -78,7 +78,7 @@ def pack_linears(model: nn.Module) -> int:
     if the copies fit (see the module's docstring); returns how many modules were switched."""
     if not available():
         return 0
-    modules = [m for m in model.modules() if _eligible(m)]
+    modules: list[nn.Linear] = [m for m in model.modules() if isinstance(m, nn.Linear) and _eligible(m)]
     need = sum(m.weight.numel() * m.weight.element_size() for m in modules)
     budget = _MEMORY_SHARE * _available_memory()
     if not modules or need > budget:
@@ -94,7 +94,7 @@ def pack_linears(model: nn.Module) -> int:
         for module in modules:
             module.packed_weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), _BATCH_HINT)
             if _agrees(module):
-                module.forward = types.MethodType(_packed_forward, module)
+                module.forward = types.MethodType(_packed_forward, module)  # type: ignore[method-assign]
                 switched += 1
             else:
                 del module.packed_weight
