@@ -6,9 +6,10 @@ the 2-core development machine. oneDNN's linear over a weight reordered once int
 57 linears of a 30M-parameter step in 13-15 ms against 19-24 ms (benchmarks/RESULTS.md, criterion (f)). This is
 what torch.compile's CPU freezing pass and IPEX do for inference.
 
-The packed copy sits beside the dense weight (LoRA wrappers, tied embeddings and anything else that reads `.weight`
-keep working), so it costs the linears' size again in memory: it is made only while that fits in a quarter of the
-memory available, and each module is checked against its own forward first.
+A gated SiLU MLP gets one packed [gate; up] weight, so that one GEMM computes both projections
+(swiftops.engines.pt.gated_mlp). The packed copy sits beside the dense weight (LoRA wrappers, tied embeddings and
+anything else that reads `.weight` keep working), so it costs the linears' size again in memory: it is made only
+while that fits in a quarter of the memory available, and each module is checked against its own forward first.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from swiftops.engines.pt.gated_mlp import is_gated_silu_mlp, projections_replaced, share_gate_up_weight
 from swiftops.engines.pt.verified_fusion import agrees_within
 
 logger = logging.getLogger(__name__)
@@ -73,29 +75,66 @@ def _agrees(module: Any) -> bool:
         )
 
 
+def _pack(module: Any, name: str, weight: torch.Tensor) -> None:
+    setattr(module, name, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _BATCH_HINT))
+
+
+def _packed_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    if projections_replaced(self) or x.dtype != torch.float32 or torch.is_grad_enabled():
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+    gate_up = torch.ops.mkldnn._linear_pointwise(x, self.packed_gate_up, None, "none", [], "")
+    width = gate_up.shape[-1] // 2
+    return self.down_proj(self.act_fn(gate_up[..., :width]) * gate_up[..., width:])
+
+
+def _mlp_agrees(module: Any) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, module.gate_proj.in_features, generator=gen)
+    with torch.inference_mode():
+        want = module.down_proj(module.act_fn(module.gate_proj(x)) * module.up_proj(x))
+        return agrees_within(_packed_mlp_forward(module, x), want, torch.float32, 1e-4)
+
+
 def pack_linears(model: nn.Module) -> int:
     """Give every float32 CPU `nn.Linear` of `model` a prepacked copy of its weight and the forward that uses it,
-    if the copies fit (see the module's docstring); returns how many modules were switched."""
+    and every gated SiLU MLP one packed [gate; up] weight (one GEMM for both), if the copies fit (see the module's
+    docstring); returns how many linears are computed from packed weights."""
     if not available():
         return 0
-    modules: list[nn.Linear] = [m for m in model.modules() if isinstance(m, nn.Linear) and _eligible(m)]
-    need = sum(m.weight.numel() * m.weight.element_size() for m in modules)
+    mlps: list[Any] = [m for m in model.modules() if is_gated_silu_mlp(m)]
+    mlps = [m for m in mlps if _eligible(m.gate_proj) and _eligible(m.up_proj)]
+    in_mlps = {id(p) for m in mlps for p in (m.gate_proj, m.up_proj)}  # packed as one per MLP
+    linears: list[nn.Linear] = [
+        m for m in model.modules() if isinstance(m, nn.Linear) and _eligible(m) and id(m) not in in_mlps
+    ]
+    need = sum(m.weight.numel() * m.weight.element_size() for m in linears) + sum(
+        2 * m.gate_proj.weight.numel() * m.gate_proj.weight.element_size() for m in mlps
+    )
     budget = _MEMORY_SHARE * _available_memory()
-    if not modules or need > budget:
-        if modules:
-            logger.info(
-                "pt engine: linear weights not prepacked for oneDNN (%.1f GiB needed, %.1f GiB allowed)",
-                need / 2**30,
-                budget / 2**30,
-            )
+    if not linears and not mlps:
+        return 0
+    if need > budget:
+        logger.info(
+            "pt engine: linear weights not prepacked for oneDNN (%.1f GiB needed, %.1f GiB allowed)",
+            need / 2**30,
+            budget / 2**30,
+        )
         return 0
     switched = 0
     with torch.no_grad():
-        for module in modules:
-            module.packed_weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), _BATCH_HINT)
-            if _agrees(module):
-                module.forward = types.MethodType(_packed_forward, module)  # type: ignore[method-assign]
+        for linear in linears:
+            _pack(linear, "packed_weight", linear.weight)
+            if _agrees(linear):
+                linear.forward = types.MethodType(_packed_forward, linear)  # type: ignore[method-assign]
                 switched += 1
             else:
-                del module.packed_weight
+                del linear.packed_weight
+        for mlp in mlps:
+            share_gate_up_weight(mlp)
+            _pack(mlp, "packed_gate_up", mlp.gate_up_weight)
+            if _mlp_agrees(mlp):
+                mlp.forward = types.MethodType(_packed_mlp_forward, mlp)
+                switched += 2
+            else:
+                del mlp.packed_gate_up
     return switched

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from swiftops.engines.pt.gated_mlp import is_gated_silu_mlp, projections_replaced, share_gate_up_weight
 from swiftops.engines.pt.verified_fusion import agrees_within, switch_forwards
 
 
@@ -49,37 +50,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def _fused_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    if type(self.gate_proj) is not nn.Linear or type(self.up_proj) is not nn.Linear:
-        # LoRA layers put in after the switch (an adapter added to a running engine) wrap the projections:
-        # their deltas must apply, so the module computes the plain way.
+    if projections_replaced(self):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
     return self.down_proj(silu_mul(nn.functional.linear(x, self.gate_up_weight)))
-
-
-def _fusable(module: nn.Module) -> bool:
-    gate: Any  # an nn.Linear once the all() below holds (mypy cannot follow that check)
-    up: Any
-    gate, up, down = (getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
-    act = getattr(module, "act_fn", None)
-    return (
-        all(type(m) is nn.Linear for m in (gate, up, down))
-        and gate.bias is None
-        and up.bias is None
-        and gate.weight.shape == up.weight.shape
-        and type(act).__name__ in ("SiLU", "SiLUActivation")
-        and gate.weight.dtype == up.weight.dtype
-    )
-
-
-def _share_weights(module: Any) -> None:
-    """One [2I, H] tensor for gate and up; their modules keep views of it (state dicts and LoRA-free reads agree)."""
-    gate, up = module.gate_proj, module.up_proj
-    with torch.no_grad():
-        fused = torch.cat([gate.weight, up.weight])
-    width = gate.weight.shape[0]
-    gate.weight = nn.Parameter(fused[:width], requires_grad=False)
-    up.weight = nn.Parameter(fused[width:], requires_grad=False)
-    module.gate_up_weight = fused
 
 
 def _agrees(module: Any) -> bool:
@@ -94,8 +67,8 @@ def fuse_gated_mlps(model: torch.nn.Module) -> int:
     """Switch every gated SiLU MLP whose class passes the check; returns how many were switched."""
     return switch_forwards(
         model,
-        lambda m: type(m).__name__.endswith("MLP") and _fusable(m),
+        is_gated_silu_mlp,
         _agrees,
         _fused_forward,
-        prepare=_share_weights,
+        prepare=share_gate_up_weight,
     )

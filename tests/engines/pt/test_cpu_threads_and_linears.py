@@ -64,8 +64,10 @@ def test_pt_engine_on_cpu_packs_its_linears_and_answers_as_the_dense_model(tiny_
         prompts = [InferRequest(prompt=[5 + i] * (8 + i)) for i in range(4)]
         config = RequestConfig(max_tokens=12, temperature=0, ignore_eos=True)
         packed = [r.choices[0].message.content for r in engine.infer(prompts, config, use_tqdm=False)]
-        for module in engine.model.modules():  # back to nn.Linear's own forward, same engine and cache
-            if hasattr(module, "packed_weight"):
+        mlps = [m for m in engine.model.modules() if hasattr(m, "packed_gate_up")]
+        assert mlps and all(m.gate_proj.weight.data_ptr() == m.gate_up_weight.data_ptr() for m in mlps)
+        for module in engine.model.modules():  # back to the modules' own forwards, same engine and cache
+            if hasattr(module, "packed_weight") or hasattr(module, "packed_gate_up"):
                 del module.forward
         dense = [r.choices[0].message.content for r in engine.infer(prompts, config, use_tqdm=False)]
     finally:
