@@ -17,7 +17,7 @@ Not graphed (the step runs eagerly): LoRA engines (the graph-friendly LoRA path 
 the adapters per linear, too much at a prefill's token count), multimodal prompts and M-RoPE models (their inputs
 are embeddings and 3-D positions built per prompt), and steps larger than the largest bucket.
 
-Opt-in (SWIFTOPS_PT_MIXED_GRAPHS=1, read by the engine) until a GPU run has measured them.
+On by default; SWIFTOPS_PT_MIXED_GRAPHS=0 (read by the engine) runs these steps eagerly.
 """
 
 from __future__ import annotations

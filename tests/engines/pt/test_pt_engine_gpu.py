@@ -36,7 +36,7 @@ def test_cuda_graph_decode_matches_eager_and_solo(tiny_model_dir):
 
 
 def test_mixed_prefill_decode_steps_replay_graphs_and_match_eager(tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("SWIFTOPS_PT_MIXED_GRAPHS", "1")
+    monkeypatch.delenv("SWIFTOPS_PT_MIXED_GRAPHS", raising=False)  # on by default
     # 12 prompts through 4 batch slots: later prompts join running decodes, so most prefills are mixed steps; a
     # 64-token step budget gives the buckets [64] and chunks the long prompt
     kwargs = dict(max_batch_size=4, max_num_batched_tokens=64, torch_dtype="float32", kv_cache_memory_gb=0.5)
