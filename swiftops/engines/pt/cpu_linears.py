@@ -48,9 +48,13 @@ def _available_memory() -> int:
         return 0
 
 
+def _plain_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.linear(x, self.weight, self.bias)
+
+
 def _packed_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float32 or torch.is_grad_enabled():  # not what the copy was made for: the dense way
-        return nn.functional.linear(x, self.weight, self.bias)
+        return _plain_forward(self, x)
     return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
 
@@ -66,33 +70,28 @@ def _eligible(module: nn.Module) -> bool:
     )
 
 
-def _agrees(module: Any) -> bool:
+def _agrees(packed: Any, plain: Any, in_features: int) -> bool:
+    """The packed forward gives the plain one's result on random rows, to float32 rounding."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, module.in_features, generator=gen)
+    x = torch.randn(5, in_features, generator=gen)
     with torch.inference_mode():
-        return agrees_within(
-            _packed_forward(module, x), nn.functional.linear(x, module.weight, module.bias), torch.float32, 1e-4
-        )
+        return agrees_within(packed(x), plain(x), torch.float32, 1e-4)
 
 
 def _pack(module: Any, name: str, weight: torch.Tensor) -> None:
     setattr(module, name, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _BATCH_HINT))
 
 
+def _plain_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
 def _packed_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     if projections_replaced(self) or x.dtype != torch.float32 or torch.is_grad_enabled():
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return _plain_mlp_forward(self, x)
     gate_up = torch.ops.mkldnn._linear_pointwise(x, self.packed_gate_up, None, "none", [], "")
     width = gate_up.shape[-1] // 2
     return self.down_proj(self.act_fn(gate_up[..., :width]) * gate_up[..., width:])
-
-
-def _mlp_agrees(module: Any) -> bool:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, module.gate_proj.in_features, generator=gen)
-    with torch.inference_mode():
-        want = module.down_proj(module.act_fn(module.gate_proj(x)) * module.up_proj(x))
-        return agrees_within(_packed_mlp_forward(module, x), want, torch.float32, 1e-4)
 
 
 def pack_linears(model: nn.Module) -> int:
@@ -124,16 +123,18 @@ def pack_linears(model: nn.Module) -> int:
     with torch.no_grad():
         for linear in linears:
             _pack(linear, "packed_weight", linear.weight)
-            if _agrees(linear):
-                linear.forward = types.MethodType(_packed_forward, linear)  # type: ignore[method-assign]
+            packed = types.MethodType(_packed_forward, linear)
+            if _agrees(packed, types.MethodType(_plain_forward, linear), linear.in_features):
+                linear.forward = packed  # type: ignore[method-assign]
                 switched += 1
             else:
                 del linear.packed_weight
         for mlp in mlps:
             share_gate_up_weight(mlp)
             _pack(mlp, "packed_gate_up", mlp.gate_up_weight)
-            if _mlp_agrees(mlp):
-                mlp.forward = types.MethodType(_packed_mlp_forward, mlp)
+            packed = types.MethodType(_packed_mlp_forward, mlp)
+            if _agrees(packed, types.MethodType(_plain_mlp_forward, mlp), mlp.gate_proj.in_features):
+                mlp.forward = packed
                 switched += 2
             else:
                 del mlp.packed_gate_up
