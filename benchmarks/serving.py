@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import pathlib
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -211,13 +212,21 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 return done
             return sum(await asyncio.gather(*(worker(s) for s in shares)))
 
+        trace = None
+        if spec["backend"] == "pt":  # the steps' timeline: how long steps with prefill take beside decode steps
+            from benchmarks.step_trace import StepTrace
+            trace = StepTrace(engine)
         for c, prompts in spec["sets"].items():
+            if trace is not None:
+                trace.start()
             t0 = time.perf_counter()
             produced = engine._loop().submit(at_concurrency(prompts, int(c))).result()
             seconds = time.perf_counter() - t0
             out["at_concurrency"][c] = {"requests": len(prompts), "completion_tokens": produced,
                                         "seconds": round(seconds, 3), "output_tok_s": round(produced / seconds, 1),
                                         "ok": produced == len(prompts) * spec["output_len"]}
+            if trace is not None:
+                out["at_concurrency"][c]["step_trace"] = trace.stop()
         everything = spec["sets"][str(max(int(c) for c in spec["sets"]))]
         t0 = time.perf_counter()
         responses = engine.infer([InferRequest(prompt=p) for p in everything], config, use_tqdm=False)
@@ -267,6 +276,7 @@ class Run:
         flags = ["--model", model_dir, "--infer_backend", backend]
         if max_len:
             flags += ["--max_model_len", str(max_len)]
+        flags += shlex.split(self.args.server_flags)  # an A/B of a server setting (--max_itl_ratio 0)
         t0 = time.perf_counter()
         server = ServerProcess(flags, ready_timeout=min(600.0, self.left())).start()
         entry: dict[str, Any] = {"command": "swiftops deploy " + " ".join(flags),
@@ -283,6 +293,8 @@ class Run:
         finally:
             server.stop()
             (self.work / f"{backend}-server.log").write_text(server.output())
+            # the engine's start-up timing of its steps and the prefill bound it chose (pt on a GPU)
+            entry["step_bound_log"] = [line[-260:] for line in server.output().splitlines() if "a step costs" in line]
             entry["server_log_tail"] = server.output()[-1500:] if not all(
                 p.get("ok") for p in entry["points"].values()) else None
         return entry
@@ -368,6 +380,7 @@ def main() -> None:
     parser.add_argument("--max_model_len", type=int, default=None,
                         help="pass this context to every engine (default: none, each engine's own default)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"any of {', '.join(PARTS)}")
+    parser.add_argument("--server_flags", default="", help="more swiftops deploy flags for the served parts")
     parser.add_argument("--client_processes", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)))
     parser.add_argument("--deadline_s", type=float, default=540.0, help="stop starting parts after this long")
     parser.add_argument("--url", default=None, help="measure a running server (no offline figures)")

@@ -103,6 +103,11 @@ CAPABILITIES: dict[str, dict[str, Support]] = {
         "vllm": no("vLLM places the model itself; use parallelism.tensor/pipeline instead of device_map"),
         "lmdeploy": no("LMDeploy places the model itself; use parallelism.tensor instead of device_map"),
     },
+    "max_itl_ratio": {
+        "pt": YES,
+        "vllm": no("vLLM schedules prefill chunks itself; bound them with --max_num_batched_tokens instead"),
+        "lmdeploy": no("LMDeploy schedules prefill itself; bound it with --max_num_batched_tokens instead"),
+    },
     "cpu": {
         "pt": YES,
         "vllm": no("the vllm backend needs a GPU; set resources.gpu.count >= 1 or use pt on CPU"),

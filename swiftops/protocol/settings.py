@@ -270,6 +270,14 @@ class EngineSettings(_Section):
         None, gt=0, description="KV cache size in GiB (default: from gpu_memory_utilization on GPU, 1 GiB on CPU)."
     )
     block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
+    max_itl_ratio: float | None = Field(
+        None,
+        ge=0,
+        description="pt on a GPU: a step that prefills new prompts beside streaming sequences is kept within about "
+        "this many times a decode step's time (timed at start-up), which bounds their inter-token latency; 0: no "
+        "bound beyond max_num_batched_tokens. Default: 1.75 in swiftops deploy and app, 0 in-process (offline "
+        "batches, where throughput counts).",
+    )
     enforce_eager: bool = Field(
         False,
         validation_alias=aliases("enforce_eager", "vllm_enforce_eager"),
@@ -345,6 +353,16 @@ class EngineSettings(_Section):
         description="Extra keyword arguments passed unchanged to the backend library's engine "
         "config (vLLM's AsyncEngineArgs, LMDeploy's *EngineConfig).",
     )
+
+    @field_validator("max_itl_ratio")
+    @classmethod
+    def _ratio_above_one(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value <= 1:
+            raise ValueError(
+                "max_itl_ratio is a multiple of a decode step's time: 0 turns the bound off, otherwise give a "
+                "value above 1 (1.75 is the server's default)"
+            )
+        return value
 
 
 class GenerationSettings(_Section):

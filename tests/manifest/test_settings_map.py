@@ -45,8 +45,8 @@ def sample_value(info: FieldInfo):
     raise AssertionError(f"no sample for {annotation}")
 
 
-# Fields whose settings validators check the value against others: a value that passes them.
-REALISTIC = {"device_map": "auto", "max_memory": {"0": "20GiB", "cpu": "64GiB"}}
+# Fields whose settings validators check the value (against others, or a range the sample misses): one that passes.
+REALISTIC = {"device_map": "auto", "max_memory": {"0": "20GiB", "cpu": "64GiB"}, "max_itl_ratio": 2.0}
 
 
 def expected_settings(manifest, command: str) -> dict[type, BaseModel]:

@@ -43,6 +43,8 @@ def backend_config_kwargs(model: ModelSettings, engine: EngineSettings, backend:
         raise ConfigError(support("lmdeploy", "float32").reason, param="torch_dtype")
     if model.merge_lora:
         raise ConfigError(support("lmdeploy", "merge_lora").reason, param="merge_lora")
+    if engine.max_itl_ratio:
+        raise ConfigError(support("lmdeploy", "max_itl_ratio").reason, param="max_itl_ratio")
     kwargs: dict[str, Any] = {
         "dtype": _DTYPES[model.torch_dtype],
         "tp": engine.tensor_parallel_size,

@@ -7,7 +7,8 @@ the 2-core development machine. oneDNN's linear over a weight reordered once int
 what torch.compile's CPU freezing pass and IPEX do for inference.
 
 A gated SiLU MLP gets one packed [gate; up] weight, so that one GEMM computes both projections
-(swiftops.engines.pt.gated_mlp). The packed copy sits beside the dense weight (LoRA wrappers, tied embeddings and
+(swiftops.engines.pt.gated_mlp), and an attention module whose projections were fused (swiftops.engines.pt.fused_qkv)
+one packed [q; k; v] weight. The packed copy sits beside the dense weight (LoRA wrappers, tied embeddings and
 anything else that reads `.weight` keep working), so it costs the linears' size again in memory: it is made only
 while that fits in a quarter of the memory available, and each module is checked against its own forward first.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from swiftops.engines.pt.fused_qkv import FusedQKV
 from swiftops.engines.pt.gated_mlp import is_gated_silu_mlp, projections_replaced, share_gate_up_weight
 from swiftops.engines.pt.verified_fusion import agrees_within
 
@@ -94,23 +96,40 @@ def _packed_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(self.act_fn(gate_up[..., :width]) * gate_up[..., width:])
 
 
-def pack_linears(model: nn.Module) -> int:
+def _packed_qkv(fused: FusedQKV) -> Any:
+    def project(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or torch.is_grad_enabled():
+            return fused.dense(x)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, fused.bias, "none", [], "")
+
+    packed = torch.ops.mkldnn._reorder_linear_weight(fused.weight, _BATCH_HINT)
+    return project
+
+
+def pack_linears(model: nn.Module, fused_qkv: list[FusedQKV] | None = None) -> int:
     """Give every float32 CPU `nn.Linear` of `model` a prepacked copy of its weight and the forward that uses it,
-    and every gated SiLU MLP one packed [gate; up] weight (one GEMM for both), if the copies fit (see the module's
-    docstring); returns how many linears are computed from packed weights."""
+    every gated SiLU MLP one packed [gate; up] weight (one GEMM for both) and every fused [q; k; v] projection
+    (`fused_qkv`) its packed weight, if the copies fit (see the module's docstring); returns how many linears are
+    computed from packed weights."""
     if not available():
         return 0
+    qkvs = [f for f in fused_qkv or [] if _eligible(f.linears[0])]
     mlps: list[Any] = [m for m in model.modules() if is_gated_silu_mlp(m)]
     mlps = [m for m in mlps if _eligible(m.gate_proj) and _eligible(m.up_proj)]
-    in_mlps = {id(p) for m in mlps for p in (m.gate_proj, m.up_proj)}  # packed as one per MLP
+    # packed as one per MLP or attention module (and the fused q, k, v linears keep the forwards that share it)
+    grouped = {id(p) for m in mlps for p in (m.gate_proj, m.up_proj)} | {
+        id(p) for f in fused_qkv or [] for p in f.linears
+    }
     linears: list[nn.Linear] = [
-        m for m in model.modules() if isinstance(m, nn.Linear) and _eligible(m) and id(m) not in in_mlps
+        m for m in model.modules() if isinstance(m, nn.Linear) and _eligible(m) and id(m) not in grouped
     ]
-    need = sum(m.weight.numel() * m.weight.element_size() for m in linears) + sum(
-        2 * m.gate_proj.weight.numel() * m.gate_proj.weight.element_size() for m in mlps
+    need = (
+        sum(m.weight.numel() * m.weight.element_size() for m in linears)
+        + sum(2 * m.gate_proj.weight.numel() * m.gate_proj.weight.element_size() for m in mlps)
+        + sum(f.weight.numel() * f.weight.element_size() for f in qkvs)
     )
     budget = _MEMORY_SHARE * _available_memory()
-    if not linears and not mlps:
+    if not linears and not mlps and not qkvs:
         return 0
     if need > budget:
         logger.info(
@@ -138,4 +157,9 @@ def pack_linears(model: nn.Module) -> int:
                 switched += 2
             else:
                 del mlp.packed_gate_up
+        for fused in qkvs:
+            project = _packed_qkv(fused)
+            if _agrees(project, fused.dense, fused.weight.shape[1]):
+                fused.project = project
+                switched += 3
     return switched

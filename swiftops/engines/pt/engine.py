@@ -22,16 +22,18 @@ from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.checkpoint import LoadedModel, load_model
 from swiftops.engines.pt.core import EngineCore
 from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
+from swiftops.engines.pt.fused_qkv import fuse_qkv_projections
 from swiftops.engines.pt.guided_decoding import GrammarCompiler
 from swiftops.engines.pt.kv_cache import CacheShape, PagedKVCache
 from swiftops.engines.pt.lora import LoraManager, merge_adapter
-from swiftops.engines.pt.mixed_graphs import CudaGraphMixedSteps, mixed_steps_agree
+from swiftops.engines.pt.mixed_graphs import BUCKET_STEP, CudaGraphMixedSteps, mixed_steps_agree
 from swiftops.engines.pt.mm_prefill import uses_mrope
 from swiftops.engines.pt.model_runner import FallbackRunner, PagedRunner, paged_path_agrees
 from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
 from swiftops.engines.pt.request_plan import plan_request
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
+from swiftops.engines.pt.step_budget import SERVING_ITL_RATIO, measure_bound
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
@@ -88,6 +90,7 @@ PT_SETTINGS = frozenset(
         "gpu_memory_utilization",
         "kv_cache_memory_gb",
         "block_size",
+        "max_itl_ratio",
         "enforce_eager",
         "max_loras",
         "max_lora_rank",
@@ -209,6 +212,8 @@ class PtEngine(InferEngine):
         private addresses unless allowed); otherwise the user's own files are read."""
         media = media or MediaSettings()
         policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
+        if serving and engine.max_itl_ratio is None:  # streaming clients: their inter-token latency stays bounded
+            engine = engine.model_copy(update={"max_itl_ratio": SERVING_ITL_RATIO})
         self = cls.__new__(cls)
         self._setup(model, engine, generation or GenerationSettings(), media, policy, served_model_name, None, False)
         return self
@@ -290,6 +295,7 @@ class PtEngine(InferEngine):
         # on CPU every sequence of the batch costs its own compute, so a small batch keeps latency sane.
         max_batch_size = engine.max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
+        self.max_itl_ratio = engine.max_itl_ratio or 0.0  # (the server's default applied by from_settings)
         self._eos = self._eos_ids(loaded)
         self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
         # The logits' width (lm_head rows), which may be padded beyond the tokenizer's vocabulary.
@@ -305,6 +311,7 @@ class PtEngine(InferEngine):
             engine.max_num_batched_tokens,
             engine.enforce_eager,
             engine.enable_prefix_caching is not False,
+            self.max_itl_ratio,
         )
         # The weights, graphs and libraries now live as long as the engine: no full collection should walk them
         # again (swiftops.engines.gc_heap; close() undoes it).
@@ -321,6 +328,7 @@ class PtEngine(InferEngine):
         max_num_batched_tokens: int,
         enforce_eager: bool,
         prefix_caching: bool,
+        itl_ratio: float,
     ) -> EngineCore:
         """The KV cache, the fast or fallback runner (by the self-check), CUDA graphs, and the engine thread."""
         shape = _cache_shape(loaded.model, loaded.dtype)
@@ -333,24 +341,28 @@ class PtEngine(InferEngine):
         self.fused_kernels: dict[str, int] = {}
         # A device_map over several devices (or GPU and CPU) leaves some modules' weights off the GPU, where a
         # Triton kernel would read them through a host pointer: those models keep their modules' own forwards.
+        # (accelerate's offloading hooks wrap those modules' forwards too, which a fused forward would bypass)
         split = len({str(d) for d in (getattr(loaded.model, "hf_device_map", None) or {}).values()}) > 1
+        fused_qkv = [] if split else fuse_qkv_projections(loaded.model)
+        if fused_qkv:
+            self.fused_kernels["qkv"] = len(fused_qkv)
         if choice != "fallback" and loaded.device.type == "cuda" and triton_available(loaded.device) and not split:
             from swiftops.engines.pt.fused_mlp import fuse_gated_mlps
             from swiftops.engines.pt.fused_norm import fuse_rms_norms
             from swiftops.engines.pt.fused_rotary import fuse_rotary
 
-            self.fused_kernels = {
-                "rms_norm": fuse_rms_norms(loaded.model),
-                "gated_mlp": fuse_gated_mlps(loaded.model),
-                "rotary": fuse_rotary(loaded.model),
-            }
+            self.fused_kernels.update(
+                rms_norm=fuse_rms_norms(loaded.model),
+                gated_mlp=fuse_gated_mlps(loaded.model),
+                rotary=fuse_rotary(loaded.model),
+            )
             logger.info(
                 "pt engine: Triton kernels replace %s (modules, or modeling modules for rotary)", self.fused_kernels
             )
         elif loaded.device.type == "cpu":
             from swiftops.engines.pt.cpu_linears import pack_linears
 
-            self.fused_kernels = {"packed_linear": pack_linears(loaded.model)}
+            self.fused_kernels["packed_linear"] = pack_linears(loaded.model, fused_qkv)
         agrees, self.paged_check_error = (
             (True, None)
             if choice in ("fallback", "paged")
@@ -380,6 +392,9 @@ class PtEngine(InferEngine):
             mixed = None
             if _mixed_graphs_wanted() and graphs is not None and self.lora is None and not uses_mrope(loaded.model):
                 mixed = self._mixed_graphs(loaded, cache, blocks, graphs, max_batch_size, scheduler.max_step_tokens)
+            if itl_ratio:
+                # Timed on the mixed-step graphs; without them (LoRA, M-RoPE, eager) steps keep the token budget.
+                scheduler.prefill_bound = None if mixed is None else measure_bound(mixed, itl_ratio, BUCKET_STEP)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
             # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
             # caches and shares nothing.

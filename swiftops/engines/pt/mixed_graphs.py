@@ -37,7 +37,7 @@ from swiftops.engines.pt.sequence import SamplingParams, Sequence
 
 logger = logging.getLogger(__name__)
 
-_BUCKET_STEP = 256  # buckets every 256 tokens up to _DENSE_UP_TO, then doubling
+BUCKET_STEP = 256  # buckets every 256 tokens up to _DENSE_UP_TO, then doubling
 _DENSE_UP_TO = 2048
 
 
@@ -46,7 +46,7 @@ def token_buckets(max_tokens: int) -> list[int]:
     for a model whose steps are GPU-bound (7B), a 1,100-token step padded to 2,048 would cost more than it
     saves in launches. Hence a bucket every 256 tokens up to 2,048 (the default step budget), then doubling, and the
     largest step itself."""
-    sizes = list(range(_BUCKET_STEP, min(max_tokens, _DENSE_UP_TO) + 1, _BUCKET_STEP))
+    sizes = list(range(BUCKET_STEP, min(max_tokens, _DENSE_UP_TO) + 1, BUCKET_STEP))
     while sizes and sizes[-1] < max_tokens:
         sizes.append(sizes[-1] * 2)
     return [s for s in sizes if s < max_tokens] + [max_tokens]
@@ -107,7 +107,7 @@ class CudaGraphMixedSteps:
             layout = _Layout(tokens, max_batch, tokens // self.prefill_q + max_batch)
             self.layouts[tokens] = layout
             self.inputs[tokens] = torch.zeros(layout.size, dtype=torch.long, device=device)
-            self._idle(tokens)
+            self.idle(tokens)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.replays = 0  # steps run through a graph (tests and benchmarks read it)
         self.logits: torch.Tensor | None = None
@@ -116,7 +116,7 @@ class CudaGraphMixedSteps:
     def max_tokens(self) -> int:
         return self.buckets[-1]
 
-    def _idle(self, tokens: int) -> None:
+    def idle(self, tokens: int) -> None:
         """A step with no sequences: every program of the tile maps exits, every token writes the scratch block."""
         views = self.layouts[tokens].views(self.inputs[tokens])
         self.inputs[tokens].zero_()

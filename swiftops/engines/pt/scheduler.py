@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.sequence import SeqStatus, Sequence
+from swiftops.engines.pt.step_budget import PrefillBound
 
 
 @dataclass
@@ -50,6 +51,9 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        # Set by the engine when serving on a GPU: prefill beside decode rows kept to a multiple of a decode step's
+        # time (swiftops.engines.pt.step_budget).
+        self.prefill_bound: PrefillBound | None = None
 
     def _prefill_budget(self, num_decode: int) -> int:
         return max(self.max_num_batched_tokens - num_decode, self.max_num_batched_tokens // 4)
@@ -108,6 +112,8 @@ class Scheduler:
         # forward size during a long prefill phase (the allocator reuses its blocks) and a bounded step time. A
         # quarter of the budget stays for prefill so that a full decode batch never starves it.
         budget = self._prefill_budget(len(plan.decode))
+        if plan.decode and self.prefill_bound is not None:
+            budget = min(budget, self.prefill_bound.prefill_tokens(len(plan.decode)))
         for seq in prefilling:
             if budget <= 0 or seq.status is not SeqStatus.RUNNING:
                 continue

@@ -38,6 +38,8 @@ def engine_args_kwargs(
         raise ConfigError("no model given; pass --model", param="model")
     if model.device_map:
         raise ConfigError(support("vllm", "device_map").reason, param="device_map")
+    if engine.max_itl_ratio:
+        raise ConfigError(support("vllm", "max_itl_ratio").reason, param="max_itl_ratio")
     if model.quant_bits not in (None, 4) and model.quant_method == "bnb":
         raise ConfigError(
             "vLLM loads bitsandbytes models in 4 bits only; use --quant_bits 4 or --infer_backend pt",

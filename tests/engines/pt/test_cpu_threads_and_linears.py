@@ -65,10 +65,14 @@ def test_pt_engine_on_cpu_packs_its_linears_and_answers_as_the_dense_model(tiny_
         config = RequestConfig(max_tokens=12, temperature=0, ignore_eos=True)
         packed = [r.choices[0].message.content for r in engine.infer(prompts, config, use_tqdm=False)]
         mlps = [m for m in engine.model.modules() if hasattr(m, "packed_gate_up")]
+        qkvs = {id(m.fused_qkv): m.fused_qkv for m in engine.model.modules() if hasattr(m, "fused_qkv")}
+        assert qkvs and all(f.project != f.dense for f in qkvs.values())  # packed
         assert mlps and all(m.gate_proj.weight.data_ptr() == m.gate_up_weight.data_ptr() for m in mlps)
         for module in engine.model.modules():  # back to the modules' own forwards, same engine and cache
             if hasattr(module, "packed_weight") or hasattr(module, "packed_gate_up"):
                 del module.forward
+            if hasattr(module, "fused_qkv"):  # the [q; k; v] GEMM over its dense weight
+                module.fused_qkv.project = module.fused_qkv.dense
         dense = [r.choices[0].message.content for r in engine.infer(prompts, config, use_tqdm=False)]
     finally:
         engine.close()

@@ -159,3 +159,20 @@ def test_defaults_take_the_checkpoint_context_with_graphs(tiny_model_dir, tmp_pa
         assert longest.max_model_len == 131072 and longest.cuda_graphs
     finally:
         longest.close()
+
+
+def test_the_serving_prefill_bound_is_timed_on_the_step_graphs(tiny_model_dir):
+    from swiftops.engines.pt.step_budget import MIN_PREFILL_TOKENS
+
+    kwargs = dict(max_batch_size=8, torch_dtype="float32", kv_cache_memory_gb=0.5)
+    bounded = PtEngine(str(tiny_model_dir), max_itl_ratio=1.75, **kwargs)
+    free = PtEngine(str(tiny_model_dir), **kwargs)
+    try:
+        bound = bounded._core.scheduler.prefill_bound
+        assert free._core.scheduler.prefill_bound is None
+        # a tiny model's steps cost about the same at any size: the line may be flat (no bound), never negative
+        assert bound is None or (bound.fixed_tokens > 0 and bound.prefill_tokens(8) >= MIN_PREFILL_TOKENS)
+        assert _texts(bounded, PROMPTS) == _texts(free, PROMPTS)
+    finally:
+        bounded.close()
+        free.close()

@@ -1,0 +1,126 @@
+"""The prefill bound beside decoding sequences (swiftops.engines.pt.step_budget): its arithmetic, the scheduler
+keeping to it, the setting and its defaults. The start-up timing runs on CUDA graphs (test_pt_engine_gpu.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from swiftops import InferRequest, PtEngine, RequestConfig
+from swiftops.engines.lmdeploy import args as lmdeploy_args
+from swiftops.engines.pt.block_manager import BlockManager
+from swiftops.engines.pt.scheduler import Scheduler
+from swiftops.engines.pt.sequence import SamplingParams, Sequence
+from swiftops.engines.pt.step_budget import MIN_PREFILL_TOKENS, SERVING_ITL_RATIO, PrefillBound
+from swiftops.engines.vllm import args as vllm_args
+from swiftops.protocol.errors import ConfigError
+from swiftops.protocol.settings import EngineSettings, ModelSettings
+
+
+def test_the_bound_grows_with_the_decode_rows_and_lands_on_a_graph_bucket():
+    bound = PrefillBound(ratio=2.0, fixed_tokens=1000.0, bucket=256)
+    # (2 - 1) * (1000 + 128) = 1128 prompt tokens; 128 + 1128 rounds down to the 1,024-token bucket
+    assert bound.prefill_tokens(128) == 1024 - 128
+    assert bound.prefill_tokens(256) == 1280 - 256  # 1256 -> 1512 -> bucket 1280
+    assert PrefillBound(2.0, 1000.0).prefill_tokens(128) == 1128  # no graphs: no rounding
+    # when rounding down would leave less than the floor, the step keeps its unrounded share
+    assert PrefillBound(1.5, 100.0, bucket=256).prefill_tokens(8) == MIN_PREFILL_TOKENS  # 54 -> the floor
+    assert PrefillBound(1.5, 600.0, bucket=256).prefill_tokens(8) == 256 - 8  # 8 + 304 rounds down to 256
+    sizes = [PrefillBound(1.75, 800.0, 256).prefill_tokens(d) + d for d in (1, 32, 64, 128, 256)]
+    assert sizes == sorted(sizes)
+
+
+def _seq(n_prompt: int, start: int = 1) -> Sequence:
+    ids = list(range(start, start + n_prompt))
+    return Sequence(prompt_ids=ids, params=SamplingParams(max_tokens=64), sink=print)
+
+
+def _decoding(sched: Scheduler, count: int) -> list[Sequence]:
+    seqs = [_seq(4, 10 * i + 1) for i in range(count)]
+    for seq in seqs:
+        sched.add(seq)
+    plan = sched.schedule()
+    for seq, chunk in plan.prefill:
+        seq.num_computed += chunk
+        seq.output_ids.append(7)
+    return seqs
+
+
+def test_the_scheduler_prefills_within_the_bound_only_beside_decode_rows():
+    blocks = BlockManager(num_blocks=200, block_size=16, max_seqs=16, max_model_len=4096, device=torch.device("cpu"))
+    sched = Scheduler(blocks, max_num_seqs=16, max_num_batched_tokens=2048)
+    sched.prefill_bound = PrefillBound(ratio=1.5, fixed_tokens=200.0)  # (0.5 * (200 + d)) tokens
+    decoding = _decoding(sched, 4)
+    assert all(s.num_computed == 4 for s in decoding)  # the first step had no decode rows: the whole budget
+    long_prompt = _seq(1500, 1000)
+    sched.add(long_prompt)
+    plan = sched.schedule()
+    assert plan.decode == decoding
+    assert plan.prefill == [(long_prompt, 102)]  # int(0.5 * 204)
+    long_prompt.num_computed += 102
+    for seq in plan.decode:
+        seq.num_computed += 1
+        seq.output_ids.append(7)
+    sched.prefill_bound = None  # off: the token budget alone
+    plan = sched.schedule()
+    assert plan.prefill == [(long_prompt, 1500 - 102)]
+
+
+def test_the_ratio_is_zero_or_above_one_and_refused_where_the_backend_schedules_itself():
+    with pytest.raises(ValidationError, match="0 turns the bound off"):
+        EngineSettings(max_itl_ratio=0.8)
+    assert EngineSettings(max_itl_ratio=0).max_itl_ratio == 0
+    model = ModelSettings(model="org/m")
+    with pytest.raises(ConfigError, match="max_num_batched_tokens"):
+        vllm_args.engine_args_kwargs(model, EngineSettings(max_itl_ratio=2.0))
+    with pytest.raises(ConfigError, match="max_num_batched_tokens"):
+        lmdeploy_args.backend_config_kwargs(model, EngineSettings(max_itl_ratio=2.0), "pytorch")
+    assert vllm_args.engine_args_kwargs(model, EngineSettings(max_itl_ratio=0))["model"] == "org/m"  # 0: off
+
+
+def test_serving_engines_bound_prefill_by_default_and_in_process_ones_do_not(tiny_model_dir):
+    model = ModelSettings(model=str(tiny_model_dir), torch_dtype="float32")
+    served = PtEngine.from_settings(model, EngineSettings(kv_cache_memory_gb=0.01), serving=True)
+    chosen = PtEngine.from_settings(model, EngineSettings(kv_cache_memory_gb=0.01, max_itl_ratio=3), serving=True)
+    local = PtEngine(str(tiny_model_dir), torch_dtype="float32", kv_cache_memory_gb=0.01)
+    try:
+        assert served.max_itl_ratio == SERVING_ITL_RATIO
+        assert chosen.max_itl_ratio == 3
+        assert local.max_itl_ratio == 0
+        # On CPU no step graphs are timed: the token budget alone, and the engine still answers.
+        assert served._core is not None and served._core.scheduler.prefill_bound is None
+        answer = served.infer([InferRequest(prompt=[5, 6, 7])], RequestConfig(max_tokens=3, temperature=0))[0]
+        assert answer.usage.completion_tokens == 3
+    finally:
+        for engine in (served, chosen, local):
+            engine.close()
+
+
+def test_a_bounded_engine_chunks_prefill_beside_decodes_and_answers_the_same(tiny_model_dir):
+    # a 128-token step budget: long prompts are chunked, so later chunks and admissions run beside decode rows
+    # (no prefix caching: the second run prefills every prompt again)
+    engine = PtEngine(str(tiny_model_dir), torch_dtype="float32", max_batch_size=4, max_num_batched_tokens=128,
+                      kv_cache_memory_gb=0.01, enable_prefix_caching=False)
+    requests = [InferRequest(prompt=list(range(5 + i, 5 + i + n))) for i, n in enumerate((3, 200, 7, 150, 9, 120))]
+    config = RequestConfig(max_tokens=12, temperature=0, ignore_eos=True)
+    try:
+        free = [r.choices[0].message.content for r in engine.infer(requests, config, use_tqdm=False)]
+        assert engine._core is not None
+        scheduler = engine._core.scheduler
+        scheduler.prefill_bound = PrefillBound(ratio=1.5, fixed_tokens=60.0)  # 30 + d / 2 tokens, the floor 64
+        plans = []
+        schedule = scheduler.schedule
+
+        def recording():
+            plan = schedule()
+            plans.append((len(plan.decode), sum(chunk for _, chunk in plan.prefill)))
+            return plan
+
+        scheduler.schedule = recording
+        bounded = [r.choices[0].message.content for r in engine.infer(requests, config, use_tqdm=False)]
+    finally:
+        engine.close()
+    assert bounded == free
+    beside = [tokens for decode, tokens in plans if decode and tokens]
+    assert beside and max(beside) <= MIN_PREFILL_TOKENS  # every prefill beside decode rows kept to the bound
+    assert any(tokens > MIN_PREFILL_TOKENS for decode, tokens in plans if not decode)  # alone: the whole budget
