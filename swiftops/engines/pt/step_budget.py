@@ -65,11 +65,15 @@ def measure_bound(mixed: Any, ratio: float, bucket: int) -> PrefillBound | None:
     small, large = min(mixed.graphs), max(mixed.graphs)
     if large <= small:
         return None
-    for tokens in (small, large):
-        mixed.idle(tokens)
-        _replay_ms(mixed.graphs[tokens][0], repeats=1)  # first replay after capture: caches, clocks
-    t_small = _replay_ms(mixed.graphs[small][0])
-    t_large = _replay_ms(mixed.graphs[large][0])
+    try:
+        for tokens in (small, large):
+            mixed.idle(tokens)
+            _replay_ms(mixed.graphs[tokens][0], repeats=1)  # first replay after capture: caches, clocks
+        t_small = _replay_ms(mixed.graphs[small][0])
+        t_large = _replay_ms(mixed.graphs[large][0])
+    except Exception as exc:  # a timing that fails costs the bound, never the engine's start
+        logger.warning("pt engine: steps not timed (%s: %s); prefill keeps the token budget", type(exc).__name__, exc)
+        return None
     per_token = (t_large - t_small) / (large - small)
     fixed = t_small - per_token * small
     if per_token <= 0 or fixed <= 0:
