@@ -103,13 +103,12 @@ def test_a_bounded_engine_chunks_prefill_beside_decodes_and_answers_the_same(tin
                       kv_cache_memory_gb=0.01, enable_prefix_caching=False)
     requests = [InferRequest(prompt=list(range(5 + i, 5 + i + n))) for i, n in enumerate((3, 200, 7, 150, 9, 120))]
     config = RequestConfig(max_tokens=12, temperature=0, ignore_eos=True)
+    runs: dict[str, list[tuple[int, int]]] = {"free": [], "bounded": []}
     try:
-        free = [r.choices[0].message.content for r in engine.infer(requests, config, use_tqdm=False)]
         assert engine._core is not None
         scheduler = engine._core.scheduler
-        scheduler.prefill_bound = PrefillBound(ratio=1.5, fixed_tokens=60.0)  # 30 + d / 2 tokens, the floor 64
-        plans = []
         schedule = scheduler.schedule
+        plans = runs["free"]
 
         def recording():
             plan = schedule()
@@ -117,10 +116,13 @@ def test_a_bounded_engine_chunks_prefill_beside_decodes_and_answers_the_same(tin
             return plan
 
         scheduler.schedule = recording
+        free = [r.choices[0].message.content for r in engine.infer(requests, config, use_tqdm=False)]
+        scheduler.prefill_bound = PrefillBound(ratio=1.5, fixed_tokens=60.0)  # 30 + d / 2 tokens, the floor 64
+        plans = runs["bounded"]
         bounded = [r.choices[0].message.content for r in engine.infer(requests, config, use_tqdm=False)]
     finally:
         engine.close()
     assert bounded == free
-    beside = [tokens for decode, tokens in plans if decode and tokens]
-    assert beside and max(beside) <= MIN_PREFILL_TOKENS  # every prefill beside decode rows kept to the bound
-    assert any(tokens > MIN_PREFILL_TOKENS for decode, tokens in plans if not decode)  # alone: the whole budget
+    beside = {name: [tokens for decode, tokens in plans if decode and tokens] for name, plans in runs.items()}
+    assert max(beside["free"]) > MIN_PREFILL_TOKENS  # the token budget alone: larger chunks beside decode rows
+    assert beside["bounded"] and max(beside["bounded"]) <= MIN_PREFILL_TOKENS  # every one kept to the bound
