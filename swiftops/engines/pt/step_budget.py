@@ -10,7 +10,7 @@ the tokens that keep it within `ratio` times the time of a decode step of `d` ro
 The time of a step is close to linear in its tokens, `fixed + per_token * tokens` (weights read once per step, then
 compute per token), so the bound is `prefill <= (ratio - 1) * (fixed / per_token + d)`. The two constants come
 from timing the mixed-step CUDA graphs at start-up (an idle step of the smallest and of the largest bucket). The
-total is rounded down to a graph bucket when that leaves room for prefill, since a step costs its bucket's size.
+total goes to the nearest graph bucket when that leaves room for prefill, since a step costs its bucket's size.
 
 Serving turns this on (the server's default ratio, swiftops.protocol.settings); in-process engines keep the
 step budget alone, where a batch's throughput counts more than an even stream.
@@ -40,7 +40,10 @@ class PrefillBound:
         """The most prompt tokens a step with `num_decode` decode rows may prefill."""
         allowed = int((self.ratio - 1.0) * (self.fixed_tokens + num_decode))
         if self.bucket:
-            rounded = (num_decode + allowed) // self.bucket * self.bucket - num_decode
+            # A step runs as its graph bucket's size, so its total goes to the nearest bucket: rounding always
+            # down could halve a 7B step's prefill (a 411-token step cut to 256) and double the prompts' wait.
+            total = num_decode + allowed
+            rounded = max(1, round(total / self.bucket)) * self.bucket - num_decode
             if rounded >= MIN_PREFILL_TOKENS:
                 allowed = rounded
         return max(MIN_PREFILL_TOKENS, allowed)

@@ -17,17 +17,19 @@ from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, ModelSettings
 
 
-def test_the_bound_grows_with_the_decode_rows_and_lands_on_a_graph_bucket():
+def test_the_bound_grows_with_the_decode_rows_and_lands_on_the_nearest_graph_bucket():
     bound = PrefillBound(ratio=2.0, fixed_tokens=1000.0, bucket=256)
-    # (2 - 1) * (1000 + 128) = 1128 prompt tokens; 128 + 1128 rounds down to the 1,024-token bucket
-    assert bound.prefill_tokens(128) == 1024 - 128
-    assert bound.prefill_tokens(256) == 1280 - 256  # 1256 -> 1512 -> bucket 1280
+    # (2 - 1) * (1000 + 128) = 1128 prompt tokens; 128 + 1128 = 1256 is nearest the 1,280-token bucket
+    assert bound.prefill_tokens(128) == 1280 - 128
+    assert bound.prefill_tokens(256) == 1536 - 256  # 1256 + 256 = 1512 -> 1536
     assert PrefillBound(2.0, 1000.0).prefill_tokens(128) == 1128  # no graphs: no rounding
-    # when rounding down would leave less than the floor, the step keeps its unrounded share
-    assert PrefillBound(1.5, 100.0, bucket=256).prefill_tokens(8) == MIN_PREFILL_TOKENS  # 54 -> the floor
-    assert PrefillBound(1.5, 600.0, bucket=256).prefill_tokens(8) == 256 - 8  # 8 + 304 rounds down to 256
+    assert PrefillBound(2.0, 1100.0, bucket=256).prefill_tokens(128) == 1280 - 128  # 1356 rounds down
+    # the smallest bucket costs the same whatever fills it: a step may always fill it
+    assert PrefillBound(1.5, 100.0, bucket=256).prefill_tokens(8) == 256 - 8  # 54 wanted
+    assert PrefillBound(1.5, 100.0).prefill_tokens(8) == MIN_PREFILL_TOKENS  # 54 -> the floor
+    assert PrefillBound(1.5, 10.0, bucket=256).prefill_tokens(250) == 130  # the 256 bucket would leave 6: unrounded
     sizes = [PrefillBound(1.75, 800.0, 256).prefill_tokens(d) + d for d in (1, 32, 64, 128, 256)]
-    assert sizes == sorted(sizes)
+    assert sizes == sorted(sizes) and all(size % 256 == 0 for size in sizes)
 
 
 def _seq(n_prompt: int, start: int = 1) -> Sequence:
