@@ -12,8 +12,8 @@ compute per token), so the bound is `prefill <= (ratio - 1) * (fixed / per_token
 from timing the mixed-step CUDA graphs at start-up (an idle step of the smallest and of the largest bucket). The
 total goes to the nearest graph bucket when that leaves room for prefill, since a step costs its bucket's size.
 
-Serving turns this on (the server's default ratio, swiftops.protocol.settings); in-process engines keep the
-step budget alone, where a batch's throughput counts more than an even stream.
+Off unless `--max_itl_ratio` asks for it (swiftops.protocol.settings): the bound trades throughput (more, smaller
+prefill steps) for even streams, and that trade has not yet been measured on a GPU (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SERVING_ITL_RATIO = 1.75  # max_itl_ratio of swiftops deploy / app (settings.EngineSettings.max_itl_ratio)
 MIN_PREFILL_TOKENS = 64  # a step that decodes still prefills this much: new prompts always make progress
 
 
