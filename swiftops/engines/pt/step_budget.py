@@ -1,9 +1,10 @@
 """How many prompt tokens a step may prefill beside decoding sequences without stalling their streams.
 
 Every sequence decoding in a step waits for the whole step before its next token: a step that also prefills new
-prompts is, for those streams, a long inter-token gap. With the default step budget (2,048 tokens) such a step of a
-0.5B model took about three decode steps' time on an H100, and the 99th-percentile inter-token latency of 128
-streaming clients was 2.96x its median (benchmarks/RESULTS.md, serving). vLLM and SGLang expose the trade as a
+prompts is, for those streams, a long inter-token gap. With the default step budget (2,048 tokens) the
+99th-percentile inter-token latency of 128 streaming clients of a 0.5B model on an H100 was 2.96x its median, the
+slow gaps being the steps that prefilled new prompts beside the decode rows (benchmarks/RESULTS.md, serving).
+vLLM and SGLang expose the trade as a
 chunk size; here it is a ratio, which holds across models and GPUs: a step with `d` decode rows prefills at most
 the tokens that keep it within `ratio` times the time of a decode step of `d` rows.
 
