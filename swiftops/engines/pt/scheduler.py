@@ -51,8 +51,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
-        # Set by the engine when serving on a GPU: prefill beside decode rows kept to a multiple of a decode step's
-        # time (swiftops.engines.pt.step_budget).
+        # Set by the engine for --max_itl_ratio on a GPU: prefill beside decode rows kept to a multiple of a decode
+        # step's time (swiftops.engines.pt.step_budget).
         self.prefill_bound: PrefillBound | None = None
 
     def _prefill_budget(self, num_decode: int) -> int:
