@@ -25,7 +25,7 @@ from torch import nn
 
 from swiftops.engines.pt.fused_qkv import FusedQKV
 from swiftops.engines.pt.gated_mlp import is_gated_silu_mlp, projections_replaced, share_gate_up_weight
-from swiftops.engines.pt.verified_fusion import agrees_within
+from swiftops.engines.pt.verified_fusion import agrees_within, probe_rows
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,13 @@ def _plain_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return nn.functional.linear(x, self.weight, self.bias)
 
 
+def _dense_wanted(x: torch.Tensor) -> bool:
+    """Not what the packed copies were made for (another dtype, or autograd): the dense weights compute it."""
+    return x.dtype != torch.float32 or torch.is_grad_enabled()
+
+
 def _packed_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.float32 or torch.is_grad_enabled():  # not what the copy was made for: the dense way
+    if _dense_wanted(x):
         return _plain_forward(self, x)
     return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
@@ -72,16 +77,19 @@ def _eligible(module: nn.Module) -> bool:
     )
 
 
-def _agrees(packed: Any, plain: Any, in_features: int) -> bool:
+def _agrees(packed: Any, plain: Any, weight: torch.Tensor) -> bool:
     """The packed forward gives the plain one's result on random rows, to float32 rounding."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, in_features, generator=gen)
+    x = probe_rows(weight)
     with torch.inference_mode():
         return agrees_within(packed(x), plain(x), torch.float32, 1e-4)
 
 
+def _reordered(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _BATCH_HINT)
+
+
 def _pack(module: Any, name: str, weight: torch.Tensor) -> None:
-    setattr(module, name, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _BATCH_HINT))
+    setattr(module, name, _reordered(weight))
 
 
 def _plain_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +97,7 @@ def _plain_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    if projections_replaced(self) or x.dtype != torch.float32 or torch.is_grad_enabled():
+    if projections_replaced(self) or _dense_wanted(x):
         return _plain_mlp_forward(self, x)
     gate_up = torch.ops.mkldnn._linear_pointwise(x, self.packed_gate_up, None, "none", [], "")
     width = gate_up.shape[-1] // 2
@@ -98,11 +106,11 @@ def _packed_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _packed_qkv(fused: FusedQKV) -> Any:
     def project(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or torch.is_grad_enabled():
+        if _dense_wanted(x):
             return fused.dense(x)
         return torch.ops.mkldnn._linear_pointwise(x, packed, fused.bias, "none", [], "")
 
-    packed = torch.ops.mkldnn._reorder_linear_weight(fused.weight, _BATCH_HINT)
+    packed = _reordered(fused.weight)
     return project
 
 
@@ -143,7 +151,7 @@ def pack_linears(model: nn.Module, fused_qkv: list[FusedQKV] | None = None) -> i
         for linear in linears:
             _pack(linear, "packed_weight", linear.weight)
             packed = types.MethodType(_packed_forward, linear)
-            if _agrees(packed, types.MethodType(_plain_forward, linear), linear.in_features):
+            if _agrees(packed, types.MethodType(_plain_forward, linear), linear.weight):
                 linear.forward = packed  # type: ignore[method-assign]
                 switched += 1
             else:
@@ -152,14 +160,14 @@ def pack_linears(model: nn.Module, fused_qkv: list[FusedQKV] | None = None) -> i
             share_gate_up_weight(mlp)
             _pack(mlp, "packed_gate_up", mlp.gate_up_weight)
             packed = types.MethodType(_packed_mlp_forward, mlp)
-            if _agrees(packed, types.MethodType(_plain_mlp_forward, mlp), mlp.gate_proj.in_features):
+            if _agrees(packed, types.MethodType(_plain_mlp_forward, mlp), mlp.gate_proj.weight):
                 mlp.forward = packed
                 switched += 2
             else:
                 del mlp.packed_gate_up
         for fused in qkvs:
             project = _packed_qkv(fused)
-            if _agrees(project, fused.dense, fused.weight.shape[1]):
+            if _agrees(project, fused.dense, fused.weight):
                 fused.project = project
                 switched += 3
     return switched

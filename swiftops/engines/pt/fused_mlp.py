@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import nn
 
 from swiftops.engines.pt.gated_mlp import is_gated_silu_mlp, projections_replaced, share_gate_up_weight
-from swiftops.engines.pt.verified_fusion import agrees_within, switch_forwards
+from swiftops.engines.pt.verified_fusion import agrees_within, probe_rows, switch_forwards
 
 
 @triton.jit
@@ -57,8 +57,7 @@ def _fused_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _agrees(module: Any) -> bool:
     weight = module.gate_proj.weight
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, weight.shape[1], generator=gen).to(weight.device, weight.dtype)
+    x = probe_rows(weight)
     with torch.inference_mode():
         return agrees_within(_fused_forward(module, x), module.forward(x), weight.dtype, 1e-4)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from swiftops.engines.pt.verified_fusion import agrees_within
+from swiftops.engines.pt.verified_fusion import agrees_within, probe_rows
 
 _NAMES = ("q_proj", "k_proj", "v_proj")
 
@@ -99,8 +99,7 @@ class FusedQKV:
 
 def _agrees(fused: FusedQKV) -> bool:
     weight = fused.weight
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, weight.shape[1], generator=gen).to(weight.device, weight.dtype)
+    x = probe_rows(weight)
     with torch.inference_mode():
         got = [fused.query(x), fused.key(x), fused.value(x)]
         want = [nn.functional.linear(x, m.weight, m.bias) for m in fused.linears]

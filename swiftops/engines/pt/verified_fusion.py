@@ -23,6 +23,13 @@ def agrees_within(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, fp3
     return bool(((got - want).abs() <= tolerance * (1 + want.abs())).all())
 
 
+def probe_rows(weight: torch.Tensor, rows: int = 5) -> torch.Tensor:
+    """Seeded random rows that a linear of `weight` ([out, in]) takes, on its device and in its dtype: the same
+    input for every check, so a check that passed once passes again."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(rows, weight.shape[1], generator=gen).to(weight.device, weight.dtype)
+
+
 def switch_forwards(
     model: torch.nn.Module,
     eligible: Callable[[Any], bool],
