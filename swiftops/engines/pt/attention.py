@@ -76,13 +76,13 @@ def _decode_layout(ctx: StepContext, window: int | None) -> tuple[int, torch.Ten
     return layout
 
 
-def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
-    # query: [1, H, B, D] -> [B, Hkv, group, D]: the query heads that share a key head (transformers' order) are
-    # that head's queries, all at the same position, so one mask row serves them (half the time of enable_gqa on
-    # CPU); keys gathered up to the batch's longest context: [B, Hkv, L, D]
+def _sdpa_decode(ctx: StepContext, layer: int, q: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
+    # q: [B, H, D] -> [B, Hkv, group, D]: the query heads that share a key head (transformers' order) are that
+    # head's queries, all at the same position, so one mask row serves them (half the time of enable_gqa on CPU);
+    # keys gathered up to the batch's longest context: [B, Hkv, L, D]. Returns [B, H, D].
     kv_heads, head_dim = ctx.keys[layer].shape[1:]
-    heads, batch = query.shape[1], query.shape[2]
-    q = query[0].transpose(0, 1).reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    batch, heads = q.shape[:2]
+    q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
     width, blocks, mask = _decode_layout(ctx, window)
     paged_k = ctx.keys[layer].view(-1, ctx.block_size, kv_heads, head_dim)
     paged_v = ctx.values[layer].view(-1, ctx.block_size, kv_heads, head_dim)
@@ -90,7 +90,22 @@ def _sdpa_decode(ctx: StepContext, layer: int, query: torch.Tensor, scaling: flo
     k = paged_k.index_select(0, blocks).view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
     v = paged_v.index_select(0, blocks).view(batch, width * ctx.block_size, kv_heads, head_dim).transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
-    return out.reshape(batch, heads, head_dim).unsqueeze(0)  # [1, B, H, D]
+    return out.reshape(batch, heads, head_dim)
+
+
+def _write_kv(ctx: StepContext, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """This step's keys/values ([T, Hkv, D]) into their cache slots."""
+    ctx.keys[layer].index_copy_(0, ctx.slot_mapping, keys.to(ctx.keys[layer].dtype))
+    ctx.values[layer].index_copy_(0, ctx.slot_mapping, values.to(ctx.values[layer].dtype))
+
+
+def sdpa_decode_rows(
+    ctx: StepContext, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """A decode step's attention for callers that hold the rows themselves (swiftops.engines.pt.cpu_decode): q
+    [B, H, D], this step's k and v [B, Hkv, D]; writes k and v to the cache and returns [B, H, D]."""
+    _write_kv(ctx, layer, k, v)
+    return _sdpa_decode(ctx, layer, q, scaling, None)
 
 
 def _context_slots(ctx: StepContext, row: int, context: int) -> torch.Tensor:
@@ -189,13 +204,11 @@ def paged_attention_forward(
         )
     layer = cast(int, module.layer_idx)  # transformers' attention modules carry their layer's index
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    # Write this step's keys/values ([T, Hkv, D]) into their cache slots.
-    ctx.keys[layer].index_copy_(0, ctx.slot_mapping, key[0].transpose(0, 1).to(ctx.keys[layer].dtype))
-    ctx.values[layer].index_copy_(0, ctx.slot_mapping, value[0].transpose(0, 1).to(ctx.values[layer].dtype))
+    _write_kv(ctx, layer, key[0].transpose(0, 1), value[0].transpose(0, 1))
     if ctx.use_triton:
         return _triton(ctx, layer, query, scaling, sliding_window, softcap), None
     if ctx.max_q_len == 1:
-        return _sdpa_decode(ctx, layer, query, scaling, sliding_window), None
+        return _sdpa_decode(ctx, layer, query[0].transpose(0, 1), scaling, sliding_window).unsqueeze(0), None
     return _sdpa_prefill(ctx, layer, query, key, value, scaling, sliding_window), None
 
 

@@ -21,6 +21,7 @@ from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.checkpoint import LoadedModel, load_model
 from swiftops.engines.pt.core import EngineCore
+from swiftops.engines.pt.cpu_decode import LeanDecoder, lean_decoder
 from swiftops.engines.pt.cuda_graphs import CudaGraphDecoder, can_use_graphs
 from swiftops.engines.pt.fused_qkv import fuse_qkv_projections
 from swiftops.engines.pt.guided_decoding import GrammarCompiler
@@ -394,6 +395,8 @@ class PtEngine(InferEngine):
                 # Timed on the mixed-step graphs; without them (LoRA, M-RoPE, eager) steps keep the token budget.
                 scheduler.prefill_bound = None if mixed is None else measure_bound(mixed, itl_ratio, BUCKET_STEP)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
+            if loaded.device.type == "cpu" and not run.use_triton and self.lora is None and not run.mrope:
+                run.lean = self._checked_lean_decoder(loaded, cache, blocks)
             # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
             # caches and shares nothing.
             blocks.prefix_caching = self.prefix_caching = prefix_caching
@@ -415,6 +418,20 @@ class PtEngine(InferEngine):
             self.prefix_caching,
         )
         return EngineCore(run, scheduler, loaded.tokenizer, self._eos, self.max_model_len, loaded.device)
+
+    def _checked_lean_decoder(
+        self, loaded: LoadedModel, cache: PagedKVCache, blocks: BlockManager
+    ) -> LeanDecoder | None:
+        """The CPU decode forward without transformers' glue, kept only if it passes the paged path's self-check."""
+        lean = lean_decoder(loaded.model)
+        if lean is None:
+            return None
+        agrees, error = paged_path_agrees(loaded.model, cache, blocks, loaded.device, loaded.tokenizer.vocab_size, lean)
+        if not agrees:
+            logger.warning("pt engine: decode steps keep the model's forward (the lean decoder's error: %s)", error)
+            return None
+        self.fused_kernels["lean_decode"] = len(lean.layers)
+        return lean
 
     @staticmethod
     def _mixed_graphs(

@@ -16,6 +16,7 @@ import torch
 
 from swiftops.engines.pt.attention import CONTEXT_KWARG, PagedAttentionUnsupported, StepContext, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
+from swiftops.engines.pt.cpu_decode import LeanDecoder
 from swiftops.engines.pt.kv_cache import PagedKVCache
 from swiftops.engines.pt.mm_prefill import embed_prompt_once, packed_embeddings, rope_columns, uses_mrope
 from swiftops.engines.pt.scheduler import StepPlan
@@ -55,6 +56,9 @@ class PagedRunner:
         self.mrope = uses_mrope(model)  # Qwen2-VL-style 3-D rotary positions
         self.use_triton = triton_available(device)
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+        # The CPU's decode forward without transformers' per-layer glue (cpu_decode), once the engine checked it;
+        # only without LoRA and M-RoPE.
+        self.lean: LeanDecoder | None = None
 
     def _set_lora(self, per_token: list[int]) -> None:
         if self.lora is None:
@@ -111,6 +115,8 @@ class PagedRunner:
             num_splits=self._splits(len(seqs)),
             host_ctx_lens=[p + 1 for p in positions],
         )
+        if self.lean is not None:
+            return self.lean.forward(ids_t, pos_t, ctx)
         self._set_lora([s.lora_slot for s in seqs])
         return self._forward(ids_t, pos_t, ctx, torch.arange(len(seqs), device=self.device), rope)
 
@@ -298,12 +304,18 @@ def within_tolerance(error: float, dtype: torch.dtype) -> bool:
 
 
 def paged_path_agrees(
-    model: Any, cache: PagedKVCache, blocks: BlockManager, device: torch.device, vocab_size: int
+    model: Any,
+    cache: PagedKVCache,
+    blocks: BlockManager,
+    device: torch.device,
+    vocab_size: int,
+    lean: LeanDecoder | None = None,
 ) -> tuple[bool, float | None]:
     """Self-check at start-up: chunked prefill and decode through the paged path must reproduce a plain forward.
 
     Any exception or mismatch means this architecture does something our attention path does not model
-    (non-standard caches, attention variants...), and the engine falls back to `FallbackRunner`.
+    (non-standard caches, attention variants...), and the engine falls back to `FallbackRunner`. With `lean`, the
+    decode steps run through it: the same check decides whether the engine keeps it.
     """
     from swiftops.engines.pt.sequence import SamplingParams
 
@@ -311,6 +323,7 @@ def paged_path_agrees(
     ids = torch.randint(0, max(2, min(vocab_size, 1000)), (13,), generator=gen).tolist()
     seq = Sequence(prompt_ids=ids[:10], params=SamplingParams(max_tokens=4), sink=lambda out: None)
     runner = PagedRunner(model, cache, blocks, device)
+    runner.lean = lean
     try:
         with torch.inference_mode():
             ref = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
