@@ -232,10 +232,9 @@ class Benchmark:
         self.save()
         wanted = set(self.args.engines.split(",")) if self.args.engines else None
         rounds = max(1, getattr(self.args, "rounds", 1) or 1)
-        for _ in range(rounds):  # round-robin: on a shared machine every engine sees the same spread of load
-            for spec in work.engines:
-                if wanted is not None and spec.label not in wanted:
-                    continue
+        specs = [spec for spec in work.engines if wanted is None or spec.label in wanted]
+        for index in range(rounds):  # round-robin: on a shared machine every engine sees the same spread of load
+            for spec in round_order(specs, index):
                 record = self.run_engine(work, spec, model, prompts_file, entry["prompts"])
                 if rounds > 1:
                     add_round(record, entry["engines"].get(spec.label))
@@ -434,6 +433,13 @@ def print_table(doc: dict[str, Any]) -> None:
         for row in entry.get("criteria") or []:
             verdict = {True: "holds", False: "NOT MET", None: "not measured"}[row["holds"]]
             print(f"  {verdict:12s} {row['criterion']}: {row['ratio']} = {row['measured']} (>= {row['minimum']})")
+
+
+def round_order(specs: list[Any], index: int) -> list[Any]:
+    """The engines of round `index`: each round starts one engine later, so that no engine always takes the same
+    place in a round while the shared machine's load drifts within it."""
+    turn = index % max(1, len(specs))
+    return specs[turn:] + specs[:turn]
 
 
 def main() -> None:

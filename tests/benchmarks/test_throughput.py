@@ -122,3 +122,11 @@ def test_every_workload_is_defined_as_the_issue_asks() -> None:
     assert large.engines[2].pt_kwargs == {"max_model_len": 768}
     assert [e.label for e in long.engines] == ["pt", "lmdeploy"] and long.engines[0].pt_kwargs == {}
     assert (cpu.shape, cpu.dtype, cpu.requests, cpu.output_len, cpu.chat) == ("30m", "float32", 64, 64, True)
+
+
+def test_each_round_starts_one_engine_later() -> None:
+    from benchmarks.throughput import round_order
+    specs = ["pt", "hf", "pt_tuned"]
+    orders = [round_order(specs, i) for i in range(4)]
+    assert orders == [["pt", "hf", "pt_tuned"], ["hf", "pt_tuned", "pt"], ["pt_tuned", "pt", "hf"], specs]
+    assert round_order([], 3) == []
