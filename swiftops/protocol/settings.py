@@ -270,12 +270,13 @@ class EngineSettings(_Section):
         None, gt=0, description="KV cache size in GiB (default: from gpu_memory_utilization on GPU, 1 GiB on CPU)."
     )
     block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
-    max_itl_ratio: float = Field(
-        0.0,
+    max_itl_ratio: float | None = Field(
+        None,
         ge=0,
         description="pt on a GPU: keep a step that prefills new prompts beside streaming sequences within about this "
         "many times a decode step's time (timed on the step graphs at start-up), which bounds their inter-token "
-        "latency, e.g. 1.75; 0 (the default): no bound beyond max_num_batched_tokens.",
+        "latency; 0: no bound beyond max_num_batched_tokens. Default: 1.75 when serving (deploy, app), 0 for the "
+        "Python API.",
     )
     enforce_eager: bool = Field(
         False,
@@ -355,8 +356,8 @@ class EngineSettings(_Section):
 
     @field_validator("max_itl_ratio")
     @classmethod
-    def _ratio_above_one(cls, value: float) -> float:
-        if 0 < value <= 1:
+    def _ratio_above_one(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value <= 1:
             raise ValueError(
                 "max_itl_ratio is a multiple of a decode step's time: 0 turns the bound off, otherwise give a "
                 "value above 1, such as 1.75"

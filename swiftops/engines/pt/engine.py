@@ -34,7 +34,7 @@ from swiftops.engines.pt.prefix_hash import media_key, prompt_block_hashes
 from swiftops.engines.pt.request_plan import plan_request
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.pt.sequence import AsyncSink, SamplingParams, Sequence
-from swiftops.engines.pt.step_budget import measure_bound
+from swiftops.engines.pt.step_budget import SERVING_ITL_RATIO, measure_bound
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
@@ -213,6 +213,8 @@ class PtEngine(InferEngine):
         private addresses unless allowed); otherwise the user's own files are read."""
         media = media or MediaSettings()
         policy = MediaPolicy.for_server(media) if serving else MediaPolicy.permissive(media)
+        if serving and engine.max_itl_ratio is None:  # streams are served: even them out unless told otherwise
+            engine = engine.model_copy(update={"max_itl_ratio": SERVING_ITL_RATIO})
         self = cls.__new__(cls)
         self._setup(model, engine, generation or GenerationSettings(), media, policy, served_model_name, None, False)
         return self
@@ -294,7 +296,7 @@ class PtEngine(InferEngine):
         # on CPU every sequence of the batch costs its own compute, so a small batch keeps latency sane.
         max_batch_size = engine.max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
-        self.max_itl_ratio = engine.max_itl_ratio
+        self.max_itl_ratio = engine.max_itl_ratio or 0.0
         self._eos = self._eos_ids(loaded)
         self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
         # The logits' width (lm_head rows), which may be padded beyond the tokenizer's vocabulary.

@@ -13,8 +13,11 @@ compute per token), so the bound is `prefill <= (ratio - 1) * (fixed / per_token
 from timing the mixed-step CUDA graphs at start-up (an idle step of the smallest and of the largest bucket). The
 total goes to the nearest graph bucket when that leaves room for prefill, since a step costs its bucket's size.
 
-Off unless `--max_itl_ratio` asks for it (swiftops.protocol.settings): the bound trades throughput (more, smaller
-prefill steps) for even streams, and that trade has not yet been measured on a GPU (benchmarks/RESULTS.md).
+On by default where streams are served (`swiftops deploy`, `swiftops app`: SERVING_ITL_RATIO), off for the Python
+API, whose callers want throughput; `--max_itl_ratio` sets it (swiftops.protocol.settings). Measured on an H100
+at 128 clients (benchmarks/RESULTS.md, ninth session): on the 7B shape the bound took the inter-token latency's
+p99 / p50 from 6.4 to 1.49 for 3.7% of served throughput (TTFT p99 449 -> 886 ms); on the 0.5B shape, where the
+server process and not the GPU sets the pace, it changed nothing (3.85 -> 3.70, throughput +1.9%).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 MIN_PREFILL_TOKENS = 64  # a step that decodes still prefills this much: new prompts always make progress
+SERVING_ITL_RATIO = 1.75  # the server's default (see above); the Python API's is 0 (off)
 
 
 @dataclass(frozen=True)

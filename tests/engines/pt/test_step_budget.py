@@ -11,7 +11,7 @@ from swiftops.engines.lmdeploy import args as lmdeploy_args
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.scheduler import Scheduler
 from swiftops.engines.pt.sequence import SamplingParams, Sequence
-from swiftops.engines.pt.step_budget import MIN_PREFILL_TOKENS, PrefillBound
+from swiftops.engines.pt.step_budget import MIN_PREFILL_TOKENS, SERVING_ITL_RATIO, PrefillBound
 from swiftops.engines.vllm import args as vllm_args
 from swiftops.protocol.errors import ConfigError
 from swiftops.protocol.settings import EngineSettings, ModelSettings
@@ -80,18 +80,21 @@ def test_the_ratio_is_zero_or_above_one_and_refused_where_the_backend_schedules_
     assert vllm_args.engine_args_kwargs(model, EngineSettings(max_itl_ratio=0))["model"] == "org/m"  # 0: off
 
 
-def test_the_bound_is_asked_for_and_off_by_default(tiny_model_dir):
+def test_the_bound_is_on_when_serving_off_for_the_python_api_and_settable(tiny_model_dir):
     model = ModelSettings(model=str(tiny_model_dir), torch_dtype="float32")
     served = PtEngine.from_settings(model, EngineSettings(kv_cache_memory_gb=0.01), serving=True)
+    library = PtEngine.from_settings(model, EngineSettings(kv_cache_memory_gb=0.01))
     chosen = PtEngine.from_settings(model, EngineSettings(kv_cache_memory_gb=0.01, max_itl_ratio=3), serving=True)
+    off = PtEngine.from_settings(model, EngineSettings(kv_cache_memory_gb=0.01, max_itl_ratio=0), serving=True)
     try:
-        assert served.max_itl_ratio == 0 and chosen.max_itl_ratio == 3
+        assert served.max_itl_ratio == SERVING_ITL_RATIO == 1.75 and library.max_itl_ratio == 0
+        assert chosen.max_itl_ratio == 3 and off.max_itl_ratio == 0
         # On CPU no step graphs are timed: the token budget alone, and the engine still answers.
         assert chosen._core is not None and chosen._core.scheduler.prefill_bound is None
         answer = chosen.infer([InferRequest(prompt=[5, 6, 7])], RequestConfig(max_tokens=3, temperature=0))[0]
         assert answer.usage.completion_tokens == 3
     finally:
-        for engine in (served, chosen):
+        for engine in (served, library, chosen, off):
             engine.close()
 
 
