@@ -27,15 +27,16 @@ def _prefilled(runner, prompts: list[list[int]]) -> list[Sequence]:
 @pytest.mark.parametrize("model_dir", ["tiny_model_dir", "tiny_llama_dir"])
 def test_lean_decode_logits_equal_the_models_own_path_exactly(model_dir, request):
     engine = PtEngine(str(request.getfixturevalue(model_dir)), max_batch_size=8, torch_dtype="float32")
+    runner = engine._core.runner
+    seqs: list[Sequence] = []
     try:
-        runner = engine._core.runner
         layers = engine.model.config.num_hidden_layers
         assert engine.fused_kernels["lean_decode"] == layers and runner.lean is not None
         gen = torch.Generator().manual_seed(1)
         # contexts that end inside a block, on its last slot and past a boundary; 5 sequences of different lengths
         prompts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in (3, 15, 16, 17, 40)]
         with torch.inference_mode():
-            seqs = _prefilled(runner, prompts)
+            seqs += _prefilled(runner, prompts)
             for step in range(3):
                 for seq in seqs:
                     seq.output_ids.append(7 + step)
@@ -50,8 +51,8 @@ def test_lean_decode_logits_equal_the_models_own_path_exactly(model_dir, request
                 for seq in seqs:
                     seq.num_computed = seq.num_tokens
     finally:
-        for seq in locals().get("seqs", []):
-            engine._core.runner.blocks.release(seq)
+        for seq in seqs:
+            runner.blocks.release(seq)
         engine.close()
 
 
@@ -93,12 +94,11 @@ def test_a_wrong_lean_forward_fails_the_start_up_check(tiny_model_dir):
 
 
 def test_models_and_settings_it_does_not_serve_keep_their_forward(tiny_model_dir, tiny_vlm_dir):
-    for kwargs in ({"enable_lora": True},):
-        engine = PtEngine(str(tiny_model_dir), max_batch_size=4, torch_dtype="float32", **kwargs)
-        try:
-            assert "lean_decode" not in engine.fused_kernels and engine._core.runner.lean is None
-        finally:
-            engine.close()
+    engine = PtEngine(str(tiny_model_dir), max_batch_size=4, torch_dtype="float32", enable_lora=True)
+    try:
+        assert "lean_decode" not in engine.fused_kernels and engine._core.runner.lean is None
+    finally:
+        engine.close()
     engine = PtEngine(str(tiny_vlm_dir), max_batch_size=2, torch_dtype="float32")  # M-RoPE positions
     try:
         assert "lean_decode" not in engine.fused_kernels
