@@ -22,15 +22,17 @@ SETTINGS = (ModelSettings, EngineSettings, GenerationSettings, MediaSettings, Se
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("swiftops.server.body").setLevel(logging.INFO if verbose else logging.WARNING)
+    from swiftops.server.lifecycle import configure_logging
+
+    configure_logging(verbose)
 
 
-def _bind(server: ServerSettings):
-    from swiftops.server.lifecycle import bind_socket
+def _bind(server: ServerSettings, count: int = 1):
+    """The listening socket (a list of `count`, one per API-server process, when count > 1)."""
+    from swiftops.server.lifecycle import bind_socket, bind_sockets
 
     try:
-        return bind_socket(server.host, server.port)
+        return bind_socket(server.host, server.port) if count == 1 else bind_sockets(server.host, server.port, count)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
@@ -53,54 +55,85 @@ def command(**values) -> None:
 
     resolve_api_key(server.api_key)  # a bad key file fails now, not after the weights load
     _configure_logging(server.verbose)
-    sock = _bind(server)
+    count = _api_server_count(server, model, engine_settings)
+    sockets = _bind(server, count) if count > 1 else [_bind(server)]
     try:
-        import uvicorn
-
         from swiftops.server.app import create_app
-        from swiftops.server.http_guard import guarded_protocol
-        from swiftops.server.lifecycle import DrainingServer
+        from swiftops.server.lifecycle import serve
 
-        engine = _start_engine(model, engine_settings, generation, media)
+        engine = _start_engine(model, engine_settings, generation, media, count)
+        pool = None
         try:
-            app = create_app(engine, server)
-            # Keep-alive longer than clients' and load balancers' idle timeouts (httpx 5 s, AWS ALB 60 s): with
-            # uvicorn's 5 s, a client reusing a pooled connection just as the server closes it gets a reset
-            # (seen in the reliability soak: 1-2 per 4000 requests).
-            config = uvicorn.Config(
-                app,
-                log_level="info",
-                access_log=False,  # ours logs tokens and latency
-                timeout_graceful_shutdown=server.shutdown_timeout,
-                lifespan="on",
-                timeout_keep_alive=server.keep_alive_timeout,
-                http=guarded_protocol(server.header_timeout, server.send_timeout),
-            )
+            shared = warmed = None
+            if count > 1:
+                import asyncio
+
+                from swiftops.server.api_server_state import SharedState
+                from swiftops.server.lifecycle import Lifecycle
+
+                shared = SharedState.create(engine.ipc_dir)
+                # Warm before accepting, as each other API server does: with several sockets on the port, a
+                # client that saw one process ready must not reach another still warming up.
+                warmed = Lifecycle()
+                asyncio.run(warmed.warm_up(engine))
+            app = create_app(engine, server, shared=shared, lifecycle=warmed)
+            lifecycle = app.state.ctx.lifecycle
+            if count > 1 and shared is not None:
+                from swiftops.server.api_servers import ApiServerPool
+
+                pool = ApiServerPool(engine, server.model_dump_json(), sockets[1:], shared.directory)
+                pool.wait_ready(engine.health_error)  # then serve: ready only once every API server is
+                lifecycle.on_drain.append(pool.drain)
+                lifecycle.watch_also(pool)
             logging.getLogger("swiftops.server").info(
-                "serving %s on http://%s:%d/v1 (models: %s)",
+                "serving %s on http://%s:%d/v1 (models: %s; %d API-server process%s)",
                 app.state.ctx.models.served_name,
                 server.host,
                 server.port,
                 ", ".join(app.state.ctx.models.names),
+                count,
+                "es" if count > 1 else "",
             )
-            lifecycle = app.state.ctx.lifecycle
-            DrainingServer(config, lifecycle).run(sockets=[sock])
+            lifecycle = serve(app, server, sockets[0])
         finally:
+            if pool is not None:
+                pool.drain()  # a no-op after a drain: they got SIGTERM with ours
+                pool.wait(server.shutdown_timeout + 10)
             engine.close()
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     if lifecycle.engine_failure:  # non-zero: Kubernetes restarts the pod
         logging.getLogger("swiftops.server").error("exiting with status 1: %s", lifecycle.engine_failure)
         sys.exit(1)
 
 
-def _start_engine(model: ModelSettings, engine: EngineSettings, generation: GenerationSettings, media: MediaSettings):
+def _api_server_count(server: ServerSettings, model: ModelSettings, engine: EngineSettings) -> int:
+    """--api_server_count, or its default; 1 where the engine does not run in a process of its own."""
+    from swiftops.engines.process.client import runs_in_engine_process
+    from swiftops.server.api_servers import default_api_server_count
+
+    if not runs_in_engine_process(model, engine):
+        if server.api_server_count and server.api_server_count > 1:
+            logging.getLogger("swiftops.server").warning(
+                "--api_server_count %d ignored: only the pt engine of a text model runs in its own process; "
+                "this model is served from one process",
+                server.api_server_count,
+            )
+        return 1
+    return server.api_server_count or default_api_server_count()
+
+
+def _start_engine(
+    model: ModelSettings, engine: EngineSettings, generation: GenerationSettings, media: MediaSettings, count: int
+):
     """The pt engine of a text model in its own process (the server's event loop and the engine then never
-    share a GIL); other models and backends in this process (see `runs_in_engine_process`)."""
+    share a GIL), with sockets for `count` API servers; other models and backends in this process (see
+    `runs_in_engine_process`)."""
     from swiftops.engines.process.client import EngineProcessClient, runs_in_engine_process
 
     if runs_in_engine_process(model, engine):
-        return EngineProcessClient(model, engine, generation, media)
+        return EngineProcessClient(model, engine, generation, media, api_server_count=count)
     from swiftops.engines.factory import build_engine
 
     return build_engine(model, engine, generation, media, serving=True)

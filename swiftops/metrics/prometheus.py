@@ -2,15 +2,22 @@
 
 Names follow vLLM's (`vllm:num_requests_running` -> `swiftops_num_requests_running`) so dashboards
 carry over with a prefix change.
+
+With several API-server processes (`--api_server_count`), whichever process a scrape reaches answers for all of
+them: counters and histograms live in prometheus_client's multiprocess files (`use_shared_metrics`, summed at
+scrape time), and the gauges are read from counts that are already global (the shared admission counts, the
+engine's batch as every API server hears it).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Seconds; fine at the low end, where TTFT and inter-token latency live on a GPU.
 LATENCY_BUCKETS = (
@@ -50,27 +57,25 @@ class ServerMetrics:
         engine_running: Callable[[], float],
         engine_waiting: Callable[[], float],
         prefix_cache: Callable[[], tuple[int, int] | None] | None = None,
+        shared_dir: str | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._shared_dir = shared_dir
+        self._live: list[object] = [
+            LiveGauges(
+                (
+                    ("swiftops_num_requests_running", "Requests generating now (admitted by the server).", running),
+                    ("swiftops_num_requests_waiting", "Requests queued, waiting for a slot.", waiting),
+                    ("swiftops_engine_sequences_running", "Sequences in the engine's running batch.", engine_running),
+                    ("swiftops_engine_sequences_waiting", "Sequences queued inside the engine.", engine_waiting),
+                )
+            )
+        ]
         if prefix_cache is not None:
-            r.register(PrefixCacheCounters(prefix_cache))
-        self.num_requests_running = Gauge(
-            "swiftops_num_requests_running", "Requests generating now (admitted by the server).", registry=r
-        )
-        self.num_requests_running.set_function(running)
-        self.num_requests_waiting = Gauge(
-            "swiftops_num_requests_waiting", "Requests queued, waiting for a slot.", registry=r
-        )
-        self.num_requests_waiting.set_function(waiting)
-        self.engine_sequences_running = Gauge(
-            "swiftops_engine_sequences_running", "Sequences in the engine's running batch.", registry=r
-        )
-        self.engine_sequences_running.set_function(engine_running)
-        self.engine_sequences_waiting = Gauge(
-            "swiftops_engine_sequences_waiting", "Sequences queued inside the engine.", registry=r
-        )
-        self.engine_sequences_waiting.set_function(engine_waiting)
+            self._live.append(PrefixCacheCounters(prefix_cache))
+        for collector in self._live:
+            r.register(collector)  # type: ignore[arg-type]
         self.request_success = Counter(
             "swiftops_request_success",
             "Finished requests answered with a 2xx status, by route and status.",
@@ -121,7 +126,35 @@ class ServerMetrics:
         self.generation_tokens.inc(max(0, completion_tokens))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._shared_dir)
+        for collector in self._live:
+            registry.register(collector)  # type: ignore[arg-type]
+        return generate_latest(registry)
+
+
+def use_shared_metrics(directory: str) -> None:
+    """Counters and histograms made after this call live in prometheus_client's multiprocess files in `directory`
+    (one per process, summed by whichever process is scraped). Called by each API-server process of a deployment
+    with several, before its app is built."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # where the value files go (read when each is made)
+    values.ValueClass = values.MultiProcessValue()
+
+
+class LiveGauges:
+    """Gauges read at scrape time from callables: (name, help, read) each."""
+
+    def __init__(self, gauges: tuple[tuple[str, str, Callable[[], float]], ...]) -> None:
+        self.gauges = gauges
+
+    def describe(self) -> list:
+        return [GaugeMetricFamily(name, text) for name, text, _ in self.gauges]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, text, read in self.gauges:
+            yield GaugeMetricFamily(name, text, value=float(read()))
 
 
 class PrefixCacheCounters:

@@ -464,6 +464,14 @@ class ServerSettings(_Section):
         "max_batch_size, 64 where the engine has none).",
     )
     max_queue: int = Field(256, ge=0, description="Requests waiting beyond max_concurrency; more get 429.")
+    api_server_count: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="API-server processes in front of the engine process, sharing the port, the limits and "
+        "/metrics (HTTP, streaming and detokenization spread over them, as vLLM's --api-server-count). Default: "
+        "one per 8 usable cores, 1 to 4. The pt engine of a text model only; other engines serve from one process.",
+    )
     max_logprobs: int = Field(20, ge=0, le=20, description="Highest top_logprobs a request may ask for.")
     shutdown_timeout: float = Field(30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests.")
     keep_alive_timeout: float = Field(

@@ -7,6 +7,11 @@ request's weight before anything is tokenized: see swiftops.server.validation).
 
 The queue is bounded on purpose: an unbounded one turns overload into ever-growing latency and
 memory, where a 429 with Retry-After lets a load balancer or client back off.
+
+With several API-server processes the counts are shared (swiftops.server.admission_counts) and bound the
+deployment as a whole. Each process keeps its own FIFO of waiters; a slot freed in another process is noticed
+by polling while this one has waiters (every 5 ms), and a process with no waiters of its own may admit a new
+request ahead of another process's queue.
 """
 
 from __future__ import annotations
@@ -17,47 +22,53 @@ import time
 from collections import deque
 
 from swiftops.protocol.errors import OverloadedError
+from swiftops.server.admission_counts import AdmissionCounts, LocalCounts
+
+_SHARED_POLL_SECONDS = 0.005
 
 
 class AdmissionController:
     """FIFO slots weighted by sequences; must be used from one event loop (the server's)."""
 
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+    def __init__(self, max_concurrency: int, max_queue: int, counts: AdmissionCounts | None = None) -> None:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
-        self.running = 0  # sequences admitted
-        self._waiting = 0  # sequences queued
+        self.counts: AdmissionCounts = counts if counts is not None else LocalCounts()
         self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._polling: asyncio.TimerHandle | None = None
+
+    @property
+    def running(self) -> int:
+        """Sequences admitted (in every API-server process, when the counts are shared)."""
+        return self.counts.running
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        """Sequences queued (in every API-server process, when the counts are shared)."""
+        return self.counts.waiting
 
     def _reject(self) -> OverloadedError:
         return OverloadedError(
             f"the server is at capacity ({self.running} sequences running of {self.max_concurrency}, "
-            f"{self._waiting} waiting of {self.max_queue}); retry after the time in the Retry-After header",
+            f"{self.waiting} waiting of {self.max_queue}); retry after the time in the Retry-After header",
             code="server_overloaded",
         )
-
-    def _fits(self, weight: int) -> bool:
-        # A request heavier than the whole capacity runs alone rather than never.
-        return self.running + weight <= self.max_concurrency or self.running == 0
 
     async def acquire(self, weight: int = 1) -> float:
         """Wait until `weight` sequences may run; returns the seconds spent waiting. Raises OverloadedError
         when they do not fit in the queue."""
         weight = max(1, weight)
-        if not self._waiters and self._fits(weight):
-            self.running += weight
+        if not self._waiters and self.counts.try_run(weight, self.max_concurrency):
             return 0.0
-        if self._waiting + weight > self.max_queue:
+        if not self.counts.try_queue(weight, self.max_queue):
             raise self._reject()
         start = time.perf_counter()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         entry = (waiter, weight)
         self._waiters.append(entry)
-        self._waiting += weight
+        if self.counts.shared:
+            self._poll_soon(loop)
         try:
             await waiter  # _wake() counted us in `running` when it handed the slots over
         except asyncio.CancelledError:
@@ -66,13 +77,13 @@ class AdmissionController:
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(entry)
-                    self._waiting -= weight
+                    self.counts.add(0, -weight)
                 self._wake()  # a heavy request leaving the head may let lighter ones in
             raise
         return time.perf_counter() - start
 
     def release(self, weight: int = 1) -> None:
-        self.running -= max(1, weight)
+        self.counts.add(-max(1, weight), 0)
         self._wake()
 
     def _wake(self) -> None:
@@ -81,11 +92,21 @@ class AdmissionController:
             waiter, weight = self._waiters[0]
             if waiter.done():
                 self._waiters.popleft()
-                self._waiting -= weight
+                self.counts.add(0, -weight)
                 continue
-            if not self._fits(weight):
+            if not self.counts.try_run(weight, self.max_concurrency):
                 return
             self._waiters.popleft()
-            self._waiting -= weight
-            self.running += weight
+            self.counts.add(0, -weight)
             waiter.set_result(None)
+
+    def _poll_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._polling is None:
+            self._polling = loop.call_later(_SHARED_POLL_SECONDS, self._poll, loop)
+
+    def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Shared counts: slots freed by another API-server process wake no one here; look again."""
+        self._polling = None
+        self._wake()
+        if self._waiters:
+            self._poll_soon(loop)

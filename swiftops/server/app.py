@@ -25,6 +25,7 @@ from swiftops.protocol import ErrorResponse
 from swiftops.protocol.settings import ServerSettings
 from swiftops.server import chat, completions, embeddings, probes, served_models
 from swiftops.server.admission import AdmissionController
+from swiftops.server.api_server_state import SharedState
 from swiftops.server.auth import public_paths, resolve_api_key
 from swiftops.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from swiftops.server.context import ServerContext
@@ -73,13 +74,17 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     open_paths: Iterable[str] = (),
+    shared: SharedState | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> FastAPI:
     """The app serving `engine`. `open_paths` are extra paths reachable without the API key (e.g. a web
-    page that asks for the key itself); every other route, present or added later, requires it."""
+    page that asks for the key itself); every other route, present or added later, requires it. `shared`: the
+    admission counts and metrics files of a deployment with several API-server processes (swiftops.server.
+    api_servers). `lifecycle`: one already warmed up (such a process warms up before it accepts connections)."""
     settings = settings or ServerSettings()
     # As many requests generate at once as the engine batches (256 for the pt engine on a GPU).
     concurrency = settings.max_concurrency or engine.max_batch_size or 64
-    admission = AdmissionController(concurrency, settings.max_queue)
+    admission = AdmissionController(concurrency, settings.max_queue, shared.counts() if shared else None)
     worker_pools.configure(settings.media_workers, settings.media_queue)
     metrics = ServerMetrics(
         running=lambda: admission.running,
@@ -87,8 +92,9 @@ def create_app(
         engine_running=lambda: float(engine.num_running),
         engine_waiting=lambda: float(engine.num_waiting),
         prefix_cache=engine.prefix_cache_stats,
+        shared_dir=shared.metrics_dir if shared else None,
     )
-    lifecycle = Lifecycle()
+    lifecycle = lifecycle or Lifecycle()
     ctx = ServerContext(
         engine=engine,
         settings=settings,
@@ -102,7 +108,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lifecycle.watch(engine, asyncio.get_running_loop())
-        warm_up = asyncio.ensure_future(lifecycle.warm_up(engine))
+        warm_up = asyncio.ensure_future(lifecycle.warm_up(engine) if not lifecycle.ready else asyncio.sleep(0))
         freeze_startup_heap()  # every chunk of every stream passes this process's collector: keep it off the app
         try:
             yield

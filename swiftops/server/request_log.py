@@ -8,6 +8,7 @@ Never logged: the Authorization header (the API key) and media bytes (elided).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import re
@@ -110,4 +111,7 @@ class RequestRecorder:
             ensure_ascii=False,
         )
         with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")  # one write per line: concurrent requests never interleave within a row
+            # Threads take the lock; the API-server processes of one deployment (--api_server_count) the file's.
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(line + "\n")  # one write per line, flushed under the lock: rows never interleave
+            f.flush()

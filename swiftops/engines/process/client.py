@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -97,6 +98,57 @@ def runs_in_engine_process(model: ModelSettings, engine: EngineSettings) -> bool
         return False
 
 
+def requests_address(directory: str, index: int) -> str:
+    return f"ipc://{directory}/requests-{index}"
+
+
+def outputs_address(directory: str, index: int) -> str:
+    return f"ipc://{directory}/outputs-{index}"
+
+
+@dataclass
+class ApiServerSlot:
+    """How a further API-server process reaches the engine process of the first: its index among `count`
+    API servers, the IPC directory, the engine's pid and the generation defaults (JSON)."""
+
+    index: int
+    count: int
+    directory: str
+    engine_pid: int
+    generation: str
+
+
+class _EngineByPid:
+    """The engine process seen from an API server that did not start it: alive while its pid is and is no
+    zombie (its parent, the first API server, reaps it only when it notices)."""
+
+    exitcode = None
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def is_alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+            return state not in (b"Z", b"X")
+        except FileNotFoundError:
+            return False
+        except OSError:  # no /proc (not Linux): whether the pid exists at all
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        while self.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 class _Stream:
     """One request's deltas on the event loop awaiting them; what piled up while its reader was busy is taken at
     once (and merged per choice), so a slow reader gets fewer, larger chunks instead of a growing queue."""
@@ -132,6 +184,7 @@ class EngineProcessClient(InferEngine):
     # Known once the model is loaded (the interface allows None for backends that do not know them).
     max_model_len: int
     max_batch_size: int
+    _process: multiprocessing.process.BaseProcess | _EngineByPid
 
     def __init__(
         self,
@@ -139,35 +192,18 @@ class EngineProcessClient(InferEngine):
         engine: EngineSettings,
         generation: GenerationSettings | None = None,
         media: MediaSettings | None = None,
+        api_server_count: int = 1,
     ) -> None:
         from swiftops.engines.factory import check_model_location
 
         check_model_location(model)  # a missing path fails now, before a process starts
-        self.generation = generation or GenerationSettings()
-        self.failure: str | None = None
-        self._closing = False
-        self._death_callbacks: list[Callable[[str], object]] = []
-        self._streams: dict[int, _Stream] = {}
-        self._rids = itertools.count(1)
-        self._send_lock = threading.Lock()
-        self._running = self._waiting = 0
-        self._prefix_cache: tuple[int, int] | None = None  # the engine process's counters, as last reported
-        self._dir = tempfile.mkdtemp(prefix="swiftops-ipc-")
-        if len(self._dir) > 80 and os.path.isdir("/tmp"):  # a Unix socket path holds at most ~107 bytes
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = tempfile.mkdtemp(prefix="swiftops-ipc-", dir="/tmp")
-        self._context = zmq.Context()
-        self._request_socket = self._context.socket(zmq.PUSH)
-        self._request_socket.setsockopt(zmq.LINGER, 0)
-        self._request_socket.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a burst of submits
-        requests_address = f"ipc://{self._dir}/requests"
-        self._request_socket.bind(requests_address)
-        self._output_socket = self._context.socket(zmq.PULL)
-        self._output_socket.setsockopt(zmq.RCVHWM, 0)
-        outputs_address = f"ipc://{self._dir}/outputs"
-        self._output_socket.bind(outputs_address)
-        self._decoder = msgspec.msgpack.Decoder(FromEngine)
-        self._encoder = msgspec.msgpack.Encoder()
+        if api_server_count < 1:
+            raise ValueError("api_server_count must be at least 1")
+        directory = tempfile.mkdtemp(prefix="swiftops-ipc-")
+        if len(directory) > 80 and os.path.isdir("/tmp"):  # a Unix socket path holds at most ~107 bytes
+            shutil.rmtree(directory, ignore_errors=True)
+            directory = tempfile.mkdtemp(prefix="swiftops-ipc-", dir="/tmp")
+        self._open(generation or GenerationSettings(), directory, 0, api_server_count)
         spec = engine_main.EngineSpec(
             settings={
                 "model": model.model_dump_json(),
@@ -175,8 +211,8 @@ class EngineProcessClient(InferEngine):
                 "generation": self.generation.model_dump_json(),
                 "media": (media or MediaSettings()).model_dump_json(),
             },
-            requests_address=requests_address,
-            outputs_address=outputs_address,
+            requests_addresses=[requests_address(directory, i) for i in range(api_server_count)],
+            outputs_addresses=[outputs_address(directory, i) for i in range(api_server_count)],
             parent_pid=os.getpid(),
         )
         # spawn: a fresh interpreter (CUDA cannot be forked once initialized, and the server's threads would be)
@@ -184,6 +220,49 @@ class EngineProcessClient(InferEngine):
             target=engine_main.run, args=(spec,), name="swiftops-engine"
         )
         self._process.start()
+        self._start()
+
+    @classmethod
+    def attach(cls, slot: ApiServerSlot) -> EngineProcessClient:
+        """The client of a further API-server process (`--api_server_count`): the engine process is the first
+        API server's; this one has its own sockets to it and watches it by pid."""
+        client = cls.__new__(cls)
+        client._open(GenerationSettings.model_validate_json(slot.generation), slot.directory, slot.index, slot.count)
+        client._process = _EngineByPid(slot.engine_pid)
+        client._start()
+        return client
+
+    def slot(self, index: int) -> ApiServerSlot:
+        """What API-server process `index` (1 .. api_server_count - 1) needs to attach to this engine."""
+        return ApiServerSlot(index, self._count, self._dir, self._process.pid or 0, self.generation.model_dump_json())
+
+    def _open(self, generation: GenerationSettings, directory: str, index: int, count: int) -> None:
+        """This API server's state and its two sockets: requests out, the engine's steps in."""
+        self.generation = generation
+        self.failure: str | None = None
+        self._closing = False
+        self._death_callbacks: list[Callable[[str], object]] = []
+        self._streams: dict[int, _Stream] = {}
+        # Request ids of API server `index` are index + k * count: the engine routes their outputs by rid % count.
+        self._rids = itertools.count(index + count, count)
+        self._index, self._count, self._dir = index, count, directory
+        self.ipc_dir = directory  # private (0700): the API servers' shared state lives here too
+        self._send_lock = threading.Lock()
+        self._running = self._waiting = 0
+        self._prefix_cache: tuple[int, int] | None = None  # the engine process's counters, as last reported
+        self._context = zmq.Context()
+        self._request_socket = self._context.socket(zmq.PUSH)
+        self._request_socket.setsockopt(zmq.LINGER, 0)
+        self._request_socket.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a burst of submits
+        self._request_socket.bind(requests_address(directory, index))
+        self._output_socket = self._context.socket(zmq.PULL)
+        self._output_socket.setsockopt(zmq.RCVHWM, 0)
+        self._output_socket.bind(outputs_address(directory, index))
+        self._decoder = msgspec.msgpack.Decoder(FromEngine)
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def _start(self) -> None:
+        """Wait for the loaded engine's Ready, then start reading its steps."""
         try:
             info = self._await_ready()
         except BaseException:
@@ -263,7 +342,9 @@ class EngineProcessClient(InferEngine):
             if not ready or now - checked > 0.5:
                 checked = now
                 if not self._process.is_alive() and not self._closing:
-                    self._engine_died(f"the engine process exited unexpectedly (status {self._process.exitcode})")
+                    code = self._process.exitcode  # None where another API server is its parent
+                    status = f" (status {code})" if code is not None else ""
+                    self._engine_died(f"the engine process exited unexpectedly{status}")
                     return
 
     def _dispatch(self, message: FromEngine) -> None:
@@ -479,6 +560,8 @@ class EngineProcessClient(InferEngine):
 
     def _stop_process(self, graceful: bool) -> None:
         process = self._process
+        if isinstance(process, _EngineByPid):
+            return  # the first API server's engine: it stops it after every API server drained
         if graceful and process.is_alive():
             try:
                 with self._send_lock:
@@ -494,4 +577,5 @@ class EngineProcessClient(InferEngine):
         self._request_socket.close(linger=0)
         self._output_socket.close(linger=0)
         self._context.term()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._index == 0:
+            shutil.rmtree(self._dir, ignore_errors=True)

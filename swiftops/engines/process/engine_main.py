@@ -1,11 +1,14 @@
 """The engine process: the pt engine (scheduler, model, GPU) and nothing else, started with `spawn` by
 `EngineProcessClient` in the API-server process.
 
-Three threads, each with its own ZeroMQ socket: the main thread receives submits and aborts; the engine's
+Three threads, each with its own ZeroMQ sockets: the main thread receives submits and aborts; the engine's
 private event-loop thread prepares and launches requests (and runs beam searches); the engine-core thread
-sends one `Steps` message per step, from `StepRelay`. SIGINT and SIGTERM are ignored here: the API server
-decides when to stop (after its drain) and says so with `Shutdown`. If the API server dies, so does this
-process (the parent watch below), so no orphan holds the GPU.
+sends one `Steps` message per step, from `StepRelay`. With several API-server processes (`--api_server_count`)
+each has its own pair of sockets: submits from all of them arrive on one inbox, and each step's deltas are split
+by the API server that owns the request (request ids are numbered so that `rid % count` is that server).
+SIGINT and SIGTERM are ignored here: the (first) API server decides when to stop (after every API server
+drained) and says so with `Shutdown`. If it dies, so does this process (the parent watch below), so no orphan
+holds the GPU.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ class EngineSpec:
     """What the child needs to build the engine (settings as JSON: the models re-validate them) and reach the server."""
 
     settings: dict[str, str]  # "model" | "engine" | "generation" | "media" -> the settings model's JSON
-    requests_address: str
-    outputs_address: str
+    requests_addresses: list[str]  # one per API-server process, in the order of their index
+    outputs_addresses: list[str]
     parent_pid: int
 
 
@@ -97,8 +100,8 @@ class StepRelay:
     """The engine core's per-step hand-over (it calls `call_soon_threadsafe(deliver_all, items)` once per step
     for AsyncSink sinks), turned into one `Steps` message on the engine-core thread's own socket."""
 
-    def __init__(self, socket: zmq.Socket, engine: Any, requests: dict[int, _Request]) -> None:
-        self.socket = socket
+    def __init__(self, sockets: list[zmq.Socket], engine: Any, requests: dict[int, _Request]) -> None:
+        self.sockets = sockets  # one per API server: request `rid` is answered on sockets[rid % len(sockets)]
         self.engine = engine
         self.requests = requests
         self.counts = (0, 0)  # (running, waiting) as last sent
@@ -148,9 +151,19 @@ class StepRelay:
                 choice.request.open -= 1
                 if not choice.request.open:
                     self.requests.pop(choice.rid, None)
-        if deltas:
-            self.counts = (self.engine.num_running, self.engine.num_waiting)
-            self.socket.send(_encoder.encode(Steps(deltas, *self.counts, prefix_cache_counts(self.engine))), copy=False)
+        if not deltas:
+            return
+        self.counts = (self.engine.num_running, self.engine.num_waiting)
+        prefix = prefix_cache_counts(self.engine)
+        if len(self.sockets) == 1:
+            self.sockets[0].send(_encoder.encode(Steps(deltas, *self.counts, prefix)), copy=False)
+            return
+        # Every API server hears every step (its /metrics reads the counts), with its own requests' deltas.
+        shares: list[list[Delta]] = [[] for _ in self.sockets]
+        for delta in deltas:
+            shares[delta.rid % len(shares)].append(delta)
+        for socket, share in zip(self.sockets, shares, strict=True):
+            socket.send(_encoder.encode(Steps(share, *self.counts, prefix)), copy=False)
 
 
 def prefix_cache_counts(engine: Any) -> list[int] | None:
@@ -162,25 +175,22 @@ def prefix_cache_counts(engine: Any) -> list[int] | None:
 class EngineServer:
     """Takes `Submit`s and `Abort`s for one loaded PtEngine."""
 
-    def __init__(self, engine: Any, context: zmq.Context, outputs_address: str) -> None:
+    def __init__(self, engine: Any, context: zmq.Context, outputs_addresses: list[str]) -> None:
         from swiftops.engines.pt.sequence import AsyncSink
 
         self.engine = engine
         self.requests: dict[int, _Request] = {}
         self._sink_class = AsyncSink
-        relay_socket = context.socket(zmq.PUSH)
-        relay_socket.connect(outputs_address)
-        self.relay = StepRelay(relay_socket, engine, self.requests)
-        self.loop_socket = context.socket(zmq.PUSH)  # used on the engine's event-loop thread only
-        self.loop_socket.connect(outputs_address)
+        self.relay = StepRelay(connect_all(context, outputs_addresses), engine, self.requests)
+        self.loop_sockets = connect_all(context, outputs_addresses)  # used on the engine's event-loop thread only
         self.loop = engine._loop()
         # Submitted but not launched yet (preparing on the loop), and which of those were aborted meanwhile.
         self._lock = threading.Lock()
         self._pending: set[int] = set()
         self._aborted: set[int] = set()
 
-    def _send(self, message: FromEngine) -> None:
-        self.loop_socket.send(_encoder.encode(message), copy=False)
+    def _send(self, rid: int, message: FromEngine) -> None:
+        self.loop_sockets[rid % len(self.loop_sockets)].send(_encoder.encode(message), copy=False)
 
     def handle(self, message: ToEngine) -> None:
         """On the main thread: submits go to the engine's loop (preparing may await a pool), aborts act now."""
@@ -217,7 +227,7 @@ class EngineServer:
             if submit.whole:  # beam search: the in-process path, whole
                 response = await self.engine.infer_async(request, config, adapter_request=adapter)
                 self._forget(submit.rid)
-                self._send(Whole(submit.rid, response.model_dump_json().encode()))
+                self._send(submit.rid, Whole(submit.rid, response.model_dump_json().encode()))
                 return
             prepared = await self.engine.prepare(request, config, adapter, prompt_ids=submit.prompt_ids)
         except _Gone:
@@ -225,7 +235,7 @@ class EngineServer:
             return
         except Exception as exc:
             self._forget(submit.rid)
-            self._send(Failed(submit.rid, error_info(exc)))
+            self._send(submit.rid, Failed(submit.rid, error_info(exc)))
             return
         prepared.params = dataclasses.replace(prepared.params, token_ids_only=True, incremental=False)
         tracked = _Request(prepared.n)
@@ -244,6 +254,16 @@ class EngineServer:
         with self._lock:
             self._pending.discard(rid)
             self._aborted.discard(rid)
+
+
+def connect_all(context: zmq.Context, addresses: list[str]) -> list[zmq.Socket]:
+    """A PUSH socket to each API server's outputs address."""
+    sockets = []
+    for address in addresses:
+        socket = context.socket(zmq.PUSH)
+        socket.connect(address)
+        sockets.append(socket)
+    return sockets
 
 
 class _Gone(Exception):
@@ -286,11 +306,18 @@ def run(spec: EngineSpec) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threading.Thread(target=_watch_parent, args=(spec.parent_pid,), name="swiftops-parent-watch", daemon=True).start()
     context = zmq.Context()
-    inbox = context.socket(zmq.PULL)
-    inbox.connect(spec.requests_address)
-    status = context.socket(zmq.PUSH)
-    status.connect(spec.outputs_address)
-    status.setsockopt(zmq.LINGER, 5000)
+    inbox = context.socket(zmq.PULL)  # fair-queued over every API server's requests socket
+    for address in spec.requests_addresses:
+        inbox.connect(address)
+    statuses = connect_all(context, spec.outputs_addresses)
+    for status in statuses:
+        status.setsockopt(zmq.LINGER, 5000)
+
+    def tell_all(message: FromEngine) -> None:
+        data = _encoder.encode(message)
+        for status in statuses:
+            status.send(data)
+
     from swiftops.protocol import SwiftopsError
 
     try:
@@ -298,12 +325,13 @@ def run(spec: EngineSpec) -> None:
     except BaseException as exc:
         if not isinstance(exc, SwiftopsError):
             logger.exception("the engine failed to load")
-        status.send(_encoder.encode(LoadFailed(error_info(exc))))
-        status.close()
+        tell_all(LoadFailed(error_info(exc)))
+        for status in statuses:
+            status.close()
         context.term()
         sys.exit(2 if isinstance(exc, SwiftopsError) else 1)
     _quiet_cpu_threads(engine)
-    server = EngineServer(engine, context, spec.outputs_address)
+    server = EngineServer(engine, context, spec.outputs_addresses)
     info = EngineInfo(
         engine.model_name,
         engine.max_model_len,
@@ -313,7 +341,7 @@ def run(spec: EngineSpec) -> None:
         engine.tokenizer,
         engine.runner_name,
     )
-    status.send(_encoder.encode(Ready(pickle.dumps(info))))
+    tell_all(Ready(pickle.dumps(info)))
     decoder = msgspec.msgpack.Decoder(ToEngine)
     try:
         while True:
@@ -326,7 +354,7 @@ def run(spec: EngineSpec) -> None:
             counts = (engine.num_running, engine.num_waiting)
             if counts != server.relay.counts:
                 server.relay.counts = counts
-                status.send(_encoder.encode(Steps([], *counts, prefix_cache_counts(engine))))
+                tell_all(Steps([], *counts, prefix_cache_counts(engine)))
     finally:
         logger.info("engine process: shutting down")
         engine.close()
