@@ -26,6 +26,7 @@ import itertools
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from swiftops.engines.pt.attention import CONTEXT_KWARG, StepContext
@@ -198,8 +199,10 @@ class CudaGraphMixedSteps:
             *prefill_map,
             *decode_map,
         )
-        flat = list(itertools.chain.from_iterable(parts))
-        self.inputs[tokens].copy_(torch.tensor(flat, dtype=torch.long), non_blocking=True)
+        # numpy reads the ints straight from the chain: torch.tensor over a list of a 1,024-token bucket's ~5,300
+        # ints took 0.40 ms of the step's host time, this 0.14 (on the 2-core development machine).
+        flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64)  # copy_ checks the size
+        self.inputs[tokens].copy_(torch.from_numpy(flat), non_blocking=True)
         return tokens
 
     def replay(self, tokens: int, num_keep: int) -> torch.Tensor:
