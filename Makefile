@@ -92,4 +92,5 @@ reliability: install
 	RELIABILITY_SOAK_REPORT=results/soak.json RELIABILITY_ATTACK_REPORT=results/attack.json \
 		$(PY) -m pytest -q -m "not gpu" tests/reliability \
 		tests/manifest/test_docker.py tests/manifest/test_yaml_reader.py tests/manifest/test_apply.py tests/media/test_fetch.py \
-		tests/media/test_hardening.py tests/server/test_request_limits.py tests/server/test_http_guard.py
+		tests/media/test_hardening.py tests/server/test_request_limits.py tests/server/test_http_guard.py \
+		tests/server/test_api_servers.py
