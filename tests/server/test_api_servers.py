@@ -26,10 +26,15 @@ COMPLETIONS = "/v1/completions"
 
 
 # ---- the parts, in one process --------------------------------------------------------------------------------
-def test_shared_counts_make_two_controllers_one_limit(tmp_path):
+def _two_controllers(tmp_path, limit: int, queue: int) -> tuple[AdmissionController, AdmissionController]:
+    """Two API servers' admission over one counts file, as two processes of a deployment have it."""
     path = str(tmp_path / "admission")
-    first = AdmissionController(2, 1, SharedCounts(path, create=True))
-    second = AdmissionController(2, 1, SharedCounts(path))
+    return (AdmissionController(limit, queue, SharedCounts(path, create=True)),
+            AdmissionController(limit, queue, SharedCounts(path)))
+
+
+def test_shared_counts_make_two_controllers_one_limit(tmp_path):
+    first, second = _two_controllers(tmp_path, 2, 1)
 
     async def scenario() -> None:
         await first.acquire()
@@ -51,9 +56,7 @@ def test_shared_counts_make_two_controllers_one_limit(tmp_path):
 
 
 def test_shared_counts_let_a_cancelled_waiter_go_without_leaking(tmp_path):
-    path = str(tmp_path / "admission")
-    first = AdmissionController(1, 4, SharedCounts(path, create=True))
-    second = AdmissionController(1, 4, SharedCounts(path))
+    first, second = _two_controllers(tmp_path, 1, 4)
 
     async def scenario() -> None:
         await first.acquire()
