@@ -57,54 +57,29 @@ def command(**values) -> None:
     _configure_logging(server.verbose)
     count = _api_server_count(server, model, engine_settings)
     sockets = _bind(server, count) if count > 1 else [_bind(server)]
+    clean = True
     try:
         from swiftops.server.app import create_app
         from swiftops.server.lifecycle import serve
 
         engine = _start_engine(model, engine_settings, generation, media, count)
-        pool = None
         try:
-            shared = warmed = None
-            if count > 1:
-                import asyncio
+            if count == 1:
+                lifecycle = serve(create_app(engine, server), server, sockets[0])
+            else:
+                from swiftops.server.api_servers import serve_several
 
-                from swiftops.server.api_server_state import SharedState
-                from swiftops.server.lifecycle import Lifecycle
-
-                shared = SharedState.create(engine.ipc_dir)
-                # Warm before accepting, as each other API server does: with several sockets on the port, a
-                # client that saw one process ready must not reach another still warming up.
-                warmed = Lifecycle()
-                asyncio.run(warmed.warm_up(engine))
-            app = create_app(engine, server, shared=shared, lifecycle=warmed)
-            lifecycle = app.state.ctx.lifecycle
-            if count > 1 and shared is not None:
-                from swiftops.server.api_servers import ApiServerPool
-
-                pool = ApiServerPool(engine, server.model_dump_json(), sockets[1:], shared.directory)
-                pool.wait_ready(engine.health_error)  # then serve: ready only once every API server is
-                lifecycle.on_drain.append(pool.drain)
-                lifecycle.watch_also(pool)
-            logging.getLogger("swiftops.server").info(
-                "serving %s on http://%s:%d/v1 (models: %s; %d API-server process%s)",
-                app.state.ctx.models.served_name,
-                server.host,
-                server.port,
-                ", ".join(app.state.ctx.models.names),
-                count,
-                "es" if count > 1 else "",
-            )
-            lifecycle = serve(app, server, sockets[0])
+                lifecycle, clean = serve_several(engine, server, sockets)
         finally:
-            if pool is not None:
-                pool.drain()  # a no-op after a drain: they got SIGTERM with ours
-                pool.wait(server.shutdown_timeout + 10)
             engine.close()
     finally:
         for sock in sockets:
             sock.close()
     if lifecycle.engine_failure:  # non-zero: Kubernetes restarts the pod
         logging.getLogger("swiftops.server").error("exiting with status 1: %s", lifecycle.engine_failure)
+        sys.exit(1)
+    if not clean:
+        logging.getLogger("swiftops.server").error("exiting with status 1: an API-server process did not drain cleanly")
         sys.exit(1)
 
 

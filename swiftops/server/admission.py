@@ -9,9 +9,11 @@ The queue is bounded on purpose: an unbounded one turns overload into ever-growi
 memory, where a 429 with Retry-After lets a load balancer or client back off.
 
 With several API-server processes the counts are shared (swiftops.server.admission_counts) and bound the
-deployment as a whole. Each process keeps its own FIFO of waiters; a slot freed in another process is noticed
-by polling while this one has waiters (every 5 ms), and a process with no waiters of its own may admit a new
-request ahead of another process's queue.
+deployment as a whole. Each process keeps its own FIFO of waiters and a slot freed in another process is noticed
+by polling while this one has waiters (every 5 ms); no process admits a new request while any process has one
+waiting. Between the processes' queues the order is only roughly first come, first served: which waiter takes a
+freed slot depends on which process polls first, so a request heavier than the whole capacity (it runs only
+when nothing else does) can wait long behind a steady flow of light ones.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class AdmissionController:
         """Wait until `weight` sequences may run; returns the seconds spent waiting. Raises OverloadedError
         when they do not fit in the queue."""
         weight = max(1, weight)
-        if not self._waiters and self.counts.try_run(weight, self.max_concurrency):
+        # No barging: not past this process's waiters, nor (shared counts) past another process's.
+        if not self._waiters and not self.counts.waiting and self.counts.try_run(weight, self.max_concurrency):
             return 0.0
         if not self.counts.try_queue(weight, self.max_queue):
             raise self._reject()
@@ -94,10 +97,9 @@ class AdmissionController:
                 self._waiters.popleft()
                 self.counts.add(0, -weight)
                 continue
-            if not self.counts.try_run(weight, self.max_concurrency):
+            if not self.counts.try_promote(weight, self.max_concurrency):
                 return
             self._waiters.popleft()
-            self.counts.add(0, -weight)
             waiter.set_result(None)
 
     def _poll_soon(self, loop: asyncio.AbstractEventLoop) -> None:

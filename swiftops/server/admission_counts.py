@@ -37,6 +37,10 @@ class AdmissionCounts(Protocol):
         """Count `weight` more sequences waiting if they fit under `limit`."""
         ...
 
+    def try_promote(self, weight: int, limit: int) -> bool:
+        """Move `weight` waiting sequences to running if they fit (as try_run), in one step."""
+        ...
+
     def add(self, running: int, waiting: int) -> None: ...
 
 
@@ -58,6 +62,12 @@ class LocalCounts:
     def try_queue(self, weight: int, limit: int) -> bool:
         if self.waiting + weight <= limit:
             self.waiting += weight
+            return True
+        return False
+
+    def try_promote(self, weight: int, limit: int) -> bool:
+        if self.try_run(weight, limit):
+            self.waiting -= weight
             return True
         return False
 
@@ -87,28 +97,33 @@ class SharedCounts:
     def waiting(self) -> int:
         return _PAIR.unpack_from(self._map)[1]
 
-    def _change(self, weight: int, limit: int, which: int) -> bool:
+    def _change(self, weight: int, limit: int, which: str) -> bool:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             running, waiting = _PAIR.unpack_from(self._map)
-            if which == 0:
-                if running + weight > limit and running != 0:
-                    return False
-                running += weight
-            else:
+            if which == "queue":
                 if waiting + weight > limit:
                     return False
                 waiting += weight
+            else:
+                if running + weight > limit and running != 0:
+                    return False
+                running += weight
+                if which == "promote":
+                    waiting -= weight
             _PAIR.pack_into(self._map, 0, running, waiting)
             return True
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def try_run(self, weight: int, limit: int) -> bool:
-        return self._change(weight, limit, 0)
+        return self._change(weight, limit, "run")
 
     def try_queue(self, weight: int, limit: int) -> bool:
-        return self._change(weight, limit, 1)
+        return self._change(weight, limit, "queue")
+
+    def try_promote(self, weight: int, limit: int) -> bool:
+        return self._change(weight, limit, "promote")
 
     def add(self, running: int, waiting: int) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_EX)

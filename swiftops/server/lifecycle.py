@@ -51,8 +51,13 @@ class Lifecycle:
         """Follow an engine that can die apart from the server (its own process), and what `watch_also` added:
         on death, fail /health and /ready and stop the server at once (exit status 1), so Kubernetes restarts
         the pod."""
+
+        def died(reason: str) -> None:  # on the source's thread
+            if not loop.is_closed():  # after the server stopped, a late report has no one to tell
+                loop.call_soon_threadsafe(self.engine_died, reason)
+
         for source in (engine, *self._also_watched):
-            source.on_death(lambda reason: loop.call_soon_threadsafe(self.engine_died, reason))
+            source.on_death(died)
 
     def watch_also(self, source: Any) -> None:
         """Another thing whose death ends the server (`source.on_death(callback)`): the other API servers."""
@@ -137,9 +142,20 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: Any, settings: ServerSettings, sock: socket.socket) -> Lifecycle:
+def serve(app: Any, settings: ServerSettings, sock: socket.socket, processes: int = 1) -> Lifecycle:
     """Serve `app` (from create_app) on the bound `sock` until SIGTERM's drain ends or the engine dies; returns
-    the app's lifecycle (its `engine_failure` says whether to exit non-zero)."""
+    the app's lifecycle (its `engine_failure` says whether to exit non-zero). `processes`: API-server processes of
+    the deployment, for the log."""
+    ctx = app.state.ctx
+    logger.info(
+        "serving %s on http://%s:%d/v1 (models: %s; %d API-server process%s)",
+        ctx.models.served_name,
+        settings.host,
+        settings.port,
+        ", ".join(ctx.models.names),
+        processes,
+        "es" if processes > 1 else "",
+    )
     from swiftops.server.http_guard import guarded_protocol
 
     # Keep-alive longer than clients' and load balancers' idle timeouts (httpx 5 s, AWS ALB 60 s): with

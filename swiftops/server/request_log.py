@@ -8,6 +8,7 @@ Never logged: the Authorization header (the API key) and media bytes (elided).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -111,7 +112,9 @@ class RequestRecorder:
             ensure_ascii=False,
         )
         with self._lock, self.path.open("a", encoding="utf-8") as f:
-            # Threads take the lock; the API-server processes of one deployment (--api_server_count) the file's.
-            fcntl.flock(f, fcntl.LOCK_EX)
+            # Threads take the lock; the API-server processes of one deployment (--api_server_count) the file's,
+            # where the file system has locks.
+            with contextlib.suppress(OSError):
+                fcntl.flock(f, fcntl.LOCK_EX)
             f.write(line + "\n")  # one write per line, flushed under the lock: rows never interleave
             f.flush()

@@ -55,6 +55,27 @@ def test_shared_counts_make_two_controllers_one_limit(tmp_path):
     asyncio.run(scenario())
 
 
+def test_no_process_admits_past_another_process_waiter(tmp_path):
+    first, second = _two_controllers(tmp_path, 1, 4)
+
+    async def scenario() -> None:
+        await first.acquire()
+        queued = asyncio.ensure_future(second.acquire())
+        await asyncio.sleep(0.02)
+        first.release()  # a slot frees, and a new request reaches the first process at once
+        arrival = asyncio.ensure_future(first.acquire())
+        await asyncio.sleep(0)
+        assert not arrival.done()  # it queues behind the other process's waiter instead of taking the slot
+        await asyncio.wait_for(asyncio.wait({queued, arrival}, return_when=asyncio.FIRST_COMPLETED), 1.0)
+        assert first.running == 1 and first.waiting == 1  # one of them runs; which depends on who polled first
+        second.release()  # the counts are shared: a release in either process frees the slot
+        await asyncio.wait_for(asyncio.gather(queued, arrival), 1.0)
+        second.release()
+        assert first.running == 0 and first.waiting == 0
+
+    asyncio.run(scenario())
+
+
 def test_shared_counts_let_a_cancelled_waiter_go_without_leaking(tmp_path):
     first, second = _two_controllers(tmp_path, 1, 4)
 
@@ -131,6 +152,16 @@ def _server(tiny_model_dir, *flags: str) -> ServerProcess:
                           "--max_batch_size", "8", *flags], ready_timeout=180)
 
 
+def _wait_for_metric(server: ServerProcess, line: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+        if line in text.splitlines():
+            return
+        assert time.monotonic() < deadline, f"{line!r} not in /metrics:\n{text}"
+        time.sleep(0.1)
+
+
 def _worker_pid(server: ServerProcess) -> int:
     found = re.search(r"started 1 more API-server processes: \[(\d+)\]", server.output())
     assert found, server.output()[-2000:]
@@ -147,19 +178,20 @@ def test_two_api_servers_share_the_work_the_limits_and_the_metrics(tiny_model_di
                                   timeout=30)
             assert response.status_code == 200, response.text
         assert _pids_in_log(server, "POST /v1/completions 200") == {server.process.pid, worker}
-        metrics = httpx.get(server.url + "/metrics", timeout=10).text  # whichever process answers, it sums both
-        assert 'swiftops_request_success_total{route="/v1/completions",status="200"} 24.0' in metrics
+        # Whichever process answers, it sums both (each counts a request once its last byte is sent: poll).
+        _wait_for_metric(server, 'swiftops_request_success_total{route="/v1/completions",status="200"} 24.0')
 
         # Twelve long streams at once against --max_concurrency 2 and no queue: two run in the whole deployment
-        # (each process alone would admit two), the rest get 429 from whichever process they reached.
+        # (each process alone would admit two: four), the rest get 429 from whichever process they reached. One
+        # more may run if it arrives after a first stream ended (a slow machine).
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            results = list(pool.map(lambda i: _stream(server.url, f"b{i}", 400), range(12)))
-        statuses = sorted(status for status, _ in results)
-        assert statuses.count(200) == 2 and statuses.count(429) == 10, results
+            results = list(pool.map(lambda i: _stream(server.url, f"b{i}", 480), range(12)))
+        statuses = [status for status, _ in results]
+        admitted = statuses.count(200)
+        assert 2 <= admitted <= 3 and statuses.count(429) == 12 - admitted, results
         assert all(events > 0 for status, events in results if status == 200)
-        metrics = httpx.get(server.url + "/metrics", timeout=10).text
-        assert 'swiftops_request_failure_total{route="/v1/completions",status="429"} 10.0' in metrics
-        assert "swiftops_num_requests_running 0.0" in metrics
+        _wait_for_metric(server, f'swiftops_request_failure_total{{route="/v1/completions",status="429"}} {12 - admitted}.0')
+        _wait_for_metric(server, "swiftops_num_requests_running 0.0")
 
 
 def test_sigterm_drains_every_api_server_then_stops_the_engine(tiny_model_dir):
@@ -168,14 +200,15 @@ def test_sigterm_drains_every_api_server_then_stops_the_engine(tiny_model_dir):
         worker = _worker_pid(server)
         engine = int(re.search(r"engine process (\d+) ready", server.output()).group(1))
         started = threading.Semaphore(0)
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            streams = [pool.submit(_stream, server.url, f"c{i}", 300, started) for i in range(8)]
-            for _ in range(8):  # every stream admitted and under way
+        streams_count = 16  # on two sockets: all on one with probability 2 / 2**16
+        with concurrent.futures.ThreadPoolExecutor(streams_count) as pool:
+            streams = [pool.submit(_stream, server.url, f"c{i}", 300, started) for i in range(streams_count)]
+            for _ in range(streams_count):  # every stream admitted and under way
                 assert started.acquire(timeout=60)
             server.terminate()
             results = [future.result(timeout=60) for future in streams]
         assert server.wait(60) == 0, server.output()[-3000:]
-        assert results == [(200, results[i][1]) for i in range(8)] and all(n > 0 for _, n in results)
+        assert [status for status, _ in results] == [200] * streams_count and all(n > 0 for _, n in results)
         assert _pids_in_log(server, "POST /v1/completions 200") == {server.process.pid, worker}
         assert not _alive(worker) and not _alive(engine)
     finally:

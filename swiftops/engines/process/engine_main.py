@@ -105,6 +105,7 @@ class StepRelay:
         self.engine = engine
         self.requests = requests
         self.counts = (0, 0)  # (running, waiting) as last sent
+        self.told = [(0, 0)] * len(sockets)  # the counts each API server last got from this relay
 
     def is_closed(self) -> bool:
         return False
@@ -158,12 +159,27 @@ class StepRelay:
         if len(self.sockets) == 1:
             self.sockets[0].send(_encoder.encode(Steps(deltas, *self.counts, prefix)), copy=False)
             return
-        # Every API server hears every step (its /metrics reads the counts), with its own requests' deltas.
+        # Each API server gets its own requests' deltas (a blocking send: never a lost token) and, when it has none
+        # this step, the counts for its /metrics only when they changed and without blocking: an API server that
+        # has drained and exited reads nothing, and its queue must not fill and stop the engine core.
         shares: list[list[Delta]] = [[] for _ in self.sockets]
         for delta in deltas:
             shares[delta.rid % len(shares)].append(delta)
-        for socket, share in zip(self.sockets, shares, strict=True):
-            socket.send(_encoder.encode(Steps(share, *self.counts, prefix)), copy=False)
+        for index, (socket, share) in enumerate(zip(self.sockets, shares, strict=True)):
+            if share:
+                socket.send(_encoder.encode(Steps(share, *self.counts, prefix)), copy=False)
+                self.told[index] = self.counts
+            elif self.told[index] != self.counts and send_if_room(socket, Steps([], *self.counts, prefix)):
+                self.told[index] = self.counts
+
+
+def send_if_room(socket: zmq.Socket, message: FromEngine) -> bool:
+    """Send a message that may be dropped (counts for /metrics) unless the peer's queue is full."""
+    try:
+        socket.send(_encoder.encode(message), zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
 
 
 def prefix_cache_counts(engine: Any) -> list[int] | None:
@@ -310,13 +326,9 @@ def run(spec: EngineSpec) -> None:
     for address in spec.requests_addresses:
         inbox.connect(address)
     statuses = connect_all(context, spec.outputs_addresses)
-    for status in statuses:
-        status.setsockopt(zmq.LINGER, 5000)
-
-    def tell_all(message: FromEngine) -> None:
-        data = _encoder.encode(message)
-        for status in statuses:
-            status.send(data)
+    statuses[0].setsockopt(zmq.LINGER, 5000)  # a load failure reaches the first API server before we exit
+    for status in statuses[1:]:
+        status.setsockopt(zmq.LINGER, 0)  # the others start only once the engine is ready
 
     from swiftops.protocol import SwiftopsError
 
@@ -325,7 +337,7 @@ def run(spec: EngineSpec) -> None:
     except BaseException as exc:
         if not isinstance(exc, SwiftopsError):
             logger.exception("the engine failed to load")
-        tell_all(LoadFailed(error_info(exc)))
+        statuses[0].send(_encoder.encode(LoadFailed(error_info(exc))))
         for status in statuses:
             status.close()
         context.term()
@@ -341,7 +353,8 @@ def run(spec: EngineSpec) -> None:
         engine.tokenizer,
         engine.runner_name,
     )
-    tell_all(Ready(pickle.dumps(info)))
+    for status in statuses:
+        status.send(_encoder.encode(Ready(pickle.dumps(info))))
     decoder = msgspec.msgpack.Decoder(ToEngine)
     try:
         while True:
@@ -354,7 +367,8 @@ def run(spec: EngineSpec) -> None:
             counts = (engine.num_running, engine.num_waiting)
             if counts != server.relay.counts:
                 server.relay.counts = counts
-                tell_all(Steps([], *counts, prefix_cache_counts(engine)))
+                for status in statuses:
+                    send_if_room(status, Steps([], *counts, prefix_cache_counts(engine)))
     finally:
         logger.info("engine process: shutting down")
         engine.close()
