@@ -33,7 +33,7 @@ def serve_page(base_url: str, server: ServerSettings) -> None:
 
     api_base_url = normalize_base_url(base_url)
     deploy._configure_logging(server.verbose)
-    sock = deploy._bind(server)
+    (sock,) = deploy._bind(server)
     try:
         logging.getLogger("swiftops.server").info(
             "chat page: http://%s:%d/ (for the API at %s)", _browsable(server.host), server.port, api_base_url

@@ -28,11 +28,11 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _bind(server: ServerSettings, count: int = 1):
-    """The listening socket (a list of `count`, one per API-server process, when count > 1)."""
-    from swiftops.server.lifecycle import bind_socket, bind_sockets
+    """The listening sockets, one per API-server process."""
+    from swiftops.server.lifecycle import bind_sockets
 
     try:
-        return bind_socket(server.host, server.port) if count == 1 else bind_sockets(server.host, server.port, count)
+        return bind_sockets(server.host, server.port, count)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
@@ -56,7 +56,7 @@ def command(**values) -> None:
     resolve_api_key(server.api_key)  # a bad key file fails now, not after the weights load
     _configure_logging(server.verbose)
     count = _api_server_count(server, model, engine_settings)
-    sockets = _bind(server, count) if count > 1 else [_bind(server)]
+    sockets = _bind(server, count)
     clean = True
     try:
         from swiftops.server.app import create_app

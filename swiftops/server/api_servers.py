@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from swiftops.protocol.settings import ServerSettings
-from swiftops.server.lifecycle import Lifecycle, serve
+from swiftops.server.lifecycle import Lifecycle, configure_logging, serve
 
 logger = logging.getLogger("swiftops.server")
 _EXIT_WAIT = 10.0  # after the drain: how long the others may take to exit before they are killed
@@ -188,7 +188,6 @@ def serve_several(engine: Any, settings: ServerSettings, sockets: list[socket.so
     beside them until the drain (passed on to them) ends or a process dies. Returns its lifecycle and whether
     every other API server exited 0."""
     from swiftops.server.api_server_state import SharedState
-    from swiftops.server.app import create_app
 
     # Until uvicorn installs its handlers, SIGTERM ends start-up through the `finally` blocks (the other API
     # servers killed, the engine stopped, the IPC directory removed) instead of killing this process on the spot.
@@ -197,12 +196,8 @@ def serve_several(engine: Any, settings: ServerSettings, sockets: list[socket.so
     served = clean = False
     try:
         shared = SharedState.create(engine.ipc_dir)
-        # Warm before accepting, as each other API server does: with several sockets on the port, a client that
-        # saw one process ready must not reach another still warming up.
-        warmed = Lifecycle()
-        asyncio.run(warmed.warm_up(engine))
-        app = create_app(engine, settings, shared=shared, lifecycle=warmed)
-        lifecycle: Lifecycle = warmed
+        app = _warm_app(engine, settings, shared)
+        lifecycle: Lifecycle = app.state.ctx.lifecycle
         pool = ApiServerPool(engine, settings.model_dump_json(), sockets[1:], shared.directory)
         pool.wait_ready(engine.health_error)
         lifecycle.on_drain.append(pool.drain)
@@ -221,15 +216,18 @@ def serve_several(engine: Any, settings: ServerSettings, sockets: list[socket.so
     return lifecycle, clean
 
 
+def _warm_app(engine: Any, settings: ServerSettings, shared: Any) -> Any:
+    """The app of one API server of several, its one warm-up generation done before it accepts a connection: with
+    several sockets on the port, a client that saw one process ready must not reach another still warming up."""
+    from swiftops.server.app import create_app
+
+    warmed = Lifecycle()
+    asyncio.run(warmed.warm_up(engine))
+    return create_app(engine, settings, shared=shared, lifecycle=warmed)
+
+
 def _end_start_up(sig: int, frame: Any) -> None:
     raise SystemExit(128 + sig)
-
-
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the first API server is gone (SIGKILL included): the engine process goes with it."""
-    while os.getppid() == parent_pid:
-        time.sleep(_WATCH_SECONDS)
-    os._exit(1)
 
 
 def go_file(shared_dir: str) -> str:
@@ -247,13 +245,15 @@ def _wait_for_go(shared_dir: str, parent_pid: int) -> None:
 def worker_main() -> int:
     """A further API-server process: attach to the engine, warm up, wait for the others, then serve the inherited
     socket. Its spec comes on stdin."""
-    spec = WorkerSpec(**json.loads(sys.stdin.buffer.read()))
-    threading.Thread(target=_watch_parent, args=(spec.parent_pid,), name="swiftops-parent-watch", daemon=True).start()
-
     from swiftops.engines.process.client import ApiServerSlot, EngineProcessClient
+    from swiftops.engines.process.engine_main import exit_with_parent
     from swiftops.server.api_server_state import SharedState
-    from swiftops.server.app import create_app
-    from swiftops.server.lifecycle import configure_logging
+
+    spec = WorkerSpec(**json.loads(sys.stdin.buffer.read()))
+    # Exit when the first API server is gone (SIGKILL included): the engine process goes with it.
+    threading.Thread(
+        target=exit_with_parent, args=(spec.parent_pid,), name="swiftops-parent-watch", daemon=True
+    ).start()
 
     settings = ServerSettings.model_validate_json(spec.server)
     configure_logging(settings.verbose)
@@ -261,9 +261,7 @@ def worker_main() -> int:
     sock = socket.socket(fileno=spec.fd)
     engine = EngineProcessClient.attach(ApiServerSlot(**spec.slot))
     try:
-        lifecycle = Lifecycle()
-        asyncio.run(lifecycle.warm_up(engine))  # before accepting: never "not ready" beside a ready process
-        app = create_app(engine, settings, shared=shared, lifecycle=lifecycle)
+        app = _warm_app(engine, settings, shared)
         open(ready_file(spec.shared_dir, spec.slot["index"]), "w").close()
         _wait_for_go(spec.shared_dir, spec.parent_pid)
         lifecycle = serve(app, settings, sock, processes=spec.slot["count"])

@@ -171,9 +171,8 @@ def serve(app: Any, settings: ServerSettings, sock: socket.socket, processes: in
         timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
         http=guarded_protocol(settings.header_timeout, settings.send_timeout),
     )
-    lifecycle: Lifecycle = app.state.ctx.lifecycle
-    DrainingServer(config, lifecycle).run(sockets=[sock])
-    return lifecycle
+    DrainingServer(config, ctx.lifecycle).run(sockets=[sock])
+    return ctx.lifecycle
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:

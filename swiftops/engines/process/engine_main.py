@@ -169,14 +169,16 @@ class StepRelay:
             if share:
                 socket.send(_encoder.encode(Steps(share, *self.counts, prefix)), copy=False)
                 self.told[index] = self.counts
-            elif self.told[index] != self.counts and send_if_room(socket, Steps([], *self.counts, prefix)):
+            elif self.told[index] != self.counts and send_if_room(
+                socket, _encoder.encode(Steps([], *self.counts, prefix))
+            ):
                 self.told[index] = self.counts
 
 
-def send_if_room(socket: zmq.Socket, message: FromEngine) -> bool:
-    """Send a message that may be dropped (counts for /metrics) unless the peer's queue is full."""
+def send_if_room(socket: zmq.Socket, data: bytes) -> bool:
+    """Send an encoded message that may be dropped (counts for /metrics) unless the peer's queue is full."""
     try:
-        socket.send(_encoder.encode(message), zmq.NOBLOCK)
+        socket.send(data, zmq.NOBLOCK)
     except zmq.Again:
         return False
     return True
@@ -286,8 +288,9 @@ class _Gone(Exception):
     """The request was aborted before it was launched."""
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the API server is gone (SIGKILL included): nothing would ever read our outputs."""
+def exit_with_parent(parent_pid: int) -> None:
+    """Exit when the parent is gone (SIGKILL included). Here: the first API server, without which nothing reads our
+    outputs; also each further API server's watch on the first."""
     while True:
         if os.getppid() != parent_pid:
             os._exit(1)
@@ -320,7 +323,9 @@ def run(spec: EngineSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server drains first
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threading.Thread(target=_watch_parent, args=(spec.parent_pid,), name="swiftops-parent-watch", daemon=True).start()
+    threading.Thread(
+        target=exit_with_parent, args=(spec.parent_pid,), name="swiftops-parent-watch", daemon=True
+    ).start()
     context = zmq.Context()
     inbox = context.socket(zmq.PULL)  # fair-queued over every API server's requests socket
     for address in spec.requests_addresses:
@@ -353,8 +358,9 @@ def run(spec: EngineSpec) -> None:
         engine.tokenizer,
         engine.runner_name,
     )
+    ready = _encoder.encode(Ready(pickle.dumps(info)))  # the tokenizer inside: pickled once for every API server
     for status in statuses:
-        status.send(_encoder.encode(Ready(pickle.dumps(info))))
+        status.send(ready)
     decoder = msgspec.msgpack.Decoder(ToEngine)
     try:
         while True:
@@ -367,8 +373,9 @@ def run(spec: EngineSpec) -> None:
             counts = (engine.num_running, engine.num_waiting)
             if counts != server.relay.counts:
                 server.relay.counts = counts
+                update = _encoder.encode(Steps([], *counts, prefix_cache_counts(engine)))
                 for status in statuses:
-                    send_if_room(status, Steps([], *counts, prefix_cache_counts(engine)))
+                    send_if_room(status, update)
     finally:
         logger.info("engine process: shutting down")
         engine.close()
