@@ -60,6 +60,32 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round((len(values) - 1) * q / 100)))]
 
 
+def _itl_histogram(url: str) -> dict[float, float]:
+    """The server's cumulative inter-token-latency histogram from /metrics: {upper bound (s): count}."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10).read().decode()
+    except OSError:
+        return {}
+    counts: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("swiftops_inter_token_latency_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            counts[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def _histogram_delta(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Gaps observed between two scrapes: how many, and the share above each bucket bound."""
+    delta = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = delta.get(float("inf"), 0.0)
+    if not total:
+        return {"gaps": 0}
+    return {"gaps": int(total), "share_above_ms": {f"{b * 1000:g}": round(1 - n / total, 5)
+                                                   for b, n in delta.items() if b != float("inf")}}
+
+
 def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     """Seeded token ids in [10, vocab - 10) (no torch needed: the client side imports none)."""
     import random
@@ -195,7 +221,8 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     engine = build_engine(ModelSettings(model=spec["model"], max_model_len=spec["max_model_len"]),
-                          EngineSettings(infer_backend=spec["backend"]), GenerationSettings())
+                          EngineSettings(infer_backend=spec["backend"], **spec.get("settings", {})),
+                          GenerationSettings())
     out: dict[str, Any] = {"startup_s": round(time.perf_counter() - t0, 1), "at_concurrency": {}}
     config = RequestConfig(max_tokens=spec["output_len"], temperature=0, ignore_eos=True)
     try:
@@ -286,8 +313,12 @@ class Run:
             sweep_point(server.url, pathlib.Path(model_dir).name, self.warmup, WARMUP_TOKENS, len(self.warmup),
                         self.args.client_processes)
             for c, prompts in sets.items():
+                before = _itl_histogram(server.url)
                 point = sweep_point(server.url, pathlib.Path(model_dir).name, prompts, self.args.output_len, int(c),
                                     self.args.client_processes)
+                # the same gaps as the API servers saw them (tokens reaching their event loops), to tell a tail
+                # made before the HTTP write (engine, event loop) from one made after it (socket, client)
+                point["server_itl"] = _histogram_delta(before, _itl_histogram(server.url))
                 entry["points"][c] = point
                 print(f"[{backend} served] {json.dumps(point)}", flush=True)
         finally:
@@ -301,7 +332,7 @@ class Run:
 
     def offline(self, backend: str, model_dir: str, sets: dict[str, list[list[int]]], max_len: int) -> dict[str, Any]:
         spec = {"backend": backend, "model": model_dir, "max_model_len": max_len, "output_len": self.args.output_len,
-                "sets": sets, "warmup": self.warmup}
+                "sets": sets, "warmup": self.warmup, "settings": json.loads(self.args.offline_settings)}
         spec_file, result_file = self.work / f"{backend}-offline-spec.json", self.work / f"{backend}-offline.json"
         spec_file.write_text(json.dumps(spec))
         code = _run_child([sys.executable, "-m", "benchmarks.serving", "--offline_worker", str(spec_file),
@@ -381,6 +412,8 @@ def main() -> None:
                         help="pass this context to every engine (default: none, each engine's own default)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"any of {', '.join(PARTS)}")
     parser.add_argument("--server_flags", default="", help="more swiftops deploy flags for the served parts")
+    parser.add_argument("--offline_settings", default="{}",
+                        help='EngineSettings for the offline engine as JSON (a diagnosis: {"max_itl_ratio": 1.75})')
     parser.add_argument("--client_processes", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)))
     parser.add_argument("--deadline_s", type=float, default=540.0, help="stop starting parts after this long")
     parser.add_argument("--url", default=None, help="measure a running server (no offline figures)")

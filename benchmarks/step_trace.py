@@ -25,11 +25,12 @@ class StepTrace:
         self._run, self._decode = self.runner.run, self.runner.decode
         self._active = False
 
-        def run(plan: Any) -> Any:
+        def run(plan: Any, decode_tokens: Any = None) -> Any:
             if self._active and plan.prefill:
                 tokens = sum(chunk for _, chunk in plan.prefill)
-                self.events.append(("mixed", time.perf_counter(), tokens, len(plan.prefill), len(plan.decode)))
-            return self._run(plan)
+                kind = "mixed_pipelined" if decode_tokens is not None else "mixed"
+                self.events.append((kind, time.perf_counter(), tokens, len(plan.prefill), len(plan.decode)))
+            return self._run(plan, decode_tokens)
 
         def decode(seqs: list[Any], tokens: Any = None) -> Any:
             if self._active:
@@ -54,9 +55,9 @@ class StepTrace:
         launches = [e[1] for e in self.events] + [end]
         for (kind, at, tokens, _, decoding), following in zip(self.events, launches[1:], strict=True):
             seconds = following - at
-            if kind == "mixed":
+            if kind.startswith("mixed"):
                 bound = next(b for b in _BUCKETS if tokens <= b)
-                kind = f"mixed<={bound}" if bound < _BUCKETS[-1] else f"mixed>{_BUCKETS[-2]}"
+                kind += f"<={bound}" if bound < _BUCKETS[-1] else f">{_BUCKETS[-2]}"
             group = groups.setdefault(kind, {"steps": 0, "seconds": 0.0, "prefill_tokens": 0, "decode_rows": 0})
             group["steps"] += 1
             group["seconds"] += seconds
@@ -65,6 +66,19 @@ class StepTrace:
         for group in groups.values():
             group["mean_ms"] = round(group["seconds"] / group["steps"] * 1000, 2)
             group["seconds"] = round(group["seconds"], 3)
+        # A decode row gets a token per step: the steps' durations, each counted once per row it carries, are the
+        # inter-token gaps the engine itself makes (what a server can at best pass on).
+        gaps = sorted((following - at, decoding) for (_, at, _, _, decoding), following
+                      in zip(self.events, launches[1:], strict=True) if decoding)
+        engine_itl: dict[str, float] = {}
+        rows_total = sum(n for _, n in gaps)
+        for q in (50, 90, 99):
+            seen = 0
+            for seconds, n in gaps:
+                seen += n
+                if seen >= rows_total * q / 100:
+                    engine_itl[f"p{q}_ms"] = round(seconds * 1000, 2)
+                    break
         first = self.events[0][1] if self.events else end
         mixed_graphs = getattr(self.runner, "mixed_graphs", None)
         return {
@@ -73,5 +87,6 @@ class StepTrace:
             "mixed_graph_replays": None if mixed_graphs is None else mixed_graphs.replays,
             "before_first_step_s": round(first - self._t0, 3),
             "traced_s": round(end - first, 3),
+            "engine_itl": engine_itl,
             "by_kind": dict(sorted(groups.items())),
         }

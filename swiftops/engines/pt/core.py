@@ -25,7 +25,7 @@ from swiftops.engines.pt.fault_injection import FaultInjector
 from swiftops.engines.pt.guided_decoding import fill_mask_async, take_ahead
 from swiftops.engines.pt.openmp_pool import release_calling_thread_pool
 from swiftops.engines.pt.post_step import PostStep, advance
-from swiftops.engines.pt.sampler import PendingSample, sample, sample_on_device
+from swiftops.engines.pt.sampler import sample, sample_on_device
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
 from swiftops.engines.pt.sequence import AsyncSink, Sequence, deliver_all
 from swiftops.protocol import EngineError
@@ -55,7 +55,8 @@ class EngineCore:
         self._by_id: dict[int, Sequence] = {}
         self._outbox: list[tuple[Any, SequenceOutput]] = []  # (sink, output) of the current step
         self.steps = 0
-        self.pipelined_steps = 0  # decode steps launched before the previous step's tokens reached the host
+        self.pipelined_steps = 0  # steps launched before the previous step's tokens reached the host
+        self.pipelined_prefills = 0  # ...of which prefilled beside their decode rows (or alone)
         self.faults = FaultInjector.from_env(tokenizer)  # None unless a reliability test asks for faults
         # The engine thread waits on the GPU with the GIL released, then must get it back at once to launch the
         # next step. With Python's default 5 ms switch interval a busy thread beside it (the server's event loop
@@ -105,15 +106,20 @@ class EngineCore:
         with self._wake:
             while not (self._inbox or self._aborts or self.scheduler.has_work or self._stopped):
                 self._wake.wait()
-            arrivals, self._inbox = list(self._inbox), deque()
             aborts, self._aborts = list(self._aborts), deque()
-        for seq in arrivals:
-            self._by_id[seq.seq_id] = seq
-            self.scheduler.add(seq)
+        self._admit_arrivals()
         for seq_id in aborts:
             aborted = self._by_id.pop(seq_id, None)
             if aborted is not None:
                 self._retire(aborted)
+
+    def _admit_arrivals(self) -> None:
+        """New sequences into the scheduler's queue (without waiting for any)."""
+        with self._wake:
+            arrivals, self._inbox = list(self._inbox), deque()
+        for seq in arrivals:
+            self._by_id[seq.seq_id] = seq
+            self.scheduler.add(seq)
 
     def _retire(self, seq: Sequence) -> None:
         self.scheduler.remove(seq)
@@ -171,7 +177,7 @@ class EngineCore:
 
     def _step(self, plan: StepPlan) -> None:
         if self._can_pipeline(plan):
-            self._pipelined_decode(plan.decode)
+            self._pipelined(plan)
             return
         emitted: set[int] = set()
         try:
@@ -195,27 +201,30 @@ class EngineCore:
             for seq in left:
                 self._step_alone(seq, seq.num_computed + (0 if plan.computed else chunks[seq.seq_id]))
 
-    # ---- pipelined decode -----------------------------------------------------------------------
-    # In a steady decode batch the host work of a step (tokens to the host, stop checks, outputs, the next
-    # step's inputs) would leave the GPU idle. Instead, step N+1 is launched from step N's tokens while they are
-    # still on the device, and the host then handles step N while the GPU runs N+1. A sequence that turns out
-    # to have stopped at N has its N+1 token dropped; its blocks may be handed to another sequence at once, since
-    # every later write to them is queued on the same stream behind N+1.
+    # ---- pipelined steps -------------------------------------------------------------------------
+    # The host work of a step (tokens to the host, stop checks, outputs, the next step's inputs) would leave the GPU
+    # idle. Instead, step N+1 is launched from step N's tokens while they are still on the device, and the host then
+    # handles step N while the GPU runs N+1. Step N+1 is the sequences of N that go on, as decode rows, plus whatever
+    # prefill the scheduler adds beside them (prompts that arrived meanwhile, the next chunk of a long prompt): under
+    # a steady stream of arrivals nearly every step prefills something, and a step that waited for the host would
+    # be an inter-token gap of its own (issue 16: at 128 clients a mixed step took 2.4x a decode step). A sequence
+    # that turns out to have stopped at N has its N+1 token dropped; its blocks may be handed to another sequence at
+    # once, since every later write to them is queued on the same stream behind N+1.
 
-    def _quiet(self) -> bool:
-        """Nothing for the scheduler to do: no arrivals, aborts, waiting sequences or shutdown."""
-        return not (self._inbox or self._aborts or self._stopped or self.scheduler.waiting)
+    @staticmethod
+    def _fed_from_device(seq: Sequence) -> bool:
+        """A prompt a pipelined step can prefill: multimodal prompts build their embeddings from host token ids."""
+        return seq.mm_inputs is None and seq.mm_embeds is None
 
     def _can_pipeline(self, plan: StepPlan) -> bool:
+        # (the first step of a pipeline is launched from host tokens: any plan will do)
         return (
-            not plan.prefill and self.faults is None and getattr(self.runner, "can_pipeline", False) and self._quiet()
+            self.faults is None and getattr(self.runner, "can_pipeline", False) and not (self._aborts or self._stopped)
         )
 
     def _continuing(self, seqs: list[Sequence]) -> list[Sequence] | None:
         """The sequences that go on after the step in flight (those ending there by length are known now), if the
         next step can be launched before its tokens are seen: no penalty needs them, the cache has room."""
-        if not self._quiet():
-            return None
         limit = self.post_step.max_model_len
         blocks = self.scheduler.blocks
         assert blocks is not None  # narrows for mypy: pipelined steps run on the paged cache
@@ -230,74 +239,109 @@ class EngineCore:
             if len(seq.block_table) * page <= count and not blocks.ensure_capacity(seq, count + 1):
                 return None
             nxt.append(seq)
-        if not nxt:
-            return None
-        blocks.sync()
         return nxt
 
-    def _pipelined_decode(self, batch: list[Sequence]) -> None:
+    def _next_plan(self, batch: list[Sequence], previous: StepPlan) -> StepPlan | None:
+        """What to launch while the step in flight (which samples `batch`, planned as `previous`) runs, or None:
+        the pipeline ends once that step is handled (an abort or shutdown to handle, a penalty or a full cache,
+        a prompt only `schedule` plans, nothing left to run)."""
+        if self._aborts or self._stopped or previous.held_back:
+            return None
+        self._admit_arrivals()
+        nxt = self._continuing(batch)
+        if nxt is None:
+            return None
+        plan = self.scheduler.schedule_beside(nxt, self._fed_from_device)
+        return plan if plan else None
+
+    def _pipelined(self, plan: StepPlan) -> None:
+        in_flight: list[StepPlan] = [plan]  # plans launched and not yet handled: forgotten by the cache on failure
         try:
             with torch.inference_mode():
-                self._pipeline(batch)
+                self._pipeline(plan, in_flight)
         except Exception:
             logger.exception("engine step failed; retrying its sequences one by one")
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # whatever was launched is done before the recomputes
+            for launched in in_flight:  # the blocks these were to fill may hold garbage: out of the prefix cache
+                self.scheduler.forget_cached(launched)
             for seq in [s for s in self.scheduler.running if s.seq_id in self._by_id]:
                 self._step_alone(seq, seq.num_tokens)
 
-    def _pipeline(self, batch: list[Sequence]) -> None:
-        pending: Any = sample_on_device(self.runner.decode(batch), batch)
+    def _launch(self, plan: StepPlan, tokens: torch.Tensor | None) -> tuple[list[Sequence], Any]:
+        """Run `plan` (its decode rows' tokens on the device when `tokens` is given) and queue the sampling of the
+        rows that sample; returns those rows and their PendingSample, or the logits still to sample (a grammar's
+        mask for a row whose token is in flight is filled only once that token is on the host)."""
+        results = self.runner.run(plan, tokens)
+        if not results or not results[0].seqs:  # chunks of long prompts alone: nothing to sample
+            return [], None
+        seqs, logits = results[0].seqs, results[0].logits
+        if tokens is not None and any(s.grammar is not None for s in seqs):
+            return seqs, logits
+        return seqs, sample_on_device(logits, seqs)
+
+    def _pipeline(self, plan: StepPlan, in_flight: list[StepPlan]) -> None:
+        batch, pending = self._launch(plan, None)
         while True:
-            advance(StepPlan(decode=batch))
-            nxt = self._continuing(batch)
-            following: PendingSample | None = None
-            held_logits = None
+            advance(plan)
+            nxt = self._next_plan(batch, plan)
+            step_seqs: list[Sequence] = []
+            following: Any = None
             if nxt is not None:
-                going_on = set(map(id, nxt))
-                rows = [i for i, s in enumerate(batch) if id(s) in going_on] if len(nxt) < len(batch) else None
-                tokens = (
-                    pending.chosen if rows is None else pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
-                )
-                logits = self.runner.decode(nxt, tokens)
-                # A grammar's mask for the step launched here depends on the token of the step in flight: the
-                # forward runs now, its sampling is queued once that token is taken (below), still ahead of the
-                # step after.
-                if any(s.grammar is not None for s in nxt):
-                    held_logits = logits
-                else:
-                    following = sample_on_device(logits, nxt)
+                tokens = None
+                if nxt.decode:
+                    going_on = set(map(id, nxt.decode))
+                    rows = (
+                        [i for i, s in enumerate(batch) if id(s) in going_on] if len(nxt.decode) < len(batch) else None
+                    )
+                    tokens = (
+                        pending.chosen
+                        if rows is None
+                        else pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
+                    )
+                in_flight.append(nxt)
+                step_seqs, following = self._launch(nxt, tokens)
                 self.pipelined_steps += 1
-            sampled = pending.collect()
-            if held_logits is not None and nxt is not None:  # (held logits are nxt's)
-                # The matchers take the tokens just read first, since the next mask needs them; its fill (xgrammar,
-                # without the GIL) then runs on a worker thread beside the post-step, which only reads them.
-                if take_ahead(batch, sampled.token_ids):
-                    filling = fill_mask_async(nxt, held_logits.shape[-1], pin=held_logits.is_cuda)
-                    try:
-                        self._append_sampled(batch, sampled)
-                    except BaseException:
-                        futures.wait([filling])  # the worker is done with the matchers before the retries use them
-                        raise
-                    following = sample_on_device(held_logits, nxt, filling.result())
-                else:  # a rejected token: the post-step reports it before the matchers are read again
-                    self._append_sampled(batch, sampled)
-                    following = sample_on_device(held_logits, nxt)
-            else:
+                self.pipelined_prefills += bool(nxt.prefill)
+            sampled = pending.collect() if pending is not None else None
+            del in_flight[0]  # (`plan`: handled below)
+            if isinstance(following, torch.Tensor):  # logits held for a grammar's mask (see _launch)
+                following = self._sample_held(batch, sampled, step_seqs, following)
+            elif sampled is not None:
                 self._append_sampled(batch, sampled)
             self.steps += 1
             self._flush()
-            if following is None:
+            if nxt is None:
                 return
-            assert nxt is not None  # narrows for mypy: `following` samples nxt's step
-            for seq in nxt:  # the step launched above computes each one's last sampled token
+            for seq in nxt.decode:  # the step launched above computes each one's last sampled token
                 seq.num_computed = seq.num_tokens - 1
-            batch, pending = [s for s in nxt if s.seq_id in self._by_id], following
-            if not batch:  # every one stopped at the step just handled: the step in flight is all dropped rows
-                return
-            if len(batch) < len(nxt):  # some stopped at the step just handled: read back only their rows
+            plan, pending = nxt, following
+            batch = [s for s in step_seqs if s.seq_id in self._by_id]
+            if not batch:  # every row stopped at the step just handled (or none samples): nothing to read back
+                if not plan.prefill:
+                    return
+                pending = None
+            elif len(batch) < len(step_seqs):  # some stopped at the step just handled: read back only their rows
                 alive = {s.seq_id for s in batch}
-                pending = _RowView(following, [i for i, s in enumerate(nxt) if s.seq_id in alive])
+                pending = _RowView(pending, [i for i, s in enumerate(step_seqs) if s.seq_id in alive])
+
+    def _sample_held(self, batch: list[Sequence], sampled: Any, step_seqs: list[Sequence], logits: torch.Tensor) -> Any:
+        """Hand over the step in flight's tokens (`sampled`, of `batch`) and sample the step launched after it,
+        whose grammar masks needed them. The matchers take the tokens just read first, since the next mask needs
+        them; its fill (xgrammar, without the GIL) then runs on a worker thread beside the post-step, which only
+        reads them."""
+        if sampled is not None and not take_ahead(batch, sampled.token_ids):
+            # a rejected token: the post-step reports it before the matchers are read again
+            self._append_sampled(batch, sampled)
+            return sample_on_device(logits, step_seqs)
+        filling = fill_mask_async(step_seqs, logits.shape[-1], pin=logits.is_cuda)
+        try:
+            if sampled is not None:
+                self._append_sampled(batch, sampled)
+        except BaseException:
+            futures.wait([filling])  # the worker is done with the matchers before the retries use them
+            raise
+        return sample_on_device(logits, step_seqs, filling.result())
 
     def _step_alone(self, seq: Sequence, target: int) -> None:
         """Recompute `seq` alone from its first token up to where the failed step would have left it (as after a

@@ -178,9 +178,11 @@ class CudaGraphMixedSteps:
         ctx_lens: list[int],
         keep: list[int],
         decode_tail: int,
+        tail_tokens: torch.Tensor | None = None,
     ) -> int:
         """Copy one step into the smallest bucket that holds it; returns the bucket. The last `decode_tail`
-        sequences are decode rows (one token each)."""
+        sequences are decode rows (one token each); `tail_tokens`: their token ids on the device, in place of
+        theirs in `ids` (pipelined steps)."""
         from swiftops.engines.pt.triton_attention import tile_map
 
         n, seqs = len(ids), len(rows)
@@ -203,6 +205,8 @@ class CudaGraphMixedSteps:
         # ints took 0.40 ms of the step's host time, this 0.14 (on the 2-core development machine).
         flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64)  # copy_ checks the size
         self.inputs[tokens].copy_(torch.from_numpy(flat), non_blocking=True)
+        if tail_tokens is not None:  # the ids come first in the buffer; the decode rows' are the last real ones
+            self.inputs[tokens][n - decode_tail : n].copy_(tail_tokens)
         return tokens
 
     def replay(self, tokens: int, num_keep: int) -> torch.Tensor:

@@ -132,9 +132,14 @@ class PagedRunner:
 
         return decode_splits(batch * self.cache.shape.num_kv_heads, self.num_sms)
 
-    def prefill(self, items: list[tuple[Sequence, int]], decode_tail: int = 0) -> RunnerOutput:
-        """`decode_tail`: how many of the last items are decode rows riding along (one token each)."""
+    def prefill(
+        self, items: list[tuple[Sequence, int]], decode_tail: int = 0, tail_tokens: torch.Tensor | None = None
+    ) -> RunnerOutput:
+        """`decode_tail`: how many of the last items are decode rows riding along (one token each). `tail_tokens`:
+        those rows' tokens [decode_tail] still on the device (pipelined steps: the step in flight sampled them and
+        the host has not appended them yet); each row then sits one past its host tokens."""
         self.blocks.sync()
+        head = len(items) - decode_tail if tail_tokens is not None else len(items)
         ids: list[int] = []
         positions: list[int] = []
         lora_slots: list[int] = []
@@ -145,31 +150,33 @@ class PagedRunner:
         finishing: list[Sequence] = []
         ropes: list[torch.Tensor] = []
         mm_spans: list[tuple[Sequence, int, int, int]] = []
-        for seq, chunk in items:
+        for i, (seq, chunk) in enumerate(items):
             start, end = seq.num_computed, seq.num_computed + chunk
             embed_prompt_once(self.model, seq)
             if seq.mm_embeds is not None:
                 mm_spans.append((seq, len(ids), start, end))
             if self.mrope:
                 ropes.append(rope_columns(seq, start, end, self.device))
-            ids.extend(seq.ids_between(start, end))
+            ids.extend(seq.ids_between(start, end) if i < head else (0,))  # (the device token goes in below)
             positions.extend(range(start, end))
             lora_slots.extend([seq.lora_slot] * chunk)
             rows.append(seq.table_row)
             q_lens.append(chunk)
             ctx_lens.append(end)
-            if end == seq.num_tokens:
+            if end >= seq.num_tokens:  # (a decode row fed from the device ends one past its host tokens)
                 keep.append(len(ids) - 1)
                 finishing.append(seq)
         mixed = self.mixed_graphs
         if mixed is not None and not mm_spans and mixed.fits(len(ids), len(rows)):
             row_of_token = [row for row, n in zip(rows, q_lens, strict=True) for _ in range(n)]
-            bucket = mixed.stage(ids, positions, row_of_token, rows, q_lens, ctx_lens, keep, decode_tail)
+            bucket = mixed.stage(ids, positions, row_of_token, rows, q_lens, ctx_lens, keep, decode_tail, tail_tokens)
             return RunnerOutput(finishing, mixed.replay(bucket, len(finishing)))
         host = torch.tensor(ids + positions, dtype=torch.long)
         meta = torch.tensor([rows, q_lens, ctx_lens], dtype=torch.int32)
         host, meta = host.to(self.device, non_blocking=True), meta.to(self.device, non_blocking=True)
         ids_t, pos_t = host[: len(ids)], host[len(ids) :]
+        if tail_tokens is not None:
+            ids_t[len(ids) - decode_tail :] = tail_tokens
         rows_t, q_lens_t, ctx_lens_t = meta
         token_rows = torch.repeat_interleave(rows_t.long(), q_lens_t.long(), output_size=len(ids))
         bs = self.blocks.block_size
@@ -196,12 +203,14 @@ class PagedRunner:
         logits = self._forward(ids_t, pos_t, ctx, keep_t, torch.cat(ropes, dim=1) if ropes else None, embeds)
         return RunnerOutput(finishing, logits[: len(finishing)])
 
-    def run(self, plan: StepPlan) -> list[RunnerOutput]:
+    def run(self, plan: StepPlan, decode_tokens: torch.Tensor | None = None) -> list[RunnerOutput]:
+        """`decode_tokens`: the decode rows' tokens still on the device (pipelined steps; see `prefill`)."""
         if plan.prefill:
             # Decoding sequences ride along in the prefill's forward as one-token chunks: the weights are read once
             # for both, where a separate decode forward would cost nearly a full weight read for a few tokens.
-            return [self.prefill([*plan.prefill, *((seq, 1) for seq in plan.decode)], decode_tail=len(plan.decode))]
-        return [RunnerOutput(plan.decode, self.decode(plan.decode))] if plan.decode else []
+            items = [*plan.prefill, *((seq, 1) for seq in plan.decode)]
+            return [self.prefill(items, decode_tail=len(plan.decode), tail_tokens=decode_tokens)]
+        return [RunnerOutput(plan.decode, self.decode(plan.decode, decode_tokens))] if plan.decode else []
 
     def release(self, seq: Sequence) -> None:
         """Nothing to do: the scheduler frees the sequence's blocks."""

@@ -75,10 +75,24 @@ def test_a_chunked_mixed_step_with_padding_equals_the_eager_step(paged):
         for k, before in zip(cache.keys, keys_before, strict=True):
             k.copy_(before)
         got = graphed.prefill(step, decode_tail=2)
+        keys_graphed = [k.clone() for k in cache.keys]
+        # Pipelined: the decode rows' tokens (5, 7) still on the device, not yet on the host; either path.
+        for seq in (dec_a, dec_b):
+            seq.output_ids.pop()
+        fed = []
+        for runner in (graphed, eager):
+            for k, before in zip(cache.keys, keys_before, strict=True):
+                k.copy_(before)
+            fed.append(runner.prefill(step, decode_tail=2, tail_tokens=torch.tensor([5, 7])))
+            for k, k_eager in zip(cache.keys, keys_eager, strict=True):
+                torch.testing.assert_close(k[4:], k_eager[4:])
     assert got.seqs == want.seqs == [fresh, chunked, dec_a, dec_b]
     torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
+    for out in fed:
+        assert out.seqs == want.seqs
+        torch.testing.assert_close(out.logits, want.logits, rtol=1e-4, atol=1e-4)
     # the padded tokens (64 - 29 of them) wrote only the scratch block 0 (slots 0-3); every other slot as eager
-    for k, k_eager in zip(cache.keys, keys_eager, strict=True):
+    for k, k_eager in zip(keys_graphed, keys_eager, strict=True):
         torch.testing.assert_close(k[4:], k_eager[4:])
 
 

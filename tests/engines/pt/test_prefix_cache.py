@@ -32,13 +32,16 @@ class PrefillCounter:
     def __init__(self, engine) -> None:
         scheduler = engine._core.scheduler
         self.tokens = 0
-        schedule = scheduler.schedule
+        # Plans come from `schedule`, and from `schedule_beside` for steps launched while the previous one runs.
+        for name in ("schedule", "schedule_beside"):
+            setattr(scheduler, name, self._counted(getattr(scheduler, name)))
 
-        def counted():
-            plan = schedule()
+    def _counted(self, planner):
+        def counted(*args):
+            plan = planner(*args)
             self.tokens += sum(chunk for _, chunk in plan.prefill)
             return plan
-        scheduler.schedule = counted
+        return counted
 
 
 def _from_flags(*argv: str):

@@ -42,6 +42,30 @@ def test_batch_equals_single(engine):
     assert len({_text(r) for r in batched}) == len(PROMPTS)  # different prompts, different answers
 
 
+def test_steps_that_prefill_beside_decode_rows_are_pipelined_and_answer_as_alone(tiny_model_dir):
+    """Two batch slots and 24-token steps: prompts are admitted and chunked while others decode, in steps launched
+    from the previous step's tokens still on the device; every answer (greedy, and seeded sampling) is the one the
+    request gets alone, and rows that stop early (max_tokens 3) drop their token of the step in flight."""
+    eng = PtEngine(str(tiny_model_dir), torch_dtype="float32", max_batch_size=2, max_num_batched_tokens=24)
+    try:
+        configs = [RequestConfig(max_tokens=n, temperature=0, ignore_eos=True) for n in (3, 20, 9)]
+        configs.append(RequestConfig(max_tokens=16, temperature=0.9, top_p=0.9, seed=7, ignore_eos=True))
+        requests = [_req(p) for p in PROMPTS[:4]]
+        core = eng._core
+        before = core.pipelined_prefills
+        together = asyncio.run(_gather(eng, requests, configs))
+        assert core.pipelined_prefills > before
+        for request, config, got in zip(requests, configs, together):
+            alone = eng.infer([request], config, use_tqdm=False)[0]
+            assert _text(got) == _text(alone) and got.usage.completion_tokens == config.max_tokens
+    finally:
+        eng.close()
+
+
+async def _gather(eng, requests, configs):
+    return await asyncio.gather(*(eng.infer_async(r, c) for r, c in zip(requests, configs)))
+
+
 def test_greedy_tokens_equal_transformers_generate(engine):
     """float32 on CPU: the batch (decoded in pipelined steps: each launched from the previous step's tokens before
     the host sees them) gives exactly transformers' greedy tokens."""

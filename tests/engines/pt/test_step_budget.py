@@ -109,15 +109,18 @@ def test_a_bounded_engine_chunks_prefill_beside_decodes_and_answers_the_same(tin
     try:
         assert engine._core is not None
         scheduler = engine._core.scheduler
-        schedule = scheduler.schedule
         plans = runs["free"]
 
-        def recording():
-            plan = schedule()
-            plans.append((len(plan.decode), sum(chunk for _, chunk in plan.prefill)))
-            return plan
+        def recorded(planner):
+            def recording(*args):
+                plan = planner(*args)
+                plans.append((len(plan.decode), sum(chunk for _, chunk in plan.prefill)))
+                return plan
+            return recording
 
-        scheduler.schedule = recording
+        # plans come from both: `schedule_beside` plans the steps launched while the previous one runs
+        scheduler.schedule = recorded(scheduler.schedule)
+        scheduler.schedule_beside = recorded(scheduler.schedule_beside)
         free = [r.choices[0].message.content for r in engine.infer(requests, config, use_tqdm=False)]
         scheduler.prefill_bound = PrefillBound(ratio=1.5, fixed_tokens=60.0)  # 30 + d / 2 tokens, the floor 64
         plans = runs["bounded"]

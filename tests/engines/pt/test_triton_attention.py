@@ -184,14 +184,14 @@ def test_steps_of_other_sizes_compile_no_new_variant():
     # steps in a shared-prefix run on an H100). After one step of each kind, other sizes compile nothing.
     from swiftops.engines.pt.triton_attention import _paged_attention_kernel
 
-    def variants() -> int:
-        return sum(len(caches[0]) for caches in _paged_attention_kernel.device_caches.values())
+    def variants() -> set:
+        return {key for caches in _paged_attention_kernel.device_caches.values() for key in caches[0]}
 
     shape = dict(heads=14, kv_heads=2, head_dim=64, block_size=16, dtype=torch.bfloat16, tol=2e-2)
     _check(q_lens=[48, 1, 1, 1, 1], ctx_lens=[300, 90, 91, 92, 93], decode_tail=4, **shape)
     _check(q_lens=[40, 33], ctx_lens=[240, 33], **shape)
     before = variants()
-    assert before > 0
+    assert before
     # token counts of every residue mod 16, decode rows starting at every offset mod 4
     for extra in range(1, 9):
         prefills = 1 + extra % 4
@@ -199,4 +199,4 @@ def test_steps_of_other_sizes_compile_no_new_variant():
         ctx_lens = [200 + extra + i for i in range(prefills)] + [70 + i for i in range(extra)]
         _check(q_lens=q_lens, ctx_lens=ctx_lens, decode_tail=extra, **shape)
         _check(q_lens=q_lens[:prefills], ctx_lens=ctx_lens[:prefills], **shape)
-    assert variants() == before
+    assert not variants() - before, f"compiled for the new sizes: {variants() - before}"
