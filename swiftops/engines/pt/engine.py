@@ -17,6 +17,7 @@ from swiftops.engines.engine_options import split_options
 from swiftops.engines.gc_heap import freeze_startup_heap, release_heap
 from swiftops.engines.outputs import OutputChannel, SequenceOutput, merge_outputs
 from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length, check_streamable, check_text_only
+from swiftops.engines.pt import library_prefill
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.checkpoint import LoadedModel, load_model
@@ -100,6 +101,10 @@ PT_SETTINGS = frozenset(
     }
 )
 _CPU_CACHE_BYTES = 1 << 30  # default KV cache on CPU: enough for tests and demos without hogging RAM
+# Prompts up to this long have their prefix-cache block hashes computed where they are prepared (tens of
+# microseconds): a worker-thread hop costs more, and under a burst of arrivals every hop is a GIL hand-off that
+# the engine thread waits behind before it can launch its next step.
+_INLINE_HASH_TOKENS = 512
 
 
 @dataclasses.dataclass
@@ -399,6 +404,8 @@ class PtEngine(InferEngine):
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
             if loaded.device.type == "cpu" and not run.use_triton and self.lora is None and not run.mrope:
                 run.lean = self._checked_lean_decoder(loaded, cache, blocks)
+            if run.use_triton:
+                run.library_prefill = self._checked_library_prefill(loaded, cache.shape)
             # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
             # caches and shares nothing.
             blocks.prefix_caching = self.prefix_caching = prefix_caching
@@ -434,6 +441,20 @@ class PtEngine(InferEngine):
             return None
         self.fused_kernels["lean_decode"] = len(lean.layers)
         return lean
+
+    def _checked_library_prefill(self, loaded: LoadedModel, shape: CacheShape) -> bool:
+        """Long chunks over long prefixes through cuDNN (library_prefill), if it agrees with the Triton kernel."""
+        text = loaded.model.config.get_text_config()
+        if not library_prefill.wanted(text, loaded.device, shape.dtype, shape.head_dim):
+            return False
+        agrees, why = library_prefill.agrees(
+            text.num_attention_heads, shape.num_kv_heads, shape.head_dim, shape.dtype, loaded.device
+        )
+        if not agrees:
+            logger.warning("pt engine: long prefill chunks stay with the Triton kernel (cuDNN: %s)", why)
+            return False
+        self.fused_kernels["library_prefill"] = 1
+        return True
 
     @staticmethod
     def _mixed_graphs(
@@ -514,6 +535,8 @@ class PtEngine(InferEngine):
                 intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
                 step_tokens = Scheduler(None, max_batch_size, max_num_batched_tokens).max_step_tokens
                 graphs += step_tokens * (hidden * 12 + intermediate * 6) + 2 * max_batch_size * vocab * 2
+                # the decode rows' key segments, float32 partial outputs (triton_attention._ROW_SPLITS of them)
+                graphs += 8 * max_batch_size * text.num_attention_heads * shape.head_dim * 4
             sampler = 4 * max_batch_size * vocab * 4
             budget = int(total * utilization) - used - (1 << 30) - graphs - sampler
             if budget <= 0:
@@ -633,7 +656,11 @@ class PtEngine(InferEngine):
         salt = self.lora.digests.get(adapter, b"") if adapter is not None and self.lora is not None else b""
         hashes: list[bytes] = []
         if self.prefix_caching and config.num_beams <= 1:  # ~0.5 ms for 2,000 tokens: not on the engine thread
-            hashes = await text_pool().run(prompt_block_hashes, prompt_ids, self.block_manager.block_size, salt, media)
+            block_size = self.block_manager.block_size
+            if len(prompt_ids) <= _INLINE_HASH_TOKENS:  # cheaper than the hop to a worker thread and back
+                hashes = prompt_block_hashes(prompt_ids, block_size, salt, media)
+            else:
+                hashes = await text_pool().run(prompt_block_hashes, prompt_ids, block_size, salt, media)
         plan = plan_request(config, self.max_model_len - len(prompt_ids), constraint)
         return PreparedRequest(
             list(prompt_ids),

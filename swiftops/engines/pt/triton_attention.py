@@ -153,6 +153,7 @@ def _paged_attention_kernel(
     NUM_SPLITS: tl.constexpr,
     PRECISION: tl.constexpr,
     MAPPED: tl.constexpr,
+    SPLIT_KEYS: tl.constexpr,
 ):
     if MAPPED:  # a fixed grid (CUDA-graph replay): program i takes the (sequence, query tile) of the map's column i
         seq = tl.load(tile_map_ptr + tl.program_id(0))
@@ -170,6 +171,11 @@ def _paged_attention_kernel(
         return
     ctx_len = tl.load(ctx_lens_ptr + seq)
     row = tl.load(rows_ptr + seq).to(tl.int64)
+    splits = NUM_SPLITS
+    if SPLIT_KEYS > 0:  # segments by context: one per SPLIT_KEYS keys, at most NUM_SPLITS (decode rows only)
+        splits = tl.minimum(tl.cdiv(ctx_len, SPLIT_KEYS), NUM_SPLITS)
+        if split >= splits:
+            return
 
     offs_m = tl.arange(0, BLOCK_M)
     token = q_block * BLOCK_Q + offs_m // GROUP  # index among this step's new tokens of the sequence
@@ -194,7 +200,7 @@ def _paged_attention_kernel(
         kv_begin = tl.maximum(first_pos - WINDOW + 1, 0)
         kv_begin = (kv_begin // BLOCK_N) * BLOCK_N
     num_tiles = tl.cdiv(kv_end - kv_begin, BLOCK_N)
-    tiles_per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+    tiles_per_split = tl.cdiv(num_tiles, splits)
     tile_lo = split * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, num_tiles)
 
@@ -271,17 +277,88 @@ def _paged_attention_kernel(
 
     store_mask = m_valid[:, None] & d_valid[None, :]
     if NUM_SPLITS == 1:
-        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(
-            out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=store_mask,
-        )
+        _store_out(out_ptr, acc, l_i, q_rows, head, offs_d, stride_ot, stride_oh, store_mask)
+    elif SPLIT_KEYS > 0:  # partials by program row (the map's column, or the sequence in the launch), not by token
+        if splits == 1:
+            _store_out(out_ptr, acc, l_i, q_rows, head, offs_d, stride_ot, stride_oh, store_mask)
+        else:
+            slot = tl.program_id(0) if MAPPED else tl.program_id(1)
+            part = split * stride_ps + slot * stride_pt + head * stride_ph
+            tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=store_mask)
+            tl.store(part_max_ptr + part, m_i, mask=m_valid)
+            tl.store(part_sum_ptr + part, l_i, mask=m_valid)
     else:
         part = split * stride_ps + q_rows * stride_pt + head * stride_ph
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=store_mask)
         tl.store(part_max_ptr + part, m_i, mask=m_valid)
         tl.store(part_sum_ptr + part, l_i, mask=m_valid)
+
+
+@triton.jit
+def _store_out(out_ptr, acc, l_i, q_rows, head, offs_d, stride_ot, stride_oh, store_mask):
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(
+        out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=store_mask,
+    )
+
+
+@triton.jit(do_not_specialize=["seq_base", "stride_map"])
+def _merge_row_splits_kernel(
+    out_ptr,
+    part_out_ptr,
+    part_max_ptr,
+    part_sum_ptr,
+    ctx_lens_ptr,
+    q_starts_ptr,
+    tile_map_ptr,
+    seq_base,
+    stride_ot,
+    stride_oh,
+    stride_ps,
+    stride_pt,
+    stride_ph,
+    stride_map,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    SPLIT_KEYS: tl.constexpr,
+    MAPPED: tl.constexpr,
+):
+    """The merge of decode rows split by context (SPLIT_KEYS): program (r, head) merges row r's segments, if it
+    had more than one (a row of one segment wrote its output itself)."""
+    slot = tl.program_id(0)
+    head = tl.program_id(1)
+    if MAPPED:
+        seq = tl.load(tile_map_ptr + slot)
+        if seq < 0:
+            return
+    else:
+        seq = seq_base + slot
+    splits = tl.minimum(tl.cdiv(tl.load(ctx_lens_ptr + seq), SPLIT_KEYS), NUM_SPLITS)
+    if splits == 1:
+        return
+    token = tl.load(q_starts_ptr + seq).to(tl.int64)
+    offs_s = tl.arange(0, NUM_SPLITS)
+    used = offs_s < splits
+    offs_d = tl.arange(0, BLOCK_D)
+    part = offs_s * stride_ps + slot * stride_pt + head * stride_ph
+    m = tl.load(part_max_ptr + part, mask=used, other=float("-inf"))
+    seg_sum = tl.load(part_sum_ptr + part, mask=used, other=0.0)
+    m_max = tl.max(m, 0)
+    weight = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))  # empty segments weigh nothing
+    acc = tl.load(
+        part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :],
+        mask=used[:, None] & (offs_d[None, :] < HEAD_DIM),
+        other=0.0,
+    )
+    out = tl.sum(acc * weight[:, None], 0) / tl.sum(seg_sum * weight, 0)
+    tl.store(
+        out_ptr + token * stride_ot + head * stride_oh + offs_d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=offs_d < HEAD_DIM,
+    )
 
 
 @triton.jit
@@ -315,6 +392,15 @@ def _merge_splits_kernel(
         out.to(out_ptr.dtype.element_ty),
         mask=offs_d < HEAD_DIM,
     )
+
+
+# Decode rows riding in a prefill step are launched with their keys cut into one segment per this many (up to
+# _ROW_SPLITS segments), whatever the number of rows: the step's grid is fixed (a CUDA graph's), and a few rows over
+# long contexts would otherwise leave most SMs idle while one program per (row, KV head) walks its whole context.
+# On an H200, 15 rows over 16,640 keys (7B shape) took 0.48 ms unsplit against 0.17 ms in 8 segments, per layer
+# (benchmarks/attention_tiles.py); rows under this many keys stay one segment, which writes its output directly.
+ROW_SPLIT_KEYS = 2048
+_ROW_SPLITS = 8
 
 
 def _next_pow2(n: int) -> int:
@@ -369,6 +455,7 @@ def paged_attention(
     tiles: tuple[int, int, int] | None = None,
     decode_tail: int = 0,
     tile_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    skip: int = 0,
 ) -> torch.Tensor:
     """Attention of every sequence's new tokens over its paged context (the new tokens' keys already written).
 
@@ -382,6 +469,8 @@ def paged_attention(
     one sequence) would fill one token's GROUP rows and compute the rest for nothing over their whole context.
     tile_maps: a fixed grid for a CUDA graph of a mixed step, in place of max_q_len and decode_tail: two int32
     [2, n] maps from `tile_map`, the prefill sequences' tiles (prefill tile) and the decode rows' (decode tile).
+    skip: the first `skip` sequences are left out (their rows of the output are not written): another kernel does
+    them (swiftops.engines.pt.library_prefill).
     """
     if query.stride(-1) != 1:
         query = query.contiguous()
@@ -390,13 +479,14 @@ def paged_attention(
     batch = rows.shape[0]
     if tile_maps is not None:
         _launch(*args, 0, 0, 2, 1, tiles, tile_maps[0])
-        _launch(*args, 0, 0, 1, 1, None, tile_maps[1])
+        _launch(*args, 0, 0, 1, _ROW_SPLITS, None, tile_maps[1], split_keys=ROW_SPLIT_KEYS)
     elif max_q_len > 1 and 0 < decode_tail < batch:
         head = batch - decode_tail
-        _launch(*args, 0, head, max_q_len, 1, tiles)
-        _launch(*args, head, decode_tail, 1, 1, None)
-    else:
-        _launch(*args, 0, batch, max_q_len, num_splits, tiles)
+        if head > skip:
+            _launch(*args, skip, head - skip, max_q_len, 1, tiles)
+        _launch(*args, head, decode_tail, 1, _ROW_SPLITS, None, split_keys=ROW_SPLIT_KEYS)
+    elif batch > skip:
+        _launch(*args, skip, batch - skip, max_q_len, num_splits, tiles)
     return out
 
 
@@ -419,10 +509,13 @@ def _launch(
     num_splits: int,
     tiles: tuple[int, int, int] | None,
     programs: torch.Tensor | None = None,
+    split_keys: int = 0,
 ) -> None:
     """One kernel launch over the sequences first .. first + batch - 1 of `rows` (their tokens' offsets in
     `q_starts`), or over the programs of `programs`, writing into `out`. The whole index tensors go in with an
-    offset, never slices of them: a slice starts at another alignment, and Triton would compile a variant for it."""
+    offset, never slices of them: a slice starts at another alignment, and Triton would compile a variant for it.
+    `split_keys` (decode rows): each row's keys in segments of that many, up to `num_splits` of them, the partials
+    kept per program row (map column or sequence of the launch) rather than per token."""
     tokens, heads, head_dim = query.shape
     kv_heads = key_cache.shape[1]
     group = heads // kv_heads
@@ -438,14 +531,16 @@ def _launch(
         block_n, warps, stages = tiles
     block_d = max(16, _next_pow2(head_dim))
     precision = "ieee" if query.dtype == torch.float32 else "tf32"
+    # partials per token, or with split_keys per program row
+    part_rows = tokens if not split_keys else programs.shape[1] if programs is not None else batch
     if num_splits > 1:
-        part_out = torch.empty(num_splits, tokens, heads, head_dim, dtype=torch.float32, device=query.device)
-        part_max = torch.empty(num_splits, tokens, heads, dtype=torch.float32, device=query.device)
+        part_out = torch.empty(num_splits, part_rows, heads, head_dim, dtype=torch.float32, device=query.device)
+        part_max = torch.empty(num_splits, part_rows, heads, dtype=torch.float32, device=query.device)
         part_sum = torch.empty_like(part_max)
     else:
         part_out = part_max = part_sum = out  # unused
     if programs is not None:
-        grid = (programs.shape[1], 1, kv_heads)
+        grid = (programs.shape[1], 1, kv_heads * num_splits)
     else:
         grid = (triton.cdiv(max_q_len, block_q), batch, kv_heads * num_splits)
     _paged_attention_kernel[grid](
@@ -473,7 +568,7 @@ def _launch(
         value_cache.stride(0),
         value_cache.stride(1),
         tables.stride(0),
-        tokens * heads,
+        part_rows * heads,
         heads,
         1,
         programs.stride(0) if programs is not None else 0,
@@ -489,10 +584,34 @@ def _launch(
         NUM_SPLITS=num_splits,
         PRECISION=precision,
         MAPPED=programs is not None,
+        SPLIT_KEYS=split_keys,
         num_warps=warps,
         num_stages=stages,
     )
-    if num_splits > 1:
+    if num_splits > 1 and split_keys:
+        _merge_row_splits_kernel[(part_rows, heads)](
+            out,
+            part_out,
+            part_max,
+            part_sum,
+            ctx_lens,
+            q_starts,
+            programs if programs is not None else rows,  # unused unless MAPPED
+            first,
+            out.stride(0),
+            out.stride(1),
+            part_rows * heads,
+            heads,
+            1,
+            programs.stride(0) if programs is not None else 0,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            NUM_SPLITS=num_splits,
+            SPLIT_KEYS=split_keys,
+            MAPPED=programs is not None,
+            num_warps=4,
+        )
+    elif num_splits > 1:
         _merge_splits_kernel[(tokens, heads)](
             out,
             part_out,

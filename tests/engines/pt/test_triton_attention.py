@@ -153,6 +153,21 @@ def test_fixed_grid_tile_maps_equal_the_reference():
     _check_mapped([12, 5], [12, 33], decode_tail=0, softcap=5.0, padded_seqs=1)
 
 
+def test_decode_rows_of_a_prefill_step_split_by_context(monkeypatch):
+    # Decode rows riding in a prefill step take one key segment per ROW_SPLIT_KEYS keys (8 here; 2,048 in the
+    # engine), up to 8: rows of one segment (a 5-key context), of several, of the most (131 keys: 17 tiles of 8 in 8
+    # segments, some empty), with a window and a soft cap; eager and through the fixed-grid maps with padding.
+    from swiftops.engines.pt import triton_attention
+
+    monkeypatch.setattr(triton_attention, "ROW_SPLIT_KEYS", 8)
+    shape = dict(heads=7, kv_heads=1, head_dim=24, block_size=16)
+    _check(q_lens=[40, 1, 1, 1], ctx_lens=[190, 131, 5, 20], decode_tail=3, **shape)
+    _check(q_lens=[12, 1, 1], ctx_lens=[30, 45, 9], window=8, decode_tail=2)
+    _check(q_lens=[12, 1], ctx_lens=[12, 33], softcap=5.0, decode_tail=1)
+    _check_mapped([40, 23, 1, 1, 1], [190, 23, 131, 5, 64], decode_tail=3, padded_seqs=2, **shape)
+    _check_mapped([12, 1, 1], [30, 45, 9], decode_tail=2, window=8)
+
+
 def test_tile_map_lists_each_sequences_tiles_then_padding():
     assert tile_map([5, 1, 3], 2, 7, first=4) == [[4, 4, 4, 5, 6, 6, -1], [0, 1, 2, 0, 0, 1, 0]]
     assert tile_map([], 2, 2) == [[-1, -1], [0, 0]]
