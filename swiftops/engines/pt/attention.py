@@ -42,9 +42,6 @@ class StepContext:
     # A CUDA graph's fixed grid, in place of max_q_len and decode_tail (Triton only): int32 [2, n] maps of the prefill
     # sequences' and the decode rows' programs (triton_attention.tile_map).
     tile_maps: tuple[torch.Tensor, torch.Tensor] | None = None
-    # The table rows of the step's first sequences when they are long chunks over long prefixes that cuDNN attends
-    # (library_prefill; Triton only, eager steps, the host copies below set).
-    library_rows: list[int] = field(default_factory=list)
     # The SDPA path's host copies (no device sync on CPU): new tokens and context length of each sequence.
     host_q_lens: list[int] | None = None
     host_ctx_lens: list[int] | None = None
@@ -149,14 +146,7 @@ def _sdpa_prefill(ctx: StepContext, layer: int, query, key, value, scaling: floa
 
 
 def _triton(
-    ctx: StepContext,
-    layer: int,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    scaling: float,
-    window: int | None,
-    softcap: float | None,
+    ctx: StepContext, layer: int, query: torch.Tensor, scaling: float, window: int | None, softcap: float | None
 ) -> torch.Tensor:
     from swiftops.engines.pt.triton_attention import paged_attention
 
@@ -176,38 +166,8 @@ def _triton(
         ctx.num_splits,
         decode_tail=ctx.decode_tail,
         tile_maps=ctx.tile_maps,
-        skip=len(ctx.library_rows),
     )
-    if ctx.library_rows:
-        _library_chunks(ctx, layer, query, key, value, scaling, out)
     return out.unsqueeze(0)  # [1, T, H, D]
-
-
-def _library_chunks(
-    ctx: StepContext,
-    layer: int,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    scaling: float,
-    out: torch.Tensor,
-) -> None:
-    """The step's first sequences (long chunks over long prefixes) through cuDNN, into their rows of `out`."""
-    from swiftops.engines.pt.library_prefill import attend_chunk
-
-    assert ctx.host_q_lens is not None and ctx.host_ctx_lens is not None  # the runner sets them with library_rows
-    start = 0
-    for row, length, context in zip(ctx.library_rows, ctx.host_q_lens, ctx.host_ctx_lens, strict=False):
-        slots = _context_slots(ctx, row, context - length)
-        out[start : start + length] = attend_chunk(
-            query[0, :, start : start + length],
-            key[0, :, start : start + length],
-            value[0, :, start : start + length],
-            ctx.keys[layer].index_select(0, slots),
-            ctx.values[layer].index_select(0, slots),
-            scaling,
-        )
-        start += length
 
 
 def paged_attention_forward(
@@ -246,7 +206,7 @@ def paged_attention_forward(
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     _write_kv(ctx, layer, key[0].transpose(0, 1), value[0].transpose(0, 1))
     if ctx.use_triton:
-        return _triton(ctx, layer, query, key, value, scaling, sliding_window, softcap), None
+        return _triton(ctx, layer, query, scaling, sliding_window, softcap), None
     if ctx.max_q_len == 1:
         return _sdpa_decode(ctx, layer, query[0].transpose(0, 1), scaling, sliding_window).unsqueeze(0), None
     return _sdpa_prefill(ctx, layer, query, key, value, scaling, sliding_window), None

@@ -77,7 +77,8 @@ class EngineCore:
             seq.arrival = now
             if seq.params.seed is not None:
                 seq.generator = torch.Generator(device=self.device).manual_seed(seq.params.seed)
-            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, seq.params.stop)
+            if not seq.params.token_ids_only:  # (else the API-server process detokenizes)
+                seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, seq.params.stop)
         with self._wake:
             self._inbox.extend(seqs)
             self._wake.notify()

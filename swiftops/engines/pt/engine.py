@@ -17,7 +17,6 @@ from swiftops.engines.engine_options import split_options
 from swiftops.engines.gc_heap import freeze_startup_heap, release_heap
 from swiftops.engines.outputs import OutputChannel, SequenceOutput, merge_outputs
 from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length, check_streamable, check_text_only
-from swiftops.engines.pt import library_prefill
 from swiftops.engines.pt.attention import ATTN_IMPLEMENTATION, register, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.checkpoint import LoadedModel, load_model
@@ -404,8 +403,6 @@ class PtEngine(InferEngine):
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
             if loaded.device.type == "cpu" and not run.use_triton and self.lora is None and not run.mrope:
                 run.lean = self._checked_lean_decoder(loaded, cache, blocks)
-            if run.use_triton:
-                run.library_prefill = self._checked_library_prefill(loaded, cache.shape)
             # On after the self-check, whose blocks hold a throwaway prompt. The fallback runner keeps per-sequence
             # caches and shares nothing.
             blocks.prefix_caching = self.prefix_caching = prefix_caching
@@ -441,20 +438,6 @@ class PtEngine(InferEngine):
             return None
         self.fused_kernels["lean_decode"] = len(lean.layers)
         return lean
-
-    def _checked_library_prefill(self, loaded: LoadedModel, shape: CacheShape) -> bool:
-        """Long chunks over long prefixes through cuDNN (library_prefill), if it agrees with the Triton kernel."""
-        text = loaded.model.config.get_text_config()
-        if not library_prefill.wanted(text, loaded.device, shape.dtype, shape.head_dim):
-            return False
-        agrees, why = library_prefill.agrees(
-            text.num_attention_heads, shape.num_kv_heads, shape.head_dim, shape.dtype, loaded.device
-        )
-        if not agrees:
-            logger.warning("pt engine: long prefill chunks stay with the Triton kernel (cuDNN: %s)", why)
-            return False
-        self.fused_kernels["library_prefill"] = 1
-        return True
 
     @staticmethod
     def _mixed_graphs(

@@ -18,7 +18,6 @@ from swiftops.engines.pt.attention import CONTEXT_KWARG, PagedAttentionUnsupport
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.cpu_decode import LeanDecoder
 from swiftops.engines.pt.kv_cache import PagedKVCache
-from swiftops.engines.pt.library_prefill import routed
 from swiftops.engines.pt.mm_prefill import embed_prompt_once, packed_embeddings, rope_columns, uses_mrope
 from swiftops.engines.pt.scheduler import StepPlan
 from swiftops.engines.pt.sequence import Sequence
@@ -60,8 +59,6 @@ class PagedRunner:
         # The CPU's decode forward without transformers' per-layer glue (cpu_decode), once the engine checked it;
         # only without LoRA and M-RoPE.
         self.lean: LeanDecoder | None = None
-        # Long chunks over long prefixes through cuDNN (library_prefill), once the engine checked it.
-        self.library_prefill = False
 
     def _set_lora(self, per_token: list[int]) -> None:
         if self.lora is None:
@@ -143,13 +140,6 @@ class PagedRunner:
         the host has not appended them yet); each row then sits one past its host tokens."""
         self.blocks.sync()
         head = len(items) - decode_tail if tail_tokens is not None else len(items)
-        library: list[tuple[Sequence, int]] = []
-        if self.library_prefill:  # those chunks first: the Triton launch skips the step's first sequences
-            prefills = items[: len(items) - decode_tail]
-            library = routed(prefills)
-            if library:
-                chosen = {id(seq) for seq, _ in library}
-                items = [*library, *(it for it in prefills if id(it[0]) not in chosen), *items[len(prefills) :]]
         ids: list[int] = []
         positions: list[int] = []
         lora_slots: list[int] = []
@@ -177,7 +167,7 @@ class PagedRunner:
                 keep.append(len(ids) - 1)
                 finishing.append(seq)
         mixed = self.mixed_graphs
-        if mixed is not None and not mm_spans and not library and mixed.fits(len(ids), len(rows)):
+        if mixed is not None and not mm_spans and mixed.fits(len(ids), len(rows)):
             row_of_token = [row for row, n in zip(rows, q_lens, strict=True) for _ in range(n)]
             bucket = mixed.stage(ids, positions, row_of_token, rows, q_lens, ctx_lens, keep, decode_tail, tail_tokens)
             return RunnerOutput(finishing, mixed.replay(bucket, len(finishing)))
@@ -206,7 +196,6 @@ class PagedRunner:
             host_q_lens=q_lens,
             host_ctx_lens=ctx_lens,
             decode_tail=decode_tail,
-            library_rows=[seq.table_row for seq, _ in library],
         )
         self._set_lora(lora_slots)
         embeds = packed_embeddings(self.model, ids, mm_spans, self.device) if mm_spans else None

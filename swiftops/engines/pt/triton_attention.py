@@ -111,7 +111,8 @@ def _attend_tile(
 # pointer alignment and per integer's divisibility by 16): each new variant is a compile of about a second in the
 # middle of serving. On an H100, a shared-prefix run's mixed steps took 190 ms (0.5B) and 264 ms (7B) against 21 and
 # 58 without the prefix cache, and 57-61 ms (7B) offline once the variants were compiled (benchmarks/RESULTS.md).
-@triton.jit(do_not_specialize=["seq_base", "stride_qh", "stride_ps", "stride_map"])
+# (The block table's row stride is fixed in an engine; the tests' tables are as wide as their longest context.)
+@triton.jit(do_not_specialize=["seq_base", "stride_qh", "stride_table", "stride_ps", "stride_map"])
 def _paged_attention_kernel(
     out_ptr,
     q_ptr,
@@ -455,7 +456,6 @@ def paged_attention(
     tiles: tuple[int, int, int] | None = None,
     decode_tail: int = 0,
     tile_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
-    skip: int = 0,
 ) -> torch.Tensor:
     """Attention of every sequence's new tokens over its paged context (the new tokens' keys already written).
 
@@ -469,8 +469,6 @@ def paged_attention(
     one sequence) would fill one token's GROUP rows and compute the rest for nothing over their whole context.
     tile_maps: a fixed grid for a CUDA graph of a mixed step, in place of max_q_len and decode_tail: two int32
     [2, n] maps from `tile_map`, the prefill sequences' tiles (prefill tile) and the decode rows' (decode tile).
-    skip: the first `skip` sequences are left out (their rows of the output are not written): another kernel does
-    them (swiftops.engines.pt.library_prefill).
     """
     if query.stride(-1) != 1:
         query = query.contiguous()
@@ -482,11 +480,10 @@ def paged_attention(
         _launch(*args, 0, 0, 1, _ROW_SPLITS, None, tile_maps[1], split_keys=ROW_SPLIT_KEYS)
     elif max_q_len > 1 and 0 < decode_tail < batch:
         head = batch - decode_tail
-        if head > skip:
-            _launch(*args, skip, head - skip, max_q_len, 1, tiles)
+        _launch(*args, 0, head, max_q_len, 1, tiles)
         _launch(*args, head, decode_tail, 1, _ROW_SPLITS, None, split_keys=ROW_SPLIT_KEYS)
-    elif batch > skip:
-        _launch(*args, skip, batch - skip, max_q_len, num_splits, tiles)
+    else:
+        _launch(*args, 0, batch, max_q_len, num_splits, tiles)
     return out
 
 
