@@ -212,13 +212,7 @@ class EngineCore:
     # that turns out to have stopped at N has its N+1 token dropped; its blocks may be handed to another sequence at
     # once, since every later write to them is queued on the same stream behind N+1.
 
-    @staticmethod
-    def _fed_from_device(seq: Sequence) -> bool:
-        """A prompt a pipelined step can prefill: multimodal prompts build their embeddings from host token ids."""
-        return seq.mm_inputs is None and seq.mm_embeds is None
-
     def _can_pipeline(self, plan: StepPlan) -> bool:
-        # (the first step of a pipeline is launched from host tokens: any plan will do)
         return (
             self.faults is None and getattr(self.runner, "can_pipeline", False) and not (self._aborts or self._stopped)
         )
@@ -242,17 +236,16 @@ class EngineCore:
             nxt.append(seq)
         return nxt
 
-    def _next_plan(self, batch: list[Sequence], previous: StepPlan) -> StepPlan | None:
-        """What to launch while the step in flight (which samples `batch`, planned as `previous`) runs, or None:
-        the pipeline ends once that step is handled (an abort or shutdown to handle, a penalty or a full cache,
-        a prompt only `schedule` plans, nothing left to run)."""
-        if self._aborts or self._stopped or previous.held_back:
+    def _next_plan(self, batch: list[Sequence]) -> StepPlan | None:
+        """What to launch while the step in flight (which samples `batch`) runs, or None: the pipeline ends once
+        that step is handled (an abort or shutdown to handle, a penalty or a full cache, nothing left to run)."""
+        if self._aborts or self._stopped:
             return None
         self._admit_arrivals()
         nxt = self._continuing(batch)
         if nxt is None:
             return None
-        plan = self.scheduler.schedule_beside(nxt, self._fed_from_device)
+        plan = self.scheduler.schedule_beside(nxt)
         return plan if plan else None
 
     def _pipelined(self, plan: StepPlan) -> None:
@@ -285,7 +278,7 @@ class EngineCore:
         batch, pending = self._launch(plan, None)
         while True:
             advance(plan)
-            nxt = self._next_plan(batch, plan)
+            nxt = self._next_plan(batch)
             step_seqs: list[Sequence] = []
             following: Any = None
             if nxt is not None:

@@ -199,6 +199,8 @@ class PagedRunner:
         )
         self._set_lora(lora_slots)
         embeds = packed_embeddings(self.model, ids, mm_spans, self.device) if mm_spans else None
+        if embeds is not None and tail_tokens is not None:  # the decode rows' embeddings from their device tokens
+            embeds[0, len(ids) - decode_tail :] = self.model.get_input_embeddings()(tail_tokens).to(embeds.dtype)
         keep_t = torch.tensor(keep or [len(ids) - 1], device=self.device)
         logits = self._forward(ids_t, pos_t, ctx, keep_t, torch.cat(ropes, dim=1) if ropes else None, embeds)
         return RunnerOutput(finishing, logits[: len(finishing)])

@@ -31,7 +31,6 @@ class StepPlan:
     prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
     computed: bool = False  # set by the post-step stage once the plan's tokens are in the KV cache
     cached: list[int] = field(default_factory=list)  # blocks offered to the prefix cache by this plan's prefills
-    held_back: bool = False  # schedule_beside left out a prefill its caller cannot run (a multimodal prompt)
 
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
@@ -112,28 +111,17 @@ class Scheduler:
         self._plan_prefills(plan, prefilling)
         return plan
 
-    def schedule_beside(self, decode: list[Sequence], admissible: Callable[[Sequence], bool]) -> StepPlan:
+    def schedule_beside(self, decode: list[Sequence]) -> StepPlan:
         """The prefill part of a step whose decode rows are already chosen (pipelined steps: `decode` are the
         sequences of the step in flight that go on, their next token still on the device, so that they have no
         pending token on the host yet): chunks of prompts being prefilled and newly admitted prompts, within the
-        budget the decode rows leave. Never preempts; a prefill that does not fit waits for a later step.
-        A prompt that fails `admissible` is left out, and so is every prompt queued behind it; the plan says so
-        (`held_back`), and the caller then lets `schedule` plan the next step."""
+        budget the decode rows leave. Never preempts; a prefill that does not fit waits for a later step."""
         plan = StepPlan(decode=decode)
         riding = set(map(id, decode))
-        prefilling = []
-        for seq in self.running:
-            if seq.num_pending > 0 and id(seq) not in riding:
-                if admissible(seq):
-                    prefilling.append(seq)
-                else:
-                    plan.held_back = True
-        self._plan_prefills(plan, prefilling, admissible)
+        self._plan_prefills(plan, [s for s in self.running if s.num_pending > 0 and id(s) not in riding])
         return plan
 
-    def _plan_prefills(
-        self, plan: StepPlan, prefilling: list[Sequence], admissible: Callable[[Sequence], bool] | None = None
-    ) -> None:
+    def _plan_prefills(self, plan: StepPlan, prefilling: list[Sequence]) -> None:
         # Decode tokens ride in the prefill's forward, so they count against the step's token budget: a steady
         # forward size during a long prefill phase (the allocator reuses its blocks) and a bounded step time. A
         # quarter of the budget stays for prefill so that a full decode batch never starves it.
@@ -149,9 +137,6 @@ class Scheduler:
                 budget -= chunk
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if admissible is not None and not admissible(seq):
-                plan.held_back = True
-                break
             found = self.blocks.cached_prefix(seq) if self.blocks is not None else []
             # Admit only when the whole prompt (plus one generated token) fits, so a prefill never stalls.
             if self.blocks is not None and not self.blocks.can_admit(seq, seq.num_tokens + 1, found):

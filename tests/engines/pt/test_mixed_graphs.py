@@ -86,6 +86,13 @@ def test_a_chunked_mixed_step_with_padding_equals_the_eager_step(paged):
             fed.append(runner.prefill(step, decode_tail=2, tail_tokens=torch.tensor([5, 7])))
             for k, k_eager in zip(cache.keys, keys_eager, strict=True):
                 torch.testing.assert_close(k[4:], k_eager[4:])
+        # a prompt with precomputed embeddings (a multimodal prompt's path: the step's tokens go in as embeddings,
+        # the decode rows' from their device tokens); here its own token embeddings, so the same logits
+        fresh.mm_embeds = model.get_input_embeddings()(torch.tensor(fresh.prompt_ids))
+        for k, before in zip(cache.keys, keys_before, strict=True):
+            k.copy_(before)
+        fed.append(eager.prefill(step, decode_tail=2, tail_tokens=torch.tensor([5, 7])))
+        fresh.mm_embeds = None
     assert got.seqs == want.seqs == [fresh, chunked, dec_a, dec_b]
     torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
     for out in fed:
