@@ -342,9 +342,41 @@ def _merge_row_splits_kernel(
         return
     token = tl.load(q_starts_ptr + seq).to(tl.int64)
     offs_s = tl.arange(0, NUM_SPLITS)
-    used = offs_s < splits
-    offs_d = tl.arange(0, BLOCK_D)
     part = offs_s * stride_ps + slot * stride_pt + head * stride_ph
+    _merge_into(
+        out_ptr,
+        part_out_ptr,
+        part_max_ptr,
+        part_sum_ptr,
+        part,
+        offs_s < splits,
+        token,
+        head,
+        stride_ot,
+        stride_oh,
+        HEAD_DIM,
+        BLOCK_D,
+    )
+
+
+@triton.jit
+def _merge_into(
+    out_ptr,
+    part_out_ptr,
+    part_max_ptr,
+    part_sum_ptr,
+    part,
+    used,
+    token,
+    head,
+    stride_ot,
+    stride_oh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """One row's output from its segments' partials (`part`: their offsets; `used`: which segments it has), each
+    weighted by its share of the softmax, written at (token, head)."""
+    offs_d = tl.arange(0, BLOCK_D)
     m = tl.load(part_max_ptr + part, mask=used, other=float("-inf"))
     seg_sum = tl.load(part_sum_ptr + part, mask=used, other=0.0)
     m_max = tl.max(m, 0)
@@ -380,18 +412,20 @@ def _merge_splits_kernel(
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     splits = tl.arange(0, NUM_SPLITS)
-    offs_d = tl.arange(0, BLOCK_D)
     part = splits * stride_ps + token * stride_pt + head * stride_ph
-    m = tl.load(part_max_ptr + part)
-    seg_sum = tl.load(part_sum_ptr + part)
-    m_max = tl.max(m, 0)
-    weight = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))  # empty segments weigh nothing
-    acc = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-    out = tl.sum(acc * weight[:, None], 0) / tl.sum(seg_sum * weight, 0)
-    tl.store(
-        out_ptr + token * stride_ot + head * stride_oh + offs_d,
-        out.to(out_ptr.dtype.element_ty),
-        mask=offs_d < HEAD_DIM,
+    _merge_into(
+        out_ptr,
+        part_out_ptr,
+        part_max_ptr,
+        part_sum_ptr,
+        part,
+        splits < NUM_SPLITS,
+        token,
+        head,
+        stride_ot,
+        stride_oh,
+        HEAD_DIM,
+        BLOCK_D,
     )
 
 
