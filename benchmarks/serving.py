@@ -246,6 +246,11 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
         for c, prompts in spec["sets"].items():
             if trace is not None:
                 trace.start()
+            sampler = None
+            if spec.get("profile") and spec["backend"] == "pt":  # where the engine thread's time goes, per point
+                from benchmarks.thread_sampler import ThreadSampler
+                sampler = ThreadSampler(engine._core._thread)
+                sampler.start()
             t0 = time.perf_counter()
             produced = engine._loop().submit(at_concurrency(prompts, int(c))).result()
             seconds = time.perf_counter() - t0
@@ -254,6 +259,8 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
                                         "ok": produced == len(prompts) * spec["output_len"]}
             if trace is not None:
                 out["at_concurrency"][c]["step_trace"] = trace.stop()
+            if sampler is not None:
+                out["at_concurrency"][c]["engine_thread_profile"] = sampler.stop()
         everything = spec["sets"][str(max(int(c) for c in spec["sets"]))]
         t0 = time.perf_counter()
         responses = engine.infer([InferRequest(prompt=p) for p in everything], config, use_tqdm=False)
@@ -332,7 +339,8 @@ class Run:
 
     def offline(self, backend: str, model_dir: str, sets: dict[str, list[list[int]]], max_len: int) -> dict[str, Any]:
         spec = {"backend": backend, "model": model_dir, "max_model_len": max_len, "output_len": self.args.output_len,
-                "sets": sets, "warmup": self.warmup, "settings": json.loads(self.args.offline_settings)}
+                "sets": sets, "warmup": self.warmup, "settings": json.loads(self.args.offline_settings),
+                "profile": self.args.profile_engine}
         spec_file, result_file = self.work / f"{backend}-offline-spec.json", self.work / f"{backend}-offline.json"
         spec_file.write_text(json.dumps(spec))
         code = _run_child([sys.executable, "-m", "benchmarks.serving", "--offline_worker", str(spec_file),
@@ -414,6 +422,9 @@ def main() -> None:
     parser.add_argument("--server_flags", default="", help="more swiftops deploy flags for the served parts")
     parser.add_argument("--offline_settings", default="{}",
                         help='EngineSettings for the offline engine as JSON (a diagnosis: {"max_itl_ratio": 1.75})')
+    parser.add_argument("--profile_engine", action="store_true",
+                        help="pt offline part: sample the engine thread's stack (benchmarks/thread_sampler.py); "
+                        "perturbs the figures a little, so not for headline runs")
     parser.add_argument("--client_processes", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)))
     parser.add_argument("--deadline_s", type=float, default=540.0, help="stop starting parts after this long")
     parser.add_argument("--url", default=None, help="measure a running server (no offline figures)")

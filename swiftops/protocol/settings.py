@@ -253,11 +253,12 @@ class EngineSettings(_Section):
         description="Most sequences decoded together (vLLM's max_num_seqs; default: 256 on a GPU, 32 on CPU for the "
         "pt backend, the library's own default for vllm and lmdeploy).",
     )
-    max_num_batched_tokens: int = Field(
-        2048,
+    max_num_batched_tokens: int | None = Field(
+        None,
         ge=16,
         validation_alias=aliases("max_num_batched_tokens", "vllm_max_num_batched_tokens"),
-        description="Token budget of one prefill step (chunked prefill).",
+        description="Token budget of one step: the most prompt tokens one forward prefills (chunked prefill). "
+        "Default: 8192 on a GPU, 2048 on CPU for the pt backend, the library's own for vllm and lmdeploy.",
     )
     gpu_memory_utilization: float = Field(
         0.9,

@@ -300,6 +300,14 @@ class PtEngine(InferEngine):
         # on CPU every sequence of the batch costs its own compute, so a small batch keeps latency sane.
         max_batch_size = engine.max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
+        # A GPU prefills long prompts faster in large steps: on an H100 the 7B shape's 16 x 16,384-token workload
+        # made 367 tok/s with 8,192-token steps against 351 with 2,048 (the attention kernel's grid fills the SMs,
+        # and a quarter as many steps pay their fixed costs; benchmarks/RESULTS.md, twelfth session); LMDeploy's
+        # PyTorch engine prefills 8,192 tokens a step by default too. The server's
+        # steps beside streaming sequences stay short through --max_itl_ratio whatever the budget. On CPU a step's
+        # time grows with its tokens, and shorter steps keep decoding sequences moving.
+        max_num_batched_tokens = engine.max_num_batched_tokens or (8192 if loaded.device.type == "cuda" else 2048)
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.max_itl_ratio = engine.max_itl_ratio or 0.0
         self._eos = self._eos_ids(loaded)
         self.prefix_caching = False  # set by _start_core: on by default wherever the paged runner runs
@@ -313,7 +321,7 @@ class PtEngine(InferEngine):
             engine.gpu_memory_utilization,
             engine.kv_cache_memory_gb,
             max_batch_size,
-            engine.max_num_batched_tokens,
+            max_num_batched_tokens,
             engine.enforce_eager,
             engine.enable_prefix_caching is not False,
             self.max_itl_ratio,
@@ -507,21 +515,25 @@ class PtEngine(InferEngine):
             free, total = torch.cuda.mem_get_info(loaded.device)
             used = total - free
             # Leave room, on top of the weights already loaded, for what is allocated after the cache: the
-            # activations of one eager prefill step (1 GiB), the graphs' pool (the decode graphs' logits and hidden
-            # states of the largest batch; the mixed-step graphs' activations of the largest step and their
-            # logits, in the pool and in the buffer they share) and the sampler's working set (a few float32
+            # activations of one eager prefill step (at least 1 GiB), the graphs' pool (the decode graphs' logits
+            # and hidden states of the largest batch; the mixed-step graphs' activations of the largest step and
+            # their logits, in the pool and in the buffer they share) and the sampler's working set (a few float32
             # copies of the batch's logits).
             text = loaded.model.config.get_text_config()
             vocab, hidden = text.vocab_size, text.hidden_size
+            intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
+            step_tokens = Scheduler(None, max_batch_size, max_num_batched_tokens).max_step_tokens
+            activations = step_tokens * (hidden * 12 + intermediate * 6)  # one step's, in bytes (bf16)
+            eager = 1 << 30
             graphs = max_batch_size * (vocab * 2 + hidden * 64)
             if _mixed_graphs_wanted():
-                intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
-                step_tokens = Scheduler(None, max_batch_size, max_num_batched_tokens).max_step_tokens
-                graphs += step_tokens * (hidden * 12 + intermediate * 6) + 2 * max_batch_size * vocab * 2
+                graphs += activations + 2 * max_batch_size * vocab * 2
                 # the decode rows' key segments, float32 partial outputs (triton_attention._ROW_SPLITS of them)
                 graphs += 8 * max_batch_size * text.num_attention_heads * shape.head_dim * 4
+            else:  # every prefill step runs eagerly, at up to the whole step budget
+                eager = max(eager, activations)
             sampler = 4 * max_batch_size * vocab * 4
-            budget = int(total * utilization) - used - (1 << 30) - graphs - sampler
+            budget = int(total * utilization) - used - eager - graphs - sampler
             if budget <= 0:
                 raise UnsupportedError(
                     f"no GPU memory left for the KV cache at gpu_memory_utilization={utilization}; "

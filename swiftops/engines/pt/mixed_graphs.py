@@ -45,8 +45,9 @@ _DENSE_UP_TO = 2048
 def token_buckets(max_tokens: int) -> list[int]:
     """Token counts of the captured graphs. A step runs as its bucket's size, so padding is computed for nothing:
     for a model whose steps are GPU-bound (7B), a 1,100-token step padded to 2,048 would cost more than it
-    saves in launches. Hence a bucket every 256 tokens up to 2,048 (the default step budget), then doubling, and the
-    largest step itself."""
+    saves in launches. Hence a bucket every 256 tokens up to 2,048 (where the server's steps that prefill beside
+    decode rows mostly fall), then doubling, and the largest step itself (the step budget: 8,192 tokens on a GPU
+    by default)."""
     sizes = list(range(BUCKET_STEP, min(max_tokens, _DENSE_UP_TO) + 1, BUCKET_STEP))
     while sizes and sizes[-1] < max_tokens:
         sizes.append(sizes[-1] * 2)
