@@ -33,6 +33,21 @@ def test_fast_path_is_used_for_standard_architectures(engine):
     assert engine.runner_name == "paged"
 
 
+def test_the_cpu_step_budget_defaults_to_2048_tokens_and_a_flag_sets_it(engine, tiny_model_dir):
+    # (the GPU default, 8,192, is asserted in test_pt_engine_gpu.py)
+    assert engine.max_num_batched_tokens == 2048 and engine._core.scheduler.max_num_batched_tokens == 2048
+    small = PtEngine(str(tiny_model_dir), max_batch_size=2, max_num_batched_tokens=32)
+    try:
+        assert small._core.scheduler.max_num_batched_tokens == 32
+        long_prompt = [7] * 100  # four steps of at most 32 tokens, then the answer
+        response = small.infer([InferRequest(prompt=long_prompt)], RequestConfig(max_tokens=4, temperature=0,
+                                                                                  ignore_eos=True))[0]
+        assert response.usage.prompt_tokens == 100 and response.usage.completion_tokens == 4
+        assert small._core.steps >= 4 + 3
+    finally:
+        small.close()
+
+
 def test_batch_equals_single(engine):
     batched = engine.infer([_req(p) for p in PROMPTS], GREEDY)
     for prompt, resp in zip(PROMPTS, batched):

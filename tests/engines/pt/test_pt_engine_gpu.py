@@ -148,6 +148,7 @@ def test_defaults_take_the_checkpoint_context_with_graphs(tiny_model_dir, tmp_pa
     engine = PtEngine(str(path), kv_cache_memory_gb=1)
     try:
         assert engine.max_model_len == 32768 and engine.cuda_graphs
+        assert engine.max_num_batched_tokens == 8192  # the GPU's step budget (the prompt below takes four steps)
         prompt = [7] * (32768 - 16)
         response = engine.infer([InferRequest(prompt=prompt)], RequestConfig(max_tokens=8, temperature=0,
                                                                              ignore_eos=True))[0]
