@@ -301,11 +301,10 @@ class PtEngine(InferEngine):
         max_batch_size = engine.max_batch_size or (256 if loaded.device.type == "cuda" else 32)
         self.max_batch_size = max_batch_size
         # A GPU prefills long prompts faster in large steps: on an H100 the 7B shape's 16 x 16,384-token workload
-        # made 367 tok/s with 8,192-token steps against 351 with 2,048 (the attention kernel's grid fills the SMs,
-        # and a quarter as many steps pay their fixed costs; benchmarks/RESULTS.md, twelfth session); LMDeploy's
-        # PyTorch engine prefills 8,192 tokens a step by default too. The server's
-        # steps beside streaming sequences stay short through --max_itl_ratio whatever the budget. On CPU a step's
-        # time grows with its tokens, and shorter steps keep decoding sequences moving.
+        # made 367 tok/s with 8,192-token steps against 351 with 2,048 (benchmarks/RESULTS.md, twelfth session);
+        # LMDeploy's PyTorch engine prefills 8,192 tokens a step by default too. The server's steps beside
+        # streaming sequences stay short through --max_itl_ratio whatever the budget. On CPU a step's time grows
+        # with its tokens, and shorter steps keep decoding sequences moving.
         max_num_batched_tokens = engine.max_num_batched_tokens or (8192 if loaded.device.type == "cuda" else 2048)
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_itl_ratio = engine.max_itl_ratio or 0.0
