@@ -21,6 +21,7 @@ from typing import cast
 
 import torch
 
+from swiftops.engines.pt.host_staging import staging_for
 from swiftops.engines.pt.prefix_hash import extend_block_hashes
 from swiftops.engines.pt.sequence import Sequence
 
@@ -200,10 +201,8 @@ class BlockManager:
         """Write the queued table entries to the device: one copy and one scatter per step, whatever the batch."""
         if not self._pending:
             return
-        entries = torch.tensor(self._pending, dtype=torch.int32).view(-1, 3)
+        entries = staging_for(self.device).to_device(self._pending, torch.int32).view(-1, 3)
         self._pending = []
-        if self.device.type == "cuda":
-            entries = entries.pin_memory().to(self.device, non_blocking=True)
         rows, columns = entries[:, 0].long(), entries[:, 1].long()
         self.tables[rows, columns] = entries[:, 2]
 

@@ -23,6 +23,7 @@ from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.pt.detokenizer import IncrementalDetokenizer
 from swiftops.engines.pt.fault_injection import FaultInjector
 from swiftops.engines.pt.guided_decoding import fill_mask_async, take_ahead
+from swiftops.engines.pt.host_staging import staging_for
 from swiftops.engines.pt.openmp_pool import release_calling_thread_pool
 from swiftops.engines.pt.post_step import PostStep, advance
 from swiftops.engines.pt.sampler import sample, sample_on_device
@@ -291,7 +292,7 @@ class EngineCore:
                     tokens = (
                         pending.chosen
                         if rows is None
-                        else pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
+                        else pending.chosen[staging_for(pending.chosen.device).to_device(rows)]
                     )
                 in_flight.append(nxt)
                 step_seqs, following = self._launch(nxt, tokens)
@@ -397,7 +398,7 @@ class _RowView:
     def __init__(self, pending: Any, rows: list[int]) -> None:
         self.pending = pending
         self.rows = rows
-        self.chosen = pending.chosen[torch.tensor(rows, device=pending.chosen.device)]
+        self.chosen = pending.chosen[staging_for(pending.chosen.device).to_device(rows)]
 
     def collect(self) -> Any:
         result = self.pending.collect()

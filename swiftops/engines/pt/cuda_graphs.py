@@ -18,6 +18,7 @@ import torch
 
 from swiftops.engines.pt.attention import CONTEXT_KWARG
 from swiftops.engines.pt.block_manager import BlockManager
+from swiftops.engines.pt.host_staging import staging_for
 from swiftops.engines.pt.kv_cache import PagedKVCache
 from swiftops.engines.pt.mm_prefill import uses_mrope
 from swiftops.engines.pt.model_runner import decode_context
@@ -93,11 +94,12 @@ class CudaGraphDecoder:
         batch = len(ids)
         bucket = next(b for b in self.buckets if b >= batch)
         # One host-to-device copy of the step's inputs; padded rows read row 0 at position 0 (the scratch block).
+        staging = staging_for(self.device)
         if isinstance(ids, torch.Tensor):
             self.inputs[0, :batch].copy_(ids, non_blocking=True)
-            self.inputs[1:, :batch].copy_(torch.tensor([positions, rows, lora_slots]), non_blocking=True)
+            staging.copy_into(self.inputs[1:, :batch], [positions, rows, lora_slots])
         else:
-            self.inputs[:, :batch].copy_(torch.tensor([ids, positions, rows, lora_slots]), non_blocking=True)
+            staging.copy_into(self.inputs[:, :batch], [ids, positions, rows, lora_slots])
         if bucket > batch:
             self.inputs[:, batch:bucket].zero_()
         if rope is not None:

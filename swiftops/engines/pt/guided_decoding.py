@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from swiftops.engines.pt.host_staging import staging_for
 from swiftops.protocol import BadRequestError, EngineError, UnsupportedError
 from swiftops.protocol.structured_output import OutputConstraint
 
@@ -335,7 +336,7 @@ def constrain(logits: torch.Tensor, seqs: list[Any], filled: HostMask | None = N
     words = filled.words
     if not on_cpu:
         words = words.to(logits.device, non_blocking=True)
-        kinds_t = torch.tensor(filled.kinds, dtype=torch.int32, pin_memory=True).to(logits.device, non_blocking=True)
+        kinds_t = staging_for(logits.device).to_device(filled.kinds, torch.int32)
     else:
         kinds_t = torch.tensor(filled.kinds)
     # TokenRows' sets, one gather and AND for the batch where the logits are (on the host it took ~1 ms a step

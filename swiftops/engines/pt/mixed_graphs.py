@@ -32,6 +32,7 @@ import torch
 from swiftops.engines.pt.attention import CONTEXT_KWARG, StepContext
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.cuda_graphs import capture_graphs
+from swiftops.engines.pt.host_staging import staging_for
 from swiftops.engines.pt.kv_cache import PagedKVCache
 from swiftops.engines.pt.model_runner import PagedRunner, relative_error, within_tolerance
 from swiftops.engines.pt.sequence import SamplingParams, Sequence
@@ -205,7 +206,7 @@ class CudaGraphMixedSteps:
         # numpy reads the ints straight from the chain: torch.tensor over a list of a 1,024-token bucket's ~5,300
         # ints took 0.40 ms of the step's host time, this 0.14 (on the 2-core development machine).
         flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64)  # copy_ checks the size
-        self.inputs[tokens].copy_(torch.from_numpy(flat), non_blocking=True)
+        staging_for(self.device).copy_into(self.inputs[tokens], flat)
         if tail_tokens is not None:  # the ids come first in the buffer; the decode rows' are the last real ones
             self.inputs[tokens][n - decode_tail : n].copy_(tail_tokens)
         return tokens

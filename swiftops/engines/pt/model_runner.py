@@ -17,6 +17,7 @@ import torch
 from swiftops.engines.pt.attention import CONTEXT_KWARG, PagedAttentionUnsupported, StepContext, triton_available
 from swiftops.engines.pt.block_manager import BlockManager
 from swiftops.engines.pt.cpu_decode import LeanDecoder
+from swiftops.engines.pt.host_staging import staging_for
 from swiftops.engines.pt.kv_cache import PagedKVCache
 from swiftops.engines.pt.mm_prefill import embed_prompt_once, packed_embeddings, rope_columns, uses_mrope
 from swiftops.engines.pt.scheduler import StepPlan
@@ -64,7 +65,7 @@ class PagedRunner:
         if self.lora is None:
             return
         active = sorted(set(per_token) - {0})
-        self.lora.set_step(torch.tensor(per_token, device=self.device) if active else None, active)
+        self.lora.set_step(staging_for(self.device).to_device(per_token) if active else None, active)
 
     def _forward(
         self,
@@ -93,19 +94,18 @@ class PagedRunner:
         positions = [s.num_tokens - offset for s in seqs]
         rope = None
         if self.mrope:
-            rope = torch.tensor(
-                [[p + s.rope_delta for s, p in zip(seqs, positions, strict=False)]] * 3, device=self.device
+            rope = staging_for(self.device).to_device(
+                [[p + s.rope_delta for s, p in zip(seqs, positions, strict=False)]] * 3
             )
         ids = [s.last_token for s in seqs] if tokens is None else tokens
         rows = [s.table_row for s in seqs]
         if self.graphs is not None and len(seqs) <= self.graphs.buckets[-1]:
             return self.graphs.run(ids, positions, rows, [s.lora_slot for s in seqs], rope)
         if tokens is None:
-            staged = torch.tensor([ids, positions, rows], dtype=torch.long).to(self.device, non_blocking=True)
-            ids_t, pos_t, rows_t = staged
+            ids_t, pos_t, rows_t = staging_for(self.device).to_device([ids, positions, rows])
         else:
             ids_t = tokens
-            pos_t, rows_t = torch.tensor([positions, rows], dtype=torch.long).to(self.device, non_blocking=True)
+            pos_t, rows_t = staging_for(self.device).to_device([positions, rows])
         ctx = decode_context(
             self.cache,
             self.blocks,
@@ -171,9 +171,8 @@ class PagedRunner:
             row_of_token = [row for row, n in zip(rows, q_lens, strict=True) for _ in range(n)]
             bucket = mixed.stage(ids, positions, row_of_token, rows, q_lens, ctx_lens, keep, decode_tail, tail_tokens)
             return RunnerOutput(finishing, mixed.replay(bucket, len(finishing)))
-        host = torch.tensor(ids + positions, dtype=torch.long)
-        meta = torch.tensor([rows, q_lens, ctx_lens], dtype=torch.int32)
-        host, meta = host.to(self.device, non_blocking=True), meta.to(self.device, non_blocking=True)
+        upload = staging_for(self.device).to_device
+        host, meta = upload(ids + positions), upload([rows, q_lens, ctx_lens], torch.int32)
         ids_t, pos_t = host[: len(ids)], host[len(ids) :]
         if tail_tokens is not None:
             ids_t[len(ids) - decode_tail :] = tail_tokens
@@ -201,7 +200,7 @@ class PagedRunner:
         embeds = packed_embeddings(self.model, ids, mm_spans, self.device) if mm_spans else None
         if embeds is not None and tail_tokens is not None:  # the decode rows' embeddings from their device tokens
             embeds[0, len(ids) - decode_tail :] = self.model.get_input_embeddings()(tail_tokens).to(embeds.dtype)
-        keep_t = torch.tensor(keep or [len(ids) - 1], device=self.device)
+        keep_t = upload(keep or [len(ids) - 1])
         logits = self._forward(ids_t, pos_t, ctx, keep_t, torch.cat(ropes, dim=1) if ropes else None, embeds)
         return RunnerOutput(finishing, logits[: len(finishing)])
 
@@ -274,7 +273,7 @@ class FallbackRunner:
             self.lora.set_step(
                 torch.full((len(new),), slot, device=self.device) if slot else None, [slot] if slot else []
             )
-        kwargs: dict[str, Any] = {"input_ids": torch.tensor([new], device=self.device)}
+        kwargs: dict[str, Any] = {"input_ids": staging_for(self.device).to_device([new])}
         if uses_mrope(self.model):  # explicit positions: the model's own rope-delta state is per call, not per sequence
             embed_prompt_once(self.model, seq)
             index = torch.arange(start, end, device=self.device).view(1, 1, -1)
@@ -337,7 +336,7 @@ def paged_path_agrees(
     runner.lean = lean
     try:
         with torch.inference_mode():
-            ref = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+            ref = model(input_ids=staging_for(device).to_device([ids])).logits[0].float()
             got = []
             for chunk in (6, 4):
                 if not blocks.ensure_capacity(seq, seq.num_computed + chunk):

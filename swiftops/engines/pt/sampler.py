@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from swiftops.engines.pt.guided_decoding import HostMask, constrain
+from swiftops.engines.pt.host_staging import Download, staging_for
 from swiftops.engines.pt.sequence import Sequence
 
 # Top-k up to this many takes torch.topk over each row; beyond it (or top-p / min-p without top-k) a full sort.
@@ -32,7 +33,7 @@ class SampleResult:
 def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
     """Token-id lists as one [R, L] tensor, padded with `pad` (an extra column the callers drop)."""
     width = max(1, max(len(r) for r in rows))
-    return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long).to(device, non_blocking=True)
+    return staging_for(device).to_device([r + [pad] * (width - len(r)) for r in rows])
 
 
 # Penalized logits are clipped to this magnitude: far beyond any model's logits, and finite after a division by
@@ -44,7 +45,8 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     """Repetition penalty over prompt and output (transformers' and vLLM's rule), presence and frequency penalties
     over the output (OpenAI's), for the penalized rows of the batch at once."""
     rows = [i for i, s in enumerate(seqs) if s.params.penalized]
-    index = torch.tensor(rows, device=logits.device)
+    upload = staging_for(logits.device).to_device
+    index = upload(rows)
     sub = logits[index]
     vocab = logits.shape[1]
     params = [seqs[i].params for i in rows]
@@ -53,7 +55,7 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
         seen = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=logits.device)
         seen.scatter_(1, ids, True)
         seen = seen[:, :vocab]
-        penalty = torch.tensor([p.repetition_penalty for p in params], device=logits.device)[:, None]
+        penalty = upload([p.repetition_penalty for p in params], torch.float32)[:, None]
         # A penalty too small for float32 (5e-324 is valid JSON and > 0) would be 0: x / 0 = inf, and softmax
         # over inf is NaN. Kept normal, and the scaled logits bounded, every row stays a distribution.
         penalty = penalty.clamp_min(torch.finfo(torch.float32).tiny)
@@ -64,8 +66,8 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
         counts = torch.zeros(len(rows), vocab + 1, dtype=sub.dtype, device=logits.device)
         counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=sub.dtype))
         counts = counts[:, :vocab]
-        frequency = torch.tensor([p.frequency_penalty for p in params], device=logits.device)[:, None]
-        presence = torch.tensor([p.presence_penalty for p in params], device=logits.device)[:, None]
+        frequency = upload([p.frequency_penalty for p in params], torch.float32)[:, None]
+        presence = upload([p.presence_penalty for p in params], torch.float32)[:, None]
         sub = sub - frequency * counts - presence * (counts > 0).to(sub.dtype)
     logits[index] = sub
 
@@ -75,9 +77,8 @@ def _apply_logit_bias(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     rows = [i for i, s in enumerate(seqs) for _ in s.params.logit_bias]
     ids = [token_id for s in seqs for token_id, _ in s.params.logit_bias]
     biases = [bias for s in seqs for _, bias in s.params.logit_bias]
-    device = logits.device
-    index = (torch.tensor(rows, device=device), torch.tensor(ids, device=device))
-    logits.index_put_(index, torch.tensor(biases, dtype=logits.dtype, device=device), accumulate=True)
+    upload = staging_for(logits.device).to_device
+    logits.index_put_((upload(rows), upload(ids)), upload(biases, logits.dtype), accumulate=True)
 
 
 def _filter(logits: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]) -> torch.Tensor:
@@ -94,19 +95,20 @@ def _filter(logits: torch.Tensor, top_k: list[int], top_p: list[float], min_p: l
             if width <= _TOPK_FAST
             else torch.sort(logits, dim=-1, descending=True).values[:, :width]
         )
-        kth = top.gather(1, torch.tensor([[min(t, width) - 1] for t in k], device=device))
-        kth = torch.where(torch.tensor([[t >= vocab] for t in k], device=device), float("-inf"), kth)
+        upload = staging_for(device).to_device
+        kth = top.gather(1, upload([[min(t, width) - 1] for t in k]))
+        kth = torch.where(upload([[t >= vocab] for t in k], torch.bool), float("-inf"), kth)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if min(top_p) < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop tokens once the mass before them already reaches top_p (the first token always stays)
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= torch.tensor(top_p, device=device)[:, None]
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= staging_for(device).to_device(top_p, torch.float32)[:, None]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
     if max(min_p) > 0.0:
         probs = torch.softmax(logits, dim=-1)
-        floor = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_p, device=device)[:, None]
+        floor = probs.max(dim=-1, keepdim=True).values * staging_for(device).to_device(min_p, torch.float32)[:, None]
         logits = logits.masked_fill(probs < floor, float("-inf"))
     return logits
 
@@ -120,37 +122,12 @@ def _exponential_noise(seqs: list[Sequence], vocab: int, device: torch.device) -
     return noise
 
 
-class HostCopy:
-    """Device tensors on their way to the host: the copies are queued now, behind the work that produces them, and
-    `result()` waits for them alone (not for later work queued behind), without holding the GIL.
-
-    A plain `.tolist()` of a CUDA tensor blocks inside the copy with the GIL held, so while the step runs on the
-    GPU no other Python thread (the server's event loop streaming tokens) can run; waiting on an event releases it.
-    """
-
-    def __init__(self, *values: torch.Tensor) -> None:
-        self._values = values
-        self._done = None
-        if values and values[0].device.type == "cuda":
-            # from torch's caching host allocator
-            self._values = tuple(
-                torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True) for v in values
-            )
-            self._done = torch.cuda.Event()
-            self._done.record()
-
-    def result(self) -> list[list]:
-        if self._done is not None:
-            self._done.synchronize()
-        return [v.tolist() for v in self._values]
-
-
 @dataclass
 class PendingSample:
     """A step's sampled tokens (and asked-for logprobs) still on the device; `collect()` brings them over."""
 
     chosen: torch.Tensor  # [B] token ids, on the device
-    copy: HostCopy
+    copy: Download
     logprob_rows: list[int]
     top_counts: list[int]
 
@@ -191,9 +168,10 @@ def sample_on_device(logits: torch.Tensor, seqs: list[Sequence], grammar_mask: H
         constrain(logits, seqs, grammar_mask)
     chosen = torch.argmax(logits, dim=-1)
     if sampled:
-        rows = torch.tensor(sampled, device=logits.device)
+        upload = staging_for(logits.device).to_device
+        rows = upload(sampled)
         picked = [params[i] for i in sampled]
-        temperature = torch.tensor([p.temperature for p in picked], device=logits.device)[:, None]
+        temperature = upload([p.temperature for p in picked], torch.float32)[:, None]
         sub = _filter(
             logits[rows] / temperature, [p.top_k for p in picked], [p.top_p for p in picked], [p.min_p for p in picked]
         )
@@ -201,15 +179,15 @@ def sample_on_device(logits: torch.Tensor, seqs: list[Sequence], grammar_mask: H
         noise = _exponential_noise([seqs[i] for i in sampled], logits.shape[1], logits.device)
         chosen[rows] = torch.argmax(probs / noise, dim=-1)
     if not want_logprobs:
-        return PendingSample(chosen, HostCopy(chosen), [], [])
+        return PendingSample(chosen, staging_for(logits.device).to_host(chosen), [], [])
     assert raw_logprobs is not None  # narrows for mypy: computed whenever want_logprobs
     rows_lp = [i for i, p in enumerate(params) if p.logprobs]
     counts = [params[i].top_logprobs for i in rows_lp]
-    index = torch.tensor(rows_lp, device=logits.device)
+    index = staging_for(logits.device).to_device(rows_lp)
     extra = [raw_logprobs[index, chosen[index]]]
     if max(counts):
         extra.extend(torch.topk(raw_logprobs[index], max(counts), dim=-1))
-    return PendingSample(chosen, HostCopy(chosen, *extra), rows_lp, counts)
+    return PendingSample(chosen, staging_for(logits.device).to_host(chosen, *extra), rows_lp, counts)
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
