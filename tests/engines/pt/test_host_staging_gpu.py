@@ -36,11 +36,15 @@ def test_uploads_downloads_and_sampling_return_while_the_gpu_is_busy():
     logits = torch.randn(8, 1000, device=device)
     params = SamplingParams(max_tokens=4, temperature=0.7, top_p=0.9, top_k=50, min_p=0.01)
     seqs = [Sequence(prompt_ids=[1, 2, 3], params=params, sink=lambda out: None) for _ in range(8)]
+
+    def calls():
+        up = staging.to_device([[1, 2], [3, 4]])
+        staging.copy_into(inputs[1:, :3], [[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+        return staging.to_host(up), sample_on_device(logits, seqs)
+
+    calls()[1].collect()  # once unhurried: the first launches load kernels and the rings allocate their buffers
     done = _busy()
-    up = staging.to_device([[1, 2], [3, 4]])
-    staging.copy_into(inputs[1:, :3], [[1, 2, 3], [4, 5, 6], [7, 8, 9]])
-    down = staging.to_host(up)
-    pending = sample_on_device(logits, seqs)
+    down, pending = calls()
     assert not done.query(), "a staging call or the sampler waited for the GPU"
     assert down.result() == [[[1, 2], [3, 4]]]
     assert inputs[1:, :3].tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
