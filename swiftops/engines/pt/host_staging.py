@@ -61,6 +61,13 @@ class HostStaging:
         self._next_download = 0
         self.grown = 0  # buffers replaced by larger ones (a copy past _SLOT_BYTES)
 
+    def _fit(self, buffers: list[torch.Tensor], i: int, nbytes: int) -> torch.Tensor:
+        """Buffer `i`, replaced by one at least twice its size when `nbytes` do not fit (its last copy is done)."""
+        if nbytes > buffers[i].numel():
+            buffers[i] = _pinned(max(nbytes, 2 * buffers[i].numel()))
+            self.grown += 1
+        return buffers[i]
+
     # ---- host -> device -------------------------------------------------------------------------
     def _upload_buffer(self, nbytes: int) -> tuple[int, torch.Tensor]:
         if not self._uploads:
@@ -71,10 +78,7 @@ class HostStaging:
         done = self._upload_done[i]
         if done is not None:
             done.synchronize()  # the copy last queued from this buffer has been made (normally long ago)
-        if nbytes > self._uploads[i].numel():
-            self._uploads[i] = _pinned(max(nbytes, 2 * self._uploads[i].numel()))
-            self.grown += 1
-        return i, self._uploads[i]
+        return i, self._fit(self._uploads, i, nbytes)
 
     def _host(self, data: Any, dtype: torch.dtype) -> np.ndarray:
         return np.asarray(data, dtype=_NUMPY_DTYPES[dtype])
@@ -120,11 +124,8 @@ class HostStaging:
             ref = self._download_owner[i]
             held = ref() if ref is not None else None
             if held is None or held.read:  # read, or dropped unread (a pipeline cut short): free
-                if nbytes > self._downloads[i].numel():
-                    self._downloads[i] = _pinned(max(nbytes, 2 * self._downloads[i].numel()))
-                    self.grown += 1
                 self._download_owner[i] = weakref.ref(owner)
-                return self._downloads[i]
+                return self._fit(self._downloads, i, nbytes)
         return _pinned(nbytes)  # every buffer holds a copy not read yet (never seen): one of its own
 
 
