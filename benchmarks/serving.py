@@ -242,7 +242,7 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
         trace = None
         if spec["backend"] == "pt":  # the steps' timeline: how long steps with prefill take beside decode steps
             from benchmarks.step_trace import StepTrace
-            trace = StepTrace(engine)
+            trace = StepTrace(engine, phases=bool(spec.get("phases")))
         for c, prompts in spec["sets"].items():
             if trace is not None:
                 trace.start()
@@ -340,7 +340,7 @@ class Run:
     def offline(self, backend: str, model_dir: str, sets: dict[str, list[list[int]]], max_len: int) -> dict[str, Any]:
         spec = {"backend": backend, "model": model_dir, "max_model_len": max_len, "output_len": self.args.output_len,
                 "sets": sets, "warmup": self.warmup, "settings": json.loads(self.args.offline_settings),
-                "profile": self.args.profile_engine}
+                "profile": self.args.profile_engine, "phases": self.args.trace_phases}
         spec_file, result_file = self.work / f"{backend}-offline-spec.json", self.work / f"{backend}-offline.json"
         spec_file.write_text(json.dumps(spec))
         code = _run_child([sys.executable, "-m", "benchmarks.serving", "--offline_worker", str(spec_file),
@@ -425,6 +425,9 @@ def main() -> None:
     parser.add_argument("--profile_engine", action="store_true",
                         help="pt offline part: sample the engine thread's stack (benchmarks/thread_sampler.py); "
                         "perturbs the figures a little, so not for headline runs")
+    parser.add_argument("--trace_phases", action="store_true",
+                        help="pt offline part: split each step into the engine thread's host phases and time its "
+                        "kernels with CUDA events (benchmarks/step_trace.py); a diagnosis, not for headline runs")
     parser.add_argument("--client_processes", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)))
     parser.add_argument("--deadline_s", type=float, default=540.0, help="stop starting parts after this long")
     parser.add_argument("--url", default=None, help="measure a running server (no offline figures)")

@@ -24,3 +24,27 @@ def test_the_trace_counts_every_prefill_token_and_decode_row(tiny_model_dir):
     assert all(k["seconds"] >= 0 and k["mean_ms"] >= 0 for k in kinds.values())
     assert any(name.startswith("mixed<=") for name in kinds) and summary["traced_s"] > 0
     assert summary["mixed_graph_replays"] is None  # CPU: no CUDA graphs, mixed steps run eagerly
+
+
+def test_phases_split_each_step_into_the_engine_threads_host_work(tiny_model_dir):
+    engine = PtEngine(str(tiny_model_dir), max_batch_size=4, max_model_len=256)
+    try:
+        trace = StepTrace(engine, phases=True)
+        trace.start()
+        config = RequestConfig(max_tokens=6, temperature=0, ignore_eos=True)
+        engine.infer([InferRequest(prompt=[10 + i] * (20 + i)) for i in range(3)], config)
+        summary = trace.stop()
+        after = StepTrace(engine, phases=True)  # stopped traces record nothing more
+        engine.infer([InferRequest(prompt=[9] * 8)], config)
+    finally:
+        engine.close()
+    assert len(trace.phases) == summary["steps"] == len(trace.gpu)
+    kinds = summary["by_kind"]
+    for kind in kinds.values():
+        assert set(kind["host_ms"]) == {"launch", "post", "flush", "plan"}
+        assert 0 <= sum(kind["host_ms"].values()) <= kind["mean_ms"] + 1e-3
+        assert "gpu_ms" not in kind  # CPU: no CUDA events
+    # every step is launched through the core, so each has launch time; tokens are handed over in some interval
+    assert all(phases.get("launch", 0) > 0 for phases in trace.phases)
+    assert any(phases.get("post", 0) > 0 for phases in trace.phases)
+    assert after.events == [] and after.phases == []
