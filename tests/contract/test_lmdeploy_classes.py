@@ -144,18 +144,34 @@ def test_error_codes_we_map_exist():
     assert library_error(RequestError(ErrorCode.INTERNAL_ERROR)).status == 500
 
 
-def test_real_genouts_convert_to_our_outputs():
+def test_real_genouts_convert_to_our_outputs(tiny_model_dir):
     from lmdeploy.serve.core.async_engine import GenOut
+    from transformers import AutoTokenizer
 
-    tracker = ChoiceTracker(0, ["END"], 1, decode=str)
-    outs = [tracker.convert(GenOut("Hello E", 5, 2, token_ids=[7, 8], logprobs=[{7: -0.1, 9: -2.0}, {8: -0.2}])),
-            tracker.convert(GenOut("ND more", 5, 4, token_ids=[10, 11]))]
-    assert "".join(o.text for o in outs) == "Hello " and outs[-1].finish_reason == "stop" and tracker.finished
-    assert outs[0].prompt_tokens == 5 and outs[-1].completion_tokens == 4
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ids = tokenizer.encode(" hello world again", add_special_tokens=False)
+    tracker = ChoiceTracker(0, tokenizer, [1, 2], [], 1)
+    outs = [tracker.convert(GenOut("", 5, 2, token_ids=ids[:2], logprobs=[{ids[0]: -0.1}, {ids[1]: -0.2}])),
+            tracker.convert(GenOut("", 5, len(ids), "length", token_ids=ids[2:]))]
+    assert "".join(o.text for o in outs) == tokenizer.decode(ids) and tracker.finished
+    assert outs[0].prompt_tokens == 5 and outs[-1].completion_tokens == len(ids)
     assert [e.logprob for e in outs[0].logprobs] == [-0.1, -0.2]
-    # a GenOut whose token_ids repeat a held-back token: logprobs belong to the newest ids
-    held = ChoiceTracker(0, [], 1, decode=str).convert(GenOut("x", 5, 3, token_ids=[6, 7], logprobs=[{7: -0.3}]))
-    assert [(e.token, e.logprob) for e in held.logprobs] == [("7", -0.3)]
+
+
+def test_engine_instance_surface_we_call_exists():
+    """swiftops.engines.lmdeploy.token_stream drives the PyTorch engine's instance as AsyncEngine.generate does."""
+    from lmdeploy.messages import EngineOutput, ResponseType
+    from lmdeploy.pytorch.engine.engine_instance import EngineInstance
+    from lmdeploy.serve.core import AsyncEngine
+    from lmdeploy.serve.managers.session_manager import RequestHandlePool
+
+    assert {"input_ids", "gen_config"} <= set(inspect.signature(AsyncEngine._determine_gen_config).parameters)
+    stream = inspect.signature(EngineInstance.async_stream_infer).parameters
+    assert {"session_id", "input_ids", "gen_config", "adapter_name", "kwargs"} <= set(stream)
+    assert inspect.iscoroutinefunction(EngineInstance.async_cancel)
+    assert callable(RequestHandlePool.get) and callable(RequestHandlePool.put)
+    assert {"SUCCESS", "FINISH", "CANCEL", "INPUT_LENGTH_ERROR"} <= {t.name for t in ResponseType}
+    assert {"status", "token_ids", "logprobs"} <= {f.name for f in dataclasses.fields(EngineOutput)}
 
 
 def test_the_fake_library_has_lmdeploys_shapes():
@@ -171,3 +187,14 @@ def test_the_fake_library_has_lmdeploys_shapes():
     fake_fields = [n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)]
     real_fields = [f.name for f in dataclasses.fields(GenOut)]
     assert fake_fields == real_fields[:len(fake_fields)]
+    from lmdeploy.messages import EngineOutput, ResponseType
+
+    messages = (Path(__file__).resolve().parents[1] / "engines" / "lmdeploy" / "fake_lib" / "lmdeploy" /
+                "messages.py").read_text()
+    tree = ast.parse(messages).body
+    fake_output = next(n for n in tree if isinstance(n, ast.ClassDef) and n.name == "EngineOutput")
+    fake_fields = [n.target.id for n in fake_output.body if isinstance(n, ast.AnnAssign)]
+    assert fake_fields == [f.name for f in dataclasses.fields(EngineOutput)][:len(fake_fields)]
+    fake_types = next(n for n in tree if isinstance(n, ast.ClassDef) and n.name == "ResponseType")
+    names = [t.targets[0].id for t in fake_types.body if isinstance(t, ast.Assign)]
+    assert names == [t.name for t in ResponseType][:len(names)]

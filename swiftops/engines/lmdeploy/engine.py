@@ -23,6 +23,7 @@ from typing import Any
 from swiftops.engines.engine_options import SettingsEngine
 from swiftops.engines.lmdeploy import args as lm_args
 from swiftops.engines.lmdeploy.outputs import ChoiceTracker, LoopRelay
+from swiftops.engines.lmdeploy.token_stream import TokenStep, instance_steps
 from swiftops.engines.outputs import OutputChannel, SequenceOutput
 from swiftops.engines.prompt_checks import check_logit_token_ids, check_prompt_length
 from swiftops.engines.vllm.prompt import has_media, split_media
@@ -142,6 +143,9 @@ class LmdeployEngine(SettingsEngine):
             **extra,
         )
         self.max_model_len = int(self._engine.session_len)
+        # Token-id prompts run on the PyTorch engine's instance, without generate's per-step detokenization
+        # (token_stream.py); TurboMind and media prompts go through generate.
+        self._token_ids_to_instance = backend == "pytorch"
         self._running = 0
         self._choice_tasks: set[asyncio.Task[Any]] = set()
         self._relays: weakref.WeakKeyDictionary[Any, LoopRelay] = weakref.WeakKeyDictionary()  # per caller loop
@@ -286,18 +290,24 @@ class LmdeployEngine(SettingsEngine):
         task = asyncio.current_task()
         assert task is not None  # narrows for mypy: a coroutine awaited on a loop runs inside a task
         self._choice_tasks.add(task)
-        stream = None
+        stream: Any = None  # instance_steps' or generate's async generator
         last: SequenceOutput | None = None  # held until the session is closed (a stop string ended it)
         try:
             gen_config = self._lmdeploy.GenerationConfig(**gen_kwargs)
-            request = await self._engine.preprocess(
-                session_id=next(_session_ids), gen_config=gen_config, adapter_name=adapter_name, **prompt
-            )
-            stream = self._engine.generate(request, stream_response=every_step)
+            session_id = next(_session_ids)
+            if self._token_ids_to_instance and prompt.get("input_ids") is not None:
+                stream = instance_steps(
+                    self._engine, session_id, prompt["input_ids"], gen_config, adapter_name, every_step
+                )
+            else:
+                request = await self._engine.preprocess(
+                    session_id=session_id, gen_config=gen_config, adapter_name=adapter_name, **prompt
+                )
+                stream = self._engine.generate(request, stream_response=every_step)
             async for out in stream:
                 if tracker.finished:
                     continue  # let LMDeploy end the session itself after its last output
-                converted = tracker.convert(out)
+                converted = tracker.feed(out) if isinstance(out, TokenStep) else tracker.convert(out)
                 if tracker.stopped_by_string:
                     last = converted
                     break  # LMDeploy would go on; closing the stream below cancels its session

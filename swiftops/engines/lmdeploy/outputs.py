@@ -1,12 +1,12 @@
-"""LMDeploy's streamed `GenOut`s -> our `SequenceOutput`s: the text from the token ids through the pt path's own
+"""LMDeploy's token ids -> our `SequenceOutput`s: the text from the token ids through the pt path's own
 incremental detokenizer (`TokenDecoder`), stop strings matched on that text, and a relay that hands a step's
 outputs to the caller's event loop in one hop.
 
-LMDeploy streams one session per choice; each GenOut carries token ids (possibly starting with ones it
-held back before: the new ones are the last `generate_token_len - seen`), per-token `{token_id: logprob}`
-dicts, cumulative `generate_token_len` / `input_token_len`, and a `finish_reason` on the last one. A stop
-token (EOS) is never among the token ids.
-"""
+Tokens come as `TokenStep`s from the engine instance (swiftops.engines.lmdeploy.token_stream: new ids, a stop
+token already left out) or, for media prompts, as `AsyncEngine.generate`'s GenOuts: token ids (possibly starting
+with ones it held back before: the new ones are the last `generate_token_len - seen`), per-token
+`{token_id: logprob}` dicts, cumulative `generate_token_len` / `input_token_len`, and a `finish_reason` on the
+last one; a stop token (EOS) is never among them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import asyncio
 import threading
 from typing import Any
 
+from swiftops.engines.lmdeploy.token_stream import TokenStep
 from swiftops.engines.outputs import OutputChannel, SequenceOutput
 from swiftops.engines.token_decoder import TokenDecoder
 
@@ -43,19 +44,25 @@ class ChoiceTracker:
         return self.decoder.stopped_by_string
 
     def convert(self, out: Any) -> SequenceOutput:
+        """One of `AsyncEngine.generate`'s GenOuts (media prompts)."""
         produced = int(out.generate_token_len or 0)
         new = max(0, produced - self.seen)
         token_ids = list(out.token_ids or [])[-new:] if new else []
+        # The logprobs are of the newest tokens only: align them from the end.
+        logprobs = list(out.logprobs)[-len(token_ids) :] if out.logprobs and token_ids else None
+        return self.feed(TokenStep(token_ids, logprobs, out.finish_reason, produced, out.input_token_len))
+
+    def feed(self, step: TokenStep) -> SequenceOutput:
+        """New tokens, from the engine instance (swiftops.engines.lmdeploy.token_stream) or a GenOut."""
+        token_ids = step.token_ids
         self.seen += len(token_ids)
         raw = None
-        if self.top_logprobs is not None and out.logprobs:
-            # The logprobs are of the newest tokens only: align them from the end.
-            positions = list(out.logprobs)[-len(token_ids) :] if token_ids else []
-            raw = [raw_logprobs(p, t, self.top_logprobs) for p, t in zip(positions, token_ids, strict=False)]
-        result = self.decoder.feed(token_ids, out.finish_reason, out.input_token_len, raw, final_token_is_text=True)
+        if self.top_logprobs is not None and step.logprobs:
+            raw = [raw_logprobs(p, t, self.top_logprobs) for p, t in zip(step.logprobs, token_ids, strict=False)]
+        result = self.decoder.feed(token_ids, step.finish_reason, step.prompt_tokens, raw, final_token_is_text=True)
         if result.finish_reason is not None:
             self.finished = True
-        result.completion_tokens = produced  # LMDeploy's own count
+        result.completion_tokens = step.generated  # LMDeploy's own count
         return result
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,87 @@ def test_ms_swift_style_arguments(fake_lmdeploy, tiny_model_dir):
     engine = LmdeployEngine(str(tiny_model_dir), tp=2, session_len=200, quant_policy=8, vision_batch_size=2)
     config = engine._engine.backend_config
     assert (config.tp, config.session_len, config.quant_policy) == (2, 200, 8) and engine.max_model_len == 200
+
+
+SCRIPT_TEXT = "Hello there, I am a tiny fake model."
+
+
+def _settled(core) -> bool:
+    """Every engine instance back in LMDeploy's pool and no session running, within a second (a choice's task on
+    the engine loop finishes its cleanup just after its last output reached the caller)."""
+    pool = core.session_mgr.request_handle_pool
+    for _ in range(100):
+        if pool.num_dispatched == 0 and not core.running:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_token_id_prompts_run_on_the_engine_instance_with_the_engines_own_config(engine):
+    """Text prompts (token ids after our chat template) skip AsyncEngine.generate's per-step detokenization."""
+    core = engine._engine
+    resp = asyncio.run(engine.infer_async(_req(), RequestConfig(max_tokens=50, stop_token_ids=[7])))
+    assert core.preprocessed == 0  # neither preprocess nor generate ran
+    sent = core.requests[-1]
+    assert sent.gen_config.top_k == 1 and set(sent.gen_config.stop_token_ids) == {7, core.eos_id}
+    # The EOS the engine stopped on is neither text nor counted; the answer is the whole script.
+    choice = resp.choices[0]
+    assert (choice.message.content, choice.finish_reason) == (SCRIPT_TEXT, "stop")
+    script_tokens = sum(len(core.word_ids[w]) for w in core.word_ids)
+    assert resp.usage.completion_tokens == script_tokens
+    assert _settled(core)
+
+
+def test_instance_streams_match_whole_answers_and_logprobs_align(engine):
+    config = RequestConfig(max_tokens=50, logprobs=True, top_logprobs=2)
+
+    async def stream():
+        return [c async for c in await engine.infer_async(_req(), config.model_copy(update={"stream": True}))]
+
+    whole = asyncio.run(engine.infer_async(_req(), config))
+    chunks = asyncio.run(stream())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content == \
+        SCRIPT_TEXT
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "stop"
+    entries = whole.choices[0].logprobs.content
+    assert len(entries) == whole.usage.completion_tokens  # the stop token's logprob is dropped with it
+    assert all(e.logprob == -0.5 and len(e.top_logprobs) == 2 for e in entries)
+
+
+def test_instance_error_statuses_become_swiftops_errors(engine):
+    from lmdeploy.messages import ResponseType
+
+    core = engine._engine
+    core.fail_status = ResponseType.INPUT_LENGTH_ERROR
+    with pytest.raises(BadRequestError, match="does not fit") as info:
+        asyncio.run(engine.infer_async(_req(), RequestConfig(max_tokens=2)))
+    assert info.value.status == 400
+    core.fail_status = ResponseType.INTERNAL_ENGINE_ERROR
+    with pytest.raises(EngineError, match="INTERNAL_ENGINE_ERROR"):
+        asyncio.run(engine.infer_async(_req(), RequestConfig(max_tokens=2)))
+    assert _settled(core)
+
+
+def test_left_instance_requests_are_cancelled_and_give_their_handle_back(engine):
+    core = engine._engine
+
+    async def scenario():
+        task = asyncio.ensure_future(engine.infer_async(_req(), RequestConfig(max_tokens=500, ignore_eos=True)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert _settled(core) and core.cancelled[-1] == core.requests[-1].session_id
+
+
+def test_turbomind_and_media_prompts_keep_lmdeploys_generate(fake_lmdeploy, tiny_model_dir):
+    from swiftops.engines.lmdeploy import LmdeployEngine
+
+    turbomind = LmdeployEngine(str(tiny_model_dir))
+    try:
+        resp = asyncio.run(turbomind.infer_async(_req(), RequestConfig(max_tokens=50)))
+        assert turbomind._engine.preprocessed == 1 and resp.choices[0].message.content == SCRIPT_TEXT
+    finally:
+        turbomind.close()

@@ -73,3 +73,45 @@ def test_cancel_frees_the_session(engine):
         return False
 
     assert asyncio.run(scenario())
+
+
+def _settled(engine) -> bool:
+    import time
+
+    pool = engine._engine.session_mgr.request_handle_pool
+    for _ in range(200):
+        if engine.num_running == 0 and pool.num_dispatched == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_engine_instance_answers_as_lmdeploys_generate(engine):
+    """Token-id prompts run on the PyTorch engine's instance (token_stream.py): the same greedy text and counts
+    as LMDeploy's own AsyncEngine.generate on the same prompt, whole and streamed."""
+    config = RequestConfig(max_tokens=12, temperature=0, ignore_eos=True)
+    via_instance = engine.infer([_req("compare")], config, use_tqdm=False)[0]
+
+    async def stream():
+        return [c async for c in await engine.infer_async(_req("compare"), config.model_copy(update={"stream": True}))]
+
+    streamed = "".join(c.choices[0].delta.content or "" for c in asyncio.run(stream()))
+    engine._token_ids_to_instance = False
+    try:
+        via_generate = engine.infer([_req("compare")], config, use_tqdm=False)[0]
+    finally:
+        engine._token_ids_to_instance = True
+    assert via_instance.choices[0].message.content == via_generate.choices[0].message.content == streamed
+    assert via_instance.usage == via_generate.usage and via_instance.usage.completion_tokens == 12
+    assert _settled(engine)
+
+
+def test_a_stop_string_cancels_the_instance_request(engine):
+    config = RequestConfig(max_tokens=16, temperature=0, ignore_eos=True)
+    text = engine.infer([_req("stop here")], config, use_tqdm=False)[0].choices[0].message.content
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    if not stop.strip():
+        pytest.skip(f"the greedy text has no visible characters to stop at: {text!r}")
+    resp = engine.infer([_req("stop here")], config.model_copy(update={"stop": [stop]}), use_tqdm=False)[0]
+    assert resp.choices[0].finish_reason == "stop" and resp.choices[0].message.content == text[:text.index(stop)]
+    assert _settled(engine)

@@ -1,8 +1,10 @@
 """A stand-in for the lmdeploy package with the shapes swiftops uses, for tests on machines without LMDeploy.
 
 Only the library's outermost surface is faked: the config classes, `archs.autoget_backend_config` /
-`archs.get_task`, and the async engine's `start_loop`, `preprocess`, `generate` (GenOut-shaped items:
-new text, cumulative token counts, a finish_reason on the last) and `close`. The "model" answers
+`archs.get_task`, the async engine's `start_loop`, `preprocess`, `generate` (GenOut-shaped items:
+new text, cumulative token counts, a finish_reason on the last), `_determine_gen_config` and `close`, and the
+engine instance under it (`engine.create_instance()`, its pool `session_mgr.request_handle_pool`,
+`async_stream_infer` yielding `messages.EngineOutput`s, `async_cancel`). The "model" answers
 from a fixed script of words, so tests can predict text, lengths, stops and logprobs.
 """
 from __future__ import annotations
