@@ -295,7 +295,12 @@ class LmdeployEngine(SettingsEngine):
         try:
             gen_config = self._lmdeploy.GenerationConfig(**gen_kwargs)
             session_id = next(_session_ids)
-            if self._token_ids_to_instance and prompt.get("input_ids") is not None:
+            # A structured output keeps generate: preprocess checks LMDeploy can compile the format first.
+            if (
+                self._token_ids_to_instance
+                and prompt.get("input_ids") is not None
+                and "response_format" not in gen_kwargs
+            ):
                 stream = instance_steps(
                     self._engine, session_id, prompt["input_ids"], gen_config, adapter_name, every_step
                 )

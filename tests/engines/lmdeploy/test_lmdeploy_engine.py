@@ -258,3 +258,9 @@ def test_turbomind_and_media_prompts_keep_lmdeploys_generate(fake_lmdeploy, tiny
         assert turbomind._engine.preprocessed == 1 and resp.choices[0].message.content == SCRIPT_TEXT
     finally:
         turbomind.close()
+
+
+def test_structured_outputs_keep_generate_whose_preprocess_checks_the_format(engine):
+    core = engine._engine
+    asyncio.run(engine.infer_async(_req(), RequestConfig(max_tokens=4, response_format={"type": "json_object"})))
+    assert core.preprocessed == 1 and core.requests[-1].gen_config.response_format["type"] == "json_schema"
