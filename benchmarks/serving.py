@@ -273,12 +273,16 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+DEADLINE_KILL = -9  # what _run_child returns for a part it stopped at --deadline_s
+
+
 def _run_child(cmd: list[str], timeout: float, log: pathlib.Path) -> int:
     with log.open("w") as f:
         try:
             return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
-            return -9
+            f.write(f"\n[serving benchmark] stopped at --deadline_s after {timeout:.0f} s: give the run more time\n")
+            return DEADLINE_KILL
 
 
 # ---- the orchestration -------------------------------------------------------------------------------------
@@ -290,7 +294,7 @@ class Run:
         if self.out is not None and self.out.exists():
             self.doc = json.loads(self.out.read_text())
         self.work = pathlib.Path(tempfile.mkdtemp(prefix="serving-bench-"))
-        self.deadline = time.monotonic() + args.deadline_s
+        self.deadline = time.monotonic() + args.deadline_s  # restarted once the model is built (start_clock)
         self.warmup: list[list[int]] = []  # set once the model's vocabulary is known
 
     def save(self) -> None:
@@ -299,6 +303,11 @@ class Run:
         if self.out is not None:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.out.write_text(text)
+
+    def start_clock(self) -> None:
+        """--deadline_s counts the parts, not the model's build (a 7B build takes about a minute on a fresh machine,
+        and cut the last part short when it counted)."""
+        self.deadline = time.monotonic() + self.args.deadline_s
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -429,7 +438,9 @@ def main() -> None:
                         help="pt offline part: split each step into the engine thread's host phases and time its "
                         "kernels with CUDA events (benchmarks/step_trace.py); a diagnosis, not for headline runs")
     parser.add_argument("--client_processes", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)))
-    parser.add_argument("--deadline_s", type=float, default=540.0, help="stop starting parts after this long")
+    parser.add_argument("--deadline_s", type=float, default=540.0,
+                        help="after the model is built: stop starting parts after this long, and stop a running "
+                        "child part (recorded with its log) when it runs past it")
     parser.add_argument("--url", default=None, help="measure a running server (no offline figures)")
     parser.add_argument("--model", default=None, help="with --url: the served model name")
     parser.add_argument("--vocab", type=int, default=None, help="with --url: the model's vocabulary size")
@@ -455,6 +466,7 @@ def main() -> None:
         print(json.dumps(run.doc, indent=2))
         return
     model_dir, vocab = _model(args)
+    run.start_clock()
     max_len = args.max_model_len  # None: each engine's default context (the headline figures)
     sets = {str(c): random_prompts(c * args.requests_per_client, args.prompt_len, vocab, seed=c) for c in levels}
     # Prompts of their own (a different seed): warming up on timed prompts would seed the prefix cache with them.
