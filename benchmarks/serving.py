@@ -224,6 +224,9 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
                           EngineSettings(infer_backend=spec["backend"], **spec.get("settings", {})),
                           GenerationSettings())
     out: dict[str, Any] = {"startup_s": round(time.perf_counter() - t0, 1), "at_concurrency": {}}
+    if spec["backend"] == "lmdeploy":  # which LMDeploy engine ran, and whether token-id prompts used its instance
+        out["lmdeploy_backend"] = engine.lmdeploy_backend
+        out["token_ids_to_instance"] = engine._token_ids_to_instance
     config = RequestConfig(max_tokens=spec["output_len"], temperature=0, ignore_eos=True)
     try:
         engine.infer([InferRequest(prompt=p) for p in spec["warmup"]],
