@@ -91,6 +91,7 @@ def test_stop_strings_are_cut_on_text_and_end_the_session(engine):
 
 
 def test_cancel_cancels_the_lmdeploy_session(engine):
+    """On the engine instance (the fixture's adapters pick the PyTorch engine), which goes back to the pool."""
     core = engine._engine
 
     async def scenario():
@@ -101,11 +102,7 @@ def test_cancel_cancels_the_lmdeploy_session(engine):
             await task
 
     asyncio.run(scenario())
-    for _ in range(100):
-        if core.cancelled:
-            break
-        asyncio.run(asyncio.sleep(0.01))
-    assert core.cancelled == [core.requests[-1].session_id] and not core.running
+    assert _settled(core) and core.cancelled == [core.requests[-1].session_id]
 
 
 def test_library_errors_become_swiftops_errors(engine):
@@ -233,20 +230,6 @@ def test_instance_error_statuses_become_swiftops_errors(engine):
     with pytest.raises(EngineError, match="INTERNAL_ENGINE_ERROR"):
         asyncio.run(engine.infer_async(_req(), RequestConfig(max_tokens=2)))
     assert _settled(core)
-
-
-def test_left_instance_requests_are_cancelled_and_give_their_handle_back(engine):
-    core = engine._engine
-
-    async def scenario():
-        task = asyncio.ensure_future(engine.infer_async(_req(), RequestConfig(max_tokens=500, ignore_eos=True)))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
-    assert _settled(core) and core.cancelled[-1] == core.requests[-1].session_id
 
 
 def test_turbomind_and_media_prompts_keep_lmdeploys_generate(fake_lmdeploy, tiny_model_dir):
