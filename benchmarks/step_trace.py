@@ -7,9 +7,9 @@ it has handled N - 1 while N runs), so launch-to-launch intervals are the pace t
 keep, without a synchronisation that would change it. `summary()` groups the steps by kind and by prefill size.
 
 With `phases=True` it also splits each step's interval (launch to next launch) into the engine thread's host
-phases that fall in it (`launch`: staging the step and queuing its kernels and sampling; `post`: handing over
-the previous step's tokens; `flush`: outputs to their requests; `plan`: admitting arrivals and scheduling the next
-step; the rest is waiting for the GPU), and on a GPU times each launched step's kernels with CUDA events (`gpu_ms`)
+phases that fall in it (`launch`: staging the step and queuing its kernels and sampling, of which `stage` is the
+runner's part; `post`: handing over the previous step's tokens; `flush`: outputs to their requests; `plan`:
+admitting arrivals (`admit`, part of it) and scheduling the next step; the rest is waiting for the GPU), and on a GPU times each launched step's kernels with CUDA events (`gpu_ms`)
 and the GPU's idle time before it (`gpu_idle_before_ms`: the host was late). It tells a step that waits on the
 host from one that waits on the GPU. Off by default: the events cost a few microseconds a step.
 
@@ -26,7 +26,15 @@ from typing import Any
 _BUCKETS = (128, 512, 1024, 2048, 4096, 8192, 1 << 30)
 
 
-_PHASES = {"_launch": "launch", "_append_sampled": "post", "_flush": "flush", "_next_plan": "plan"}
+# Engine-core methods timed as phases. `admit` (new requests into the scheduler) runs inside `plan`, and the
+# runner's `stage` (the step's inputs to the device, its kernels queued) inside `launch`: nested, not added.
+_PHASES = {
+    "_launch": "launch",
+    "_append_sampled": "post",
+    "_flush": "flush",
+    "_next_plan": "plan",
+    "_admit_arrivals": "admit",
+}
 
 
 class StepTrace:
@@ -45,7 +53,11 @@ class StepTrace:
                 tokens = sum(chunk for _, chunk in plan.prefill)
                 kind = "mixed_pipelined" if decode_tokens is not None else "mixed"
                 self._record((kind, time.perf_counter(), tokens, len(plan.prefill), len(plan.decode)))
-            return self._run(plan, decode_tokens)
+            t0 = time.perf_counter()
+            result = self._run(plan, decode_tokens)
+            if self._active and self.phases:
+                self.phases[-1]["stage"] = self.phases[-1].get("stage", 0.0) + time.perf_counter() - t0
+            return result
 
         def decode(seqs: list[Any], tokens: Any = None) -> Any:
             if self._active:
@@ -113,7 +125,8 @@ class StepTrace:
             previous_end = end
         for kind, group in groups.items():
             steps = group["steps"]
-            group["host_ms"] = {phase: round(sums[kind].get(phase, 0.0) / steps, 3) for phase in _PHASES.values()}
+            names = [*_PHASES.values(), "stage"]
+            group["host_ms"] = {phase: round(sums[kind].get(phase, 0.0) / steps, 3) for phase in names}
             if timed[kind]:
                 group["gpu_ms"] = round(sums[kind].get("gpu", 0.0) / timed[kind], 3)
                 group["gpu_idle_before_ms"] = round(sums[kind].get("gpu_idle_before", 0.0) / timed[kind], 3)

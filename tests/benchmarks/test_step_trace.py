@@ -41,10 +41,14 @@ def test_phases_split_each_step_into_the_engine_threads_host_work(tiny_model_dir
     assert len(trace.phases) == summary["steps"] == len(trace.gpu)
     kinds = summary["by_kind"]
     for kind in kinds.values():
-        assert set(kind["host_ms"]) == {"launch", "post", "flush", "plan"}
-        assert 0 <= sum(kind["host_ms"].values()) <= kind["mean_ms"] + 1e-3
+        host = kind["host_ms"]
+        assert set(host) == {"launch", "post", "flush", "plan", "admit", "stage"}
+        # admit and stage are parts of plan and launch: the top-level phases fit in the step's interval
+        assert 0 <= host["launch"] + host["post"] + host["flush"] + host["plan"] <= kind["mean_ms"] + 1e-3
+        assert host["admit"] <= host["plan"] + 1e-3 and host["stage"] <= host["launch"] + 1e-3
         assert "gpu_ms" not in kind  # CPU: no CUDA events
     # every step is launched through the core, so each has launch time; tokens are handed over in some interval
     assert all(phases.get("launch", 0) > 0 for phases in trace.phases)
     assert any(phases.get("post", 0) > 0 for phases in trace.phases)
+    assert all(phases.get("stage", 0) > 0 for phases in trace.phases)  # every step ran through the runner
     assert after.events == [] and after.phases == []
