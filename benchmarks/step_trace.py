@@ -9,9 +9,10 @@ keep, without a synchronisation that would change it. `summary()` groups the ste
 With `phases=True` it also splits each step's interval (launch to next launch) into the engine thread's host
 phases that fall in it (`launch`: staging the step and queuing its kernels and sampling, of which `stage` is the
 runner's part; `post`: handing over the previous step's tokens; `flush`: outputs to their requests; `plan`:
-admitting arrivals (`admit`, part of it) and scheduling the next step; the rest is waiting for the GPU), and on a GPU times each launched step's kernels with CUDA events (`gpu_ms`)
-and the GPU's idle time before it (`gpu_idle_before_ms`: the host was late). It tells a step that waits on the
-host from one that waits on the GPU. Off by default: the events cost a few microseconds a step.
+admitting arrivals (`admit`, part of it) and scheduling the next step; the rest is waiting for the GPU), and on
+a GPU times each launched step's kernels with CUDA events (`gpu_ms`) and the GPU's idle time before it
+(`gpu_idle_before_ms`: the host was late). It tells a step that waits on the host from one that waits on the
+GPU. Off by default: the events cost a few microseconds a step.
 
 Benchmark-only instrumentation: it wraps the runner's and the engine core's methods on one engine object and
 nothing else.
