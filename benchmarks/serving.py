@@ -297,7 +297,7 @@ class Run:
         if self.out is not None and self.out.exists():
             self.doc = json.loads(self.out.read_text())
         self.work = pathlib.Path(tempfile.mkdtemp(prefix="serving-bench-"))
-        self.deadline = time.monotonic() + args.deadline_s  # restarted once the model is built (start_clock)
+        self.start_clock()  # started again once the model is built
         self.warmup: list[list[int]] = []  # set once the model's vocabulary is known
 
     def save(self) -> None:

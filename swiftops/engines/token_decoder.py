@@ -54,23 +54,14 @@ class TokenDecoder:
         finish = finish_reason
         entries = []
         last = len(token_ids) - 1
-        if finish_reason is not None and not detok.stop and not self.want_logprobs:
-            # A whole answer at once (a non-streamed request): one decode of every token instead of a decode step
-            # per token, the same text (add_all); without stop strings nothing can end it early.
+        # A whole answer at once (a non-streamed request): one decode of every token instead of a decode step per
+        # token, the same text (add_all); without stop strings nothing can end it early.
+        whole = finish_reason is not None and not detok.stop and not self.want_logprobs
+        if whole:
             ends_on_stop_token = bool(token_ids) and finish_reason == "stop" and not final_token_is_text
             self.completion_tokens += len(token_ids)
             detok.add_all(list(token_ids[:-1] if ends_on_stop_token else token_ids))
-            self.finished = True
-            return SequenceOutput(
-                index=self.index,
-                text=detok.take(final=True),
-                token_ids=token_ids,
-                logprobs=[],
-                finish_reason=finish,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=self.completion_tokens,
-            )
-        for k, token in enumerate(token_ids):
+        for k, token in enumerate([] if whole else token_ids):
             self.completion_tokens += 1
             if self.want_logprobs and raw_logprobs is not None and k < len(raw_logprobs):
                 entries.append(self._entry(token, raw_logprobs[k]))
@@ -81,7 +72,8 @@ class TokenDecoder:
                 finish = "stop"
                 break
         if finish is not None:
-            detok.flush()
+            if not whole:  # add_all has decoded everything already
+                detok.flush()
             self.finished = True
         return SequenceOutput(
             index=self.index,

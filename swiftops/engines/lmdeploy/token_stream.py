@@ -36,11 +36,6 @@ class TokenStep:
     prompt_tokens: int
 
 
-def engine_gen_config(engine: Any, input_ids: list[int], gen_config: Any) -> Any:
-    """The GenerationConfig as `AsyncEngine.generate` would run it (its own completion of the request's)."""
-    return engine._determine_gen_config(input_ids, gen_config)
-
-
 async def instance_steps(
     engine: Any,
     session_id: int,
@@ -55,7 +50,7 @@ async def instance_steps(
     string, a disconnect) cancels the request in the engine."""
     from lmdeploy.messages import ResponseType
 
-    config = engine_gen_config(engine, input_ids, gen_config)
+    config = engine._determine_gen_config(input_ids, gen_config)  # as generate would run it (its preprocess does)
     stop_ids = set() if config.ignore_eos else set(config.stop_token_ids or [])
     pool = engine.session_mgr.request_handle_pool
     handle = await pool.get()

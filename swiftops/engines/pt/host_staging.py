@@ -20,6 +20,7 @@ On CPU nothing is staged: the data becomes a tensor where it is.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from typing import Any
@@ -45,7 +46,7 @@ def _pinned(nbytes: int) -> torch.Tensor:
 
 
 def _view(buffer: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize  # no tensor allocated for the size: this runs several times a step
     return buffer[:nbytes].view(dtype).view(shape)
 
 

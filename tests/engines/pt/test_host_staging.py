@@ -76,3 +76,16 @@ def test_the_step_path_neither_copies_blocking_nor_pins_per_step():
 def test_the_guard_finds_both_idioms():
     code = "x = torch.tensor(rows, device=d)\ny = t.pin_memory()\nz = torch.empty(3, pin_memory=True)\n"
     assert len(_waiting_calls(ast.parse(code))) == 3
+
+
+def test_a_buffer_view_has_the_copys_dtype_shape_and_bytes():
+    """_view carves a staged copy out of a pinned byte buffer (on CPU, an ordinary one stands in)."""
+    import torch
+
+    from swiftops.engines.pt.host_staging import _view
+
+    buffer = torch.arange(64, dtype=torch.uint8)
+    for dtype, shape in ((torch.int64, (2, 3)), (torch.int32, (5,)), (torch.bool, (7,)), (torch.float32, (1, 4))):
+        view = _view(buffer, dtype, shape)
+        assert (view.dtype, tuple(view.shape)) == (dtype, shape)
+        assert view.data_ptr() == buffer.data_ptr() and view.numel() * view.element_size() <= buffer.numel()
