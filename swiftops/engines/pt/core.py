@@ -29,6 +29,7 @@ from swiftops.engines.pt.post_step import PostStep, advance
 from swiftops.engines.pt.sampler import sample, sample_on_device
 from swiftops.engines.pt.scheduler import Scheduler, StepPlan
 from swiftops.engines.pt.sequence import AsyncSink, Sequence, deliver_all
+from swiftops.engines.pt.step_clock import StepClock
 from swiftops.protocol import EngineError
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class EngineCore:
         self.pipelined_steps = 0  # steps launched before the previous step's tokens reached the host
         self.pipelined_prefills = 0  # ...of which prefilled beside their decode rows (or alone)
         self.faults = FaultInjector.from_env(tokenizer)  # None unless a reliability test asks for faults
+        # pipelined steps timed on the GPU for the prefill bound to keep to (swiftops.engines.pt.step_clock)
+        bound = scheduler.prefill_bound
+        self.clock = StepClock(bound) if bound is not None and device.type == "cuda" else None
         # The engine thread waits on the GPU with the GIL released, then must get it back at once to launch the
         # next step. With Python's default 5 ms switch interval a busy thread beside it (the server's event loop
         # streaming tokens) keeps the GIL for up to 5 ms per step; 0.5 ms bounds that wait.
@@ -266,7 +270,16 @@ class EngineCore:
     def _launch(self, plan: StepPlan, tokens: torch.Tensor | None) -> tuple[list[Sequence], Any]:
         """Run `plan` (its decode rows' tokens on the device when `tokens` is given) and queue the sampling of the
         rows that sample; returns those rows and their PendingSample, or the logits still to sample (a grammar's
-        mask for a row whose token is in flight is filled only once that token is on the host)."""
+        mask for a row whose token is in flight is filled only once that token is on the host). Timed on the GPU
+        for the prefill bound, where there is one."""
+        if self.clock is None:
+            return self._launch_untimed(plan, tokens)
+        events = self.clock.start()
+        launched = self._launch_untimed(plan, tokens)
+        self.clock.stop(events, plan)
+        return launched
+
+    def _launch_untimed(self, plan: StepPlan, tokens: torch.Tensor | None) -> tuple[list[Sequence], Any]:
         results = self.runner.run(plan, tokens)
         if not results or not results[0].seqs:  # chunks of long prompts alone: nothing to sample
             return [], None
@@ -299,6 +312,8 @@ class EngineCore:
                 self.pipelined_steps += 1
                 self.pipelined_prefills += bool(nxt.prefill)
             sampled = pending.collect() if pending is not None else None
+            if self.clock is not None:
+                self.clock.read()
             del in_flight[0]  # (`plan`: handled below)
             if isinstance(following, torch.Tensor):  # logits held for a grammar's mask (see _launch)
                 following = self._sample_held(batch, sampled, step_seqs, following)

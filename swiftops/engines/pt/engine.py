@@ -404,9 +404,9 @@ class PtEngine(InferEngine):
             mixed = None
             if _mixed_graphs_wanted() and graphs is not None and self.lora is None and not uses_mrope(loaded.model):
                 mixed = self._mixed_graphs(loaded, cache, blocks, graphs, max_batch_size, scheduler.max_step_tokens)
-            if itl_ratio:
+            if itl_ratio and mixed is not None and graphs is not None:
                 # Timed on the mixed-step graphs; without them (LoRA, M-RoPE, eager) steps keep the token budget.
-                scheduler.prefill_bound = None if mixed is None else measure_bound(mixed, itl_ratio, BUCKET_STEP)
+                scheduler.prefill_bound = measure_bound(mixed, itl_ratio, BUCKET_STEP, graphs.buckets)
             run = PagedRunner(loaded.model, cache, blocks, loaded.device, graphs, self.lora, mixed)
             if loaded.device.type == "cpu" and not run.use_triton and self.lora is None and not run.mrope:
                 run.lean = self._checked_lean_decoder(loaded, cache, blocks)

@@ -13,6 +13,14 @@ compute per token), so the bound is `prefill <= (ratio - 1) * (fixed / per_token
 from timing the mixed-step CUDA graphs at start-up (an idle step of the smallest and of the largest bucket). The
 total goes to the nearest graph bucket when that leaves room for prefill, since a step costs its bucket's size.
 
+The fit sees idle steps: every attention program exits at once, no sequence is sampled. A real step that admits
+prompts costs more (on an H100 at 128 streams of the 0.5B shape, 4.61 ms for the 768-token steps where the fit said
+2.55: 2.6x a decode step for a bound of 1.75x). So the engine also times the steps it runs (CUDA events around each
+launch, read once its tokens are on the host: swiftops.engines.pt.step_clock) and, once a few steps of a graph
+bucket are measured, the bound keeps to measured times: the largest bucket whose measured time stays within `ratio`
+times the measured decode step. A bucket not yet measured is predicted from the fit, scaled as the nearest measured
+bucket's, and tried for a few steps when that prediction is near the limit.
+
 On by default where streams are served (`swiftops deploy`, `swiftops app`: SERVING_ITL_RATIO), off for the Python
 API, whose callers want throughput; `--max_itl_ratio` sets it (swiftops.protocol.settings). Measured on an H100
 at 128 clients (benchmarks/RESULTS.md, ninth session): on the 7B shape the bound took the inter-token latency's
@@ -23,7 +31,8 @@ server process and not the GPU sets the pace, it changed nothing (3.85 -> 3.70, 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,14 +43,52 @@ MIN_PREFILL_TOKENS = 64  # a step that decodes still prefills this much: new pro
 SERVING_ITL_RATIO = 1.75  # the server's default (see above); the Python API's is 0 (off)
 
 
-@dataclass(frozen=True)
+MEASURED_AFTER = 3  # steps of one graph bucket timed before their time replaces the fit's
+# A bucket not yet measured is tried when its predicted time is within this much of the limit: the prediction
+# (the fit, scaled as the nearest measured bucket's) misses fixed costs of either sign, and a few steps settle it.
+_TRY_UNMEASURED = 1.25
+_WEIGHT = 0.25  # of the newest step in a bucket's running mean: a few steps follow a change, one outlier does not
+
+
+class MeasuredSteps:
+    """The GPU time of the steps the engine ran, by kind ("decode", "mixed") and graph bucket: a running mean each
+    (exponentially weighted), trusted once MEASURED_AFTER steps of the bucket were timed."""
+
+    def __init__(self) -> None:
+        self.mean_ms: dict[tuple[str, int], float] = {}
+        self.count: dict[tuple[str, int], int] = {}
+
+    def add(self, key: tuple[str, int], ms: float) -> bool:
+        """Record one step; True when this step makes its bucket's time trusted."""
+        n = self.count.get(key, 0) + 1
+        self.count[key] = n
+        mean = self.mean_ms.get(key)
+        # the plain mean until trusted (no weight on the first, cold replays), then the running mean
+        self.mean_ms[key] = ms if mean is None else mean + (ms - mean) * max(_WEIGHT, 1.0 / n)
+        return n == MEASURED_AFTER
+
+    def get(self, key: tuple[str, int]) -> float | None:
+        return self.mean_ms[key] if self.count.get(key, 0) >= MEASURED_AFTER else None
+
+
+@dataclass
 class PrefillBound:
     ratio: float  # the longest step with prefill, in decode steps of the same rows
     fixed_tokens: float  # a step's fixed cost in tokens' worth of per-token cost (fixed / per_token)
     bucket: int = 0  # token multiple the mixed-step graphs are captured at (0: none)
+    # The start-up fit in milliseconds and the graphs' buckets, for measured steps to correct the bound (set by
+    # measure_bound; without them the fit alone decides).
+    fixed_ms: float = 0.0
+    per_token_ms: float = 0.0
+    mixed_buckets: tuple[int, ...] = ()
+    decode_buckets: tuple[int, ...] = ()
+    measured: MeasuredSteps = field(default_factory=MeasuredSteps)
+    _scales: dict[int, float] = field(default_factory=dict)  # measured / fit of each measured mixed bucket
 
     def prefill_tokens(self, num_decode: int) -> int:
         """The most prompt tokens a step with `num_decode` decode rows may prefill."""
+        if self._scales:
+            return max(MIN_PREFILL_TOKENS, self._measured_tokens(num_decode))
         allowed = int((self.ratio - 1.0) * (self.fixed_tokens + num_decode))
         if self.bucket:
             # A step runs as its graph bucket's size, so its total goes to the nearest bucket: rounding always
@@ -51,6 +98,61 @@ class PrefillBound:
             if rounded >= MIN_PREFILL_TOKENS:
                 allowed = rounded
         return max(MIN_PREFILL_TOKENS, allowed)
+
+    def _fit_ms(self, tokens: int) -> float:
+        return self.fixed_ms + self.per_token_ms * tokens
+
+    def _measured_tokens(self, num_decode: int) -> int:
+        """The largest mixed bucket (above the decode rows) whose time keeps within `ratio` decode steps, less the
+        decode rows. Buckets are taken in order and the first one over the limit ends the search: a step's time
+        grows with its tokens, so no larger bucket is tried past a slow one."""
+        decode_ms = self.measured.get(("decode", self._decode_bucket(num_decode)))
+        limit = self.ratio * (decode_ms if decode_ms is not None else self._fit_ms(num_decode))
+        allowed = 0
+        for tokens in self.mixed_buckets:
+            if tokens <= num_decode:
+                continue
+            ms = self.measured.get(("mixed", tokens))
+            if ms is None:
+                nearest = min(self._scales, key=lambda size: (abs(size - tokens), -size))
+                if self._fit_ms(tokens) * self._scales[nearest] > limit * _TRY_UNMEASURED:
+                    break
+            elif ms > limit:
+                break
+            allowed = tokens - num_decode
+        return allowed
+
+    def _decode_bucket(self, rows: int) -> int:
+        buckets = self.decode_buckets
+        i = bisect_left(buckets, rows)
+        return buckets[i] if i < len(buckets) else rows
+
+    def observe(self, prefill_tokens: int, num_decode: int, ms: float) -> None:
+        """A step's GPU time (swiftops.engines.pt.step_clock): a decode step, or one that prefilled beside (or
+        without) decode rows. Steps larger than the largest graph ran eagerly and are not counted."""
+        if not (self.mixed_buckets and self.per_token_ms):
+            return
+        if not prefill_tokens:
+            self.measured.add(("decode", self._decode_bucket(num_decode)), ms)
+            return
+        i = bisect_left(self.mixed_buckets, prefill_tokens + num_decode)
+        if i == len(self.mixed_buckets):
+            return
+        tokens = self.mixed_buckets[i]
+        first = self.measured.add(("mixed", tokens), ms)
+        if self.measured.get(("mixed", tokens)) is None:
+            return
+        self._scales[tokens] = self.measured.mean_ms[("mixed", tokens)] / self._fit_ms(tokens)
+        if first:
+            logger.info(
+                "pt engine: measured steps of %d tokens: %.2f ms (start-up fit %.2f ms); beside %d decoding sequences "
+                "a step now prefills at most %d tokens",
+                tokens,
+                self.measured.mean_ms[("mixed", tokens)],
+                self._fit_ms(tokens),
+                num_decode,
+                self.prefill_tokens(num_decode),
+            )
 
 
 def _replay_ms(graph: Any, repeats: int = 5) -> float:
@@ -66,9 +168,10 @@ def _replay_ms(graph: Any, repeats: int = 5) -> float:
     return best
 
 
-def measure_bound(mixed: Any, ratio: float, bucket: int) -> PrefillBound | None:
+def measure_bound(mixed: Any, ratio: float, bucket: int, decode_buckets: list[int]) -> PrefillBound | None:
     """Time idle steps (no sequences: every token writes the scratch block, attention exits) of the smallest and
-    the largest mixed-step graph and fit the step time's line; None when the line is not usable."""
+    the largest mixed-step graph and fit the step time's line; None when the line is not usable. `decode_buckets`:
+    the decode graphs' batch sizes, by which measured decode steps are kept."""
     small, large = min(mixed.graphs), max(mixed.graphs)
     if large <= small:
         return None
@@ -86,7 +189,15 @@ def measure_bound(mixed: Any, ratio: float, bucket: int) -> PrefillBound | None:
     if per_token <= 0 or fixed <= 0:
         logger.info("pt engine: step times %.2f / %.2f ms give no prefill bound", t_small, t_large)
         return None
-    bound = PrefillBound(ratio, fixed / per_token, bucket)
+    bound = PrefillBound(
+        ratio,
+        fixed / per_token,
+        bucket,
+        fixed_ms=fixed,
+        per_token_ms=per_token,
+        mixed_buckets=tuple(mixed.buckets),
+        decode_buckets=tuple(decode_buckets),
+    )
     logger.info(
         "pt engine: a step costs %.2f ms + %.2f us per token; beside decoding sequences a step prefills at most "
         "%d tokens (32 decoding) to %d (256 decoding)",

@@ -131,3 +131,59 @@ def test_a_bounded_engine_chunks_prefill_beside_decodes_and_answers_the_same(tin
     beside = {name: [tokens for decode, tokens in plans if decode and tokens] for name, plans in runs.items()}
     assert max(beside["free"]) > MIN_PREFILL_TOKENS  # the token budget alone: larger chunks beside decode rows
     assert beside["bounded"] and max(beside["bounded"]) <= MIN_PREFILL_TOKENS  # every one kept to the bound
+
+
+def _calibrated(ratio=1.75):
+    """The fit of the 0.5B shape on an H100 (1.35 ms + 1.56 us a token), its graphs' buckets."""
+    return PrefillBound(ratio, 1.35 / 0.00156, 256, fixed_ms=1.35, per_token_ms=0.00156,
+                        mixed_buckets=(256, 512, 768, 1024, 1280), decode_buckets=(64, 96, 112, 128, 160))
+
+
+def test_measured_steps_replace_the_fit_once_a_bucket_has_enough_of_them():
+    bound = _calibrated()
+    fitted = bound.prefill_tokens(100)
+    assert fitted == 768 - 100  # the fit: (0.75 * (865 + 100)) = 723 prompt tokens, nearest bucket 768
+    for ms in (1.78, 1.78, 1.78):
+        bound.observe(0, 100, ms)  # decode steps of 100 rows (the 112 bucket)
+    for ms in (4.5, 4.7):
+        bound.observe(665, 100, ms)  # steps of 765 tokens: the 768 bucket
+        assert bound.prefill_tokens(100) == fitted  # not yet MEASURED_AFTER of them
+    bound.observe(665, 100, 4.6)
+    assert bound.measured.get(("mixed", 768)) == pytest.approx(4.6)
+    # 1.75 * 1.78 = 3.115 ms; the 768 bucket takes 4.6. The 512 bucket is predicted from the fit at the 768
+    # bucket's scale (4.6 / 2.548 = 1.81): 2.149 * 1.81 = 3.88, within 1.25 * 3.115: tried.
+    assert bound.prefill_tokens(100) == 512 - 100
+    for ms in (2.6, 2.6, 2.6):
+        bound.observe(400, 100, ms)
+    assert bound.prefill_tokens(100) == 512 - 100  # measured within the limit: kept
+    for ms in (3.9, 3.9, 3.9, 3.9, 3.9, 3.9, 3.9, 3.9):
+        bound.observe(400, 100, ms)  # the 512 bucket slows down (longer contexts): its running mean follows
+    assert bound.measured.get(("mixed", 512)) > 3.115
+    assert bound.prefill_tokens(100) == 256 - 100  # the 256 bucket is predicted at the 512's scale: 1.75 * 1.81
+
+
+def test_a_slow_bucket_ends_the_search_and_the_floor_keeps_prompts_moving():
+    bound = _calibrated()
+    for ms in (1.0, 1.0, 1.0):
+        bound.observe(0, 128, ms)  # the 128 bucket
+    for ms in (3.0, 3.0, 3.0):
+        bound.observe(100, 120, ms)  # the 256 bucket: over 1.75 ms
+    for ms in (1.5, 1.5, 1.5):
+        bound.observe(900, 120, ms)  # the 1,024 bucket measured fast (it cannot be: a bucket after a slow one)
+    assert bound.prefill_tokens(128) == MIN_PREFILL_TOKENS
+    # a decode bucket not measured yet: the fit's decode time (1.35 + 0.00156 * 64 = 1.45 ms) sets the limit
+    assert bound.prefill_tokens(64) == MIN_PREFILL_TOKENS
+
+
+def test_steps_beyond_the_graphs_and_bounds_without_a_fit_are_not_measured():
+    bound = _calibrated()
+    for _ in range(5):
+        bound.observe(4000, 0, 30.0)  # eager: larger than the largest graph
+    assert bound.measured.count == {}
+    plain = PrefillBound(1.75, 800.0, 256)  # no fit in milliseconds: the start-up line alone
+    for _ in range(5):
+        plain.observe(500, 100, 9.0)
+    assert plain.measured.count == {} and plain.prefill_tokens(100) == PrefillBound(1.75, 800.0, 256).prefill_tokens(100)
+    for rows, bucket in ((1, 64), (64, 64), (65, 96), (160, 160), (300, 300)):
+        bound.observe(0, rows, 1.0)
+        assert bound.measured.count[("decode", bucket)] >= 1
