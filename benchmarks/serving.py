@@ -264,6 +264,10 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 out["at_concurrency"][c]["step_trace"] = trace.stop()
             if sampler is not None:
                 out["at_concurrency"][c]["engine_thread_profile"] = sampler.stop()
+        bound = engine._core.scheduler.prefill_bound if spec["backend"] == "pt" else None
+        if bound is not None and bound.measured.count:  # the step times the bound kept to (--offline_settings)
+            out["measured_steps_ms"] = {f"{kind} {size}": [round(bound.measured.mean_ms[(kind, size)], 3), n]
+                                        for (kind, size), n in sorted(bound.measured.count.items())}
         everything = spec["sets"][str(max(int(c) for c in spec["sets"]))]
         t0 = time.perf_counter()
         responses = engine.infer([InferRequest(prompt=p) for p in everything], config, use_tqdm=False)
@@ -343,8 +347,10 @@ class Run:
         finally:
             server.stop()
             (self.work / f"{backend}-server.log").write_text(server.output())
-            # the engine's start-up timing of its steps and the prefill bound it chose (pt on a GPU)
-            entry["step_bound_log"] = [line[-260:] for line in server.output().splitlines() if "a step costs" in line]
+            # the engine's start-up timing of its steps and the prefill bound it chose, then the step times it
+            # measured while serving and the bound they set (pt on a GPU)
+            entry["step_bound_log"] = [line[-260:] for line in server.output().splitlines()
+                                       if "a step costs" in line or "measured steps of" in line]
             entry["server_log_tail"] = server.output()[-1500:] if not all(
                 p.get("ok") for p in entry["points"].values()) else None
         return entry
