@@ -102,8 +102,10 @@ def _filter(logits: torch.Tensor, top_k: list[int], top_p: list[float], min_p: l
     if min(top_p) < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
-        # drop tokens once the mass before them already reaches top_p (the first token always stays)
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= staging_for(device).to_device(top_p, torch.float32)[:, None]
+        # drop tokens once the mass before them already reaches top_p (the first token always stays). A row with
+        # top_p 1 keeps every token: its float cumulative sum can round up to 1 before the last tokens.
+        cut = [p if p < 1.0 else float("inf") for p in top_p]
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= staging_for(device).to_device(cut, torch.float32)[:, None]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
     if max(min_p) > 0.0:
