@@ -81,3 +81,12 @@ def text_pool() -> BoundedPool:
     if "text" not in _pools:
         _pools["text"] = BoundedPool("tokenizer", _DEFAULT_TEXT_WORKERS, None)
     return _pools["text"]
+
+
+async def tokenize_off_loop(request: Any, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, the tokenization of `request`'s prompt: on the text pool, except a prompt given as token ids,
+    which has nothing to tokenize (the hop to a worker thread and back would cost more than the copy of its ids,
+    on every request of a client that sends ids, as benchmarks do)."""
+    if isinstance(getattr(request, "prompt", None), list):
+        return fn(*args)
+    return await text_pool().run(fn, *args)

@@ -230,3 +230,21 @@ def test_pool_threads_see_the_request_budget():
         pool.shutdown()
 
     asyncio.run(main())
+
+
+def test_token_id_prompts_skip_the_text_pool_text_prompts_use_it():
+    from swiftops.media.worker_pools import tokenize_off_loop
+    from swiftops.protocol import InferRequest
+
+    def where(request):
+        return threading.current_thread().name
+
+    async def both():
+        ids = await tokenize_off_loop(InferRequest(prompt=[5, 6, 7]), where, None)
+        text = await tokenize_off_loop(InferRequest(prompt="hello"), where, None)
+        chat = await tokenize_off_loop(InferRequest(messages=[{"role": "user", "content": "hi"}]), where, None)
+        return ids, text, chat
+
+    ids, text, chat = asyncio.run(both())
+    assert ids == threading.current_thread().name  # inline: nothing to tokenize
+    assert text.startswith("swiftops-tokenizer") and chat.startswith("swiftops-tokenizer")

@@ -434,12 +434,12 @@ class EngineProcessClient(InferEngine):
         return rid, stream
 
     async def _prompt_ids(self, request: InferRequest) -> list[int]:
-        from swiftops.media.worker_pools import text_pool
+        from swiftops.media.worker_pools import tokenize_off_loop
         from swiftops.template.chat_template import encode_prompt
 
         check_text_only(request)
         # Off the event loop: a chat template over a megabyte prompt takes seconds.
-        ids = await text_pool().run(encode_prompt, self.tokenizer, request, self.generation.system)
+        ids = await tokenize_off_loop(request, encode_prompt, self.tokenizer, request, self.generation.system)
         check_prompt_length(len(ids), self.max_model_len)
         return ids
 

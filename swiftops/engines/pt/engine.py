@@ -38,7 +38,7 @@ from swiftops.engines.pt.step_budget import SERVING_ITL_RATIO, measure_bound
 from swiftops.engines.response_builder import collect_response, stream_response
 from swiftops.media.limits import MediaLimits
 from swiftops.media.policy import MediaPolicy
-from swiftops.media.worker_pools import media_pool, text_pool
+from swiftops.media.worker_pools import media_pool, text_pool, tokenize_off_loop
 from swiftops.protocol import (
     AdapterRequest,
     BadRequestError,
@@ -645,7 +645,7 @@ class PtEngine(InferEngine):
             check_text_only(request)
             # Off the event loop: the chat template and tokenizer take seconds on a megabyte prompt (the fast
             # tokenizer releases the GIL), and the server's other clients must not wait for that.
-            prompt_ids = await text_pool().run(self.encode, request)
+            prompt_ids = await tokenize_off_loop(request, self.encode, request)
         check_prompt_length(len(prompt_ids), self.max_model_len)
         salt = self.lora.digests.get(adapter, b"") if adapter is not None and self.lora is not None else b""
         hashes: list[bytes] = []
