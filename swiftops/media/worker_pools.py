@@ -83,10 +83,13 @@ def text_pool() -> BoundedPool:
     return _pools["text"]
 
 
+_INLINE_IDS = 65_536  # token ids copied on the event loop up to this many (a few ms at most; JSON parsing took longer)
+
+
 async def tokenize_off_loop(request: Any, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)`, the tokenization of `request`'s prompt: on the text pool, except a prompt given as token ids,
-    which has nothing to tokenize (the hop to a worker thread and back would cost more than the copy of its ids,
-    on every request of a client that sends ids, as benchmarks do)."""
-    if isinstance(getattr(request, "prompt", None), list):
+    """`fn(*args)`, the tokenization of `request`'s prompt, on the text pool; a prompt given as token ids has nothing
+    to tokenize and runs inline (up to _INLINE_IDS ids), saving each such request a hop to a worker thread and back."""
+    prompt = getattr(request, "prompt", None)
+    if isinstance(prompt, list) and len(prompt) <= _INLINE_IDS:
         return fn(*args)
     return await text_pool().run(fn, *args)

@@ -243,8 +243,9 @@ def test_token_id_prompts_skip_the_text_pool_text_prompts_use_it():
         ids = await tokenize_off_loop(InferRequest(prompt=[5, 6, 7]), where, None)
         text = await tokenize_off_loop(InferRequest(prompt="hello"), where, None)
         chat = await tokenize_off_loop(InferRequest(messages=[{"role": "user", "content": "hi"}]), where, None)
-        return ids, text, chat
+        huge = await tokenize_off_loop(InferRequest(prompt=[5] * 70_000), where, None)
+        return ids, text, chat, huge
 
-    ids, text, chat = asyncio.run(both())
+    ids, text, chat, huge = asyncio.run(both())
     assert ids == threading.current_thread().name  # inline: nothing to tokenize
-    assert text.startswith("swiftops-tokenizer") and chat.startswith("swiftops-tokenizer")
+    assert all(name.startswith("swiftops-tokenizer") for name in (text, chat, huge))  # huge: off the loop still
