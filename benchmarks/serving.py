@@ -266,8 +266,8 @@ def offline_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 out["at_concurrency"][c]["engine_thread_profile"] = sampler.stop()
         bound = engine._core.scheduler.prefill_bound if spec["backend"] == "pt" else None
         if bound is not None and bound.measured.count:  # the step times the bound kept to (--offline_settings)
-            out["measured_steps_ms"] = {f"{kind} {size}": [round(bound.measured.mean_ms[(kind, size)], 3), n]
-                                        for (kind, size), n in sorted(bound.measured.count.items())}
+            out["measured_steps_ms"] = {f"{kind} {size}": [round(ms, 3), bound.measured.count[(kind, size)]]
+                                        for (kind, size), ms in sorted(bound.measured.mean_ms.items())}
         everything = spec["sets"][str(max(int(c) for c in spec["sets"]))]
         t0 = time.perf_counter()
         responses = engine.infer([InferRequest(prompt=p) for p in everything], config, use_tqdm=False)

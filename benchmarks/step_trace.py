@@ -75,16 +75,16 @@ class StepTrace:
         for method, phase in _PHASES.items():
             original = getattr(core, method)
 
-            def wrapped(*args: Any, _original: Any = original, _phase: str = phase) -> Any:
+            def wrapped(*args: Any, _original: Any = original, _phase: str = phase, **kwargs: Any) -> Any:
                 if not self._active:
-                    return _original(*args)
+                    return _original(*args, **kwargs)
                 before = len(self.events)
                 start = None
                 if timed and _phase == "launch":
                     start = torch.cuda.Event(enable_timing=True)
                     start.record()
                 t0 = time.perf_counter()
-                result = _original(*args)
+                result = _original(*args, **kwargs)
                 spent = time.perf_counter() - t0
                 if start is not None and len(self.events) > before:  # this launch ran a traced step
                     end = torch.cuda.Event(enable_timing=True)

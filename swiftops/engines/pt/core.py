@@ -62,7 +62,7 @@ class EngineCore:
         self.faults = FaultInjector.from_env(tokenizer)  # None unless a reliability test asks for faults
         # pipelined steps timed on the GPU for the prefill bound to keep to (swiftops.engines.pt.step_clock)
         bound = scheduler.prefill_bound
-        self.clock = StepClock(bound) if bound is not None and device.type == "cuda" else None
+        self.clock = StepClock(bound, device) if bound is not None and device.type == "cuda" else None
         # The engine thread waits on the GPU with the GIL released, then must get it back at once to launch the
         # next step. With Python's default 5 ms switch interval a busy thread beside it (the server's event loop
         # streaming tokens) keeps the GIL for up to 5 ms per step; 0.5 ms bounds that wait.
@@ -267,16 +267,19 @@ class EngineCore:
             for seq in [s for s in self.scheduler.running if s.seq_id in self._by_id]:
                 self._step_alone(seq, seq.num_tokens)
 
-    def _launch(self, plan: StepPlan, tokens: torch.Tensor | None) -> tuple[list[Sequence], Any]:
+    def _launch(self, plan: StepPlan, tokens: torch.Tensor | None, timed: bool = True) -> tuple[list[Sequence], Any]:
         """Run `plan` (its decode rows' tokens on the device when `tokens` is given) and queue the sampling of the
         rows that sample; returns those rows and their PendingSample, or the logits still to sample (a grammar's
-        mask for a row whose token is in flight is filled only once that token is on the host). Timed on the GPU
-        for the prefill bound, where there is one."""
-        if self.clock is None:
+        mask for a row whose token is in flight is filled only once that token is on the host). `timed`: on the
+        GPU for the prefill bound, where there is one (a decode step, or a prefill beside decode rows, from a
+        graph, sampled at once; see swiftops.engines.pt.step_clock)."""
+        if self.clock is None or not timed:
             return self._launch_untimed(plan, tokens)
         events = self.clock.start()
         launched = self._launch_untimed(plan, tokens)
-        self.clock.stop(events, plan)
+        replayed = getattr(self.runner, "replayed", None)
+        sampled_now = not isinstance(launched[1], torch.Tensor)
+        self.clock.stop(events, replayed if sampled_now and plan.decode else None)
         return launched
 
     def _launch_untimed(self, plan: StepPlan, tokens: torch.Tensor | None) -> tuple[list[Sequence], Any]:
@@ -289,7 +292,7 @@ class EngineCore:
         return seqs, sample_on_device(logits, seqs)
 
     def _pipeline(self, plan: StepPlan, in_flight: list[StepPlan]) -> None:
-        batch, pending = self._launch(plan, None)
+        batch, pending = self._launch(plan, None, timed=False)  # on an idle GPU: it would count the host's staging
         while True:
             advance(plan)
             nxt = self._next_plan(batch)

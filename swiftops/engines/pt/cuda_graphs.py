@@ -56,6 +56,7 @@ class CudaGraphDecoder:
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool: Any = None  # the first graph's memory pool (torch's handle), shared by the later graphs
+        self.last_bucket = 0
 
     def _forward(self, batch: int) -> torch.Tensor:
         ids, positions, rows, lora_slots = self.inputs[:, :batch]
@@ -93,6 +94,7 @@ class CudaGraphDecoder:
         step sampled, not yet seen by the host (pipelined decode)."""
         batch = len(ids)
         bucket = next(b for b in self.buckets if b >= batch)
+        self.last_bucket = bucket  # which graph ran (the step clock keys its time by it)
         # One host-to-device copy of the step's inputs; padded rows read row 0 at position 0 (the scratch block).
         staging = staging_for(self.device)
         if isinstance(ids, torch.Tensor):

@@ -60,6 +60,9 @@ class PagedRunner:
         # The CPU's decode forward without transformers' per-layer glue (cpu_decode), once the engine checked it;
         # only without LoRA and M-RoPE.
         self.lean: LeanDecoder | None = None
+        # The graph the last step replayed: ("decode", batch bucket) or ("mixed", token bucket); None when it ran
+        # eagerly (the step clock times graph buckets only: swiftops.engines.pt.step_clock).
+        self.replayed: tuple[str, int] | None = None
 
     def _set_lora(self, per_token: list[int]) -> None:
         if self.lora is None:
@@ -99,8 +102,11 @@ class PagedRunner:
             )
         ids = [s.last_token for s in seqs] if tokens is None else tokens
         rows = [s.table_row for s in seqs]
+        self.replayed = None
         if self.graphs is not None and len(seqs) <= self.graphs.buckets[-1]:
-            return self.graphs.run(ids, positions, rows, [s.lora_slot for s in seqs], rope)
+            logits = self.graphs.run(ids, positions, rows, [s.lora_slot for s in seqs], rope)
+            self.replayed = ("decode", self.graphs.last_bucket)
+            return logits
         if tokens is None:
             ids_t, pos_t, rows_t = staging_for(self.device).to_device([ids, positions, rows])
         else:
@@ -167,10 +173,14 @@ class PagedRunner:
                 keep.append(len(ids) - 1)
                 finishing.append(seq)
         mixed = self.mixed_graphs
+        self.replayed = None
         if mixed is not None and not mm_spans and mixed.fits(len(ids), len(rows)):
             row_of_token = [row for row, n in zip(rows, q_lens, strict=True) for _ in range(n)]
             bucket = mixed.stage(ids, positions, row_of_token, rows, q_lens, ctx_lens, keep, decode_tail, tail_tokens)
-            return RunnerOutput(finishing, mixed.replay(bucket, len(finishing)))
+            logits = mixed.replay(bucket, len(finishing))
+            if bucket in mixed.graphs:
+                self.replayed = ("mixed", bucket)
+            return RunnerOutput(finishing, logits)
         upload = staging_for(self.device).to_device
         host, meta = upload(ids + positions), upload([rows, q_lens, ctx_lens], torch.int32)
         ids_t, pos_t = host[: len(ids)], host[len(ids) :]

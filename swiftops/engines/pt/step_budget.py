@@ -19,7 +19,9 @@ prompts costs more (on an H100 at 128 streams of the 0.5B shape, 4.61 ms for the
 launch, read once its tokens are on the host: swiftops.engines.pt.step_clock) and, once a few steps of a graph
 bucket are measured, the bound keeps to measured times: the largest bucket whose measured time stays within `ratio`
 times the measured decode step. A bucket not yet measured is predicted from the fit, scaled as the nearest measured
-bucket's, and tried for a few steps when that prediction is near the limit.
+bucket of its kind, and tried for a few steps when that prediction is near the limit, one bucket at a time past
+what is measured; a time not refreshed for STALE_AFTER steps is tried again, so one disturbed mean does not hold
+the bound down for good. Until a decode step and a prefilling step are both measured, the fit alone decides.
 
 On by default where streams are served (`swiftops deploy`, `swiftops app`: SERVING_ITL_RATIO), off for the Python
 API, whose callers want throughput; `--max_itl_ratio` sets it (swiftops.protocol.settings). Measured on an H100
@@ -43,8 +45,9 @@ MIN_PREFILL_TOKENS = 64  # a step that decodes still prefills this much: new pro
 SERVING_ITL_RATIO = 1.75  # the server's default (see above); the Python API's is 0 (off)
 
 
-MEASURED_AFTER = 3  # steps of one graph bucket timed before their time replaces the fit's
-# A bucket not yet measured is tried when its predicted time is within this much of the limit: the prediction
+MEASURED_AFTER = 3  # steps of one graph bucket timed (after its first) before their time replaces the fit's
+STALE_AFTER = 512  # timed steps of other buckets after which a bucket's time is tried again (it may have changed)
+# A bucket without a (fresh) time is tried when its predicted time is within this much of the limit: the prediction
 # (the fit, scaled as the nearest measured bucket's) misses fixed costs of either sign, and a few steps settle it.
 _TRY_UNMEASURED = 1.25
 _WEIGHT = 0.25  # of the newest step in a bucket's running mean: a few steps follow a change, one outlier does not
@@ -52,23 +55,34 @@ _WEIGHT = 0.25  # of the newest step in a bucket's running mean: a few steps fol
 
 class MeasuredSteps:
     """The GPU time of the steps the engine ran, by kind ("decode", "mixed") and graph bucket: a running mean each
-    (exponentially weighted), trusted once MEASURED_AFTER steps of the bucket were timed."""
+    (exponentially weighted) of every step but a bucket's first (its first replay while serving: cold caches),
+    trusted once MEASURED_AFTER steps are in it, until STALE_AFTER steps of other buckets have passed without one."""
 
     def __init__(self) -> None:
         self.mean_ms: dict[tuple[str, int], float] = {}
-        self.count: dict[tuple[str, int], int] = {}
+        self.count: dict[tuple[str, int], int] = {}  # steps timed, the first included
+        self.last: dict[tuple[str, int], int] = {}  # `steps` at the bucket's last one
+        self.steps = 0
 
-    def add(self, key: tuple[str, int], ms: float) -> bool:
-        """Record one step; True when this step makes its bucket's time trusted."""
+    def add(self, key: tuple[str, int], ms: float) -> None:
+        self.steps += 1
         n = self.count.get(key, 0) + 1
         self.count[key] = n
+        self.last[key] = self.steps
+        if n == 1:
+            return
         mean = self.mean_ms.get(key)
-        # the plain mean until trusted (no weight on the first, cold replays), then the running mean
-        self.mean_ms[key] = ms if mean is None else mean + (ms - mean) * max(_WEIGHT, 1.0 / n)
-        return n == MEASURED_AFTER
+        self.mean_ms[key] = ms if mean is None else mean + (ms - mean) * max(_WEIGHT, 1.0 / (n - 1))
+
+    def trusted(self, key: tuple[str, int]) -> bool:
+        """Measured enough, fresh or not (a stale time still says how far the fit is off)."""
+        return self.count.get(key, 0) > MEASURED_AFTER
 
     def get(self, key: tuple[str, int]) -> float | None:
-        return self.mean_ms[key] if self.count.get(key, 0) >= MEASURED_AFTER else None
+        """The bucket's time, if trusted and fresh."""
+        if not self.trusted(key) or self.steps - self.last[key] > STALE_AFTER:
+            return None
+        return self.mean_ms[key]
 
 
 @dataclass
@@ -83,11 +97,13 @@ class PrefillBound:
     mixed_buckets: tuple[int, ...] = ()
     decode_buckets: tuple[int, ...] = ()
     measured: MeasuredSteps = field(default_factory=MeasuredSteps)
-    _scales: dict[int, float] = field(default_factory=dict)  # measured / fit of each measured mixed bucket
+    # measured / fit of each trusted bucket, by kind: how far the idle-step fit is off for real steps
+    _scales: dict[str, dict[int, float]] = field(default_factory=lambda: {"decode": {}, "mixed": {}})
 
     def prefill_tokens(self, num_decode: int) -> int:
-        """The most prompt tokens a step with `num_decode` decode rows may prefill."""
-        if self._scales:
+        """The most prompt tokens a step with `num_decode` decode rows may prefill. The floor (MIN_PREFILL_TOKENS)
+        keeps prompts moving even where it takes the step into a bucket over the limit."""
+        if self._scales["mixed"] and self._scales["decode"]:
             return max(MIN_PREFILL_TOKENS, self._measured_tokens(num_decode))
         allowed = int((self.ratio - 1.0) * (self.fixed_tokens + num_decode))
         if self.bucket:
@@ -102,24 +118,32 @@ class PrefillBound:
     def _fit_ms(self, tokens: int) -> float:
         return self.fixed_ms + self.per_token_ms * tokens
 
+    def _predicted_ms(self, kind: str, size: int) -> tuple[float, bool]:
+        """(the bucket's time, measured?): its fresh measured time, else the fit scaled as the nearest other
+        trusted bucket of its kind (its own stale scale only where it is the one measured)."""
+        ms = self.measured.get((kind, size))
+        if ms is not None:
+            return ms, True
+        scales = self._scales[kind]
+        others = [other for other in scales if other != size] or list(scales)
+        nearest = min(others, key=lambda other: (abs(other - size), -other))
+        return self._fit_ms(size) * scales[nearest], False
+
     def _measured_tokens(self, num_decode: int) -> int:
         """The largest mixed bucket (above the decode rows) whose time keeps within `ratio` decode steps, less the
         decode rows. Buckets are taken in order and the first one over the limit ends the search: a step's time
-        grows with its tokens, so no larger bucket is tried past a slow one."""
-        decode_ms = self.measured.get(("decode", self._decode_bucket(num_decode)))
-        limit = self.ratio * (decode_ms if decode_ms is not None else self._fit_ms(num_decode))
+        grows with its tokens. Past what is measured the search climbs one bucket at a time (two unmeasured
+        buckets in a row end it), and a bucket over the limit is tried again once its time is stale."""
+        limit = self.ratio * self._predicted_ms("decode", self._decode_bucket(num_decode))[0]
         allowed = 0
+        climbing = False  # the bucket last accepted has no fresh time
         for tokens in self.mixed_buckets:
             if tokens <= num_decode:
                 continue
-            ms = self.measured.get(("mixed", tokens))
-            if ms is None:
-                nearest = min(self._scales, key=lambda size: (abs(size - tokens), -size))
-                if self._fit_ms(tokens) * self._scales[nearest] > limit * _TRY_UNMEASURED:
-                    break
-            elif ms > limit:
+            ms, measured = self._predicted_ms("mixed", tokens)
+            if ms > (limit if measured else limit * _TRY_UNMEASURED) or (climbing and not measured):
                 break
-            allowed = tokens - num_decode
+            allowed, climbing = tokens - num_decode, not measured
         return allowed
 
     def _decode_bucket(self, rows: int) -> int:
@@ -127,31 +151,23 @@ class PrefillBound:
         i = bisect_left(buckets, rows)
         return buckets[i] if i < len(buckets) else rows
 
-    def observe(self, prefill_tokens: int, num_decode: int, ms: float) -> None:
-        """A step's GPU time (swiftops.engines.pt.step_clock): a decode step, or one that prefilled beside (or
-        without) decode rows. Steps larger than the largest graph ran eagerly and are not counted."""
+    def observe(self, kind: str, size: int, ms: float) -> None:
+        """A step's GPU time (swiftops.engines.pt.step_clock): a decode step ("decode", its batch bucket) or a step
+        that prefilled beside decode rows ("mixed", its token bucket), replayed from a graph."""
         if not (self.mixed_buckets and self.per_token_ms):
             return
-        if not prefill_tokens:
-            self.measured.add(("decode", self._decode_bucket(num_decode)), ms)
+        key = (kind, size)
+        self.measured.add(key, ms)
+        if not self.measured.trusted(key):
             return
-        i = bisect_left(self.mixed_buckets, prefill_tokens + num_decode)
-        if i == len(self.mixed_buckets):
-            return
-        tokens = self.mixed_buckets[i]
-        first = self.measured.add(("mixed", tokens), ms)
-        if self.measured.get(("mixed", tokens)) is None:
-            return
-        self._scales[tokens] = self.measured.mean_ms[("mixed", tokens)] / self._fit_ms(tokens)
-        if first:
+        first = size not in self._scales[kind]
+        self._scales[kind][size] = self.measured.mean_ms[key] / self._fit_ms(size)
+        if first and kind == "mixed":
             logger.info(
-                "pt engine: measured steps of %d tokens: %.2f ms (start-up fit %.2f ms); beside %d decoding sequences "
-                "a step now prefills at most %d tokens",
-                tokens,
-                self.measured.mean_ms[("mixed", tokens)],
-                self._fit_ms(tokens),
-                num_decode,
-                self.prefill_tokens(num_decode),
+                "pt engine: measured steps of %d tokens: %.2f ms (start-up fit %.2f ms)",
+                size,
+                self.measured.mean_ms[key],
+                self._fit_ms(size),
             )
 
 

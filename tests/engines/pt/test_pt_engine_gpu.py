@@ -180,26 +180,35 @@ def test_the_serving_prefill_bound_is_timed_on_the_step_graphs(tiny_model_dir):
 
 
 def test_the_steps_are_timed_on_the_gpu_for_the_bound_and_answers_do_not_change(tiny_model_dir):
-    from swiftops.engines.pt.step_budget import PrefillBound
+    from swiftops.engines.pt.step_budget import MIN_PREFILL_TOKENS, PrefillBound
     from swiftops.engines.pt.step_clock import StepClock
 
     kwargs = dict(max_batch_size=8, torch_dtype="float32", kv_cache_memory_gb=0.5)
     engine = PtEngine(str(tiny_model_dir), max_itl_ratio=1.75, **kwargs)
     free = PtEngine(str(tiny_model_dir), **kwargs)
-    prompts = [f"{p} ({i})" for i in range(4) for p in PROMPTS]  # 20 requests, 8 at a time: later ones join decodes
+    prompts = [f"{p} ({i})" for i in range(8) for p in PROMPTS]  # 40 requests, 8 at a time: later ones join decodes
     try:
         core = engine._core
-        assert core.runner.mixed_graphs is not None
+        mixed, graphs = core.runner.mixed_graphs, core.runner.graphs
+        assert mixed is not None and graphs is not None
         # a tiny model's start-up line may be flat (no bound): give it one, as measure_bound would
         bound = PrefillBound(1.75, 100.0, 256, fixed_ms=0.5, per_token_ms=0.001,
-                             mixed_buckets=tuple(core.runner.mixed_graphs.buckets),
-                             decode_buckets=tuple(core.runner.graphs.buckets))
-        core.scheduler.prefill_bound, core.clock = bound, StepClock(bound)
+                             mixed_buckets=tuple(mixed.buckets), decode_buckets=tuple(graphs.buckets))
+        core.scheduler.prefill_bound, core.clock = bound, StepClock(bound, core.device)
         assert _texts(engine, prompts) == _texts(free, prompts)
-        kinds = {kind for kind, _ in bound.measured.count}
-        assert kinds == {"decode", "mixed"}
-        assert all(0 < ms < 1000 for ms in bound.measured.mean_ms.values())
-        assert not core.clock._open or len(core.clock._open) <= 2  # every step read back but the last in flight
     finally:
         engine.close()
         free.close()
+    assert core.clock.on
+    counted = bound.measured.count
+    assert {kind for kind, _ in counted} == {"decode", "mixed"}
+    # keyed by the graph each step replayed
+    assert all(size in (graphs.buckets if kind == "decode" else mixed.buckets) for kind, size in counted)
+    means = bound.measured.mean_ms
+    assert all(0 < ms < 1000 for ms in means.values())
+    # a step that prefills prompts beside decode rows takes longer than a decode step of those rows
+    assert max(ms for (kind, _), ms in means.items() if kind == "mixed") > min(
+        ms for (kind, _), ms in means.items() if kind == "decode")
+    if bound._scales["mixed"] and bound._scales["decode"]:  # trusted: the bound keeps to the measured times
+        assert bound.prefill_tokens(4) >= MIN_PREFILL_TOKENS
+    assert len(core.clock._open) <= 2  # every step read back but the last ones in flight

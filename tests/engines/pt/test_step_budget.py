@@ -139,51 +139,76 @@ def _calibrated(ratio=1.75):
                         mixed_buckets=(256, 512, 768, 1024, 1280), decode_buckets=(64, 96, 112, 128, 160))
 
 
+def _steps(bound, kind, size, *times):
+    for ms in times:
+        bound.observe(kind, size, ms)
+
+
 def test_measured_steps_replace_the_fit_once_a_bucket_has_enough_of_them():
     bound = _calibrated()
     fitted = bound.prefill_tokens(100)
     assert fitted == 768 - 100  # the fit: (0.75 * (865 + 100)) = 723 prompt tokens, nearest bucket 768
-    for ms in (1.78, 1.78, 1.78):
-        bound.observe(0, 100, ms)  # decode steps of 100 rows (the 112 bucket)
-    for ms in (4.5, 4.7):
-        bound.observe(665, 100, ms)  # steps of 765 tokens: the 768 bucket
-        assert bound.prefill_tokens(100) == fitted  # not yet MEASURED_AFTER of them
-    bound.observe(665, 100, 4.6)
+    _steps(bound, "decode", 112, 9.0, 1.78, 1.78, 1.78)  # the first step of a bucket (cold) is not counted
+    assert bound.measured.get(("decode", 112)) == pytest.approx(1.78)
+    _steps(bound, "mixed", 768, 30.0, 4.5, 4.7)
+    assert bound.prefill_tokens(100) == fitted  # not yet MEASURED_AFTER steps after the first
+    _steps(bound, "mixed", 768, 4.6)
     assert bound.measured.get(("mixed", 768)) == pytest.approx(4.6)
-    # 1.75 * 1.78 = 3.115 ms; the 768 bucket takes 4.6. The 512 bucket is predicted from the fit at the 768
-    # bucket's scale (4.6 / 2.548 = 1.81): 2.149 * 1.81 = 3.88, within 1.25 * 3.115: tried.
+    # 1.75 * 1.78 = 3.115 ms; the 768 bucket takes 4.6. Below it nothing is measured: the search climbs from the
+    # 256 bucket, predicted at the 768 bucket's scale (4.6 / 2.548 = 1.81): 1.75 * 1.81 = 3.16, within 1.25x
+    assert bound.prefill_tokens(100) == 256 - 100
+    _steps(bound, "mixed", 256, 2.68, 2.68, 2.68, 2.68)
+    # the 256 bucket measured within the limit; the 512 bucket, at the 256's scale (1.53): 3.29 ms, tried
     assert bound.prefill_tokens(100) == 512 - 100
-    for ms in (2.6, 2.6, 2.6):
-        bound.observe(400, 100, ms)
-    assert bound.prefill_tokens(100) == 512 - 100  # measured within the limit: kept
-    for ms in (3.9, 3.9, 3.9, 3.9, 3.9, 3.9, 3.9, 3.9):
-        bound.observe(400, 100, ms)  # the 512 bucket slows down (longer contexts): its running mean follows
+    _steps(bound, "mixed", 512, 2.6, 2.6, 2.6, 2.6)
+    assert bound.prefill_tokens(100) == 512 - 100  # measured within the limit, and the 768 bucket over it
+    _steps(bound, "mixed", 512, *[3.9] * 8)  # the 512 bucket slows down (longer contexts): its running mean follows
     assert bound.measured.get(("mixed", 512)) > 3.115
-    assert bound.prefill_tokens(100) == 256 - 100  # the 256 bucket is predicted at the 512's scale: 1.75 * 1.81
+    assert bound.prefill_tokens(100) == 256 - 100  # the 256 bucket is predicted at the 512's scale: 1.75 * 1.8
+
+
+def test_a_decode_bucket_not_measured_yet_is_predicted_at_the_measured_ones_scale():
+    bound = _calibrated()
+    _steps(bound, "mixed", 768, 0, 4.6, 4.6, 4.6)  # real steps 1.8x the fit
+    assert bound.prefill_tokens(100) == 768 - 100  # no decode step measured yet: the fit alone, as before
+    _steps(bound, "decode", 128, 0, 1.9, 1.9, 1.9)  # decode steps 1.28x the fit (1.55 ms at 128 rows)
+    # 100 rows run as the 112 bucket, not measured: its limit is 1.75 * 1.525 * 1.23 = 3.27 ms (the fit alone
+    # would say 2.67). The 256 bucket, at the 768's scale (1.81): 3.16 ms, tried.
+    assert bound.prefill_tokens(100) == 256 - 100
+    _steps(bound, "mixed", 256, 0, 2.7, 2.7, 2.7)
+    assert bound.prefill_tokens(100) == 512 - 100  # the 512 bucket at the 256's scale (1.54): 3.31 ms, tried
+
+
+def test_a_bucket_over_the_limit_is_tried_again_once_its_time_is_stale():
+    from swiftops.engines.pt.step_budget import STALE_AFTER
+
+    bound = _calibrated()
+    _steps(bound, "decode", 112, 0, 1.78, 1.78, 1.78)
+    _steps(bound, "mixed", 512, 0, 5.0, 2.6, 2.6)  # one disturbed step puts its mean over 3.115 ms
+    _steps(bound, "mixed", 256, 0, 1.9, 1.9, 1.9)
+    assert bound.prefill_tokens(100) == 256 - 100
+    for _ in range(STALE_AFTER):  # the steps that ran meanwhile: decode steps and the 256 bucket
+        bound.observe("decode", 112, 1.78)
+    # stale: the 512 bucket is predicted at the 256's scale (1.9 / 1.75 = 1.09): 2.35 ms, tried again
+    assert bound.prefill_tokens(100) == 512 - 100
+    _steps(bound, "mixed", 512, 2.6, 2.6, 2.6, 2.6, 2.6)
+    assert bound.measured.get(("mixed", 512)) < 3.115
+    # within the limit now; the 768 and 1,024 buckets are not measured (predicted at the 512's scale, 1.3: 3.31
+    # and 3.83 ms, both within 1.25x): the search climbs one of them, not two
+    assert bound.prefill_tokens(100) == 768 - 100
 
 
 def test_a_slow_bucket_ends_the_search_and_the_floor_keeps_prompts_moving():
     bound = _calibrated()
-    for ms in (1.0, 1.0, 1.0):
-        bound.observe(0, 128, ms)  # the 128 bucket
-    for ms in (3.0, 3.0, 3.0):
-        bound.observe(100, 120, ms)  # the 256 bucket: over 1.75 ms
-    for ms in (1.5, 1.5, 1.5):
-        bound.observe(900, 120, ms)  # the 1,024 bucket measured fast (it cannot be: a bucket after a slow one)
+    _steps(bound, "decode", 128, 0, 1.0, 1.0, 1.0)
+    _steps(bound, "mixed", 256, 0, 3.0, 3.0, 3.0)  # over 1.75 ms
+    _steps(bound, "mixed", 1024, 0, 1.5, 1.5, 1.5)  # measured fast after a slow bucket: never reached
     assert bound.prefill_tokens(128) == MIN_PREFILL_TOKENS
-    # a decode bucket not measured yet: the fit's decode time (1.35 + 0.00156 * 64 = 1.45 ms) sets the limit
-    assert bound.prefill_tokens(64) == MIN_PREFILL_TOKENS
 
 
-def test_steps_beyond_the_graphs_and_bounds_without_a_fit_are_not_measured():
-    bound = _calibrated()
-    for _ in range(5):
-        bound.observe(4000, 0, 30.0)  # eager: larger than the largest graph
-    assert bound.measured.count == {}
+def test_bounds_without_a_fit_in_milliseconds_measure_nothing():
     plain = PrefillBound(1.75, 800.0, 256)  # no fit in milliseconds: the start-up line alone
-    for _ in range(5):
-        plain.observe(500, 100, 9.0)
-    assert plain.measured.count == {} and plain.prefill_tokens(100) == PrefillBound(1.75, 800.0, 256).prefill_tokens(100)
-    for rows, bucket in ((1, 64), (64, 64), (65, 96), (160, 160), (300, 300)):
-        bound.observe(0, rows, 1.0)
-        assert bound.measured.count[("decode", bucket)] >= 1
+    _steps(plain, "mixed", 768, *[9.0] * 5)
+    _steps(plain, "decode", 128, *[1.0] * 5)
+    assert plain.measured.count == {}
+    assert plain.prefill_tokens(100) == PrefillBound(1.75, 800.0, 256).prefill_tokens(100)

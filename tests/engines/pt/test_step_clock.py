@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from swiftops.engines.pt.scheduler import StepPlan
 from swiftops.engines.pt.step_budget import PrefillBound
 from swiftops.engines.pt.step_clock import StepClock
 
@@ -22,7 +21,7 @@ class _Event:
         self.at: float | None = None
         self.done = False
 
-    def record(self) -> None:
+    def record(self, stream=None) -> None:
         self.at = None
         self.done = False
 
@@ -40,15 +39,17 @@ def _complete(events, start, end):
 
 def test_times_reach_the_bound_in_launch_order_once_complete(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
     seen = []
     bound = PrefillBound(1.75, 800.0, 256)
-    bound.observe = lambda prefill, decode, ms: seen.append((prefill, decode, ms))
-    clock = StepClock(bound)
-    seq = object()
-    first, second = clock.start(), None
-    clock.stop(first, StepPlan(decode=[seq] * 3, prefill=[(seq, 100), (seq, 28)]))
+    bound.observe = lambda kind, size, ms: seen.append((kind, size, ms))
+    clock = StepClock(bound, torch.device("cuda"))
+    first = clock.start()
+    clock.stop(first, ("mixed", 512))
     second = clock.start()
-    clock.stop(second, StepPlan(decode=[seq] * 4))
+    clock.stop(second, ("decode", 128))
+    untimed = clock.start()
+    clock.stop(untimed, None)  # an eager step, or one sampled later: dropped
     clock.read()
     assert seen == []  # nothing complete
     _complete(second, 5.0, 6.5)
@@ -56,15 +57,34 @@ def test_times_reach_the_bound_in_launch_order_once_complete(monkeypatch):
     assert seen == []  # the second is complete, the first is not: order is kept
     _complete(first, 2.0, 5.0)
     clock.read()
-    assert seen == [(128, 3, 3.0), (0, 4, 1.5)]
+    assert seen == [("mixed", 512, 3.0), ("decode", 128, 1.5)]
     made = _Event.made
-    third = clock.start()  # a pair read back is reused, not made again
-    assert _Event.made == made and third in (first, second)
+    third = clock.start()  # a pair read back is reused, not made again; the dropped pair is not
+    assert _Event.made == made and third in (first, second) and third is not untimed
 
 
 def test_reads_that_stop_leave_at_most_a_few_steps_open(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", _Event)
-    clock = StepClock(PrefillBound(1.75, 800.0, 256))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    clock = StepClock(PrefillBound(1.75, 800.0, 256), torch.device("cuda"))
     for _ in range(20):
-        clock.stop(clock.start(), StepPlan(decode=[object()]))
+        clock.stop(clock.start(), ("decode", 8))
     assert len(clock._open) == 8
+
+
+def test_a_timing_that_fails_turns_the_clock_off_and_never_fails_the_step(monkeypatch, caplog):
+    class Broken(_Event):
+        def elapsed_time(self, end):
+            raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(torch.cuda, "Event", Broken)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    clock = StepClock(PrefillBound(1.75, 800.0, 256), torch.device("cuda"))
+    events = clock.start()
+    clock.stop(events, ("decode", 8))
+    _complete(events, 1.0, 2.0)
+    clock.read()  # no exception
+    assert not clock.on and "no longer timed" in caplog.text
+    assert clock.start() is None
+    clock.stop(None, ("decode", 8))
+    assert not clock._open
