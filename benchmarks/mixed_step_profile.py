@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import platform
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -210,15 +212,15 @@ def main() -> None:
     if model is None:
         from benchmarks.serving import _model
 
+        model_dir = pathlib.Path(__file__).resolve().parent.parent / ".bench-models"  # where benchmarks.serving builds it
         model = _model(argparse.Namespace(shape=args.shape, dtype=args.dtype, device=args.device,
-                                          model_dir=str(__import__("pathlib").Path(__file__).resolve().parent.parent
-                                                        / ".bench-models")))[0]
+                                          model_dir=str(model_dir)))[0]
     t0 = time.perf_counter()
     engine = build_engine(ModelSettings(model=model), EngineSettings(infer_backend="pt",
                                                                      max_itl_ratio=args.max_itl_ratio),
                           GenerationSettings())
     try:
-        doc: dict[str, Any] = {"command": " ".join(__import__("sys").argv), "model": model,
+        doc: dict[str, Any] = {"command": " ".join(sys.argv), "model": model,
                                "startup_s": round(time.perf_counter() - t0, 1), "python": platform.python_version(),
                                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                                "torch": torch.__version__}
