@@ -208,6 +208,7 @@ def sweep_point(url: str, model: str, prompts: list[list[int]], out_len: int, co
     for name, values in merged.items():
         point[f"{name}_p50_ms"] = round(_pct(values, 50) * 1000, 2)
         point[f"{name}_p99_ms"] = round(_pct(values, 99) * 1000, 2)
+    point["chunks"] = len(merged["ttft"]) + len(merged["itl"])  # events with text (several tokens when behind)
     point["ok"] = produced == len(prompts) * out_len
     return point
 

@@ -51,6 +51,22 @@ class TokenDecoder:
         `final_token_is_text`: the backend already decided the last token is text (LMDeploy keeps EOS out of
         its token ids); by default a sequence that finished with "stop" ended on an EOS or stop-id token."""
         detok = self.detokenizer
+        if len(token_ids) == 1 and finish_reason is None and not self.want_logprobs:
+            # A streamed token (the usual case, once per token of every stream): the loop below, unrolled.
+            self.completion_tokens += 1
+            detok.add(token_ids[0])
+            stopped = detok.stopped
+            if stopped:
+                self.finished = True
+            return SequenceOutput(
+                self.index,
+                detok.take(final=stopped),
+                token_ids,
+                [],
+                "stop" if stopped else None,
+                prompt_tokens,
+                self.completion_tokens,
+            )
         finish = finish_reason
         entries = []
         last = len(token_ids) - 1

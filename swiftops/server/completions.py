@@ -72,12 +72,11 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 
 async def _first_output(
     ctx: ServerContext, request: InferRequest, config: RequestConfig, adapter: AdapterRequest | None
-) -> AsyncIterator[SequenceOutput]:
-    """The prompt's outputs, with the first one already awaited: errors of the request itself (a prompt too
+) -> tuple[AsyncIterator[SequenceOutput], SequenceOutput | None]:
+    """The prompt's outputs and the first of them, already awaited: errors of the request itself (a prompt too
     long, an unknown adapter) get their own status code before the 200 goes out."""
     outputs = await ctx.engine.generate(request, config, adapter_request=adapter)
-    first = await anext(outputs, None)
-    return _prepend(first, outputs)
+    return outputs, await anext(outputs, None)
 
 
 async def _prepend(first: SequenceOutput | None, rest: AsyncIterator[SequenceOutput]) -> AsyncIterator[SequenceOutput]:
@@ -128,13 +127,6 @@ async def _merge(streams: list[AsyncIterator[SequenceOutput]]) -> AsyncIterator[
         except BaseException as exc:
             await queue.put(exc)
 
-    if len(streams) == 1:  # the usual single prompt: no queue hop per chunk
-        try:
-            async for chunk in streams[0]:
-                yield 0, chunk
-        finally:
-            await streams[0].aclose()  # type: ignore[attr-defined]  # _prepend's generator; closing aborts at once
-        return
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
         remaining = len(tasks)
@@ -156,25 +148,36 @@ def _stream(
     served: ServedRequest,
     body: CompletionRequest,
     model_name: str,
-    streams: list[AsyncIterator[SequenceOutput]],
+    started: list[tuple[AsyncIterator[SequenceOutput], SequenceOutput | None]],
     echoes: list[str],
 ) -> Response:
     shaper = CompletionStreamShaper(new_id("cmpl"), model_name, body.n, echoes)
+
+    def shaped(i: int, out: SequenceOutput) -> bytes | None:
+        if out.text:
+            served.token_arrived()
+        return shaper.event(i, out)
 
     async def events() -> AsyncIterator[bytes]:
         event: bytes | None
         for event in shaper.echo_events():
             yield event
-        async for i, out in _merge(streams):
-            if out.text:
-                served.token_arrived()
-            event = shaper.event(i, out)
-            if event is not None:
-                yield event
+        if len(started) == 1:  # the usual single prompt: its outputs straight from the engine, no merge per chunk
+            outputs, out = started[0]
+            while out is not None:
+                event = shaped(0, out)
+                if event is not None:
+                    yield event
+                out = await anext(outputs, None)
+        else:
+            async for i, out in _merge([_prepend(first, outputs) for outputs, first in started]):
+                event = shaped(i, out)
+                if event is not None:
+                    yield event
         if body.include_usage:
             yield shaper.usage_event()
 
     def finished() -> None:
         served.finish(shaper.usage(), shaper.transcript())
 
-    return served.event_stream(events(), finished, streams)
+    return served.event_stream(events(), finished, [outputs for outputs, _ in started])

@@ -50,3 +50,32 @@ def test_stop_strings_still_end_the_text_token_by_token(tokenizer):
     out = TokenDecoder(tokenizer, [1], 0, stop=(" three",)).feed(ids, "length", 1)
     assert out.text == "one two" and out.finish_reason == "stop"
     assert out.completion_tokens < len(ids)  # tokens after the stop string are not counted
+
+
+def test_streamed_text_with_stop_strings_is_the_whole_text_cut_at_the_first_stop(tokenizer):
+    """Token by token over long answers (the detokenizer keeps only a stop string's reach of handed-out text):
+    what is streamed is the whole decode cut before the earliest stop string, and no chunk ever shows a piece
+    of a stop string."""
+    rng = random.Random(1)
+    words = ["alpha", " beta", " gamma", "END", " delta", "\n\n", " ##", "你好", "🙂", " omega"]
+    for trial in range(40):
+        text = "".join(rng.choice(words) for _ in range(rng.randrange(5, 200)))
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        stops = tuple(rng.sample(["END", "\n\n", " ##", "gamma delta", "你好🙂", "zzz"], rng.randrange(1, 4)))
+        decoder = TokenDecoder(tokenizer, [1, 2], 0, stop=stops)
+        pieces, finish = [], None
+        for token in ids:
+            out = decoder.feed([token], None, 2)
+            pieces.append(out.text)
+            if out.finish_reason is not None:
+                finish = out.finish_reason
+                break
+        if finish is None:
+            pieces.append(decoder.feed([], "length", 2).text)
+        full = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        cuts = [i for i in (full.find(s) for s in stops) if i >= 0]
+        expected = full[: min(cuts)] if cuts else full
+        assert "".join(pieces) == expected, (trial, stops)
+        assert finish == ("stop" if cuts else None)
+        for piece in pieces:
+            assert not any(s in piece for s in stops)

@@ -1,5 +1,5 @@
-"""Issue 21 rows 6 and 10, fast: the guarded h11 protocol closes connections that never complete their
-headers (slow or silent), and aborts a response whose client stopped reading (the app sees a disconnect,
+"""Issue 21 rows 6 and 10, fast: the guarded httptools protocol closes connections that never complete their
+headers (slow or silent) or send too large a head, and aborts a response whose client stopped reading (the app sees a disconnect,
 so the generation is cancelled and its admission slots go back)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import uvicorn
 
-from swiftops.server.http_guard import guarded_protocol
+from swiftops.server.http_guard import MAX_HEAD_BYTES, guarded_protocol
 from tests.server_process import free_port
 
 
@@ -108,4 +108,30 @@ def test_a_client_that_stops_reading_is_aborted_after_the_send_timeout(served):
     started = time.monotonic()
     assert app.disconnected.wait(10), "the app never saw the stalled client go"
     assert time.monotonic() - started < 5
+    sock.close()
+
+
+def test_a_request_head_past_the_cap_gets_a_400_and_the_connection_closes(served):
+    _, port = served
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n")
+    data = b""
+    while True:
+        more = sock.recv(4096)
+        if not more:
+            break
+        data += more
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    sock.close()
+    # a head just under the cap (a long bearer token) is served
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"t" * 16000 + b"\r\n\r\n")
+    data = b""
+    while not data.endswith(b"ok"):
+        more = sock.recv(1024)
+        assert more, "a request with a 16 KB header was refused"
+        data += more
+    assert data.startswith(b"HTTP/1.1 200")
     sock.close()

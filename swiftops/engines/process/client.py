@@ -328,16 +328,16 @@ class EngineProcessClient(InferEngine):
     # ---- the receiver thread ----------------------------------------------------------------------------
     def _receive(self) -> None:
         checked = time.monotonic()
+        # A blocking receive with a timeout (not poll, then receive): one call into ZeroMQ per engine step.
+        self._output_socket.setsockopt(zmq.RCVTIMEO, 200)
         while not self._closing:
             try:
-                ready = self._output_socket.poll(200)
+                self._dispatch(self._decoder.decode(self._output_socket.recv()))
+                ready = True
+            except zmq.Again:
+                ready = False
             except zmq.ZMQError:
                 return  # closed
-            if ready:
-                try:
-                    self._dispatch(self._decoder.decode(self._output_socket.recv()))
-                except zmq.ZMQError:
-                    return
             now = time.monotonic()
             if not ready or now - checked > 0.5:
                 checked = now

@@ -29,9 +29,12 @@ class IncrementalDetokenizer:
         self.ids: list[int] = list(prompt_ids[-_CONTEXT_TOKENS:])
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
-        self.text = ""  # decoded output so far (stop strings cut off)
-        self.emitted = 0  # characters of `text` already handed out
+        # Decoded output not handed out yet (stop strings cut off). Handed-out text is dropped: a stop string can
+        # never begin in it, since `take` holds back any end of the text that could begin one. So appending
+        # stays cheap in long answers.
+        self.text = ""
         self.stop = stop
+        self._longest_stop = max((len(s) for s in stop), default=0)
         self.stopped = False
         self._stream = _decode_stream(tokenizer, self.ids)
         self._backend = getattr(tokenizer, "_tokenizer", None)
@@ -72,10 +75,11 @@ class IncrementalDetokenizer:
     def _append(self, delta: str) -> None:
         if self.stopped:
             return
-        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
-        self.text += delta
         if not self.stop:
+            self.text += delta
             return
+        start = max(0, len(self.text) - self._longest_stop)
+        self.text += delta
         hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
         if hits:
             self.text = self.text[: min(hits)]
@@ -93,11 +97,11 @@ class IncrementalDetokenizer:
 
     def take(self, final: bool) -> str:
         """Text not handed out yet; while not final, a possible stop-string prefix stays held back."""
-        end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
-        if end <= self.emitted:
-            return ""
-        out = self.text[self.emitted : end]
-        self.emitted = end
+        if final or self.stopped or not self.stop:
+            out, self.text = self.text, ""
+            return out
+        end = len(self.text) - self._held_back()
+        out, self.text = self.text[:end], self.text[end:]
         return out
 
     def token_text(self, token_id: int) -> str:
