@@ -40,7 +40,7 @@ NO_DEPS=(xgrammar==0.2.9 apache-tvm-ffi==0.1.11)
 # swiftops' runtime dependencies (pyproject.toml) and the test runner for `make test-gpu` (jsonschema: the
 # structured-output tests validate outputs with it). av (video/audio decoding, 40 MB) is left out: swiftops
 # imports it only when a request carries a video or audio.
-SWIFTOPS_DEPS=(pydantic pydantic-settings pyyaml click fastapi uvicorn uvloop httpx prometheus-client pyzmq msgspec pytest
+SWIFTOPS_DEPS=(pydantic pydantic-settings pyyaml click fastapi uvicorn uvloop httptools httpx prometheus-client pyzmq msgspec pytest
                pytest-timeout jsonschema)
 # On the machine already (torch's, transformers' and tiktoken's dependency trees): never carried.
 MACHINE_HAS='^(torch|triton|numpy|transformers|tokenizers|safetensors|huggingface_hub|hf_xet|accelerate|sentencepiece|tiktoken|nvidia_.*|cuda_.*|sympy|mpmath|networkx|jinja2|markupsafe|fsspec|filelock|regex|packaging|tqdm|typing_extensions|psutil|setuptools|requests|urllib3|charset_normalizer|peft)-'
