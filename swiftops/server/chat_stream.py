@@ -13,7 +13,7 @@ from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import ChatStreamState
-from swiftops.server.sse import json_event
+from swiftops.server.sse import TEXT_SLOT, event_template, json_bytes, json_event
 
 
 class ChatStreamShaper:
@@ -22,12 +22,19 @@ class ChatStreamShaper:
         self.model = model
         self.created = int(time.time())
         self.state = ChatStreamState(n, tools)
+        self.templates: dict[int, tuple[bytes, bytes]] = {}
 
     def event(self, out: SequenceOutput) -> bytes | None:
         """The chunk for one output, or None when it shows nothing yet (a held-back stop-string prefix)."""
         d = self.state.delta(out)
         if d is None:
             return None
+        if d.content is not None and d.role is None and not d.tool_calls and not d.logprobs and d.finish_reason is None:
+            # every chunk but a choice's first and last: only the text changes
+            template = self.templates.get(d.index)
+            if template is None:
+                template = self.templates[d.index] = event_template(self._chunk(d.index, {"content": TEXT_SLOT}))
+            return template[0] + json_bytes(d.content) + template[1]
         delta: dict[str, Any] = {}
         if d.role is not None:
             delta["role"] = d.role
@@ -43,18 +50,22 @@ class ChatStreamShaper:
                 }
                 for k, call in enumerate(d.tool_calls)
             ]
-        choice: dict[str, Any] = {"index": d.index, "delta": delta, "finish_reason": d.finish_reason}
-        if d.logprobs:
-            choice["logprobs"] = {"content": [entry.model_dump() for entry in d.logprobs]}
-        return json_event(
-            {
-                "id": self.response_id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [choice],
-            }
-        )
+        logprobs = {"content": [entry.model_dump() for entry in d.logprobs]} if d.logprobs else None
+        return json_event(self._chunk(d.index, delta, d.finish_reason, logprobs))
+
+    def _chunk(
+        self, index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs
+        return {
+            "id": self.response_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
 
     def usage(self) -> dict[str, int]:
         return self.state.usage()

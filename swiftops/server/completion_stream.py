@@ -12,7 +12,7 @@ from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.protocol import ChoiceLogprobs, CompletionLogprobs
-from swiftops.server.sse import json_event
+from swiftops.server.sse import TEXT_SLOT, event_template, json_bytes, json_event
 
 
 def legacy_logprobs(logprobs: ChoiceLogprobs | None, offset: int) -> tuple[CompletionLogprobs | None, int]:
@@ -37,22 +37,29 @@ class CompletionStreamShaper:
         self.echoes = echoes
         self.created = int(time.time())
         self.offsets: dict[int, int] = {}
-        self.texts: dict[int, str] = {}
+        self.texts: dict[int, list[str]] = {}  # each choice's pieces, joined once for the transcript
+        self.templates: dict[int, tuple[bytes, bytes]] = {}
         self.finish: dict[int, str | None] = {}
         self.prompt_tokens: dict[int, int] = {}
         self.completion_tokens: dict[int, int] = {}
 
+    def _chunk(self, index: int, text: str, finish_reason: str | None, logprobs: Any) -> dict[str, Any]:
+        return {
+            "id": self.response_id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}],
+        }
+
     def _event(self, index: int, text: str, finish_reason: str | None, logprobs: Any) -> bytes:
-        self.texts[index] = self.texts.get(index, "") + text
-        return json_event(
-            {
-                "id": self.response_id,
-                "object": "text_completion",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}],
-            }
-        )
+        self.texts.setdefault(index, []).append(text)
+        if finish_reason is None and logprobs is None:  # every chunk but a choice's last: only the text changes
+            template = self.templates.get(index)
+            if template is None:
+                template = self.templates[index] = event_template(self._chunk(index, TEXT_SLOT, None, None))
+            return template[0] + json_bytes(text) + template[1]
+        return json_event(self._chunk(index, text, finish_reason, logprobs))
 
     def echo_events(self) -> list[bytes]:
         events = []
@@ -100,7 +107,10 @@ class CompletionStreamShaper:
         )
 
     def transcript(self) -> dict[str, Any]:
-        choices = [{"index": k, "text": self.texts[k], "finish_reason": self.finish.get(k)} for k in sorted(self.texts)]
+        choices = [
+            {"index": k, "text": "".join(pieces), "finish_reason": self.finish.get(k)}
+            for k, pieces in sorted(self.texts.items())
+        ]
         return {
             "id": self.response_id,
             "object": "text_completion",

@@ -43,13 +43,31 @@ _json = msgspec.json.Encoder()
 _LINE_BREAKING_BYTES = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
 
 
-def json_event(value: Any) -> bytes:
-    """One event for a JSON-able value (dicts, lists, str...), serialized once by msgspec; the hot path of a stream."""
+def json_bytes(value: Any) -> bytes:
+    """A JSON-able value (dicts, lists, str...) serialized once by msgspec, safe on one SSE data line."""
     data = _json.encode(value)
     if b"\xe2\x80" in data or b"\xc2\x85" in data:
         for raw, escaped in _LINE_BREAKING_BYTES:
             data = data.replace(raw, escaped)
-    return b"data: " + data + b"\n\n"
+    return data
+
+
+def json_event(value: Any) -> bytes:
+    """One event for a JSON-able value; the hot path of a stream."""
+    return b"data: " + json_bytes(value) + b"\n\n"
+
+
+# Stands for the one string that changes from chunk to chunk of a stream (`event_template`).
+TEXT_SLOT = "\x00swiftops-text\x00"
+_TEXT_SLOT_JSON = json_bytes(TEXT_SLOT)
+
+
+def event_template(value: Any) -> tuple[bytes, bytes]:
+    """The event of `value` split around TEXT_SLOT, its last string: `head + json_bytes(text) + tail` is then byte
+    for byte `json_event(value with the text in the slot)`, for the price of encoding the text alone. (The last
+    occurrence: a model name before it may hold anything, even the slot's characters.)"""
+    head, _, tail = json_event(value).rpartition(_TEXT_SLOT_JSON)
+    return head, tail
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

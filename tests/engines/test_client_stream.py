@@ -79,3 +79,34 @@ def test_completion_events_read_back_as_chat_chunks_with_logprobs():
     assert "".join(c.choices[0].delta.content for c in chunks) == "ab"
     assert [t.token for c in chunks for t in c.choices[0].logprobs.content] == ["a", "b"]
     assert chunks[-1].usage.model_dump() == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+
+
+def test_text_chunks_from_the_template_are_byte_for_byte_the_whole_chunk_encoded():
+    """The shapers encode only the text of a middle chunk into bytes built once per choice: the events are the
+    same bytes as the chunk dict serialized whole, for model names and texts with quotes, escapes, U+2028 and
+    non-ASCII characters, and every event stays on one line."""
+    from swiftops.server.sse import json_event
+
+    model = 'm"od\\el\u2028\u4f60\x00swiftops-text\x00'  # even the slot's own characters
+    texts = ["plain", 'quo"te', "back\\slash", "line\nbreak", "sep\u2028arator", "\u0085nel", "\u4f60\u597d", "",
+             "\x00nul", "\U0001f642"]
+    completion = CompletionStreamShaper("cmpl-9", model, n=2, echoes=["", ""])
+    chat = ChatStreamShaper("chatcmpl-9", model, n=1, tools=False)
+    chat.event(SequenceOutput(index=0, text="first", prompt_tokens=1, completion_tokens=1))  # the role chunk
+    for k, text in enumerate(texts):
+        index = k % 2
+        got = completion.event(0, SequenceOutput(index=index, text=text or "x", prompt_tokens=1,
+                                                 completion_tokens=k + 1))
+        whole = json_event({"id": "cmpl-9", "object": "text_completion", "created": completion.created,
+                            "model": model, "choices": [{"index": index, "text": text or "x",
+                                                         "finish_reason": None, "logprobs": None}]})
+        assert got == whole
+        if text:
+            got = chat.event(SequenceOutput(index=0, text=text, prompt_tokens=1, completion_tokens=k + 2))
+            whole = json_event({"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": chat.created,
+                                "model": model, "choices": [{"index": 0, "delta": {"content": text},
+                                                             "finish_reason": None}]})
+            assert got == whole
+            assert got.count(b"\n") == 2 and json.loads(got[6:])["choices"][0]["delta"]["content"] == text
+    assert set(completion.templates) == {0, 1} and set(chat.templates) == {0}
+    assert completion.transcript()["choices"][0]["text"] == "".join(t or "x" for t in texts[0::2])
