@@ -64,6 +64,11 @@ def wants_logprobs(config: RequestConfig, generation: GenerationSettings) -> boo
     return bool(config.logprobs or config.top_logprobs or generation.logprobs or generation.top_logprobs is not None)
 
 
+def stop_strings(config: RequestConfig, generation: GenerationSettings) -> list[str]:
+    """The request's stop strings, else the engine's default stop words (empty ones dropped)."""
+    return [s for s in (config.stop or generation.stop_words or []) if s]
+
+
 def effective_config(
     config: RequestConfig, generation: GenerationSettings, model_defaults: dict[str, Any] | None = None
 ) -> RequestConfig:
@@ -86,7 +91,7 @@ def effective_config(
         "top_p": float(top_p or 1.0),
         "repetition_penalty": float(_first(config.repetition_penalty, g.repetition_penalty) or 1.0),
         "seed": _first(config.seed, g.seed),
-        "stop": [s for s in (config.stop or g.stop_words or []) if s],
+        "stop": stop_strings(config, g),
         "logprobs": wants_logprobs(config, g),
         "top_logprobs": int(_first(config.top_logprobs, g.top_logprobs) or 0),
     }

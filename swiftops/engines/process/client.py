@@ -57,7 +57,7 @@ from swiftops.protocol import (
     SwiftopsError,
 )
 from swiftops.protocol import errors as error_classes
-from swiftops.protocol.sampling import effective_config, wants_logprobs
+from swiftops.protocol.sampling import stop_strings, wants_logprobs
 from swiftops.protocol.settings import EngineSettings, GenerationSettings, MediaSettings, ModelSettings
 
 logger = logging.getLogger("swiftops.engine_process")
@@ -444,7 +444,7 @@ class EngineProcessClient(InferEngine):
         return ids
 
     def _stops(self, config: RequestConfig) -> tuple[str, ...]:
-        return tuple(effective_config(config, self.generation).stop or ())
+        return tuple(stop_strings(config, self.generation))
 
     def _wants_logprobs(self, config: RequestConfig) -> bool:
         return wants_logprobs(config, self.generation)

@@ -66,6 +66,8 @@ class IncrementalDetokenizer:
         """At the end, decode whatever is still held back (an incomplete UTF-8 sequence)."""
         if self.stopped:
             return
+        if self.read_offset == len(self.ids):  # every token's text is out already: nothing held back to decode
+            return
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         full = self._decode(self.ids[self.prefix_offset :])
         if len(full) > len(prefix):
