@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--profile", help="write a py-spy profile of the API server (first repeat) here")
     parser.add_argument("--out", help="write the JSON here too")
     args = parser.parse_args()
+    if args.profile and not Path(sys.executable).with_name("py-spy").exists():
+        parser.error("--profile needs py-spy beside this Python: pip install py-spy")
     from swiftops.models.tiny import build_tiny_model
 
     model_dir = str(build_tiny_model(tempfile.mkdtemp()))
