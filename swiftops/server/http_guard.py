@@ -6,8 +6,8 @@ timeout for reading a request's headers, a cap on their size, and a timeout for 
   connection has `header_timeout` seconds from its first byte (or from connecting, for a silent one) to
   complete its headers; then it is closed.
 * header size: llhttp sets no limit of its own, so a client could grow a request head for the whole header
-  timeout. Past `MAX_HEAD_BYTES` (the request line and headers) the request gets a 400 and the connection is
-  closed, as h11 (uvicorn's other protocol) does past its 16 KiB.
+  timeout. Past `MAX_HEAD_BYTES` (the request line and headers) the request gets a 431 that says so and the
+  connection is closed (h11, uvicorn's other protocol, answers 400 past its 16 KiB).
 * send timeout (nginx's `send_timeout`): a stream whose client never reads fills the socket's buffers, and
   its generation waits on the full buffer for ever, holding its admission slots. Here, when the transport
   has been unable to take more data for `send_timeout` seconds, the connection is aborted: the app sees a
@@ -34,7 +34,8 @@ MAX_HEAD_BYTES = 64 * 1024
 
 
 class RequestHeadTooLarge(Exception):
-    """Raised inside the parser's callbacks: httptools fails the feed, uvicorn answers 400 and closes."""
+    """Raised inside the parser's callbacks: httptools fails the feed and uvicorn calls `send_400_response`,
+    which answers 431 instead."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -91,6 +92,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._cancel_header_timer()
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request the parser refused: for a head past the cap, 431 and what to do."""
+        if self._head_bytes <= MAX_HEAD_BYTES:
+            super().send_400_response(msg)
+            return
+        self.logger.info("closing a connection whose request head passed %d bytes", MAX_HEAD_BYTES)
+        body = (
+            f"request line and headers larger than {MAX_HEAD_BYTES // 1024} KiB; send shorter headers "
+            f"(large cookies or tokens)"
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
 
     # ---- flow control -------------------------------------------------------------------------------------
     def pause_writing(self) -> None:

@@ -111,7 +111,7 @@ def test_a_client_that_stops_reading_is_aborted_after_the_send_timeout(served):
     sock.close()
 
 
-def test_a_request_head_past_the_cap_gets_a_400_and_the_connection_closes(served):
+def test_a_request_head_past_the_cap_gets_a_431_and_the_connection_closes(served):
     _, port = served
     sock = socket.create_connection(("127.0.0.1", port))
     sock.settimeout(5)
@@ -122,7 +122,8 @@ def test_a_request_head_past_the_cap_gets_a_400_and_the_connection_closes(served
         if not more:
             break
         data += more
-    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    assert data.startswith(b"HTTP/1.1 431"), data[:200]
+    assert b"larger than 64 KiB; send shorter headers" in data
     sock.close()
     # a head just under the cap (a long bearer token) is served
     sock = socket.create_connection(("127.0.0.1", port))
