@@ -13,7 +13,7 @@ from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.engines.response_builder import ChatStreamState
-from swiftops.server.sse import TEXT_SLOT, event_template, json_bytes, json_event
+from swiftops.server.sse import TextChunkEvents, json_event
 
 
 class ChatStreamShaper:
@@ -22,7 +22,7 @@ class ChatStreamShaper:
         self.model = model
         self.created = int(time.time())
         self.state = ChatStreamState(n, tools)
-        self.templates: dict[int, tuple[bytes, bytes]] = {}
+        self.middle = TextChunkEvents(lambda index, text: self._chunk(index, {"content": text}))
 
     def event(self, out: SequenceOutput) -> bytes | None:
         """The chunk for one output, or None when it shows nothing yet (a held-back stop-string prefix)."""
@@ -30,11 +30,7 @@ class ChatStreamShaper:
         if d is None:
             return None
         if d.content is not None and d.role is None and not d.tool_calls and not d.logprobs and d.finish_reason is None:
-            # every chunk but a choice's first and last: only the text changes
-            template = self.templates.get(d.index)
-            if template is None:
-                template = self.templates[d.index] = event_template(self._chunk(d.index, {"content": TEXT_SLOT}))
-            return template[0] + json_bytes(d.content) + template[1]
+            return self.middle.event(d.index, d.content)  # every chunk but a choice's first and last
         delta: dict[str, Any] = {}
         if d.role is not None:
             delta["role"] = d.role

@@ -12,7 +12,7 @@ from typing import Any
 
 from swiftops.engines.outputs import SequenceOutput
 from swiftops.protocol import ChoiceLogprobs, CompletionLogprobs
-from swiftops.server.sse import TEXT_SLOT, event_template, json_bytes, json_event
+from swiftops.server.sse import TextChunkEvents, json_event
 
 
 def legacy_logprobs(logprobs: ChoiceLogprobs | None, offset: int) -> tuple[CompletionLogprobs | None, int]:
@@ -38,7 +38,7 @@ class CompletionStreamShaper:
         self.created = int(time.time())
         self.offsets: dict[int, int] = {}
         self.texts: dict[int, list[str]] = {}  # each choice's pieces, joined once for the transcript
-        self.templates: dict[int, tuple[bytes, bytes]] = {}
+        self.middle = TextChunkEvents(lambda index, text: self._chunk(index, text, None, None))
         self.finish: dict[int, str | None] = {}
         self.prompt_tokens: dict[int, int] = {}
         self.completion_tokens: dict[int, int] = {}
@@ -55,10 +55,7 @@ class CompletionStreamShaper:
     def _event(self, index: int, text: str, finish_reason: str | None, logprobs: Any) -> bytes:
         self.texts.setdefault(index, []).append(text)
         if finish_reason is None and logprobs is None:  # every chunk but a choice's last: only the text changes
-            template = self.templates.get(index)
-            if template is None:
-                template = self.templates[index] = event_template(self._chunk(index, TEXT_SLOT, None, None))
-            return template[0] + json_bytes(text) + template[1]
+            return self.middle.event(index, text)
         return json_event(self._chunk(index, text, finish_reason, logprobs))
 
     def echo_events(self) -> list[bytes]:

@@ -57,17 +57,29 @@ def json_event(value: Any) -> bytes:
     return b"data: " + json_bytes(value) + b"\n\n"
 
 
-# Stands for the one string that changes from chunk to chunk of a stream (`event_template`).
-TEXT_SLOT = "\x00swiftops-text\x00"
-_TEXT_SLOT_JSON = json_bytes(TEXT_SLOT)
+# Stands for the one string that changes from chunk to chunk of a choice (`TextChunkEvents`).
+_TEXT_SLOT = "\x00swiftops-text\x00"
+_TEXT_SLOT_JSON = json_bytes(_TEXT_SLOT)
 
 
-def event_template(value: Any) -> tuple[bytes, bytes]:
-    """The event of `value` split around TEXT_SLOT, its last string: `head + json_bytes(text) + tail` is then byte
-    for byte `json_event(value with the text in the slot)`, for the price of encoding the text alone. (The last
-    occurrence: a model name before it may hold anything, even the slot's characters.)"""
-    head, _, tail = json_event(value).rpartition(_TEXT_SLOT_JSON)
-    return head, tail
+class TextChunkEvents:
+    """The events of a stream's middle chunks, where only a choice's text changes: per choice, the chunk from
+    `chunk(index, text)` is encoded once with a placeholder text and split around it (at its last occurrence: a
+    model name before it may hold anything), so each event is `head + json_bytes(text) + tail`, byte for byte
+    `json_event(chunk(index, text))` for the price of encoding the text alone."""
+
+    __slots__ = ("_chunk", "templates")
+
+    def __init__(self, chunk: Callable[[int, str], Any]) -> None:
+        self._chunk = chunk
+        self.templates: dict[int, tuple[bytes, bytes]] = {}
+
+    def event(self, index: int, text: str) -> bytes:
+        template = self.templates.get(index)
+        if template is None:
+            head, _, tail = json_event(self._chunk(index, _TEXT_SLOT)).rpartition(_TEXT_SLOT_JSON)
+            template = self.templates[index] = (head, tail)
+        return template[0] + json_bytes(text) + template[1]
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

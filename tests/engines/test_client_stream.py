@@ -108,5 +108,5 @@ def test_text_chunks_from_the_template_are_byte_for_byte_the_whole_chunk_encoded
                                                              "finish_reason": None}]})
             assert got == whole
             assert got.count(b"\n") == 2 and json.loads(got[6:])["choices"][0]["delta"]["content"] == text
-    assert set(completion.templates) == {0, 1} and set(chat.templates) == {0}
+    assert set(completion.middle.templates) == {0, 1} and set(chat.middle.templates) == {0}
     assert completion.transcript()["choices"][0]["text"] == "".join(t or "x" for t in texts[0::2])

@@ -75,6 +75,16 @@ def _closed_within(sock: socket.socket, seconds: float, trickle: bool = False) -
     return float("inf")
 
 
+def _read_ok(sock: socket.socket, refused: str) -> bytes:
+    """The response up to the app's "ok" body; `refused` if the server closes the connection first."""
+    data = b""
+    while not data.endswith(b"ok"):
+        more = sock.recv(1024)
+        assert more, refused
+        data += more
+    return data
+
+
 def test_silent_and_slow_header_connections_are_closed(served):
     _, port = served
     silent = socket.create_connection(("127.0.0.1", port))
@@ -91,11 +101,7 @@ def test_a_prompt_client_is_not_affected_and_keep_alive_restarts_the_clock(serve
     for _ in range(3):
         time.sleep(0.6)  # under the header timeout each time, 1.8 s in all
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while not data.endswith(b"ok"):
-            more = sock.recv(1024)
-            assert more, "the server closed a connection that was sending requests promptly"
-            data += more
+        _read_ok(sock, "the server closed a connection that was sending requests promptly")
     sock.close()
 
 
@@ -129,10 +135,5 @@ def test_a_request_head_past_the_cap_gets_a_431_and_the_connection_closes(served
     sock = socket.create_connection(("127.0.0.1", port))
     sock.settimeout(5)
     sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"t" * 16000 + b"\r\n\r\n")
-    data = b""
-    while not data.endswith(b"ok"):
-        more = sock.recv(1024)
-        assert more, "a request with a 16 KB header was refused"
-        data += more
-    assert data.startswith(b"HTTP/1.1 200")
+    assert _read_ok(sock, "a request with a 16 KB header was refused").startswith(b"HTTP/1.1 200")
     sock.close()
